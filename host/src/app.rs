@@ -1,0 +1,87 @@
+//! Wiring: builds the store, providers, plugin registry and pipeline from the config.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::pipeline::{NotifyKeys, Pipeline};
+use crate::plugins::capabilities::parse_notify_key;
+use crate::plugins::{Registry, Runtime};
+use crate::providers::Providers;
+use crate::store::{self, Store};
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("database {url}: {source}")]
+    Store {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        source: store::StoreError,
+    },
+    /// A merchant account is misconfigured.
+    #[error(transparent)]
+    Account(#[from] crate::providers::AccountError),
+    /// The wasm runtime could not be built.
+    #[error("plugin runtime: {0}")]
+    Runtime(#[from] crate::plugins::LoadError),
+}
+
+/// Everything a running host shares.
+#[derive(Clone)]
+pub struct App {
+    /// The effective configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Configured providers.
+    pub providers: Arc<Providers>,
+    /// Loaded handlers.
+    pub plugins: Arc<Registry>,
+    /// The notification pipeline.
+    pub pipeline: Arc<Pipeline>,
+}
+
+impl App {
+    /// Opens the database, builds providers and the runtime, and loads the plugins
+    /// directory once. (Watching it is the caller's choice.)
+    pub async fn start(config: Config) -> Result<App, StartError> {
+        let store = store::connect(&config.database)
+            .await
+            .map_err(|source| StartError::Store {
+                url: config.database.url.clone(),
+                source,
+            })?;
+        let providers = Arc::new(Providers::from_config(&config.accounts)?);
+        let runtime = Arc::new(Runtime::new(&config.plugins)?);
+        let plugins = Arc::new(Registry::new(runtime, config.plugins.clone()));
+        if let Err(e) = std::fs::create_dir_all(&config.plugins.dir) {
+            tracing::warn!(dir = %config.plugins.dir.display(), error = %e, "cannot create plugins directory");
+        }
+        let report = plugins.scan().await;
+        tracing::info!(loaded = ?report.loaded, failed = report.failed.len(), "plugins scanned");
+        let notify_keys: NotifyKeys = config
+            .accounts
+            .iter()
+            .filter_map(|a| {
+                let key = parse_notify_key(a.notify_key.as_deref()?)?;
+                Some(((a.provider.clone(), a.name.clone()), key))
+            })
+            .collect();
+        let pipeline = Arc::new(Pipeline::new(
+            store.clone(),
+            providers.clone(),
+            plugins.clone(),
+            notify_keys,
+            config.server.max_body_bytes,
+        ));
+        Ok(App {
+            config: Arc::new(config),
+            store,
+            providers,
+            plugins,
+            pipeline,
+        })
+    }
+}

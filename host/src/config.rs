@@ -1,0 +1,575 @@
+//! `paynotify.toml`: the one configuration file, with `PAYNOTIFY_…` environment overrides
+//! and secrets that may live in their own files.
+//!
+//! Every error names the key and where it came from (the file, or the environment
+//! variable), because the person reading it is an ops engineer at 3 a.m.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The sections of the file whose keys `PAYNOTIFY_{SECTION}_{KEY}` may override.
+const SECTIONS: &[&str] = &["server", "database", "plugins", "tasks"];
+
+/// Section keys whose environment value is always taken as text, never parsed as TOML.
+const STRING_KEYS: &[&str] = &[
+    "listen",
+    "api_token",
+    "api_token_file",
+    "url",
+    "sqlite_synchronous",
+    "dir",
+    "cache_dir",
+];
+
+/// A configuration problem, always naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a key has the wrong shape.
+    #[error("{source_name}: {message}")]
+    Invalid {
+        /// The file (and any environment overrides applied).
+        source_name: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// One key has a value that parses but makes no sense.
+    #[error("{source_name}: key `{key}`: {message}")]
+    Key {
+        /// The file or environment variable.
+        source_name: String,
+        /// The dotted key, e.g. `accounts[0].api_key_file`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration, as `paynotify serve` uses it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener and API auth.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where orders, notifications, documents and tasks live.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The handler directory and per-call limits.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// The task worker.
+    #[serde(default)]
+    pub tasks: TasksConfig,
+    /// Merchant accounts, one per provider account.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer token for `/api`; absent means only loopback clients may call `/api`.
+    pub api_token: Option<String>,
+    /// File holding the bearer token (alternative to `api_token`).
+    pub api_token_file: Option<PathBuf>,
+    /// Largest notification body accepted; larger ones are refused with 413 before parsing.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_token: None,
+            api_token_file: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (created on first run) or `postgres://…`.
+    pub url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// SQLite only: `full` (fsync every commit, survives power loss) or `normal`
+    /// (survives a process crash, may lose the last commits on power loss).
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/paynotify.db".into(),
+            max_connections: 8,
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+/// SQLite `PRAGMA synchronous` choices that are safe with WAL.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// fsync on every commit.
+    Full,
+    /// fsync at checkpoints only.
+    Normal,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory holding `{type}.wasm` and optional `{type}.toml`.
+    pub dir: PathBuf,
+    /// Default wall-time limit per handler call.
+    pub timeout_ms: u64,
+    /// Default memory limit per handler instance.
+    pub memory_mb: u64,
+    /// Largest `timeout_ms` a manifest may ask for.
+    pub max_timeout_ms: u64,
+    /// Largest `memory_mb` a manifest may ask for.
+    pub max_memory_mb: u64,
+    /// Handler instances that may run at once (the pooling allocator's size).
+    pub max_instances: u32,
+    /// Where compiled plugins are cached; default `{dir}/.cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: "plugins.d".into(),
+            timeout_ms: 4000,
+            memory_mb: 64,
+            max_timeout_ms: 30_000,
+            max_memory_mb: 256,
+            max_instances: 64,
+            cache_dir: None,
+        }
+    }
+}
+
+/// `[tasks]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Run the task worker in this process.
+    pub enabled: bool,
+    /// How often the worker looks for due tasks.
+    pub poll_ms: u64,
+    /// Delay before each retry, in seconds; after the last the task is dead.
+    pub backoff_secs: Vec<u64>,
+    /// How long a claimed task stays claimed before another worker may take it over.
+    pub lease_secs: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_ms: 1000,
+            backoff_secs: vec![15, 60, 300, 1800, 7200, 21600],
+            lease_secs: 300,
+        }
+    }
+}
+
+/// One `[[accounts]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// `wechat-v2`, `wechat-v3`, `alipay` or `cloudpay`.
+    pub provider: String,
+    /// Account name, used in `/notify/{provider}/{name}` and by orders; default `default`.
+    #[serde(default = "default_account_name")]
+    pub name: String,
+    /// WeChat appid.
+    pub appid: Option<String>,
+    /// WeChat merchant id.
+    pub mch_id: Option<String>,
+    /// WeChat Pay v2 API key.
+    pub api_key: Option<String>,
+    /// File holding the v2 API key.
+    pub api_key_file: Option<PathBuf>,
+    /// WeChat Pay v2: pin the signature type (`MD5` or `HMAC-SHA256`); absent accepts either.
+    pub sign_type: Option<String>,
+    /// WeChat Pay v3 APIv3 key (32 bytes).
+    pub api_v3_key: Option<String>,
+    /// File holding the APIv3 key.
+    pub api_v3_key_file: Option<PathBuf>,
+    /// WeChat Pay public keys by id (`PUB_KEY_ID_…` → PEM file).
+    #[serde(default)]
+    pub public_keys: std::collections::BTreeMap<String, PathBuf>,
+    /// WeChat Pay platform certificates (PEM files).
+    #[serde(default)]
+    pub platform_certs: Vec<PathBuf>,
+    /// Alipay app id.
+    pub app_id: Option<String>,
+    /// Alipay seller id; checked when set.
+    pub seller_id: Option<String>,
+    /// Alipay public key (PEM or bare base64).
+    pub alipay_public_key: Option<String>,
+    /// File holding the Alipay public key.
+    pub alipay_public_key_file: Option<PathBuf>,
+    /// CloudPay sub-merchant id.
+    pub sub_mch_id: Option<String>,
+    /// CloudPay relay shared secret.
+    pub secret: Option<String>,
+    /// File holding the CloudPay secret.
+    pub secret_file: Option<PathBuf>,
+    /// AES key handed to handlers' `crypto` capability (32 bytes, or 64 hex chars).
+    pub notify_key: Option<String>,
+    /// File holding the notify key.
+    pub notify_key_file: Option<PathBuf>,
+}
+
+fn default_account_name() -> String {
+    "default".into()
+}
+
+impl Config {
+    /// Loads `path` if it exists (defaults otherwise), then applies `PAYNOTIFY_…` overrides
+    /// from `env` and resolves `*_file` secrets relative to the file's directory.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, file_exists) = match std::fs::read_to_string(path) {
+            Ok(t) => (t, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), false),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let file_name = if file_exists {
+            path.display().to_string()
+        } else {
+            format!("{} (absent, defaults)", path.display())
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid {
+            source_name: file_name.clone(),
+            message: e.to_string(),
+        })?;
+        let overridden = apply_env(&mut table, env)?;
+        let source_name = if overridden.is_empty() {
+            file_name
+        } else {
+            format!("{file_name} with environment {}", overridden.join(", "))
+        };
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                source_name: source_name.clone(),
+                message: e.to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_files(base, &source_name)?;
+        config.validate(&source_name)?;
+        Ok(config)
+    }
+
+    /// Reads every `*_file` secret into its value so the rest of the host sees one field.
+    fn resolve_files(&mut self, base: &Path, source_name: &str) -> Result<(), ConfigError> {
+        let read = |key: String, file: &Path| -> Result<String, ConfigError> {
+            let full = if file.is_absolute() {
+                file.to_owned()
+            } else {
+                base.join(file)
+            };
+            std::fs::read_to_string(&full)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| ConfigError::Key {
+                    source_name: source_name.to_owned(),
+                    key,
+                    message: format!("cannot read {}: {e}", full.display()),
+                })
+        };
+        if let Some(f) = &self.server.api_token_file {
+            self.server.api_token = Some(read("server.api_token_file".into(), f)?);
+        }
+        for (i, a) in self.accounts.iter_mut().enumerate() {
+            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 5] = [
+                ("api_key_file", &a.api_key_file, &mut a.api_key),
+                ("api_v3_key_file", &a.api_v3_key_file, &mut a.api_v3_key),
+                ("alipay_public_key_file", &a.alipay_public_key_file, &mut a.alipay_public_key),
+                ("secret_file", &a.secret_file, &mut a.secret),
+                ("notify_key_file", &a.notify_key_file, &mut a.notify_key),
+            ];
+            for (key, file, value) in pairs {
+                if let Some(f) = file {
+                    *value = Some(read(format!("accounts[{i}].{key}"), f)?);
+                }
+            }
+            for p in a.public_keys.values_mut().chain(a.platform_certs.iter_mut()) {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        if self.plugins.dir.is_relative() {
+            self.plugins.dir = base.join(&self.plugins.dir);
+        }
+        Ok(())
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError::Key {
+            source_name: source_name.to_owned(),
+            key,
+            message,
+        };
+        let p = &self.plugins;
+        if p.timeout_ms == 0 || p.timeout_ms > p.max_timeout_ms {
+            return Err(err(
+                "plugins.timeout_ms".into(),
+                format!("must be between 1 and plugins.max_timeout_ms ({})", p.max_timeout_ms),
+            ));
+        }
+        if p.memory_mb == 0 || p.memory_mb > p.max_memory_mb {
+            return Err(err(
+                "plugins.memory_mb".into(),
+                format!("must be between 1 and plugins.max_memory_mb ({})", p.max_memory_mb),
+            ));
+        }
+        if p.max_instances == 0 {
+            return Err(err("plugins.max_instances".into(), "must be at least 1".into()));
+        }
+        if self.tasks.backoff_secs.is_empty() {
+            return Err(err("tasks.backoff_secs".into(), "needs at least one delay".into()));
+        }
+        if self.database.max_connections == 0 {
+            return Err(err("database.max_connections".into(), "must be at least 1".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !crate::providers::ProviderKind::ALL.iter().any(|k| k.as_str() == a.provider) {
+                return Err(err(
+                    format!("accounts[{i}].provider"),
+                    format!(
+                        "unknown provider `{}` (expected one of: wechat-v2, wechat-v3, alipay, cloudpay)",
+                        a.provider
+                    ),
+                ));
+            }
+            if !is_simple_name(&a.name) {
+                return Err(err(
+                    format!("accounts[{i}].name"),
+                    "use letters, digits, `-` and `_` only".into(),
+                ));
+            }
+            if !seen.insert((a.provider.clone(), a.name.clone())) {
+                return Err(err(
+                    format!("accounts[{i}].name"),
+                    format!("a {} account named `{}` is already configured", a.provider, a.name),
+                ));
+            }
+            if let Some(k) = &a.notify_key {
+                if crate::plugins::capabilities::parse_notify_key(k).is_none() {
+                    return Err(err(
+                        format!("accounts[{i}].notify_key"),
+                        "must be 32 bytes of text or 64 hex characters (AES-256)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured API token, if any.
+    pub fn api_token(&self) -> Option<&str> {
+        self.server.api_token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+/// Letters, digits, `-` and `_`: safe in URLs, file names and log lines.
+pub fn is_simple_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Applies `PAYNOTIFY_{SECTION}_{KEY}=value` and `PAYNOTIFY_ACCOUNTS_{INDEX}_{KEY}=value`.
+/// Values parse as TOML when they can (`8080`, `true`, `[1, 2]`) and are strings otherwise.
+/// Returns the variables applied, for error messages.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut applied = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("PAYNOTIFY_"))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let rest = var["PAYNOTIFY_".len()..].to_ascii_lowercase();
+        if let Some(tail) = rest.strip_prefix("accounts_") {
+            let (index, key) = tail.split_once('_').ok_or_else(|| ConfigError::Key {
+                source_name: format!("environment variable {var}"),
+                key: var.clone(),
+                message: "expected PAYNOTIFY_ACCOUNTS_{INDEX}_{KEY}".into(),
+            })?;
+            let index: usize = index.parse().map_err(|_| ConfigError::Key {
+                source_name: format!("environment variable {var}"),
+                key: var.clone(),
+                message: format!("`{index}` is not an account index"),
+            })?;
+            let accounts = table
+                .entry("accounts")
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            let Some(accounts) = accounts.as_array_mut() else {
+                return Err(ConfigError::Key {
+                    source_name: format!("environment variable {var}"),
+                    key: "accounts".into(),
+                    message: "`accounts` must be an array of tables".into(),
+                });
+            };
+            while accounts.len() <= index {
+                accounts.push(toml::Value::Table(toml::Table::new()));
+            }
+            // Every account key is text (ids such as mch_id look numeric but are not
+            // numbers) except the key maps and certificate lists.
+            let value = if raw.starts_with('[') || raw.starts_with('{') {
+                parse_env_value(&raw)
+            } else {
+                toml::Value::String(raw)
+            };
+            if let Some(t) = accounts[index].as_table_mut() {
+                t.insert(key.to_owned(), value);
+            }
+            applied.push(var);
+            continue;
+        }
+        let Some((section, key)) = SECTIONS
+            .iter()
+            .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (*s, k)))
+        else {
+            // PAYNOTIFY_CONFIG and variables of other tools are not config keys.
+            continue;
+        };
+        let value = if STRING_KEYS.contains(&key) {
+            toml::Value::String(raw)
+        } else {
+            parse_env_value(&raw)
+        };
+        let section_table = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section_table.as_table_mut() {
+            Some(t) => {
+                t.insert(key.to_owned(), value);
+            }
+            None => {
+                return Err(ConfigError::Key {
+                    source_name: format!("environment variable {var}"),
+                    key: section.into(),
+                    message: format!("`{section}` must be a table"),
+                })
+            }
+        }
+        applied.push(var);
+    }
+    Ok(applied)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Parse as a TOML value via a one-key document; anything that is not valid TOML
+    // (a bare word, a URL) is taken as a string.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("paynotify-config-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("paynotify.toml");
+        std::fs::write(&path, text).expect("write config");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(&path, env)
+    }
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::load(Path::new("/nonexistent/paynotify.toml"), Vec::new()).expect("defaults");
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.plugins.timeout_ms, 4000);
+        assert!(c.database.url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let e = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n", &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("paynotify.toml"), "{msg}");
+        assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides_sections_and_accounts() {
+        let c = load_str(
+            "[[accounts]]\nprovider = \"wechat-v2\"\nappid = \"wx1\"\n",
+            &[
+                ("PAYNOTIFY_SERVER_LISTEN", "127.0.0.1:9999"),
+                ("PAYNOTIFY_PLUGINS_TIMEOUT_MS", "1000"),
+                ("PAYNOTIFY_ACCOUNTS_0_MCH_ID", "12345"),
+                ("PAYNOTIFY_TEST_SOMETHING", "ignored"),
+            ],
+        )
+        .expect("config");
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.plugins.timeout_ms, 1000);
+        // Numeric-looking merchant ids stay text.
+        assert_eq!(c.accounts[0].mch_id.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let e = load_str("", &[("PAYNOTIFY_SERVER_LISTEN", "not-an-address")]).unwrap_err();
+        assert!(e.to_string().contains("PAYNOTIFY_SERVER_LISTEN"), "{e}");
+    }
+
+    #[test]
+    fn secret_files_are_read_and_missing_ones_named() {
+        let e = load_str(
+            "[[accounts]]\nprovider = \"wechat-v2\"\napi_key_file = \"nope.key\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("accounts[0].api_key_file") && msg.contains("nope.key"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_provider_is_refused() {
+        let e = load_str("[[accounts]]\nprovider = \"paypal\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("accounts[0].provider"), "{e}");
+    }
+}

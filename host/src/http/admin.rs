@@ -1,0 +1,107 @@
+//! `/api/admin`: what ops look at and re-drive.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::app::App;
+use crate::store::{NotificationFilter, Verdict};
+
+/// Query of `GET /api/admin/notifications`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    provider: Option<String>,
+    order: Option<String>,
+    verdict: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// Lists notifications, newest first.
+pub async fn list_notifications(State(app): State<App>, Query(q): Query<NotificationQuery>) -> Response {
+    let verdict = match q.verdict.as_deref().map(|v| (v, Verdict::parse(v))) {
+        None => None,
+        Some((_, Some(v))) => Some(v),
+        Some((v, None)) => {
+            return ApiError::new(axum::http::StatusCode::BAD_REQUEST, format!("unknown verdict `{v}`")).into_response()
+        }
+    };
+    let filter = NotificationFilter {
+        provider: q.provider,
+        out_trade_no: q.order,
+        verdict,
+        before_id: q.before,
+        limit: q.limit.unwrap_or(50),
+    };
+    match app.store.list_notifications(&filter).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// One notification with its raw body.
+pub async fn show_notification(State(app): State<App>, Path(id): Path<i64>) -> Response {
+    match app.store.get_notification(id).await {
+        Ok(Some(n)) => Json(n).into_response(),
+        Ok(None) => ApiError::not_found(format!("no notification {id}")).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Runs a stored notification through the pipeline again.
+pub async fn replay(State(app): State<App>, Path(id): Path<i64>) -> Response {
+    let record = match app.store.get_notification(id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return ApiError::not_found(format!("no notification {id}")).into_response(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let p = app.pipeline.replay(&record).await;
+    Json(serde_json::json!({
+        "id": id,
+        "verdict": p.verdict,
+        "reason": p.reason,
+    }))
+    .into_response()
+}
+
+/// Loaded plugins and load errors.
+pub async fn plugins(State(app): State<App>) -> Response {
+    Json(app.plugins.status()).into_response()
+}
+
+/// Rescans the plugins directory now.
+pub async fn reload_plugins(State(app): State<App>) -> Response {
+    let report = app.plugins.scan().await;
+    Json(serde_json::json!({ "report": report, "plugins": app.plugins.status() })).into_response()
+}
+
+/// A handler document.
+pub async fn document(State(app): State<App>, Path((collection, id)): Path<(String, String)>) -> Response {
+    match app.store.get_document(&collection, &id).await {
+        Ok(Some(text)) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => ApiError::internal(format!("stored document is corrupt: {e}")).into_response(),
+        },
+        Ok(None) => ApiError::not_found(format!("no document {collection}/{id}")).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Query of `GET /api/admin/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Lists tasks, newest first.
+pub async fn tasks(State(app): State<App>, Query(q): Query<TaskQuery>) -> Response {
+    match app.store.list_tasks(q.status.as_deref(), q.limit.unwrap_or(50)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}

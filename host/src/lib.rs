@@ -1,0 +1,18 @@
+//! paynotify: the host payment providers call when an order is paid.
+//!
+//! Reading order for newcomers: [`http`] (routes) → [`pipeline`] (the one transaction)
+//! → [`providers`] (parse + verify + answer) → [`store`] (SQLite / PostgreSQL) →
+//! [`plugins`] (registry, runtime + limits, capabilities).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod orders;
+pub mod pipeline;
+pub mod plugins;
+pub mod providers;
+pub mod store;
+
+pub use app::App;
+pub use config::Config;

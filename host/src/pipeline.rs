@@ -1,0 +1,502 @@
+//! Processing one notification (SPEC §5):
+//!
+//! 1. store it as received (committed before anything else: nothing received is lost);
+//! 2. verify it with its provider;
+//! 3. find its order, 4. check amount and account;
+//! 5. in ONE transaction: mark the order paid only if unpaid, run the type's handler with
+//!    its writes and tasks in the same transaction, record the result; commit;
+//! 6. answer the provider in its own convention.
+//!
+//! The settle step works inside a savepoint of a transaction it is handed, so several
+//! notifications can share one transaction (and one commit), each rolling back only its
+//! own work when its handler fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::plugins::bindings;
+use crate::plugins::capabilities::{CallContext, CallTags};
+use crate::plugins::{HandlerFailure, Registry};
+use crate::providers::{Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers};
+use crate::store::{status, MarkPaid, NewNotification, NotificationRecord, Order, Store, StoreError, Tx, Verdict};
+
+/// A notification as the HTTP layer received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Provider named in the URL.
+    pub provider: String,
+    /// Account named in the URL.
+    pub account: Option<String>,
+    /// Client address.
+    pub remote_addr: Option<String>,
+    /// Headers, names lower-case, credentials removed.
+    pub headers: Vec<(String, String)>,
+    /// Body as received, cut at the size limit.
+    pub body: Vec<u8>,
+    /// The body was over the limit.
+    pub truncated: bool,
+}
+
+/// The result of processing: what was recorded and what to answer.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    /// The stored notification, when storing it succeeded.
+    pub notification_id: Option<i64>,
+    /// Where it ended up.
+    pub verdict: Verdict,
+    /// Why, for rejections and failures.
+    pub reason: Option<String>,
+    /// The provider's answer.
+    pub answer: Answer,
+}
+
+/// Notify keys by (provider, account), for the handlers' `crypto` capability.
+pub type NotifyKeys = HashMap<(String, String), [u8; 32]>;
+
+/// The notification pipeline.
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    providers: Arc<Providers>,
+    plugins: Arc<Registry>,
+    notify_keys: NotifyKeys,
+    max_body_bytes: usize,
+}
+
+/// What settling a verified payment decided.
+struct Settled {
+    verdict: Verdict,
+    reason: Option<String>,
+}
+
+impl Settled {
+    fn new(verdict: Verdict, reason: impl Into<Option<String>>) -> Settled {
+        Settled {
+            verdict,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over these parts.
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: Arc<Providers>,
+        plugins: Arc<Registry>,
+        notify_keys: NotifyKeys,
+        max_body_bytes: usize,
+    ) -> Pipeline {
+        Pipeline {
+            store,
+            providers,
+            plugins,
+            notify_keys,
+            max_body_bytes,
+        }
+    }
+
+    /// Processes a notification from the wire, end to end.
+    pub async fn receive(&self, r: Received) -> Processed {
+        let span = tracing::info_span!(
+            "notification",
+            provider = %r.provider,
+            id = tracing::field::Empty,
+            order = tracing::field::Empty,
+            verdict = tracing::field::Empty
+        );
+        async move {
+            let stored = NewNotification {
+                provider: r.provider.clone(),
+                account: r.account.clone(),
+                remote_addr: r.remote_addr.clone(),
+                headers: r.headers.clone(),
+                body: r.body.clone(),
+                truncated: r.truncated,
+            };
+            let id = match self.store.insert_notification(&stored).await {
+                Ok(id) => id,
+                Err(e) => {
+                    // Not stored, so not accepted: the provider must retry.
+                    tracing::error!(error = %e, "cannot store notification");
+                    return self.answer(&r.provider, None, Verdict::Failed, Some(format!("storage unavailable: {e}")), 500);
+                }
+            };
+            tracing::Span::current().record("id", id);
+            self.process(id, &r.provider, r.account.as_deref(), &r.headers, &r.body, r.truncated)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs a stored notification through the pipeline again (ops replay). Exactly-once
+    /// still holds: a notification whose order is already paid changes nothing.
+    pub async fn replay(&self, record: &NotificationRecord) -> Processed {
+        let span = tracing::info_span!("replay", provider = %record.provider, id = record.id, order = tracing::field::Empty, verdict = tracing::field::Empty);
+        self.process(
+            record.id,
+            &record.provider,
+            record.account.as_deref(),
+            &record.headers,
+            &record.body,
+            record.truncated,
+        )
+        .instrument(span)
+        .await
+    }
+
+    async fn process(
+        &self,
+        id: i64,
+        provider_name: &str,
+        url_account: Option<&str>,
+        headers: &[(String, String)],
+        body: &[u8],
+        truncated: bool,
+    ) -> Processed {
+        let Some(provider) = ProviderKind::parse(provider_name).and_then(|k| self.providers.get(k)) else {
+            let reason = format!("provider `{provider_name}` is not configured");
+            return self.finish_outside(id, provider_name, Verdict::Rejected, reason, None, None, 404).await;
+        };
+        if truncated {
+            let reason = format!("body is over {} bytes", self.max_body_bytes);
+            return self.finish_outside(id, provider_name, Verdict::Rejected, reason, None, None, 413).await;
+        }
+        let inbound = Inbound {
+            account: url_account,
+            headers,
+            body,
+        };
+        let notice = match provider.verify(&inbound) {
+            Ok(n) => n,
+            Err(rejection) => {
+                tracing::warn!(reason = %rejection, "notification rejected");
+                return self
+                    .finish_outside(id, provider_name, Verdict::Rejected, rejection.to_string(), None, None, 200)
+                    .await;
+            }
+        };
+        tracing::Span::current().record("order", notice.out_trade_no.as_str());
+        let payment = match &notice.kind {
+            NoticeKind::Paid(p) => p,
+            NoticeKind::NotPaid { state } => {
+                let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
+                let reason = format!("not a payment: {state}");
+                return self
+                    .finish_outside(id, provider_name, Verdict::Ignored, reason, order, Some(&notice.account), 200)
+                    .await;
+            }
+        };
+        let settled = match self.store.begin().await {
+            Ok(tx) => match self.settle(tx, id, provider.kind(), &notice, payment).await {
+                (Some(tx), Ok(s)) => match tx.commit().await {
+                    Ok(()) => Ok(s),
+                    Err(e) => Err(e.to_string()),
+                },
+                (_, Ok(_)) => Err("the transaction was abandoned during the handler call".into()),
+                (_, Err(e)) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match settled {
+            Ok(s) => {
+                tracing::Span::current().record("verdict", s.verdict.as_str());
+                tracing::info!(reason = s.reason.as_deref().unwrap_or(""), "notification processed");
+                self.answer(provider_name, Some(id), s.verdict, s.reason, 200)
+            }
+            Err(e) => {
+                // Rolled back: the order is as it was. Record why, outside the lost
+                // transaction, and make the provider retry.
+                let reason = format!("transaction failed: {e}");
+                tracing::error!(error = %reason, "notification not settled");
+                let order = Some(notice.out_trade_no.as_str());
+                self.finish_outside(id, provider_name, Verdict::Failed, reason, order, Some(&notice.account), 500)
+                    .await
+            }
+        }
+    }
+
+    /// Steps 3–5 inside `tx`, within a savepoint of their own. Returns the transaction
+    /// unless it was lost with an abandoned handler call.
+    async fn settle(
+        &self,
+        mut tx: Box<dyn Tx>,
+        id: i64,
+        provider: ProviderKind,
+        notice: &Notice,
+        payment: &Payment,
+    ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
+        let checked = match self.check_order(tx.as_mut(), id, notice, payment, provider).await {
+            Ok(c) => c,
+            Err(e) => return (Some(tx), Err(e)),
+        };
+        let (order, settled) = match checked {
+            Checked::Done(s) => (None, s),
+            Checked::Pay(order) => {
+                let (back, result) = self.pay(tx, id, &order, notice, payment).await;
+                let Some(t) = back else {
+                    return (None, result);
+                };
+                tx = t;
+                match result {
+                    Ok(s) => (Some(order), s),
+                    Err(e) => return (Some(tx), Err(e)),
+                }
+            }
+        };
+        let out_trade_no = order.as_ref().map(|o| o.out_trade_no.as_str()).unwrap_or(&notice.out_trade_no);
+        let recorded = tx
+            .finish_notification(
+                id,
+                settled.verdict,
+                settled.reason.as_deref(),
+                Some(out_trade_no).filter(|s| !s.is_empty()),
+                Some(&notice.account),
+            )
+            .await;
+        (Some(tx), recorded.map(|()| settled))
+    }
+
+    /// Steps 3–4: the order exists, belongs to this account, and the amount is right.
+    async fn check_order(
+        &self,
+        tx: &mut dyn Tx,
+        id: i64,
+        notice: &Notice,
+        payment: &Payment,
+        provider: ProviderKind,
+    ) -> Result<Checked, StoreError> {
+        let Some(order) = tx.lock_order(&notice.out_trade_no).await? else {
+            return Ok(Checked::Done(Settled::new(
+                Verdict::Rejected,
+                format!("unknown order `{}`", notice.out_trade_no),
+            )));
+        };
+        if order.provider != provider.as_str() || order.account != notice.account {
+            return Ok(Checked::Done(Settled::new(
+                Verdict::Rejected,
+                format!(
+                    "order belongs to {} account `{}`, notification was verified for {} account `{}`",
+                    order.provider, order.account, provider, notice.account
+                ),
+            )));
+        }
+        if payment.amount != order.total_fee {
+            return Ok(Checked::Done(Settled::new(
+                Verdict::Rejected,
+                format!("amount mismatch: paid {} fen, order total is {} fen", payment.amount, order.total_fee),
+            )));
+        }
+        Ok(match order.status {
+            status::UNPAID => Checked::Pay(order),
+            status::CLOSED => {
+                tracing::warn!(transaction = %payment.transaction_id, "payment for a closed order: refund or reopen it");
+                Checked::Done(Settled::new(
+                    Verdict::PaidAfterClose,
+                    format!("order was closed; paid by transaction {}", payment.transaction_id),
+                ))
+            }
+            // A replay of the very notification that paid the order stays its payer.
+            _ if order.paid_notification_id == Some(id) => {
+                Checked::Done(Settled::new(Verdict::Paid, "replayed; order was already paid by it".to_owned()))
+            }
+            _ if order.transaction_id.as_deref() == Some(payment.transaction_id.as_str()) => {
+                Checked::Done(Settled::new(Verdict::Duplicate, None))
+            }
+            _ => {
+                tracing::warn!(
+                    paid_by = order.transaction_id.as_deref().unwrap_or(""),
+                    transaction = %payment.transaction_id,
+                    "order paid twice by different transactions: refund one"
+                );
+                Checked::Done(Settled::new(
+                    Verdict::Duplicate,
+                    format!(
+                        "order already paid by transaction {}; this notification reports transaction {} (paid twice?)",
+                        order.transaction_id.as_deref().unwrap_or("?"),
+                        payment.transaction_id
+                    ),
+                ))
+            }
+        })
+    }
+
+    /// Step 5 for an unpaid order: mark paid and run the handler inside a savepoint.
+    async fn pay(
+        &self,
+        mut tx: Box<dyn Tx>,
+        id: i64,
+        order: &Order,
+        notice: &Notice,
+        payment: &Payment,
+    ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
+        let Some(plugin) = self.plugins.get(&order.order_type) else {
+            let failure = HandlerFailure::NotLoaded(order.order_type.clone());
+            let r = tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json()).await;
+            return (Some(tx), r.map(|()| Settled::new(Verdict::Failed, failure.to_string())));
+        };
+        let savepoint = format!("n{id}");
+        if let Err(e) = tx.savepoint(&savepoint).await {
+            return (Some(tx), Err(e));
+        }
+        let original_data = serde_json::to_value(&notice.fields).unwrap_or_default();
+        let marked = tx
+            .mark_paid(&MarkPaid {
+                out_trade_no: &order.out_trade_no,
+                transaction_id: &payment.transaction_id,
+                pay_date: payment.paid_at.unwrap_or_else(crate::store::now_ms),
+                notification_id: id,
+                original_data: &original_data,
+            })
+            .await;
+        match marked {
+            Ok(true) => {}
+            // The row lock makes this unreachable; if it ever happens, nothing ran twice.
+            Ok(false) => {
+                let r = tx.release(&savepoint).await;
+                return (Some(tx), r.map(|()| Settled::new(Verdict::Duplicate, None)));
+            }
+            Err(e) => return (Some(tx), Err(e)),
+        }
+
+        let ctx = CallContext {
+            manifest: plugin.manifest.clone(),
+            tags: CallTags {
+                plugin: plugin.plugin_type.clone(),
+                version: plugin.metadata.version.clone(),
+                out_trade_no: Some(order.out_trade_no.clone()),
+                notification_id: Some(id),
+                task_id: None,
+            },
+            tx: Some(tx),
+            notify_key: self.notify_keys.get(&(order.provider.clone(), order.account.clone())).copied(),
+            account: Some(order.account.clone()),
+            http: self.plugins.runtime().http_client(),
+            poisoned: None,
+        };
+        let wit_order = bindings::Order {
+            out_trade_no: order.out_trade_no.clone(),
+            type_: order.order_type.clone(),
+            provider: order.provider.clone(),
+            account: order.account.clone(),
+            total_fee: order.total_fee,
+            user_id: order.user_id.clone(),
+            custom: order.custom.to_string(),
+            transaction_id: payment.transaction_id.clone(),
+        };
+        let wit_notification = bindings::Notification {
+            id,
+            provider: order.provider.clone(),
+            account: notice.account.clone(),
+            out_trade_no: notice.out_trade_no.clone(),
+            transaction_id: payment.transaction_id.clone(),
+            amount: payment.amount,
+            paid_at: payment.paid_at.and_then(rfc3339),
+            fields: notice.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        let started = std::time::Instant::now();
+        let (ctx, result) = self
+            .plugins
+            .runtime()
+            .handle_paid(&plugin.compiled, ctx, plugin.limits, wit_order, wit_notification)
+            .await;
+        let elapsed = started.elapsed();
+        let Some(mut tx) = ctx.and_then(|c| c.tx) else {
+            return (None, Err(StoreError::Invalid("transaction lost during the handler call".into())));
+        };
+        match result {
+            Ok(outcome) => {
+                tracing::info!(plugin = %plugin.plugin_type, elapsed_us = elapsed.as_micros() as u64, "handler succeeded");
+                let r = async {
+                    tx.release(&savepoint).await?;
+                    tx.set_handler_result(&order.out_trade_no, "succeeded", &outcome).await
+                }
+                .await;
+                (Some(tx), r.map(|()| Settled::new(Verdict::Paid, None)))
+            }
+            Err(failure) => {
+                tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler failed; payment rolled back, provider will retry");
+                let r = async {
+                    tx.rollback_to(&savepoint).await?;
+                    tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json()).await
+                }
+                .await;
+                (Some(tx), r.map(|()| Settled::new(Verdict::Failed, failure.to_string())))
+            }
+        }
+    }
+
+    /// Records a verdict when no transaction is open, then answers.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_outside(
+        &self,
+        id: i64,
+        provider: &str,
+        verdict: Verdict,
+        reason: String,
+        out_trade_no: Option<&str>,
+        account: Option<&str>,
+        http_status: u16,
+    ) -> Processed {
+        tracing::Span::current().record("verdict", verdict.as_str());
+        if let Err(e) = self
+            .store
+            .finish_notification(id, verdict, Some(&reason), out_trade_no, account)
+            .await
+        {
+            // The notification stays `received` and visible for replay.
+            tracing::error!(error = %e, "cannot record verdict");
+        }
+        self.answer(provider, Some(id), verdict, Some(reason), http_status)
+    }
+
+    fn answer(
+        &self,
+        provider: &str,
+        id: Option<i64>,
+        verdict: Verdict,
+        reason: Option<String>,
+        http_status: u16,
+    ) -> Processed {
+        let provider = ProviderKind::parse(provider).and_then(|k| self.providers.get(k));
+        let accepted = matches!(
+            verdict,
+            Verdict::Paid | Verdict::Duplicate | Verdict::Ignored | Verdict::PaidAfterClose
+        );
+        let answer = match provider {
+            Some(p) if accepted => p.success(),
+            Some(p) => {
+                let mut a = p.failure(reason.as_deref().unwrap_or("not accepted"));
+                if http_status != 200 {
+                    a.status = http_status;
+                }
+                a
+            }
+            None => Answer {
+                status: 404,
+                content_type: Some("text/plain; charset=utf-8"),
+                body: b"unknown or unconfigured provider".to_vec(),
+            },
+        };
+        Processed {
+            notification_id: id,
+            verdict,
+            reason,
+            answer,
+        }
+    }
+}
+
+enum Checked {
+    /// Nothing to pay: the verdict is decided.
+    Done(Settled),
+    /// An unpaid order whose checks passed.
+    Pay(Order),
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}

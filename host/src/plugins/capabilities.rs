@@ -1,0 +1,462 @@
+//! The host side of the WIT imports: `db`, `log`, `http`, `crypto`, `tasks`.
+//!
+//! Every call is checked against the plugin's manifest. A denied or malformed call is an
+//! error value handed back to the handler, never a trap of the host. A failure of the
+//! database itself also poisons the call ([`CallContext::poison`]): the transaction may be
+//! unusable, so the handler's result is not trusted even if it returns `Ok`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use super::bindings::paynotify::plugin::{crypto, db, http, log, tasks, types};
+use super::manifest::Manifest;
+use crate::store::{self, DocError, NewTask, Tx};
+
+/// Largest JSON document or task payload a handler may write.
+const MAX_JSON_BYTES: usize = 256 * 1024;
+/// Largest response body the `http` capability hands back.
+const MAX_HTTP_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Per-call HTTP timeout when the handler asks for none, and the most it may ask for.
+const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most documents one query returns.
+const MAX_QUERY_LIMIT: u32 = 1000;
+
+/// Who is calling: the plugin and, when there is one, the order and notification.
+#[derive(Debug, Clone)]
+pub struct CallTags {
+    /// Plugin type.
+    pub plugin: String,
+    /// The plugin's own version string.
+    pub version: String,
+    /// The order being handled.
+    pub out_trade_no: Option<String>,
+    /// The notification being handled.
+    pub notification_id: Option<i64>,
+    /// The task being run.
+    pub task_id: Option<i64>,
+}
+
+/// Everything one handler call may touch; moved into the wasmtime `Store` for the call
+/// and taken back afterwards.
+pub struct CallContext {
+    /// Grants.
+    pub manifest: Arc<Manifest>,
+    /// Log tags.
+    pub tags: CallTags,
+    /// The open transaction `db` and `tasks` write into; None outside one (load checks).
+    pub tx: Option<Box<dyn Tx>>,
+    /// The merchant account's notify key, for `crypto`.
+    pub notify_key: Option<[u8; 32]>,
+    /// The account name, stored on enqueued tasks.
+    pub account: Option<String>,
+    /// Shared outbound HTTP client.
+    pub http: reqwest::Client,
+    /// Set when a host-side failure makes the call's result untrustworthy.
+    pub poisoned: Option<String>,
+}
+
+impl CallContext {
+    /// A context with no transaction and no account (used to call `metadata`).
+    pub fn detached(manifest: Arc<Manifest>, tags: CallTags, http: reqwest::Client) -> Self {
+        CallContext {
+            manifest,
+            tags,
+            tx: None,
+            notify_key: None,
+            account: None,
+            http,
+            poisoned: None,
+        }
+    }
+
+    /// Marks the call failed whatever the handler returns.
+    pub fn poison(&mut self, why: String) {
+        tracing::error!(plugin = %self.tags.plugin, error = %why, "host capability failed; call will fail");
+        self.poisoned.get_or_insert(why);
+    }
+
+    fn collection(&self, name: &str) -> Result<(), db::DbError> {
+        if !store::valid_collection(name) {
+            return Err(db::DbError::Invalid(format!("`{name}` is not a valid collection name")));
+        }
+        if !self.manifest.grants_collection(name) {
+            return Err(db::DbError::Denied(format!(
+                "collection `{name}` is not granted to plugin `{}` (add it to `collections` in {}.toml)",
+                self.tags.plugin, self.tags.plugin
+            )));
+        }
+        Ok(())
+    }
+
+    fn tx(&mut self) -> Result<&mut Box<dyn Tx>, db::DbError> {
+        self.tx
+            .as_mut()
+            .ok_or_else(|| db::DbError::Backend("no transaction is open for this call".into()))
+    }
+
+    fn doc_error(&mut self, e: DocError) -> db::DbError {
+        match e {
+            DocError::Conflict(m) => db::DbError::Conflict(m),
+            DocError::NotANumber(f) => db::DbError::NotANumber(format!("field `{f}` is not an integer")),
+            DocError::Invalid(m) => db::DbError::Invalid(m),
+            DocError::Store(e) => {
+                let msg = e.to_string();
+                self.poison(msg.clone());
+                db::DbError::Backend(msg)
+            }
+        }
+    }
+}
+
+/// Parses a JSON object given by a handler, returning its compact text.
+fn json_object(text: &str) -> Result<(serde_json::Map<String, serde_json::Value>, String), db::DbError> {
+    if text.len() > MAX_JSON_BYTES {
+        return Err(db::DbError::Invalid(format!("document is over {MAX_JSON_BYTES} bytes")));
+    }
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(map)) => {
+            let compact = serde_json::Value::Object(map.clone()).to_string();
+            Ok((map, compact))
+        }
+        Ok(_) => Err(db::DbError::Invalid("a document must be a JSON object".into())),
+        Err(e) => Err(db::DbError::Invalid(format!("invalid JSON: {e}"))),
+    }
+}
+
+fn doc_id(id: &str) -> Result<(), db::DbError> {
+    if store::valid_doc_id(id) {
+        Ok(())
+    } else {
+        Err(db::DbError::Invalid(format!("`{id}` is not a valid document id")))
+    }
+}
+
+impl types::Host for CallContext {}
+
+impl db::Host for CallContext {
+    async fn get(&mut self, collection: String, id: String) -> Result<Option<String>, db::DbError> {
+        self.collection(&collection)?;
+        doc_id(&id)?;
+        let r = self.tx()?.doc_get(&collection, &id).await;
+        r.map_err(|e| self.doc_error(e))
+    }
+
+    async fn insert(
+        &mut self,
+        collection: String,
+        id: Option<String>,
+        data: String,
+    ) -> Result<String, db::DbError> {
+        self.collection(&collection)?;
+        let id = id.unwrap_or_else(|| hex::encode(rand::random::<[u8; 12]>()));
+        doc_id(&id)?;
+        let (_, data) = json_object(&data)?;
+        let r = self.tx()?.doc_insert(&collection, &id, &data).await;
+        r.map_err(|e| self.doc_error(e)).map(|()| id)
+    }
+
+    async fn set(
+        &mut self,
+        collection: String,
+        id: String,
+        data: String,
+        merge: bool,
+    ) -> Result<(), db::DbError> {
+        self.collection(&collection)?;
+        doc_id(&id)?;
+        let (fields, mut text) = json_object(&data)?;
+        if merge {
+            // Read-modify-write is safe: the transaction holds the write lock (SQLite) or
+            // will hold the row lock taken by the put below until commit (PostgreSQL).
+            let current = self.tx()?.doc_get(&collection, &id).await;
+            let current = current.map_err(|e| self.doc_error(e))?;
+            let mut merged = match current.as_deref().map(serde_json::from_str) {
+                Some(Ok(serde_json::Value::Object(m))) => m,
+                Some(Err(e)) => return Err(db::DbError::Backend(format!("stored document is corrupt: {e}"))),
+                _ => serde_json::Map::new(),
+            };
+            merged.extend(fields);
+            text = serde_json::Value::Object(merged).to_string();
+            if text.len() > MAX_JSON_BYTES {
+                return Err(db::DbError::Invalid(format!("merged document is over {MAX_JSON_BYTES} bytes")));
+            }
+        }
+        let r = self.tx()?.doc_put(&collection, &id, &text).await;
+        r.map_err(|e| self.doc_error(e))
+    }
+
+    async fn inc(
+        &mut self,
+        collection: String,
+        id: String,
+        field: String,
+        delta: i64,
+    ) -> Result<i64, db::DbError> {
+        self.collection(&collection)?;
+        doc_id(&id)?;
+        if !store::valid_field(&field) {
+            return Err(db::DbError::Invalid(format!("`{field}` is not a valid field name")));
+        }
+        let r = self.tx()?.doc_inc(&collection, &id, &field, delta).await;
+        r.map_err(|e| self.doc_error(e))
+    }
+
+    async fn delete(&mut self, collection: String, id: String) -> Result<bool, db::DbError> {
+        self.collection(&collection)?;
+        doc_id(&id)?;
+        let r = self.tx()?.doc_delete(&collection, &id).await;
+        r.map_err(|e| self.doc_error(e))
+    }
+
+    async fn query(
+        &mut self,
+        collection: String,
+        filters: Vec<(String, String)>,
+        limit: u32,
+    ) -> Result<Vec<db::Document>, db::DbError> {
+        self.collection(&collection)?;
+        let mut parsed = Vec::with_capacity(filters.len());
+        for (field, value) in filters {
+            if !store::valid_field(&field) {
+                return Err(db::DbError::Invalid(format!("`{field}` is not a valid field name")));
+            }
+            let value = serde_json::from_str(&value)
+                .map_err(|e| db::DbError::Invalid(format!("filter on `{field}` is not JSON: {e}")))?;
+            parsed.push((field, value));
+        }
+        let limit = limit.clamp(1, MAX_QUERY_LIMIT);
+        let r = self.tx()?.doc_query(&collection, &parsed, limit).await;
+        let rows = r.map_err(|e| self.doc_error(e))?;
+        Ok(rows.into_iter().map(|(id, data)| db::Document { id, data }).collect())
+    }
+}
+
+impl log::Host for CallContext {
+    async fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let message: String = message.chars().take(4096).collect();
+        let fields = fields
+            .iter()
+            .take(32)
+            .map(|(k, v)| format!("{k}={}", v.chars().take(512).collect::<String>()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let t = &self.tags;
+        macro_rules! emit {
+            ($lvl:ident) => {
+                tracing::$lvl!(
+                    target: "paynotify::plugin",
+                    plugin = %t.plugin,
+                    version = %t.version,
+                    order = t.out_trade_no.as_deref().unwrap_or(""),
+                    notification = t.notification_id.unwrap_or_default(),
+                    task = t.task_id.unwrap_or_default(),
+                    fields = %fields,
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            log::Level::Trace => emit!(trace),
+            log::Level::Debug => emit!(debug),
+            log::Level::Info => emit!(info),
+            log::Level::Warn => emit!(warn),
+            log::Level::Error => emit!(error),
+        }
+    }
+}
+
+impl http::Host for CallContext {
+    // reqwest on the host rather than wasi:http: the allow-list, the timeout and the
+    // response cap are enforced in one place we control, redirects are refused (they
+    // would let a handler reach an origin not on its list), and handlers get a plain
+    // request/response call instead of wasi:http's streams.
+    async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+        let url = reqwest::Url::parse(&req.url)
+            .map_err(|e| http::HttpError::InvalidRequest(format!("bad url `{}`: {e}", req.url)))?;
+        if !self.manifest.grants_origin(&url) {
+            return Err(http::HttpError::Denied(format!(
+                "origin {} is not in `http_origins` of {}.toml",
+                url.origin().ascii_serialization(),
+                self.tags.plugin
+            )));
+        }
+        let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| http::HttpError::InvalidRequest(format!("bad method `{}`", req.method)))?;
+        let timeout = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)))
+            .unwrap_or(DEFAULT_HTTP_TIMEOUT)
+            .min(MAX_HTTP_TIMEOUT);
+        let mut builder = self.http.request(method, url).timeout(timeout).body(req.body);
+        for (k, v) in &req.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let request = builder
+            .build()
+            .map_err(|e| http::HttpError::InvalidRequest(e.to_string()))?;
+        let mut response = self.http.execute(request).await.map_err(|e| {
+            if e.is_timeout() {
+                http::HttpError::Timeout
+            } else {
+                http::HttpError::Transport(e.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_HTTP_RESPONSE_BYTES {
+                        return Err(http::HttpError::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Err(http::HttpError::Timeout),
+                Err(e) => return Err(http::HttpError::Transport(e.to_string())),
+            }
+        }
+        Ok(http::Response { status, headers, body })
+    }
+}
+
+/// Reads a notify key: 64 hex characters, or exactly 32 bytes of text.
+pub fn parse_notify_key(s: &str) -> Option<[u8; 32]> {
+    if s.len() == 64 {
+        if let Ok(bytes) = hex::decode(s) {
+            return bytes.try_into().ok();
+        }
+    }
+    s.as_bytes().try_into().ok()
+}
+
+type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
+type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+
+/// AES-256-CBC, PKCS#7, random IV; base64 of `iv || ciphertext`.
+pub fn aes_encrypt(key: &[u8; 32], plaintext: &[u8]) -> String {
+    let iv: [u8; 16] = rand::random();
+    let ct = Aes256CbcEnc::new(key.into(), &iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
+    let mut out = iv.to_vec();
+    out.extend_from_slice(&ct);
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+/// Inverse of [`aes_encrypt`].
+pub fn aes_decrypt(key: &[u8; 32], b64: &str) -> Result<Vec<u8>, String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    if raw.len() < 32 || raw.len() % 16 != 0 {
+        return Err("ciphertext must be a 16-byte IV followed by whole AES blocks".into());
+    }
+    let (iv, ct) = raw.split_at(16);
+    let iv: [u8; 16] = iv.try_into().map_err(|_| "bad IV".to_owned())?;
+    Aes256CbcDec::new(key.into(), &iv.into())
+        .decrypt_padded_vec_mut::<Pkcs7>(ct)
+        .map_err(|_| "does not decrypt with this key (bad padding)".to_owned())
+}
+
+/// HMAC-SHA256.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+impl crypto::Host for CallContext {
+    async fn aes_encrypt(&mut self, plaintext: Vec<u8>) -> Result<String, crypto::CryptoError> {
+        let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
+        Ok(aes_encrypt(&key, &plaintext))
+    }
+
+    async fn aes_decrypt(&mut self, ciphertext_b64: String) -> Result<Vec<u8>, crypto::CryptoError> {
+        let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
+        aes_decrypt(&key, &ciphertext_b64).map_err(crypto::CryptoError::Invalid)
+    }
+
+    async fn sign(&mut self, data: Vec<u8>) -> Result<String, crypto::CryptoError> {
+        let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
+        Ok(hex::encode(hmac_sha256(&key, &data)))
+    }
+
+    async fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
+        hmac_sha256(&key, &data)
+    }
+
+    async fn sha256(&mut self, data: Vec<u8>) -> Vec<u8> {
+        Sha256::digest(&data).to_vec()
+    }
+}
+
+impl tasks::Host for CallContext {
+    async fn enqueue(&mut self, name: String, payload: String, delay_secs: u32) -> Result<i64, String> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(format!("`{name}` is not a valid task name"));
+        }
+        if payload.len() > MAX_JSON_BYTES {
+            return Err(format!("task payload is over {MAX_JSON_BYTES} bytes"));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&payload) {
+            return Err(format!("task payload is not JSON: {e}"));
+        }
+        let task = NewTask {
+            plugin: self.tags.plugin.clone(),
+            name,
+            payload,
+            out_trade_no: self.tags.out_trade_no.clone(),
+            account: self.account.clone(),
+            run_at: store::now_ms() + i64::from(delay_secs) * 1000,
+        };
+        let Some(tx) = self.tx.as_mut() else {
+            return Err("no transaction is open for this call".into());
+        };
+        match tx.enqueue_task(&task).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                let msg = e.to_string();
+                self.poison(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_round_trips_and_rejects_garbage() {
+        let key = parse_notify_key(&"ab".repeat(32)).expect("hex key");
+        let ct = aes_encrypt(&key, b"{\"out_trade_no\":\"1\"}");
+        assert_eq!(aes_decrypt(&key, &ct).expect("decrypts"), b"{\"out_trade_no\":\"1\"}");
+        let other = parse_notify_key("0123456789abcdef0123456789abcdef").expect("text key");
+        // A wrong key either fails the padding check or yields other bytes, never the plaintext.
+        assert_ne!(aes_decrypt(&other, &ct).ok(), Some(b"{\"out_trade_no\":\"1\"}".to_vec()));
+        assert!(aes_decrypt(&key, "!!!").is_err());
+        assert!(aes_decrypt(&key, "AAAA").is_err());
+        assert!(parse_notify_key("short").is_none());
+    }
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

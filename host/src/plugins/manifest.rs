@@ -1,0 +1,145 @@
+//! `{type}.toml`: what a handler is granted and the limits it asks for.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::PluginsConfig;
+
+/// A handler's grants and limits, as written beside its `.wasm`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Collections the `db` capability may touch.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// Origins (`scheme://host[:port]`) the `http` capability may call.
+    #[serde(default)]
+    pub http_origins: Vec<String>,
+    /// Wall-time limit per call; default from `[plugins]`.
+    pub timeout_ms: Option<u64>,
+    /// Memory limit per instance; default from `[plugins]`.
+    pub memory_mb: Option<u64>,
+}
+
+/// The limits a call actually runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall time per call.
+    pub timeout: Duration,
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Manifest {
+    /// Reads `path`; a missing file is an empty manifest (no grants, default limits).
+    pub fn load(path: &Path) -> Result<Manifest, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let m: Manifest = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        m.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(m)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for c in &self.collections {
+            if !crate::store::valid_collection(c) {
+                return Err(format!(
+                    "key `collections`: `{c}` is not a valid collection name (letters, digits, - and _)"
+                ));
+            }
+        }
+        for o in &self.http_origins {
+            if normalise_origin(o).is_none() {
+                return Err(format!(
+                    "key `http_origins`: `{o}` is not an origin like https://example.com[:port]"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits for a call, or an error naming the key over the global cap.
+    pub fn limits(&self, global: &PluginsConfig) -> Result<Limits, String> {
+        let timeout_ms = self.timeout_ms.unwrap_or(global.timeout_ms);
+        if timeout_ms == 0 || timeout_ms > global.max_timeout_ms {
+            return Err(format!(
+                "key `timeout_ms`: {timeout_ms} is outside 1..={} (plugins.max_timeout_ms)",
+                global.max_timeout_ms
+            ));
+        }
+        let memory_mb = self.memory_mb.unwrap_or(global.memory_mb);
+        if memory_mb == 0 || memory_mb > global.max_memory_mb {
+            return Err(format!(
+                "key `memory_mb`: {memory_mb} is outside 1..={} (plugins.max_memory_mb)",
+                global.max_memory_mb
+            ));
+        }
+        Ok(Limits {
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// True if the handler may use `collection`.
+    pub fn grants_collection(&self, collection: &str) -> bool {
+        self.collections.iter().any(|c| c == collection)
+    }
+
+    /// True if the handler may call `url`'s origin.
+    pub fn grants_origin(&self, url: &reqwest::Url) -> bool {
+        let origin = url.origin().ascii_serialization();
+        self.http_origins
+            .iter()
+            .filter_map(|o| normalise_origin(o))
+            .any(|o| o == origin)
+    }
+}
+
+/// `https://Example.com:443/` → `https://example.com`; None if not an http(s) origin.
+pub fn normalise_origin(s: &str) -> Option<String> {
+    let url = reqwest::Url::parse(s).ok()?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+    {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_compared_normalised() {
+        let m = Manifest {
+            http_origins: vec!["HTTPS://Example.com:443/".into(), "http://127.0.0.1:9000".into()],
+            ..Manifest::default()
+        };
+        assert!(m.check().is_ok());
+        let ok = |u: &str| m.grants_origin(&reqwest::Url::parse(u).expect("url"));
+        assert!(ok("https://example.com/pay/notify"));
+        assert!(ok("http://127.0.0.1:9000/x"));
+        assert!(!ok("http://127.0.0.1:9001/x"));
+        assert!(!ok("http://example.com/"));
+        assert!(!ok("https://example.com.evil.net/"));
+    }
+
+    #[test]
+    fn bad_manifests_name_the_key() {
+        let m: Manifest = toml::from_str("collections = [\"a b\"]").expect("parses");
+        assert!(m.check().unwrap_err().contains("collections"));
+        assert!(toml::from_str::<Manifest>("colections = []").is_err());
+        let m: Manifest = toml::from_str("timeout_ms = 999999").expect("parses");
+        let e = m.limits(&PluginsConfig::default()).unwrap_err();
+        assert!(e.contains("timeout_ms"), "{e}");
+    }
+}

@@ -1,0 +1,292 @@
+//! Handlers: the registry of loaded plugins (one per order type), the wasmtime runtime
+//! that runs them, and the capabilities they are granted.
+//!
+//! `{dir}/{type}.wasm` is the handler for orders of `type`; `{dir}/{type}.toml`, when
+//! present, its grants and limits. The registry's map is swapped atomically, so a call
+//! that started on one version finishes on it while new calls get the next.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::PluginsConfig;
+use crate::store::{now_ms, Millis};
+
+pub mod capabilities;
+pub mod manifest;
+pub mod runtime;
+
+pub use manifest::{Limits, Manifest};
+pub use runtime::{Compiled, HandlerFailure, LoadError, Metadata, Runtime};
+
+/// Host bindings generated from `wit/`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+/// A loaded handler.
+pub struct Plugin {
+    /// The order type it handles (its file stem).
+    pub plugin_type: String,
+    /// What the build says about itself.
+    pub metadata: Metadata,
+    /// SHA-256 of the `.wasm` file.
+    pub sha256: String,
+    /// SHA-256 of the `.wasm` and the manifest together: a change of either reloads.
+    fingerprint: String,
+    /// Size of the `.wasm` file in bytes.
+    pub size: usize,
+    /// Grants.
+    pub manifest: Arc<Manifest>,
+    /// Limits per call.
+    pub limits: Limits,
+    /// When it was loaded.
+    pub loaded_at: Millis,
+    /// The compiled component.
+    pub compiled: Compiled,
+}
+
+/// What ops see for one type: the version serving and the last load error.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// Order type.
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// A version is serving.
+    pub loaded: bool,
+    /// Name the build reports.
+    pub name: Option<String>,
+    /// Version the build reports.
+    pub version: Option<String>,
+    /// WIT version it was built against.
+    pub world_version: Option<String>,
+    /// SHA-256 of the serving file.
+    pub sha256: Option<String>,
+    /// Size of the serving file.
+    pub size: Option<usize>,
+    /// When the serving version was loaded.
+    pub loaded_at: Option<Millis>,
+    /// Collections granted.
+    pub collections: Vec<String>,
+    /// HTTP origins granted.
+    pub http_origins: Vec<String>,
+    /// The last load failure for this type (the previous version keeps serving).
+    pub last_error: Option<String>,
+    /// When it failed.
+    pub last_error_at: Option<Millis>,
+}
+
+/// What one scan of the directory did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScanReport {
+    /// Types loaded or replaced.
+    pub loaded: Vec<String>,
+    /// Types whose files did not change.
+    pub unchanged: Vec<String>,
+    /// Types whose file failed to load, with the reason (the old version keeps serving).
+    pub failed: Vec<(String, String)>,
+    /// Types unloaded because their file is gone.
+    pub removed: Vec<String>,
+}
+
+/// The loaded handlers, by type.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    config: PluginsConfig,
+    loaded: ArcSwap<BTreeMap<String, Arc<Plugin>>>,
+    errors: Mutex<BTreeMap<String, (String, Millis)>>,
+    scanning: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// An empty registry over `config.dir`.
+    pub fn new(runtime: Arc<Runtime>, config: PluginsConfig) -> Registry {
+        Registry {
+            runtime,
+            config,
+            loaded: ArcSwap::from_pointee(BTreeMap::new()),
+            errors: Mutex::new(BTreeMap::new()),
+            scanning: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The runtime the plugins run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The handler for `plugin_type`, if one is loaded.
+    pub fn get(&self, plugin_type: &str) -> Option<Arc<Plugin>> {
+        self.loaded.load().get(plugin_type).cloned()
+    }
+
+    /// Status of every type that is loaded or failed to load.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let loaded = self.loaded.load();
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut types: Vec<&String> = loaded.keys().chain(errors.keys()).collect();
+        types.sort();
+        types.dedup();
+        types
+            .into_iter()
+            .map(|t| {
+                let p = loaded.get(t);
+                let err = errors.get(t);
+                PluginStatus {
+                    plugin_type: t.clone(),
+                    loaded: p.is_some(),
+                    name: p.map(|p| p.metadata.name.clone()),
+                    version: p.map(|p| p.metadata.version.clone()),
+                    world_version: p.map(|p| p.metadata.world_version.clone()),
+                    sha256: p.map(|p| p.sha256.clone()),
+                    size: p.map(|p| p.size),
+                    loaded_at: p.map(|p| p.loaded_at),
+                    collections: p.map(|p| p.manifest.collections.clone()).unwrap_or_default(),
+                    http_origins: p.map(|p| p.manifest.http_origins.clone()).unwrap_or_default(),
+                    last_error: err.map(|e| e.0.clone()),
+                    last_error_at: err.map(|e| e.1),
+                }
+            })
+            .collect()
+    }
+
+    /// Loads every `{type}.wasm` in the directory that is new or changed, keeps the
+    /// serving version of any that fails, and unloads types whose file is gone.
+    pub async fn scan(&self) -> ScanReport {
+        let _one_at_a_time = self.scanning.lock().await;
+        let mut report = ScanReport::default();
+        let files = match plugin_files(&self.config.dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(dir = %self.config.dir.display(), error = %e, "cannot read plugins directory");
+                report.failed.push(("*".into(), e));
+                return report;
+            }
+        };
+        let current = self.loaded.load_full();
+        let mut next: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
+        for (plugin_type, wasm_path) in &files {
+            let previous = current.get(plugin_type);
+            match self.load(plugin_type, wasm_path, previous).await {
+                Ok(Some(plugin)) => {
+                    tracing::info!(
+                        plugin = %plugin_type,
+                        version = %plugin.metadata.version,
+                        sha256 = %plugin.sha256,
+                        "plugin loaded"
+                    );
+                    self.clear_error(plugin_type);
+                    report.loaded.push(plugin_type.clone());
+                    next.insert(plugin_type.clone(), Arc::new(plugin));
+                }
+                Ok(None) => {
+                    report.unchanged.push(plugin_type.clone());
+                    if let Some(p) = previous {
+                        next.insert(plugin_type.clone(), p.clone());
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("{}: {e}", wasm_path.display());
+                    tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
+                    self.set_error(plugin_type, msg.clone());
+                    report.failed.push((plugin_type.clone(), msg));
+                    if let Some(p) = previous {
+                        next.insert(plugin_type.clone(), p.clone());
+                    }
+                }
+            }
+        }
+        for t in current.keys() {
+            if !files.contains_key(t) {
+                tracing::warn!(plugin = %t, "plugin file removed; type unloaded");
+                report.removed.push(t.clone());
+            }
+        }
+        self.loaded.store(Arc::new(next));
+        report
+    }
+
+    /// Loads one file; `Ok(None)` if it is the same as `previous`.
+    async fn load(
+        &self,
+        plugin_type: &str,
+        wasm_path: &Path,
+        previous: Option<&Arc<Plugin>>,
+    ) -> Result<Option<Plugin>, LoadError> {
+        let bytes = std::fs::read(wasm_path)
+            .map_err(|e| LoadError::Compile(format!("cannot read: {e}")))?;
+        let manifest_path = wasm_path.with_extension("toml");
+        let manifest_text = std::fs::read(&manifest_path).unwrap_or_default();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let fingerprint = hex::encode(Sha256::new().chain_update(&bytes).chain_update(&manifest_text).finalize());
+        if previous.is_some_and(|p| p.fingerprint == fingerprint) {
+            return Ok(None);
+        }
+        let manifest = Arc::new(Manifest::load(&manifest_path).map_err(LoadError::Manifest)?);
+        let limits = manifest.limits(&self.config).map_err(|e| LoadError::Manifest(format!("{}: {e}", manifest_path.display())))?;
+        let size = bytes.len();
+        let compiled = self.runtime.compile(plugin_type, bytes, &manifest, limits).await?;
+        Ok(Some(Plugin {
+            plugin_type: plugin_type.to_owned(),
+            metadata: compiled.metadata.clone(),
+            sha256,
+            fingerprint,
+            size,
+            manifest,
+            limits,
+            loaded_at: now_ms(),
+            compiled,
+        }))
+    }
+
+    /// Validates a file without loading it (`paynotify plugins check`).
+    pub async fn check_file(&self, wasm_path: &Path) -> Result<Plugin, LoadError> {
+        let plugin_type = wasm_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_owned();
+        self.load(&plugin_type, wasm_path, None)
+            .await?
+            .ok_or_else(|| LoadError::Compile("unreachable: no previous version".into()))
+    }
+
+    fn set_error(&self, plugin_type: &str, msg: String) {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.insert(plugin_type.to_owned(), (msg, now_ms()));
+    }
+
+    fn clear_error(&self, plugin_type: &str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.remove(plugin_type);
+    }
+}
+
+/// `{type}.wasm` files in `dir`, by type. Hidden and editor temporary files are skipped.
+fn plugin_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut files = BTreeMap::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
+            continue;
+        }
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if stem.starts_with('.') || !crate::config::is_simple_name(stem) {
+            continue;
+        }
+        files.insert(stem.to_owned(), path);
+    }
+    Ok(files)
+}

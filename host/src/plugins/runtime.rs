@@ -1,0 +1,499 @@
+//! The wasmtime side: one engine for the process, the linker with the capabilities, and
+//! running one call in a fresh, limited instance.
+//!
+//! Every call gets a new `Store` and instance from the plugin's `InstancePre` (cheap with
+//! the pooling allocator), so nothing a handler did in one call leaks into the next, and
+//! a store that trapped or timed out is simply dropped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, Handler, HandlerPre};
+use super::capabilities::{CallContext, CallTags};
+use super::manifest::{Limits, Manifest};
+use crate::config::PluginsConfig;
+
+/// The WIT package version this host implements.
+pub const WORLD_VERSION: &str = "0.1.0";
+
+/// How often the epoch ticks; wall-time limits are counted in these.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Extra time past the epoch deadline before the host gives up on a call whose host
+/// function is stuck (epochs only interrupt guest code).
+const HOST_GRACE: Duration = Duration::from_secs(5);
+/// Most output a handler may write to stdout/stderr per call before it is cut.
+const MAX_STDIO_BYTES: usize = 16 * 1024;
+/// Time allowed for the `metadata` call at load.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a plugin file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a valid component, or compilation failed.
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// Built against another version of `paynotify:plugin`.
+    #[error("built for paynotify:plugin@{found}, this host implements @{WORLD_VERSION}; rebuild it against paynotify-plugin-sdk {WORLD_VERSION}")]
+    WorldVersion {
+        /// The version the component asked for.
+        found: String,
+    },
+    /// It imports something the host does not provide (or does not grant).
+    #[error("imports something this host does not provide: {0}")]
+    Imports(String),
+    /// A required export is missing or has the wrong type.
+    #[error("does not export the handler world (metadata, handle-paid, run-task): {0}")]
+    Exports(String),
+    /// The `metadata` call failed.
+    #[error("metadata() failed: {0}")]
+    Metadata(String),
+    /// The manifest is invalid.
+    #[error("manifest: {0}")]
+    Manifest(String),
+}
+
+/// What a handler build says about itself.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Metadata {
+    /// The handler's name.
+    pub name: String,
+    /// The handler's own version.
+    pub version: String,
+    /// The WIT version it was built against.
+    pub world_version: String,
+}
+
+/// A compiled, validated handler, ready to instantiate.
+pub struct Compiled {
+    pub(crate) pre: HandlerPre<HostState>,
+    /// What it reported.
+    pub metadata: Metadata,
+}
+
+/// Why a call failed. Any of these rolls the payment back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerFailure {
+    /// The handler returned an error.
+    #[error("handler error [{code}]: {message}")]
+    Error {
+        /// Its code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The handler trapped (panic, unreachable, bad memory access...).
+    #[error("handler trapped: {0}")]
+    Trap(String),
+    /// The handler ran past its wall-time limit.
+    #[error("handler ran past its {0:?} time limit")]
+    Timeout(Duration),
+    /// The handler asked for more memory than its limit.
+    #[error("handler went over its memory limit of {0} MiB")]
+    Memory(usize),
+    /// A host capability failed underneath the handler (e.g. the database).
+    #[error("host failure during the call: {0}")]
+    Host(String),
+    /// No handler is loaded for the order's type.
+    #[error("no handler is loaded for type `{0}`")]
+    NotLoaded(String),
+}
+
+impl HandlerFailure {
+    /// The failure as JSON, stored as the order's `handler_result`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let kind = match self {
+            HandlerFailure::Error { code, .. } => code.as_str(),
+            HandlerFailure::Trap(_) => "trap",
+            HandlerFailure::Timeout(_) => "timeout",
+            HandlerFailure::Memory(_) => "memory",
+            HandlerFailure::Host(_) => "host",
+            HandlerFailure::NotLoaded(_) => "not-loaded",
+        };
+        serde_json::json!({ "error": kind, "message": self.to_string() })
+    }
+}
+
+/// A resource limiter that remembers it said no, so the failure can be named.
+struct Limiter {
+    memory_bytes: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = true;
+            return Err(wasmtime::format_err!(
+                "memory limit of {} MiB exceeded",
+                self.memory_bytes / (1024 * 1024)
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+/// The data of one call's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    /// The capabilities' view of the call.
+    pub caps: CallContext,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The engine, linker and call machinery shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    permits: Semaphore,
+    http: reqwest::Client,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, epoch interruption) and links the imports.
+    pub fn new(config: &PluginsConfig) -> Result<Runtime, LoadError> {
+        let max_memory = usize::try_from(config.max_memory_mb.saturating_mul(1024 * 1024))
+            .map_err(|_| LoadError::Compile("plugins.max_memory_mb is too large".into()))?;
+        let instances = config.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        // A wasm32-wasip2 component is a handful of core instances (the program plus
+        // adapter shims), one memory and a few tables.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(16))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(8))
+            .total_stacks(instances)
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_memory_size(max_memory);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| LoadError::Compile(format!("engine: {e}")))?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        // WASI is linked whole so that std's start-up imports resolve, but the context
+        // each call gets grants nothing: no preopened directories, no environment, no
+        // sockets, stdin closed, stdout/stderr captured into the host log.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Compile(format!("linking WASI: {e}")))?;
+        Handler::add_to_linker::<HostState, HasSelf<CallContext>>(&mut linker, |s| &mut s.caps)
+            .map_err(|e| LoadError::Compile(format!("linking paynotify imports: {e}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("paynotify-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Compile(format!("epoch thread: {e}")))?;
+
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("paynotify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| LoadError::Compile(format!("http client: {e}")))?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            permits: Semaphore::new(instances as usize),
+            http,
+            ticker_stop,
+        })
+    }
+
+    /// The shared outbound HTTP client.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// Compiles and validates a component: world version, imports, exports, metadata.
+    /// Compilation runs on a blocking thread, off the async workers serving requests.
+    pub async fn compile(
+        &self,
+        plugin_type: &str,
+        bytes: Vec<u8>,
+        manifest: &Arc<Manifest>,
+        limits: Limits,
+    ) -> Result<Compiled, LoadError> {
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))?
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.validate(plugin_type, component, manifest, limits).await
+    }
+
+    async fn validate(
+        &self,
+        plugin_type: &str,
+        component: Component,
+        manifest: &Arc<Manifest>,
+        limits: Limits,
+    ) -> Result<Compiled, LoadError> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix("paynotify:plugin/") {
+                let found = rest.split_once('@').map(|(_, v)| v).unwrap_or("(unversioned)");
+                if found != WORLD_VERSION {
+                    return Err(LoadError::WorldVersion { found: found.to_owned() });
+                }
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let pre = HandlerPre::new(pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
+        let tags = CallTags {
+            plugin: plugin_type.to_owned(),
+            version: String::new(),
+            out_trade_no: None,
+            notification_id: None,
+            task_id: None,
+        };
+        let ctx = CallContext::detached(manifest.clone(), tags, self.http.clone());
+        let limits = Limits {
+            timeout: METADATA_TIMEOUT.min(limits.timeout),
+            ..limits
+        };
+        let (_, result) = self
+            .call(&pre, ctx, limits, |h, s| Box::pin(async move { h.call_metadata(s).await }))
+            .await;
+        let m = result.map_err(|e| LoadError::Metadata(e.to_string()))?;
+        if m.world_version != WORLD_VERSION {
+            return Err(LoadError::WorldVersion { found: m.world_version });
+        }
+        Ok(Compiled {
+            pre,
+            metadata: Metadata {
+                name: m.name,
+                version: m.version,
+                world_version: m.world_version,
+            },
+        })
+    }
+
+    /// Runs `handle-paid`. Gives the context (and its transaction) back unless the call
+    /// had to be abandoned, in which case the transaction is gone (rolled back).
+    pub async fn handle_paid(
+        &self,
+        compiled: &Compiled,
+        ctx: CallContext,
+        limits: Limits,
+        order: bindings::Order,
+        notification: bindings::Notification,
+    ) -> (Option<CallContext>, Result<serde_json::Value, HandlerFailure>) {
+        let (ctx, result) = self
+            .call(&compiled.pre, ctx, limits, move |h, s| {
+                Box::pin(async move { h.call_handle_paid(s, &order, &notification).await })
+            })
+            .await;
+        let result = result.and_then(|r| match r {
+            Ok(outcome) => Ok(outcome_json(&outcome.result)),
+            Err(e) => Err(HandlerFailure::Error {
+                code: e.code,
+                message: e.message,
+            }),
+        });
+        (ctx, result)
+    }
+
+    /// Runs `run-task`.
+    pub async fn run_task(
+        &self,
+        compiled: &Compiled,
+        ctx: CallContext,
+        limits: Limits,
+        task: bindings::Task,
+    ) -> (Option<CallContext>, Result<(), HandlerFailure>) {
+        let (ctx, result) = self
+            .call(&compiled.pre, ctx, limits, move |h, s| {
+                Box::pin(async move { h.call_run_task(s, &task).await })
+            })
+            .await;
+        let result = result.and_then(|r| {
+            r.map_err(|e| HandlerFailure::Error {
+                code: e.code,
+                message: e.message,
+            })
+        });
+        (ctx, result)
+    }
+
+    /// One call in a fresh store: limits, epoch deadline, stdio capture, and a host-side
+    /// backstop timeout for host functions that epochs cannot interrupt.
+    async fn call<R, F>(
+        &self,
+        pre: &HandlerPre<HostState>,
+        ctx: CallContext,
+        limits: Limits,
+        f: F,
+    ) -> (Option<CallContext>, Result<R, HandlerFailure>)
+    where
+        F: for<'a> FnOnce(
+            &'a Handler,
+            &'a mut Store<HostState>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>,
+        R: Send,
+    {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return (Some(ctx), Err(HandlerFailure::Host("runtime is shutting down".into())));
+        };
+        let stdout = MemoryOutputPipe::new(MAX_STDIO_BYTES);
+        let stderr = MemoryOutputPipe::new(MAX_STDIO_BYTES);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: Limiter {
+                    memory_bytes: limits.memory_bytes,
+                    hit: false,
+                },
+                stdout,
+                stderr,
+                caps: ctx,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
+            let handler = pre.instantiate_async(&mut store).await?;
+            f(&handler, &mut store).await
+        })
+        .await;
+
+        let result = match outcome {
+            Err(_elapsed) => {
+                // The future (and the store with its transaction) is gone.
+                tracing::error!(timeout = ?limits.timeout, "handler call abandoned: a host function did not return");
+                return (None, Err(HandlerFailure::Timeout(limits.timeout)));
+            }
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(classify(&e, store.data(), limits)),
+        };
+        let state = store.into_data();
+        log_stdio(&state);
+        let mut caps = state.caps;
+        let result = match (result, caps.poisoned.take()) {
+            (_, Some(why)) => Err(HandlerFailure::Host(why)),
+            (r, None) => r,
+        };
+        (Some(caps), result)
+    }
+}
+
+fn classify(e: &wasmtime::Error, state: &HostState, limits: Limits) -> HandlerFailure {
+    if state.limiter.hit {
+        return HandlerFailure::Memory(limits.memory_bytes / (1024 * 1024));
+    }
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::Interrupt {
+            return HandlerFailure::Timeout(limits.timeout);
+        }
+    }
+    // The root cause first, then wasmtime's context (which includes the wasm backtrace).
+    let text = format!("{e:#}");
+    HandlerFailure::Trap(text.chars().take(2000).collect())
+}
+
+fn log_stdio(state: &HostState) {
+    let tags = &state.caps.tags;
+    for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+        let bytes = pipe.contents();
+        if bytes.is_empty() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+            tracing::info!(
+                target: "paynotify::plugin",
+                plugin = %tags.plugin,
+                order = tags.out_trade_no.as_deref().unwrap_or(""),
+                stream,
+                "{line}"
+            );
+        }
+    }
+}
+
+/// A handler's outcome text as JSON: empty is null; text that is not JSON is kept as a
+/// JSON string rather than failing a payment that succeeded.
+fn outcome_json(text: &str) -> serde_json::Value {
+    if text.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}

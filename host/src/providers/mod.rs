@@ -1,0 +1,269 @@
+//! Payment providers: each parses and verifies its own notification format and answers
+//! in its own convention. Everything after verification is provider-agnostic: a
+//! provider turns raw bytes into a [`Notice`] or a [`Rejection`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::config::AccountConfig;
+
+pub mod wechat_v2;
+
+/// The providers paynotify speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderKind {
+    /// WeChat Pay API v2 (XML, MD5 / HMAC-SHA256).
+    WechatV2,
+    /// WeChat Pay API v3 (RSA signature, AES-GCM resource).
+    WechatV3,
+    /// Alipay (form body, RSA2).
+    Alipay,
+    /// WeChat CloudPay, relayed by a cloud function with a shared secret.
+    Cloudpay,
+}
+
+impl ProviderKind {
+    /// Every provider.
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::WechatV2,
+        ProviderKind::WechatV3,
+        ProviderKind::Alipay,
+        ProviderKind::Cloudpay,
+    ];
+
+    /// The name used in URLs, config and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::WechatV2 => "wechat-v2",
+            ProviderKind::WechatV3 => "wechat-v3",
+            ProviderKind::Alipay => "alipay",
+            ProviderKind::Cloudpay => "cloudpay",
+        }
+    }
+
+    /// Parses a provider name.
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A notification as it arrived, before any check.
+#[derive(Debug, Clone)]
+pub struct Inbound<'a> {
+    /// The account named in the URL, if any.
+    pub account: Option<&'a str>,
+    /// Request headers, names lower-case.
+    pub headers: &'a [(String, String)],
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+impl Inbound<'_> {
+    /// The first header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A verified notification, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// The account whose key verified it.
+    pub account: String,
+    /// The merchant order number it names.
+    pub out_trade_no: String,
+    /// What it reports.
+    pub kind: NoticeKind,
+    /// Every verified field as received, for the handler and `original_data`.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What a verified notification reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoticeKind {
+    /// The order was paid.
+    Paid(Payment),
+    /// A non-payment state (closed, failed, waiting): recorded and acknowledged, changes nothing.
+    NotPaid {
+        /// The provider's state, e.g. `FAIL`, `TRADE_CLOSED`.
+        state: String,
+    },
+}
+
+/// The facts of a payment, as the provider states them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payment {
+    /// The provider's transaction id.
+    pub transaction_id: String,
+    /// Amount paid for the order, in fen.
+    pub amount: i64,
+    /// When it was paid (unix ms), if the provider says.
+    pub paid_at: Option<i64>,
+}
+
+/// Why a notification was not accepted. The message is stored and logged, and the
+/// provider gets its failure answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The body could not be parsed.
+    #[error("malformed notification: {0}")]
+    Malformed(String),
+    /// The signature did not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// No configured account matches.
+    #[error("unknown account: {0}")]
+    UnknownAccount(String),
+    /// The notification belongs to another merchant or app.
+    #[error("account mismatch: {0}")]
+    AccountMismatch(String),
+    /// A timestamp outside the allowed window.
+    #[error("stale timestamp: {0}")]
+    Stale(String),
+    /// Something required is missing or unsupported.
+    #[error("unsupported notification: {0}")]
+    Unsupported(String),
+}
+
+/// An HTTP answer in a provider's own convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`, when there is a body.
+    pub content_type: Option<&'static str>,
+    /// The exact body.
+    pub body: Vec<u8>,
+}
+
+/// A provider: verifies its notifications and knows its answers.
+pub trait Provider: Send + Sync {
+    /// Which provider this is.
+    fn kind(&self) -> ProviderKind;
+    /// The configured account names.
+    fn accounts(&self) -> Vec<&str>;
+    /// Parses and verifies a notification on its raw bytes.
+    fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection>;
+    /// The answer that tells the provider to stop retrying.
+    fn success(&self) -> Answer;
+    /// The answer that tells the provider the notification was not accepted.
+    fn failure(&self, reason: &str) -> Answer;
+}
+
+/// A configuration error in an account.
+#[derive(Debug, thiserror::Error)]
+#[error("accounts[{index}] ({provider} `{name}`): {message}")]
+pub struct AccountError {
+    /// Position in `[[accounts]]`.
+    pub index: usize,
+    /// Provider name.
+    pub provider: String,
+    /// Account name.
+    pub name: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The configured providers, by kind.
+pub struct Providers {
+    by_kind: BTreeMap<ProviderKind, Box<dyn Provider>>,
+}
+
+impl Providers {
+    /// Builds every provider that has at least one account.
+    pub fn from_config(accounts: &[AccountConfig]) -> Result<Providers, AccountError> {
+        let mut v2 = Vec::new();
+        for (index, a) in accounts.iter().enumerate() {
+            let err = |message: String| AccountError {
+                index,
+                provider: a.provider.clone(),
+                name: a.name.clone(),
+                message,
+            };
+            match ProviderKind::parse(&a.provider) {
+                Some(ProviderKind::WechatV2) => v2.push(wechat_v2::Account::from_config(a).map_err(err)?),
+                Some(other) => {
+                    return Err(err(format!("the {other} provider is not available in this build yet")))
+                }
+                None => return Err(err("unknown provider".into())),
+            }
+        }
+        let mut by_kind: BTreeMap<ProviderKind, Box<dyn Provider>> = BTreeMap::new();
+        if !v2.is_empty() {
+            by_kind.insert(ProviderKind::WechatV2, Box::new(wechat_v2::WechatV2::new(v2)));
+        }
+        Ok(Providers { by_kind })
+    }
+
+    /// The provider, if configured.
+    pub fn get(&self, kind: ProviderKind) -> Option<&dyn Provider> {
+        self.by_kind.get(&kind).map(|p| p.as_ref())
+    }
+
+    /// Resolves the account an order names: the named one, or the only one.
+    pub fn resolve_account(&self, kind: ProviderKind, name: Option<&str>) -> Result<String, String> {
+        let Some(p) = self.get(kind) else {
+            return Err(format!("provider {kind} has no account configured"));
+        };
+        let names = p.accounts();
+        match name {
+            Some(n) if names.contains(&n) => Ok(n.to_owned()),
+            Some(n) => Err(format!("provider {kind} has no account named `{n}`")),
+            None if names.len() == 1 => Ok(names[0].to_owned()),
+            None => Err(format!(
+                "provider {kind} has several accounts ({}); name one with `account`",
+                names.join(", ")
+            )),
+        }
+    }
+}
+
+/// Picks the account that should verify a notification: the one named in the URL, else
+/// the one whose identifiers match `matches`, else the only one.
+pub(crate) fn pick_account<'a, A>(
+    accounts: &'a [A],
+    name_of: impl Fn(&A) -> &str,
+    url_account: Option<&str>,
+    matches: impl Fn(&A) -> bool,
+) -> Result<&'a A, Rejection> {
+    if let Some(name) = url_account {
+        return accounts
+            .iter()
+            .find(|a| name_of(a) == name)
+            .ok_or_else(|| Rejection::UnknownAccount(format!("no account named `{name}`")));
+    }
+    let mut found = accounts.iter().filter(|a| matches(a));
+    match (found.next(), found.next()) {
+        (Some(a), None) => Ok(a),
+        (Some(_), Some(_)) => Err(Rejection::UnknownAccount(
+            "several accounts match; use /notify/{provider}/{account}".into(),
+        )),
+        (None, _) => Err(Rejection::AccountMismatch(
+            "no configured account matches the notification's merchant ids".into(),
+        )),
+    }
+}
+
+/// Parses a non-negative integer amount in fen, strictly (digits only).
+pub(crate) fn parse_fen(s: &str, what: &str) -> Result<i64, Rejection> {
+    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Rejection::Malformed(format!("{what} `{s}` is not an amount in fen")));
+    }
+    s.parse()
+        .map_err(|_| Rejection::Malformed(format!("{what} `{s}` is not an amount in fen")))
+}
+
+/// Constant-time equality of two byte strings.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}

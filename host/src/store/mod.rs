@@ -1,0 +1,442 @@
+//! Persistence: orders, received notifications, handler documents and tasks.
+//!
+//! The pipeline and the plugin capabilities see only [`Store`] and [`Tx`]; SQLite (the
+//! embedded default) and PostgreSQL implement them. A [`Tx`] is one database transaction
+//! with savepoints, so several notifications can share one commit, each inside its own
+//! savepoint, without the pipeline changing.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub mod sqlite;
+
+/// Unix time in milliseconds, the one time representation in the database.
+pub type Millis = i64;
+
+/// Now, in [`Millis`].
+pub fn now_ms() -> Millis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no (connection, constraint, syntax...).
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Schema migration failed at start-up.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row violates a uniqueness rule (e.g. an `out_trade_no` that exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller passed something the store cannot represent.
+    #[error("{0}")]
+    Invalid(String),
+    /// A value stored in the database could not be read back (corrupt JSON, ...).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The URL names no supported database.
+    #[error("unsupported database url `{0}` (use sqlite://path or postgres://...)")]
+    UnsupportedUrl(String),
+}
+
+/// Order status codes (SPEC §3), as stored.
+pub mod status {
+    /// Closed locally, never to be paid.
+    pub const CLOSED: i32 = -1;
+    /// Created, waiting for payment.
+    pub const UNPAID: i32 = 0;
+    /// Paid, handler ran.
+    pub const PAID: i32 = 1;
+    /// Part of the amount refunded.
+    pub const PARTIALLY_REFUNDED: i32 = 2;
+    /// Fully refunded.
+    pub const REFUNDED: i32 = 3;
+}
+
+/// One order row.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Order {
+    /// The merchant's order number, unique.
+    pub out_trade_no: String,
+    /// The handler type, e.g. `recharge`.
+    #[serde(rename = "type")]
+    pub order_type: String,
+    /// Provider name, e.g. `wechat-v2`.
+    pub provider: String,
+    /// Merchant account name.
+    pub account: String,
+    /// Amount due in fen.
+    pub total_fee: i64,
+    /// The paying user.
+    pub user_id: String,
+    /// Merchant JSON given at creation.
+    pub custom: serde_json::Value,
+    /// See [`status`].
+    pub status: i32,
+    /// The provider's transaction id, once paid.
+    pub transaction_id: Option<String>,
+    /// When the provider says it was paid.
+    pub pay_date: Option<Millis>,
+    /// When the paying notification was processed.
+    pub notify_date: Option<Millis>,
+    /// `pending`, `succeeded` or `failed`.
+    pub handler_status: String,
+    /// The handler's outcome JSON, or its error.
+    pub handler_result: Option<serde_json::Value>,
+    /// The verified notification fields that paid the order.
+    pub original_data: Option<serde_json::Value>,
+    /// The stored notification that paid the order.
+    pub paid_notification_id: Option<i64>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// What `POST /api/orders` inserts.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// Unique order number.
+    pub out_trade_no: String,
+    /// Handler type.
+    pub order_type: String,
+    /// Provider name.
+    pub provider: String,
+    /// Account name.
+    pub account: String,
+    /// Amount in fen, > 0.
+    pub total_fee: i64,
+    /// Paying user.
+    pub user_id: String,
+    /// Merchant JSON.
+    pub custom: serde_json::Value,
+}
+
+/// Where a notification ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Stored, not yet finished (a crash here leaves it visible for replay).
+    Received,
+    /// Verified and marked its order paid; the handler succeeded.
+    Paid,
+    /// Verified, for an order that was already paid: nothing ran.
+    Duplicate,
+    /// Verified, reporting a non-payment state (closed, failed, waiting): nothing changed.
+    Ignored,
+    /// Verified and paid, but for an order closed locally: acknowledged, no handler ran.
+    PaidAfterClose,
+    /// Failed a check (signature, account, amount, unknown order, malformed).
+    Rejected,
+    /// Verified, but the handler failed or is missing: rolled back, the provider retries.
+    Failed,
+}
+
+impl Verdict {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Received => "received",
+            Verdict::Paid => "paid",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Ignored => "ignored",
+            Verdict::PaidAfterClose => "paid_after_close",
+            Verdict::Rejected => "rejected",
+            Verdict::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        [
+            Verdict::Received,
+            Verdict::Paid,
+            Verdict::Duplicate,
+            Verdict::Ignored,
+            Verdict::PaidAfterClose,
+            Verdict::Rejected,
+            Verdict::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// A notification as received, before anything is checked.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Provider from the URL.
+    pub provider: String,
+    /// Account from the URL, if the URL named one.
+    pub account: Option<String>,
+    /// Client address.
+    pub remote_addr: Option<String>,
+    /// Request headers (minus credentials), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body exactly as received (possibly cut at the size limit; see `truncated`).
+    pub body: Vec<u8>,
+    /// The body was larger than the limit and only its start is kept.
+    pub truncated: bool,
+}
+
+/// A stored notification.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationRecord {
+    /// Id.
+    pub id: i64,
+    /// Provider from the URL.
+    pub provider: String,
+    /// Account, from the URL or as resolved by verification.
+    pub account: Option<String>,
+    /// Arrival time.
+    pub received_at: Millis,
+    /// Client address.
+    pub remote_addr: Option<String>,
+    /// Headers as received.
+    pub headers: Vec<(String, String)>,
+    /// Body as received.
+    #[serde(serialize_with = "serialize_body")]
+    pub body: Vec<u8>,
+    /// Only the start of an oversized body is kept.
+    pub truncated: bool,
+    /// Where it ended up.
+    pub verdict: Verdict,
+    /// Why (rejection reason, handler error, ...).
+    pub reason: Option<String>,
+    /// The order it names, once parsed.
+    pub out_trade_no: Option<String>,
+    /// When processing finished.
+    pub processed_at: Option<Millis>,
+}
+
+fn serialize_body<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(body))
+}
+
+/// Filters for listing notifications.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only this order.
+    pub out_trade_no: Option<String>,
+    /// Only this verdict.
+    pub verdict: Option<Verdict>,
+    /// Only ids below this (cursor pagination, newest first).
+    pub before_id: Option<i64>,
+    /// At most this many (capped at 500).
+    pub limit: u32,
+}
+
+/// A task the handler enqueued, as inserted.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The plugin type that owns it.
+    pub plugin: String,
+    /// Task name.
+    pub name: String,
+    /// JSON payload text.
+    pub payload: String,
+    /// The order it belongs to.
+    pub out_trade_no: Option<String>,
+    /// The merchant account (for the crypto capability when it runs).
+    pub account: Option<String>,
+    /// Earliest run time.
+    pub run_at: Millis,
+}
+
+/// A stored task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    /// Id.
+    pub id: i64,
+    /// Owning plugin type.
+    pub plugin: String,
+    /// Task name.
+    pub name: String,
+    /// JSON payload text.
+    pub payload: String,
+    /// Order it belongs to.
+    pub out_trade_no: Option<String>,
+    /// Merchant account.
+    pub account: Option<String>,
+    /// `pending`, `running`, `done` or `dead`.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// Next run time.
+    pub run_at: Millis,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// Every attempt's error, oldest first.
+    pub errors: Vec<String>,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+/// A failure of a document operation that the handler should see as such.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    /// `insert` of an existing id.
+    #[error("document {0} already exists")]
+    Conflict(String),
+    /// `inc` of a field that is not an integer.
+    #[error("field `{0}` is not an integer")]
+    NotANumber(String),
+    /// Bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for DocError {
+    fn from(e: sqlx::Error) -> Self {
+        DocError::Store(StoreError::Database(e))
+    }
+}
+
+/// The database: everything outside a payment transaction, and how to begin one.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new order (status unpaid). [`StoreError::Conflict`] if the number exists.
+    async fn create_order(&self, order: &NewOrder) -> Result<Order, StoreError>;
+    /// The order, if it exists.
+    async fn get_order(&self, out_trade_no: &str) -> Result<Option<Order>, StoreError>;
+    /// Durably stores a notification as received (verdict `received`) and returns its id.
+    /// Committed before anything else is done with it.
+    async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError>;
+    /// Records where a notification ended up when no transaction is open (rejections).
+    async fn finish_notification(
+        &self,
+        id: i64,
+        verdict: Verdict,
+        reason: Option<&str>,
+        out_trade_no: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// One stored notification.
+    async fn get_notification(&self, id: i64) -> Result<Option<NotificationRecord>, StoreError>;
+    /// Notifications, newest first.
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// A handler document (admin view), outside any transaction.
+    async fn get_document(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// Tasks, newest first, optionally only those with `status`.
+    async fn list_tasks(&self, status: Option<&str>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Begins a transaction that holds the write lock (SQLite) for its whole life.
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+}
+
+/// One open transaction. Dropping it without [`Tx::commit`] rolls it back.
+#[async_trait]
+pub trait Tx: Send {
+    /// `SAVEPOINT name`.
+    async fn savepoint(&mut self, name: &str) -> Result<(), StoreError>;
+    /// `RELEASE SAVEPOINT name`: keeps what was done since.
+    async fn release(&mut self, name: &str) -> Result<(), StoreError>;
+    /// `ROLLBACK TO SAVEPOINT name` (and releases it): undoes what was done since.
+    async fn rollback_to(&mut self, name: &str) -> Result<(), StoreError>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Reads the order and locks its row until the transaction ends (PostgreSQL
+    /// `FOR UPDATE`; SQLite's transaction already holds the database write lock).
+    async fn lock_order(&mut self, out_trade_no: &str) -> Result<Option<Order>, StoreError>;
+    /// `status 0 → 1` only if still unpaid; true if this call made the change.
+    async fn mark_paid(&mut self, paid: &MarkPaid<'_>) -> Result<bool, StoreError>;
+    /// Records the handler's result on the order.
+    async fn set_handler_result(
+        &mut self,
+        out_trade_no: &str,
+        handler_status: &str,
+        result: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Records where a notification ended up, inside this transaction.
+    async fn finish_notification(
+        &mut self,
+        id: i64,
+        verdict: Verdict,
+        reason: Option<&str>,
+        out_trade_no: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// A document's JSON text.
+    async fn doc_get(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError>;
+    /// Inserts a new document; [`DocError::Conflict`] if the id exists.
+    async fn doc_insert(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError>;
+    /// Creates or replaces a document.
+    async fn doc_put(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError>;
+    /// Atomically adds `delta` to an integer field, creating document and field as needed.
+    async fn doc_inc(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<i64, DocError>;
+    /// Deletes a document; true if it existed.
+    async fn doc_delete(&mut self, collection: &str, id: &str) -> Result<bool, DocError>;
+    /// Documents whose top-level fields equal the given JSON values, ordered by id.
+    async fn doc_query(
+        &mut self,
+        collection: &str,
+        filters: &[(String, serde_json::Value)],
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, DocError>;
+
+    /// Inserts a task (the outbox): it exists only if this transaction commits.
+    async fn enqueue_task(&mut self, task: &NewTask) -> Result<i64, StoreError>;
+}
+
+/// Arguments of [`Tx::mark_paid`].
+#[derive(Debug)]
+pub struct MarkPaid<'a> {
+    /// The order.
+    pub out_trade_no: &'a str,
+    /// The provider's transaction id.
+    pub transaction_id: &'a str,
+    /// When the provider says it was paid.
+    pub pay_date: Millis,
+    /// The notification that paid it.
+    pub notification_id: i64,
+    /// The verified fields, stored as `original_data`.
+    pub original_data: &'a serde_json::Value,
+}
+
+/// Opens the database named by the config URL and brings its schema up to date.
+pub async fn connect(
+    config: &crate::config::DatabaseConfig,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if config.url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(config).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(config.url.clone()))
+    }
+}
+
+/// Checks a collection name: it is part of keys and log lines, so keep it plain.
+pub fn valid_collection(name: &str) -> bool {
+    crate::config::is_simple_name(name)
+}
+
+/// Checks a document field name used in `inc` and `query` (top-level, plain).
+pub fn valid_field(name: &str) -> bool {
+    crate::config::is_simple_name(name)
+}
+
+/// Checks a document id.
+pub fn valid_doc_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(|c| c.is_control())
+}

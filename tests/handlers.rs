@@ -1,0 +1,133 @@
+//! Handlers end to end: the examples do their business, failing or misbehaving ones roll
+//! the whole payment back, and a handler only reaches what its manifest grants.
+
+use paynotify::store::{status, Verdict};
+use paynotify_tests::{install_plugin, v2_return_code, wechat_v2, Options, TestServer};
+use serde_json::json;
+
+const SUCCESS: &str =
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
+/// A failing handler leaves the order unpaid with none of its writes; once a working
+/// handler is in place the provider's retry completes the payment exactly once.
+#[tokio::test]
+async fn failing_handler_rolls_back_then_a_fixed_plugin_completes_the_retry() {
+    for bad in ["fail-always", "trap"] {
+        let s = TestServer::start(Options::with_plugins(&[]).plugin_as("recharge", bad, None)).await;
+        // The user already has money: the rollback must leave it exactly as it was.
+        s.recharge_order("F000000001", "u1", 500).await;
+        let xml = wechat_v2::paid_xml("F000000001", 500, "4200000101");
+        let (st, body) = s.notify_v2(xml.clone()).await;
+        assert_eq!(st, 200, "{bad}");
+        assert_eq!(v2_return_code(&body), "FAIL", "{bad}: {body}");
+
+        let order = s.order("F000000001").await;
+        assert_eq!(order.status, status::UNPAID, "{bad}");
+        assert_eq!(order.transaction_id, None, "{bad}");
+        assert_eq!(order.handler_status, "failed", "{bad}");
+        assert!(order.handler_result.is_some(), "{bad}");
+        assert_eq!(s.document("users", "u1").await, None, "{bad}: no partial writes");
+        let n = s.notifications().await;
+        assert_eq!(n[0].verdict, Verdict::Failed, "{bad}");
+
+        // Ops fix the plugin; the provider retries the same notification.
+        install_plugin(&s.plugins_dir(), "recharge", "recharge", None);
+        s.reload_plugins().await;
+        let (st, body) = s.notify_v2(xml.clone()).await;
+        assert_eq!((st, body.as_str()), (200, SUCCESS), "{bad}");
+        let (st, body) = s.notify_v2(xml).await;
+        assert_eq!((st, body.as_str()), (200, SUCCESS), "{bad}");
+        let order = s.order("F000000001").await;
+        assert_eq!(order.status, status::PAID);
+        assert_eq!(order.handler_status, "succeeded");
+        assert_eq!(s.document("users", "u1").await, Some(json!({ "balance": 500 })), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_gets_an_error_for_what_it_was_not_granted() {
+    let s = TestServer::start(Options::with_plugins(&["nosy"])).await;
+    s.create_order(json!({
+        "type": "nosy", "total_fee": 1, "user_id": "u1", "provider": "wechat-v2", "out_trade_no": "N000000001"
+    }))
+    .await;
+    let (st, body) = s.notify_v2(wechat_v2::paid_xml("N000000001", 1, "4200000201")).await;
+    assert_eq!((st, body.as_str()), (200, SUCCESS));
+    let outcome = s.order("N000000001").await.handler_result.expect("outcome");
+    let text = outcome.to_string();
+    assert!(
+        outcome["db_secrets"].as_str().unwrap_or("").starts_with("denied"),
+        "db: {text}"
+    );
+    assert!(outcome["fs_read_dir"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
+    assert!(outcome["fs_read"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
+    assert_eq!(outcome["env_count"], json!(0), "env: {text}");
+    assert!(outcome["tcp"].as_str().unwrap_or("").starts_with("error"), "tcp: {text}");
+}
+
+#[tokio::test]
+async fn goods_fulfils_the_order_decrements_stock_and_queues_a_message() {
+    let s = TestServer::start(Options::with_plugins(&["goods"])).await;
+    s.create_order(json!({
+        "type": "goods", "total_fee": 9900, "user_id": "u7", "provider": "wechat-v2",
+        "out_trade_no": "G000000001", "custom": { "goods_id": "sku-1", "quantity": 2 }
+    }))
+    .await;
+    let (st, body) = s.notify_v2(wechat_v2::paid_xml("G000000001", 9900, "4200000301")).await;
+    assert_eq!((st, body.as_str()), (200, SUCCESS));
+    assert_eq!(s.document("goods", "sku-1").await, Some(json!({ "stock": -2 })));
+    let fulfilled = s.document("goods_orders", "G000000001").await.expect("goods order");
+    assert_eq!(fulfilled["status"], "fulfilled");
+    assert_eq!(fulfilled["quantity"], 2);
+    let outcome = s.order("G000000001").await.handler_result.expect("outcome");
+    assert_eq!(outcome["stock_short"], json!(true), "{outcome}");
+    let tasks = s.app.store.list_tasks(None, 10).await.expect("tasks");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].name, "send-message");
+    assert_eq!(tasks[0].plugin, "goods");
+    assert_eq!(tasks[0].out_trade_no.as_deref(), Some("G000000001"));
+}
+
+#[tokio::test]
+async fn vip_extends_the_expiry_by_calendar_months_from_the_payment_time() {
+    let s = TestServer::start(Options::with_plugins(&["vip"])).await;
+    s.create_order(json!({
+        "type": "vip", "total_fee": 3000, "user_id": "u8", "provider": "wechat-v2",
+        "out_trade_no": "V000000001", "custom": { "months": 3 }
+    }))
+    .await;
+    // time_end 2026-09-03 13:15:40 +08:00 → +3 months = 2026-12-03 13:15:40 +08:00.
+    let (st, body) = s.notify_v2(wechat_v2::paid_xml("V000000001", 3000, "4200000401")).await;
+    assert_eq!((st, body.as_str()), (200, SUCCESS));
+    let user = s.document("users", "u8").await.expect("user");
+    assert_eq!(user["vip_expire"], json!(1_796_274_940_000_i64), "{user}");
+}
+
+/// A handler that never returns or eats memory fails its own call only.
+#[tokio::test]
+async fn runaway_handlers_fail_only_their_own_call() {
+    let s = TestServer::start(
+        Options::with_plugins(&["recharge"])
+            .plugin_as("loop", "loop", Some("timeout_ms = 300\n"))
+            .plugin_as("oom", "oom", Some("memory_mb = 16\n")),
+    )
+    .await;
+    for (t, no) in [("loop", "L000000001"), ("oom", "O000000001")] {
+        s.create_order(json!({ "type": t, "total_fee": 1, "user_id": "x", "provider": "wechat-v2", "out_trade_no": no }))
+            .await;
+    }
+    s.recharge_order("R000000501", "u9", 42).await;
+    let (l, o, r) = tokio::join!(
+        s.notify_v2(wechat_v2::paid_xml("L000000001", 1, "4200000501")),
+        s.notify_v2(wechat_v2::paid_xml("O000000001", 1, "4200000502")),
+        s.notify_v2(wechat_v2::paid_xml("R000000501", 42, "4200000503")),
+    );
+    assert_eq!(v2_return_code(&l.1), "FAIL");
+    assert_eq!(v2_return_code(&o.1), "FAIL");
+    assert_eq!(r.1, SUCCESS);
+    let lr = s.order("L000000001").await.handler_result.expect("loop result");
+    assert_eq!(lr["error"], "timeout", "{lr}");
+    let or = s.order("O000000001").await.handler_result.expect("oom result");
+    assert_eq!(or["error"], "memory", "{or}");
+    assert_eq!(s.document("users", "u9").await, Some(json!({ "balance": 42 })));
+}

@@ -1,0 +1,260 @@
+//! Test support: start the real paynotify server on a loopback port with real wasm
+//! handlers, and speak to it the way providers and merchants do.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+pub mod wechat_v2;
+
+/// The API token the test servers use.
+pub const TOKEN: &str = "test-token";
+
+/// The built handler `name` (e.g. `recharge`), as `cargo xtask test` leaves it.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PAYNOTIFY_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds the plugins first",
+        path.display()
+    );
+    path
+}
+
+/// The manifest shipped with handler `name`, if any.
+pub fn plugin_manifest(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}/{name}.toml"));
+    p.exists().then_some(p)
+}
+
+/// How to start a test server.
+pub struct Options {
+    /// (type, built plugin name, manifest override) triples to install.
+    pub plugins: Vec<(String, String, Option<String>)>,
+    /// Extra TOML appended to the config (accounts, limits...).
+    pub extra_config: String,
+}
+
+impl Options {
+    /// One WeChat v2 account and the given handlers installed under their own names.
+    pub fn with_plugins(names: &[&str]) -> Options {
+        Options {
+            plugins: names.iter().map(|n| (n.to_string(), n.to_string(), None)).collect(),
+            extra_config: String::new(),
+        }
+    }
+
+    /// Installs built plugin `name` as handler of `plugin_type`, optionally with a manifest.
+    pub fn plugin_as(mut self, plugin_type: &str, name: &str, manifest: Option<&str>) -> Options {
+        self.plugins
+            .push((plugin_type.into(), name.into(), manifest.map(str::to_owned)));
+        self
+    }
+}
+
+/// A running server over its own temporary directory (database, plugins, config).
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The app, for direct store checks.
+    pub app: paynotify::App,
+    /// Its directory; kept alive for the server's life.
+    pub dir: tempfile::TempDir,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with `options` on 127.0.0.1 and a free port.
+    pub async fn start(options: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins.d");
+        std::fs::create_dir_all(&plugins).expect("plugins dir");
+        for (plugin_type, name, manifest) in &options.plugins {
+            install_plugin(&plugins, plugin_type, name, manifest.as_deref());
+        }
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n\n\
+             [database]\nurl = \"sqlite://{}\"\n\n\
+             [plugins]\ndir = \"{}\"\n\n\
+             [[accounts]]\nprovider = \"wechat-v2\"\nname = \"default\"\nappid = \"{}\"\nmch_id = \"{}\"\napi_key = \"{}\"\n\
+             notify_key = \"{}\"\n\n{}",
+            dir.path().join("paynotify.db").display(),
+            plugins.display(),
+            wechat_v2::APPID,
+            wechat_v2::MCH_ID,
+            wechat_v2::API_KEY,
+            "0123456789abcdef0123456789abcdef",
+            options.extra_config
+        );
+        let config_path = dir.path().join("paynotify.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let config = paynotify::Config::load(&config_path, Vec::new()).expect("config loads");
+        let app = paynotify::App::start(config).await.expect("app starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let served = app.clone();
+        tokio::spawn(async move {
+            paynotify::http::serve(served, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestServer {
+            addr,
+            app,
+            dir,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The plugins directory.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins.d")
+    }
+
+    /// Creates an order through the API; panics unless 201.
+    pub async fn create_order(&self, body: Value) -> Value {
+        let (status, v) = self.api("POST", "/api/orders", Some(body)).await;
+        assert_eq!(status, 201, "create order: {v}");
+        v
+    }
+
+    /// A recharge order of `fen` for `user`.
+    pub async fn recharge_order(&self, out_trade_no: &str, user: &str, fen: i64) -> Value {
+        self.create_order(json!({
+            "type": "recharge", "total_fee": fen, "user_id": user, "provider": "wechat-v2",
+            "out_trade_no": out_trade_no, "custom": { "recharge_balance": fen }
+        }))
+        .await
+    }
+
+    /// Calls the API with the token; returns status and JSON body.
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("api call");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// The order, straight from the database.
+    pub async fn order(&self, out_trade_no: &str) -> paynotify::store::Order {
+        self.app
+            .store
+            .get_order(out_trade_no)
+            .await
+            .expect("db")
+            .expect("order exists")
+    }
+
+    /// A handler document, parsed.
+    pub async fn document(&self, collection: &str, id: &str) -> Option<Value> {
+        self.app
+            .store
+            .get_document(collection, id)
+            .await
+            .expect("db")
+            .map(|t| serde_json::from_str(&t).expect("document JSON"))
+    }
+
+    /// Every stored notification, oldest first.
+    pub async fn notifications(&self) -> Vec<paynotify::store::NotificationRecord> {
+        let mut v = self
+            .app
+            .store
+            .list_notifications(&paynotify::store::NotificationFilter {
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .expect("db");
+        v.reverse();
+        v
+    }
+
+    /// POSTs a raw body to `/notify/{provider}`; returns status and body text.
+    pub async fn notify(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("notify call");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    /// Sends a WeChat v2 notification.
+    pub async fn notify_v2(&self, xml: String) -> (u16, String) {
+        self.notify("/notify/wechat-v2", "text/xml", xml).await
+    }
+
+    /// Asks the server to rescan its plugins directory.
+    pub async fn reload_plugins(&self) -> Value {
+        let (status, v) = self.api("POST", "/api/admin/plugins/reload", None).await;
+        assert_eq!(status, 200, "reload: {v}");
+        v
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Copies built plugin `name` into `dir` as `{plugin_type}.wasm`, with its manifest
+/// (or `manifest` text instead).
+pub fn install_plugin(dir: &Path, plugin_type: &str, name: &str, manifest: Option<&str>) {
+    let tmp = dir.join(format!(".{plugin_type}.wasm.tmp"));
+    std::fs::copy(plugin_wasm(name), &tmp).expect("copy plugin");
+    let toml = dir.join(format!("{plugin_type}.toml"));
+    match (manifest, plugin_manifest(name)) {
+        (Some(text), _) => std::fs::write(&toml, text).expect("write manifest"),
+        (None, Some(shipped)) => {
+            std::fs::copy(shipped, &toml).expect("copy manifest");
+        }
+        (None, None) => {
+            let _ = std::fs::remove_file(&toml);
+        }
+    }
+    std::fs::rename(&tmp, dir.join(format!("{plugin_type}.wasm"))).expect("rename plugin");
+}
+
+/// Field map helper.
+pub fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The `<return_code>` of a v2 answer.
+pub fn v2_return_code(body: &str) -> &str {
+    if body.contains("<return_code><![CDATA[SUCCESS]]></return_code>") {
+        "SUCCESS"
+    } else if body.contains("<return_code><![CDATA[FAIL]]></return_code>") {
+        "FAIL"
+    } else {
+        "?"
+    }
+}

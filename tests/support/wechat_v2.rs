@@ -1,0 +1,66 @@
+//! A WeChat Pay v2 notification signer written independently of the host's verifier,
+//! so a shared bug cannot make both sides agree on something WeChat would not send.
+
+use std::collections::BTreeMap;
+
+use md5::{Digest, Md5};
+
+/// The test merchant's appid.
+pub const APPID: &str = "wx2421b1c4370ec43b";
+/// The test merchant's mch_id.
+pub const MCH_ID: &str = "10000100";
+/// The test merchant's API key (generated for tests; not a real secret).
+pub const API_KEY: &str = "t3stk3y0000000000000000000000000";
+
+/// A successful payment notification's fields, shaped like WeChat's documented example.
+pub fn paid(out_trade_no: &str, total_fee: i64, transaction_id: &str) -> BTreeMap<String, String> {
+    let mut f = BTreeMap::new();
+    for (k, v) in [
+        ("appid", APPID),
+        ("bank_type", "CFT"),
+        ("fee_type", "CNY"),
+        ("is_subscribe", "Y"),
+        ("mch_id", MCH_ID),
+        ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
+        ("result_code", "SUCCESS"),
+        ("return_code", "SUCCESS"),
+        ("time_end", "20260903131540"),
+        ("trade_type", "JSAPI"),
+    ] {
+        f.insert(k.to_owned(), v.to_owned());
+    }
+    f.insert("nonce_str".into(), hex::encode(rand::random::<[u8; 16]>()));
+    f.insert("out_trade_no".into(), out_trade_no.into());
+    f.insert("total_fee".into(), total_fee.to_string());
+    f.insert("cash_fee".into(), total_fee.to_string());
+    f.insert("transaction_id".into(), transaction_id.into());
+    f
+}
+
+/// MD5 signature: sorted non-empty k=v pairs except `sign`, `&key=…`, upper-case hex.
+pub fn md5_sign(fields: &BTreeMap<String, String>, key: &str) -> String {
+    let mut pairs: Vec<String> = fields
+        .iter()
+        .filter(|(k, v)| k.as_str() != "sign" && !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pairs.sort();
+    let text = format!("{}&key={key}", pairs.join("&"));
+    hex::encode_upper(Md5::digest(text.as_bytes()))
+}
+
+/// The XML body WeChat would POST, signed with `key`.
+pub fn xml(fields: &BTreeMap<String, String>, key: &str) -> String {
+    let sign = md5_sign(fields, key);
+    let mut x = String::from("<xml>");
+    for (k, v) in fields {
+        x.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+    }
+    x.push_str(&format!("<sign><![CDATA[{sign}]]></sign></xml>"));
+    x
+}
+
+/// A signed payment notification with the test key.
+pub fn paid_xml(out_trade_no: &str, total_fee: i64, transaction_id: &str) -> String {
+    xml(&paid(out_trade_no, total_fee, transaction_id), API_KEY)
+}
