@@ -60,7 +60,7 @@ async fn a_plugin_gets_an_error_for_what_it_was_not_granted() {
         "db: {text}"
     );
     assert!(outcome["fs_read_dir"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
-    assert!(outcome["fs_read"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
+    assert!(outcome["fs_read_passwd"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
     assert_eq!(outcome["env_count"], json!(0), "env: {text}");
     assert!(outcome["tcp"].as_str().unwrap_or("").starts_with("error"), "tcp: {text}");
 }

@@ -41,6 +41,8 @@ pub struct App {
     pub plugins: Arc<Registry>,
     /// The notification pipeline.
     pub pipeline: Arc<Pipeline>,
+    /// Notify keys by (provider, account), for handlers' `crypto`.
+    pub notify_keys: Arc<NotifyKeys>,
 }
 
 impl App {
@@ -73,7 +75,7 @@ impl App {
             store.clone(),
             providers.clone(),
             plugins.clone(),
-            notify_keys,
+            notify_keys.clone(),
             config.server.max_body_bytes,
         ));
         Ok(App {
@@ -82,6 +84,26 @@ impl App {
             providers,
             plugins,
             pipeline,
+            notify_keys: Arc::new(notify_keys),
         })
+    }
+
+    /// Starts hot reload of the plugins directory; it stops when the handle is dropped.
+    pub fn watch_plugins(&self) -> Result<crate::plugins::watch::WatchHandle, notify::Error> {
+        crate::plugins::watch::watch(self.plugins.clone(), self.config.plugins.dir.clone())
+    }
+
+    /// Starts the task worker in the background, if `[tasks] enabled`.
+    pub fn start_worker(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.config.tasks.enabled {
+            return None;
+        }
+        let worker = crate::tasks::Worker::new(
+            self.store.clone(),
+            self.plugins.clone(),
+            (*self.notify_keys).clone(),
+            self.config.tasks.clone(),
+        );
+        Some(tokio::spawn(worker.run()))
     }
 }

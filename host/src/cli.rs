@@ -50,6 +50,28 @@ pub enum Command {
     /// Look at received notifications and re-drive them.
     #[command(subcommand)]
     Notifications(NotificationsCommand),
+    /// Look at the task queue and re-drive dead tasks.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+}
+
+/// `paynotify tasks …`.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Newest first.
+    List {
+        /// Only this status (pending, running, done, dead).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Run a dead (or waiting) task again now, with a fresh set of attempts.
+    Retry {
+        /// Its id.
+        id: i64,
+    },
 }
 
 /// `paynotify plugins …`.

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod providers;
 pub mod store;
+pub mod tasks;
 
 pub use app::App;
 pub use config::Config;

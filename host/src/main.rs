@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use paynotify::cli::{self, Cli, Command, LogFormat, NotificationsCommand, OrdersCommand, PluginsCommand};
+use paynotify::cli::{self, Cli, Command, LogFormat, NotificationsCommand, OrdersCommand, PluginsCommand, TasksCommand};
 use paynotify::store::{NotificationFilter, Verdict};
 use paynotify::{App, Config};
 
@@ -42,6 +42,18 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Notifications(c) => notifications(&config, cli.json, c).await,
+        Command::Tasks(TasksCommand::List { status, limit }) => {
+            let store = paynotify::store::connect(&config.database).await?;
+            print(cli.json, &store.list_tasks(status.as_deref(), limit).await?)
+        }
+        Command::Tasks(TasksCommand::Retry { id }) => {
+            let store = paynotify::store::connect(&config.database).await?;
+            if !store.retry_task(id).await? {
+                bail!("task {id} does not exist or is not dead/pending (running or done tasks are not retried)");
+            }
+            println!("task {id} queued to run now");
+            Ok(())
+        }
     }
 }
 
@@ -51,8 +63,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let _watch = app
+        .watch_plugins()
+        .with_context(|| format!("cannot watch {}", app.config.plugins.dir.display()))?;
+    let worker = app.start_worker();
     tracing::info!(%listen, database = app.store.backend(), "paynotify serving");
     paynotify::http::serve(app, listener, shutdown_signal()).await?;
+    if let Some(w) = worker {
+        w.abort();
+    }
     tracing::info!("paynotify stopped");
     Ok(())
 }

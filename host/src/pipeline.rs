@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::plugins::bindings;
-use crate::plugins::capabilities::{CallContext, CallTags};
+use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use crate::plugins::{HandlerFailure, Registry};
 use crate::providers::{Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers};
 use crate::store::{status, MarkPaid, NewNotification, NotificationRecord, Order, Store, StoreError, Tx, Verdict};
@@ -124,7 +124,8 @@ impl Pipeline {
                 }
             };
             tracing::Span::current().record("id", id);
-            self.process(id, &r.provider, r.account.as_deref(), &r.headers, &r.body, r.truncated)
+            let received_at = crate::store::now_ms();
+            self.process(id, &r.provider, r.account.as_deref(), &r.headers, &r.body, r.truncated, received_at)
                 .await
         }
         .instrument(span)
@@ -142,11 +143,13 @@ impl Pipeline {
             &record.headers,
             &record.body,
             record.truncated,
+            record.received_at,
         )
         .instrument(span)
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn process(
         &self,
         id: i64,
@@ -155,6 +158,7 @@ impl Pipeline {
         headers: &[(String, String)],
         body: &[u8],
         truncated: bool,
+        received_at: i64,
     ) -> Processed {
         let Some(provider) = ProviderKind::parse(provider_name).and_then(|k| self.providers.get(k)) else {
             let reason = format!("provider `{provider_name}` is not configured");
@@ -168,6 +172,7 @@ impl Pipeline {
             account: url_account,
             headers,
             body,
+            received_at,
         };
         let notice = match provider.verify(&inbound) {
             Ok(n) => n,
@@ -334,7 +339,7 @@ impl Pipeline {
     ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
         let Some(plugin) = self.plugins.get(&order.order_type) else {
             let failure = HandlerFailure::NotLoaded(order.order_type.clone());
-            let r = tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json()).await;
+            let r = tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json(), None).await;
             return (Some(tx), r.map(|()| Settled::new(Verdict::Failed, failure.to_string())));
         };
         let savepoint = format!("n{id}");
@@ -370,8 +375,9 @@ impl Pipeline {
                 notification_id: Some(id),
                 task_id: None,
             },
-            tx: Some(tx),
+            db: DbAccess::Tx(tx),
             notify_key: self.notify_keys.get(&(order.provider.clone(), order.account.clone())).copied(),
+            provider: Some(order.provider.clone()),
             account: Some(order.account.clone()),
             http: self.plugins.runtime().http_client(),
             poisoned: None,
@@ -393,9 +399,10 @@ impl Pipeline {
             out_trade_no: notice.out_trade_no.clone(),
             transaction_id: payment.transaction_id.clone(),
             amount: payment.amount,
-            paid_at: payment.paid_at.and_then(rfc3339),
+            paid_at: payment.paid_at.map(crate::store::iso_time),
             fields: notice.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
+        let build = plugin.build_id();
         let started = std::time::Instant::now();
         let (ctx, result) = self
             .plugins
@@ -403,7 +410,7 @@ impl Pipeline {
             .handle_paid(&plugin.compiled, ctx, plugin.limits, wit_order, wit_notification)
             .await;
         let elapsed = started.elapsed();
-        let Some(mut tx) = ctx.and_then(|c| c.tx) else {
+        let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) else {
             return (None, Err(StoreError::Invalid("transaction lost during the handler call".into())));
         };
         match result {
@@ -411,7 +418,8 @@ impl Pipeline {
                 tracing::info!(plugin = %plugin.plugin_type, elapsed_us = elapsed.as_micros() as u64, "handler succeeded");
                 let r = async {
                     tx.release(&savepoint).await?;
-                    tx.set_handler_result(&order.out_trade_no, "succeeded", &outcome).await
+                    tx.set_handler_result(&order.out_trade_no, "succeeded", &outcome, Some(&build))
+                        .await
                 }
                 .await;
                 (Some(tx), r.map(|()| Settled::new(Verdict::Paid, None)))
@@ -420,7 +428,8 @@ impl Pipeline {
                 tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler failed; payment rolled back, provider will retry");
                 let r = async {
                     tx.rollback_to(&savepoint).await?;
-                    tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json()).await
+                    tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json(), Some(&build))
+                        .await
                 }
                 .await;
                 (Some(tx), r.map(|()| Settled::new(Verdict::Failed, failure.to_string())))
@@ -494,9 +503,4 @@ enum Checked {
     Done(Settled),
     /// An unpaid order whose checks passed.
     Pay(Order),
-}
-
-fn rfc3339(ms: i64) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339).ok()
 }

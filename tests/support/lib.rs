@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+pub mod alipay;
+pub mod cloudpay;
 pub mod wechat_v2;
+pub mod wechat_v3;
 
 /// The API token the test servers use.
 pub const TOKEN: &str = "test-token";
@@ -201,6 +204,22 @@ impl TestServer {
             .send()
             .await
             .expect("notify call");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    /// POSTs a raw body to `path` with extra request headers; returns status and body text.
+    pub async fn notify_with_headers(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(String, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let mut req = self.http.post(self.url(path)).header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.body(body).send().await.expect("notify call");
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 

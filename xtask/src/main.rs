@@ -78,7 +78,7 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
     ensure_wasm_target()?;
     let mut cmd = cargo();
     cmd.current_dir(root)
-        .args(["build", "--release", "--target", WASM_TARGET]);
+        .args(["build", "--profile", "plugin", "--target", WASM_TARGET]);
     for p in EXAMPLES.iter().chain(TEST_ONLY) {
         cmd.args(["-p", p]);
     }
@@ -86,7 +86,7 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let built = target_dir.join(WASM_TARGET).join("release");
+    let built = target_dir.join(WASM_TARGET).join("plugin");
     let out = target_dir.join("plugins");
     let examples = root.join("plugins.d");
     std::fs::create_dir_all(&out)?;
@@ -134,10 +134,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.current_dir(root)
         .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
-        .args(["test", "--workspace", "--exclude", "paynotify-plugin-sdk"]);
-    for p in EXAMPLES.iter().chain(TEST_ONLY) {
-        cmd.args(["--exclude", p]);
-    }
+        .args(["test", "--workspace"]);
     cmd.args(args);
     run_cmd(&mut cmd)
 }

@@ -15,6 +15,8 @@ CREATE TABLE orders (
     notify_date          INTEGER,
     handler_status       TEXT    NOT NULL DEFAULT 'pending',
     handler_result       TEXT,
+    -- which build ran: "{type}@{version} sha256:{first 12 hex}"
+    handler_version      TEXT,
     original_data        TEXT,
     paid_notification_id INTEGER,
     created_at           INTEGER NOT NULL,
@@ -58,11 +60,14 @@ CREATE TABLE tasks (
     name         TEXT    NOT NULL,
     payload      TEXT    NOT NULL,
     out_trade_no TEXT,
+    provider     TEXT,
     account      TEXT,
     -- pending, running, done, dead
     status       TEXT    NOT NULL DEFAULT 'pending',
     attempts     INTEGER NOT NULL DEFAULT 0,
     run_at       INTEGER NOT NULL,
+    -- a running task belongs to the worker holding this token until locked_until
+    claim_token  TEXT,
     locked_until INTEGER,
     last_error   TEXT,
     errors       TEXT    NOT NULL DEFAULT '[]',

@@ -105,3 +105,12 @@ pub async fn tasks(State(app): State<App>, Query(q): Query<TaskQuery>) -> Respon
         Err(e) => ApiError::internal(e).into_response(),
     }
 }
+
+/// Runs a dead (or waiting) task again now.
+pub async fn retry_task(State(app): State<App>, Path(id): Path<i64>) -> Response {
+    match app.store.retry_task(id).await {
+        Ok(true) => Json(serde_json::json!({ "id": id, "status": "pending" })).into_response(),
+        Ok(false) => ApiError::not_found(format!("no dead or pending task {id}")).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}

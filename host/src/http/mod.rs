@@ -32,6 +32,7 @@ pub fn router(app: App) -> Router {
         .route("/admin/plugins/reload", post(admin::reload_plugins))
         .route("/admin/collections/{collection}/{id}", get(admin::document))
         .route("/admin/tasks", get(admin::tasks))
+        .route("/admin/tasks/{id}/retry", post(admin::retry_task))
         .layer(middleware::from_fn_with_state(app.clone(), auth::require_api_auth))
         .layer(DefaultBodyLimit::max(MAX_API_BODY));
     Router::new()

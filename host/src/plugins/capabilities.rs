@@ -15,7 +15,53 @@ use sha2::{Digest, Sha256};
 
 use super::bindings::paynotify::plugin::{crypto, db, http, log, tasks, types};
 use super::manifest::Manifest;
-use crate::store::{self, DocError, NewTask, Tx};
+use crate::store::{self, DocError, NewTask, Store, StoreError, Tx};
+
+/// The transaction one `db`/`tasks` operation runs in.
+enum OpTx<'a> {
+    /// The call's shared transaction.
+    Shared(&'a mut dyn Tx),
+    /// A transaction of this operation's own, committed when it succeeds.
+    Own(Box<dyn Tx>),
+}
+
+impl OpTx<'_> {
+    fn tx(&mut self) -> &mut dyn Tx {
+        match self {
+            OpTx::Shared(t) => &mut **t,
+            OpTx::Own(t) => t.as_mut(),
+        }
+    }
+
+    /// Commits an own transaction if the operation succeeded (dropping rolls back).
+    async fn end<T, E: From<StoreError>>(self, r: Result<T, E>) -> Result<T, E> {
+        match (self, r) {
+            (OpTx::Own(t), Ok(v)) => {
+                t.commit().await?;
+                Ok(v)
+            }
+            (_, r) => r,
+        }
+    }
+}
+
+/// Runs one document operation in the call's transaction (or its own), mapping errors
+/// the way the handler should see them.
+macro_rules! doc_op {
+    ($ctx:expr, |$tx:ident| $body:expr) => {{
+        let result = match $ctx.op_tx().await {
+            Ok(mut op) => {
+                let r = {
+                    let $tx = op.tx();
+                    $body.await
+                };
+                op.end(r).await
+            }
+            Err(e) => Err(DocError::Store(e)),
+        };
+        result.map_err(|e| $ctx.doc_error(e))
+    }};
+}
 
 /// Largest JSON document or task payload a handler may write.
 const MAX_JSON_BYTES: usize = 256 * 1024;
@@ -42,6 +88,28 @@ pub struct CallTags {
     pub task_id: Option<i64>,
 }
 
+/// Where a call's `db` and `tasks` operations go.
+pub enum DbAccess {
+    /// Into the payment transaction: they commit with the payment or not at all.
+    Tx(Box<dyn Tx>),
+    /// Each operation in a short transaction of its own. Used by `run-task`, which runs
+    /// after the payment and may wait on HTTP: holding a transaction (on SQLite, the
+    /// database write lock) across that would stall every notification.
+    Autocommit(Arc<dyn Store>),
+    /// No database (the `metadata` call at load).
+    None,
+}
+
+impl DbAccess {
+    /// The payment transaction, if that is what this is.
+    pub fn into_tx(self) -> Option<Box<dyn Tx>> {
+        match self {
+            DbAccess::Tx(tx) => Some(tx),
+            _ => None,
+        }
+    }
+}
+
 /// Everything one handler call may touch; moved into the wasmtime `Store` for the call
 /// and taken back afterwards.
 pub struct CallContext {
@@ -49,10 +117,12 @@ pub struct CallContext {
     pub manifest: Arc<Manifest>,
     /// Log tags.
     pub tags: CallTags,
-    /// The open transaction `db` and `tasks` write into; None outside one (load checks).
-    pub tx: Option<Box<dyn Tx>>,
+    /// Where `db` and `tasks` operations go.
+    pub db: DbAccess,
     /// The merchant account's notify key, for `crypto`.
     pub notify_key: Option<[u8; 32]>,
+    /// The order's provider, stored on enqueued tasks.
+    pub provider: Option<String>,
     /// The account name, stored on enqueued tasks.
     pub account: Option<String>,
     /// Shared outbound HTTP client.
@@ -67,8 +137,9 @@ impl CallContext {
         CallContext {
             manifest,
             tags,
-            tx: None,
+            db: DbAccess::None,
             notify_key: None,
+            provider: None,
             account: None,
             http,
             poisoned: None,
@@ -94,10 +165,14 @@ impl CallContext {
         Ok(())
     }
 
-    fn tx(&mut self) -> Result<&mut Box<dyn Tx>, db::DbError> {
-        self.tx
-            .as_mut()
-            .ok_or_else(|| db::DbError::Backend("no transaction is open for this call".into()))
+    /// The transaction for one operation: the payment's, or a fresh one in autocommit
+    /// mode (ended by [`CallContext::end_op`]).
+    async fn op_tx(&mut self) -> Result<OpTx<'_>, StoreError> {
+        match &mut self.db {
+            DbAccess::Tx(tx) => Ok(OpTx::Shared(tx.as_mut())),
+            DbAccess::Autocommit(store) => Ok(OpTx::Own(store.begin().await?)),
+            DbAccess::None => Err(StoreError::Invalid("no database is available to this call".into())),
+        }
     }
 
     fn doc_error(&mut self, e: DocError) -> db::DbError {
@@ -143,8 +218,7 @@ impl db::Host for CallContext {
     async fn get(&mut self, collection: String, id: String) -> Result<Option<String>, db::DbError> {
         self.collection(&collection)?;
         doc_id(&id)?;
-        let r = self.tx()?.doc_get(&collection, &id).await;
-        r.map_err(|e| self.doc_error(e))
+        doc_op!(self, |tx| tx.doc_get(&collection, &id))
     }
 
     async fn insert(
@@ -157,8 +231,7 @@ impl db::Host for CallContext {
         let id = id.unwrap_or_else(|| hex::encode(rand::random::<[u8; 12]>()));
         doc_id(&id)?;
         let (_, data) = json_object(&data)?;
-        let r = self.tx()?.doc_insert(&collection, &id, &data).await;
-        r.map_err(|e| self.doc_error(e)).map(|()| id)
+        doc_op!(self, |tx| tx.doc_insert(&collection, &id, &data)).map(|()| id)
     }
 
     async fn set(
@@ -170,25 +243,26 @@ impl db::Host for CallContext {
     ) -> Result<(), db::DbError> {
         self.collection(&collection)?;
         doc_id(&id)?;
-        let (fields, mut text) = json_object(&data)?;
-        if merge {
-            // Read-modify-write is safe: the transaction holds the write lock (SQLite) or
-            // will hold the row lock taken by the put below until commit (PostgreSQL).
-            let current = self.tx()?.doc_get(&collection, &id).await;
-            let current = current.map_err(|e| self.doc_error(e))?;
+        let (fields, text) = json_object(&data)?;
+        if !merge {
+            return doc_op!(self, |tx| tx.doc_put(&collection, &id, &text));
+        }
+        // Read-modify-write in one transaction: it holds the write lock (SQLite) or the
+        // row lock (PostgreSQL `doc_get_for_update`) until it ends.
+        doc_op!(self, |tx| async {
+            let current = tx.doc_get_for_update(&collection, &id).await?;
             let mut merged = match current.as_deref().map(serde_json::from_str) {
                 Some(Ok(serde_json::Value::Object(m))) => m,
-                Some(Err(e)) => return Err(db::DbError::Backend(format!("stored document is corrupt: {e}"))),
+                Some(Err(e)) => return Err(DocError::Invalid(format!("stored document is corrupt: {e}"))),
                 _ => serde_json::Map::new(),
             };
             merged.extend(fields);
-            text = serde_json::Value::Object(merged).to_string();
+            let text = serde_json::Value::Object(merged).to_string();
             if text.len() > MAX_JSON_BYTES {
-                return Err(db::DbError::Invalid(format!("merged document is over {MAX_JSON_BYTES} bytes")));
+                return Err(DocError::Invalid(format!("merged document is over {MAX_JSON_BYTES} bytes")));
             }
-        }
-        let r = self.tx()?.doc_put(&collection, &id, &text).await;
-        r.map_err(|e| self.doc_error(e))
+            tx.doc_put(&collection, &id, &text).await
+        })
     }
 
     async fn inc(
@@ -203,15 +277,13 @@ impl db::Host for CallContext {
         if !store::valid_field(&field) {
             return Err(db::DbError::Invalid(format!("`{field}` is not a valid field name")));
         }
-        let r = self.tx()?.doc_inc(&collection, &id, &field, delta).await;
-        r.map_err(|e| self.doc_error(e))
+        doc_op!(self, |tx| tx.doc_inc(&collection, &id, &field, delta))
     }
 
     async fn delete(&mut self, collection: String, id: String) -> Result<bool, db::DbError> {
         self.collection(&collection)?;
         doc_id(&id)?;
-        let r = self.tx()?.doc_delete(&collection, &id).await;
-        r.map_err(|e| self.doc_error(e))
+        doc_op!(self, |tx| tx.doc_delete(&collection, &id))
     }
 
     async fn query(
@@ -231,8 +303,7 @@ impl db::Host for CallContext {
             parsed.push((field, value));
         }
         let limit = limit.clamp(1, MAX_QUERY_LIMIT);
-        let r = self.tx()?.doc_query(&collection, &parsed, limit).await;
-        let rows = r.map_err(|e| self.doc_error(e))?;
+        let rows = doc_op!(self, |tx| tx.doc_query(&collection, &parsed, limit))?;
         Ok(rows.into_iter().map(|(id, data)| db::Document { id, data }).collect())
     }
 }
@@ -417,20 +488,22 @@ impl tasks::Host for CallContext {
             name,
             payload,
             out_trade_no: self.tags.out_trade_no.clone(),
+            provider: self.provider.clone(),
             account: self.account.clone(),
             run_at: store::now_ms() + i64::from(delay_secs) * 1000,
         };
-        let Some(tx) = self.tx.as_mut() else {
-            return Err("no transaction is open for this call".into());
-        };
-        match tx.enqueue_task(&task).await {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                let msg = e.to_string();
-                self.poison(msg.clone());
-                Err(msg)
+        let result = match self.op_tx().await {
+            Ok(mut op) => {
+                let r = op.tx().enqueue_task(&task).await;
+                op.end(r).await
             }
-        }
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| {
+            let msg = e.to_string();
+            self.poison(msg.clone());
+            msg
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use crate::store::{now_ms, Millis};
 pub mod capabilities;
 pub mod manifest;
 pub mod runtime;
+pub mod watch;
 
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, HandlerFailure, LoadError, Metadata, Runtime};
@@ -43,6 +44,9 @@ pub struct Plugin {
     pub sha256: String,
     /// SHA-256 of the `.wasm` and the manifest together: a change of either reloads.
     fingerprint: String,
+    /// Size and mtime of both files when loaded: if neither changed, the file is not
+    /// even read again on a rescan.
+    stamp: FileStamp,
     /// Size of the `.wasm` file in bytes.
     pub size: usize,
     /// Grants.
@@ -53,6 +57,13 @@ pub struct Plugin {
     pub loaded_at: Millis,
     /// The compiled component.
     pub compiled: Compiled,
+}
+
+impl Plugin {
+    /// `{type}@{version} sha256:{prefix}`: names the exact build, for orders and logs.
+    pub fn build_id(&self) -> String {
+        format!("{}@{} sha256:{}", self.plugin_type, self.metadata.version, &self.sha256[..12])
+    }
 }
 
 /// What ops see for one type: the version serving and the last load error.
@@ -103,7 +114,9 @@ pub struct Registry {
     runtime: Arc<Runtime>,
     config: PluginsConfig,
     loaded: ArcSwap<BTreeMap<String, Arc<Plugin>>>,
-    errors: Mutex<BTreeMap<String, (String, Millis)>>,
+    /// Last load failure per type: message, time, and the files' stamp (not retried
+    /// until the files change).
+    errors: Mutex<BTreeMap<String, (String, Millis, FileStamp)>>,
     scanning: tokio::sync::Mutex<()>,
 }
 
@@ -176,6 +189,13 @@ impl Registry {
         let mut next: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
         for (plugin_type, wasm_path) in &files {
             let previous = current.get(plugin_type);
+            let stamp = FileStamp::of(wasm_path, &wasm_path.with_extension("toml"));
+            if self.failed_with(plugin_type, &stamp) {
+                if let Some(p) = previous {
+                    next.insert(plugin_type.clone(), p.clone());
+                }
+                continue;
+            }
             match self.load(plugin_type, wasm_path, previous).await {
                 Ok(Some(plugin)) => {
                     tracing::info!(
@@ -197,7 +217,7 @@ impl Registry {
                 Err(e) => {
                     let msg = format!("{}: {e}", wasm_path.display());
                     tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
-                    self.set_error(plugin_type, msg.clone());
+                    self.set_error(plugin_type, msg.clone(), stamp);
                     report.failed.push((plugin_type.clone(), msg));
                     if let Some(p) = previous {
                         next.insert(plugin_type.clone(), p.clone());
@@ -222,9 +242,13 @@ impl Registry {
         wasm_path: &Path,
         previous: Option<&Arc<Plugin>>,
     ) -> Result<Option<Plugin>, LoadError> {
+        let manifest_path = wasm_path.with_extension("toml");
+        let stamp = FileStamp::of(wasm_path, &manifest_path);
+        if previous.is_some_and(|p| p.stamp == stamp) {
+            return Ok(None);
+        }
         let bytes = std::fs::read(wasm_path)
             .map_err(|e| LoadError::Compile(format!("cannot read: {e}")))?;
-        let manifest_path = wasm_path.with_extension("toml");
         let manifest_text = std::fs::read(&manifest_path).unwrap_or_default();
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let fingerprint = hex::encode(Sha256::new().chain_update(&bytes).chain_update(&manifest_text).finalize());
@@ -234,12 +258,17 @@ impl Registry {
         let manifest = Arc::new(Manifest::load(&manifest_path).map_err(LoadError::Manifest)?);
         let limits = manifest.limits(&self.config).map_err(|e| LoadError::Manifest(format!("{}: {e}", manifest_path.display())))?;
         let size = bytes.len();
-        let compiled = self.runtime.compile(plugin_type, bytes, &manifest, limits).await?;
+        let cache_dir = self.config.cache_dir.clone().unwrap_or_else(|| self.config.dir.join(".cache"));
+        let compiled = self
+            .runtime
+            .compile(plugin_type, bytes, &sha256, Some(&cache_dir), &manifest, limits)
+            .await?;
         Ok(Some(Plugin {
             plugin_type: plugin_type.to_owned(),
             metadata: compiled.metadata.clone(),
             sha256,
             fingerprint,
+            stamp,
             size,
             manifest,
             limits,
@@ -260,14 +289,37 @@ impl Registry {
             .ok_or_else(|| LoadError::Compile("unreachable: no previous version".into()))
     }
 
-    fn set_error(&self, plugin_type: &str, msg: String) {
+    fn set_error(&self, plugin_type: &str, msg: String, stamp: FileStamp) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.insert(plugin_type.to_owned(), (msg, now_ms()));
+        errors.insert(plugin_type.to_owned(), (msg, now_ms(), stamp));
+    }
+
+    fn failed_with(&self, plugin_type: &str, stamp: &FileStamp) -> bool {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.get(plugin_type).is_some_and(|e| &e.2 == stamp)
     }
 
     fn clear_error(&self, plugin_type: &str) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         errors.remove(plugin_type);
+    }
+}
+
+/// Size and modification time of a plugin's `.wasm` and manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp(Vec<Option<(u64, std::time::SystemTime)>>);
+
+impl FileStamp {
+    fn of(wasm: &Path, manifest: &Path) -> FileStamp {
+        FileStamp(
+            [wasm, manifest]
+                .iter()
+                .map(|p| {
+                    let m = std::fs::metadata(p).ok()?;
+                    Some((m.len(), m.modified().ok()?))
+                })
+                .collect(),
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! the pooling allocator), so nothing a handler did in one call leaks into the next, and
 //! a store that trapped or timed out is simply dropped.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,19 +272,31 @@ impl Runtime {
 
     /// Compiles and validates a component: world version, imports, exports, metadata.
     /// Compilation runs on a blocking thread, off the async workers serving requests.
+    /// With a `cache_dir`, the compiled artefact is kept under the file's hash and this
+    /// engine's configuration hash, so a restart does not recompile unchanged plugins.
     pub async fn compile(
         &self,
         plugin_type: &str,
         bytes: Vec<u8>,
+        sha256: &str,
+        cache_dir: Option<&Path>,
         manifest: &Arc<Manifest>,
         limits: Limits,
     ) -> Result<Compiled, LoadError> {
         let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        let cached = cache_dir.map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash())));
+        let component = tokio::task::spawn_blocking(move || compile_or_load(&engine, &bytes, cached.as_deref()))
             .await
-            .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))?
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))??;
         self.validate(plugin_type, component, manifest, limits).await
+    }
+
+    /// A short hash of everything about this engine that a compiled artefact depends on.
+    fn engine_hash(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
     }
 
     async fn validate(
@@ -454,6 +467,43 @@ impl Runtime {
         };
         (Some(caps), result)
     }
+}
+
+/// Loads the cached artefact at `cached` if there is one, else compiles `bytes` and
+/// writes the artefact there (atomically; a failure to cache is only logged).
+fn compile_or_load(engine: &Engine, bytes: &[u8], cached: Option<&Path>) -> Result<Component, LoadError> {
+    if let Some(path) = cached {
+        if path.exists() {
+            // SAFETY: the cache directory is created private to the host (0700) and its
+            // files are written only by `Component::serialize` below, under a name that
+            // includes the source's SHA-256 and the engine's compatibility hash.
+            match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled cache entry"),
+            }
+        }
+    }
+    let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    if let Some(path) = cached {
+        if let Err(e) = write_cache(path, &component) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot cache compiled plugin");
+        }
+    }
+    Ok(component)
+}
+
+fn write_cache(path: &Path, component: &Component) -> Result<(), String> {
+    let dir = path.parent().ok_or("cache path has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+    }
+    let bytes = component.serialize().map_err(|e| e.to_string())?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 fn classify(e: &wasmtime::Error, state: &HostState, limits: Limits) -> HandlerFailure {

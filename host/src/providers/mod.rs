@@ -62,6 +62,9 @@ pub struct Inbound<'a> {
     pub headers: &'a [(String, String)],
     /// The raw body.
     pub body: &'a [u8],
+    /// When it was received (unix ms): timestamp windows are checked against this, so a
+    /// replay of an old notification verifies as it did on arrival.
+    pub received_at: i64,
 }
 
 impl Inbound<'_> {

@@ -424,6 +424,7 @@ mod tests {
             account: None,
             headers: &[],
             body: body.as_bytes(),
+            received_at: 0,
         })
     }
 

@@ -21,6 +21,14 @@ pub fn now_ms() -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// RFC 3339 UTC text of a [`Millis`] time.
+pub fn iso_time(ms: Millis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +96,8 @@ pub struct Order {
     pub handler_status: String,
     /// The handler's outcome JSON, or its error.
     pub handler_result: Option<serde_json::Value>,
+    /// Which build ran last: `{type}@{version} sha256:{prefix}`.
+    pub handler_version: Option<String>,
     /// The verified notification fields that paid the order.
     pub original_data: Option<serde_json::Value>,
     /// The stored notification that paid the order.
@@ -244,7 +254,9 @@ pub struct NewTask {
     pub payload: String,
     /// The order it belongs to.
     pub out_trade_no: Option<String>,
-    /// The merchant account (for the crypto capability when it runs).
+    /// The order's provider (with `account`, selects the notify key when it runs).
+    pub provider: Option<String>,
+    /// The merchant account.
     pub account: Option<String>,
     /// Earliest run time.
     pub run_at: Millis,
@@ -263,6 +275,8 @@ pub struct TaskRecord {
     pub payload: String,
     /// Order it belongs to.
     pub out_trade_no: Option<String>,
+    /// The order's provider.
+    pub provider: Option<String>,
     /// Merchant account.
     pub account: Option<String>,
     /// `pending`, `running`, `done` or `dead`.
@@ -277,6 +291,32 @@ pub struct TaskRecord {
     pub errors: Vec<String>,
     /// Creation time.
     pub created_at: Millis,
+}
+
+/// How one attempt at a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEnd {
+    /// It succeeded.
+    Done,
+    /// It failed; run again at this time.
+    Retry {
+        /// The error, kept in the task's history.
+        error: String,
+        /// Next attempt.
+        at: Millis,
+    },
+    /// It failed for the last time.
+    Dead {
+        /// The error, kept in the task's history.
+        error: String,
+    },
+    /// It could not run at all (its plugin is not loaded); wait without using an attempt.
+    Postpone {
+        /// Why.
+        reason: String,
+        /// When to look again.
+        at: Millis,
+    },
 }
 
 /// A failure of a document operation that the handler should see as such.
@@ -332,6 +372,24 @@ pub trait Store: Send + Sync + 'static {
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError>;
     /// Tasks, newest first, optionally only those with `status`.
     async fn list_tasks(&self, status: Option<&str>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// One task.
+    async fn get_task(&self, id: i64) -> Result<Option<TaskRecord>, StoreError>;
+    /// Claims up to `limit` due tasks (pending and due, or running with an expired lease)
+    /// for the worker holding `token` until `lease_until`. Across processes a task is
+    /// claimed by one worker at a time.
+    async fn claim_tasks(
+        &self,
+        token: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Ends a claimed attempt: `Done`, retry at a time, or dead. Counts the attempt and
+    /// keeps its error. False if the claim was lost (lease expired and taken over).
+    async fn finish_task(&self, id: i64, token: &str, end: &TaskEnd) -> Result<bool, StoreError>;
+    /// Puts a dead or pending task back in the queue to run now, with a fresh set of
+    /// attempts (its error history is kept). False if no such task or it is running/done.
+    async fn retry_task(&self, id: i64) -> Result<bool, StoreError>;
     /// Begins a transaction that holds the write lock (SQLite) for its whole life.
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
     /// `sqlite` or `postgres`.
@@ -355,12 +413,13 @@ pub trait Tx: Send {
     async fn lock_order(&mut self, out_trade_no: &str) -> Result<Option<Order>, StoreError>;
     /// `status 0 → 1` only if still unpaid; true if this call made the change.
     async fn mark_paid(&mut self, paid: &MarkPaid<'_>) -> Result<bool, StoreError>;
-    /// Records the handler's result on the order.
+    /// Records the handler's result, and which build produced it, on the order.
     async fn set_handler_result(
         &mut self,
         out_trade_no: &str,
         handler_status: &str,
         result: &serde_json::Value,
+        handler_version: Option<&str>,
     ) -> Result<(), StoreError>;
     /// Records where a notification ended up, inside this transaction.
     async fn finish_notification(
@@ -374,6 +433,8 @@ pub trait Tx: Send {
 
     /// A document's JSON text.
     async fn doc_get(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError>;
+    /// A document's JSON text, locking it (PostgreSQL `FOR UPDATE`) for a read-modify-write.
+    async fn doc_get_for_update(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError>;
     /// Inserts a new document; [`DocError::Conflict`] if the id exists.
     async fn doc_insert(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError>;
     /// Creates or replaces a document.

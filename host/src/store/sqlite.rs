@@ -62,13 +62,13 @@ impl SqliteStore {
 
 const ORDER_COLUMNS: &str = "out_trade_no, type, provider, account, total_fee, user_id, custom, \
      status, transaction_id, pay_date, notify_date, handler_status, handler_result, \
-     original_data, paid_notification_id, created_at, updated_at";
+     handler_version, original_data, paid_notification_id, created_at, updated_at";
 
 const NOTIFICATION_COLUMNS: &str = "id, provider, account, received_at, remote_addr, headers, \
      body, truncated, verdict, reason, out_trade_no, processed_at";
 
-const TASK_COLUMNS: &str = "id, plugin, name, payload, out_trade_no, account, status, attempts, \
-     run_at, last_error, errors, created_at";
+const TASK_COLUMNS: &str = "id, plugin, name, payload, out_trade_no, provider, account, status, \
+     attempts, run_at, last_error, errors, created_at";
 
 fn json_column(row: &SqliteRow, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
     let text: Option<String> = row.try_get(name)?;
@@ -93,6 +93,7 @@ fn order_from_row(row: &SqliteRow) -> Result<Order, StoreError> {
         notify_date: row.try_get("notify_date")?,
         handler_status: row.try_get("handler_status")?,
         handler_result: json_column(row, "handler_result")?,
+        handler_version: row.try_get("handler_version")?,
         original_data: json_column(row, "original_data")?,
         paid_notification_id: row.try_get("paid_notification_id")?,
         created_at: row.try_get("created_at")?,
@@ -129,6 +130,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         name: row.try_get("name")?,
         payload: row.try_get("payload")?,
         out_trade_no: row.try_get("out_trade_no")?,
+        provider: row.try_get("provider")?,
         account: row.try_get("account")?,
         status: row.try_get("status")?,
         attempts: row.try_get("attempts")?,
@@ -266,6 +268,80 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn get_task(&self, id: i64) -> Result<Option<TaskRecord>, StoreError> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn claim_tasks(
+        &self,
+        token: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        // One statement on the single writer connection: atomic against other workers
+        // of this process and, through SQLite's write lock, of other processes.
+        let sql = format!(
+            "UPDATE tasks SET status = 'running', claim_token = ?1, locked_until = ?3, updated_at = ?2 \
+             WHERE id IN (SELECT id FROM tasks \
+                          WHERE (status = 'pending' AND run_at <= ?2) \
+                             OR (status = 'running' AND locked_until <= ?2) \
+                          ORDER BY run_at, id LIMIT ?4) \
+             RETURNING {TASK_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(token)
+            .bind(now)
+            .bind(lease_until)
+            .bind(i64::from(limit))
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn finish_task(&self, id: i64, token: &str, end: &TaskEnd) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let (status, attempts, run_at, error) = match end {
+            TaskEnd::Done => ("done", 1, None, None),
+            TaskEnd::Retry { error, at } => ("pending", 1, Some(*at), Some(error.as_str())),
+            TaskEnd::Dead { error } => ("dead", 1, None, Some(error.as_str())),
+            TaskEnd::Postpone { reason, at } => ("pending", 0, Some(*at), Some(reason.as_str())),
+        };
+        let entry = error.map(|e| format!("{} {e}", crate::store::iso_time(now)));
+        let done = sqlx::query(
+            "UPDATE tasks SET status = ?3, attempts = attempts + ?4, run_at = COALESCE(?5, run_at), \
+               last_error = COALESCE(?6, last_error), \
+               errors = CASE WHEN ?6 IS NULL THEN errors ELSE json_insert(errors, '$[#]', ?6) END, \
+               claim_token = NULL, locked_until = NULL, updated_at = ?7 \
+             WHERE id = ?1 AND claim_token = ?2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(status)
+        .bind(attempts)
+        .bind(run_at)
+        .bind(entry)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn retry_task(&self, id: i64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?2, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('dead', 'pending')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteTx { tx }))
@@ -373,13 +449,16 @@ impl Tx for SqliteTx {
         out_trade_no: &str,
         handler_status: &str,
         result: &serde_json::Value,
+        handler_version: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE orders SET handler_status = ?2, handler_result = ?3, updated_at = ?4 WHERE out_trade_no = ?1",
+            "UPDATE orders SET handler_status = ?2, handler_result = ?3, handler_version = ?4, updated_at = ?5 \
+             WHERE out_trade_no = ?1",
         )
         .bind(out_trade_no)
         .bind(handler_status)
         .bind(result.to_string())
+        .bind(handler_version)
         .bind(now_ms())
         .execute(&mut *self.tx)
         .await?;
@@ -405,6 +484,11 @@ impl Tx for SqliteTx {
                 .fetch_optional(&mut *self.tx)
                 .await?,
         )
+    }
+
+    async fn doc_get_for_update(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError> {
+        // BEGIN IMMEDIATE already holds the database write lock.
+        self.doc_get(collection, id).await
     }
 
     async fn doc_insert(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError> {
@@ -509,13 +593,14 @@ impl Tx for SqliteTx {
     async fn enqueue_task(&mut self, t: &NewTask) -> Result<i64, StoreError> {
         let now = now_ms();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO tasks (plugin, name, payload, out_trade_no, account, run_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
+            "INSERT INTO tasks (plugin, name, payload, out_trade_no, provider, account, run_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) RETURNING id",
         )
         .bind(&t.plugin)
         .bind(&t.name)
         .bind(&t.payload)
         .bind(&t.out_trade_no)
+        .bind(&t.provider)
         .bind(&t.account)
         .bind(t.run_at)
         .bind(now)
