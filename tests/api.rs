@@ -6,8 +6,15 @@ use serde_json::json;
 #[tokio::test]
 async fn orders_need_the_bearer_token() {
     let s = TestServer::start(Options::with_plugins(&["recharge"])).await;
-    let body = json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2" });
-    let no_token = s.http.post(s.url("/api/orders")).json(&body).send().await.expect("call");
+    let body =
+        json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2" });
+    let no_token = s
+        .http
+        .post(s.url("/api/orders"))
+        .json(&body)
+        .send()
+        .await
+        .expect("call");
     assert_eq!(no_token.status().as_u16(), 401);
     let wrong = s
         .http
@@ -32,15 +39,51 @@ async fn orders_need_the_bearer_token() {
 async fn bad_orders_are_refused_with_a_reason() {
     let s = TestServer::start(Options::with_plugins(&["recharge"])).await;
     let cases = [
-        (json!({ "type": "nope", "total_fee": 1, "user_id": "u", "provider": "wechat-v2" }), 422, "no loaded handler"),
-        (json!({ "type": "recharge", "total_fee": 0, "user_id": "u", "provider": "wechat-v2" }), 422, "total_fee"),
-        (json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "paypal" }), 422, "provider"),
-        (json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "alipay" }), 422, "no account"),
-        (json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "account": "b" }), 422, "no account named"),
-        (json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "custom": [1] }), 422, "custom"),
-        (json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "out_trade_no": "a b" }), 422, "out_trade_no"),
-        (json!({ "type": "recharge", "total_fee": "1", "user_id": "u", "provider": "wechat-v2" }), 400, "total_fee"),
-        (json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "extra": 1 }), 400, "extra"),
+        (
+            json!({ "type": "nope", "total_fee": 1, "user_id": "u", "provider": "wechat-v2" }),
+            422,
+            "no loaded handler",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 0, "user_id": "u", "provider": "wechat-v2" }),
+            422,
+            "total_fee",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "paypal" }),
+            422,
+            "provider",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "alipay" }),
+            422,
+            "no account",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "account": "b" }),
+            422,
+            "no account named",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "custom": [1] }),
+            422,
+            "custom",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "out_trade_no": "a b" }),
+            422,
+            "out_trade_no",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": "1", "user_id": "u", "provider": "wechat-v2" }),
+            400,
+            "total_fee",
+        ),
+        (
+            json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "extra": 1 }),
+            400,
+            "extra",
+        ),
     ];
     for (body, status, needle) in cases {
         let (st, v) = s.api("POST", "/api/orders", Some(body.clone())).await;
@@ -58,19 +101,33 @@ async fn bad_orders_are_refused_with_a_reason() {
 async fn ops_can_read_notifications_plugins_and_documents_and_replay() {
     let s = TestServer::start(Options::with_plugins(&["recharge"])).await;
     s.recharge_order("A000000001", "ua", 66).await;
-    s.notify_v2(wechat_v2::paid_xml("A000000001", 66, "4200000601")).await;
-    let (st, list) = s.api("GET", "/api/admin/notifications?verdict=paid", None).await;
+    s.notify_v2(wechat_v2::paid_xml("A000000001", 66, "4200000601"))
+        .await;
+    let (st, list) = s
+        .api("GET", "/api/admin/notifications?verdict=paid", None)
+        .await;
     assert_eq!(st, 200);
     let id = list[0]["id"].as_i64().expect("id");
     assert_eq!(list[0]["out_trade_no"], "A000000001");
-    let (st, one) = s.api("GET", &format!("/api/admin/notifications/{id}"), None).await;
+    let (st, one) = s
+        .api("GET", &format!("/api/admin/notifications/{id}"), None)
+        .await;
     assert_eq!(st, 200);
     assert!(one["body"].as_str().unwrap_or("").contains("A000000001"));
     // Replaying a processed notification changes nothing; it stays the order's payer.
-    let (st, replayed) = s.api("POST", &format!("/api/admin/notifications/{id}/replay"), None).await;
+    let (st, replayed) = s
+        .api(
+            "POST",
+            &format!("/api/admin/notifications/{id}/replay"),
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(replayed["verdict"], "paid");
-    assert_eq!(s.document("users", "ua").await, Some(json!({ "balance": 66 })));
+    assert_eq!(
+        s.document("users", "ua").await,
+        Some(json!({ "balance": 66 }))
+    );
     let (st, doc) = s.api("GET", "/api/admin/collections/users/ua", None).await;
     assert_eq!((st, doc), (200, json!({ "balance": 66 })));
     let (st, plugins) = s.api("GET", "/api/admin/plugins", None).await;
@@ -79,6 +136,8 @@ async fn ops_can_read_notifications_plugins_and_documents_and_replay() {
     assert_eq!(plugins[0]["loaded"], true);
     assert_eq!(plugins[0]["world_version"], "0.1.0");
     assert_eq!(plugins[0]["sha256"].as_str().map(str::len), Some(64));
-    let (st, _) = s.api("GET", "/api/admin/notifications?verdict=bogus", None).await;
+    let (st, _) = s
+        .api("GET", "/api/admin/notifications?verdict=bogus", None)
+        .await;
     assert_eq!(st, 400);
 }

@@ -13,7 +13,8 @@ const SUCCESS: &str =
 #[tokio::test]
 async fn failing_handler_rolls_back_then_a_fixed_plugin_completes_the_retry() {
     for bad in ["fail-always", "trap"] {
-        let s = TestServer::start(Options::with_plugins(&[]).plugin_as("recharge", bad, None)).await;
+        let s =
+            TestServer::start(Options::with_plugins(&[]).plugin_as("recharge", bad, None)).await;
         // The user already has money: the rollback must leave it exactly as it was.
         s.recharge_order("F000000001", "u1", 500).await;
         let xml = wechat_v2::paid_xml("F000000001", 500, "4200000101");
@@ -26,7 +27,16 @@ async fn failing_handler_rolls_back_then_a_fixed_plugin_completes_the_retry() {
         assert_eq!(order.transaction_id, None, "{bad}");
         assert_eq!(order.handler_status, "failed", "{bad}");
         assert!(order.handler_result.is_some(), "{bad}");
-        assert_eq!(s.document("users", "u1").await, None, "{bad}: no partial writes");
+        assert_eq!(
+            s.document("users", "u1").await,
+            None,
+            "{bad}: no partial writes"
+        );
+        let tasks = s.app.store.list_tasks(None, 10).await.expect("tasks");
+        assert!(
+            tasks.is_empty(),
+            "{bad}: the outbox rolled back too: {tasks:?}"
+        );
         let n = s.notifications().await;
         assert_eq!(n[0].verdict, Verdict::Failed, "{bad}");
 
@@ -40,7 +50,11 @@ async fn failing_handler_rolls_back_then_a_fixed_plugin_completes_the_retry() {
         let order = s.order("F000000001").await;
         assert_eq!(order.status, status::PAID);
         assert_eq!(order.handler_status, "succeeded");
-        assert_eq!(s.document("users", "u1").await, Some(json!({ "balance": 500 })), "{bad}");
+        assert_eq!(
+            s.document("users", "u1").await,
+            Some(json!({ "balance": 500 })),
+            "{bad}"
+        );
     }
 }
 
@@ -51,18 +65,38 @@ async fn a_plugin_gets_an_error_for_what_it_was_not_granted() {
         "type": "nosy", "total_fee": 1, "user_id": "u1", "provider": "wechat-v2", "out_trade_no": "N000000001"
     }))
     .await;
-    let (st, body) = s.notify_v2(wechat_v2::paid_xml("N000000001", 1, "4200000201")).await;
+    let (st, body) = s
+        .notify_v2(wechat_v2::paid_xml("N000000001", 1, "4200000201"))
+        .await;
     assert_eq!((st, body.as_str()), (200, SUCCESS));
     let outcome = s.order("N000000001").await.handler_result.expect("outcome");
     let text = outcome.to_string();
     assert!(
-        outcome["db_secrets"].as_str().unwrap_or("").starts_with("denied"),
+        outcome["db_secrets"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("denied"),
         "db: {text}"
     );
-    assert!(outcome["fs_read_dir"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
-    assert!(outcome["fs_read_passwd"].as_str().unwrap_or("").starts_with("error"), "fs: {text}");
+    assert!(
+        outcome["fs_read_dir"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("error"),
+        "fs: {text}"
+    );
+    assert!(
+        outcome["fs_read_passwd"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("error"),
+        "fs: {text}"
+    );
     assert_eq!(outcome["env_count"], json!(0), "env: {text}");
-    assert!(outcome["tcp"].as_str().unwrap_or("").starts_with("error"), "tcp: {text}");
+    assert!(
+        outcome["tcp"].as_str().unwrap_or("").starts_with("error"),
+        "tcp: {text}"
+    );
 }
 
 #[tokio::test]
@@ -73,10 +107,18 @@ async fn goods_fulfils_the_order_decrements_stock_and_queues_a_message() {
         "out_trade_no": "G000000001", "custom": { "goods_id": "sku-1", "quantity": 2 }
     }))
     .await;
-    let (st, body) = s.notify_v2(wechat_v2::paid_xml("G000000001", 9900, "4200000301")).await;
+    let (st, body) = s
+        .notify_v2(wechat_v2::paid_xml("G000000001", 9900, "4200000301"))
+        .await;
     assert_eq!((st, body.as_str()), (200, SUCCESS));
-    assert_eq!(s.document("goods", "sku-1").await, Some(json!({ "stock": -2 })));
-    let fulfilled = s.document("goods_orders", "G000000001").await.expect("goods order");
+    assert_eq!(
+        s.document("goods", "sku-1").await,
+        Some(json!({ "stock": -2 }))
+    );
+    let fulfilled = s
+        .document("goods_orders", "G000000001")
+        .await
+        .expect("goods order");
     assert_eq!(fulfilled["status"], "fulfilled");
     assert_eq!(fulfilled["quantity"], 2);
     let outcome = s.order("G000000001").await.handler_result.expect("outcome");
@@ -97,7 +139,9 @@ async fn vip_extends_the_expiry_by_calendar_months_from_the_payment_time() {
     }))
     .await;
     // time_end 2026-09-03 13:15:40 +08:00 → +3 months = 2026-12-03 13:15:40 +08:00.
-    let (st, body) = s.notify_v2(wechat_v2::paid_xml("V000000001", 3000, "4200000401")).await;
+    let (st, body) = s
+        .notify_v2(wechat_v2::paid_xml("V000000001", 3000, "4200000401"))
+        .await;
     assert_eq!((st, body.as_str()), (200, SUCCESS));
     let user = s.document("users", "u8").await.expect("user");
     assert_eq!(user["vip_expire"], json!(1_796_274_940_000_i64), "{user}");
@@ -125,9 +169,20 @@ async fn runaway_handlers_fail_only_their_own_call() {
     assert_eq!(v2_return_code(&l.1), "FAIL");
     assert_eq!(v2_return_code(&o.1), "FAIL");
     assert_eq!(r.1, SUCCESS);
-    let lr = s.order("L000000001").await.handler_result.expect("loop result");
+    let lr = s
+        .order("L000000001")
+        .await
+        .handler_result
+        .expect("loop result");
     assert_eq!(lr["error"], "timeout", "{lr}");
-    let or = s.order("O000000001").await.handler_result.expect("oom result");
+    let or = s
+        .order("O000000001")
+        .await
+        .handler_result
+        .expect("oom result");
     assert_eq!(or["error"], "memory", "{or}");
-    assert_eq!(s.document("users", "u9").await, Some(json!({ "balance": 42 })));
+    assert_eq!(
+        s.document("users", "u9").await,
+        Some(json!({ "balance": 42 }))
+    );
 }

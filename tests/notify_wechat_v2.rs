@@ -13,7 +13,9 @@ async fn server() -> TestServer {
 }
 
 async fn balance(s: &TestServer, user: &str) -> Option<i64> {
-    s.document("users", user).await.and_then(|d| d["balance"].as_i64())
+    s.document("users", user)
+        .await
+        .and_then(|d| d["balance"].as_i64())
 }
 
 #[tokio::test]
@@ -30,10 +32,28 @@ async fn recharge_is_credited_exactly_once_when_sent_five_times_in_a_row() {
     assert_eq!(order.status, status::PAID);
     assert_eq!(order.transaction_id.as_deref(), Some("4200000001"));
     assert_eq!(order.handler_status, "succeeded");
-    assert_eq!(order.handler_result, Some(serde_json::json!({ "balance": 1500 })));
-    assert_eq!(order.original_data.as_ref().and_then(|d| d["total_fee"].as_str()), Some("1500"));
+    assert_eq!(
+        order.handler_result,
+        Some(serde_json::json!({ "balance": 1500 }))
+    );
+    assert_eq!(
+        order
+            .original_data
+            .as_ref()
+            .and_then(|d| d["total_fee"].as_str()),
+        Some("1500")
+    );
     let verdicts: Vec<Verdict> = s.notifications().await.iter().map(|n| n.verdict).collect();
-    assert_eq!(verdicts, [Verdict::Paid, Verdict::Duplicate, Verdict::Duplicate, Verdict::Duplicate, Verdict::Duplicate]);
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Paid,
+            Verdict::Duplicate,
+            Verdict::Duplicate,
+            Verdict::Duplicate,
+            Verdict::Duplicate
+        ]
+    );
 }
 
 #[tokio::test]
@@ -48,7 +68,10 @@ async fn five_duplicates_at_the_same_moment_credit_once() {
     assert_eq!(balance(&s, "u2").await, Some(700));
     let n = s.notifications().await;
     assert_eq!(n.iter().filter(|n| n.verdict == Verdict::Paid).count(), 1);
-    assert_eq!(n.iter().filter(|n| n.verdict == Verdict::Duplicate).count(), 4);
+    assert_eq!(
+        n.iter().filter(|n| n.verdict == Verdict::Duplicate).count(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -71,28 +94,54 @@ async fn bad_notifications_are_rejected_and_change_nothing() {
 
     let mut wrong_appid = wechat_v2::paid("R000000010", 1000, "4200000010");
     wrong_appid.insert("appid".into(), "wx0000000000000000".into());
-    let mut tampered = wechat_v2::xml(&wechat_v2::paid("R000000010", 1000, "4200000010"), wechat_v2::API_KEY);
+    let mut tampered = wechat_v2::xml(
+        &wechat_v2::paid("R000000010", 1000, "4200000010"),
+        wechat_v2::API_KEY,
+    );
     tampered = tampered.replace("<total_fee><![CDATA[1000]]>", "<total_fee><![CDATA[1]]>");
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "wrong key",
-            wechat_v2::xml(&wechat_v2::paid("R000000010", 1000, "4200000010"), "not-the-merchant-key"),
+            wechat_v2::xml(
+                &wechat_v2::paid("R000000010", 1000, "4200000010"),
+                "not-the-merchant-key",
+            ),
             "bad signature",
         ),
         ("tampered amount", tampered, "bad signature"),
-        ("wrong appid", wechat_v2::xml(&wrong_appid, wechat_v2::API_KEY), "account"),
-        ("wrong amount", wechat_v2::paid_xml("R000000010", 999, "4200000010"), "amount mismatch"),
-        ("unknown order", wechat_v2::paid_xml("R999999999", 1000, "4200000011"), "unknown order"),
-        ("malformed XML", "<xml><return_code>SUCCESS</return_code".into(), "malformed"),
+        (
+            "wrong appid",
+            wechat_v2::xml(&wrong_appid, wechat_v2::API_KEY),
+            "account",
+        ),
+        (
+            "wrong amount",
+            wechat_v2::paid_xml("R000000010", 999, "4200000010"),
+            "amount mismatch",
+        ),
+        (
+            "unknown order",
+            wechat_v2::paid_xml("R999999999", 1000, "4200000011"),
+            "unknown order",
+        ),
+        (
+            "malformed XML",
+            "<xml><return_code>SUCCESS</return_code".into(),
+            "malformed",
+        ),
         ("not XML at all", "{\"hello\":1}".into(), "malformed"),
-        ("no signature", {
-            let f = wechat_v2::paid("R000000010", 1000, "4200000010");
-            let mut x = String::from("<xml>");
-            for (k, v) in &f {
-                x.push_str(&format!("<{k}>{v}</{k}>"));
-            }
-            x + "</xml>"
-        }, "bad signature"),
+        (
+            "no signature",
+            {
+                let f = wechat_v2::paid("R000000010", 1000, "4200000010");
+                let mut x = String::from("<xml>");
+                for (k, v) in &f {
+                    x.push_str(&format!("<{k}>{v}</{k}>"));
+                }
+                x + "</xml>"
+            },
+            "bad signature",
+        ),
     ];
     for (name, body, _) in &cases {
         let (st, answer) = s.notify_v2(body.clone()).await;
@@ -111,11 +160,18 @@ async fn bad_notifications_are_rejected_and_change_nothing() {
     assert_eq!(balance(&s, "u10").await, None);
 
     let stored = s.notifications().await;
-    assert_eq!(stored.len(), cases.len() + 1, "every notification is stored");
+    assert_eq!(
+        stored.len(),
+        cases.len() + 1,
+        "every notification is stored"
+    );
     for (n, (name, body, reason)) in stored.iter().zip(&cases) {
         assert_eq!(n.verdict, Verdict::Rejected, "{name}");
         let why = n.reason.as_deref().unwrap_or("");
-        assert!(why.to_lowercase().contains(reason), "{name}: reason `{why}` lacks `{reason}`");
+        assert!(
+            why.to_lowercase().contains(reason),
+            "{name}: reason `{why}` lacks `{reason}`"
+        );
         assert_eq!(n.body, body.as_bytes(), "{name}: stored as received");
     }
     let last = stored.last().expect("oversized stored");
@@ -158,5 +214,4 @@ async fn hmac_sha256_notifications_verify_too() {
     let (st, body) = s.notify_v2(xml).await;
     assert_eq!((st, body.as_str()), (200, SUCCESS));
     assert_eq!(balance(&s, "u30").await, Some(10));
-
 }

@@ -52,7 +52,7 @@ impl App {
         let store = store::connect(&config.database)
             .await
             .map_err(|source| StartError::Store {
-                url: config.database.url.clone(),
+                url: crate::config::redact_url(&config.database.url),
                 source,
             })?;
         let providers = Arc::new(Providers::from_config(&config.accounts)?);

@@ -14,7 +14,13 @@ use crate::config::Config;
 #[command(name = "paynotify", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file (missing = built-in defaults; PAYNOTIFY_… variables override keys).
-    #[arg(long, short, global = true, env = "PAYNOTIFY_CONFIG", default_value = "paynotify.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "PAYNOTIFY_CONFIG",
+        default_value = "paynotify.toml"
+    )]
     pub config: PathBuf,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -155,15 +161,21 @@ impl AdminClient {
     }
 
     /// Calls `method path` and returns the JSON answer, or an error with the server's message.
-    pub async fn call(&self, method: reqwest::Method, path: &str) -> Result<serde_json::Value, String> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<serde_json::Value, String> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the server at {}: {e} (is `paynotify serve` running?)", self.base))?;
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "cannot reach the server at {}: {e} (is `paynotify serve` running?)",
+                self.base
+            )
+        })?;
         let status = resp.status();
         let body: serde_json::Value = resp
             .json()

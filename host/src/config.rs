@@ -104,9 +104,13 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `sqlite://path` (created on first run) or `postgres://…`.
+    /// `sqlite://path` (created on first run) or
+    /// `postgres://user[:password]@host[:port]/database` (also `postgresql://`). A
+    /// PostgreSQL URL may add `?schema=NAME` (lower-case letters, digits, `_`): the tables
+    /// then live in that schema, created if missing, so several deployments or test runs
+    /// can share one database.
     pub url: String,
-    /// Connections in the pool.
+    /// Pool size (PostgreSQL; on SQLite, the read pool — writes use one connection).
     pub max_connections: u32,
     /// SQLite only: `full` (fsync every commit, survives power loss) or `normal`
     /// (survives a process crash, may lose the last commits on power loss).
@@ -267,22 +271,25 @@ impl Config {
         } else {
             format!("{} (absent, defaults)", path.display())
         };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid {
-            source_name: file_name.clone(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    source_name: file_name.clone(),
+                    message: e.to_string(),
+                })?;
         let overridden = apply_env(&mut table, env)?;
         let source_name = if overridden.is_empty() {
             file_name
         } else {
             format!("{file_name} with environment {}", overridden.join(", "))
         };
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                source_name: source_name.clone(),
-                message: e.to_string(),
-            })?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    source_name: source_name.clone(),
+                    message: e.to_string(),
+                })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_files(base, &source_name)?;
         config.validate(&source_name)?;
@@ -312,7 +319,11 @@ impl Config {
             let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 5] = [
                 ("api_key_file", &a.api_key_file, &mut a.api_key),
                 ("api_v3_key_file", &a.api_v3_key_file, &mut a.api_v3_key),
-                ("alipay_public_key_file", &a.alipay_public_key_file, &mut a.alipay_public_key),
+                (
+                    "alipay_public_key_file",
+                    &a.alipay_public_key_file,
+                    &mut a.alipay_public_key,
+                ),
                 ("secret_file", &a.secret_file, &mut a.secret),
                 ("notify_key_file", &a.notify_key_file, &mut a.notify_key),
             ];
@@ -321,7 +332,11 @@ impl Config {
                     *value = Some(read(format!("accounts[{i}].{key}"), f)?);
                 }
             }
-            for p in a.public_keys.values_mut().chain(a.platform_certs.iter_mut()) {
+            for p in a
+                .public_keys
+                .values_mut()
+                .chain(a.platform_certs.iter_mut())
+            {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
@@ -343,27 +358,45 @@ impl Config {
         if p.timeout_ms == 0 || p.timeout_ms > p.max_timeout_ms {
             return Err(err(
                 "plugins.timeout_ms".into(),
-                format!("must be between 1 and plugins.max_timeout_ms ({})", p.max_timeout_ms),
+                format!(
+                    "must be between 1 and plugins.max_timeout_ms ({})",
+                    p.max_timeout_ms
+                ),
             ));
         }
         if p.memory_mb == 0 || p.memory_mb > p.max_memory_mb {
             return Err(err(
                 "plugins.memory_mb".into(),
-                format!("must be between 1 and plugins.max_memory_mb ({})", p.max_memory_mb),
+                format!(
+                    "must be between 1 and plugins.max_memory_mb ({})",
+                    p.max_memory_mb
+                ),
             ));
         }
         if p.max_instances == 0 {
-            return Err(err("plugins.max_instances".into(), "must be at least 1".into()));
+            return Err(err(
+                "plugins.max_instances".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.tasks.backoff_secs.is_empty() {
-            return Err(err("tasks.backoff_secs".into(), "needs at least one delay".into()));
+            return Err(err(
+                "tasks.backoff_secs".into(),
+                "needs at least one delay".into(),
+            ));
         }
         if self.database.max_connections == 0 {
-            return Err(err("database.max_connections".into(), "must be at least 1".into()));
+            return Err(err(
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
-            if !crate::providers::ProviderKind::ALL.iter().any(|k| k.as_str() == a.provider) {
+            if !crate::providers::ProviderKind::ALL
+                .iter()
+                .any(|k| k.as_str() == a.provider)
+            {
                 return Err(err(
                     format!("accounts[{i}].provider"),
                     format!(
@@ -381,7 +414,10 @@ impl Config {
             if !seen.insert((a.provider.clone(), a.name.clone())) {
                 return Err(err(
                     format!("accounts[{i}].name"),
-                    format!("a {} account named `{}` is already configured", a.provider, a.name),
+                    format!(
+                        "a {} account named `{}` is already configured",
+                        a.provider, a.name
+                    ),
                 ));
             }
             if let Some(k) = &a.notify_key {
@@ -402,11 +438,23 @@ impl Config {
     }
 }
 
+/// A database URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Letters, digits, `-` and `_`: safe in URLs, file names and log lines.
 pub fn is_simple_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Applies `PAYNOTIFY_{SECTION}_{KEY}=value` and `PAYNOTIFY_ACCOUNTS_{INDEX}_{KEY}=value`.
@@ -518,7 +566,8 @@ mod tests {
 
     #[test]
     fn defaults_work_without_a_file() {
-        let c = Config::load(Path::new("/nonexistent/paynotify.toml"), Vec::new()).expect("defaults");
+        let c =
+            Config::load(Path::new("/nonexistent/paynotify.toml"), Vec::new()).expect("defaults");
         assert_eq!(c.server.listen.port(), 8080);
         assert_eq!(c.plugins.timeout_ms, 4000);
         assert!(c.database.url.starts_with("sqlite://"));
@@ -564,7 +613,19 @@ mod tests {
         )
         .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("accounts[0].api_key_file") && msg.contains("nope.key"), "{msg}");
+        assert!(
+            msg.contains("accounts[0].api_key_file") && msg.contains("nope.key"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@db:5432/pay"),
+            "postgres://u:***@db:5432/pay"
+        );
+        assert_eq!(redact_url("sqlite://data/p.db"), "sqlite://data/p.db");
     }
 
     #[test]

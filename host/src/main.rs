@@ -2,14 +2,19 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use paynotify::cli::{self, Cli, Command, LogFormat, NotificationsCommand, OrdersCommand, PluginsCommand, TasksCommand};
+use paynotify::cli::{
+    self, Cli, Command, LogFormat, NotificationsCommand, OrdersCommand, PluginsCommand,
+    TasksCommand,
+};
 use paynotify::store::{NotificationFilter, Verdict};
 use paynotify::{App, Config};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -98,7 +103,10 @@ async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Resu
     let client = cli::AdminClient::new(config);
     match c {
         PluginsCommand::List => {
-            let v = client.call(reqwest::Method::GET, "/api/admin/plugins").await.map_err(anyhow::Error::msg)?;
+            let v = client
+                .call(reqwest::Method::GET, "/api/admin/plugins")
+                .await
+                .map_err(anyhow::Error::msg)?;
             print(json, &v)
         }
         PluginsCommand::Reload => {
@@ -131,10 +139,17 @@ async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Resu
 
 async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> anyhow::Result<()> {
     match c {
-        NotificationsCommand::List { provider, order, verdict, limit } => {
+        NotificationsCommand::List {
+            provider,
+            order,
+            verdict,
+            limit,
+        } => {
             let verdict = match verdict.as_deref() {
                 None => None,
-                Some(v) => Some(Verdict::parse(v).with_context(|| format!("unknown verdict `{v}`"))?),
+                Some(v) => {
+                    Some(Verdict::parse(v).with_context(|| format!("unknown verdict `{v}`"))?)
+                }
             };
             let store = paynotify::store::connect(&config.database).await?;
             let list = store
@@ -157,7 +172,10 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
         }
         NotificationsCommand::Replay { id } => {
             let v = cli::AdminClient::new(config)
-                .call(reqwest::Method::POST, &format!("/api/admin/notifications/{id}/replay"))
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/admin/notifications/{id}/replay"),
+                )
                 .await
                 .map_err(anyhow::Error::msg)?;
             print(json, &v)

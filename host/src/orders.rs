@@ -45,7 +45,8 @@ pub enum OrderError {
 /// WeChat and Alipay both accept 6–32 of these characters as a merchant order number.
 fn valid_out_trade_no(s: &str) -> bool {
     (6..=32).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
 }
 
 /// A fresh order number: time-ordered and unguessable enough to be unique.
@@ -75,7 +76,10 @@ pub async fn create(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
         ));
     }
     if req.total_fee <= 0 {
-        return invalid(format!("total_fee must be a positive amount in fen, got {}", req.total_fee));
+        return invalid(format!(
+            "total_fee must be a positive amount in fen, got {}",
+            req.total_fee
+        ));
     }
     if req.user_id.is_empty() || req.user_id.len() > 128 {
         return invalid("user_id must be 1 to 128 characters".into());

@@ -20,7 +20,9 @@ use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use crate::plugins::{HandlerFailure, Registry};
 use crate::providers::{Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers};
-use crate::store::{status, MarkPaid, NewNotification, NotificationRecord, Order, Store, StoreError, Tx, Verdict};
+use crate::store::{
+    status, MarkPaid, NewNotification, NotificationRecord, Order, Store, StoreError, Tx, Verdict,
+};
 
 /// A notification as the HTTP layer received it.
 #[derive(Debug, Clone)]
@@ -107,7 +109,9 @@ impl Pipeline {
             verdict = tracing::field::Empty
         );
         async move {
+            let received_at = crate::store::now_ms();
             let stored = NewNotification {
+                received_at,
                 provider: r.provider.clone(),
                 account: r.account.clone(),
                 remote_addr: r.remote_addr.clone(),
@@ -120,13 +124,26 @@ impl Pipeline {
                 Err(e) => {
                     // Not stored, so not accepted: the provider must retry.
                     tracing::error!(error = %e, "cannot store notification");
-                    return self.answer(&r.provider, None, Verdict::Failed, Some(format!("storage unavailable: {e}")), 500);
+                    return self.answer(
+                        &r.provider,
+                        None,
+                        Verdict::Failed,
+                        Some(format!("storage unavailable: {e}")),
+                        500,
+                    );
                 }
             };
             tracing::Span::current().record("id", id);
-            let received_at = crate::store::now_ms();
-            self.process(id, &r.provider, r.account.as_deref(), &r.headers, &r.body, r.truncated, received_at)
-                .await
+            self.process(
+                id,
+                &r.provider,
+                r.account.as_deref(),
+                &r.headers,
+                &r.body,
+                r.truncated,
+                received_at,
+            )
+            .await
         }
         .instrument(span)
         .await
@@ -160,13 +177,34 @@ impl Pipeline {
         truncated: bool,
         received_at: i64,
     ) -> Processed {
-        let Some(provider) = ProviderKind::parse(provider_name).and_then(|k| self.providers.get(k)) else {
+        let Some(provider) = ProviderKind::parse(provider_name).and_then(|k| self.providers.get(k))
+        else {
             let reason = format!("provider `{provider_name}` is not configured");
-            return self.finish_outside(id, provider_name, Verdict::Rejected, reason, None, None, 404).await;
+            return self
+                .finish_outside(
+                    id,
+                    provider_name,
+                    Verdict::Rejected,
+                    reason,
+                    None,
+                    None,
+                    404,
+                )
+                .await;
         };
         if truncated {
             let reason = format!("body is over {} bytes", self.max_body_bytes);
-            return self.finish_outside(id, provider_name, Verdict::Rejected, reason, None, None, 413).await;
+            return self
+                .finish_outside(
+                    id,
+                    provider_name,
+                    Verdict::Rejected,
+                    reason,
+                    None,
+                    None,
+                    413,
+                )
+                .await;
         }
         let inbound = Inbound {
             account: url_account,
@@ -179,7 +217,15 @@ impl Pipeline {
             Err(rejection) => {
                 tracing::warn!(reason = %rejection, "notification rejected");
                 return self
-                    .finish_outside(id, provider_name, Verdict::Rejected, rejection.to_string(), None, None, 200)
+                    .finish_outside(
+                        id,
+                        provider_name,
+                        Verdict::Rejected,
+                        rejection.to_string(),
+                        None,
+                        None,
+                        200,
+                    )
                     .await;
             }
         };
@@ -190,7 +236,15 @@ impl Pipeline {
                 let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
                 let reason = format!("not a payment: {state}");
                 return self
-                    .finish_outside(id, provider_name, Verdict::Ignored, reason, order, Some(&notice.account), 200)
+                    .finish_outside(
+                        id,
+                        provider_name,
+                        Verdict::Ignored,
+                        reason,
+                        order,
+                        Some(&notice.account),
+                        200,
+                    )
                     .await;
             }
         };
@@ -208,7 +262,10 @@ impl Pipeline {
         match settled {
             Ok(s) => {
                 tracing::Span::current().record("verdict", s.verdict.as_str());
-                tracing::info!(reason = s.reason.as_deref().unwrap_or(""), "notification processed");
+                tracing::info!(
+                    reason = s.reason.as_deref().unwrap_or(""),
+                    "notification processed"
+                );
                 self.answer(provider_name, Some(id), s.verdict, s.reason, 200)
             }
             Err(e) => {
@@ -217,8 +274,16 @@ impl Pipeline {
                 let reason = format!("transaction failed: {e}");
                 tracing::error!(error = %reason, "notification not settled");
                 let order = Some(notice.out_trade_no.as_str());
-                self.finish_outside(id, provider_name, Verdict::Failed, reason, order, Some(&notice.account), 500)
-                    .await
+                self.finish_outside(
+                    id,
+                    provider_name,
+                    Verdict::Failed,
+                    reason,
+                    order,
+                    Some(&notice.account),
+                    500,
+                )
+                .await
             }
         }
     }
@@ -233,7 +298,10 @@ impl Pipeline {
         notice: &Notice,
         payment: &Payment,
     ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
-        let checked = match self.check_order(tx.as_mut(), id, notice, payment, provider).await {
+        let checked = match self
+            .check_order(tx.as_mut(), id, notice, payment, provider)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return (Some(tx), Err(e)),
         };
@@ -246,12 +314,15 @@ impl Pipeline {
                 };
                 tx = t;
                 match result {
-                    Ok(s) => (Some(order), s),
+                    Ok(s) => (Some(*order), s),
                     Err(e) => return (Some(tx), Err(e)),
                 }
             }
         };
-        let out_trade_no = order.as_ref().map(|o| o.out_trade_no.as_str()).unwrap_or(&notice.out_trade_no);
+        let out_trade_no = order
+            .as_ref()
+            .map(|o| o.out_trade_no.as_str())
+            .unwrap_or(&notice.out_trade_no);
         let recorded = tx
             .finish_notification(
                 id,
@@ -291,22 +362,29 @@ impl Pipeline {
         if payment.amount != order.total_fee {
             return Ok(Checked::Done(Settled::new(
                 Verdict::Rejected,
-                format!("amount mismatch: paid {} fen, order total is {} fen", payment.amount, order.total_fee),
+                format!(
+                    "amount mismatch: paid {} fen, order total is {} fen",
+                    payment.amount, order.total_fee
+                ),
             )));
         }
         Ok(match order.status {
-            status::UNPAID => Checked::Pay(order),
+            status::UNPAID => Checked::Pay(Box::new(order)),
             status::CLOSED => {
                 tracing::warn!(transaction = %payment.transaction_id, "payment for a closed order: refund or reopen it");
                 Checked::Done(Settled::new(
                     Verdict::PaidAfterClose,
-                    format!("order was closed; paid by transaction {}", payment.transaction_id),
+                    format!(
+                        "order was closed; paid by transaction {}",
+                        payment.transaction_id
+                    ),
                 ))
             }
             // A replay of the very notification that paid the order stays its payer.
-            _ if order.paid_notification_id == Some(id) => {
-                Checked::Done(Settled::new(Verdict::Paid, "replayed; order was already paid by it".to_owned()))
-            }
+            _ if order.paid_notification_id == Some(id) => Checked::Done(Settled::new(
+                Verdict::Paid,
+                "replayed; order was already paid by it".to_owned(),
+            )),
             _ if order.transaction_id.as_deref() == Some(payment.transaction_id.as_str()) => {
                 Checked::Done(Settled::new(Verdict::Duplicate, None))
             }
@@ -339,8 +417,13 @@ impl Pipeline {
     ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
         let Some(plugin) = self.plugins.get(&order.order_type) else {
             let failure = HandlerFailure::NotLoaded(order.order_type.clone());
-            let r = tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json(), None).await;
-            return (Some(tx), r.map(|()| Settled::new(Verdict::Failed, failure.to_string())));
+            let r = tx
+                .set_handler_result(&order.out_trade_no, "failed", &failure.to_json(), None)
+                .await;
+            return (
+                Some(tx),
+                r.map(|()| Settled::new(Verdict::Failed, failure.to_string())),
+            );
         };
         let savepoint = format!("n{id}");
         if let Err(e) = tx.savepoint(&savepoint).await {
@@ -376,7 +459,10 @@ impl Pipeline {
                 task_id: None,
             },
             db: DbAccess::Tx(tx),
-            notify_key: self.notify_keys.get(&(order.provider.clone(), order.account.clone())).copied(),
+            notify_key: self
+                .notify_keys
+                .get(&(order.provider.clone(), order.account.clone()))
+                .copied(),
             provider: Some(order.provider.clone()),
             account: Some(order.account.clone()),
             http: self.plugins.runtime().http_client(),
@@ -400,18 +486,33 @@ impl Pipeline {
             transaction_id: payment.transaction_id.clone(),
             amount: payment.amount,
             paid_at: payment.paid_at.map(crate::store::iso_time),
-            fields: notice.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            fields: notice
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         let build = plugin.build_id();
         let started = std::time::Instant::now();
         let (ctx, result) = self
             .plugins
             .runtime()
-            .handle_paid(&plugin.compiled, ctx, plugin.limits, wit_order, wit_notification)
+            .handle_paid(
+                &plugin.compiled,
+                ctx,
+                plugin.limits,
+                wit_order,
+                wit_notification,
+            )
             .await;
         let elapsed = started.elapsed();
         let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) else {
-            return (None, Err(StoreError::Invalid("transaction lost during the handler call".into())));
+            return (
+                None,
+                Err(StoreError::Invalid(
+                    "transaction lost during the handler call".into(),
+                )),
+            );
         };
         match result {
             Ok(outcome) => {
@@ -428,11 +529,19 @@ impl Pipeline {
                 tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler failed; payment rolled back, provider will retry");
                 let r = async {
                     tx.rollback_to(&savepoint).await?;
-                    tx.set_handler_result(&order.out_trade_no, "failed", &failure.to_json(), Some(&build))
-                        .await
+                    tx.set_handler_result(
+                        &order.out_trade_no,
+                        "failed",
+                        &failure.to_json(),
+                        Some(&build),
+                    )
+                    .await
                 }
                 .await;
-                (Some(tx), r.map(|()| Settled::new(Verdict::Failed, failure.to_string())))
+                (
+                    Some(tx),
+                    r.map(|()| Settled::new(Verdict::Failed, failure.to_string())),
+                )
             }
         }
     }
@@ -502,5 +611,5 @@ enum Checked {
     /// Nothing to pay: the verdict is decided.
     Done(Settled),
     /// An unpaid order whose checks passed.
-    Pay(Order),
+    Pay(Box<Order>),
 }

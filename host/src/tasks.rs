@@ -33,7 +33,12 @@ pub struct Worker {
 
 impl Worker {
     /// A worker with its own claim token.
-    pub fn new(store: Arc<dyn Store>, plugins: Arc<Registry>, notify_keys: NotifyKeys, config: TasksConfig) -> Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        plugins: Arc<Registry>,
+        notify_keys: NotifyKeys,
+        config: TasksConfig,
+    ) -> Worker {
         Worker {
             store,
             plugins,
@@ -61,23 +66,34 @@ impl Worker {
     /// Claims and runs one batch of due tasks; returns how many ran.
     pub async fn run_due(&self) -> Result<usize, StoreError> {
         let now = now_ms();
-        let lease_until = now + i64::try_from(self.config.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-        let claimed = self.store.claim_tasks(&self.token, now, lease_until, BATCH).await?;
+        let lease_until = now
+            + i64::try_from(self.config.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+        let claimed = self
+            .store
+            .claim_tasks(&self.token, now, lease_until, BATCH)
+            .await?;
         let n = claimed.len();
         for task in claimed {
             let end = self.attempt(&task).await;
             match &end {
-                TaskEnd::Done => tracing::info!(task = task.id, name = %task.name, plugin = %task.plugin, "task done"),
+                TaskEnd::Done => {
+                    tracing::info!(task = task.id, name = %task.name, plugin = %task.plugin, "task done")
+                }
                 TaskEnd::Retry { error, at } => {
                     tracing::warn!(task = task.id, name = %task.name, error = %error, retry_in_ms = at - now_ms(), "task failed; will retry")
                 }
                 TaskEnd::Dead { error } => {
                     tracing::error!(task = task.id, name = %task.name, error = %error, "task failed for the last time; parked as dead")
                 }
-                TaskEnd::Postpone { reason, .. } => tracing::warn!(task = task.id, reason = %reason, "task postponed"),
+                TaskEnd::Postpone { reason, .. } => {
+                    tracing::warn!(task = task.id, reason = %reason, "task postponed")
+                }
             }
             if !self.store.finish_task(task.id, &self.token, &end).await? {
-                tracing::warn!(task = task.id, "task lease expired before it finished; another worker owns it now");
+                tracing::warn!(
+                    task = task.id,
+                    "task lease expired before it finished; another worker owns it now"
+                );
             }
         }
         Ok(n)
@@ -87,7 +103,10 @@ impl Worker {
     async fn attempt(&self, task: &TaskRecord) -> TaskEnd {
         let Some(plugin) = self.plugins.get(&task.plugin) else {
             return TaskEnd::Postpone {
-                reason: format!("no handler is loaded for type `{}`; waiting for it", task.plugin),
+                reason: format!(
+                    "no handler is loaded for type `{}`; waiting for it",
+                    task.plugin
+                ),
                 at: now_ms() + UNLOADED_WAIT.as_millis() as i64,
             };
         };
@@ -131,7 +150,8 @@ impl Worker {
                 match self.config.backoff_secs.get(attempt as usize - 1) {
                     Some(secs) => TaskEnd::Retry {
                         error,
-                        at: now_ms() + i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2),
+                        at: now_ms()
+                            + i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2),
                     },
                     None => TaskEnd::Dead { error },
                 }

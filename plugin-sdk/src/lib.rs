@@ -88,6 +88,7 @@ pub mod bindings {
     });
 }
 
+pub mod config;
 pub mod crypto;
 pub mod db;
 mod error;

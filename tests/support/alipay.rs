@@ -18,7 +18,12 @@ pub const APP_ID_B: &str = "2021000000000002";
 pub const SELLER_ID_A: &str = "2088102119685838";
 
 /// A successful payment notification's parameters, shaped like Alipay's documented example.
-pub fn paid(app_id: &str, out_trade_no: &str, total_amount: &str, trade_no: &str) -> BTreeMap<String, String> {
+pub fn paid(
+    app_id: &str,
+    out_trade_no: &str,
+    total_amount: &str,
+    trade_no: &str,
+) -> BTreeMap<String, String> {
     let mut f = BTreeMap::new();
     for (k, v) in [
         ("gmt_create", "2026-01-01 08:00:00"),
@@ -32,7 +37,10 @@ pub fn paid(app_id: &str, out_trade_no: &str, total_amount: &str, trade_no: &str
         ("notify_type", "trade_status_sync"),
         ("trade_status", "TRADE_SUCCESS"),
         ("point_amount", "0.00"),
-        ("fund_bill_list", r#"[{"amount":"0.01","fundChannel":"ALIPAYACCOUNT"}]"#),
+        (
+            "fund_bill_list",
+            r#"[{"amount":"0.01","fundChannel":"ALIPAYACCOUNT"}]"#,
+        ),
         ("seller_id", SELLER_ID_A),
         ("passback_params", ""),
     ] {
@@ -43,7 +51,12 @@ pub fn paid(app_id: &str, out_trade_no: &str, total_amount: &str, trade_no: &str
     f.insert("auth_app_id".into(), app_id.into());
     f.insert("out_trade_no".into(), out_trade_no.into());
     f.insert("trade_no".into(), trade_no.into());
-    for k in ["total_amount", "invoice_amount", "receipt_amount", "buyer_pay_amount"] {
+    for k in [
+        "total_amount",
+        "invoice_amount",
+        "receipt_amount",
+        "buyer_pay_amount",
+    ] {
         f.insert(k.into(), total_amount.into());
     }
     f
@@ -67,7 +80,10 @@ pub fn body(fields: &BTreeMap<String, String>, key: &RsaPrivateKey) -> String {
     for (k, v) in fields {
         form.append_pair(k, v);
     }
-    form.append_pair("sign", &base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()));
+    form.append_pair(
+        "sign",
+        &base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+    );
     form.append_pair("sign_type", "RSA2");
     form.finish()
 }

@@ -16,7 +16,13 @@ pub const SUB_MCH_ID_B: &str = "1900000202";
 pub const SECRET_B: &str = "cloudpay-relay-secret-b-00000000";
 
 /// A payment callback event with the fields CloudPay hands the callback function.
-pub fn event(sub_mch_id: &str, out_trade_no: &str, total_fee: i64, transaction_id: &str, result_code: &str) -> Value {
+pub fn event(
+    sub_mch_id: &str,
+    out_trade_no: &str,
+    total_fee: i64,
+    transaction_id: &str,
+    result_code: &str,
+) -> Value {
     json!({
         "appid": "wxd930ea5d5a258f4f",
         "bankType": "OTHERS",

@@ -35,21 +35,65 @@ pub fn plugin_manifest(name: &str) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The backend the tests run on: `PAYNOTIFY_TEST_DATABASE` = `sqlite` (the default) or
+/// `postgres`.
+pub fn test_backend() -> &'static str {
+    match std::env::var("PAYNOTIFY_TEST_DATABASE").as_deref() {
+        Ok("postgres" | "postgresql") => "postgres",
+        Ok("sqlite") | Ok("") | Err(_) => "sqlite",
+        Ok(other) => panic!("PAYNOTIFY_TEST_DATABASE=`{other}`: use `sqlite` or `postgres`"),
+    }
+}
+
+/// A new, empty database on the backend under test: a SQLite file in `dir`, or a fresh
+/// schema `t_<random hex>` in the PostgreSQL database `PAYNOTIFY_TEST_POSTGRES_URL`
+/// (default `postgres://postgres@127.0.0.1:5432/test`), so tests run in parallel.
+/// PostgreSQL test schemas are left behind (a later server may reopen the database);
+/// drop them with `DROP SCHEMA t_… CASCADE` when no test run is using them.
+pub fn fresh_database_url(dir: &Path) -> String {
+    match test_backend() {
+        "postgres" => {
+            let base = std::env::var("PAYNOTIFY_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!(
+                "{base}{sep}schema=t_{}",
+                hex::encode(rand::random::<[u8; 8]>())
+            )
+        }
+        _ => format!("sqlite://{}", dir.join("paynotify.db").display()),
+    }
+}
+
 /// How to start a test server.
 pub struct Options {
     /// (type, built plugin name, manifest override) triples to install.
     pub plugins: Vec<(String, String, Option<String>)>,
     /// Extra TOML appended to the config (accounts, limits...).
     pub extra_config: String,
+    /// The database to use (another server's [`TestServer::database_url`], to share it);
+    /// `None` = a fresh one, see [`fresh_database_url`].
+    pub database_url: Option<String>,
 }
 
 impl Options {
     /// One WeChat v2 account and the given handlers installed under their own names.
     pub fn with_plugins(names: &[&str]) -> Options {
         Options {
-            plugins: names.iter().map(|n| (n.to_string(), n.to_string(), None)).collect(),
+            plugins: names
+                .iter()
+                .map(|n| (n.to_string(), n.to_string(), None))
+                .collect(),
             extra_config: String::new(),
+            database_url: None,
         }
+    }
+
+    /// Uses this database (e.g. another server's [`TestServer::database_url`]) instead of
+    /// a fresh one.
+    pub fn database_url(mut self, url: Option<String>) -> Options {
+        self.database_url = url;
+        self
     }
 
     /// Installs built plugin `name` as handler of `plugin_type`, optionally with a manifest.
@@ -68,9 +112,12 @@ pub struct TestServer {
     pub app: paynotify::App,
     /// Its directory; kept alive for the server's life.
     pub dir: tempfile::TempDir,
+    /// Its database, for a second server on the same one ([`Options::database_url`]).
+    pub database_url: String,
     /// HTTP client.
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -82,13 +129,17 @@ impl TestServer {
         for (plugin_type, name, manifest) in &options.plugins {
             install_plugin(&plugins, plugin_type, name, manifest.as_deref());
         }
+        let database_url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| fresh_database_url(dir.path()));
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n\n\
-             [database]\nurl = \"sqlite://{}\"\n\n\
+             [database]\nurl = \"{}\"\n\n\
              [plugins]\ndir = \"{}\"\n\n\
              [[accounts]]\nprovider = \"wechat-v2\"\nname = \"default\"\nappid = \"{}\"\nmch_id = \"{}\"\napi_key = \"{}\"\n\
              notify_key = \"{}\"\n\n{}",
-            dir.path().join("paynotify.db").display(),
+            database_url,
             plugins.display(),
             wechat_v2::APPID,
             wechat_v2::MCH_ID,
@@ -100,7 +151,10 @@ impl TestServer {
         std::fs::write(&config_path, config).expect("write config");
         let config = paynotify::Config::load(&config_path, Vec::new()).expect("config loads");
         let app = paynotify::App::start(config).await.expect("app starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let worker = app.start_worker();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let served = app.clone();
@@ -115,8 +169,10 @@ impl TestServer {
             addr,
             app,
             dir,
+            database_url,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
+            worker,
         }
     }
 
@@ -156,7 +212,10 @@ impl TestServer {
         let resp = req.send().await.expect("api call");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// The order, straight from the database.
@@ -195,7 +254,12 @@ impl TestServer {
     }
 
     /// POSTs a raw body to `/notify/{provider}`; returns status and body text.
-    pub async fn notify(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+    pub async fn notify(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
         let resp = self
             .http
             .post(self.url(path))
@@ -215,7 +279,10 @@ impl TestServer {
         headers: &[(String, String)],
         body: impl Into<reqwest::Body>,
     ) -> (u16, String) {
-        let mut req = self.http.post(self.url(path)).header("content-type", content_type);
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type);
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -241,6 +308,9 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if let Some(w) = self.worker.take() {
+            w.abort();
+        }
     }
 }
 
@@ -264,7 +334,10 @@ pub fn install_plugin(dir: &Path, plugin_type: &str, name: &str, manifest: Optio
 
 /// Field map helper.
 pub fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// The `<return_code>` of a v2 answer.
@@ -275,5 +348,26 @@ pub fn v2_return_code(body: &str) -> &str {
         "FAIL"
     } else {
         "?"
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `secs` seconds
+/// naming `what`. (A wait for something the server does in the background, never a
+/// timing assertion: the limit is generous.)
+pub async fn wait_until<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -65,7 +65,8 @@ pub fn platform_cert_pem(key: &RsaPrivateKey) -> String {
         Profile::Root,
         SerialNumber::new(&serial).expect("serial"),
         Validity::from_now(Duration::from_secs(86_400)).expect("validity"),
-        Name::from_str("CN=Tenpay.com Root CA,OU=Tenpay.com CA Center,O=Tenpay.com,C=CN").expect("name"),
+        Name::from_str("CN=Tenpay.com Root CA,OU=Tenpay.com CA Center,O=Tenpay.com,C=CN")
+            .expect("name"),
         SubjectPublicKeyInfoOwned::from_key(key.to_public_key()).expect("spki"),
         &signer,
     )
@@ -78,7 +79,14 @@ pub fn platform_cert_pem(key: &RsaPrivateKey) -> String {
 }
 
 /// A decrypted transaction resource, with the fields WeChat Pay documents.
-pub fn transaction(appid: &str, mchid: &str, out_trade_no: &str, total: i64, transaction_id: &str, trade_state: &str) -> Value {
+pub fn transaction(
+    appid: &str,
+    mchid: &str,
+    out_trade_no: &str,
+    total: i64,
+    transaction_id: &str,
+    trade_state: &str,
+) -> Value {
     json!({
         "appid": appid,
         "mchid": mchid,
@@ -134,7 +142,12 @@ pub fn now() -> i64 {
 }
 
 /// The four `Wechatpay-*` headers for `body`, signed with `key` at `timestamp`.
-pub fn headers(key: &RsaPrivateKey, serial: &str, timestamp: i64, body: &str) -> Vec<(String, String)> {
+pub fn headers(
+    key: &RsaPrivateKey,
+    serial: &str,
+    timestamp: i64,
+    body: &str,
+) -> Vec<(String, String)> {
     let nonce = hex::encode_upper(rand::random::<[u8; 16]>());
     let message = format!("{timestamp}\n{nonce}\n{body}\n");
     let signature = SigningKey::<Sha256>::new(key.clone()).sign(message.as_bytes());
@@ -146,6 +159,9 @@ pub fn headers(key: &RsaPrivateKey, serial: &str, timestamp: i64, body: &str) ->
         ),
         ("Wechatpay-Timestamp".into(), timestamp.to_string()),
         ("Wechatpay-Nonce".into(), nonce),
-        ("Wechatpay-Signature-Type".into(), "WECHATPAY2-SHA256-RSA2048".into()),
+        (
+            "Wechatpay-Signature-Type".into(),
+            "WECHATPAY2-SHA256-RSA2048".into(),
+        ),
     ]
 }

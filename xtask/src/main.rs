@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation, so a fresh machine needs two commands.
 //!
 //! - `cargo xtask run`     build the example plugins and serve them on embedded SQLite
-//! - `cargo xtask test`    build every plugin, then run every test
+//! - `cargo xtask test`    build every plugin, then run every test on SQLite and the
+//!   end-to-end tests again on PostgreSQL
 //! - `cargo xtask plugins` only build the plugins (into `target/plugins/` and `plugins.d/`)
 
 use std::path::{Path, PathBuf};
@@ -13,10 +14,10 @@ use anyhow::{bail, Context, Result};
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 /// Example handlers: copied into `plugins.d/` for `xtask run`.
-const EXAMPLES: &[&str] = &["goods", "recharge", "vip"];
+const EXAMPLES: &[&str] = &["goods", "recharge", "vip", "notify-backend"];
 
 /// Test-only handlers: built with the examples into `target/plugins/` for the tests.
-const TEST_ONLY: &[&str] = &["fail-always", "trap", "loop", "oom", "nosy"];
+const TEST_ONLY: &[&str] = &["fail-always", "trap", "loop", "oom", "nosy", "wrong-world"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,14 +26,17 @@ fn main() -> Result<()> {
         Some("plugins") => build_plugins(&root).map(|_| ()),
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root, &args[1..]),
+        Some("bench") => bench(&root),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  run [ARGS]   build the example plugins into plugins.d/ and run `paynotify serve`\n               \
                  with paynotify.example.toml (ARGS are passed to paynotify)\n  \
-                 test [ARGS]  build every plugin, then run every test (ARGS go to cargo test)\n  \
-                 plugins      only build the plugins"
+                 test [ARGS]  build every plugin, then run every test on SQLite and the end-to-end\n               \
+                 tests again on PostgreSQL (ARGS go to cargo test)\n  \
+                 plugins      only build the plugins\n  \
+                 bench        build the plugins, then print the benchmark tables (release build)"
             );
             bail!("unknown or missing command");
         }
@@ -52,7 +56,9 @@ fn cargo() -> Command {
 
 fn run_cmd(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -65,7 +71,10 @@ fn ensure_wasm_target() -> Result<()> {
         .args(["target", "list", "--installed"])
         .output()
         .context("rustup is needed to install the wasm32-wasip2 target")?;
-    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
         return Ok(());
     }
     run_cmd(Command::new("rustup").args(["target", "add", WASM_TARGET]))
@@ -105,15 +114,21 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
             }
         }
     }
-    eprintln!("xtask: plugins in {} (examples also in {})", out.display(), examples.display());
+    eprintln!(
+        "xtask: plugins in {} (examples also in {})",
+        out.display(),
+        examples.display()
+    );
     Ok(out)
 }
 
 /// Copies via a temporary name and a rename, so a running host never sees half a file.
 fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_extension("partial");
-    std::fs::copy(from, &tmp).with_context(|| format!("copy {} → {}", from.display(), tmp.display()))?;
-    std::fs::rename(&tmp, to).with_context(|| format!("rename {} → {}", tmp.display(), to.display()))?;
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("copy {} → {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, to)
+        .with_context(|| format!("rename {} → {}", tmp.display(), to.display()))?;
     Ok(())
 }
 
@@ -129,12 +144,122 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
+/// Every test on SQLite, then the end-to-end suite again on PostgreSQL (the same build;
+/// only `PAYNOTIFY_TEST_DATABASE` differs; the server is `PAYNOTIFY_TEST_POSTGRES_URL`,
+/// default `postgres://postgres@127.0.0.1:5432/test`). Both run even if the first fails;
+/// `PAYNOTIFY_TEST_SKIP_POSTGRES=1` skips the second.
 fn test(root: &Path, args: &[String]) -> Result<()> {
     let plugins = build_plugins(root)?;
-    let mut cmd = cargo();
-    cmd.current_dir(root)
+    let mut sqlite = cargo();
+    sqlite
+        .current_dir(root)
         .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
-        .args(["test", "--workspace"]);
-    cmd.args(args);
-    run_cmd(&mut cmd)
+        .env("PAYNOTIFY_TEST_DATABASE", "sqlite")
+        .args(["test", "--workspace"])
+        .args(args);
+    let mut totals = Totals::default();
+    let sqlite = run_counted(&mut sqlite, &mut totals);
+    let skip = std::env::var_os("PAYNOTIFY_TEST_SKIP_POSTGRES").is_some_and(|v| v == "1");
+    let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+    let postgres = if skip && !in_ci {
+        eprintln!("xtask: PAYNOTIFY_TEST_SKIP_POSTGRES=1: not running the tests on PostgreSQL");
+        Ok(())
+    } else {
+        if skip {
+            eprintln!(
+                "xtask: CI=true: PostgreSQL tests run even with PAYNOTIFY_TEST_SKIP_POSTGRES=1"
+            );
+        }
+        drop_stale_test_schemas();
+        let mut postgres = cargo();
+        postgres
+            .current_dir(root)
+            .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
+            .env("PAYNOTIFY_TEST_DATABASE", "postgres")
+            .args(["test", "-p", "paynotify-tests"])
+            .args(args);
+        run_counted(&mut postgres, &mut totals)
+    };
+    // One closing line over both passes (cargo's own last line is a crate's empty doc-test run).
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    match (sqlite, postgres) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e.context("tests failed on SQLite")),
+        (Ok(()), Err(e)) => Err(e.context("tests failed on PostgreSQL")),
+        (Err(s), Err(p)) => bail!("tests failed on SQLite ({s:#}) and on PostgreSQL ({p:#})"),
+    }
+}
+
+/// Passed/failed counts summed over `cargo test` result lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output as it comes, and adds up its result lines.
+fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.passed += count("passed");
+            totals.failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Test servers leave their `t_…` schemas behind (a test may reopen one); nothing uses
+/// them once a run is over, so each PostgreSQL pass starts by dropping the old ones.
+/// Best effort: without `psql` they just stay.
+fn drop_stale_test_schemas() {
+    let url = std::env::var("PAYNOTIFY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let sql = "DO $$DECLARE s text; BEGIN \
+               FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%' LOOP \
+               EXECUTE format('DROP SCHEMA %I CASCADE', s); END LOOP; END$$;";
+    match Command::new("psql")
+        .args([url.as_str(), "-q", "-c", sql])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("xtask: could not drop old test schemas (psql: {s}); continuing"),
+        Err(e) => eprintln!("xtask: could not drop old test schemas (psql: {e}); continuing"),
+    }
+}
+
+fn bench(root: &Path) -> Result<()> {
+    let plugins = build_plugins(root)?;
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
+            .args(["bench", "-p", "paynotify", "--bench", "dispatch"]),
+    )
 }

@@ -21,12 +21,19 @@ pub struct NotificationQuery {
 }
 
 /// Lists notifications, newest first.
-pub async fn list_notifications(State(app): State<App>, Query(q): Query<NotificationQuery>) -> Response {
+pub async fn list_notifications(
+    State(app): State<App>,
+    Query(q): Query<NotificationQuery>,
+) -> Response {
     let verdict = match q.verdict.as_deref().map(|v| (v, Verdict::parse(v))) {
         None => None,
         Some((_, Some(v))) => Some(v),
         Some((v, None)) => {
-            return ApiError::new(axum::http::StatusCode::BAD_REQUEST, format!("unknown verdict `{v}`")).into_response()
+            return ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("unknown verdict `{v}`"),
+            )
+            .into_response()
         }
     };
     let filter = NotificationFilter {
@@ -79,11 +86,16 @@ pub async fn reload_plugins(State(app): State<App>) -> Response {
 }
 
 /// A handler document.
-pub async fn document(State(app): State<App>, Path((collection, id)): Path<(String, String)>) -> Response {
+pub async fn document(
+    State(app): State<App>,
+    Path((collection, id)): Path<(String, String)>,
+) -> Response {
     match app.store.get_document(&collection, &id).await {
         Ok(Some(text)) => match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => Json(v).into_response(),
-            Err(e) => ApiError::internal(format!("stored document is corrupt: {e}")).into_response(),
+            Err(e) => {
+                ApiError::internal(format!("stored document is corrupt: {e}")).into_response()
+            }
         },
         Ok(None) => ApiError::not_found(format!("no document {collection}/{id}")).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
@@ -100,7 +112,11 @@ pub struct TaskQuery {
 
 /// Lists tasks, newest first.
 pub async fn tasks(State(app): State<App>, Query(q): Query<TaskQuery>) -> Response {
-    match app.store.list_tasks(q.status.as_deref(), q.limit.unwrap_or(50)).await {
+    match app
+        .store
+        .list_tasks(q.status.as_deref(), q.limit.unwrap_or(50))
+        .await
+    {
         Ok(list) => Json(list).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }

@@ -29,9 +29,13 @@ pub async fn require_api_auth(
             if crate::providers::ct_eq(presented.as_bytes(), token.as_bytes()) {
                 next.run(request).await
             } else {
-                let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                let mut r =
+                    ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                        .into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
                 r
             }
         }

@@ -33,11 +33,17 @@ pub fn router(app: App) -> Router {
         .route("/admin/collections/{collection}/{id}", get(admin::document))
         .route("/admin/tasks", get(admin::tasks))
         .route("/admin/tasks/{id}/retry", post(admin::retry_task))
-        .layer(middleware::from_fn_with_state(app.clone(), auth::require_api_auth))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_api_auth,
+        ))
         .layer(DefaultBodyLimit::max(MAX_API_BODY));
     Router::new()
         .route("/notify/{provider}", post(notify::receive))
-        .route("/notify/{provider}/{account}", post(notify::receive_for_account))
+        .route(
+            "/notify/{provider}/{account}",
+            post(notify::receive_for_account),
+        )
         .nest("/api", api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -65,7 +71,11 @@ async fn readyz(State(app): State<App>) -> Response {
             "plugins": app.plugins.status().iter().filter(|p| p.loaded).count(),
         }))
         .into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}")).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -99,6 +109,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }

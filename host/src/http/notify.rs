@@ -51,12 +51,19 @@ async fn handle(
     let limit = app.config.server.max_body_bytes;
     let (body, truncated) = match read_limited(body, limit).await {
         Ok(b) => b,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("cannot read body: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("cannot read body: {e}")).into_response()
+        }
     };
     let headers = headers
         .iter()
         .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()))
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let processed = app
         .pipeline
@@ -70,7 +77,11 @@ async fn handle(
         })
         .await;
     let a = processed.answer;
-    let mut response = (StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), a.body).into_response();
+    // Built by hand: the provider's answer carries exactly the content type it names
+    // (none for WeChat v3's 204), not a default one.
+    let mut response = Response::new(Body::from(a.body));
+    *response.status_mut() =
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Some(ct) = a.content_type {
         response
             .headers_mut()

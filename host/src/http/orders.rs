@@ -10,14 +10,19 @@ use crate::app::App;
 use crate::orders::{self, CreateOrder, OrderError};
 
 /// `POST /api/orders` → 201 with the order.
-pub async fn create(State(app): State<App>, body: Result<Json<CreateOrder>, axum::extract::rejection::JsonRejection>) -> Response {
+pub async fn create(
+    State(app): State<App>,
+    body: Result<Json<CreateOrder>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     match orders::create(&app, req).await {
         Ok(order) => (StatusCode::CREATED, Json(order)).into_response(),
-        Err(OrderError::Invalid(m)) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m).into_response(),
+        Err(OrderError::Invalid(m)) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m).into_response()
+        }
         Err(OrderError::Conflict(m)) => ApiError::new(StatusCode::CONFLICT, m).into_response(),
         Err(OrderError::Store(e)) => ApiError::internal(e).into_response(),
     }

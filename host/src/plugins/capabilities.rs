@@ -13,7 +13,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::bindings::paynotify::plugin::{crypto, db, http, log, tasks, types};
+use super::bindings::paynotify::plugin::{config, crypto, db, http, log, tasks, types};
 use super::manifest::Manifest;
 use crate::store::{self, DocError, NewTask, Store, StoreError, Tx};
 
@@ -154,7 +154,9 @@ impl CallContext {
 
     fn collection(&self, name: &str) -> Result<(), db::DbError> {
         if !store::valid_collection(name) {
-            return Err(db::DbError::Invalid(format!("`{name}` is not a valid collection name")));
+            return Err(db::DbError::Invalid(format!(
+                "`{name}` is not a valid collection name"
+            )));
         }
         if !self.manifest.grants_collection(name) {
             return Err(db::DbError::Denied(format!(
@@ -171,14 +173,18 @@ impl CallContext {
         match &mut self.db {
             DbAccess::Tx(tx) => Ok(OpTx::Shared(tx.as_mut())),
             DbAccess::Autocommit(store) => Ok(OpTx::Own(store.begin().await?)),
-            DbAccess::None => Err(StoreError::Invalid("no database is available to this call".into())),
+            DbAccess::None => Err(StoreError::Invalid(
+                "no database is available to this call".into(),
+            )),
         }
     }
 
     fn doc_error(&mut self, e: DocError) -> db::DbError {
         match e {
             DocError::Conflict(m) => db::DbError::Conflict(m),
-            DocError::NotANumber(f) => db::DbError::NotANumber(format!("field `{f}` is not an integer")),
+            DocError::NotANumber(f) => {
+                db::DbError::NotANumber(format!("field `{f}` is not an integer"))
+            }
             DocError::Invalid(m) => db::DbError::Invalid(m),
             DocError::Store(e) => {
                 let msg = e.to_string();
@@ -190,16 +196,22 @@ impl CallContext {
 }
 
 /// Parses a JSON object given by a handler, returning its compact text.
-fn json_object(text: &str) -> Result<(serde_json::Map<String, serde_json::Value>, String), db::DbError> {
+fn json_object(
+    text: &str,
+) -> Result<(serde_json::Map<String, serde_json::Value>, String), db::DbError> {
     if text.len() > MAX_JSON_BYTES {
-        return Err(db::DbError::Invalid(format!("document is over {MAX_JSON_BYTES} bytes")));
+        return Err(db::DbError::Invalid(format!(
+            "document is over {MAX_JSON_BYTES} bytes"
+        )));
     }
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(map)) => {
             let compact = serde_json::Value::Object(map.clone()).to_string();
             Ok((map, compact))
         }
-        Ok(_) => Err(db::DbError::Invalid("a document must be a JSON object".into())),
+        Ok(_) => Err(db::DbError::Invalid(
+            "a document must be a JSON object".into(),
+        )),
         Err(e) => Err(db::DbError::Invalid(format!("invalid JSON: {e}"))),
     }
 }
@@ -208,7 +220,9 @@ fn doc_id(id: &str) -> Result<(), db::DbError> {
     if store::valid_doc_id(id) {
         Ok(())
     } else {
-        Err(db::DbError::Invalid(format!("`{id}` is not a valid document id")))
+        Err(db::DbError::Invalid(format!(
+            "`{id}` is not a valid document id"
+        )))
     }
 }
 
@@ -253,13 +267,19 @@ impl db::Host for CallContext {
             let current = tx.doc_get_for_update(&collection, &id).await?;
             let mut merged = match current.as_deref().map(serde_json::from_str) {
                 Some(Ok(serde_json::Value::Object(m))) => m,
-                Some(Err(e)) => return Err(DocError::Invalid(format!("stored document is corrupt: {e}"))),
+                Some(Err(e)) => {
+                    return Err(DocError::Invalid(format!(
+                        "stored document is corrupt: {e}"
+                    )))
+                }
                 _ => serde_json::Map::new(),
             };
             merged.extend(fields);
             let text = serde_json::Value::Object(merged).to_string();
             if text.len() > MAX_JSON_BYTES {
-                return Err(DocError::Invalid(format!("merged document is over {MAX_JSON_BYTES} bytes")));
+                return Err(DocError::Invalid(format!(
+                    "merged document is over {MAX_JSON_BYTES} bytes"
+                )));
             }
             tx.doc_put(&collection, &id, &text).await
         })
@@ -275,7 +295,9 @@ impl db::Host for CallContext {
         self.collection(&collection)?;
         doc_id(&id)?;
         if !store::valid_field(&field) {
-            return Err(db::DbError::Invalid(format!("`{field}` is not a valid field name")));
+            return Err(db::DbError::Invalid(format!(
+                "`{field}` is not a valid field name"
+            )));
         }
         doc_op!(self, |tx| tx.doc_inc(&collection, &id, &field, delta))
     }
@@ -296,15 +318,21 @@ impl db::Host for CallContext {
         let mut parsed = Vec::with_capacity(filters.len());
         for (field, value) in filters {
             if !store::valid_field(&field) {
-                return Err(db::DbError::Invalid(format!("`{field}` is not a valid field name")));
+                return Err(db::DbError::Invalid(format!(
+                    "`{field}` is not a valid field name"
+                )));
             }
-            let value = serde_json::from_str(&value)
-                .map_err(|e| db::DbError::Invalid(format!("filter on `{field}` is not JSON: {e}")))?;
+            let value = serde_json::from_str(&value).map_err(|e| {
+                db::DbError::Invalid(format!("filter on `{field}` is not JSON: {e}"))
+            })?;
             parsed.push((field, value));
         }
         let limit = limit.clamp(1, MAX_QUERY_LIMIT);
         let rows = doc_op!(self, |tx| tx.doc_query(&collection, &parsed, limit))?;
-        Ok(rows.into_iter().map(|(id, data)| db::Document { id, data }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, data)| db::Document { id, data })
+            .collect())
     }
 }
 
@@ -364,7 +392,11 @@ impl http::Host for CallContext {
             .map(|ms| Duration::from_millis(u64::from(ms)))
             .unwrap_or(DEFAULT_HTTP_TIMEOUT)
             .min(MAX_HTTP_TIMEOUT);
-        let mut builder = self.http.request(method, url).timeout(timeout).body(req.body);
+        let mut builder = self
+            .http
+            .request(method, url)
+            .timeout(timeout)
+            .body(req.body);
         for (k, v) in &req.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
@@ -382,7 +414,12 @@ impl http::Host for CallContext {
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
         loop {
@@ -398,7 +435,11 @@ impl http::Host for CallContext {
                 Err(e) => return Err(http::HttpError::Transport(e.to_string())),
             }
         }
-        Ok(http::Response { status, headers, body })
+        Ok(http::Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -453,7 +494,10 @@ impl crypto::Host for CallContext {
         Ok(aes_encrypt(&key, &plaintext))
     }
 
-    async fn aes_decrypt(&mut self, ciphertext_b64: String) -> Result<Vec<u8>, crypto::CryptoError> {
+    async fn aes_decrypt(
+        &mut self,
+        ciphertext_b64: String,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
         let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
         aes_decrypt(&key, &ciphertext_b64).map_err(crypto::CryptoError::Invalid)
     }
@@ -472,8 +516,19 @@ impl crypto::Host for CallContext {
     }
 }
 
+impl config::Host for CallContext {
+    async fn get(&mut self, key: String) -> Option<String> {
+        self.manifest.config.get(&key).cloned()
+    }
+}
+
 impl tasks::Host for CallContext {
-    async fn enqueue(&mut self, name: String, payload: String, delay_secs: u32) -> Result<i64, String> {
+    async fn enqueue(
+        &mut self,
+        name: String,
+        payload: String,
+        delay_secs: u32,
+    ) -> Result<i64, String> {
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(format!("`{name}` is not a valid task name"));
         }
@@ -515,10 +570,16 @@ mod tests {
     fn aes_round_trips_and_rejects_garbage() {
         let key = parse_notify_key(&"ab".repeat(32)).expect("hex key");
         let ct = aes_encrypt(&key, b"{\"out_trade_no\":\"1\"}");
-        assert_eq!(aes_decrypt(&key, &ct).expect("decrypts"), b"{\"out_trade_no\":\"1\"}");
+        assert_eq!(
+            aes_decrypt(&key, &ct).expect("decrypts"),
+            b"{\"out_trade_no\":\"1\"}"
+        );
         let other = parse_notify_key("0123456789abcdef0123456789abcdef").expect("text key");
         // A wrong key either fails the padding check or yields other bytes, never the plaintext.
-        assert_ne!(aes_decrypt(&other, &ct).ok(), Some(b"{\"out_trade_no\":\"1\"}".to_vec()));
+        assert_ne!(
+            aes_decrypt(&other, &ct).ok(),
+            Some(b"{\"out_trade_no\":\"1\"}".to_vec())
+        );
         assert!(aes_decrypt(&key, "!!!").is_err());
         assert!(aes_decrypt(&key, "AAAA").is_err());
         assert!(parse_notify_key("short").is_none());

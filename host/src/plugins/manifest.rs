@@ -21,6 +21,9 @@ pub struct Manifest {
     pub timeout_ms: Option<u64>,
     /// Memory limit per instance; default from `[plugins]`.
     pub memory_mb: Option<u64>,
+    /// Settings handed to the handler through its `config` import.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 /// The limits a call actually runs with.
@@ -81,7 +84,8 @@ impl Manifest {
         }
         Ok(Limits {
             timeout: Duration::from_millis(timeout_ms),
-            memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+            memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
         })
     }
 
@@ -121,7 +125,10 @@ mod tests {
     #[test]
     fn origins_are_compared_normalised() {
         let m = Manifest {
-            http_origins: vec!["HTTPS://Example.com:443/".into(), "http://127.0.0.1:9000".into()],
+            http_origins: vec![
+                "HTTPS://Example.com:443/".into(),
+                "http://127.0.0.1:9000".into(),
+            ],
             ..Manifest::default()
         };
         assert!(m.check().is_ok());

@@ -62,7 +62,12 @@ pub struct Plugin {
 impl Plugin {
     /// `{type}@{version} sha256:{prefix}`: names the exact build, for orders and logs.
     pub fn build_id(&self) -> String {
-        format!("{}@{} sha256:{}", self.plugin_type, self.metadata.version, &self.sha256[..12])
+        format!(
+            "{}@{} sha256:{}",
+            self.plugin_type,
+            self.metadata.version,
+            &self.sha256[..12]
+        )
     }
 }
 
@@ -145,7 +150,11 @@ impl Registry {
     /// Status of every type that is loaded or failed to load.
     pub fn status(&self) -> Vec<PluginStatus> {
         let loaded = self.loaded.load();
-        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut types: Vec<&String> = loaded.keys().chain(errors.keys()).collect();
         types.sort();
         types.dedup();
@@ -163,8 +172,12 @@ impl Registry {
                     sha256: p.map(|p| p.sha256.clone()),
                     size: p.map(|p| p.size),
                     loaded_at: p.map(|p| p.loaded_at),
-                    collections: p.map(|p| p.manifest.collections.clone()).unwrap_or_default(),
-                    http_origins: p.map(|p| p.manifest.http_origins.clone()).unwrap_or_default(),
+                    collections: p
+                        .map(|p| p.manifest.collections.clone())
+                        .unwrap_or_default(),
+                    http_origins: p
+                        .map(|p| p.manifest.http_origins.clone())
+                        .unwrap_or_default(),
                     last_error: err.map(|e| e.0.clone()),
                     last_error_at: err.map(|e| e.1),
                 }
@@ -251,17 +264,35 @@ impl Registry {
             .map_err(|e| LoadError::Compile(format!("cannot read: {e}")))?;
         let manifest_text = std::fs::read(&manifest_path).unwrap_or_default();
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let fingerprint = hex::encode(Sha256::new().chain_update(&bytes).chain_update(&manifest_text).finalize());
+        let fingerprint = hex::encode(
+            Sha256::new()
+                .chain_update(&bytes)
+                .chain_update(&manifest_text)
+                .finalize(),
+        );
         if previous.is_some_and(|p| p.fingerprint == fingerprint) {
             return Ok(None);
         }
         let manifest = Arc::new(Manifest::load(&manifest_path).map_err(LoadError::Manifest)?);
-        let limits = manifest.limits(&self.config).map_err(|e| LoadError::Manifest(format!("{}: {e}", manifest_path.display())))?;
+        let limits = manifest
+            .limits(&self.config)
+            .map_err(|e| LoadError::Manifest(format!("{}: {e}", manifest_path.display())))?;
         let size = bytes.len();
-        let cache_dir = self.config.cache_dir.clone().unwrap_or_else(|| self.config.dir.join(".cache"));
+        let cache_dir = self
+            .config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.config.dir.join(".cache"));
         let compiled = self
             .runtime
-            .compile(plugin_type, bytes, &sha256, Some(&cache_dir), &manifest, limits)
+            .compile(
+                plugin_type,
+                bytes,
+                &sha256,
+                Some(&cache_dir),
+                &manifest,
+                limits,
+            )
             .await?;
         Ok(Some(Plugin {
             plugin_type: plugin_type.to_owned(),
@@ -325,7 +356,8 @@ impl FileStamp {
 
 /// `{type}.wasm` files in `dir`, by type. Hidden and editor temporary files are skipped.
 fn plugin_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut files = BTreeMap::new();
     for entry in entries.flatten() {
         let path = entry.path();

@@ -285,10 +285,13 @@ impl Runtime {
     ) -> Result<Compiled, LoadError> {
         let engine = self.engine.clone();
         let cached = cache_dir.map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash())));
-        let component = tokio::task::spawn_blocking(move || compile_or_load(&engine, &bytes, cached.as_deref()))
+        let component = tokio::task::spawn_blocking(move || {
+            compile_or_load(&engine, &bytes, cached.as_deref())
+        })
+        .await
+        .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))??;
+        self.validate(plugin_type, component, manifest, limits)
             .await
-            .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))??;
-        self.validate(plugin_type, component, manifest, limits).await
     }
 
     /// A short hash of everything about this engine that a compiled artefact depends on.
@@ -309,9 +312,14 @@ impl Runtime {
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix("paynotify:plugin/") {
-                let found = rest.split_once('@').map(|(_, v)| v).unwrap_or("(unversioned)");
+                let found = rest
+                    .split_once('@')
+                    .map(|(_, v)| v)
+                    .unwrap_or("(unversioned)");
                 if found != WORLD_VERSION {
-                    return Err(LoadError::WorldVersion { found: found.to_owned() });
+                    return Err(LoadError::WorldVersion {
+                        found: found.to_owned(),
+                    });
                 }
             }
         }
@@ -333,11 +341,15 @@ impl Runtime {
             ..limits
         };
         let (_, result) = self
-            .call(&pre, ctx, limits, |h, s| Box::pin(async move { h.call_metadata(s).await }))
+            .call(&pre, ctx, limits, |h, s| {
+                Box::pin(async move { h.call_metadata(s).await })
+            })
             .await;
         let m = result.map_err(|e| LoadError::Metadata(e.to_string()))?;
         if m.world_version != WORLD_VERSION {
-            return Err(LoadError::WorldVersion { found: m.world_version });
+            return Err(LoadError::WorldVersion {
+                found: m.world_version,
+            });
         }
         Ok(Compiled {
             pre,
@@ -358,7 +370,10 @@ impl Runtime {
         limits: Limits,
         order: bindings::Order,
         notification: bindings::Notification,
-    ) -> (Option<CallContext>, Result<serde_json::Value, HandlerFailure>) {
+    ) -> (
+        Option<CallContext>,
+        Result<serde_json::Value, HandlerFailure>,
+    ) {
         let (ctx, result) = self
             .call(&compiled.pre, ctx, limits, move |h, s| {
                 Box::pin(async move { h.call_handle_paid(s, &order, &notification).await })
@@ -409,11 +424,16 @@ impl Runtime {
         F: for<'a> FnOnce(
             &'a Handler,
             &'a mut Store<HostState>,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
         R: Send,
     {
         let Ok(_permit) = self.permits.acquire().await else {
-            return (Some(ctx), Err(HandlerFailure::Host("runtime is shutting down".into())));
+            return (
+                Some(ctx),
+                Err(HandlerFailure::Host("runtime is shutting down".into())),
+            );
         };
         let stdout = MemoryOutputPipe::new(MAX_STDIO_BYTES);
         let stderr = MemoryOutputPipe::new(MAX_STDIO_BYTES);
@@ -471,7 +491,11 @@ impl Runtime {
 
 /// Loads the cached artefact at `cached` if there is one, else compiles `bytes` and
 /// writes the artefact there (atomically; a failure to cache is only logged).
-fn compile_or_load(engine: &Engine, bytes: &[u8], cached: Option<&Path>) -> Result<Component, LoadError> {
+fn compile_or_load(
+    engine: &Engine,
+    bytes: &[u8],
+    cached: Option<&Path>,
+) -> Result<Component, LoadError> {
     if let Some(path) = cached {
         if path.exists() {
             // SAFETY: the cache directory is created private to the host (0700) and its
@@ -479,11 +503,14 @@ fn compile_or_load(engine: &Engine, bytes: &[u8], cached: Option<&Path>) -> Resu
             // includes the source's SHA-256 and the engine's compatibility hash.
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled cache entry"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled cache entry")
+                }
             }
         }
     }
-    let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
     if let Some(path) = cached {
         if let Err(e) = write_cache(path, &component) {
             tracing::warn!(file = %path.display(), error = %e, "cannot cache compiled plugin");
@@ -498,7 +525,8 @@ fn write_cache(path: &Path, component: &Component) -> Result<(), String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
     }
     let bytes = component.serialize().map_err(|e| e.to_string())?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -527,7 +555,10 @@ fn log_stdio(state: &HostState) {
         if bytes.is_empty() {
             continue;
         }
-        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+        for line in String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
             tracing::info!(
                 target: "paynotify::plugin",
                 plugin = %tags.plugin,

@@ -35,15 +35,14 @@ impl Drop for WatchHandle {
 /// Starts watching the registry's directory.
 pub fn watch(registry: Arc<Registry>, dir: PathBuf) -> Result<WatchHandle, notify::Error> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if touches_plugin_file(&e.paths) => {
                 let _ = tx.send(());
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "plugin directory watch error"),
-        }
-    })?;
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let task = tokio::spawn(async move {
         loop {
@@ -55,7 +54,8 @@ pub fn watch(registry: Arc<Registry>, dir: PathBuf) -> Result<WatchHandle, notif
                 settle(&mut rx, &dir).await;
             }
             let report = registry.scan().await;
-            if !report.loaded.is_empty() || !report.failed.is_empty() || !report.removed.is_empty() {
+            if !report.loaded.is_empty() || !report.failed.is_empty() || !report.removed.is_empty()
+            {
                 tracing::info!(
                     loaded = ?report.loaded,
                     failed = ?report.failed,
@@ -74,7 +74,10 @@ pub fn watch(registry: Arc<Registry>, dir: PathBuf) -> Result<WatchHandle, notif
 /// Waits for quiet: no events for [`QUIET`], and file sizes and mtimes unchanged.
 async fn settle(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, dir: &Path) {
     loop {
-        while tokio::time::timeout(QUIET, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
+        while tokio::time::timeout(QUIET, rx.recv())
+            .await
+            .is_ok_and(|e| e.is_some())
+        {}
         let before = stamps(dir);
         tokio::time::sleep(QUIET).await;
         let mut more = false;

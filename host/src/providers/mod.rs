@@ -7,7 +7,10 @@ use std::fmt;
 
 use crate::config::AccountConfig;
 
+pub mod alipay;
+pub mod cloudpay;
 pub mod wechat_v2;
+pub mod wechat_v3;
 
 /// The providers paynotify speaks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,6 +188,9 @@ impl Providers {
     /// Builds every provider that has at least one account.
     pub fn from_config(accounts: &[AccountConfig]) -> Result<Providers, AccountError> {
         let mut v2 = Vec::new();
+        let mut v3 = Vec::new();
+        let mut alipay_accounts = Vec::new();
+        let mut cloudpay_accounts = Vec::new();
         for (index, a) in accounts.iter().enumerate() {
             let err = |message: String| AccountError {
                 index,
@@ -193,16 +199,45 @@ impl Providers {
                 message,
             };
             match ProviderKind::parse(&a.provider) {
-                Some(ProviderKind::WechatV2) => v2.push(wechat_v2::Account::from_config(a).map_err(err)?),
-                Some(other) => {
-                    return Err(err(format!("the {other} provider is not available in this build yet")))
+                Some(ProviderKind::WechatV2) => {
+                    v2.push(wechat_v2::Account::from_config(a).map_err(err)?)
+                }
+                Some(ProviderKind::WechatV3) => {
+                    v3.push(wechat_v3::Account::from_config(a).map_err(err)?)
+                }
+                Some(ProviderKind::Alipay) => {
+                    alipay_accounts.push(alipay::Account::from_config(a).map_err(err)?)
+                }
+                Some(ProviderKind::Cloudpay) => {
+                    cloudpay_accounts.push(cloudpay::Account::from_config(a).map_err(err)?)
                 }
                 None => return Err(err("unknown provider".into())),
             }
         }
         let mut by_kind: BTreeMap<ProviderKind, Box<dyn Provider>> = BTreeMap::new();
         if !v2.is_empty() {
-            by_kind.insert(ProviderKind::WechatV2, Box::new(wechat_v2::WechatV2::new(v2)));
+            by_kind.insert(
+                ProviderKind::WechatV2,
+                Box::new(wechat_v2::WechatV2::new(v2)),
+            );
+        }
+        if !v3.is_empty() {
+            by_kind.insert(
+                ProviderKind::WechatV3,
+                Box::new(wechat_v3::WechatV3::new(v3)),
+            );
+        }
+        if !alipay_accounts.is_empty() {
+            by_kind.insert(
+                ProviderKind::Alipay,
+                Box::new(alipay::Alipay::new(alipay_accounts)),
+            );
+        }
+        if !cloudpay_accounts.is_empty() {
+            by_kind.insert(
+                ProviderKind::Cloudpay,
+                Box::new(cloudpay::Cloudpay::new(cloudpay_accounts)),
+            );
         }
         Ok(Providers { by_kind })
     }
@@ -213,7 +248,11 @@ impl Providers {
     }
 
     /// Resolves the account an order names: the named one, or the only one.
-    pub fn resolve_account(&self, kind: ProviderKind, name: Option<&str>) -> Result<String, String> {
+    pub fn resolve_account(
+        &self,
+        kind: ProviderKind,
+        name: Option<&str>,
+    ) -> Result<String, String> {
         let Some(p) = self.get(kind) else {
             return Err(format!("provider {kind} has no account configured"));
         };
@@ -259,7 +298,9 @@ pub(crate) fn pick_account<'a, A>(
 /// Parses a non-negative integer amount in fen, strictly (digits only).
 pub(crate) fn parse_fen(s: &str, what: &str) -> Result<i64, Rejection> {
     if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Rejection::Malformed(format!("{what} `{s}` is not an amount in fen")));
+        return Err(Rejection::Malformed(format!(
+            "{what} `{s}` is not an amount in fen"
+        )));
     }
     s.parse()
         .map_err(|_| Rejection::Malformed(format!("{what} `{s}` is not an amount in fen")))

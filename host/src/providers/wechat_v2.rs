@@ -12,7 +12,9 @@ use md5::{Digest, Md5};
 use quick_xml::events::Event;
 use sha2::Sha256;
 
-use super::{pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection};
+use super::{
+    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+};
 use crate::config::AccountConfig;
 
 const SUCCESS_XML: &str =
@@ -154,9 +156,12 @@ pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
     let mut root_seen = false;
     let mut current: Option<(String, String)> = None;
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| bad(format!("XML error at byte {}: {e}", reader.error_position())))?;
+        let event = reader.read_event().map_err(|e| {
+            bad(format!(
+                "XML error at byte {}: {e}",
+                reader.error_position()
+            ))
+        })?;
         match event {
             Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
             Event::DocType(_) => return Err(bad("DOCTYPE is not allowed".into())),
@@ -229,9 +234,15 @@ pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
     Ok(fields)
 }
 
-fn insert_field(fields: &mut BTreeMap<String, String>, k: String, v: String) -> Result<(), Rejection> {
+fn insert_field(
+    fields: &mut BTreeMap<String, String>,
+    k: String,
+    v: String,
+) -> Result<(), Rejection> {
     if fields.len() >= MAX_FIELDS {
-        return Err(Rejection::Malformed(format!("more than {MAX_FIELDS} fields")));
+        return Err(Rejection::Malformed(format!(
+            "more than {MAX_FIELDS} fields"
+        )));
     }
     if fields.contains_key(&k) {
         return Err(Rejection::Malformed(format!("field `{k}` appears twice")));
@@ -320,7 +331,9 @@ impl Provider for WechatV2 {
             })
         } else {
             NoticeKind::NotPaid {
-                state: format!("{} {}", get("result_code"), get("err_code")).trim().to_owned(),
+                state: format!("{} {}", get("result_code"), get("err_code"))
+                    .trim()
+                    .to_owned(),
             }
         };
         Ok(Notice {
@@ -370,7 +383,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// The example in WeChat Pay's v2 signature documentation (安全规范 / 签名算法).
@@ -388,7 +404,10 @@ mod tests {
             string_to_sign(&fields, key),
             "appid=wxd930ea5d5a258f4f&body=test&device_info=1000&mch_id=10000100&nonce_str=ibuaiVcKdpRxkhJA&key=192006250b4c09247ec02edce69f6a2d"
         );
-        assert_eq!(sign(&fields, key, SignType::Md5), "9A0A8659F005D6984697E2CA0A9CF3B7");
+        assert_eq!(
+            sign(&fields, key, SignType::Md5),
+            "9A0A8659F005D6984697E2CA0A9CF3B7"
+        );
         assert_eq!(
             sign(&fields, key, SignType::HmacSha256),
             "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6"
@@ -416,7 +435,12 @@ mod tests {
     }
 
     fn provider() -> WechatV2 {
-        WechatV2::new(vec![Account::new("default", "wx2421b1c4370ec43b", "10000100", "k3y")])
+        WechatV2::new(vec![Account::new(
+            "default",
+            "wx2421b1c4370ec43b",
+            "10000100",
+            "k3y",
+        )])
     }
 
     fn verify(body: &str) -> Result<Notice, Rejection> {
@@ -437,7 +461,9 @@ mod tests {
             }
             let n = verify(&signed_xml(&f, "k3y", st)).expect("verifies");
             assert_eq!(n.out_trade_no, "1409811653");
-            let NoticeKind::Paid(p) = n.kind else { panic!("not paid") };
+            let NoticeKind::Paid(p) = n.kind else {
+                panic!("not paid")
+            };
             assert_eq!(p.amount, 100);
             assert_eq!(p.transaction_id, "1004400740201409030005092168");
             // 2014-09-03 13:15:40 +08:00
@@ -461,7 +487,10 @@ mod tests {
         let tampered = xml.replace("<total_fee><![CDATA[100]]>", "<total_fee><![CDATA[1]]>");
         assert!(matches!(verify(&tampered), Err(Rejection::BadSignature(_))));
         let wrong_key = signed_xml(&paid_fields(), "other", SignType::Md5);
-        assert!(matches!(verify(&wrong_key), Err(Rejection::BadSignature(_))));
+        assert!(matches!(
+            verify(&wrong_key),
+            Err(Rejection::BadSignature(_))
+        ));
         let mut f = paid_fields();
         f.insert("mch_id".into(), "999".into());
         assert!(matches!(
@@ -476,7 +505,12 @@ mod tests {
         f.insert("result_code".into(), "FAIL".into());
         f.insert("err_code".into(), "NOTENOUGH".into());
         let n = verify(&signed_xml(&f, "k3y", SignType::Md5)).expect("verifies");
-        assert_eq!(n.kind, NoticeKind::NotPaid { state: "FAIL NOTENOUGH".into() });
+        assert_eq!(
+            n.kind,
+            NoticeKind::NotPaid {
+                state: "FAIL NOTENOUGH".into()
+            }
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+mod common;
+pub mod postgres;
 pub mod sqlite;
 
 /// Unix time in milliseconds, the one time representation in the database.
@@ -25,7 +27,10 @@ pub fn now_ms() -> Millis {
 pub fn iso_time(ms: Millis) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -180,6 +185,8 @@ impl Verdict {
 /// A notification as received, before anything is checked.
 #[derive(Debug, Clone)]
 pub struct NewNotification {
+    /// Arrival time; stored, and the time freshness checks are made against.
+    pub received_at: Millis,
     /// Provider from the URL.
     pub provider: String,
     /// Account from the URL, if the URL named one.
@@ -371,7 +378,11 @@ pub trait Store: Send + Sync + 'static {
     /// A handler document (admin view), outside any transaction.
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError>;
     /// Tasks, newest first, optionally only those with `status`.
-    async fn list_tasks(&self, status: Option<&str>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    async fn list_tasks(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
     /// One task.
     async fn get_task(&self, id: i64) -> Result<Option<TaskRecord>, StoreError>;
     /// Claims up to `limit` due tasks (pending and due, or running with an expired lease)
@@ -434,7 +445,11 @@ pub trait Tx: Send {
     /// A document's JSON text.
     async fn doc_get(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError>;
     /// A document's JSON text, locking it (PostgreSQL `FOR UPDATE`) for a read-modify-write.
-    async fn doc_get_for_update(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError>;
+    async fn doc_get_for_update(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, DocError>;
     /// Inserts a new document; [`DocError::Conflict`] if the id exists.
     async fn doc_insert(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError>;
     /// Creates or replaces a document.
@@ -476,14 +491,25 @@ pub struct MarkPaid<'a> {
     pub original_data: &'a serde_json::Value,
 }
 
-/// Opens the database named by the config URL and brings its schema up to date.
+/// Opens the database named by the config URL and brings its schema up to date:
+/// `sqlite:…` or `postgres://…` / `postgresql://…` (see [`postgres::PgStore::connect`]
+/// for its `schema=NAME` parameter).
 pub async fn connect(
     config: &crate::config::DatabaseConfig,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    if config.url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(config).await?))
+    let url = config.url.as_str();
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::connect(config).await?,
+        ))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::connect(config).await?,
+        ))
     } else {
-        Err(StoreError::UnsupportedUrl(config.url.clone()))
+        Err(StoreError::UnsupportedUrl(crate::config::redact_url(
+            &config.url,
+        )))
     }
 }
 

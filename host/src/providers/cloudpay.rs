@@ -1,0 +1,520 @@
+//! WeChat CloudPay (云开发 微信支付): the payment callback event of a cloud function,
+//! relayed to this host by the merchant's own cloud function.
+//!
+//! WeChat delivers CloudPay callbacks to a cloud function, not to a URL, and signs
+//! nothing the relay could pass on; so the relay authenticates itself with a secret it
+//! shares with this host, one per account: `X-Paynotify-Timestamp` (unix seconds) and
+//! `X-Paynotify-Signature: v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>`, over
+//! the body's raw bytes. The timestamp must be within 5 minutes of the time of receipt,
+//! so a captured request cannot be replayed later, while a stored notification replayed
+//! by ops still verifies. The relay should forward the event object unchanged
+//! (`JSON.stringify(event)`): `outTradeNo`, `totalFee` (fen), `resultCode`, `returnCode`,
+//! `transactionId`, `subMchId`, `timeEnd`, …
+//!
+//! The answer is the object CloudPay expects from the callback function,
+//! `{"errcode":0,"errmsg":"SUCCESS"}`; the relay returns it to WeChat as its own result.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::wechat_v3::flatten;
+use super::{
+    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+};
+use crate::config::AccountConfig;
+
+/// Largest allowed difference between `X-Paynotify-Timestamp` and the time of receipt.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
+
+/// Header carrying the relay's timestamp (unix seconds).
+pub const TIMESTAMP_HEADER: &str = "x-paynotify-timestamp";
+
+/// Header carrying the relay's signature, `v1=<hex>`.
+pub const SIGNATURE_HEADER: &str = "x-paynotify-signature";
+
+/// One configured CloudPay sub-merchant.
+#[derive(Clone)]
+pub struct Account {
+    name: String,
+    sub_mch_id: String,
+    secret: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("name", &self.name)
+            .field("sub_mch_id", &self.sub_mch_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    /// Reads the CloudPay keys of an `[[accounts]]` entry.
+    pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
+        let sub_mch_id = a
+            .sub_mch_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or("`sub_mch_id` is required for cloudpay")?;
+        let secret = a
+            .secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or("`secret` (or secret_file) is required for cloudpay")?;
+        if secret.len() < 16 {
+            return Err("`secret` must be at least 16 bytes (use a long random string)".into());
+        }
+        Ok(Account::new(&a.name, &sub_mch_id, &secret))
+    }
+
+    /// Builds an account directly (tests, tools).
+    pub fn new(name: &str, sub_mch_id: &str, secret: &str) -> Account {
+        Account {
+            name: name.into(),
+            sub_mch_id: sub_mch_id.into(),
+            secret: secret.into(),
+        }
+    }
+}
+
+fn mac(secret: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// The `X-Paynotify-Signature` value for `body` sent at `timestamp` (for relays and tests).
+pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    format!(
+        "v1={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
+}
+
+/// `yyyyMMddHHmmss` in China Standard Time → unix ms.
+fn parse_time_end(s: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
+    let dt = time::PrimitiveDateTime::parse(s, &format).ok()?;
+    let cst = time::UtcOffset::from_hms(8, 0, 0).ok()?;
+    i64::try_from(dt.assume_offset(cst).unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The CloudPay provider.
+pub struct Cloudpay {
+    accounts: Vec<Account>,
+}
+
+impl Cloudpay {
+    /// A provider over these accounts.
+    pub fn new(accounts: Vec<Account>) -> Cloudpay {
+        Cloudpay { accounts }
+    }
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+impl Provider for Cloudpay {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Cloudpay
+    }
+
+    fn accounts(&self) -> Vec<&str> {
+        self.accounts.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection> {
+        let timestamp = inbound
+            .header(TIMESTAMP_HEADER)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Rejection::BadSignature("no `X-Paynotify-Timestamp` header".into()))?;
+        let signature = inbound
+            .header(SIGNATURE_HEADER)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Rejection::BadSignature("no `X-Paynotify-Signature` header".into()))?;
+        if timestamp.len() > 12 || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Rejection::Malformed(format!(
+                "X-Paynotify-Timestamp `{timestamp}` is not unix seconds"
+            )));
+        }
+        let ts_secs: i64 = timestamp.parse().unwrap_or(i64::MAX);
+        let received_secs = inbound.received_at.div_euclid(1000);
+        let skew = ts_secs.saturating_sub(received_secs);
+        if skew.saturating_abs() > MAX_CLOCK_SKEW_SECS {
+            return Err(Rejection::Stale(format!(
+                "X-Paynotify-Timestamp {ts_secs} is {skew} s from the time of receipt {received_secs} (allowed ±{MAX_CLOCK_SKEW_SECS} s)"
+            )));
+        }
+        let hex_sig = signature.strip_prefix("v1=").ok_or_else(|| {
+            Rejection::BadSignature("X-Paynotify-Signature must be `v1=<hex>`".into())
+        })?;
+        let sig = hex::decode(hex_sig)
+            .ok()
+            .filter(|s| s.len() == 32)
+            .ok_or_else(|| {
+                Rejection::BadSignature("X-Paynotify-Signature is not 64 hex digits".into())
+            })?;
+
+        // The event names its sub-merchant; that picks the account whose secret must
+        // have signed it. Nothing else in it is used before the signature verifies.
+        let event: Value = serde_json::from_slice(inbound.body)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
+        if !event.is_object() {
+            return Err(Rejection::Malformed("body is not a JSON object".into()));
+        }
+        let sub_mch_id = str_field(&event, "subMchId");
+        let account = pick_account(
+            &self.accounts,
+            |a| &a.name,
+            inbound.account,
+            |a| a.sub_mch_id == sub_mch_id,
+        )?;
+        mac(&account.secret, timestamp, inbound.body)
+            .verify_slice(&sig)
+            .map_err(|_| Rejection::BadSignature("signature does not match".into()))?;
+
+        if sub_mch_id != account.sub_mch_id {
+            return Err(Rejection::AccountMismatch(format!(
+                "subMchId `{sub_mch_id}` does not belong to account `{}`",
+                account.name
+            )));
+        }
+        let mut fields = BTreeMap::new();
+        flatten(&event, "", &mut fields);
+        let out_trade_no = str_field(&event, "outTradeNo").to_owned();
+        let return_code = str_field(&event, "returnCode");
+        let result_code = str_field(&event, "resultCode");
+        let kind = if return_code == "SUCCESS" && result_code == "SUCCESS" {
+            if out_trade_no.is_empty() {
+                return Err(Rejection::Malformed("no outTradeNo".into()));
+            }
+            let transaction_id = str_field(&event, "transactionId");
+            if transaction_id.is_empty() {
+                return Err(Rejection::Malformed("no transactionId".into()));
+            }
+            let amount = event
+                .get("totalFee")
+                .and_then(Value::as_i64)
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| Rejection::Malformed("totalFee is not an amount in fen".into()))?;
+            NoticeKind::Paid(Payment {
+                transaction_id: transaction_id.to_owned(),
+                amount,
+                paid_at: parse_time_end(str_field(&event, "timeEnd")),
+            })
+        } else {
+            let err_code = str_field(&event, "errCode");
+            let state = format!("returnCode {return_code} resultCode {result_code} {err_code}");
+            NoticeKind::NotPaid {
+                state: state.trim().to_owned(),
+            }
+        };
+        Ok(Notice {
+            account: account.name.clone(),
+            out_trade_no,
+            kind,
+            fields,
+        })
+    }
+
+    fn success(&self) -> Answer {
+        Answer {
+            status: 200,
+            content_type: Some("application/json"),
+            body: br#"{"errcode":0,"errmsg":"SUCCESS"}"#.to_vec(),
+        }
+    }
+
+    fn failure(&self, reason: &str) -> Answer {
+        Answer {
+            status: 200,
+            content_type: Some("application/json"),
+            body: serde_json::json!({ "errcode": 1, "errmsg": reason })
+                .to_string()
+                .into_bytes(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUB_MCH_ID: &str = "1900000109";
+    const SECRET: &str = "cloudpay-relay-secret-0123456789";
+    const NOW_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    const NOW_S: i64 = NOW_MS / 1000;
+
+    /// A payment event shaped like the one CloudPay hands the callback function.
+    fn event(out_trade_no: &str, total_fee: i64, result_code: &str) -> Value {
+        serde_json::json!({
+            "appid": "wxd930ea5d5a258f4f",
+            "bankType": "OTHERS",
+            "cashFee": total_fee,
+            "feeType": "CNY",
+            "isSubscribe": "N",
+            "mchId": "1230000109",
+            "nonceStr": "5K8264ILTKCH16CQ2502SI8ZNMTM67VS",
+            "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+            "outTradeNo": out_trade_no,
+            "resultCode": result_code,
+            "returnCode": "SUCCESS",
+            "subAppid": "wx2421b1c4370ec43b",
+            "subIsSubscribe": "N",
+            "subMchId": SUB_MCH_ID,
+            "subOpenid": "oUpF8uN95-Ptaags6E_roPHg7AG0",
+            "timeEnd": "20260101080000",
+            "totalFee": total_fee,
+            "tradeType": "JSAPI",
+            "transactionId": "4200000001202601010000000042",
+            "userInfo": { "appId": "wx2421b1c4370ec43b", "openId": "oUpF8uN95-Ptaags6E_roPHg7AG0" },
+        })
+    }
+
+    /// The signature computed here with the `hmac` crate directly, not with the module's helper.
+    fn sign(secret: &str, ts: i64, body: &str) -> Vec<(String, String)> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+        m.update(format!("{ts}.{body}").as_bytes());
+        vec![
+            (TIMESTAMP_HEADER.into(), ts.to_string()),
+            (
+                SIGNATURE_HEADER.into(),
+                format!("v1={}", hex::encode(m.finalize().into_bytes())),
+            ),
+        ]
+    }
+
+    fn provider() -> Cloudpay {
+        Cloudpay::new(vec![Account::new("default", SUB_MCH_ID, SECRET)])
+    }
+
+    fn verify(p: &Cloudpay, headers: &[(String, String)], body: &str) -> Result<Notice, Rejection> {
+        p.verify(&Inbound {
+            account: None,
+            headers,
+            body: body.as_bytes(),
+            received_at: NOW_MS,
+        })
+    }
+
+    /// RFC 4231 test case 2 ("Jefe"): the HMAC-SHA256 the relay signature is built on.
+    #[test]
+    fn known_answer_hmac_sha256_rfc4231() {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").expect("key");
+        m.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(m.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // `signature` is that HMAC over `timestamp + "." + body`.
+        let body = event("C0", 1, "SUCCESS").to_string();
+        assert_eq!(
+            signature(SECRET, "1767225600", body.as_bytes()),
+            sign(SECRET, 1_767_225_600, &body)[1].1
+        );
+    }
+
+    #[test]
+    fn accepts_a_signed_payment() {
+        let body = event("COP1767225600000123", 100, "SUCCESS").to_string();
+        let n = verify(&provider(), &sign(SECRET, NOW_S - 10, &body), &body).expect("verifies");
+        assert_eq!(n.account, "default");
+        assert_eq!(n.out_trade_no, "COP1767225600000123");
+        let NoticeKind::Paid(p) = &n.kind else {
+            panic!("not paid: {:?}", n.kind)
+        };
+        assert_eq!(p.amount, 100);
+        assert_eq!(p.transaction_id, "4200000001202601010000000042");
+        assert_eq!(p.paid_at, Some(NOW_MS)); // 2026-01-01 08:00:00 +08:00
+        assert_eq!(n.fields["totalFee"], "100");
+        assert_eq!(n.fields["userInfo.openId"], "oUpF8uN95-Ptaags6E_roPHg7AG0");
+    }
+
+    #[test]
+    fn rejects_tampering_wrong_secrets_and_stale_timestamps() {
+        let body = event("C2", 100, "SUCCESS").to_string();
+        let h = sign(SECRET, NOW_S, &body);
+        let tampered = body.replace("\"totalFee\":100", "\"totalFee\":1");
+        assert_ne!(tampered, body);
+        assert!(matches!(
+            verify(&provider(), &h, &tampered),
+            Err(Rejection::BadSignature(_))
+        ));
+        let wrong = sign("another-secret-0123456789abcdef", NOW_S, &body);
+        assert!(matches!(
+            verify(&provider(), &wrong, &body),
+            Err(Rejection::BadSignature(_))
+        ));
+        for ts in [NOW_S - 301, NOW_S + 301] {
+            assert!(matches!(
+                verify(&provider(), &sign(SECRET, ts, &body), &body),
+                Err(Rejection::Stale(_))
+            ));
+        }
+        assert!(verify(&provider(), &sign(SECRET, NOW_S + 300, &body), &body).is_ok());
+        // The timestamp is signed: moving it breaks the signature.
+        let mut moved = h.clone();
+        moved[0].1 = (NOW_S + 1).to_string();
+        assert!(matches!(
+            verify(&provider(), &moved, &body),
+            Err(Rejection::BadSignature(_))
+        ));
+        // Upper-case hex is the same bytes and verifies; other shapes do not.
+        let mut upper = h.clone();
+        upper[1].1 = format!("v1={}", upper[1].1[3..].to_uppercase());
+        assert!(verify(&provider(), &upper, &body).is_ok());
+        for bad in ["", "v2=00", "v1=zz", "v1=00", &h[1].1[3..]] {
+            let mut b = h.clone();
+            b[1].1 = bad.to_string();
+            assert!(
+                matches!(
+                    verify(&provider(), &b, &body),
+                    Err(Rejection::BadSignature(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(verify(&provider(), &h[..1], &body).is_err());
+        assert!(verify(&provider(), &h[1..], &body).is_err());
+    }
+
+    #[test]
+    fn rejects_another_sub_merchant() {
+        let p = Cloudpay::new(vec![
+            Account::new("a", SUB_MCH_ID, SECRET),
+            Account::new("b", "1900000202", "secret-of-account-b-0123456789"),
+        ]);
+        let mut ev = event("C3", 100, "SUCCESS");
+        ev["subMchId"] = "1900000202".into();
+        let body = ev.to_string();
+        // Signed with b's secret: b's.
+        assert_eq!(
+            verify(
+                &p,
+                &sign("secret-of-account-b-0123456789", NOW_S, &body),
+                &body
+            )
+            .expect("b")
+            .account,
+            "b"
+        );
+        // Signed with a's secret but naming b: b's secret does not verify it.
+        assert!(matches!(
+            verify(&p, &sign(SECRET, NOW_S, &body), &body),
+            Err(Rejection::BadSignature(_))
+        ));
+        // Sent to a's URL with a's secret: verified for a, then refused for the sub-merchant.
+        let via_a = p.verify(&Inbound {
+            account: Some("a"),
+            headers: &sign(SECRET, NOW_S, &body),
+            body: body.as_bytes(),
+            received_at: NOW_MS,
+        });
+        assert!(matches!(via_a, Err(Rejection::AccountMismatch(_))));
+        // A sub-merchant nobody has.
+        ev["subMchId"] = "1900000303".into();
+        let body = ev.to_string();
+        assert!(matches!(
+            verify(&p, &sign(SECRET, NOW_S, &body), &body),
+            Err(Rejection::AccountMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn result_fail_is_verified_but_not_paid() {
+        let mut ev = event("C4", 100, "FAIL");
+        ev["errCode"] = "NOTENOUGH".into();
+        let body = ev.to_string();
+        let n = verify(&provider(), &sign(SECRET, NOW_S, &body), &body).expect("verifies");
+        assert_eq!(
+            n.kind,
+            NoticeKind::NotPaid {
+                state: "returnCode SUCCESS resultCode FAIL NOTENOUGH".into()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_events_are_rejected_not_panicked_on() {
+        for body in ["", "not json", "[]", "{\"subMchId\":1}"] {
+            assert!(
+                verify(&provider(), &sign(SECRET, NOW_S, body), body).is_err(),
+                "accepted {body:?}"
+            );
+        }
+        for fee in [
+            serde_json::json!(1.5),
+            serde_json::json!(-1),
+            serde_json::json!("100"),
+            Value::Null,
+        ] {
+            let mut ev = event("C5", 100, "SUCCESS");
+            ev["totalFee"] = fee.clone();
+            let body = ev.to_string();
+            assert!(
+                matches!(
+                    verify(&provider(), &sign(SECRET, NOW_S, &body), &body),
+                    Err(Rejection::Malformed(_))
+                ),
+                "{fee}"
+            );
+        }
+        let mut h = sign(SECRET, NOW_S, "{}");
+        h[0].1 = "12a".into();
+        assert!(matches!(
+            verify(&provider(), &h, "{}"),
+            Err(Rejection::Malformed(_))
+        ));
+    }
+
+    /// Mutated events, correctly signed, never panic the parser.
+    #[test]
+    fn mutated_signed_events_never_panic() {
+        let base = event("C6", 100, "SUCCESS").to_string().into_bytes();
+        let alphabet = b"{}[]\":,.-+eE0123456789 \\nulltruefalseSUCCESS\xff";
+        for _ in 0..2000 {
+            let mut b = base.clone();
+            for _ in 0..(rand::random::<usize>() % 4 + 1) {
+                let i = rand::random::<usize>() % b.len();
+                b[i] = alphabet[rand::random::<usize>() % alphabet.len()];
+            }
+            let body = String::from_utf8_lossy(&b).into_owned();
+            let _ = verify(&provider(), &sign(SECRET, NOW_S, &body), &body);
+        }
+    }
+
+    #[test]
+    fn answers_and_config() {
+        let p = provider();
+        assert_eq!(
+            p.success().body,
+            br#"{"errcode":0,"errmsg":"SUCCESS"}"#.to_vec()
+        );
+        let f: Value = serde_json::from_slice(&p.failure("bad \"x\"").body).expect("json");
+        assert_eq!(
+            f,
+            serde_json::json!({ "errcode": 1, "errmsg": "bad \"x\"" })
+        );
+        let cfg: AccountConfig =
+            toml::from_str("provider = \"cloudpay\"\nsub_mch_id = \"1\"\nsecret = \"short\"\n")
+                .expect("config");
+        assert!(Account::from_config(&cfg).unwrap_err().contains("`secret`"));
+        let cfg: AccountConfig =
+            toml::from_str("provider = \"cloudpay\"\nsecret = \"0123456789abcdef0\"\n")
+                .expect("config");
+        assert!(Account::from_config(&cfg)
+            .unwrap_err()
+            .contains("`sub_mch_id`"));
+    }
+}

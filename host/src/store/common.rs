@@ -1,0 +1,889 @@
+//! What the SQLite and PostgreSQL backends share: column lists, row mapping, and every
+//! statement whose SQL is the same on both.
+//!
+//! sqlx binds `$n` parameters on SQLite as on PostgreSQL, so a statement that both
+//! dialects understand is written once, in [`shared_statements!`], which each backend
+//! expands for its own database type. Where the dialects differ only in a fragment
+//! (reading `jsonb` as text, row locks, appending to a JSON array) the backend supplies
+//! the fragment through [`Dialect`]; where they differ more (`doc_inc`, the merge lock)
+//! each backend has its own code.
+
+use std::borrow::Cow;
+
+use sqlx::Row;
+
+use super::{Millis, NotificationRecord, Order, StoreError, TaskEnd, TaskRecord, Verdict};
+
+pub(crate) const ORDER_COLUMNS: &str =
+    "out_trade_no, type, provider, account, total_fee, user_id, custom, \
+     status, transaction_id, pay_date, notify_date, handler_status, handler_result, \
+     handler_version, original_data, paid_notification_id, created_at, updated_at";
+
+pub(crate) const NOTIFICATION_COLUMNS: &str =
+    "id, provider, account, received_at, remote_addr, headers, \
+     body, truncated, verdict, reason, out_trade_no, processed_at";
+
+pub(crate) const TASK_COLUMNS: &str =
+    "id, plugin, name, payload, out_trade_no, provider, account, status, \
+     attempts, run_at, last_error, errors, created_at";
+
+/// The SQL fragments in which the backends' shared statements differ.
+pub(crate) trait Dialect {
+    /// `documents.data` as JSON text.
+    const DOC_TEXT: &'static str;
+    /// Applied to a bound JSON text parameter that is stored in `documents.data`.
+    const JSON_PARAM: &'static str;
+    /// Appended to a `SELECT` whose rows stay locked until the transaction ends.
+    const FOR_UPDATE: &'static str;
+    /// Appended to the task-claim subquery: lock what it picks, skipping rows that other
+    /// workers have locked.
+    const SKIP_LOCKED: &'static str;
+    /// `tasks.errors` (a JSON array as text) with the text parameter `$6` appended.
+    const APPEND_ERROR: &'static str;
+    /// `documents.data` cannot hold a string with NUL in it (PostgreSQL `jsonb`).
+    const JSON_REFUSES_NUL: bool;
+
+    /// The `doc_query` condition "top-level field (parameter `$p`, as produced by
+    /// [`Dialect::field_param`]) equals the JSON text parameter `$p+1`". A missing field
+    /// equals `null`, as on SQLite.
+    fn doc_filter(p: usize) -> String;
+    /// What to bind as the field parameter of [`Dialect::doc_filter`].
+    fn field_param(field: &str) -> String;
+}
+
+/// Maps a result row (of the column lists above) to the store's types.
+pub(crate) trait StoreRow {
+    fn order(&self) -> Result<Order, StoreError>;
+    fn notification(&self) -> Result<NotificationRecord, StoreError>;
+    fn task(&self) -> Result<TaskRecord, StoreError>;
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+}
+
+/// JSON columns are text on both backends, so one body serves both row types.
+macro_rules! store_row {
+    ($($row:ty),+) => {$(
+        impl StoreRow for $row {
+            fn order(&self) -> Result<Order, StoreError> {
+                let json = |name: &str| -> Result<Option<serde_json::Value>, StoreError> {
+                    let text: Option<String> = self.try_get(name)?;
+                    text.map(|t| parse_json(name, &t)).transpose()
+                };
+                Ok(Order {
+                    out_trade_no: self.try_get("out_trade_no")?,
+                    order_type: self.try_get("type")?,
+                    provider: self.try_get("provider")?,
+                    account: self.try_get("account")?,
+                    total_fee: self.try_get("total_fee")?,
+                    user_id: self.try_get("user_id")?,
+                    custom: json("custom")?.unwrap_or(serde_json::Value::Null),
+                    status: self.try_get("status")?,
+                    transaction_id: self.try_get("transaction_id")?,
+                    pay_date: self.try_get("pay_date")?,
+                    notify_date: self.try_get("notify_date")?,
+                    handler_status: self.try_get("handler_status")?,
+                    handler_result: json("handler_result")?,
+                    handler_version: self.try_get("handler_version")?,
+                    original_data: json("original_data")?,
+                    paid_notification_id: self.try_get("paid_notification_id")?,
+                    created_at: self.try_get("created_at")?,
+                    updated_at: self.try_get("updated_at")?,
+                })
+            }
+
+            fn notification(&self) -> Result<NotificationRecord, StoreError> {
+                let headers: String = self.try_get("headers")?;
+                let verdict: String = self.try_get("verdict")?;
+                Ok(NotificationRecord {
+                    id: self.try_get("id")?,
+                    provider: self.try_get("provider")?,
+                    account: self.try_get("account")?,
+                    received_at: self.try_get("received_at")?,
+                    remote_addr: self.try_get("remote_addr")?,
+                    headers: parse_json("headers", &headers)?,
+                    body: self.try_get("body")?,
+                    truncated: self.try_get("truncated")?,
+                    verdict: Verdict::parse(&verdict)
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown verdict `{verdict}`")))?,
+                    reason: self.try_get("reason")?,
+                    out_trade_no: self.try_get("out_trade_no")?,
+                    processed_at: self.try_get("processed_at")?,
+                })
+            }
+
+            fn task(&self) -> Result<TaskRecord, StoreError> {
+                let errors: String = self.try_get("errors")?;
+                Ok(TaskRecord {
+                    id: self.try_get("id")?,
+                    plugin: self.try_get("plugin")?,
+                    name: self.try_get("name")?,
+                    payload: self.try_get("payload")?,
+                    out_trade_no: self.try_get("out_trade_no")?,
+                    provider: self.try_get("provider")?,
+                    account: self.try_get("account")?,
+                    status: self.try_get("status")?,
+                    attempts: self.try_get("attempts")?,
+                    run_at: self.try_get("run_at")?,
+                    last_error: self.try_get("last_error")?,
+                    errors: parse_json("task errors", &errors)?,
+                    created_at: self.try_get("created_at")?,
+                })
+            }
+        }
+    )+};
+}
+
+store_row!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Savepoint names are spliced into SQL: plain names only.
+pub(crate) fn check_savepoint(name: &str) -> Result<(), StoreError> {
+    if crate::config::is_simple_name(name) && !name.contains('-') {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("bad savepoint name `{name}`")))
+    }
+}
+
+/// Text received from the wire or from a handler, made storable everywhere: PostgreSQL
+/// `text` cannot hold NUL, so it becomes U+FFFD (on both backends, so they agree).
+pub(crate) fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// True if JSON text has a string (or key) containing NUL, which `jsonb` refuses.
+pub(crate) fn json_has_nul(text: &str) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    // Only a `\u0000` escape can put NUL in JSON text; parse only when one may be there.
+    text.contains("\\u0000") && serde_json::from_str(text).is_ok_and(|v| walk(&v))
+}
+
+/// How [`TaskEnd`] updates a task row: new status, attempts used, next run time, and
+/// the error history entry.
+pub(crate) fn task_end_update(
+    end: &TaskEnd,
+    now: Millis,
+) -> (&'static str, i32, Option<Millis>, Option<String>) {
+    let (status, attempts, run_at, error) = match end {
+        TaskEnd::Done => ("done", 1, None, None),
+        TaskEnd::Retry { error, at } => ("pending", 1, Some(*at), Some(error.as_str())),
+        TaskEnd::Dead { error } => ("dead", 1, None, Some(error.as_str())),
+        TaskEnd::Postpone { reason, at } => ("pending", 0, Some(*at), Some(reason.as_str())),
+    };
+    let entry = error.map(|e| format!("{} {}", super::iso_time(now), storable(e)));
+    (status, attempts, run_at, entry)
+}
+
+/// Expands, in the calling backend module, a module `shared` of the statements that are
+/// the same on every backend, for the database type `$db` (which implements
+/// [`Dialect`]). Each function takes an executor (a pool, or `&mut *transaction`).
+macro_rules! shared_statements {
+    ($db:ty) => {
+        /// The statements this backend shares with the others (see `store::common`).
+        mod shared {
+            use sqlx::{Executor, Row};
+
+            use $crate::store::common::{
+                check_savepoint, is_unique_violation, json_has_nul, storable, task_end_update, Dialect, StoreRow,
+                NOTIFICATION_COLUMNS, ORDER_COLUMNS, TASK_COLUMNS,
+            };
+            use $crate::store::{
+                now_ms, DocError, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
+                NotificationRecord, Order, StoreError, TaskEnd, TaskRecord, Verdict,
+            };
+
+            type Conn = <$db as sqlx::Database>::Connection;
+
+            pub(super) async fn create_order<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                o: &NewOrder,
+            ) -> Result<Order, StoreError> {
+                let sql = format!(
+                    "INSERT INTO orders (out_trade_no, type, provider, account, total_fee, user_id, custom, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ORDER_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(&o.out_trade_no)
+                    .bind(&o.order_type)
+                    .bind(&o.provider)
+                    .bind(&o.account)
+                    .bind(o.total_fee)
+                    .bind(&o.user_id)
+                    .bind(o.custom.to_string())
+                    .bind(now_ms())
+                    .fetch_one(e)
+                    .await
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Conflict(format!("order {} already exists", o.out_trade_no))
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                row.order()
+            }
+
+            /// The order, read without a lock.
+            pub(super) async fn get_order<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                out_trade_no: &str,
+            ) -> Result<Option<Order>, StoreError> {
+                select_order(e, out_trade_no, "").await
+            }
+
+            /// The order, its row locked until the transaction ends where the dialect
+            /// has row locks (SQLite's write transaction already excludes every writer).
+            pub(super) async fn lock_order<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                out_trade_no: &str,
+            ) -> Result<Option<Order>, StoreError> {
+                select_order(e, out_trade_no, <$db as Dialect>::FOR_UPDATE).await
+            }
+
+            async fn select_order<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                out_trade_no: &str,
+                lock: &str,
+            ) -> Result<Option<Order>, StoreError> {
+                if out_trade_no.contains('\0') {
+                    // No order number holds NUL (and PostgreSQL cannot even compare it).
+                    return Ok(None);
+                }
+                let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no = $1{lock}");
+                let row = sqlx::query(&sql).bind(out_trade_no).fetch_optional(e).await?;
+                row.as_ref().map(StoreRow::order).transpose()
+            }
+
+            pub(super) async fn insert_notification<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                n: &NewNotification,
+            ) -> Result<i64, StoreError> {
+                let headers = serde_json::to_string(&n.headers)
+                    .map_err(|e| StoreError::Invalid(format!("headers: {e}")))?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO notifications (provider, account, received_at, remote_addr, headers, body, truncated) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                )
+                .bind(storable(&n.provider))
+                .bind(n.account.as_deref().map(storable))
+                .bind(n.received_at)
+                .bind(n.remote_addr.as_deref().map(storable))
+                .bind(headers)
+                .bind(&n.body)
+                .bind(n.truncated)
+                .fetch_one(e)
+                .await?;
+                Ok(id)
+            }
+
+            pub(super) async fn finish_notification<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                id: i64,
+                verdict: Verdict,
+                reason: Option<&str>,
+                out_trade_no: Option<&str>,
+                account: Option<&str>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE notifications SET verdict = $2, reason = $3, \
+                     out_trade_no = COALESCE($4, out_trade_no), account = COALESCE($5, account), processed_at = $6 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(verdict.as_str())
+                .bind(reason.map(storable))
+                .bind(out_trade_no.map(storable))
+                .bind(account.map(storable))
+                .bind(now_ms())
+                .execute(e)
+                .await?;
+                Ok(())
+            }
+
+            pub(super) async fn get_notification<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                id: i64,
+            ) -> Result<Option<NotificationRecord>, StoreError> {
+                let sql = format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(e).await?;
+                row.as_ref().map(StoreRow::notification).transpose()
+            }
+
+            pub(super) async fn list_notifications<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                f: &NotificationFilter,
+            ) -> Result<Vec<NotificationRecord>, StoreError> {
+                let sql = format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications \
+                     WHERE ($1 IS NULL OR provider = $1) AND ($2 IS NULL OR out_trade_no = $2) \
+                       AND ($3 IS NULL OR verdict = $3) AND ($4 IS NULL OR id < $4) \
+                     ORDER BY id DESC LIMIT $5"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(f.provider.as_deref().map(storable))
+                    .bind(f.out_trade_no.as_deref().map(storable))
+                    .bind(f.verdict.map(Verdict::as_str))
+                    .bind(f.before_id)
+                    .bind(i64::from(f.limit.clamp(1, 500)))
+                    .fetch_all(e)
+                    .await?;
+                rows.iter().map(StoreRow::notification).collect()
+            }
+
+            /// A document's JSON text, read without a lock.
+            pub(super) async fn get_document<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                id: &str,
+            ) -> Result<Option<String>, sqlx::Error> {
+                select_document(e, collection, id, "").await
+            }
+
+            /// `lock` is `""` or the dialect's `FOR UPDATE`.
+            pub(super) async fn select_document<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                id: &str,
+                lock: &str,
+            ) -> Result<Option<String>, sqlx::Error> {
+                let sql = format!(
+                    "SELECT {} FROM documents WHERE collection = $1 AND id = $2{lock}",
+                    <$db as Dialect>::DOC_TEXT
+                );
+                sqlx::query_scalar(&sql).bind(collection).bind(id).fetch_optional(e).await
+            }
+
+            pub(super) async fn list_tasks<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                status: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<TaskRecord>, StoreError> {
+                let sql = format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1 IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(status.map(storable))
+                    .bind(i64::from(limit.clamp(1, 500)))
+                    .fetch_all(e)
+                    .await?;
+                rows.iter().map(StoreRow::task).collect()
+            }
+
+            pub(super) async fn get_task<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                id: i64,
+            ) -> Result<Option<TaskRecord>, StoreError> {
+                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(e).await?;
+                row.as_ref().map(StoreRow::task).transpose()
+            }
+
+            /// One statement: picks due tasks (pending and due, or running with an
+            /// expired lease) and marks them running under `token` until `lease_until`.
+            pub(super) async fn claim_tasks<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                token: &str,
+                now: i64,
+                lease_until: i64,
+                limit: u32,
+            ) -> Result<Vec<TaskRecord>, StoreError> {
+                let sql = format!(
+                    "UPDATE tasks SET status = 'running', claim_token = $1, locked_until = $3, updated_at = $2 \
+                     WHERE id IN (SELECT id FROM tasks \
+                                  WHERE (status = 'pending' AND run_at <= $2) \
+                                     OR (status = 'running' AND locked_until <= $2) \
+                                  ORDER BY run_at, id LIMIT $4{}) \
+                     RETURNING {TASK_COLUMNS}",
+                    <$db as Dialect>::SKIP_LOCKED
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(token)
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(i64::from(limit))
+                    .fetch_all(e)
+                    .await?;
+                rows.iter().map(StoreRow::task).collect()
+            }
+
+            pub(super) async fn finish_task<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                id: i64,
+                token: &str,
+                end: &TaskEnd,
+            ) -> Result<bool, StoreError> {
+                let now = now_ms();
+                let (status, attempts, run_at, entry) = task_end_update(end, now);
+                let sql = format!(
+                    "UPDATE tasks SET status = $3, attempts = attempts + $4, run_at = COALESCE($5, run_at), \
+                       last_error = COALESCE($6, last_error), \
+                       errors = CASE WHEN $6 IS NULL THEN errors ELSE {} END, \
+                       claim_token = NULL, locked_until = NULL, updated_at = $7 \
+                     WHERE id = $1 AND claim_token = $2 AND status = 'running'",
+                    <$db as Dialect>::APPEND_ERROR
+                );
+                let done = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(token)
+                    .bind(status)
+                    .bind(attempts)
+                    .bind(run_at)
+                    .bind(entry)
+                    .bind(now)
+                    .execute(e)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub(super) async fn retry_task<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                id: i64,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE tasks SET status = 'pending', attempts = 0, run_at = $2, updated_at = $2 \
+                     WHERE id = $1 AND status IN ('dead', 'pending')",
+                )
+                .bind(id)
+                .bind(now_ms())
+                .execute(e)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub(super) async fn savepoint(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
+                check_savepoint(name)?;
+                (&mut *conn).execute(format!("SAVEPOINT {name}").as_str()).await?;
+                Ok(())
+            }
+
+            pub(super) async fn release(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
+                check_savepoint(name)?;
+                (&mut *conn).execute(format!("RELEASE SAVEPOINT {name}").as_str()).await?;
+                Ok(())
+            }
+
+            /// Undoes what was done since the savepoint, and releases it.
+            pub(super) async fn rollback_to(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
+                check_savepoint(name)?;
+                (&mut *conn).execute(format!("ROLLBACK TO SAVEPOINT {name}").as_str()).await?;
+                (&mut *conn).execute(format!("RELEASE SAVEPOINT {name}").as_str()).await?;
+                Ok(())
+            }
+
+            pub(super) async fn mark_paid<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                p: &MarkPaid<'_>,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE orders SET status = 1, transaction_id = $2, pay_date = $3, notify_date = $4, \
+                     paid_notification_id = $5, original_data = $6, updated_at = $4 \
+                     WHERE out_trade_no = $1 AND status = 0",
+                )
+                .bind(p.out_trade_no)
+                .bind(storable(p.transaction_id))
+                .bind(p.pay_date)
+                .bind(now_ms())
+                .bind(p.notification_id)
+                .bind(p.original_data.to_string())
+                .execute(e)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub(super) async fn set_handler_result<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                out_trade_no: &str,
+                handler_status: &str,
+                result: &serde_json::Value,
+                handler_version: Option<&str>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE orders SET handler_status = $2, handler_result = $3, handler_version = $4, updated_at = $5 \
+                     WHERE out_trade_no = $1",
+                )
+                .bind(out_trade_no)
+                .bind(handler_status)
+                .bind(result.to_string())
+                .bind(handler_version.map(storable))
+                .bind(now_ms())
+                .execute(e)
+                .await?;
+                Ok(())
+            }
+
+            /// Refuses, before the database does, what this backend cannot store: a
+            /// failed statement would abort a PostgreSQL transaction.
+            fn check_storable(data: &str) -> Result<(), DocError> {
+                if <$db as Dialect>::JSON_REFUSES_NUL && json_has_nul(data) {
+                    return Err(DocError::Invalid(
+                        "this database cannot store NUL (\\u0000) in a document".into(),
+                    ));
+                }
+                Ok(())
+            }
+
+            /// Inserts a new document. `ON CONFLICT DO NOTHING` rather than a unique
+            /// violation: on PostgreSQL a failed statement would abort the whole
+            /// transaction, and a handler must be able to go on after a conflict.
+            pub(super) async fn doc_insert<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                id: &str,
+                data: &str,
+            ) -> Result<(), DocError> {
+                if write_document(e, collection, id, data, "DO NOTHING").await? {
+                    Ok(())
+                } else {
+                    Err(DocError::Conflict(format!("{collection}/{id}")))
+                }
+            }
+
+            /// Creates or replaces a document.
+            pub(super) async fn doc_put<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                id: &str,
+                data: &str,
+            ) -> Result<(), DocError> {
+                let on_conflict = "DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at";
+                write_document(e, collection, id, data, on_conflict).await?;
+                Ok(())
+            }
+
+            /// `INSERT … ON CONFLICT (collection, id) {on_conflict}`; true if a row was
+            /// written.
+            async fn write_document<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                id: &str,
+                data: &str,
+                on_conflict: &str,
+            ) -> Result<bool, DocError> {
+                check_storable(data)?;
+                let sql = format!(
+                    "INSERT INTO documents (collection, id, data, created_at, updated_at) \
+                     VALUES ($1, $2, $3{}, $4, $4) ON CONFLICT (collection, id) {on_conflict}",
+                    <$db as Dialect>::JSON_PARAM
+                );
+                let done = sqlx::query(&sql)
+                    .bind(collection)
+                    .bind(id)
+                    .bind(data)
+                    .bind(now_ms())
+                    .execute(e)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub(super) async fn doc_delete<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                id: &str,
+            ) -> Result<bool, DocError> {
+                let done = sqlx::query("DELETE FROM documents WHERE collection = $1 AND id = $2")
+                    .bind(collection)
+                    .bind(id)
+                    .execute(e)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// Documents whose top-level fields equal the filters' JSON values, by id.
+            pub(super) async fn doc_query<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                collection: &str,
+                filters: &[(String, serde_json::Value)],
+                limit: u32,
+            ) -> Result<Vec<(String, String)>, DocError> {
+                if <$db as Dialect>::JSON_REFUSES_NUL
+                    && filters.iter().any(|(_, v)| json_has_nul(&v.to_string()))
+                {
+                    // No stored document can hold that value.
+                    return Ok(Vec::new());
+                }
+                let mut sql = format!(
+                    "SELECT id, {} AS data FROM documents WHERE collection = $1",
+                    <$db as Dialect>::DOC_TEXT
+                );
+                for i in 0..filters.len() {
+                    sql.push_str(" AND ");
+                    sql.push_str(&<$db as Dialect>::doc_filter(2 + 2 * i));
+                }
+                sql.push_str(&format!(" ORDER BY id LIMIT ${}", 2 + 2 * filters.len()));
+                let mut q = sqlx::query(&sql).bind(collection);
+                for (field, value) in filters {
+                    q = q.bind(<$db as Dialect>::field_param(field)).bind(value.to_string());
+                }
+                let rows = q.bind(i64::from(limit)).fetch_all(e).await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("data")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(DocError::from)
+            }
+
+            /// Inserts a task (the outbox).
+            pub(super) async fn enqueue_task<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                t: &NewTask,
+            ) -> Result<i64, StoreError> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO tasks (plugin, name, payload, out_trade_no, provider, account, run_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+                )
+                .bind(&t.plugin)
+                .bind(storable(&t.name))
+                .bind(&t.payload)
+                .bind(&t.out_trade_no)
+                .bind(&t.provider)
+                .bind(&t.account)
+                .bind(t.run_at)
+                .bind(now_ms())
+                .fetch_one(e)
+                .await?;
+                Ok(id)
+            }
+        }
+    };
+}
+
+pub(crate) use shared_statements;
+
+/// `impl Store for $store`: every method whose statement is shared (from the `shared`
+/// module that [`shared_statements!`] expanded beside it), plus the backend's own
+/// methods given in braces (`begin`, `backend`). Reads outside a transaction go to the
+/// `$reader` pool field, writes to `$writer`.
+macro_rules! impl_store {
+    ($store:ty, reader: $reader:ident, writer: $writer:ident, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn create_order(
+                &self,
+                o: &$crate::store::NewOrder,
+            ) -> Result<$crate::store::Order, $crate::store::StoreError> {
+                shared::create_order(&self.$writer, o).await
+            }
+
+            async fn get_order(
+                &self,
+                out_trade_no: &str,
+            ) -> Result<Option<$crate::store::Order>, $crate::store::StoreError> {
+                shared::get_order(&self.$reader, out_trade_no).await
+            }
+
+            async fn insert_notification(
+                &self,
+                n: &$crate::store::NewNotification,
+            ) -> Result<i64, $crate::store::StoreError> {
+                shared::insert_notification(&self.$writer, n).await
+            }
+
+            async fn finish_notification(
+                &self,
+                id: i64,
+                verdict: $crate::store::Verdict,
+                reason: Option<&str>,
+                out_trade_no: Option<&str>,
+                account: Option<&str>,
+            ) -> Result<(), $crate::store::StoreError> {
+                shared::finish_notification(&self.$writer, id, verdict, reason, out_trade_no, account).await
+            }
+
+            async fn get_notification(
+                &self,
+                id: i64,
+            ) -> Result<Option<$crate::store::NotificationRecord>, $crate::store::StoreError> {
+                shared::get_notification(&self.$reader, id).await
+            }
+
+            async fn list_notifications(
+                &self,
+                f: &$crate::store::NotificationFilter,
+            ) -> Result<Vec<$crate::store::NotificationRecord>, $crate::store::StoreError> {
+                shared::list_notifications(&self.$reader, f).await
+            }
+
+            async fn get_document(
+                &self,
+                collection: &str,
+                id: &str,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                Ok(shared::get_document(&self.$reader, collection, id).await?)
+            }
+
+            async fn list_tasks(
+                &self,
+                status: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::TaskRecord>, $crate::store::StoreError> {
+                shared::list_tasks(&self.$reader, status, limit).await
+            }
+
+            async fn get_task(
+                &self,
+                id: i64,
+            ) -> Result<Option<$crate::store::TaskRecord>, $crate::store::StoreError> {
+                shared::get_task(&self.$reader, id).await
+            }
+
+            async fn claim_tasks(
+                &self,
+                token: &str,
+                now: $crate::store::Millis,
+                lease_until: $crate::store::Millis,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::TaskRecord>, $crate::store::StoreError> {
+                shared::claim_tasks(&self.$writer, token, now, lease_until, limit).await
+            }
+
+            async fn finish_task(
+                &self,
+                id: i64,
+                token: &str,
+                end: &$crate::store::TaskEnd,
+            ) -> Result<bool, $crate::store::StoreError> {
+                shared::finish_task(&self.$writer, id, token, end).await
+            }
+
+            async fn retry_task(&self, id: i64) -> Result<bool, $crate::store::StoreError> {
+                shared::retry_task(&self.$writer, id).await
+            }
+
+            $($own)*
+        }
+    };
+}
+
+pub(crate) use impl_store;
+
+/// `impl Tx for $tx` (a struct with a field `tx: sqlx::Transaction<'static, _>`): every
+/// method whose statements are shared, plus the backend's own methods given in braces
+/// (`doc_get_for_update`, `doc_inc`).
+macro_rules! impl_tx {
+    ($tx:ty, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Tx for $tx {
+            async fn savepoint(&mut self, name: &str) -> Result<(), $crate::store::StoreError> {
+                shared::savepoint(&mut self.tx, name).await
+            }
+
+            async fn release(&mut self, name: &str) -> Result<(), $crate::store::StoreError> {
+                shared::release(&mut self.tx, name).await
+            }
+
+            async fn rollback_to(&mut self, name: &str) -> Result<(), $crate::store::StoreError> {
+                shared::rollback_to(&mut self.tx, name).await
+            }
+
+            async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
+                self.tx.commit().await?;
+                Ok(())
+            }
+
+            async fn lock_order(
+                &mut self,
+                out_trade_no: &str,
+            ) -> Result<Option<$crate::store::Order>, $crate::store::StoreError> {
+                shared::lock_order(&mut *self.tx, out_trade_no).await
+            }
+
+            async fn mark_paid(
+                &mut self,
+                p: &$crate::store::MarkPaid<'_>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                shared::mark_paid(&mut *self.tx, p).await
+            }
+
+            async fn set_handler_result(
+                &mut self,
+                out_trade_no: &str,
+                handler_status: &str,
+                result: &serde_json::Value,
+                handler_version: Option<&str>,
+            ) -> Result<(), $crate::store::StoreError> {
+                shared::set_handler_result(&mut *self.tx, out_trade_no, handler_status, result, handler_version)
+                    .await
+            }
+
+            async fn finish_notification(
+                &mut self,
+                id: i64,
+                verdict: $crate::store::Verdict,
+                reason: Option<&str>,
+                out_trade_no: Option<&str>,
+                account: Option<&str>,
+            ) -> Result<(), $crate::store::StoreError> {
+                shared::finish_notification(&mut *self.tx, id, verdict, reason, out_trade_no, account).await
+            }
+
+            async fn doc_get(
+                &mut self,
+                collection: &str,
+                id: &str,
+            ) -> Result<Option<String>, $crate::store::DocError> {
+                Ok(shared::get_document(&mut *self.tx, collection, id).await?)
+            }
+
+            async fn doc_insert(
+                &mut self,
+                collection: &str,
+                id: &str,
+                data: &str,
+            ) -> Result<(), $crate::store::DocError> {
+                shared::doc_insert(&mut *self.tx, collection, id, data).await
+            }
+
+            async fn doc_put(
+                &mut self,
+                collection: &str,
+                id: &str,
+                data: &str,
+            ) -> Result<(), $crate::store::DocError> {
+                shared::doc_put(&mut *self.tx, collection, id, data).await
+            }
+
+            async fn doc_delete(
+                &mut self,
+                collection: &str,
+                id: &str,
+            ) -> Result<bool, $crate::store::DocError> {
+                shared::doc_delete(&mut *self.tx, collection, id).await
+            }
+
+            async fn doc_query(
+                &mut self,
+                collection: &str,
+                filters: &[(String, serde_json::Value)],
+                limit: u32,
+            ) -> Result<Vec<(String, String)>, $crate::store::DocError> {
+                shared::doc_query(&mut *self.tx, collection, filters, limit).await
+            }
+
+            async fn enqueue_task(
+                &mut self,
+                t: &$crate::store::NewTask,
+            ) -> Result<i64, $crate::store::StoreError> {
+                shared::enqueue_task(&mut *self.tx, t).await
+            }
+
+            $($own)*
+        }
+    };
+}
+
+pub(crate) use impl_tx;

@@ -1,0 +1,295 @@
+//! The PostgreSQL backend, for several host processes sharing one database.
+//!
+//! Every operation behaves as on SQLite (most statements are shared, see
+//! `store::common`); what SQLite gets from its single database-wide write lock,
+//! PostgreSQL gets from row locks held until the transaction ends:
+//!
+//! - `lock_order` reads the order `FOR UPDATE`, so duplicates of one notification on
+//!   several connections or processes run one after the other: the second finds the
+//!   order paid and records a duplicate.
+//! - `doc_inc` is one `INSERT … ON CONFLICT DO UPDATE`: atomic, no lost increments.
+//! - `doc_get_for_update` locks the document (creating it first if absent, see there).
+//! - `claim_tasks` picks due tasks `FOR UPDATE SKIP LOCKED`: two workers never claim
+//!   the same task, and neither waits for the other.
+//!
+//! A statement that fails aborts a PostgreSQL transaction, so expected refusals
+//! (`doc_insert` of an existing id, `doc_inc` of a non-integer, a document PostgreSQL
+//! cannot store) are answered without a failing statement, and the handler's
+//! transaction stays usable, as on SQLite.
+//!
+//! Transactions run at the default isolation, READ COMMITTED: each statement sees what
+//! was committed when it started, and a row lock that was waited for returns the row as
+//! its holder committed it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres, Transaction};
+
+use super::common::{self, Dialect};
+use super::*;
+use crate::config::DatabaseConfig;
+
+/// PostgreSQL behind the [`Store`] trait.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, and brings the schema up to date with the embedded migrations.
+    ///
+    /// The URL is a libpq-style URL (`postgres://user:password@host:port/database?…`)
+    /// with one parameter of ours: `schema=NAME` (lower-case letters, digits and `_`)
+    /// puts paynotify's tables in schema `NAME` instead of the user's default search
+    /// path. The schema is created if missing, every pooled connection gets
+    /// `search_path=NAME`, and the migrations run (and are recorded) in it. Several
+    /// deployments, or tests, can so share one database.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let (url, schema) = split_schema(&config.url)?;
+        let mut options = PgConnectOptions::from_str(&url)?;
+        if let Some(schema) = &schema {
+            create_schema(&options, schema).await?;
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+/// Takes the `schema=NAME` parameter out of a PostgreSQL URL (sqlx would refuse it) and
+/// checks the name. Returns the URL without it, and the name.
+fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut schema = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let mut parsed = form_urlencoded::parse(pair.as_bytes());
+        match parsed.next() {
+            Some((key, value)) if key == "schema" => schema = Some(value.into_owned()),
+            _ => kept.push(pair),
+        }
+    }
+    if let Some(name) = &schema {
+        if !valid_schema(name) {
+            return Err(StoreError::Invalid(format!(
+                "database url: schema `{name}` must be 1-63 lower-case letters, digits or `_`, \
+                 not starting with a digit"
+            )));
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, schema))
+}
+
+/// A schema name that needs no quoting anywhere (`search_path`, SQL).
+fn valid_schema(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+/// Creates `schema` if it does not exist, on a connection of its own (the pool's
+/// connections start with `search_path` set to it).
+async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await?;
+    let created = if exists {
+        Ok(())
+    } else {
+        // The name was checked by `valid_schema`: safe to splice.
+        match conn
+            .execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Created by another process between the check and here.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P06" | "23505")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    // The schema exists or not whatever closing says; a failed close just drops it.
+    let _ = conn.close().await;
+    created
+}
+
+impl Dialect for Postgres {
+    const DOC_TEXT: &'static str = "data::text";
+    const JSON_PARAM: &'static str = "::jsonb";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    // Picked rows stay locked until the claim statement ends; rows another worker's
+    // claim is locking are skipped, not waited for. After the claim commits they are
+    // `running` and no longer match (until their lease expires).
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const APPEND_ERROR: &'static str = "(errors::jsonb || jsonb_build_array($6::text))::text";
+    const JSON_REFUSES_NUL: bool = true;
+
+    fn doc_filter(p: usize) -> String {
+        format!(
+            "COALESCE(data -> ${p}::text, 'null'::jsonb) = ${}::jsonb",
+            p + 1
+        )
+    }
+
+    fn field_param(field: &str) -> String {
+        field.to_owned()
+    }
+}
+
+common::shared_statements!(sqlx::Postgres);
+
+common::impl_store!(PgStore, reader: pool, writer: pool, {
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        // Dropping a `Transaction` unfinished makes sqlx roll it back before the
+        // connection is used again: no half-open transaction goes back to the pool.
+        let tx = self.pool.begin().await?;
+        Ok(Box::new(PgTx { tx }))
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+});
+
+/// An open PostgreSQL transaction.
+struct PgTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+/// How often `doc_get_for_update` retries when the document is deleted between its two
+/// statements (each retry needs another transaction to delete it again).
+const LOCK_ATTEMPTS: usize = 3;
+
+common::impl_tx!(PgTx, {
+    /// Locks the document for a read-modify-write (`set` with merge) until the
+    /// transaction ends.
+    ///
+    /// `SELECT … FOR UPDATE` alone cannot lock a document that does not exist: two
+    /// merges into an absent document would both read "absent", both write only their
+    /// own fields, and the later commit would overwrite the earlier one's. So a row is
+    /// made to exist first: `INSERT '{}' … ON CONFLICT DO NOTHING`.
+    ///
+    /// - If it inserted, this transaction holds the new row's unique-index entry: any
+    ///   other transaction inserting or upserting the same document (a merge here,
+    ///   `doc_inc`, `doc_put`, `doc_insert`) waits until this one ends, then sees its
+    ///   committed result. The document was absent: `None`, and the caller's write
+    ///   replaces the `{}` (a caller that writes nothing leaves `{}` behind).
+    /// - If it did nothing, the row existed (or another transaction that inserted it
+    ///   has just committed: the INSERT waited for it), and `SELECT … FOR UPDATE`
+    ///   locks it and returns its latest committed version.
+    async fn doc_get_for_update(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, DocError> {
+        for _ in 0..LOCK_ATTEMPTS {
+            match shared::doc_insert(&mut *self.tx, collection, id, "{}").await {
+                Ok(()) => return Ok(None),
+                Err(DocError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let lock = <Postgres as Dialect>::FOR_UPDATE;
+            if let Some(text) = shared::select_document(&mut *self.tx, collection, id, lock).await?
+            {
+                return Ok(Some(text));
+            }
+            // Deleted (and committed) between the two statements: make it exist again.
+        }
+        Err(DocError::Invalid(format!(
+            "document {collection}/{id} is being deleted and re-created concurrently; try again"
+        )))
+    }
+
+    /// One statement: create the document with the field, or add to the field if it is
+    /// absent or an integer. The `WHERE` of `DO UPDATE` refuses anything else, and a
+    /// sum outside 64 bits, without an error (no row comes back): a failed statement
+    /// would abort the transaction. (`CASE` because SQL does not promise to evaluate
+    /// `AND` left to right, and `::numeric` of a non-number would raise.)
+    async fn doc_inc(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<i64, DocError> {
+        let value: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO documents AS d (collection, id, data, created_at, updated_at) \
+             VALUES ($1, $2, jsonb_build_object($3::text, $4::bigint), $5, $5) \
+             ON CONFLICT (collection, id) DO UPDATE SET \
+               data = jsonb_set(d.data, ARRAY[$3::text], \
+                                to_jsonb(COALESCE((d.data -> $3::text)::numeric, 0) + $4::bigint)), \
+               updated_at = $5 \
+             WHERE CASE jsonb_typeof(d.data -> $3::text) \
+                     WHEN 'number' THEN scale((d.data -> $3::text)::numeric) = 0 \
+                       AND (d.data -> $3::text)::numeric + $4::bigint \
+                           BETWEEN -9223372036854775808 AND 9223372036854775807 \
+                     ELSE d.data -> $3::text IS NULL \
+                   END \
+             RETURNING (d.data -> $3::text)::bigint",
+        )
+        .bind(collection)
+        .bind(id)
+        .bind(field)
+        .bind(delta)
+        .bind(now_ms())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        value.ok_or_else(|| DocError::NotANumber(field.to_owned()))
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_parameter_is_taken_out_of_the_url() {
+        let (url, schema) =
+            split_schema("postgres://u@h:5432/db?schema=t_1a&sslmode=disable").expect("ok");
+        assert_eq!(url, "postgres://u@h:5432/db?sslmode=disable");
+        assert_eq!(schema.as_deref(), Some("t_1a"));
+        let (url, schema) = split_schema("postgresql://u@h/db?schema=paynotify").expect("ok");
+        assert_eq!(url, "postgresql://u@h/db");
+        assert_eq!(schema.as_deref(), Some("paynotify"));
+        let (url, schema) = split_schema("postgres://u@h/db?sslmode=require").expect("ok");
+        assert_eq!(url, "postgres://u@h/db?sslmode=require");
+        assert_eq!(schema, None);
+        assert_eq!(split_schema("postgres://u@h/db").expect("ok").1, None);
+    }
+
+    #[test]
+    fn schema_names_that_would_need_quoting_are_refused() {
+        for bad in [
+            "",
+            "Upper",
+            "1abc",
+            "a-b",
+            "a;drop",
+            "a\"b",
+            &"x".repeat(64),
+        ] {
+            let url = format!("postgres://u@h/db?schema={bad}");
+            assert!(split_schema(&url).is_err(), "{bad:?} accepted");
+        }
+    }
+}
