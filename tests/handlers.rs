@@ -186,3 +186,63 @@ async fn runaway_handlers_fail_only_their_own_call() {
         Some(json!({ "balance": 42 }))
     );
 }
+
+/// Concurrent payments share transactions (group commit, a savepoint each): a handler
+/// failing in the middle of a batch rolls back its own payment and writes only.
+#[tokio::test]
+async fn a_failing_handler_in_a_shared_batch_rolls_back_only_its_own_payment() {
+    let s = TestServer::start(Options::with_plugins(&["recharge"]).plugin_as(
+        "flaky",
+        "fail-always",
+        None,
+    ))
+    .await;
+    let mut sends = Vec::new();
+    for i in 0..60 {
+        let no = format!("M{i:09}");
+        let (kind, user) = if i % 4 == 0 {
+            ("flaky", "bad")
+        } else {
+            ("recharge", "good")
+        };
+        s.create_order(json!({
+            "type": kind, "total_fee": 10, "user_id": user, "provider": "wechat-v2",
+            "out_trade_no": no, "custom": { "recharge_balance": 10 }
+        }))
+        .await;
+        sends.push(wechat_v2::paid_xml(&no, 10, &format!("TM{i}")));
+    }
+    let answers = futures::future::join_all(sends.into_iter().map(|x| s.notify_v2(x))).await;
+    for (i, (_, body)) in answers.iter().enumerate() {
+        let want = if i % 4 == 0 { "FAIL" } else { "SUCCESS" };
+        assert_eq!(v2_return_code(body), want, "notification {i}");
+    }
+    for i in 0..60 {
+        let o = s.order(&format!("M{i:09}")).await;
+        assert_eq!(
+            o.status,
+            if i % 4 == 0 {
+                status::UNPAID
+            } else {
+                status::PAID
+            },
+            "order {i}"
+        );
+    }
+    assert_eq!(
+        s.document("users", "good").await,
+        Some(json!({ "balance": 450 }))
+    );
+    assert_eq!(
+        s.document("users", "bad").await,
+        None,
+        "no partial writes of the failing handler"
+    );
+    assert!(s
+        .app
+        .store
+        .list_tasks(None, 10)
+        .await
+        .expect("tasks")
+        .is_empty());
+}

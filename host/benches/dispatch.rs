@@ -86,6 +86,7 @@ async fn main() {
             url: format!("sqlite://{}", dir.path().join("bench.db").display()),
             max_connections: 2,
             sqlite_synchronous: SqliteSynchronous::Normal,
+            ..DatabaseConfig::default()
         })
         .await
         .expect("db"),

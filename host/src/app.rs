@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::pipeline::{NotifyKeys, Pipeline};
+use crate::pipeline::{Batching, NotifyKeys, Pipeline};
 use crate::plugins::capabilities::parse_notify_key;
 use crate::plugins::{Registry, Runtime};
 use crate::providers::Providers;
@@ -49,6 +49,8 @@ impl App {
     /// Opens the database, builds providers and the runtime, and loads the plugins
     /// directory once. (Watching it is the caller's choice.)
     pub async fn start(config: Config) -> Result<App, StartError> {
+        // Before anything records (the plugin scan below counts loads).
+        crate::metrics::install();
         let store = store::connect(&config.database)
             .await
             .map_err(|source| StartError::Store {
@@ -77,6 +79,13 @@ impl App {
             plugins.clone(),
             notify_keys.clone(),
             config.server.max_body_bytes,
+            Batching {
+                max: config.database.batch_max,
+                settlers: config.database.settlers.unwrap_or(match store.backend() {
+                    "sqlite" => 1,
+                    _ => 4,
+                }),
+            },
         ));
         Ok(App {
             config: Arc::new(config),

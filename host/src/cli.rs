@@ -5,13 +5,21 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 
 use crate::config::Config;
+use crate::store::{status, Millis, NotificationRecord, Order, OrderCursor, TaskRecord, Verdict};
 
 /// paynotify: verifies payment notifications, marks orders paid exactly once and runs
 /// WebAssembly business handlers.
 #[derive(Debug, Parser)]
-#[command(name = "paynotify", version, about, long_about = None)]
+#[command(
+    name = "paynotify",
+    version,
+    about,
+    long_about = None,
+    after_help = EXAMPLES,
+)]
 pub struct Cli {
     /// Configuration file (missing = built-in defaults; PAYNOTIFY_… variables override keys).
     #[arg(
@@ -25,13 +33,26 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Print machine-readable JSON instead of tables.
+    /// Print machine-readable JSON (one line) instead of tables and text.
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  paynotify serve                            run the server (reads ./paynotify.toml)
+  paynotify config check                     is the configuration valid, and what is in effect?
+  paynotify orders list --status unpaid      the newest unpaid orders
+  paynotify orders show R20260001            one order and what its handler returned
+  paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
+  paynotify tasks list --status dead         side effects that ran out of retries
+  paynotify plugins list                     the handlers the running server has loaded
+
+Read-only commands read the database named by the configuration; reload, replay and
+plugins list ask the running server (server.listen, with server.api_token).";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -45,9 +66,13 @@ pub enum LogFormat {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: notification endpoints, API, plugin loading.
+    /// Run the server: notification endpoints, API, plugin hot reload, task worker and
+    /// order expiry.
     Serve,
-    /// Inspect and reload handlers.
+    /// Check the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect and reload handlers (the `{type}.wasm` files).
     #[command(subcommand)]
     Plugins(PluginsCommand),
     /// Look at orders.
@@ -56,26 +81,36 @@ pub enum Command {
     /// Look at received notifications and re-drive them.
     #[command(subcommand)]
     Notifications(NotificationsCommand),
-    /// Look at the task queue and re-drive dead tasks.
+    /// Look at the task queue (handlers' after-payment side effects) and re-drive dead tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
+}
+
+/// `paynotify config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration as `serve` would (file, PAYNOTIFY_… environment overrides,
+    /// secret files, merchant keys) and print what is in effect, secrets masked as ***.
+    /// Exits non-zero with the error, naming the key and the file or variable, when it is
+    /// invalid. Does not connect to the database.
+    Check,
 }
 
 /// `paynotify tasks …`.
 #[derive(Debug, Subcommand)]
 pub enum TasksCommand {
-    /// Newest first.
+    /// Tasks, newest first.
     List {
-        /// Only this status (pending, running, done, dead).
+        /// Only this status: pending, running, done or dead.
         #[arg(long)]
         status: Option<String>,
-        /// How many.
+        /// How many (at most 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Run a dead (or waiting) task again now, with a fresh set of attempts.
     Retry {
-        /// Its id.
+        /// The task id (first column of `tasks list`).
         id: i64,
     },
 }
@@ -102,29 +137,60 @@ pub enum OrdersCommand {
         /// The merchant order number.
         out_trade_no: String,
     },
+    /// Orders, newest first. The last line tells how to get the next page.
+    List {
+        /// Only this status: unpaid (0), paid (1), closed (-1), partially_refunded (2),
+        /// refunded (3).
+        #[arg(long, value_parser = parse_status, allow_hyphen_values = true)]
+        status: Option<i32>,
+        /// Only this handler type (e.g. recharge).
+        #[arg(long = "type", value_name = "TYPE")]
+        order_type: Option<String>,
+        /// Only this user id.
+        #[arg(long)]
+        user: Option<String>,
+        /// Start after this order: `CREATED_AT:OUT_TRADE_NO`, as printed at the end of
+        /// the previous page.
+        #[arg(long, value_parser = OrderCursor::parse)]
+        before: Option<OrderCursor>,
+        /// How many (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 /// `paynotify notifications …`.
 #[derive(Debug, Subcommand)]
 pub enum NotificationsCommand {
-    /// Newest first.
+    /// Notifications received, newest first.
     List {
-        /// Only this provider.
+        /// Only this provider (wechat-v2, wechat-v3, alipay, cloudpay).
         #[arg(long)]
         provider: Option<String>,
-        /// Only this order.
+        /// Only this order number.
         #[arg(long)]
         order: Option<String>,
-        /// Only this verdict (received, paid, duplicate, ignored, paid_after_close, rejected, failed).
+        /// Only this verdict: received, paid, duplicate, ignored, paid_after_close,
+        /// rejected, failed.
+        #[arg(long, value_parser = parse_verdict)]
+        verdict: Option<Verdict>,
+        /// Only those received at or after this time: RFC 3339 (2026-09-03T13:15:40Z,
+        /// 2026-09-03T21:15:40+08:00) or unix milliseconds.
+        #[arg(long, value_parser = crate::store::parse_time)]
+        since: Option<Millis>,
+        /// Only those received before this time (same forms as --since).
+        #[arg(long, value_parser = crate::store::parse_time)]
+        until: Option<Millis>,
+        /// Only ids below this one (the next page after the last id shown).
         #[arg(long)]
-        verdict: Option<String>,
-        /// How many.
+        before: Option<i64>,
+        /// How many (at most 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// One notification with its raw body.
+    /// One notification with its headers and raw body.
     Show {
-        /// Its id.
+        /// Its id (first column of `notifications list`).
         id: i64,
     },
     /// Run a stored notification through the pipeline again (on the running server).
@@ -132,6 +198,24 @@ pub enum NotificationsCommand {
         /// Its id.
         id: i64,
     },
+}
+
+/// `--status` of `orders list`: a code or a name.
+fn parse_status(text: &str) -> Result<i32, String> {
+    status::parse(text).ok_or_else(|| {
+        format!(
+            "unknown status `{text}`: use unpaid (0), paid (1), closed (-1), partially_refunded (2) or refunded (3)"
+        )
+    })
+}
+
+/// `--verdict` of `notifications list`.
+fn parse_verdict(text: &str) -> Result<Verdict, String> {
+    Verdict::parse(text).ok_or_else(|| {
+        format!(
+            "unknown verdict `{text}`: use received, paid, duplicate, ignored, paid_after_close, rejected or failed"
+        )
+    })
 }
 
 /// Loads the config for any command.
@@ -190,4 +274,329 @@ impl AdminClient {
             ))
         }
     }
+}
+
+/// A plain-text table: a header row and left-aligned columns two spaces apart.
+pub struct Table {
+    headers: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers.
+    pub fn new(headers: &[&'static str]) -> Table {
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row (cells are cleaned of control characters).
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows
+            .push(cells.into_iter().map(|c| clean(&c, MAX_CELL)).collect());
+    }
+
+    /// The table as text, one line per row, ending with a newline.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Longest cell shown in a table (reasons and errors can be long; `show` has them whole).
+const MAX_CELL: usize = 72;
+
+/// Text from the database or the wire, made safe and short for a terminal: control
+/// characters (which could move the cursor or recolour the screen) become `?`, and
+/// text past `max` characters is cut with `…`.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > max {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
+/// Like [`clean`] for multi-line text shown whole: keeps newlines and tabs.
+fn clean_block(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A time for people: `2026-09-03 13:15:40` (UTC), or `-` when absent.
+pub fn short_time(ms: Option<Millis>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    v.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
+}
+
+/// `1 (paid)`.
+fn status_text(code: i32) -> String {
+    format!("{code} ({})", status::name(code))
+}
+
+/// `paynotify orders list`.
+pub fn orders_table(orders: &[Order]) -> String {
+    let mut t = Table::new(&[
+        "OUT_TRADE_NO",
+        "TYPE",
+        "STATUS",
+        "FEE(fen)",
+        "USER",
+        "PROVIDER",
+        "HANDLER",
+        "CREATED (UTC)",
+    ]);
+    for o in orders {
+        t.row(vec![
+            o.out_trade_no.clone(),
+            o.order_type.clone(),
+            status_text(o.status),
+            o.total_fee.to_string(),
+            o.user_id.clone(),
+            format!("{}/{}", o.provider, o.account),
+            o.handler_status.clone(),
+            short_time(Some(o.created_at)),
+        ]);
+    }
+    t.render()
+}
+
+/// `paynotify orders show`.
+pub fn order_text(o: &Order) -> String {
+    let json = |v: &Option<Value>| v.as_ref().map_or("-".into(), Value::to_string);
+    let lines: Vec<(&str, String)> = vec![
+        ("out_trade_no", o.out_trade_no.clone()),
+        ("type", o.order_type.clone()),
+        ("status", status_text(o.status)),
+        ("total_fee", format!("{} fen", o.total_fee)),
+        ("user_id", o.user_id.clone()),
+        (
+            "provider",
+            format!("{} (account {})", o.provider, o.account),
+        ),
+        ("transaction_id", or_dash(o.transaction_id.as_deref())),
+        ("pay_date", short_time(o.pay_date)),
+        ("notify_date", short_time(o.notify_date)),
+        ("handler_status", o.handler_status.clone()),
+        ("handler_version", or_dash(o.handler_version.as_deref())),
+        ("handler_result", json(&o.handler_result)),
+        ("custom", o.custom.to_string()),
+        (
+            "paid_by",
+            o.paid_notification_id
+                .map_or("-".into(), |id| format!("notification {id}")),
+        ),
+        ("created_at", short_time(Some(o.created_at))),
+        ("updated_at", short_time(Some(o.updated_at))),
+    ];
+    key_values(&lines)
+}
+
+fn key_values(lines: &[(&str, String)]) -> String {
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    lines
+        .iter()
+        .map(|(k, v)| format!("{k:width$}  {}\n", clean_block(v)))
+        .collect()
+}
+
+/// `paynotify notifications list`.
+pub fn notifications_table(list: &[NotificationRecord]) -> String {
+    let mut t = Table::new(&[
+        "ID",
+        "RECEIVED (UTC)",
+        "PROVIDER",
+        "ACCOUNT",
+        "ORDER",
+        "VERDICT",
+        "REASON",
+    ]);
+    for n in list {
+        t.row(vec![
+            n.id.to_string(),
+            short_time(Some(n.received_at)),
+            n.provider.clone(),
+            or_dash(n.account.as_deref()),
+            or_dash(n.out_trade_no.as_deref()),
+            n.verdict.as_str().to_owned(),
+            or_dash(n.reason.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `paynotify notifications show`.
+pub fn notification_text(n: &NotificationRecord) -> String {
+    let mut out = key_values(&[
+        ("id", n.id.to_string()),
+        ("provider", n.provider.clone()),
+        ("account", or_dash(n.account.as_deref())),
+        ("received_at", short_time(Some(n.received_at))),
+        ("remote_addr", or_dash(n.remote_addr.as_deref())),
+        ("order", or_dash(n.out_trade_no.as_deref())),
+        ("verdict", n.verdict.as_str().to_owned()),
+        ("reason", or_dash(n.reason.as_deref())),
+        ("processed_at", short_time(n.processed_at)),
+    ]);
+    out.push_str("\nheaders:\n");
+    for (k, v) in &n.headers {
+        out.push_str(&format!("  {}: {}\n", clean(k, 200), clean(v, 2000)));
+    }
+    out.push_str(if n.truncated {
+        "\nbody (cut at the size limit):\n"
+    } else {
+        "\nbody:\n"
+    });
+    out.push_str(&clean_block(&String::from_utf8_lossy(&n.body)));
+    out.push('\n');
+    out
+}
+
+/// `paynotify tasks list`.
+pub fn tasks_table(list: &[TaskRecord]) -> String {
+    let mut t = Table::new(&[
+        "ID",
+        "PLUGIN",
+        "NAME",
+        "STATUS",
+        "ATTEMPTS",
+        "RUN AT (UTC)",
+        "ORDER",
+        "LAST ERROR",
+    ]);
+    for task in list {
+        t.row(vec![
+            task.id.to_string(),
+            task.plugin.clone(),
+            task.name.clone(),
+            task.status.clone(),
+            task.attempts.to_string(),
+            short_time(Some(task.run_at)),
+            or_dash(task.out_trade_no.as_deref()),
+            or_dash(task.last_error.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `paynotify plugins list`, from `GET /api/admin/plugins`.
+pub fn plugins_table(list: &Value) -> String {
+    let text = |p: &Value, k: &str| p[k].as_str().map(str::to_owned);
+    let mut t = Table::new(&[
+        "TYPE",
+        "SERVING",
+        "VERSION",
+        "SHA256",
+        "LOADED (UTC)",
+        "LAST LOAD ERROR",
+    ]);
+    for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        t.row(vec![
+            text(p, "type").unwrap_or_default(),
+            if p["loaded"] == true { "yes" } else { "NO" }.into(),
+            or_dash(text(p, "version").as_deref()),
+            text(p, "sha256").map_or("-".into(), |h| h.chars().take(12).collect()),
+            short_time(p["loaded_at"].as_i64()),
+            or_dash(text(p, "last_error").as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `paynotify plugins reload`, from `POST /api/admin/plugins/reload`.
+pub fn reload_text(v: &Value) -> String {
+    let names = |k: &str| -> String {
+        let list: Vec<String> = v["report"][k]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| match t {
+                // `failed` holds [type, reason] pairs.
+                Value::Array(pair) => format!(
+                    "{} ({})",
+                    pair.first().and_then(Value::as_str).unwrap_or("?"),
+                    pair.get(1).and_then(Value::as_str).unwrap_or("")
+                ),
+                other => other.as_str().unwrap_or("?").to_owned(),
+            })
+            .collect();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    let mut out = key_values(&[
+        ("loaded", names("loaded")),
+        ("unchanged", names("unchanged")),
+        ("failed", names("failed")),
+        ("removed", names("removed")),
+    ]);
+    out.push('\n');
+    out.push_str(&plugins_table(&v["plugins"]));
+    out
+}
+
+/// The masked configuration (see [`Config::masked`]) as TOML, in the file's section
+/// order, under a comment saying where it came from.
+pub fn config_toml(path: &Path, masked: &Value) -> Result<String, toml::ser::Error> {
+    let mut out = format!(
+        "# {}: valid. Effective configuration (file + PAYNOTIFY_… environment + secret files),\n\
+         # secrets shown as ***.\n",
+        path.display()
+    );
+    for section in [
+        "server", "database", "plugins", "tasks", "orders", "accounts",
+    ] {
+        if let Some(v) = masked.get(section) {
+            out.push('\n');
+            out.push_str(&toml::to_string(&serde_json::json!({ section: v }))?);
+        }
+    }
+    Ok(out)
 }

@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The sections of the file whose keys `PAYNOTIFY_{SECTION}_{KEY}` may override.
-const SECTIONS: &[&str] = &["server", "database", "plugins", "tasks"];
+const SECTIONS: &[&str] = &["server", "database", "plugins", "tasks", "orders"];
 
 /// Section keys whose environment value is always taken as text, never parsed as TOML.
 const STRING_KEYS: &[&str] = &[
@@ -55,7 +55,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration, as `paynotify serve` uses it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// HTTP listener and API auth.
@@ -70,13 +70,16 @@ pub struct Config {
     /// The task worker.
     #[serde(default)]
     pub tasks: TasksConfig,
+    /// Order lifetime: when unpaid orders are closed.
+    #[serde(default)]
+    pub orders: OrdersConfig,
     /// Merchant accounts, one per provider account.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -101,7 +104,7 @@ impl Default for ServerConfig {
 }
 
 /// `[database]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://path` (created on first run) or
@@ -115,6 +118,11 @@ pub struct DatabaseConfig {
     /// SQLite only: `full` (fsync every commit, survives power loss) or `normal`
     /// (survives a process crash, may lose the last commits on power loss).
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Group commit: most notifications settled in one transaction (each in its own
+    /// savepoint, every answer after the shared commit); 1 = a transaction each.
+    pub batch_max: usize,
+    /// Loops settling batches at once; default 1 on SQLite (one writer), 4 on PostgreSQL.
+    pub settlers: Option<usize>,
 }
 
 impl Default for DatabaseConfig {
@@ -123,12 +131,14 @@ impl Default for DatabaseConfig {
             url: "sqlite://data/paynotify.db".into(),
             max_connections: 8,
             sqlite_synchronous: SqliteSynchronous::Full,
+            batch_max: 64,
+            settlers: None,
         }
     }
 }
 
 /// SQLite `PRAGMA synchronous` choices that are safe with WAL.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSynchronous {
     /// fsync on every commit.
@@ -138,7 +148,7 @@ pub enum SqliteSynchronous {
 }
 
 /// `[plugins]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Directory holding `{type}.wasm` and optional `{type}.toml`.
@@ -172,7 +182,7 @@ impl Default for PluginsConfig {
 }
 
 /// `[tasks]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TasksConfig {
     /// Run the task worker in this process.
@@ -196,8 +206,33 @@ impl Default for TasksConfig {
     }
 }
 
+/// `[orders]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// An order still unpaid this long after its creation is closed locally (status
+    /// 0 → -1, never to be paid); 0 turns expiry off. A payment that arrives for it later
+    /// is acknowledged as `paid_after_close` and runs no handler, so keep this at least
+    /// as long as the lifetime (`time_expire` / `timeout_express`) given to the provider.
+    pub expire_after_secs: u64,
+    /// How often each host process looks for expired orders.
+    pub expire_check_secs: u64,
+    /// Most orders closed by one statement; a full batch is followed by another at once.
+    pub close_batch: u32,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            expire_after_secs: 7200,
+            expire_check_secs: 60,
+            close_batch: 500,
+        }
+    }
+}
+
 /// One `[[accounts]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     /// `wechat-v2`, `wechat-v3`, `alipay` or `cloudpay`.
@@ -385,6 +420,24 @@ impl Config {
                 "needs at least one delay".into(),
             ));
         }
+        if self.orders.expire_check_secs == 0 {
+            return Err(err(
+                "orders.expire_check_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.orders.close_batch == 0 {
+            return Err(err(
+                "orders.close_batch".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.database.batch_max == 0 || self.database.settlers == Some(0) {
+            return Err(err(
+                "database.batch_max".into(),
+                "batch_max and settlers must be at least 1".into(),
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(err(
                 "database.max_connections".into(),
@@ -436,16 +489,76 @@ impl Config {
     pub fn api_token(&self) -> Option<&str> {
         self.server.api_token.as_deref().filter(|t| !t.is_empty())
     }
+
+    /// The effective configuration as JSON with every secret replaced by `***`: the
+    /// values of [`SECRET_KEYS`] (already read from their `*_file`s) and the password
+    /// in the database URL. Absent keys are left out. For `paynotify config check`,
+    /// whose output ends up in tickets and chat.
+    pub fn masked(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        mask_secrets(&mut v);
+        if let Some(url) = v.pointer_mut("/database/url") {
+            if let Some(text) = url.as_str() {
+                *url = serde_json::Value::String(redact_url(text));
+            }
+        }
+        v
+    }
 }
 
-/// A database URL with any password replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+/// Keys whose values are secrets, wherever they appear in the configuration.
+pub const SECRET_KEYS: &[&str] = &["api_token", "api_key", "api_v3_key", "secret", "notify_key"];
+
+/// Replaces the value of every [`SECRET_KEYS`] key by `***` (an empty value stays empty,
+/// so "no token" still shows as such) and drops absent (`null`) keys.
+fn mask_secrets(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, value| !value.is_null());
+            for (key, value) in map.iter_mut() {
+                let empty = value.as_str().is_some_and(str::is_empty);
+                if SECRET_KEYS.contains(&key.as_str()) && !empty {
+                    *value = serde_json::Value::String("***".into());
+                } else {
+                    mask_secrets(value);
+                }
+            }
         }
-        _ => url.to_owned(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+/// A database URL with any password replaced by `***`, for messages and logs: the
+/// one in the user-info part and a `password=` query parameter (libpq accepts both).
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let mut changed = false;
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+        changed = true;
+    }
+    if u.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if changed {
+        u.to_string()
+    } else {
+        url.to_owned()
     }
 }
 
@@ -626,6 +739,39 @@ mod tests {
             "postgres://u:***@db:5432/pay"
         );
         assert_eq!(redact_url("sqlite://data/p.db"), "sqlite://data/p.db");
+    }
+
+    #[test]
+    fn query_passwords_are_redacted_too() {
+        let r = redact_url("postgres://u@db/pay?sslmode=require&password=s3cret");
+        assert!(!r.contains("s3cret") && r.contains("password=***"), "{r}");
+        assert!(r.contains("sslmode=require"), "{r}");
+    }
+
+    #[test]
+    fn masked_config_hides_every_secret() {
+        let c = load_str(
+            "[server]\napi_token = \"tok-1\"\n[database]\nurl = \"postgres://u:pw-2@db/x\"\n\
+             [[accounts]]\nprovider = \"wechat-v2\"\nappid = \"wx1\"\napi_key = \"key-3\"\n\
+             notify_key = \"0123456789abcdef0123456789abcdef\"\n\
+             [[accounts]]\nprovider = \"cloudpay\"\nsub_mch_id = \"9\"\nsecret = \"sec-4\"\n",
+            &[("PAYNOTIFY_ACCOUNTS_0_API_V3_KEY", "v3-5")],
+        )
+        .expect("config");
+        let text = c.masked().to_string();
+        for secret in [
+            "tok-1",
+            "pw-2",
+            "key-3",
+            "0123456789abcdef",
+            "sec-4",
+            "v3-5",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(c.masked()["accounts"][0]["appid"], "wx1");
+        assert_eq!(c.masked()["accounts"][0]["api_key"], "***");
+        assert_eq!(c.masked()["orders"]["expire_after_secs"], 7200);
     }
 
     #[test]

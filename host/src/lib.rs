@@ -5,9 +5,12 @@
 //! [`plugins`] (registry, runtime + limits, capabilities).
 
 pub mod app;
+pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod expiry;
 pub mod http;
+pub mod metrics;
 pub mod orders;
 pub mod pipeline;
 pub mod plugins;

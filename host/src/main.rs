@@ -3,10 +3,10 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use paynotify::cli::{
-    self, Cli, Command, LogFormat, NotificationsCommand, OrdersCommand, PluginsCommand,
-    TasksCommand,
+    self, Cli, Command, ConfigCommand, LogFormat, NotificationsCommand, OrdersCommand,
+    PluginsCommand, TasksCommand,
 };
-use paynotify::store::{NotificationFilter, Verdict};
+use paynotify::store::{NotificationFilter, OrderCursor, OrderFilter};
 use paynotify::{App, Config};
 
 fn init_tracing(format: LogFormat) {
@@ -21,13 +21,17 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn print(json: bool, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let text = if json {
-        serde_json::to_string(value)?
+/// Prints `value` as one line of JSON with `--json`, else as `text` renders it.
+fn output<T: serde::Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
     } else {
-        serde_json::to_string_pretty(value)?
-    };
-    println!("{text}");
+        print!("{}", text(value));
+    }
     Ok(())
 }
 
@@ -35,33 +39,113 @@ fn print(json: bool, value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return config_check(&cli.config, cli.json);
+    }
     let config = cli::load_config(&cli.config)?;
     match cli.command {
         Command::Serve => serve(config).await,
+        Command::Config(ConfigCommand::Check) => config_check(&cli.config, cli.json),
         Command::Plugins(c) => plugins(&config, cli.json, c).await,
-        Command::Orders(OrdersCommand::Show { out_trade_no }) => {
-            let store = paynotify::store::connect(&config.database).await?;
-            match store.get_order(&out_trade_no).await? {
-                Some(o) => print(cli.json, &o),
-                None => bail!("no order `{out_trade_no}`"),
-            }
-        }
+        Command::Orders(c) => orders(&config, cli.json, c).await,
         Command::Notifications(c) => notifications(&config, cli.json, c).await,
         Command::Tasks(TasksCommand::List { status, limit }) => {
             let store = paynotify::store::connect(&config.database).await?;
-            print(cli.json, &store.list_tasks(status.as_deref(), limit).await?)
+            let list = store.list_tasks(status.as_deref(), limit).await?;
+            output(cli.json, &list, |l| {
+                if l.is_empty() {
+                    "no tasks match\n".into()
+                } else {
+                    cli::tasks_table(l)
+                }
+            })
         }
         Command::Tasks(TasksCommand::Retry { id }) => {
             let store = paynotify::store::connect(&config.database).await?;
             if !store.retry_task(id).await? {
                 bail!("task {id} does not exist or is not dead/pending (running or done tasks are not retried)");
             }
-            println!("task {id} queued to run now");
-            Ok(())
+            output(
+                cli.json,
+                &serde_json::json!({ "id": id, "status": "pending" }),
+                |_| format!("task {id} queued to run now\n"),
+            )
         }
     }
 }
 
+/// `paynotify config check`: exits 1 with the error when the configuration is invalid.
+fn config_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let checked = cli::load_config(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            // The merchant accounts as `serve` builds them: key files, PEM keys, ids.
+            paynotify::providers::Providers::from_config(&config.accounts)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(config)
+        });
+    let config = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paynotify: invalid configuration: {e}");
+            std::process::exit(1);
+        }
+    };
+    if !config.plugins.dir.is_dir() {
+        eprintln!(
+            "note: plugins.dir {} does not exist yet (`paynotify serve` creates it)",
+            config.plugins.dir.display()
+        );
+    }
+    let masked = config.masked();
+    if json {
+        println!("{}", serde_json::to_string(&masked)?);
+    } else {
+        print!("{}", cli::config_toml(path, &masked)?);
+    }
+    Ok(())
+}
+
+async fn orders(config: &Config, json: bool, c: OrdersCommand) -> anyhow::Result<()> {
+    let store = paynotify::store::connect(&config.database).await?;
+    match c {
+        OrdersCommand::Show { out_trade_no } => match store.get_order(&out_trade_no).await? {
+            Some(o) => output(json, &o, cli::order_text),
+            None => bail!("no order `{out_trade_no}`"),
+        },
+        OrdersCommand::List {
+            status,
+            order_type,
+            user,
+            before,
+            limit,
+        } => {
+            let list = store
+                .list_orders(&OrderFilter {
+                    status,
+                    order_type,
+                    user_id: user,
+                    before,
+                    limit,
+                })
+                .await?;
+            output(json, &list, |l| {
+                if l.is_empty() {
+                    return "no orders match\n".into();
+                }
+                let mut text = cli::orders_table(l);
+                if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {
+                    text.push_str(&format!(
+                        "\n{} shown; the next page: --before {}\n",
+                        l.len(),
+                        OrderCursor::after(last)
+                    ));
+                }
+                text
+            })
+        }
+    }
+}
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let app = App::start(config).await?;
@@ -72,10 +156,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .watch_plugins()
         .with_context(|| format!("cannot watch {}", app.config.plugins.dir.display()))?;
     let worker = app.start_worker();
-    tracing::info!(%listen, database = app.store.backend(), "paynotify serving");
+    let expiry = paynotify::expiry::start(&app);
+    // The bound address, not the configured one: with port 0 the OS picks it.
+    let bound = listener.local_addr().unwrap_or(listen);
+    tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
     paynotify::http::serve(app, listener, shutdown_signal()).await?;
-    if let Some(w) = worker {
-        w.abort();
+    for job in [worker, expiry].into_iter().flatten() {
+        job.abort();
     }
     tracing::info!("paynotify stopped");
     Ok(())
@@ -107,20 +194,20 @@ async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Resu
                 .call(reqwest::Method::GET, "/api/admin/plugins")
                 .await
                 .map_err(anyhow::Error::msg)?;
-            print(json, &v)
+            output(json, &v, cli::plugins_table)
         }
         PluginsCommand::Reload => {
             let v = client
                 .call(reqwest::Method::POST, "/api/admin/plugins/reload")
                 .await
                 .map_err(anyhow::Error::msg)?;
-            print(json, &v)
+            output(json, &v, cli::reload_text)
         }
         PluginsCommand::Check { file } => {
             let runtime = std::sync::Arc::new(paynotify::plugins::Runtime::new(&config.plugins)?);
             let registry = paynotify::plugins::Registry::new(runtime, config.plugins.clone());
             match registry.check_file(&file).await {
-                Ok(p) => print(
+                Ok(p) => output(
                     json,
                     &serde_json::json!({
                         "file": file.display().to_string(),
@@ -130,10 +217,31 @@ async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Resu
                         "collections": p.manifest.collections,
                         "http_origins": p.manifest.http_origins,
                     }),
+                    |_| {
+                        format!(
+                            "{}: ok, {} {} (paynotify:plugin@{}), sha256 {}\n\
+                             collections: {}\nhttp origins: {}\n",
+                            file.display(),
+                            p.metadata.name,
+                            p.metadata.version,
+                            p.metadata.world_version,
+                            p.sha256,
+                            list_or_none(&p.manifest.collections),
+                            list_or_none(&p.manifest.http_origins),
+                        )
+                    },
                 ),
                 Err(e) => bail!("{}: {e}", file.display()),
             }
         }
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
     }
 }
 
@@ -143,30 +251,42 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
             provider,
             order,
             verdict,
+            since,
+            until,
+            before,
             limit,
         } => {
-            let verdict = match verdict.as_deref() {
-                None => None,
-                Some(v) => {
-                    Some(Verdict::parse(v).with_context(|| format!("unknown verdict `{v}`"))?)
-                }
-            };
             let store = paynotify::store::connect(&config.database).await?;
             let list = store
                 .list_notifications(&NotificationFilter {
                     provider,
                     out_trade_no: order,
                     verdict,
-                    before_id: None,
+                    before_id: before,
+                    since,
+                    until,
                     limit,
                 })
                 .await?;
-            print(json, &list)
+            output(json, &list, |l| {
+                if l.is_empty() {
+                    return "no notifications match\n".into();
+                }
+                let mut text = cli::notifications_table(l);
+                if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {
+                    text.push_str(&format!(
+                        "\n{} shown; the next page: --before {}\n",
+                        l.len(),
+                        last.id
+                    ));
+                }
+                text
+            })
         }
         NotificationsCommand::Show { id } => {
             let store = paynotify::store::connect(&config.database).await?;
             match store.get_notification(id).await? {
-                Some(n) => print(json, &n),
+                Some(n) => output(json, &n, cli::notification_text),
                 None => bail!("no notification {id}"),
             }
         }
@@ -178,7 +298,16 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
                 )
                 .await
                 .map_err(anyhow::Error::msg)?;
-            print(json, &v)
+            output(json, &v, |v| {
+                let reason = v["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({})", cli::clean(r, 500)))
+                    .unwrap_or_default();
+                format!(
+                    "notification {id} replayed: {}{reason}\n",
+                    v["verdict"].as_str().unwrap_or("?")
+                )
+            })
         }
     }
 }

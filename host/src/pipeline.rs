@@ -14,7 +14,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
+
+use crate::batch;
 
 use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
@@ -61,9 +64,11 @@ pub type NotifyKeys = HashMap<(String, String), [u8; 32]>;
 pub struct Pipeline {
     store: Arc<dyn Store>,
     providers: Arc<Providers>,
-    plugins: Arc<Registry>,
-    notify_keys: NotifyKeys,
     max_body_bytes: usize,
+    /// Raw notifications waiting to be stored (step 1), batched into shared commits.
+    raw: mpsc::Sender<RawJob>,
+    /// Verified payments waiting to be settled (step 5), batched into shared transactions.
+    settle: mpsc::Sender<SettleJob>,
 }
 
 /// What settling a verified payment decided.
@@ -81,21 +86,70 @@ impl Settled {
     }
 }
 
+/// Step 1 for one notification: store it, then tell the caller its id.
+struct RawJob {
+    notification: NewNotification,
+    reply: oneshot::Sender<Result<i64, String>>,
+}
+
+/// Step 5 for one verified payment.
+struct SettleJob {
+    id: i64,
+    provider: ProviderKind,
+    notice: Notice,
+    payment: Payment,
+    reply: oneshot::Sender<Result<Settled, String>>,
+}
+
+/// How notifications share commits.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most notifications in one transaction; 1 gives each its own.
+    pub max: usize,
+    /// Loops settling batches at once (SQLite has one writer: 1; PostgreSQL: several).
+    pub settlers: usize,
+}
+
+/// Steps 3–5: everything that happens inside the payment transaction.
+struct Settler {
+    plugins: Arc<Registry>,
+    notify_keys: NotifyKeys,
+}
+
 impl Pipeline {
-    /// A pipeline over these parts.
+    /// A pipeline over these parts. Starts its commit loops (needs a tokio runtime).
     pub fn new(
         store: Arc<dyn Store>,
         providers: Arc<Providers>,
         plugins: Arc<Registry>,
         notify_keys: NotifyKeys,
         max_body_bytes: usize,
+        batching: Batching,
     ) -> Pipeline {
+        let raw_store = store.clone();
+        let raw = batch::spawn(1, batching.max, move |jobs: Vec<RawJob>| {
+            let store = raw_store.clone();
+            async move { store_raw(store.as_ref(), jobs).await }
+        });
+        let settler = Arc::new(Settler {
+            plugins,
+            notify_keys,
+        });
+        let settle_store = store.clone();
+        let settle = batch::spawn(
+            batching.settlers,
+            batching.max,
+            move |jobs: Vec<SettleJob>| {
+                let (settler, store) = (settler.clone(), settle_store.clone());
+                async move { settler.settle_batch(store.as_ref(), jobs).await }
+            },
+        );
         Pipeline {
             store,
             providers,
-            plugins,
-            notify_keys,
             max_body_bytes,
+            raw,
+            settle,
         }
     }
 
@@ -119,7 +173,21 @@ impl Pipeline {
                 body: r.body.clone(),
                 truncated: r.truncated,
             };
-            let id = match self.store.insert_notification(&stored).await {
+            let (reply, answer) = oneshot::channel();
+            let queued = self
+                .raw
+                .send(RawJob {
+                    notification: stored,
+                    reply,
+                })
+                .await;
+            let stored = match queued {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| Err("storage loop stopped".into())),
+                Err(_) => Err("storage loop stopped".into()),
+            };
+            let id = match stored {
                 Ok(id) => id,
                 Err(e) => {
                     // Not stored, so not accepted: the provider must retry.
@@ -248,16 +316,19 @@ impl Pipeline {
                     .await;
             }
         };
-        let settled = match self.store.begin().await {
-            Ok(tx) => match self.settle(tx, id, provider.kind(), &notice, payment).await {
-                (Some(tx), Ok(s)) => match tx.commit().await {
-                    Ok(()) => Ok(s),
-                    Err(e) => Err(e.to_string()),
-                },
-                (_, Ok(_)) => Err("the transaction was abandoned during the handler call".into()),
-                (_, Err(e)) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
+        let (reply, answer) = oneshot::channel();
+        let job = SettleJob {
+            id,
+            provider: provider.kind(),
+            notice: notice.clone(),
+            payment: payment.clone(),
+            reply,
+        };
+        let settled = match self.settle.send(job).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err("settle loop stopped".into())),
+            Err(_) => Err("settle loop stopped".into()),
         };
         match settled {
             Ok(s) => {
@@ -286,6 +357,148 @@ impl Pipeline {
                 .await
             }
         }
+    }
+
+    /// Records a verdict when no transaction is open, then answers.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_outside(
+        &self,
+        id: i64,
+        provider: &str,
+        verdict: Verdict,
+        reason: String,
+        out_trade_no: Option<&str>,
+        account: Option<&str>,
+        http_status: u16,
+    ) -> Processed {
+        tracing::Span::current().record("verdict", verdict.as_str());
+        if let Err(e) = self
+            .store
+            .finish_notification(id, verdict, Some(&reason), out_trade_no, account)
+            .await
+        {
+            // The notification stays `received` and visible for replay.
+            tracing::error!(error = %e, "cannot record verdict");
+        }
+        self.answer(provider, Some(id), verdict, Some(reason), http_status)
+    }
+
+    fn answer(
+        &self,
+        provider: &str,
+        id: Option<i64>,
+        verdict: Verdict,
+        reason: Option<String>,
+        http_status: u16,
+    ) -> Processed {
+        let provider = ProviderKind::parse(provider).and_then(|k| self.providers.get(k));
+        let accepted = matches!(
+            verdict,
+            Verdict::Paid | Verdict::Duplicate | Verdict::Ignored | Verdict::PaidAfterClose
+        );
+        let answer = match provider {
+            Some(p) if accepted => p.success(),
+            Some(p) => {
+                let mut a = p.failure(reason.as_deref().unwrap_or("not accepted"));
+                if http_status != 200 {
+                    a.status = http_status;
+                }
+                a
+            }
+            None => Answer {
+                status: 404,
+                content_type: Some("text/plain; charset=utf-8"),
+                body: b"unknown or unconfigured provider".to_vec(),
+            },
+        };
+        Processed {
+            notification_id: id,
+            verdict,
+            reason,
+            answer,
+        }
+    }
+}
+
+impl Settler {
+    /// Settles a batch of payments in one transaction, each inside its own savepoint,
+    /// and answers every job after the shared commit. If the batch fails as a whole (a
+    /// statement error, a lost transaction, a failed commit), each job is retried alone,
+    /// so one bad notification cannot keep failing the others.
+    async fn settle_batch(&self, store: &dyn Store, mut jobs: Vec<SettleJob>) {
+        // The same lock order in every batch: concurrent batches on PostgreSQL queue on
+        // order rows rather than deadlock on them (handlers' own rows can still cross;
+        // that is what the transient retry below is for).
+        jobs.sort_by(|a, b| a.notice.out_trade_no.cmp(&b.notice.out_trade_no));
+        let failure = match self.try_batch(store, &jobs).await {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(r));
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        if jobs.len() == 1 && !failure.is_transient() {
+            for job in jobs {
+                let _ = job.reply.send(Err(failure.to_string()));
+            }
+            return;
+        }
+        if jobs.len() > 1 {
+            tracing::warn!(error = %failure, size = jobs.len(), "batch failed; settling its notifications one by one");
+        }
+        for job in jobs {
+            let r = self.settle_alone(store, &job).await;
+            let _ = job.reply.send(r);
+        }
+    }
+
+    /// One job in a transaction of its own, run again (a few times, with a growing
+    /// pause) while the database reports a deadlock or serialization failure. Every
+    /// attempt rolled back completely, so running it again is safe.
+    async fn settle_alone(&self, store: &dyn Store, job: &SettleJob) -> Result<Settled, String> {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match self.try_batch(store, std::slice::from_ref(job)).await {
+                Ok(mut settled) => return Ok(settled.remove(0)),
+                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                    let pause = 5 * u64::from(attempt) + rand::random::<u64>() % 20;
+                    tracing::warn!(error = %e, attempt, "transient database failure; running the transaction again");
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("gave up after repeated transient database failures".into())
+    }
+
+    async fn try_batch(
+        &self,
+        store: &dyn Store,
+        jobs: &[SettleJob],
+    ) -> Result<Vec<Settled>, StoreError> {
+        let mut tx = store.begin().await?;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self
+                .settle(tx, job.id, job.provider, &job.notice, &job.payment)
+                .await
+            {
+                (Some(t), Ok(s)) => {
+                    tx = t;
+                    results.push(s);
+                }
+                (_, Ok(_)) => {
+                    return Err(StoreError::Invalid(
+                        "the transaction was abandoned during a handler call".into(),
+                    ))
+                }
+                (_, Err(e)) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
     }
 
     /// Steps 3–5 inside `tx`, within a savepoint of their own. Returns the transaction
@@ -525,6 +738,10 @@ impl Pipeline {
                 .await;
                 (Some(tx), r.map(|()| Settled::new(Verdict::Paid, None)))
             }
+            Err(HandlerFailure::Transient(why)) => {
+                // Not the handler's doing: fail the transaction so it is run again.
+                (Some(tx), Err(StoreError::Transient(why)))
+            }
             Err(failure) => {
                 tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler failed; payment rolled back, provider will retry");
                 let r = async {
@@ -545,66 +762,6 @@ impl Pipeline {
             }
         }
     }
-
-    /// Records a verdict when no transaction is open, then answers.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_outside(
-        &self,
-        id: i64,
-        provider: &str,
-        verdict: Verdict,
-        reason: String,
-        out_trade_no: Option<&str>,
-        account: Option<&str>,
-        http_status: u16,
-    ) -> Processed {
-        tracing::Span::current().record("verdict", verdict.as_str());
-        if let Err(e) = self
-            .store
-            .finish_notification(id, verdict, Some(&reason), out_trade_no, account)
-            .await
-        {
-            // The notification stays `received` and visible for replay.
-            tracing::error!(error = %e, "cannot record verdict");
-        }
-        self.answer(provider, Some(id), verdict, Some(reason), http_status)
-    }
-
-    fn answer(
-        &self,
-        provider: &str,
-        id: Option<i64>,
-        verdict: Verdict,
-        reason: Option<String>,
-        http_status: u16,
-    ) -> Processed {
-        let provider = ProviderKind::parse(provider).and_then(|k| self.providers.get(k));
-        let accepted = matches!(
-            verdict,
-            Verdict::Paid | Verdict::Duplicate | Verdict::Ignored | Verdict::PaidAfterClose
-        );
-        let answer = match provider {
-            Some(p) if accepted => p.success(),
-            Some(p) => {
-                let mut a = p.failure(reason.as_deref().unwrap_or("not accepted"));
-                if http_status != 200 {
-                    a.status = http_status;
-                }
-                a
-            }
-            None => Answer {
-                status: 404,
-                content_type: Some("text/plain; charset=utf-8"),
-                body: b"unknown or unconfigured provider".to_vec(),
-            },
-        };
-        Processed {
-            notification_id: id,
-            verdict,
-            reason,
-            answer,
-        }
-    }
 }
 
 enum Checked {
@@ -612,4 +769,32 @@ enum Checked {
     Done(Settled),
     /// An unpaid order whose checks passed.
     Pay(Box<Order>),
+}
+
+/// Step 1 for a batch: one transaction, one commit. If the batch cannot be stored, each
+/// notification is tried alone, so one bad row does not refuse the others.
+async fn store_raw(store: &dyn Store, jobs: Vec<RawJob>) {
+    let rows: Vec<NewNotification> = jobs.iter().map(|j| j.notification.clone()).collect();
+    match store.insert_notifications(&rows).await {
+        Ok(ids) => {
+            for (job, id) in jobs.into_iter().zip(ids) {
+                let _ = job.reply.send(Ok(id));
+            }
+        }
+        Err(e) if jobs.len() == 1 => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.to_string()));
+            }
+        }
+        Err(_) => {
+            for job in jobs {
+                let r = store
+                    .insert_notifications(std::slice::from_ref(&job.notification))
+                    .await;
+                let _ = job
+                    .reply
+                    .send(r.map(|ids| ids[0]).map_err(|e| e.to_string()));
+            }
+        }
+    }
 }

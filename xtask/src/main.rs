@@ -4,6 +4,8 @@
 //! - `cargo xtask test`    build every plugin, then run every test on SQLite and the
 //!   end-to-end tests again on PostgreSQL
 //! - `cargo xtask plugins` only build the plugins (into `target/plugins/` and `plugins.d/`)
+//! - `cargo xtask soak [SCALE]` the soak test at SCALE × its CI size (default 10) on
+//!   PostgreSQL
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root, &args[1..]),
         Some("bench") => bench(&root),
+        Some("soak") => soak(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -36,7 +39,9 @@ fn main() -> Result<()> {
                  test [ARGS]  build every plugin, then run every test on SQLite and the end-to-end\n               \
                  tests again on PostgreSQL (ARGS go to cargo test)\n  \
                  plugins      only build the plugins\n  \
-                 bench        build the plugins, then print the benchmark tables (release build)"
+                 bench        build the plugins, then print the benchmark tables (release build)\n  \
+                 soak [SCALE] the soak test (two hosts on PostgreSQL, one killed mid-run) at\n               \
+                 SCALE times its CI size (default 10)"
             );
             bail!("unknown or missing command");
         }
@@ -150,17 +155,24 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
 /// `PAYNOTIFY_TEST_SKIP_POSTGRES=1` skips the second.
 fn test(root: &Path, args: &[String]) -> Result<()> {
     let plugins = build_plugins(root)?;
+    let bin = build_host_binary(root)?;
+    let skip = std::env::var_os("PAYNOTIFY_TEST_SKIP_POSTGRES").is_some_and(|v| v == "1");
+    let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
     let mut sqlite = cargo();
     sqlite
         .current_dir(root)
         .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
+        .env("PAYNOTIFY_BIN", &bin)
         .env("PAYNOTIFY_TEST_DATABASE", "sqlite")
         .args(["test", "--workspace"])
         .args(args);
+    if !skip || in_ci {
+        // The PostgreSQL-only tests (several hosts on one database) run once, in the
+        // PostgreSQL pass below.
+        sqlite.env("PAYNOTIFY_TEST_POSTGRES_PASS_FOLLOWS", "1");
+    }
     let mut totals = Totals::default();
     let sqlite = run_counted(&mut sqlite, &mut totals);
-    let skip = std::env::var_os("PAYNOTIFY_TEST_SKIP_POSTGRES").is_some_and(|v| v == "1");
-    let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
     let postgres = if skip && !in_ci {
         eprintln!("xtask: PAYNOTIFY_TEST_SKIP_POSTGRES=1: not running the tests on PostgreSQL");
         Ok(())
@@ -175,6 +187,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         postgres
             .current_dir(root)
             .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
+            .env("PAYNOTIFY_BIN", &bin)
             .env("PAYNOTIFY_TEST_DATABASE", "postgres")
             .args(["test", "-p", "paynotify-tests"])
             .args(args);
@@ -188,6 +201,48 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         (Ok(()), Err(e)) => Err(e.context("tests failed on PostgreSQL")),
         (Err(s), Err(p)) => bail!("tests failed on SQLite ({s:#}) and on PostgreSQL ({p:#})"),
     }
+}
+
+/// Builds the `paynotify` binary the multi-process, crash and soak tests start as child
+/// processes; returns its path (passed to them as `PAYNOTIFY_BIN`).
+fn build_host_binary(root: &Path) -> Result<PathBuf> {
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .args(["build", "-p", "paynotify", "--bin", "paynotify"]),
+    )?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target_dir
+        .join("debug")
+        .join(format!("paynotify{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The soak test at `SCALE` (first argument, default 10) times its CI size, on
+/// PostgreSQL, with its figures printed.
+fn soak(root: &Path, args: &[String]) -> Result<()> {
+    let scale = args.first().map(String::as_str).unwrap_or("10");
+    if scale.parse::<u32>().map_or(true, |s| s == 0) {
+        bail!("soak SCALE must be a positive whole number, not `{scale}`");
+    }
+    let plugins = build_plugins(root)?;
+    let bin = build_host_binary(root)?;
+    drop_stale_test_schemas();
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
+            .env("PAYNOTIFY_BIN", &bin)
+            .env("PAYNOTIFY_TEST_DATABASE", "postgres")
+            .env("PAYNOTIFY_SOAK_SCALE", scale)
+            .args(["test", "-p", "paynotify-tests", "--test", "soak", "--"])
+            .args(["--nocapture"]),
+    )
 }
 
 /// Passed/failed counts summed over `cargo test` result lines.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 use crate::app::App;
-use crate::store::{NotificationFilter, Verdict};
+use crate::store::{parse_time, NotificationFilter, Verdict};
 
 /// Query of `GET /api/admin/notifications`.
 #[derive(Debug, Deserialize)]
@@ -17,6 +17,10 @@ pub struct NotificationQuery {
     order: Option<String>,
     verdict: Option<String>,
     before: Option<i64>,
+    /// Received at or after: RFC 3339 or unix milliseconds.
+    since: Option<String>,
+    /// Received before: RFC 3339 or unix milliseconds.
+    until: Option<String>,
     limit: Option<u32>,
 }
 
@@ -36,11 +40,25 @@ pub async fn list_notifications(
             .into_response()
         }
     };
+    let time = |name: &str, v: Option<&str>| {
+        v.map(parse_time)
+            .transpose()
+            .map_err(|m| ApiError::new(axum::http::StatusCode::BAD_REQUEST, format!("{name}: {m}")))
+    };
+    let (since, until) = match (
+        time("since", q.since.as_deref()),
+        time("until", q.until.as_deref()),
+    ) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
     let filter = NotificationFilter {
         provider: q.provider,
         out_trade_no: q.order,
         verdict,
         before_id: q.before,
+        since,
+        until,
         limit: q.limit.unwrap_or(50),
     };
     match app.store.list_notifications(&filter).await {

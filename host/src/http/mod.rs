@@ -2,29 +2,56 @@
 //! `/api`, and health checks. Handlers are thin: they parse the request, call one
 //! function of the library, and shape its answer.
 
-use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower_http::timeout::TimeoutLayer;
 
 use crate::app::App;
 
 mod admin;
 mod auth;
+pub mod events;
+mod health;
 mod notify;
 mod orders;
 
 /// Largest JSON body `/api` accepts.
 const MAX_API_BODY: usize = 1024 * 1024;
 
+/// Longest a request may take from its head being read to its answer being ready,
+/// slow body uploads included: past it the client gets 408 and its connection is freed.
+/// Generous next to the handlers' own time limit (`plugins.max_timeout_ms`, 30 s by
+/// default). A notification is processed in a task of its own (see `notify.rs`), so this
+/// limit, like a client that hangs up, only ends the wait for the answer, never the
+/// processing half-way.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest a client may take to send a request's head (request line and headers), and
+/// how long an idle keep-alive connection is kept: slow-loris clients are cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Most header lines one request may carry (hyper's default is 100).
+pub const MAX_HEADERS: usize = 64;
+
+/// Largest request head (request line + headers), and read buffer, in bytes; a larger
+/// head is answered 431. (hyper's default is ~400 KiB.)
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How long shutdown waits for requests in flight before it gives up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The whole router.
 pub fn router(app: App) -> Router {
     let api = Router::new()
-        .route("/orders", post(orders::create))
+        .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{out_trade_no}", get(orders::show))
+        .route("/orders/{out_trade_no}/events", get(events::events))
         .route("/admin/notifications", get(admin::list_notifications))
         .route("/admin/notifications/{id}", get(admin::show_notification))
         .route("/admin/notifications/{id}/replay", post(admin::replay))
@@ -46,37 +73,78 @@ pub fn router(app: App) -> Router {
         )
         .nest("/api", api)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(app)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight
+/// finish (up to 30 s).
+///
+/// HTTP/1.1 only, with limits `axum::serve` cannot be given (it runs hyper without a
+/// timer, so a client could hold a connection forever by sending its headers a byte at a
+/// time, or nothing at all): [`HEADER_READ_TIMEOUT`], [`MAX_HEADERS`], [`MAX_HEAD_BYTES`];
+/// [`REQUEST_TIMEOUT`] bounds the rest of a request. (Payment providers call over
+/// HTTP/1.1; a TLS-terminating proxy in front speaks HTTP/1.1 to us as well.)
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-async fn readyz(State(app): State<App>) -> Response {
-    match app.store.get_notification(0).await {
-        Ok(_) => Json(serde_json::json!({
-            "database": app.store.backend(),
-            "plugins": app.plugins.status().iter().filter(|p| p.loaded).count(),
-        }))
-        .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unreachable: {e}"),
-        )
-        .into_response(),
+    // Order-event streams never end on their own: they end when shutdown begins, so
+    // that the graceful shutdown below is not held up by watching clients.
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let router = router(app).layer(axum::Extension(events::Shutdown(stop_signal)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        // The extractor `ConnectInfo<SocketAddr>` reads this extension, as with
+        // `into_make_service_with_connect_info`.
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), req)
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
+    let _ = stopping.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
+    Ok(())
 }
 
 /// An `/api` error: a status and `{"error": "…"}`.

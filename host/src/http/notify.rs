@@ -1,4 +1,18 @@
 //! `POST /notify/{provider}[/{account}]`: provider callbacks.
+//!
+//! Two things happen here rather than in the pipeline:
+//!
+//! - The content type is checked against what the provider sends (see
+//!   [`content_type_allowed`]); a notification with another one is stored, recorded as
+//!   rejected and answered 415 with the provider's failure body, without being parsed.
+//!   This is a verification step and belongs with the others in `pipeline.rs`; it is
+//!   here, storing through the same `Store` calls the pipeline uses, because the
+//!   pipeline's `Received` carries no place for the verdict of a check made before it.
+//! - The pipeline runs in a task of its own. hyper drops a request's future when its
+//!   client hangs up, or when [`super::REQUEST_TIMEOUT`] fires; a provider that gives up
+//!   waiting would otherwise cancel the processing at whatever await it had reached,
+//!   leaving the notification `received` until a retry or a replay. Spawned, it runs to
+//!   its verdict whoever is still listening.
 
 use std::net::SocketAddr;
 
@@ -10,6 +24,8 @@ use futures::StreamExt;
 
 use crate::app::App;
 use crate::pipeline::Received;
+use crate::providers::{Answer, ProviderKind};
+use crate::store::{NewNotification, Verdict};
 
 /// Headers never stored with a notification.
 const NOT_STORED: &[&str] = &["authorization", "cookie", "proxy-authorization"];
@@ -55,6 +71,11 @@ async fn handle(
             return (StatusCode::BAD_REQUEST, format!("cannot read body: {e}")).into_response()
         }
     };
+    let content_types: Vec<Vec<u8>> = headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
     let headers = headers
         .iter()
         .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()))
@@ -65,18 +86,51 @@ async fn handle(
             )
         })
         .collect();
-    let processed = app
-        .pipeline
-        .receive(Received {
-            provider,
-            account,
-            remote_addr: Some(peer.to_string()),
-            headers,
-            body,
-            truncated,
-        })
-        .await;
-    let a = processed.answer;
+    let received = Received {
+        provider,
+        account,
+        remote_addr: Some(peer.to_string()),
+        headers,
+        body,
+        truncated,
+    };
+    let kind = ProviderKind::parse(&received.provider);
+    if let Some(kind) = kind.filter(|k| app.providers.get(*k).is_some()) {
+        let content_types: Vec<&[u8]> = content_types.iter().map(Vec::as_slice).collect();
+        if !content_type_allowed(kind, &content_types) {
+            let refused = reject_content_type(&app, kind, received, &content_types).await;
+            crate::metrics::notification(kind.as_str(), crate::store::Verdict::Rejected);
+            return answer(refused);
+        }
+    }
+    let pipeline = app.pipeline.clone();
+    let provider_label = kind.map_or("unknown", ProviderKind::as_str);
+    let processing = async move {
+        let processed = pipeline.receive(received).await;
+        // Counted here, in the spawned task, so a caller that hangs up is counted too.
+        crate::metrics::notification(provider_label, processed.verdict);
+        processed
+    };
+    match tokio::spawn(processing).await {
+        Ok(processed) => answer(processed.answer),
+        Err(e) => {
+            // A panic in the pipeline: the notification stays stored as `received`.
+            tracing::error!(error = %e, "notification processing panicked");
+            let failure = kind.and_then(|k| app.providers.get(k)).map(|p| {
+                let mut a = p.failure("internal error");
+                a.status = 500;
+                a
+            });
+            match failure {
+                Some(a) => answer(a),
+                None => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+            }
+        }
+    }
+}
+
+/// The provider's answer as an HTTP response.
+fn answer(a: Answer) -> Response {
     // Built by hand: the provider's answer carries exactly the content type it names
     // (none for WeChat v3's 204), not a default one.
     let mut response = Response::new(Body::from(a.body));
@@ -88,6 +142,122 @@ async fn handle(
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
     }
     response
+}
+
+/// Whether a notification for `kind` may carry these `Content-Type` values: the media
+/// type (before any `;` parameter, case-insensitive) must be what the provider sends.
+///
+/// - WeChat Pay v2: `text/xml` or `application/xml`, or no header (WeChat has sent both
+///   and some proxies drop it);
+/// - Alipay: `application/x-www-form-urlencoded`;
+/// - WeChat Pay v3 and CloudPay relays: `application/json`.
+///
+/// Several `Content-Type` headers are refused: which one a proxy would honour is anyone's
+/// guess.
+pub(crate) fn content_type_allowed(kind: ProviderKind, values: &[&[u8]]) -> bool {
+    let essence = match values {
+        [] => None,
+        [one] => match std::str::from_utf8(one) {
+            Ok(v) => Some(
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase(),
+            ),
+            Err(_) => return false,
+        },
+        _ => return false,
+    };
+    match kind {
+        ProviderKind::WechatV2 => {
+            matches!(
+                essence.as_deref(),
+                None | Some("text/xml" | "application/xml")
+            )
+        }
+        ProviderKind::Alipay => essence.as_deref() == Some("application/x-www-form-urlencoded"),
+        ProviderKind::WechatV3 | ProviderKind::Cloudpay => {
+            essence.as_deref() == Some("application/json")
+        }
+    }
+}
+
+/// Stores a notification whose content type `kind` never sends, records it as rejected,
+/// and answers 415 with the provider's failure body. If it cannot be stored, 500 (the
+/// provider retries).
+async fn reject_content_type(
+    app: &App,
+    kind: ProviderKind,
+    r: Received,
+    values: &[&[u8]],
+) -> Answer {
+    let shown: Vec<String> = values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let reason = match shown.as_slice() {
+        [] => format!(
+            "unsupported content type: none given; {kind} sends {}",
+            expected(kind)
+        ),
+        [one] => format!(
+            "unsupported content type `{one}`; {kind} sends {}",
+            expected(kind)
+        ),
+        many => format!(
+            "unsupported content type: {} Content-Type headers ({})",
+            many.len(),
+            many.join(", ")
+        ),
+    };
+    let Some(provider) = app.providers.get(kind) else {
+        return Answer {
+            status: 404,
+            content_type: Some("text/plain; charset=utf-8"),
+            body: b"unknown or unconfigured provider".to_vec(),
+        };
+    };
+    let stored = app
+        .store
+        .insert_notification(&NewNotification {
+            received_at: crate::store::now_ms(),
+            provider: r.provider.clone(),
+            account: r.account.clone(),
+            remote_addr: r.remote_addr.clone(),
+            headers: r.headers,
+            body: r.body,
+            truncated: r.truncated,
+        })
+        .await;
+    let status = match stored {
+        Ok(id) => {
+            tracing::warn!(provider = %kind, id, reason = %reason, "notification rejected");
+            if let Err(e) = app
+                .store
+                .finish_notification(id, Verdict::Rejected, Some(&reason), None, None)
+                .await
+            {
+                tracing::error!(id, error = %e, "cannot record verdict");
+            }
+            415
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store notification");
+            500
+        }
+    };
+    let mut a = provider.failure(&reason);
+    a.status = status;
+    a
+}
+
+fn expected(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::WechatV2 => "text/xml or application/xml",
+        ProviderKind::Alipay => "application/x-www-form-urlencoded",
+        ProviderKind::WechatV3 | ProviderKind::Cloudpay => "application/json",
+    }
 }
 
 /// Reads at most `limit` bytes; the flag says the body was longer (and the rest was not
@@ -105,4 +275,44 @@ async fn read_limited(body: Body, limit: usize) -> Result<(Vec<u8>, bool), axum:
         buf.extend_from_slice(&chunk);
     }
     Ok((buf, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_are_checked_per_provider() {
+        use ProviderKind::*;
+        let ok: &[(ProviderKind, &[&[u8]])] = &[
+            (WechatV2, &[]),
+            (WechatV2, &[b"text/xml"]),
+            (WechatV2, &[b"Text/XML; charset=UTF-8"]),
+            (WechatV2, &[b"application/xml"]),
+            (
+                Alipay,
+                &[b"application/x-www-form-urlencoded; charset=utf-8"],
+            ),
+            (WechatV3, &[b"application/json"]),
+            (Cloudpay, &[b" application/json ;charset=utf-8"]),
+        ];
+        for (kind, values) in ok {
+            assert!(content_type_allowed(*kind, values), "{kind} {values:?}");
+        }
+        let refused: &[(ProviderKind, &[&[u8]])] = &[
+            (WechatV2, &[b""]),
+            (WechatV2, &[b"application/json"]),
+            (WechatV2, &[b"text/xml", b"text/xml"]),
+            (WechatV2, &[b"text/xml\xff"]),
+            (WechatV2, &[b"text/xmlx"]),
+            (Alipay, &[]),
+            (Alipay, &[b"multipart/form-data"]),
+            (WechatV3, &[]),
+            (WechatV3, &[b"text/json"]),
+            (Cloudpay, &[b"application/x-www-form-urlencoded"]),
+        ];
+        for (kind, values) in refused {
+            assert!(!content_type_allowed(*kind, values), "{kind} {values:?}");
+        }
+    }
 }

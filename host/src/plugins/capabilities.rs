@@ -110,6 +110,15 @@ impl DbAccess {
     }
 }
 
+/// A host-side failure under a handler call.
+#[derive(Debug, Clone)]
+pub struct Poison {
+    /// What failed.
+    pub message: String,
+    /// The database asked for the transaction to be retried (deadlock, serialization).
+    pub transient: bool,
+}
+
 /// Everything one handler call may touch; moved into the wasmtime `Store` for the call
 /// and taken back afterwards.
 pub struct CallContext {
@@ -128,7 +137,7 @@ pub struct CallContext {
     /// Shared outbound HTTP client.
     pub http: reqwest::Client,
     /// Set when a host-side failure makes the call's result untrustworthy.
-    pub poisoned: Option<String>,
+    pub poisoned: Option<Poison>,
 }
 
 impl CallContext {
@@ -149,7 +158,24 @@ impl CallContext {
     /// Marks the call failed whatever the handler returns.
     pub fn poison(&mut self, why: String) {
         tracing::error!(plugin = %self.tags.plugin, error = %why, "host capability failed; call will fail");
-        self.poisoned.get_or_insert(why);
+        self.poisoned.get_or_insert(Poison {
+            message: why,
+            transient: false,
+        });
+    }
+
+    /// Marks the call failed because of `e`; a transient database failure (deadlock,
+    /// serialization) makes the whole transaction worth running again.
+    fn poison_store(&mut self, e: &StoreError) {
+        if e.is_transient() {
+            tracing::warn!(plugin = %self.tags.plugin, error = %e, "transient database failure; the transaction will be retried");
+            self.poisoned.get_or_insert(Poison {
+                message: e.to_string(),
+                transient: true,
+            });
+        } else {
+            self.poison(e.to_string());
+        }
     }
 
     fn collection(&self, name: &str) -> Result<(), db::DbError> {
@@ -187,9 +213,8 @@ impl CallContext {
             }
             DocError::Invalid(m) => db::DbError::Invalid(m),
             DocError::Store(e) => {
-                let msg = e.to_string();
-                self.poison(msg.clone());
-                db::DbError::Backend(msg)
+                self.poison_store(&e);
+                db::DbError::Backend(e.to_string())
             }
         }
     }
@@ -555,9 +580,8 @@ impl tasks::Host for CallContext {
             Err(e) => Err(e),
         };
         result.map_err(|e| {
-            let msg = e.to_string();
-            self.poison(msg.clone());
-            msg
+            self.poison_store(&e);
+            e.to_string()
         })
     }
 }

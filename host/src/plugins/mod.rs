@@ -218,6 +218,7 @@ impl Registry {
                         "plugin loaded"
                     );
                     self.clear_error(plugin_type);
+                    crate::metrics::plugin_loaded(plugin_type);
                     report.loaded.push(plugin_type.clone());
                     next.insert(plugin_type.clone(), Arc::new(plugin));
                 }
@@ -231,6 +232,7 @@ impl Registry {
                     let msg = format!("{}: {e}", wasm_path.display());
                     tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
                     self.set_error(plugin_type, msg.clone(), stamp);
+                    crate::metrics::plugin_load_failed(plugin_type);
                     report.failed.push((plugin_type.clone(), msg));
                     if let Some(p) = previous {
                         next.insert(plugin_type.clone(), p.clone());
@@ -244,6 +246,12 @@ impl Registry {
                 report.removed.push(t.clone());
             }
         }
+        // A load error describes a file; once the file is gone, so is the problem
+        // (otherwise /readyz would keep failing for a broken file that was deleted).
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|t, _| files.contains_key(t));
         self.loaded.store(Arc::new(next));
         report
     }

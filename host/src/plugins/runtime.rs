@@ -101,6 +101,10 @@ pub enum HandlerFailure {
     /// A host capability failed underneath the handler (e.g. the database).
     #[error("host failure during the call: {0}")]
     Host(String),
+    /// The database asked for the transaction to be run again (deadlock, serialization
+    /// failure): not the handler's fault, and not an answer to give the provider yet.
+    #[error("transient database failure during the call: {0}")]
+    Transient(String),
     /// No handler is loaded for the order's type.
     #[error("no handler is loaded for type `{0}`")]
     NotLoaded(String),
@@ -115,6 +119,7 @@ impl HandlerFailure {
             HandlerFailure::Timeout(_) => "timeout",
             HandlerFailure::Memory(_) => "memory",
             HandlerFailure::Host(_) => "host",
+            HandlerFailure::Transient(_) => "transient",
             HandlerFailure::NotLoaded(_) => "not-loaded",
         };
         serde_json::json!({ "error": kind, "message": self.to_string() })
@@ -374,6 +379,8 @@ impl Runtime {
         Option<CallContext>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
+        let plugin = ctx.tags.plugin.clone();
+        let started = std::time::Instant::now();
         let (ctx, result) = self
             .call(&compiled.pre, ctx, limits, move |h, s| {
                 Box::pin(async move { h.call_handle_paid(s, &order, &notification).await })
@@ -386,6 +393,8 @@ impl Runtime {
                 message: e.message,
             }),
         });
+        let outcome = crate::metrics::outcome(&result);
+        crate::metrics::handler_call(&plugin, "handle_paid", outcome, started.elapsed());
         (ctx, result)
     }
 
@@ -397,6 +406,8 @@ impl Runtime {
         limits: Limits,
         task: bindings::Task,
     ) -> (Option<CallContext>, Result<(), HandlerFailure>) {
+        let plugin = ctx.tags.plugin.clone();
+        let started = std::time::Instant::now();
         let (ctx, result) = self
             .call(&compiled.pre, ctx, limits, move |h, s| {
                 Box::pin(async move { h.call_run_task(s, &task).await })
@@ -408,6 +419,8 @@ impl Runtime {
                 message: e.message,
             })
         });
+        let outcome = crate::metrics::outcome(&result);
+        crate::metrics::handler_call(&plugin, "run_task", outcome, started.elapsed());
         (ctx, result)
     }
 
@@ -482,7 +495,8 @@ impl Runtime {
         log_stdio(&state);
         let mut caps = state.caps;
         let result = match (result, caps.poisoned.take()) {
-            (_, Some(why)) => Err(HandlerFailure::Host(why)),
+            (_, Some(p)) if p.transient => Err(HandlerFailure::Transient(p.message)),
+            (_, Some(p)) => Err(HandlerFailure::Host(p.message)),
             (r, None) => r,
         };
         (Some(caps), result)

@@ -205,7 +205,7 @@ macro_rules! shared_statements {
             };
             use $crate::store::{
                 now_ms, DocError, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
-                NotificationRecord, Order, StoreError, TaskEnd, TaskRecord, Verdict,
+                NotificationRecord, Order, OrderFilter, StoreError, TaskEnd, TaskRecord, Verdict,
             };
 
             type Conn = <$db as sqlx::Database>::Connection;
@@ -333,6 +333,7 @@ macro_rules! shared_statements {
                     "SELECT {NOTIFICATION_COLUMNS} FROM notifications \
                      WHERE ($1 IS NULL OR provider = $1) AND ($2 IS NULL OR out_trade_no = $2) \
                        AND ($3 IS NULL OR verdict = $3) AND ($4 IS NULL OR id < $4) \
+                       AND ($6 IS NULL OR received_at >= $6) AND ($7 IS NULL OR received_at < $7) \
                      ORDER BY id DESC LIMIT $5"
                 );
                 let rows = sqlx::query(&sql)
@@ -341,9 +342,81 @@ macro_rules! shared_statements {
                     .bind(f.verdict.map(Verdict::as_str))
                     .bind(f.before_id)
                     .bind(i64::from(f.limit.clamp(1, 500)))
+                    .bind(f.since)
+                    .bind(f.until)
                     .fetch_all(e)
                     .await?;
                 rows.iter().map(StoreRow::notification).collect()
+            }
+
+            /// Orders, newest first: by `created_at`, then `out_trade_no`, so the cursor
+            /// (the previous page's last order) is a total order and pages never overlap.
+            pub(super) async fn list_orders<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                f: &OrderFilter,
+            ) -> Result<Vec<Order>, StoreError> {
+                let sql = format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders \
+                     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR type = $2) \
+                       AND ($3 IS NULL OR user_id = $3) \
+                       AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND out_trade_no < $5)) \
+                     ORDER BY created_at DESC, out_trade_no DESC LIMIT $6"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(f.status)
+                    .bind(f.order_type.as_deref().map(storable))
+                    .bind(f.user_id.as_deref().map(storable))
+                    .bind(f.before.as_ref().map(|c| c.created_at))
+                    .bind(f.before.as_ref().map(|c| storable(&c.out_trade_no)))
+                    .bind(i64::from(f.limit.clamp(1, 500)))
+                    .fetch_all(e)
+                    .await?;
+                rows.iter().map(StoreRow::order).collect()
+            }
+
+            /// One statement, so one transaction: picks up to `limit` unpaid orders
+            /// created before `created_before` (PostgreSQL: skipping rows locked by a
+            /// payment in progress or by another process's expiry run) and closes those
+            /// still unpaid. The outer `status = 0` is checked again on the row as it is
+            /// when updated, so an order paid in between stays paid.
+            pub(super) async fn close_expired_orders<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                created_before: i64,
+                limit: u32,
+            ) -> Result<Vec<String>, StoreError> {
+                let sql = format!(
+                    "UPDATE orders SET status = -1, updated_at = $2 \
+                     WHERE status = 0 AND out_trade_no IN (SELECT out_trade_no FROM orders \
+                                  WHERE status = 0 AND created_at < $1 \
+                                  ORDER BY created_at LIMIT $3{}) \
+                     RETURNING out_trade_no",
+                    <$db as Dialect>::SKIP_LOCKED
+                );
+                let closed: Vec<String> = sqlx::query_scalar(&sql)
+                    .bind(created_before)
+                    .bind(now_ms())
+                    .bind(i64::from(limit.max(1)))
+                    .fetch_all(e)
+                    .await?;
+                Ok(closed)
+            }
+
+            /// Open tasks by status. `IN (…)` rather than a scan of the whole table: the
+            /// `(status, run_at)` index gives the three ranges, whose size is the queue,
+            /// not the ever-growing history of done tasks.
+            pub(super) async fn count_open_tasks<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+            ) -> Result<Vec<(String, i64)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT status, COUNT(*) AS n FROM tasks \
+                     WHERE status IN ('pending', 'running', 'dead') GROUP BY status",
+                )
+                .fetch_all(e)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(StoreError::from)
             }
 
             /// A document's JSON text, read without a lock.
@@ -693,6 +766,20 @@ macro_rules! impl_store {
                 shared::insert_notification(&self.$writer, n).await
             }
 
+            async fn insert_notifications(
+                &self,
+                batch: &[$crate::store::NewNotification],
+            ) -> Result<Vec<i64>, $crate::store::StoreError> {
+                // One transaction, one commit (one fsync) for the whole batch.
+                let mut tx = self.$writer.begin().await?;
+                let mut ids = Vec::with_capacity(batch.len());
+                for n in batch {
+                    ids.push(shared::insert_notification(&mut *tx, n).await?);
+                }
+                tx.commit().await?;
+                Ok(ids)
+            }
+
             async fn finish_notification(
                 &self,
                 id: i64,
@@ -716,6 +803,27 @@ macro_rules! impl_store {
                 f: &$crate::store::NotificationFilter,
             ) -> Result<Vec<$crate::store::NotificationRecord>, $crate::store::StoreError> {
                 shared::list_notifications(&self.$reader, f).await
+            }
+
+            async fn list_orders(
+                &self,
+                f: &$crate::store::OrderFilter,
+            ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
+                shared::list_orders(&self.$reader, f).await
+            }
+
+            async fn close_expired_orders(
+                &self,
+                created_before: $crate::store::Millis,
+                limit: u32,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                shared::close_expired_orders(&self.$writer, created_before, limit).await
+            }
+
+            async fn count_open_tasks(
+                &self,
+            ) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {
+                shared::count_open_tasks(&self.$reader).await
             }
 
             async fn get_document(

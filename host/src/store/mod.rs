@@ -34,6 +34,26 @@ pub fn iso_time(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// Parses a point in time given by a person or a script: RFC 3339
+/// (`2026-09-03T13:15:40Z`, `2026-09-03T21:15:40+08:00`) or unix milliseconds
+/// (`1788441340000`). The error says which forms are accepted.
+pub fn parse_time(text: &str) -> Result<Millis, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<Millis>()
+            .map_err(|_| format!("`{text}` is too large for unix milliseconds"));
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            format!(
+                "`{text}` is not a time: use RFC 3339 (2026-09-03T13:15:40Z) or unix milliseconds"
+            )
+        })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| format!("`{text}` is out of range"))
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,9 +72,30 @@ pub enum StoreError {
     /// A value stored in the database could not be read back (corrupt JSON, ...).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database asked for the transaction to be run again (seen under a handler).
+    #[error("transient database failure: {0}")]
+    Transient(String),
     /// The URL names no supported database.
     #[error("unsupported database url `{0}` (use sqlite://path or postgres://...)")]
     UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// A failure that says nothing about the data and goes away if the transaction is
+    /// simply run again: a deadlock or serialization failure (PostgreSQL), a busy or
+    /// locked database (SQLite).
+    pub fn is_transient(&self) -> bool {
+        if matches!(self, StoreError::Transient(_)) {
+            return true;
+        }
+        let StoreError::Database(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        matches!(
+            e.code().as_deref(),
+            Some("40P01" | "40001" | "55P03" | "5" | "6" | "517")
+        )
+    }
 }
 
 /// Order status codes (SPEC §3), as stored.
@@ -69,6 +110,30 @@ pub mod status {
     pub const PARTIALLY_REFUNDED: i32 = 2;
     /// Fully refunded.
     pub const REFUNDED: i32 = 3;
+
+    /// Every status with its name, in order.
+    pub const ALL: [(i32, &str); 5] = [
+        (CLOSED, "closed"),
+        (UNPAID, "unpaid"),
+        (PAID, "paid"),
+        (PARTIALLY_REFUNDED, "partially_refunded"),
+        (REFUNDED, "refunded"),
+    ];
+
+    /// The name of a status code (`paid` for 1), or `unknown`.
+    pub fn name(code: i32) -> &'static str {
+        ALL.iter()
+            .find(|(c, _)| *c == code)
+            .map_or("unknown", |(_, n)| n)
+    }
+
+    /// A status given as its code (`1`) or its name (`paid`).
+    pub fn parse(text: &str) -> Option<i32> {
+        let text = text.trim();
+        ALL.iter()
+            .find(|(c, n)| *n == text || c.to_string() == text)
+            .map(|(c, _)| *c)
+    }
 }
 
 /// One order row.
@@ -246,8 +311,73 @@ pub struct NotificationFilter {
     pub verdict: Option<Verdict>,
     /// Only ids below this (cursor pagination, newest first).
     pub before_id: Option<i64>,
+    /// Only those received at or after this time.
+    pub since: Option<Millis>,
+    /// Only those received before this time.
+    pub until: Option<Millis>,
     /// At most this many (capped at 500).
     pub limit: u32,
+}
+
+/// Filters for listing orders, newest first (by `created_at`, then `out_trade_no`).
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    /// Only this status (see [`status`]).
+    pub status: Option<i32>,
+    /// Only this handler type.
+    pub order_type: Option<String>,
+    /// Only this user.
+    pub user_id: Option<String>,
+    /// Only orders after this one in the listing (the previous page's last order).
+    pub before: Option<OrderCursor>,
+    /// At most this many (capped at 500).
+    pub limit: u32,
+}
+
+/// A position in the order listing: the last order of a page. Orders are listed by
+/// creation time, and orders created in the same millisecond by number, so a page
+/// boundary never skips or repeats an order even while new ones are created (an
+/// offset would).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCursor {
+    /// The order's `created_at`.
+    pub created_at: Millis,
+    /// The order's `out_trade_no`.
+    pub out_trade_no: String,
+}
+
+impl OrderCursor {
+    /// The cursor just past `order`.
+    pub fn after(order: &Order) -> OrderCursor {
+        OrderCursor {
+            created_at: order.created_at,
+            out_trade_no: order.out_trade_no.clone(),
+        }
+    }
+
+    /// Parses the text form `{created_at}:{out_trade_no}` (order numbers never hold `:`).
+    pub fn parse(text: &str) -> Result<OrderCursor, String> {
+        let bad = || {
+            format!(
+                "cursor `{text}` is not `{{created_at}}:{{out_trade_no}}` of the last order seen"
+            )
+        };
+        let (ms, no) = text.split_once(':').ok_or_else(bad)?;
+        let created_at = ms.parse::<Millis>().map_err(|_| bad())?;
+        if no.is_empty() {
+            return Err(bad());
+        }
+        Ok(OrderCursor {
+            created_at,
+            out_trade_no: no.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for OrderCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.created_at, self.out_trade_no)
+    }
 }
 
 /// A task the handler enqueued, as inserted.
@@ -359,6 +489,10 @@ pub trait Store: Send + Sync + 'static {
     /// Durably stores a notification as received (verdict `received`) and returns its id.
     /// Committed before anything else is done with it.
     async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError>;
+    /// Stores several notifications as received in one transaction (one commit); their
+    /// ids in order. All or none are stored.
+    async fn insert_notifications(&self, batch: &[NewNotification])
+        -> Result<Vec<i64>, StoreError>;
     /// Records where a notification ended up when no transaction is open (rejections).
     async fn finish_notification(
         &self,
@@ -377,6 +511,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<NotificationRecord>, StoreError>;
     /// A handler document (admin view), outside any transaction.
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// Orders matching `filter`, newest first.
+    async fn list_orders(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError>;
+    /// Closes (status 0 → -1) up to `limit` unpaid orders created before
+    /// `created_before`, and returns their numbers. One conditional statement: an order
+    /// paid meanwhile is left alone, and several processes may run it at once (on
+    /// PostgreSQL each skips the rows another is closing or paying).
+    async fn close_expired_orders(
+        &self,
+        created_before: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// How many tasks are `pending`, `running` and `dead` (a cheap grouped count for the
+    /// queue-depth gauge; `done` tasks are history and not counted).
+    async fn count_open_tasks(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Tasks, newest first, optionally only those with `status`.
     async fn list_tasks(
         &self,

@@ -1,0 +1,77 @@
+//! What load balancers and monitoring call: `/readyz` and `/metrics` (`/healthz` is a
+//! constant `ok` in the router). None of them is under `/api`, so none needs the token.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::app::App;
+
+/// `GET /readyz`: 200 when this process can do its job, else 503 saying why:
+///
+/// - the database does not answer;
+/// - a plugin file in the directory failed to load and no version of its type is
+///   serving (its orders could be created by nobody and paid by nobody). A type whose
+///   new file is broken while the previous version keeps serving is still ready.
+pub async fn readyz(State(app): State<App>) -> Response {
+    let database = app.store.backend();
+    if let Err(e) = app.store.get_notification(0).await {
+        return unready(
+            format!("database unreachable: {e}"),
+            json!({ "database": database }),
+        );
+    }
+    let status = app.plugins.status();
+    let failing: Vec<_> = status
+        .iter()
+        .filter(|p| !p.loaded)
+        .filter_map(|p| Some((p.plugin_type.as_str(), p.last_error.as_deref()?)))
+        .collect();
+    if !failing.is_empty() {
+        let names: Vec<String> = failing.iter().map(|(t, _)| format!("`{t}`")).collect();
+        return unready(
+            format!(
+                "plugin {} failed to load and no version of it is serving: {}",
+                names.join(", "),
+                failing
+                    .iter()
+                    .map(|(_, e)| *e)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            json!({
+                "database": database,
+                "failing_plugins": failing
+                    .iter()
+                    .map(|(t, e)| json!({ "type": t, "error": e }))
+                    .collect::<Vec<_>>(),
+            }),
+        );
+    }
+    Json(json!({
+        "database": database,
+        "plugins": status.iter().filter(|p| p.loaded).count(),
+    }))
+    .into_response()
+}
+
+/// 503 with `{"error": why, …details}`.
+fn unready(why: String, mut details: serde_json::Value) -> Response {
+    if let Some(map) = details.as_object_mut() {
+        map.insert("error".into(), why.into());
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(details)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
+pub async fn metrics(State(app): State<App>) -> Response {
+    let text = crate::metrics::render(&app).await;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

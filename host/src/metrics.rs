@@ -1,0 +1,242 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+//!
+//! Code anywhere in the host records through the `metrics` facade (the functions below
+//! name every series in one place); one [`PrometheusHandle`] per process renders them.
+//! No listener of its own: the host's router serves the text.
+//!
+//! Series:
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `paynotify_notifications_total` | counter | `provider`, `verdict` |
+//! | `paynotify_handler_duration_seconds` | histogram | `plugin`, `call` (`handle_paid`, `run_task`), `outcome` |
+//! | `paynotify_plugin_loads_total` | counter | `plugin` |
+//! | `paynotify_plugin_load_failures_total` | counter | `plugin` |
+//! | `paynotify_plugins_loaded`, `paynotify_plugins_failing` | gauge | |
+//! | `paynotify_tasks` | gauge | `status` (`pending`, `running`, `dead`) |
+//! | `paynotify_orders_expired_total` | counter | |
+//! | `paynotify_order_watchers` | gauge | |
+//! | `paynotify_uptime_seconds` | gauge | |
+//!
+//! The gauges that describe the database (tasks) or the registry (plugins) are refreshed
+//! when `/metrics` is scraped, so they cost nothing between scrapes.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::App;
+use crate::plugins::HandlerFailure;
+use crate::store::Verdict;
+
+const NOTIFICATIONS: &str = "paynotify_notifications_total";
+const HANDLER_DURATION: &str = "paynotify_handler_duration_seconds";
+const PLUGIN_LOADS: &str = "paynotify_plugin_loads_total";
+const PLUGIN_LOAD_FAILURES: &str = "paynotify_plugin_load_failures_total";
+const PLUGINS_LOADED: &str = "paynotify_plugins_loaded";
+const PLUGINS_FAILING: &str = "paynotify_plugins_failing";
+const TASKS: &str = "paynotify_tasks";
+const ORDERS_EXPIRED: &str = "paynotify_orders_expired_total";
+const ORDER_WATCHERS: &str = "paynotify_order_watchers";
+const UPTIME: &str = "paynotify_uptime_seconds";
+
+/// Handler call durations, in seconds: from well under a millisecond (a small handler
+/// on a warm instance) to the largest wall-time limit a manifest may ask for.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often histogram samples are folded into their buckets between scrapes, so that
+/// an unscraped host does not keep every sample.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The task statuses the queue-depth gauge reports (always all of them, 0 included,
+/// so an alert on `dead > 0` sees the series before the first dead task).
+const OPEN_TASK_STATUSES: [&str; 3] = ["pending", "running", "dead"];
+
+struct Installed {
+    handle: PrometheusHandle,
+    started: Instant,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Installs the process-wide recorder the first time it is called; later calls (tests
+/// start several hosts in one process) return the same handle.
+pub fn install() -> &'static PrometheusHandle {
+    &INSTALLED.get_or_init(build).handle
+}
+
+fn build() -> Installed {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.into()), DURATION_BUCKETS)
+        .unwrap_or_else(|e| {
+            // Only an empty bucket list is refused; the list above is not empty.
+            tracing::error!(error = %e, "metrics: histogram buckets refused; using summaries");
+            PrometheusBuilder::new()
+        });
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        // Something embedding this library installed its own recorder first: what we
+        // record goes there, and /metrics shows only what this handle sees.
+        tracing::warn!(error = %e, "metrics: another recorder is installed; /metrics will be incomplete");
+    }
+    describe();
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("paynotify-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics: no upkeep thread; histograms are folded at scrape time only");
+    }
+    Installed {
+        handle,
+        started: Instant::now(),
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        NOTIFICATIONS,
+        "Notifications received on /notify, by provider and verdict."
+    );
+    describe_histogram!(
+        HANDLER_DURATION,
+        Unit::Seconds,
+        "Handler calls (handle-paid, run-task), by plugin type and outcome, including the wait for a free instance."
+    );
+    describe_counter!(
+        PLUGIN_LOADS,
+        "Plugin files loaded (new or changed), by type."
+    );
+    describe_counter!(
+        PLUGIN_LOAD_FAILURES,
+        "Plugin files that failed to load, by type (the previous version keeps serving)."
+    );
+    describe_gauge!(PLUGINS_LOADED, "Plugin types with a version serving.");
+    describe_gauge!(
+        PLUGINS_FAILING,
+        "Plugin types whose file failed to load and that have no version serving."
+    );
+    describe_gauge!(
+        TASKS,
+        "Tasks in the queue by status (pending, running, dead), counted at scrape time."
+    );
+    describe_counter!(
+        ORDERS_EXPIRED,
+        "Unpaid orders closed by this process because their lifetime ran out."
+    );
+    describe_gauge!(
+        ORDER_WATCHERS,
+        "Open order-event streams (GET /api/orders/{out_trade_no}/events)."
+    );
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this process started.");
+}
+
+/// Counts one notification received on `/notify/{provider}`. The provider label is one
+/// of the four known names or `unknown`: the path segment comes from the caller, and
+/// label values from callers would let anyone grow the series without bound.
+pub fn notification(provider: &str, verdict: Verdict) {
+    let provider = crate::providers::ProviderKind::parse(provider)
+        .map_or("unknown", crate::providers::ProviderKind::as_str);
+    metrics::counter!(NOTIFICATIONS, "provider" => provider, "verdict" => verdict.as_str())
+        .increment(1);
+}
+
+/// The `outcome` label of a handler call.
+pub fn outcome<T>(result: &Result<T, HandlerFailure>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(HandlerFailure::Error { .. }) => "error",
+        Err(HandlerFailure::Trap(_)) => "trap",
+        Err(HandlerFailure::Timeout(_)) => "timeout",
+        Err(HandlerFailure::Memory(_)) => "memory",
+        Err(HandlerFailure::Host(_)) => "host",
+        Err(HandlerFailure::Transient(_)) => "transient",
+        Err(HandlerFailure::NotLoaded(_)) => "not_loaded",
+    }
+}
+
+/// Records one handler call: `call` is `handle_paid` or `run_task`.
+pub fn handler_call(plugin: &str, call: &'static str, outcome: &'static str, took: Duration) {
+    metrics::histogram!(
+        HANDLER_DURATION,
+        "plugin" => plugin.to_owned(),
+        "call" => call,
+        "outcome" => outcome
+    )
+    .record(took.as_secs_f64());
+}
+
+/// Counts a plugin file loaded.
+pub fn plugin_loaded(plugin: &str) {
+    metrics::counter!(PLUGIN_LOADS, "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// Counts a plugin file that failed to load.
+pub fn plugin_load_failed(plugin: &str) {
+    metrics::counter!(PLUGIN_LOAD_FAILURES, "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// Counts orders closed by the expiry job.
+pub fn orders_expired(n: usize) {
+    metrics::counter!(ORDERS_EXPIRED).increment(n as u64);
+}
+
+/// Counts an open order-event stream for as long as it lives.
+pub struct WatcherGuard(());
+
+impl WatcherGuard {
+    /// A stream opened.
+    pub fn new() -> WatcherGuard {
+        metrics::gauge!(ORDER_WATCHERS).increment(1.0);
+        WatcherGuard(())
+    }
+}
+
+impl Default for WatcherGuard {
+    fn default() -> Self {
+        WatcherGuard::new()
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(ORDER_WATCHERS).decrement(1.0);
+    }
+}
+
+/// The Prometheus text for `app`'s process: refreshes the scrape-time gauges (task
+/// queue depth from one grouped count, plugin states, uptime), then renders everything.
+pub async fn render(app: &App) -> String {
+    let installed = INSTALLED.get_or_init(build);
+    match app.store.count_open_tasks().await {
+        Ok(counts) => {
+            for status in OPEN_TASK_STATUSES {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!(TASKS, "status" => status).set(n as f64);
+            }
+        }
+        // Keep the last values rather than report an empty queue; /readyz says why.
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count tasks"),
+    }
+    let status = app.plugins.status();
+    let loaded = status.iter().filter(|p| p.loaded).count();
+    let failing = status
+        .iter()
+        .filter(|p| !p.loaded && p.last_error.is_some())
+        .count();
+    metrics::gauge!(PLUGINS_LOADED).set(loaded as f64);
+    metrics::gauge!(PLUGINS_FAILING).set(failing as f64);
+    metrics::gauge!(UPTIME).set(installed.started.elapsed().as_secs_f64());
+    installed.handle.render()
+}
