@@ -802,7 +802,7 @@ async fn config_check_prints_the_effective_config_with_every_secret_masked() {
     let text = ok_stdout(&out, "config check");
     assert!(text.contains("valid"), "{text}");
     assert!(
-        text.contains("[orders]") && text.contains("expire_after_secs = 7200"),
+        text.contains("[orders]") && text.contains("expire_after_secs = 0"),
         "{text}"
     );
     assert!(text.contains("appid = \"wx-visible\""), "{text}");

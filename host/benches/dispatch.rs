@@ -166,6 +166,7 @@ async fn main() {
     );
 
     end_to_end(&src).await;
+    throughput(&src).await;
 
     // Reload: file renamed into place → new version serving.
     let _watch = watch::watch(registry.clone(), plugins.clone()).expect("watch");
@@ -208,25 +209,25 @@ async fn main() {
     );
 }
 
-/// The whole path over HTTP: signed v2 notification → verify → one transaction with the
-/// recharge handler → answer, sequentially from one client (latency, not throughput).
-async fn end_to_end(src: &std::path::Path) {
-    use std::collections::BTreeMap;
-    const N: u32 = 1000;
-    let dir = tempfile::tempdir().expect("tmp");
-    let plugins = dir.path().join("plugins.d");
+/// A real server (in this process) with the recharge handler on `database_url`, and
+/// orders `{prefix}{i}` for `n` notifications; returns its address and app.
+async fn bench_server(
+    src: &std::path::Path,
+    dir: &std::path::Path,
+    database_url: &str,
+) -> (std::net::SocketAddr, paynotify::App) {
+    let plugins = dir.join("plugins.d");
     std::fs::create_dir_all(&plugins).expect("mkdir");
     for f in ["recharge.wasm", "recharge.toml"] {
         std::fs::copy(src.join(f), plugins.join(f)).expect("copy plugin");
     }
-    let key = "bench-key-not-a-secret-000000000";
     let text = format!(
-        "[server]\napi_token = \"t\"\n[database]\nurl = \"sqlite://{}\"\n[plugins]\ndir = \"{}\"\n\
-         [[accounts]]\nprovider = \"wechat-v2\"\nappid = \"wxbench\"\nmch_id = \"1\"\napi_key = \"{key}\"\n",
-        dir.path().join("e2e.db").display(),
+        "[server]\napi_token = \"t\"\n[database]\nurl = \"{database_url}\"\nmax_connections = 16\n\
+         [plugins]\ndir = \"{}\"\n[tasks]\nenabled = false\n\
+         [[accounts]]\nprovider = \"wechat-v2\"\nappid = \"wxbench\"\nmch_id = \"1\"\napi_key = \"{KEY}\"\n",
         plugins.display()
     );
-    let path = dir.path().join("paynotify.toml");
+    let path = dir.join("paynotify.toml");
     std::fs::write(&path, text).expect("config");
     let config = paynotify::Config::load(&path, Vec::new()).expect("config loads");
     let app = paynotify::App::start(config).await.expect("start");
@@ -239,10 +240,18 @@ async fn end_to_end(src: &std::path::Path) {
         listener,
         std::future::pending(),
     ));
-    let http = reqwest::Client::new();
-    let mut samples = Vec::with_capacity(N as usize);
-    for i in 0..N {
-        let no = format!("E{i:09}");
+    (addr, app)
+}
+
+const KEY: &str = "bench-key-not-a-secret-000000000";
+const USERS: u32 = 50;
+
+/// Creates `n` recharge orders of 100 fen and their signed notifications.
+async fn orders(app: &paynotify::App, prefix: &str, n: u32) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut bodies = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let no = format!("{prefix}{i:09}");
         app.store
             .create_order(&paynotify::store::NewOrder {
                 out_trade_no: no.clone(),
@@ -250,7 +259,7 @@ async fn end_to_end(src: &std::path::Path) {
                 provider: "wechat-v2".into(),
                 account: "default".into(),
                 total_fee: 100,
-                user_id: format!("u{}", i % 50),
+                user_id: format!("u{}", i % USERS),
                 custom: serde_json::json!({ "recharge_balance": 100 }),
             })
             .await
@@ -267,52 +276,120 @@ async fn end_to_end(src: &std::path::Path) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        f.insert("out_trade_no".into(), no.clone());
-        f.insert("transaction_id".into(), format!("T{i:09}"));
-        let xml = paynotify::providers::wechat_v2::signed_xml(
+        f.insert("out_trade_no".into(), no);
+        f.insert("transaction_id".into(), format!("{prefix}T{i:09}"));
+        bodies.push(paynotify::providers::wechat_v2::signed_xml(
             &f,
-            key,
+            KEY,
             paynotify::providers::wechat_v2::SignType::Md5,
-        );
-        let t = Instant::now();
-        let resp = http
-            .post(format!("http://{addr}/notify/wechat-v2"))
-            .body(xml)
-            .send()
-            .await
-            .expect("send");
-        let body = resp.text().await.expect("body");
-        samples.push(t.elapsed());
-        assert!(body.contains("SUCCESS"), "{body}");
+        ));
     }
-    let paid: i64 = (0..50)
-        .map(|u| format!("u{u}"))
-        .map(|u| {
-            let app = app.clone();
+    bodies
+}
+
+/// Sums every user's balance: after a run it must be exactly 100 fen per notification.
+async fn total_balance(app: &paynotify::App) -> i64 {
+    let mut total = 0;
+    for u in 0..USERS {
+        if let Some(d) = app
+            .store
+            .get_document("users", &format!("u{u}"))
+            .await
+            .expect("db")
+        {
+            total += serde_json::from_str::<serde_json::Value>(&d).expect("json")["balance"]
+                .as_i64()
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Sends `bodies` with `concurrency` requests in flight; returns (elapsed, latencies).
+async fn send_all(
+    addr: std::net::SocketAddr,
+    bodies: Vec<String>,
+    concurrency: usize,
+) -> (Duration, Vec<Duration>) {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let latencies: Vec<Duration> = futures::stream::iter(bodies)
+        .map(|xml| {
+            let http = http.clone();
             async move {
-                let d = app
-                    .store
-                    .get_document("users", &u)
+                let t = Instant::now();
+                let body = http
+                    .post(format!("http://{addr}/notify/wechat-v2"))
+                    .body(xml)
+                    .send()
                     .await
-                    .expect("db")
-                    .expect("user");
-                serde_json::from_str::<serde_json::Value>(&d).expect("json")["balance"]
-                    .as_i64()
-                    .unwrap_or(0)
+                    .expect("send")
+                    .text()
+                    .await
+                    .expect("body");
+                assert!(body.contains("SUCCESS"), "{body}");
+                t.elapsed()
             }
         })
-        .collect::<futures::stream::FuturesOrdered<_>>()
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .sum();
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (started.elapsed(), latencies)
+}
+
+/// The whole path over HTTP, one client at a time (latency).
+async fn end_to_end(src: &std::path::Path) {
+    const N: u32 = 1000;
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("e2e.db").display());
+    let (addr, app) = bench_server(src, dir.path(), &url).await;
+    let bodies = orders(&app, "E", N).await;
+    let (_, mut samples) = send_all(addr, bodies, 1).await;
     assert_eq!(
-        paid,
+        total_balance(&app).await,
         i64::from(N) * 100,
-        "every notification credited exactly once"
+        "every notification credited once"
     );
     row(
-        "end to end over HTTP, sequential (SQLite FULL)",
+        "end to end over HTTP, one at a time (SQLite FULL)",
         &mut samples,
     );
+}
+
+/// Saturation: many clients at once on each backend; checks exactness afterwards.
+async fn throughput(src: &std::path::Path) {
+    const N: u32 = 6000;
+    println!();
+    println!(
+        "| {:<44} | {:>9} | {:>9} | {:>9} |",
+        "verified WeChat v2 notifications, 64 in flight", "per s", "p50 ms", "p99 ms"
+    );
+    println!("|{:-<46}|{:->11}|{:->11}|{:->11}|", "", "", "", "");
+    let pg = std::env::var("PAYNOTIFY_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    for (name, url) in [
+        ("SQLite, synchronous=FULL, group commit", None),
+        ("PostgreSQL, synchronous_commit=on, group commit", Some(pg)),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = match url {
+            None => format!("sqlite://{}", dir.path().join("t.db").display()),
+            Some(base) => format!("{base}?schema=t_bench_{}", std::process::id()),
+        };
+        let (addr, app) = bench_server(src, dir.path(), &url).await;
+        let bodies = orders(&app, "S", N).await;
+        let (elapsed, mut lat) = send_all(addr, bodies, 64).await;
+        assert_eq!(
+            total_balance(&app).await,
+            i64::from(N) * 100,
+            "{name}: every notification credited once"
+        );
+        lat.sort();
+        println!(
+            "| {name:<44} | {:>9.0} | {:>9.2} | {:>9.2} |",
+            f64::from(N) / elapsed.as_secs_f64(),
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+    }
 }

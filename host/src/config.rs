@@ -224,7 +224,9 @@ pub struct OrdersConfig {
 impl Default for OrdersConfig {
     fn default() -> Self {
         Self {
-            expire_after_secs: 7200,
+            // Off unless ops choose a lifetime: only they know what they gave the provider,
+            // and closing too early turns a late payment into money taken for nothing.
+            expire_after_secs: 0,
             expire_check_secs: 60,
             close_batch: 500,
         }
@@ -771,7 +773,7 @@ mod tests {
         }
         assert_eq!(c.masked()["accounts"][0]["appid"], "wx1");
         assert_eq!(c.masked()["accounts"][0]["api_key"], "***");
-        assert_eq!(c.masked()["orders"]["expire_after_secs"], 7200);
+        assert_eq!(c.masked()["orders"]["expire_after_secs"], 0);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Order expiry: a background job that closes unpaid orders whose lifetime
-//! (`[orders] expire_after_secs`, default 2 h) has run out, locally: status 0 → -1.
+//! (`[orders] expire_after_secs`, off by default) has run out, locally: status 0 → -1.
 //!
 //! Every host process runs it; that is safe, because closing is one conditional
 //! statement per batch (see [`Store::close_expired_orders`]): an order is closed once,

@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let config = cli::load_config(&cli.config)?;
     match cli.command {
         Command::Serve => serve(config).await,
+        // Handled above, before a bad configuration could stop everything.
         Command::Config(ConfigCommand::Check) => config_check(&cli.config, cli.json),
         Command::Plugins(c) => plugins(&config, cli.json, c).await,
         Command::Orders(c) => orders(&config, cli.json, c).await,

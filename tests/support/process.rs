@@ -180,10 +180,16 @@ impl HostProcess {
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "info");
             }
-            // The test run's own variables are not the child's configuration.
+            // The test run's own variables are not the child's configuration; other
+            // `PAYNOTIFY_{SECTION}_{KEY}` overrides reach it (e.g. to run these tests
+            // with `PAYNOTIFY_DATABASE_BATCH_MAX=1`).
             for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("PAYNOTIFY_")
-                    && k != "PAYNOTIFY_DATABASE_BATCH_MAX"
+                let k = k.to_string_lossy().into_owned();
+                if ["PAYNOTIFY_TEST_", "PAYNOTIFY_SOAK_"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+                    || k == "PAYNOTIFY_BIN"
+                    || k == "PAYNOTIFY_CONFIG"
                 {
                     cmd.env_remove(k);
                 }

@@ -46,6 +46,31 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for requests in flight before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// The HTTP server's limits on clients. [`Limits::default`] is what [`serve`] uses:
+/// [`HEADER_READ_TIMEOUT`], [`REQUEST_TIMEOUT`], [`MAX_HEADERS`], [`MAX_HEAD_BYTES`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`REQUEST_TIMEOUT`].
+    pub request_timeout: Duration,
+    /// See [`MAX_HEADERS`].
+    pub max_headers: usize,
+    /// See [`MAX_HEAD_BYTES`] (hyper allows no less than 8 KiB).
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            max_headers: MAX_HEADERS,
+            max_head_bytes: MAX_HEAD_BYTES,
+        }
+    }
+}
+
 /// The whole router.
 pub fn router(app: App) -> Router {
     let api = Router::new()
@@ -75,10 +100,6 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
         .with_state(app)
 }
 
@@ -95,15 +116,30 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_limits(app, listener, shutdown, Limits::default()).await
+}
+
+/// [`serve`] with other [`Limits`] (tests use short timeouts).
+pub async fn serve_with_limits(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) -> std::io::Result<()> {
     // Order-event streams never end on their own: they end when shutdown begins, so
     // that the graceful shutdown below is not held up by watching clients.
     let (stopping, stop_signal) = tokio::sync::watch::channel(false);
-    let router = router(app).layer(axum::Extension(events::Shutdown(stop_signal)));
+    let router = router(app)
+        .layer(axum::Extension(events::Shutdown(stop_signal)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes.max(8192));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

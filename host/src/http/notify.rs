@@ -8,9 +8,9 @@
 //!   This is a verification step and belongs with the others in `pipeline.rs`; it is
 //!   here, storing through the same `Store` calls the pipeline uses, because the
 //!   pipeline's `Received` carries no place for the verdict of a check made before it.
-//! - The pipeline runs in a task of its own. hyper drops a request's future when its
-//!   client hangs up, or when [`super::REQUEST_TIMEOUT`] fires; a provider that gives up
-//!   waiting would otherwise cancel the processing at whatever await it had reached,
+//! - The pipeline runs in a task of its own. The request's own future is dropped when
+//!   [`super::REQUEST_TIMEOUT`] fires (and would be by any server that cancels requests
+//!   whose client hung up): the processing would stop at whatever await it had reached,
 //!   leaving the notification `received` until a retry or a replay. Spawned, it runs to
 //!   its verdict whoever is still listening.
 

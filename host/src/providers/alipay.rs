@@ -54,17 +54,14 @@ impl std::fmt::Debug for Account {
 impl Account {
     /// Reads the Alipay keys of an `[[accounts]]` entry.
     pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
-        let app_id = a
-            .app_id
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or("`app_id` is required for alipay")?;
-        let key_text = a
-            .alipay_public_key
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or("`alipay_public_key` (or alipay_public_key_file) is required for alipay")?;
-        let key = parse_public_key(key_text).map_err(|e| format!("`alipay_public_key`: {e}"))?;
+        let app_id = super::required(&a.app_id, "app_id", false, ProviderKind::Alipay)?;
+        let key_text = super::required(
+            &a.alipay_public_key,
+            "alipay_public_key",
+            true,
+            ProviderKind::Alipay,
+        )?;
+        let key = parse_public_key(&key_text).map_err(|e| format!("`alipay_public_key`: {e}"))?;
         let mut account = Account::new(&a.name, &app_id, key);
         account.seller_id = a.seller_id.clone().filter(|s| !s.is_empty());
         Ok(account)

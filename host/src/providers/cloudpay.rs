@@ -55,16 +55,9 @@ impl std::fmt::Debug for Account {
 impl Account {
     /// Reads the CloudPay keys of an `[[accounts]]` entry.
     pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
-        let sub_mch_id = a
-            .sub_mch_id
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or("`sub_mch_id` is required for cloudpay")?;
-        let secret = a
-            .secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or("`secret` (or secret_file) is required for cloudpay")?;
+        let sub_mch_id =
+            super::required(&a.sub_mch_id, "sub_mch_id", false, ProviderKind::Cloudpay)?;
+        let secret = super::required(&a.secret, "secret", true, ProviderKind::Cloudpay)?;
         if secret.len() < 16 {
             return Err("`secret` must be at least 16 bytes (use a long random string)".into());
         }

@@ -295,6 +295,27 @@ pub(crate) fn pick_account<'a, A>(
     }
 }
 
+/// A required, non-empty account key, or the message naming it (and its `_file` form
+/// when `file_key` says there is one).
+pub(crate) fn required(
+    value: &Option<String>,
+    key: &str,
+    file_key: bool,
+    provider: ProviderKind,
+) -> Result<String, String> {
+    value
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            let alt = if file_key {
+                format!(" (or {key}_file)")
+            } else {
+                String::new()
+            };
+            format!("`{key}`{alt} is required for {provider}")
+        })
+}
+
 /// Parses a non-negative integer amount in fen, strictly (digits only).
 pub(crate) fn parse_fen(s: &str, what: &str) -> Result<i64, Rejection> {
     if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {

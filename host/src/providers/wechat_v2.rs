@@ -65,11 +65,6 @@ impl std::fmt::Debug for Account {
 impl Account {
     /// Reads the v2 keys of an `[[accounts]]` entry.
     pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
-        let need = |v: &Option<String>, key: &str| {
-            v.clone()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| format!("`{key}` is required for wechat-v2"))
-        };
         let pinned = match a.sign_type.as_deref() {
             None => None,
             Some(s) => Some(
@@ -79,9 +74,9 @@ impl Account {
         };
         Ok(Account {
             name: a.name.clone(),
-            appid: need(&a.appid, "appid")?,
-            mch_id: need(&a.mch_id, "mch_id")?,
-            api_key: need(&a.api_key, "api_key (or api_key_file)")?,
+            appid: super::required(&a.appid, "appid", false, ProviderKind::WechatV2)?,
+            mch_id: super::required(&a.mch_id, "mch_id", false, ProviderKind::WechatV2)?,
+            api_key: super::required(&a.api_key, "api_key", true, ProviderKind::WechatV2)?,
             pinned,
         })
     }

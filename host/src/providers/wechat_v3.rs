@@ -80,16 +80,11 @@ impl Account {
     /// Reads the v3 keys of an `[[accounts]]` entry, loading every public key and
     /// platform certificate it names.
     pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
-        let need = |v: &Option<String>, key: &str| {
-            v.clone()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| format!("`{key}` is required for wechat-v3"))
-        };
-        let key = need(&a.api_v3_key, "api_v3_key (or api_v3_key_file)")?;
+        let key = super::required(&a.api_v3_key, "api_v3_key", true, ProviderKind::WechatV3)?;
         let mut account = Account::new(
             &a.name,
-            &need(&a.appid, "appid")?,
-            &need(&a.mch_id, "mch_id")?,
+            &super::required(&a.appid, "appid", false, ProviderKind::WechatV3)?,
+            &super::required(&a.mch_id, "mch_id", false, ProviderKind::WechatV3)?,
             &key,
         )?;
         for (id, path) in &a.public_keys {

@@ -675,3 +675,45 @@ pub fn valid_field(name: &str) -> bool {
 pub fn valid_doc_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && !id.chars().any(|c| c.is_control())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_rfc3339_or_unix_millis() {
+        assert_eq!(parse_time("1788441340000"), Ok(1_788_441_340_000));
+        assert_eq!(parse_time("2026-09-03T13:15:40Z"), Ok(1_788_441_340_000));
+        assert_eq!(
+            parse_time("2026-09-03T21:15:40.5+08:00"),
+            Ok(1_788_441_340_500)
+        );
+        assert_eq!(
+            parse_time(&iso_time(1_788_441_340_123)),
+            Ok(1_788_441_340_123)
+        );
+        for bad in ["", "yesterday", "2026-09-03", "99999999999999999999"] {
+            assert!(parse_time(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn statuses_parse_by_code_or_name() {
+        assert_eq!(status::parse("paid"), Some(status::PAID));
+        assert_eq!(status::parse("-1"), Some(status::CLOSED));
+        assert_eq!(status::parse("7"), None);
+        assert_eq!(status::name(3), "refunded");
+        assert_eq!(status::name(9), "unknown");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let c = OrderCursor::parse("1788441340000:R2026|0001").expect("cursor");
+        assert_eq!(c.created_at, 1_788_441_340_000);
+        assert_eq!(c.out_trade_no, "R2026|0001");
+        assert_eq!(OrderCursor::parse(&c.to_string()), Ok(c));
+        for bad in ["", "R1", "x:R1", "17:", ":R1"] {
+            assert!(OrderCursor::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
