@@ -22,6 +22,9 @@ const CONFIG: &str = "[tasks]\npoll_ms = 20\nlease_secs = 1\n";
 /// The `loop` handler, stopped by the host after 3 s.
 const SLOW_MANIFEST: &str = "collections = []\nhttp_origins = []\ntimeout_ms = 3000\n";
 
+/// What a host answered: status and body; `None` = no answer (killed).
+type Answer = Option<(u16, String)>;
+
 /// One order of the test and the notifications sent for it.
 #[derive(Clone)]
 struct Sent {
@@ -207,8 +210,7 @@ async fn killed_with_notifications_in_flight_nothing_answered_is_lost_nothing_ru
                 )
             })
             .collect();
-        let answers: Arc<Mutex<Vec<Option<(u16, String)>>>> =
-            Arc::new(Mutex::new(vec![None; bodies.len()]));
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::new(Mutex::new(vec![None; bodies.len()]));
         let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut sends = Vec::new();
         for (n, (_, xml)) in bodies.iter().enumerate() {

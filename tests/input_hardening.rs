@@ -231,7 +231,10 @@ async fn a_body_that_never_finishes_gets_408_and_is_not_processed() {
 /// A notification whose answer is not ready in time (408 from the request timeout), or
 /// whose provider gives up waiting and hangs up, is still processed to its verdict (here
 /// `failed`, from the `loop` handler's 2 s time limit), not left `received` half-way.
-#[tokio::test]
+///
+/// (Several runtime threads: the spinning handler occupies the one it runs on for its
+/// whole time limit, and the request timeout needs another to fire.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_timed_out_or_abandoned_request_still_finishes_processing() {
     let s = server().await;
     let short = short_limits(&s).await;

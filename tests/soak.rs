@@ -109,6 +109,8 @@ struct Sent {
     order: usize,
     kind: Kind,
     body: String,
+    /// CloudPay: the body the relay signed, when it is not `body` (tampered after signing).
+    signed: Option<String>,
     /// Which host (0 or 1) it goes to.
     host: usize,
 }
@@ -121,8 +123,9 @@ fn yuan(fen: i64) -> String {
 }
 
 /// A notification for `o` of `kind`, as its provider would send it (body only; CloudPay's
-/// signature headers are made when it is sent, its timestamp having to be fresh).
-fn notification(o: &Order, kind: Kind) -> String {
+/// signature headers are made when it is sent, its timestamp having to be fresh, over the
+/// second value when it is given: the body before it was tampered with).
+fn notification(o: &Order, kind: Kind) -> (String, Option<String>) {
     let (fee, tx, key_ok) = match kind {
         Kind::Valid | Kind::Tampered => (o.fee, o.transaction_id.clone(), true),
         Kind::Forged => (o.fee, format!("F{}", o.transaction_id), false),
@@ -140,12 +143,14 @@ fn notification(o: &Order, kind: Kind) -> String {
             };
             let xml = wechat_v2::xml(&wechat_v2::paid(&o.out_trade_no, fee, &tx), key);
             if kind == Kind::Tampered {
-                xml.replace(
+                let t = xml.replace(
                     &format!("<transaction_id><![CDATA[{tx}]]>"),
                     &format!("<transaction_id><![CDATA[{tampered_tx}]]>"),
-                )
+                );
+                assert_ne!(t, xml, "tampering changed nothing");
+                (t, None)
             } else {
-                xml
+                (xml, None)
             }
         }
         Provider::Alipay => {
@@ -153,21 +158,25 @@ fn notification(o: &Order, kind: Kind) -> String {
             let key = &alipay_keys()[usize::from(!key_ok)];
             let form = alipay::body(&f, key);
             if kind == Kind::Tampered {
-                form.replace(
+                let t = form.replace(
                     &format!("trade_no={tx}"),
                     &format!("trade_no={tampered_tx}"),
-                )
+                );
+                assert_ne!(t, form, "tampering changed nothing");
+                (t, None)
             } else {
-                form
+                (form, None)
             }
         }
         Provider::Cloudpay => {
             let ev = cloudpay::event(cloudpay::SUB_MCH_ID_A, &o.out_trade_no, fee, &tx, "SUCCESS")
                 .to_string();
             if kind == Kind::Tampered {
-                ev.replace(&format!("\"{tx}\""), &format!("\"{tampered_tx}\""))
+                let t = ev.replace(&format!("\"{tx}\""), &format!("\"{tampered_tx}\""));
+                assert_ne!(t, ev, "tampering changed nothing");
+                (t, Some(ev))
             } else {
-                ev
+                (ev, None)
             }
         }
     }
@@ -175,7 +184,13 @@ fn notification(o: &Order, kind: Kind) -> String {
 
 /// Sends one notification to `base` (a host's URL); CloudPay relays sign at send time,
 /// forgeries with another account's secret.
-async fn deliver(http: &reqwest::Client, base: &str, o: &Order, kind: Kind, body: &str) -> Answer {
+async fn deliver(
+    http: &reqwest::Client,
+    base: &str,
+    o: &Order,
+    kind: Kind,
+    (body, signed): &(String, Option<String>),
+) -> Answer {
     let (path, ct, headers) = match o.provider {
         Provider::WechatV2 => ("/notify/wechat-v2", "text/xml", Vec::new()),
         Provider::Alipay => (
@@ -192,19 +207,17 @@ async fn deliver(http: &reqwest::Client, base: &str, o: &Order, kind: Kind, body
             (
                 "/notify/cloudpay",
                 "application/json",
-                cloudpay::headers(secret, paynotify_tests::wechat_v3::now(), body),
+                cloudpay::headers(
+                    secret,
+                    paynotify_tests::wechat_v3::now(),
+                    signed.as_deref().unwrap_or(body),
+                ),
             )
         }
     };
-    send_notification(
-        http,
-        &format!("{base}{path}"),
-        ct,
-        &headers,
-        body.to_owned(),
-    )
-    .await
-    .ok()
+    send_notification(http, &format!("{base}{path}"), ct, &headers, body.clone())
+        .await
+        .ok()
 }
 
 /// Whether an answer is the provider's success answer.
@@ -307,10 +320,12 @@ async fn soak_two_hosts_one_killed_mid_run() {
         let first = rng.gen_range(0..2);
         let burst: Vec<usize> = (0..COPIES)
             .map(|c| {
+                let (body, signed) = notification(o, Kind::Valid);
                 sent.push(Sent {
                     order: i,
                     kind: Kind::Valid,
-                    body: notification(o, Kind::Valid),
+                    body,
+                    signed,
                     host: (first + c) % 2,
                 });
                 sent.len() - 1
@@ -319,10 +334,12 @@ async fn soak_two_hosts_one_killed_mid_run() {
         jobs.push(burst);
         for kind in [Kind::Forged, Kind::Tampered, Kind::WrongAmount] {
             for _ in 0..BAD_EACH {
+                let (body, signed) = notification(o, kind);
                 sent.push(Sent {
                     order: i,
                     kind,
-                    body: notification(o, kind),
+                    body,
+                    signed,
                     host: rng.gen_range(0..2),
                 });
                 jobs.push(vec![sent.len() - 1]);
@@ -379,7 +396,14 @@ async fn soak_two_hosts_one_killed_mid_run() {
                     async move {
                         (
                             k,
-                            deliver(http, &base, &orders[s.order], s.kind, &s.body).await,
+                            deliver(
+                                http,
+                                &base,
+                                &orders[s.order],
+                                s.kind,
+                                &(s.body.clone(), s.signed.clone()),
+                            )
+                            .await,
                         )
                     }
                 });
@@ -447,9 +471,9 @@ async fn soak_two_hosts_one_killed_mid_run() {
     let mut resent = Vec::new();
     for (i, o) in orders.iter().enumerate() {
         if !acknowledged[i] {
-            let body = notification(o, Kind::Valid);
+            let n = notification(o, Kind::Valid);
             let host = if i % 2 == 0 { &a } else { &b };
-            let answer = deliver(&host.http, &host.url(""), o, Kind::Valid, &body).await;
+            let answer = deliver(&host.http, &host.url(""), o, Kind::Valid, &n).await;
             let want = o.order_type != OrderType::Flaky;
             assert_eq!(
                 success(o.provider, &answer),
@@ -457,7 +481,7 @@ async fn soak_two_hosts_one_killed_mid_run() {
                 "{} resent: {answer:?}",
                 o.out_trade_no
             );
-            resent.push(body);
+            resent.push(n.0);
         }
     }
 

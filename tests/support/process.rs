@@ -2,7 +2,9 @@
 //! host killed with SIGKILL and started again on the same database.
 //!
 //! The binary is `PAYNOTIFY_BIN` (what `cargo xtask test` builds and passes), else
-//! `<workspace>/target/debug/paynotify`.
+//! `<workspace>/target/debug/paynotify`. `cargo test` alone does not rebuild that binary:
+//! after changing the host, run `cargo build -p paynotify` (or `cargo xtask test`) before
+//! these tests, or they test the previous build.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -164,7 +164,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
         .env("PAYNOTIFY_BIN", &bin)
         .env("PAYNOTIFY_TEST_DATABASE", "sqlite")
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
     if !skip || in_ci {
         // The PostgreSQL-only tests (several hosts on one database) run once, in the
@@ -189,7 +189,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
             .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
             .env("PAYNOTIFY_BIN", &bin)
             .env("PAYNOTIFY_TEST_DATABASE", "postgres")
-            .args(["test", "-p", "paynotify-tests"])
+            .args(["test", "-p", "paynotify-tests", "--no-fail-fast"])
             .args(args);
         run_counted(&mut postgres, &mut totals)
     };

@@ -223,7 +223,13 @@ impl Runtime {
             .max_core_instances_per_component(32)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
-            .max_memory_size(max_memory);
+            .max_memory_size(max_memory)
+            // Reset reused slots by zeroing their first pages instead of handing them back
+            // to the kernel: a fresh instance per call would otherwise page-fault its
+            // whole working set in again on every call.
+            .linear_memory_keep_resident(2 * 1024 * 1024)
+            .table_keep_resident(64 * 1024)
+            .async_stack_keep_resident(256 * 1024);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -472,9 +478,18 @@ impl Runtime {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // Every tick the guest gives its worker thread back to the async runtime (a
+        // handler spinning for its whole time limit must not pin one of the host's few
+        // threads), and once its wall time is up the next tick traps it.
+        let deadline = std::time::Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
 
         let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
             let handler = pre.instantiate_async(&mut store).await?;
