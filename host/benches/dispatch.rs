@@ -157,6 +157,41 @@ async fn main() {
         "wasm recharge: begin + instantiate + call + rollback",
         &mut wasm,
     );
+
+    // Where the time goes: a fresh instance and a call that returns at once (no database).
+    let mut bare = Vec::with_capacity(CALLS as usize);
+    for i in 0..CALLS {
+        let t = Instant::now();
+        let ctx = CallContext {
+            manifest: plugin.manifest.clone(),
+            tags: CallTags {
+                plugin: "recharge".into(),
+                version: plugin.metadata.version.clone(),
+                out_trade_no: None,
+                notification_id: None,
+                task_id: None,
+            },
+            db: DbAccess::None,
+            notify_key: None,
+            provider: None,
+            account: None,
+            http: runtime.http_client(),
+            poisoned: None,
+        };
+        let task = bindings::Task {
+            id: i64::from(i),
+            name: "no-such-task".into(),
+            payload: "{}".into(),
+            attempt: 1,
+            out_trade_no: None,
+        };
+        let (_, r) = runtime
+            .run_task(&plugin.compiled, ctx, plugin.limits, task)
+            .await;
+        assert!(r.is_err(), "recharge has no tasks");
+        bare.push(t.elapsed());
+    }
+    row("wasm: instantiate + run-task returning at once", &mut bare);
     println!(
         "| {:<44} | {:>9} | {:>9.1} | {:>9} |",
         "dispatch overhead (wasm p50 − native p50)",
