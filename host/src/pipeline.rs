@@ -88,7 +88,7 @@ impl Settled {
 
 /// Step 1 for one notification: store it, then tell the caller its id.
 struct RawJob {
-    notification: NewNotification,
+    notification: Arc<NewNotification>,
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -164,23 +164,22 @@ impl Pipeline {
         );
         async move {
             let received_at = crate::store::now_ms();
-            let stored = NewNotification {
+            // Shared with the storage loop, so the body is not copied on its way there.
+            let n = Arc::new(NewNotification {
                 received_at,
-                provider: r.provider.clone(),
-                account: r.account.clone(),
-                remote_addr: r.remote_addr.clone(),
-                headers: r.headers.clone(),
-                body: r.body.clone(),
+                provider: r.provider,
+                account: r.account,
+                remote_addr: r.remote_addr,
+                headers: r.headers,
+                body: r.body,
                 truncated: r.truncated,
-            };
+            });
             let (reply, answer) = oneshot::channel();
-            let queued = self
-                .raw
-                .send(RawJob {
-                    notification: stored,
-                    reply,
-                })
-                .await;
+            let job = RawJob {
+                notification: n.clone(),
+                reply,
+            };
+            let queued = self.raw.send(job).await;
             let stored = match queued {
                 Ok(()) => answer
                     .await
@@ -193,7 +192,7 @@ impl Pipeline {
                     // Not stored, so not accepted: the provider must retry.
                     tracing::error!(error = %e, "cannot store notification");
                     return self.answer(
-                        &r.provider,
+                        &n.provider,
                         None,
                         Verdict::Failed,
                         Some(format!("storage unavailable: {e}")),
@@ -204,11 +203,11 @@ impl Pipeline {
             tracing::Span::current().record("id", id);
             self.process(
                 id,
-                &r.provider,
-                r.account.as_deref(),
-                &r.headers,
-                &r.body,
-                r.truncated,
+                &n.provider,
+                n.account.as_deref(),
+                &n.headers,
+                &n.body,
+                n.truncated,
                 received_at,
             )
             .await
@@ -774,7 +773,7 @@ enum Checked {
 /// Step 1 for a batch: one transaction, one commit. If the batch cannot be stored, each
 /// notification is tried alone, so one bad row does not refuse the others.
 async fn store_raw(store: &dyn Store, jobs: Vec<RawJob>) {
-    let rows: Vec<NewNotification> = jobs.iter().map(|j| j.notification.clone()).collect();
+    let rows: Vec<&NewNotification> = jobs.iter().map(|j| j.notification.as_ref()).collect();
     match store.insert_notifications(&rows).await {
         Ok(ids) => {
             for (job, id) in jobs.into_iter().zip(ids) {
@@ -789,7 +788,7 @@ async fn store_raw(store: &dyn Store, jobs: Vec<RawJob>) {
         Err(_) => {
             for job in jobs {
                 let r = store
-                    .insert_notifications(std::slice::from_ref(&job.notification))
+                    .insert_notifications(&[job.notification.as_ref()])
                     .await;
                 let _ = job
                     .reply

@@ -172,10 +172,10 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
 
 /// `yyyy-MM-dd HH:mm:ss` in China Standard Time → unix ms.
 fn parse_gmt(s: &str) -> Option<i64> {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let dt = time::PrimitiveDateTime::parse(s, &format).ok()?;
-    let cst = time::UtcOffset::from_hms(8, 0, 0).ok()?;
-    i64::try_from(dt.assume_offset(cst).unix_timestamp_nanos() / 1_000_000).ok()
+    super::china_time_ms(
+        s,
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
+    )
 }
 
 /// The Alipay provider.

@@ -20,6 +20,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use super::wechat_v2::parse_time_end;
 use super::wechat_v3::flatten;
 use super::{
     pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
@@ -90,14 +91,6 @@ pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
         "v1={}",
         hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
     )
-}
-
-/// `yyyyMMddHHmmss` in China Standard Time → unix ms.
-fn parse_time_end(s: &str) -> Option<i64> {
-    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
-    let dt = time::PrimitiveDateTime::parse(s, &format).ok()?;
-    let cst = time::UtcOffset::from_hms(8, 0, 0).ok()?;
-    i64::try_from(dt.assume_offset(cst).unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// The CloudPay provider.

@@ -316,6 +316,17 @@ pub(crate) fn required(
         })
 }
 
+/// A provider timestamp in China Standard Time (`+08:00`, as WeChat and Alipay write
+/// them) in the given layout → unix ms.
+pub(crate) fn china_time_ms(
+    s: &str,
+    format: &[time::format_description::BorrowedFormatItem<'_>],
+) -> Option<i64> {
+    let dt = time::PrimitiveDateTime::parse(s, format).ok()?;
+    let cst = time::UtcOffset::from_hms(8, 0, 0).ok()?;
+    i64::try_from(dt.assume_offset(cst).unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Parses a non-negative integer amount in fen, strictly (digits only).
 pub(crate) fn parse_fen(s: &str, what: &str) -> Result<i64, Rejection> {
     if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {

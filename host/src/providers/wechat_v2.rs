@@ -246,13 +246,13 @@ fn insert_field(
     Ok(())
 }
 
-/// `yyyyMMddHHmmss` in China Standard Time → unix ms.
-fn parse_time_end(s: &str) -> Option<i64> {
-    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
-    let dt = time::PrimitiveDateTime::parse(s, &format).ok()?;
-    let cst = time::UtcOffset::from_hms(8, 0, 0).ok()?;
-    let ms = dt.assume_offset(cst).unix_timestamp_nanos() / 1_000_000;
-    i64::try_from(ms).ok()
+/// `yyyyMMddHHmmss` in China Standard Time → unix ms (WeChat's `time_end`, which CloudPay
+/// relays as `timeEnd`).
+pub(crate) fn parse_time_end(s: &str) -> Option<i64> {
+    super::china_time_ms(
+        s,
+        time::macros::format_description!("[year][month][day][hour][minute][second]"),
+    )
 }
 
 impl Provider for WechatV2 {

@@ -768,7 +768,7 @@ macro_rules! impl_store {
 
             async fn insert_notifications(
                 &self,
-                batch: &[$crate::store::NewNotification],
+                batch: &[&$crate::store::NewNotification],
             ) -> Result<Vec<i64>, $crate::store::StoreError> {
                 // One transaction, one commit (one fsync) for the whole batch.
                 let mut tx = self.$writer.begin().await?;

@@ -491,8 +491,10 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError>;
     /// Stores several notifications as received in one transaction (one commit); their
     /// ids in order. All or none are stored.
-    async fn insert_notifications(&self, batch: &[NewNotification])
-        -> Result<Vec<i64>, StoreError>;
+    async fn insert_notifications(
+        &self,
+        batch: &[&NewNotification],
+    ) -> Result<Vec<i64>, StoreError>;
     /// Records where a notification ended up when no transaction is open (rejections).
     async fn finish_notification(
         &self,
