@@ -24,7 +24,8 @@ use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use crate::plugins::{HandlerFailure, Registry};
 use crate::providers::{Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers};
 use crate::store::{
-    status, MarkPaid, NewNotification, NotificationRecord, Order, Store, StoreError, Tx, Verdict,
+    status, NewNotification, NotificationRecord, NotificationVerdict, Order, PaidOrder, Store,
+    StoreError, Tx, Verdict,
 };
 
 /// A notification as the HTTP layer received it.
@@ -472,161 +473,100 @@ impl Settler {
         Err("gave up after repeated transient database failures".into())
     }
 
+    /// One transaction for the whole batch, with a constant number of statements per
+    /// batch plus, per payment, one savepoint and the handler's own statements:
+    ///
+    /// - every order of the batch is read and locked by one statement;
+    /// - checks (unknown order, account, amount, status) are decided in memory, the map
+    ///   updated as payments land so a second notification for an order paid earlier in
+    ///   the same batch is a duplicate;
+    /// - each handler runs inside a savepoint (rolled back alone if it fails; left open
+    ///   when it succeeds — a `RELEASE` would only cost a round trip before the commit);
+    /// - one statement marks every paid order with its handler's result, one records
+    ///   every verdict, then the single commit.
     async fn try_batch(
         &self,
         store: &dyn Store,
         jobs: &[SettleJob],
     ) -> Result<Vec<Settled>, StoreError> {
         let mut tx = store.begin().await?;
+        let numbers: Vec<&str> = jobs
+            .iter()
+            .map(|j| j.notice.out_trade_no.as_str())
+            .collect();
+        let mut orders: HashMap<String, Order> = tx
+            .lock_orders(&numbers)
+            .await?
+            .into_iter()
+            .map(|o| (o.out_trade_no.clone(), o))
+            .collect();
         let mut results = Vec::with_capacity(jobs.len());
+        let mut paid = Vec::new();
         for job in jobs {
-            match self
-                .settle(tx, job.id, job.provider, &job.notice, &job.payment)
-                .await
-            {
-                (Some(t), Ok(s)) => {
-                    tx = t;
-                    results.push(s);
+            let order = orders.get_mut(&job.notice.out_trade_no);
+            let settled = match check_order(order.as_deref(), job) {
+                Checked::Done(s) => s,
+                Checked::Pay => {
+                    let Some(order) = order else {
+                        return Err(StoreError::Invalid("order vanished from the batch".into()));
+                    };
+                    let (back, result) = self.pay(tx, job, order).await;
+                    tx = back.ok_or_else(|| {
+                        StoreError::Invalid(
+                            "the transaction was abandoned during a handler call".into(),
+                        )
+                    })?;
+                    match result? {
+                        Paid::Yes(row) => {
+                            // Later notifications in this batch see the order as paid.
+                            order.status = status::PAID;
+                            order.transaction_id = Some(row.transaction_id.clone());
+                            order.paid_notification_id = Some(row.notification_id);
+                            paid.push(*row);
+                            Settled::new(Verdict::Paid, None)
+                        }
+                        Paid::No(s) => s,
+                    }
                 }
-                (_, Ok(_)) => {
-                    return Err(StoreError::Invalid(
-                        "the transaction was abandoned during a handler call".into(),
-                    ))
-                }
-                (_, Err(e)) => return Err(e),
-            }
+            };
+            results.push(settled);
         }
+        let marked = tx.settle_paid(&paid).await?;
+        if marked != paid.len() as u64 {
+            // The rows are locked (or the database is), so this cannot happen; if it
+            // ever does, nothing is committed and each notification is tried alone.
+            return Err(StoreError::Invalid(format!(
+                "marked {marked} of {} orders paid",
+                paid.len()
+            )));
+        }
+        let verdicts: Vec<NotificationVerdict<'_>> = jobs
+            .iter()
+            .zip(&results)
+            .map(|(job, s)| NotificationVerdict {
+                id: job.id,
+                verdict: s.verdict,
+                reason: s.reason.as_deref(),
+                out_trade_no: Some(job.notice.out_trade_no.as_str()).filter(|n| !n.is_empty()),
+                account: Some(job.notice.account.as_str()),
+            })
+            .collect();
+        tx.finish_notifications(&verdicts).await?;
+        drop(verdicts);
         tx.commit().await?;
         Ok(results)
     }
 
-    /// Steps 3–5 inside `tx`, within a savepoint of their own. Returns the transaction
-    /// unless it was lost with an abandoned handler call.
-    async fn settle(
-        &self,
-        mut tx: Box<dyn Tx>,
-        id: i64,
-        provider: ProviderKind,
-        notice: &Notice,
-        payment: &Payment,
-    ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
-        let checked = match self
-            .check_order(tx.as_mut(), id, notice, payment, provider)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return (Some(tx), Err(e)),
-        };
-        let (order, settled) = match checked {
-            Checked::Done(s) => (None, s),
-            Checked::Pay(order) => {
-                let (back, result) = self.pay(tx, id, &order, notice, payment).await;
-                let Some(t) = back else {
-                    return (None, result);
-                };
-                tx = t;
-                match result {
-                    Ok(s) => (Some(*order), s),
-                    Err(e) => return (Some(tx), Err(e)),
-                }
-            }
-        };
-        let out_trade_no = order
-            .as_ref()
-            .map(|o| o.out_trade_no.as_str())
-            .unwrap_or(&notice.out_trade_no);
-        let recorded = tx
-            .finish_notification(
-                id,
-                settled.verdict,
-                settled.reason.as_deref(),
-                Some(out_trade_no).filter(|s| !s.is_empty()),
-                Some(&notice.account),
-            )
-            .await;
-        (Some(tx), recorded.map(|()| settled))
-    }
-
-    /// Steps 3–4: the order exists, belongs to this account, and the amount is right.
-    async fn check_order(
-        &self,
-        tx: &mut dyn Tx,
-        id: i64,
-        notice: &Notice,
-        payment: &Payment,
-        provider: ProviderKind,
-    ) -> Result<Checked, StoreError> {
-        let Some(order) = tx.lock_order(&notice.out_trade_no).await? else {
-            return Ok(Checked::Done(Settled::new(
-                Verdict::Rejected,
-                format!("unknown order `{}`", notice.out_trade_no),
-            )));
-        };
-        if order.provider != provider.as_str() || order.account != notice.account {
-            return Ok(Checked::Done(Settled::new(
-                Verdict::Rejected,
-                format!(
-                    "order belongs to {} account `{}`, notification was verified for {} account `{}`",
-                    order.provider, order.account, provider, notice.account
-                ),
-            )));
-        }
-        if payment.amount != order.total_fee {
-            return Ok(Checked::Done(Settled::new(
-                Verdict::Rejected,
-                format!(
-                    "amount mismatch: paid {} fen, order total is {} fen",
-                    payment.amount, order.total_fee
-                ),
-            )));
-        }
-        Ok(match order.status {
-            status::UNPAID => Checked::Pay(Box::new(order)),
-            status::CLOSED => {
-                tracing::warn!(transaction = %payment.transaction_id, "payment for a closed order: refund or reopen it");
-                Checked::Done(Settled::new(
-                    Verdict::PaidAfterClose,
-                    format!(
-                        "order was closed; paid by transaction {}",
-                        payment.transaction_id
-                    ),
-                ))
-            }
-            // A replay of the very notification that paid the order stays its payer.
-            _ if order.paid_notification_id == Some(id) => Checked::Done(Settled::new(
-                Verdict::Paid,
-                "replayed; order was already paid by it".to_owned(),
-            )),
-            _ if order.transaction_id.as_deref() == Some(payment.transaction_id.as_str()) => {
-                Checked::Done(Settled::new(Verdict::Duplicate, None))
-            }
-            _ => {
-                tracing::warn!(
-                    paid_by = order.transaction_id.as_deref().unwrap_or(""),
-                    transaction = %payment.transaction_id,
-                    "order paid twice by different transactions: refund one"
-                );
-                Checked::Done(Settled::new(
-                    Verdict::Duplicate,
-                    format!(
-                        "order already paid by transaction {}; this notification reports transaction {} (paid twice?)",
-                        order.transaction_id.as_deref().unwrap_or("?"),
-                        payment.transaction_id
-                    ),
-                ))
-            }
-        })
-    }
-
-    /// Step 5 for an unpaid order: mark paid and run the handler inside a savepoint.
+    /// Step 5 for an unpaid order whose checks passed: run its handler inside a
+    /// savepoint. A success comes back as the row [`Tx::settle_paid`] will write; a
+    /// failure is rolled back to the savepoint and recorded on the order at once.
     async fn pay(
         &self,
         mut tx: Box<dyn Tx>,
-        id: i64,
+        job: &SettleJob,
         order: &Order,
-        notice: &Notice,
-        payment: &Payment,
-    ) -> (Option<Box<dyn Tx>>, Result<Settled, StoreError>) {
+    ) -> (Option<Box<dyn Tx>>, Result<Paid, StoreError>) {
+        let (id, notice, payment) = (job.id, &job.notice, &job.payment);
         let Some(plugin) = self.plugins.get(&order.order_type) else {
             let failure = HandlerFailure::NotLoaded(order.order_type.clone());
             let r = tx
@@ -634,33 +574,13 @@ impl Settler {
                 .await;
             return (
                 Some(tx),
-                r.map(|()| Settled::new(Verdict::Failed, failure.to_string())),
+                r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string()))),
             );
         };
         let savepoint = format!("n{id}");
         if let Err(e) = tx.savepoint(&savepoint).await {
             return (Some(tx), Err(e));
         }
-        let original_data = serde_json::to_value(&notice.fields).unwrap_or_default();
-        let marked = tx
-            .mark_paid(&MarkPaid {
-                out_trade_no: &order.out_trade_no,
-                transaction_id: &payment.transaction_id,
-                pay_date: payment.paid_at.unwrap_or_else(crate::store::now_ms),
-                notification_id: id,
-                original_data: &original_data,
-            })
-            .await;
-        match marked {
-            Ok(true) => {}
-            // The row lock makes this unreachable; if it ever happens, nothing ran twice.
-            Ok(false) => {
-                let r = tx.release(&savepoint).await;
-                return (Some(tx), r.map(|()| Settled::new(Verdict::Duplicate, None)));
-            }
-            Err(e) => return (Some(tx), Err(e)),
-        }
-
         let ctx = CallContext {
             manifest: plugin.manifest.clone(),
             tags: CallTags {
@@ -729,13 +649,16 @@ impl Settler {
         match result {
             Ok(outcome) => {
                 tracing::info!(plugin = %plugin.plugin_type, elapsed_us = elapsed.as_micros() as u64, "handler succeeded");
-                let r = async {
-                    tx.release(&savepoint).await?;
-                    tx.set_handler_result(&order.out_trade_no, "succeeded", &outcome, Some(&build))
-                        .await
-                }
-                .await;
-                (Some(tx), r.map(|()| Settled::new(Verdict::Paid, None)))
+                let row = PaidOrder {
+                    out_trade_no: order.out_trade_no.clone(),
+                    transaction_id: payment.transaction_id.clone(),
+                    pay_date: payment.paid_at.unwrap_or_else(crate::store::now_ms),
+                    notification_id: id,
+                    original_data: serde_json::to_string(&notice.fields).unwrap_or_default(),
+                    handler_result: outcome.to_string(),
+                    handler_version: build,
+                };
+                (Some(tx), Ok(Paid::Yes(Box::new(row))))
             }
             Err(HandlerFailure::Transient(why)) => {
                 // Not the handler's doing: fail the transaction so it is run again.
@@ -756,9 +679,75 @@ impl Settler {
                 .await;
                 (
                     Some(tx),
-                    r.map(|()| Settled::new(Verdict::Failed, failure.to_string())),
+                    r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string()))),
                 )
             }
+        }
+    }
+}
+
+/// Steps 3–4, decided on the locked order: it exists, belongs to the verified account,
+/// the amount is right, and it is still unpaid.
+fn check_order(order: Option<&Order>, job: &SettleJob) -> Checked {
+    let (id, notice, payment) = (job.id, &job.notice, &job.payment);
+    let Some(order) = order else {
+        return Checked::Done(Settled::new(
+            Verdict::Rejected,
+            format!("unknown order `{}`", notice.out_trade_no),
+        ));
+    };
+    if order.provider != job.provider.as_str() || order.account != notice.account {
+        return Checked::Done(Settled::new(
+            Verdict::Rejected,
+            format!(
+                "order belongs to {} account `{}`, notification was verified for {} account `{}`",
+                order.provider, order.account, job.provider, notice.account
+            ),
+        ));
+    }
+    if payment.amount != order.total_fee {
+        return Checked::Done(Settled::new(
+            Verdict::Rejected,
+            format!(
+                "amount mismatch: paid {} fen, order total is {} fen",
+                payment.amount, order.total_fee
+            ),
+        ));
+    }
+    match order.status {
+        status::UNPAID => Checked::Pay,
+        status::CLOSED => {
+            tracing::warn!(transaction = %payment.transaction_id, "payment for a closed order: refund or reopen it");
+            Checked::Done(Settled::new(
+                Verdict::PaidAfterClose,
+                format!(
+                    "order was closed; paid by transaction {}",
+                    payment.transaction_id
+                ),
+            ))
+        }
+        // A replay of the very notification that paid the order stays its payer.
+        _ if order.paid_notification_id == Some(id) => Checked::Done(Settled::new(
+            Verdict::Paid,
+            "replayed; order was already paid by it".to_owned(),
+        )),
+        _ if order.transaction_id.as_deref() == Some(payment.transaction_id.as_str()) => {
+            Checked::Done(Settled::new(Verdict::Duplicate, None))
+        }
+        _ => {
+            tracing::warn!(
+                paid_by = order.transaction_id.as_deref().unwrap_or(""),
+                transaction = %payment.transaction_id,
+                "order paid twice by different transactions: refund one"
+            );
+            Checked::Done(Settled::new(
+                Verdict::Duplicate,
+                format!(
+                    "order already paid by transaction {}; this notification reports transaction {} (paid twice?)",
+                    order.transaction_id.as_deref().unwrap_or("?"),
+                    payment.transaction_id
+                ),
+            ))
         }
     }
 }
@@ -767,7 +756,15 @@ enum Checked {
     /// Nothing to pay: the verdict is decided.
     Done(Settled),
     /// An unpaid order whose checks passed.
-    Pay(Box<Order>),
+    Pay,
+}
+
+/// What running the handler for a payment came to.
+enum Paid {
+    /// It succeeded: the order row to mark paid at the end of the batch.
+    Yes(Box<PaidOrder>),
+    /// It failed (rolled back) or no handler is loaded: the verdict.
+    No(Settled),
 }
 
 /// Step 1 for a batch: one transaction, one commit. If the batch cannot be stored, each

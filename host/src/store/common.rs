@@ -205,7 +205,7 @@ macro_rules! shared_statements {
             };
             use $crate::store::{
                 now_ms, DocError, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
-                NotificationRecord, Order, OrderFilter, StoreError, TaskEnd, TaskRecord, Verdict,
+                NotificationRecord, Order, OrderFilter, PaidOrder, StoreError, TaskEnd, TaskRecord, Verdict,
             };
 
             type Conn = <$db as sqlx::Database>::Connection;
@@ -290,6 +290,50 @@ macro_rules! shared_statements {
                 .fetch_one(e)
                 .await?;
                 Ok(id)
+            }
+
+            /// Stores a batch of raw notifications with one multi-row `INSERT`, returning
+            /// their ids in the batch's order. Rows take their ids in VALUES order (one
+            /// writer on SQLite; one statement drawing increasing identity values on
+            /// PostgreSQL), so the returned ids, sorted, line up with the batch.
+            pub(super) async fn insert_notifications(
+                conn: &mut Conn,
+                batch: &[&NewNotification],
+            ) -> Result<Vec<i64>, StoreError> {
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let headers = batch
+                    .iter()
+                    .map(|n| serde_json::to_string(&n.headers))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::Invalid(format!("headers: {e}")))?;
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO notifications (provider, account, received_at, remote_addr, headers, body, truncated) ",
+                );
+                q.push_values(batch.iter().zip(&headers), |mut row, (n, h)| {
+                    row.push_bind(storable(&n.provider).into_owned())
+                        .push_bind(n.account.as_deref().map(|s| storable(s).into_owned()))
+                        .push_bind(n.received_at)
+                        .push_bind(n.remote_addr.as_deref().map(|s| storable(s).into_owned()))
+                        .push_bind(h.as_str())
+                        .push_bind(n.body.as_slice())
+                        .push_bind(n.truncated);
+                });
+                q.push(" RETURNING id");
+                let mut ids: Vec<i64> = q
+                    .build_query_scalar()
+                    .fetch_all(&mut *conn)
+                    .await?;
+                if ids.len() != batch.len() {
+                    return Err(StoreError::Invalid(format!(
+                        "stored {} of {} notifications",
+                        ids.len(),
+                        batch.len()
+                    )));
+                }
+                ids.sort_unstable();
+                Ok(ids)
             }
 
             pub(super) async fn finish_notification<'e, E: Executor<'e, Database = $db>>(
@@ -539,6 +583,86 @@ macro_rules! shared_statements {
                 Ok(done.rows_affected() == 1)
             }
 
+            /// One statement for a batch: `SELECT … WHERE out_trade_no IN (…)`, locked in
+            /// key order so concurrent batches queue on rows instead of deadlocking.
+            pub(super) async fn lock_orders(conn: &mut Conn, nos: &[&str]) -> Result<Vec<Order>, StoreError> {
+                // No order number holds NUL (and PostgreSQL cannot even compare it).
+                let nos: Vec<&str> = nos.iter().copied().filter(|n| !n.contains('\0')).collect();
+                if nos.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no IN ("
+                ));
+                let mut list = q.separated(", ");
+                for no in nos {
+                    list.push_bind(no);
+                }
+                q.push(") ORDER BY out_trade_no");
+                q.push(<$db as Dialect>::FOR_UPDATE);
+                let rows = q.build().fetch_all(&mut *conn).await?;
+                rows.iter().map(StoreRow::order).collect()
+            }
+
+            /// One `UPDATE … FROM (VALUES …)` for every order a batch paid. VALUES columns
+            /// are `column1…` on both dialects, and each bind carries its type, so the
+            /// same text serves SQLite and PostgreSQL.
+            pub(super) async fn settle_paid(conn: &mut Conn, paid: &[PaidOrder]) -> Result<u64, StoreError> {
+                if paid.is_empty() {
+                    return Ok(0);
+                }
+                let now = now_ms();
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE orders SET status = 1, transaction_id = v.column2, pay_date = v.column3, \
+                     paid_notification_id = v.column4, original_data = v.column5, \
+                     handler_status = 'succeeded', handler_result = v.column6, handler_version = v.column7, \
+                     notify_date = ",
+                );
+                q.push_bind(now);
+                q.push(", updated_at = ");
+                q.push_bind(now);
+                q.push(" FROM (");
+                q.push_values(paid, |mut row, p| {
+                    row.push_bind(p.out_trade_no.as_str())
+                        .push_bind(storable(&p.transaction_id).into_owned())
+                        .push_bind(p.pay_date)
+                        .push_bind(p.notification_id)
+                        .push_bind(p.original_data.as_str())
+                        .push_bind(p.handler_result.as_str())
+                        .push_bind(storable(&p.handler_version).into_owned());
+                });
+                q.push(") AS v WHERE orders.out_trade_no = v.column1 AND orders.status = 0");
+                let done = q.build().execute(&mut *conn).await?;
+                Ok(done.rows_affected())
+            }
+
+            /// One `UPDATE … FROM (VALUES …)` recording every verdict of a batch.
+            pub(super) async fn finish_notifications(
+                conn: &mut Conn,
+                rows: &[$crate::store::NotificationVerdict<'_>],
+            ) -> Result<(), StoreError> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE notifications SET verdict = v.column2, reason = v.column3, \
+                     out_trade_no = COALESCE(v.column4, notifications.out_trade_no), \
+                     account = COALESCE(v.column5, notifications.account), processed_at = ",
+                );
+                q.push_bind(now_ms());
+                q.push(" FROM (");
+                q.push_values(rows, |mut row, r| {
+                    row.push_bind(r.id)
+                        .push_bind(r.verdict.as_str())
+                        .push_bind(r.reason.map(|s| storable(s).into_owned()))
+                        .push_bind(r.out_trade_no.map(|s| storable(s).into_owned()))
+                        .push_bind(r.account.map(|s| storable(s).into_owned()));
+                });
+                q.push(") AS v WHERE notifications.id = v.column1");
+                q.build().execute(&mut *conn).await?;
+                Ok(())
+            }
+
             pub(super) async fn savepoint(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
                 check_savepoint(name)?;
                 (&mut *conn).execute(format!("SAVEPOINT {name}").as_str()).await?;
@@ -772,10 +896,7 @@ macro_rules! impl_store {
             ) -> Result<Vec<i64>, $crate::store::StoreError> {
                 // One transaction, one commit (one fsync) for the whole batch.
                 let mut tx = self.$writer.begin().await?;
-                let mut ids = Vec::with_capacity(batch.len());
-                for n in batch {
-                    ids.push(shared::insert_notification(&mut *tx, n).await?);
-                }
+                let ids = shared::insert_notifications(&mut *tx, batch).await?;
                 tx.commit().await?;
                 Ok(ids)
             }
@@ -915,6 +1036,27 @@ macro_rules! impl_tx {
                 p: &$crate::store::MarkPaid<'_>,
             ) -> Result<bool, $crate::store::StoreError> {
                 shared::mark_paid(&mut *self.tx, p).await
+            }
+
+            async fn lock_orders(
+                &mut self,
+                out_trade_nos: &[&str],
+            ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
+                shared::lock_orders(&mut *self.tx, out_trade_nos).await
+            }
+
+            async fn settle_paid(
+                &mut self,
+                paid: &[$crate::store::PaidOrder],
+            ) -> Result<u64, $crate::store::StoreError> {
+                shared::settle_paid(&mut *self.tx, paid).await
+            }
+
+            async fn finish_notifications(
+                &mut self,
+                rows: &[$crate::store::NotificationVerdict<'_>],
+            ) -> Result<(), $crate::store::StoreError> {
+                shared::finish_notifications(&mut *self.tx, rows).await
             }
 
             async fn set_handler_result(

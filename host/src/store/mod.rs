@@ -574,6 +574,17 @@ pub trait Tx: Send {
     async fn lock_order(&mut self, out_trade_no: &str) -> Result<Option<Order>, StoreError>;
     /// `status 0 → 1` only if still unpaid; true if this call made the change.
     async fn mark_paid(&mut self, paid: &MarkPaid<'_>) -> Result<bool, StoreError>;
+    /// Reads several orders and locks their rows, in `out_trade_no` order, in one
+    /// statement (a batch's orders; unknown numbers are simply absent).
+    async fn lock_orders(&mut self, out_trade_nos: &[&str]) -> Result<Vec<Order>, StoreError>;
+    /// Marks a batch's orders paid with their handlers' results, in one statement, each
+    /// only if still unpaid; returns how many rows changed.
+    async fn settle_paid(&mut self, paid: &[PaidOrder]) -> Result<u64, StoreError>;
+    /// Records where a batch's notifications ended up, in one statement.
+    async fn finish_notifications(
+        &mut self,
+        rows: &[NotificationVerdict<'_>],
+    ) -> Result<(), StoreError>;
     /// Records the handler's result, and which build produced it, on the order.
     async fn set_handler_result(
         &mut self,
@@ -639,6 +650,40 @@ pub struct MarkPaid<'a> {
     pub notification_id: i64,
     /// The verified fields, stored as `original_data`.
     pub original_data: &'a serde_json::Value,
+}
+
+/// One order of a batch that its handler paid: what [`Tx::settle_paid`] writes.
+#[derive(Debug, Clone)]
+pub struct PaidOrder {
+    /// The order.
+    pub out_trade_no: String,
+    /// The provider's transaction id.
+    pub transaction_id: String,
+    /// When the provider says it was paid.
+    pub pay_date: Millis,
+    /// The notification that paid it.
+    pub notification_id: i64,
+    /// The verified fields as JSON text, stored as `original_data`.
+    pub original_data: String,
+    /// The handler's result as JSON text.
+    pub handler_result: String,
+    /// Which build produced it.
+    pub handler_version: String,
+}
+
+/// Where one notification of a batch ended up: what [`Tx::finish_notifications`] writes.
+#[derive(Debug, Clone)]
+pub struct NotificationVerdict<'a> {
+    /// The notification.
+    pub id: i64,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Why, for rejections and failures.
+    pub reason: Option<&'a str>,
+    /// Its order, when known (kept as stored when `None`).
+    pub out_trade_no: Option<&'a str>,
+    /// Its verified account, when known (kept as stored when `None`).
+    pub account: Option<&'a str>,
 }
 
 /// Opens the database named by the config URL and brings its schema up to date:
