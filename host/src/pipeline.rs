@@ -21,7 +21,8 @@ use crate::batch;
 
 use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
-use crate::plugins::{HandlerFailure, Registry};
+use crate::plugins::runtime::Prepared;
+use crate::plugins::{HandlerFailure, Plugin, Registry};
 use crate::providers::{Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers};
 use crate::store::{
     status, NewNotification, NotificationRecord, NotificationVerdict, Order, PaidOrder, Store,
@@ -502,7 +503,10 @@ impl Settler {
             .collect();
         let mut results = Vec::with_capacity(jobs.len());
         let mut paid = Vec::new();
-        for job in jobs {
+        let mut ahead = Ahead::new();
+        for (i, job) in jobs.iter().enumerate() {
+            self.prepare_ahead(jobs, &orders, i, &mut ahead);
+            let prepared = ahead.remove(&i).flatten();
             let order = orders.get_mut(&job.notice.out_trade_no);
             let settled = match check_order(order.as_deref(), job) {
                 Checked::Done(s) => s,
@@ -510,7 +514,7 @@ impl Settler {
                     let Some(order) = order else {
                         return Err(StoreError::Invalid("order vanished from the batch".into()));
                     };
-                    let (back, result) = self.pay(tx, job, order).await;
+                    let (back, result) = self.pay(tx, job, order, prepared).await;
                     tx = back.ok_or_else(|| {
                         StoreError::Invalid(
                             "the transaction was abandoned during a handler call".into(),
@@ -557,17 +561,74 @@ impl Settler {
         Ok(results)
     }
 
+    /// Starts making handler instances for the next few payments of the batch on other
+    /// workers, so that instantiation (tens of microseconds) happens while the current
+    /// handler runs instead of inside the transaction's critical path. Only orders that
+    /// look payable get one; an instance that turns out not to be needed is dropped.
+    fn prepare_ahead(
+        &self,
+        jobs: &[SettleJob],
+        orders: &HashMap<String, Order>,
+        from: usize,
+        ahead: &mut Ahead,
+    ) {
+        for k in from..jobs.len().min(from + PREPARE_AHEAD) {
+            if ahead.contains_key(&k) {
+                continue;
+            }
+            let job = &jobs[k];
+            let plugin = orders
+                .get(&job.notice.out_trade_no)
+                .filter(|o| o.status == status::UNPAID)
+                .and_then(|o| self.plugins.get(&o.order_type));
+            let task = plugin.map(|plugin| {
+                let runtime = self.plugins.runtime().clone();
+                let tags = CallTags {
+                    plugin: plugin.plugin_type.clone(),
+                    version: plugin.metadata.version.clone(),
+                    out_trade_no: Some(job.notice.out_trade_no.clone()),
+                    notification_id: Some(job.id),
+                    task_id: None,
+                };
+                tokio::spawn(async move {
+                    let made = runtime
+                        .prepare(
+                            &plugin.compiled,
+                            plugin.manifest.clone(),
+                            tags,
+                            plugin.limits,
+                        )
+                        .await;
+                    (plugin, made)
+                })
+            });
+            ahead.insert(k, task);
+        }
+    }
+
     /// Step 5 for an unpaid order whose checks passed: run its handler inside a
-    /// savepoint. A success comes back as the row [`Tx::settle_paid`] will write; a
-    /// failure is rolled back to the savepoint and recorded on the order at once.
+    /// savepoint (on the instance made ahead for it, if there is one). A success comes
+    /// back as the row [`Tx::settle_paid`] will write; a failure is rolled back to the
+    /// savepoint and recorded on the order at once.
     async fn pay(
         &self,
         mut tx: Box<dyn Tx>,
         job: &SettleJob,
         order: &Order,
+        prepared: Option<PrepareTask>,
     ) -> (Option<Box<dyn Tx>>, Result<Paid, StoreError>) {
         let (id, notice, payment) = (job.id, &job.notice, &job.payment);
-        let Some(plugin) = self.plugins.get(&order.order_type) else {
+        // An instance made before a hot reload runs the build it was made from: it was
+        // already in flight when the new one arrived.
+        let prepared = match prepared {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
+        let (plugin, prepared) = match prepared {
+            Some((plugin, made)) => (Some(plugin), Some(made)),
+            None => (self.plugins.get(&order.order_type), None),
+        };
+        let Some(plugin) = plugin else {
             let failure = HandlerFailure::NotLoaded(order.order_type.clone());
             let r = tx
                 .set_handler_result(&order.out_trade_no, "failed", &failure.to_json(), None)
@@ -626,17 +687,28 @@ impl Settler {
         };
         let build = plugin.build_id();
         let started = std::time::Instant::now();
-        let (ctx, result) = self
-            .plugins
-            .runtime()
-            .handle_paid(
-                &plugin.compiled,
-                ctx,
-                plugin.limits,
-                wit_order,
-                wit_notification,
-            )
-            .await;
+        let runtime = self.plugins.runtime();
+        let (ctx, result) = match prepared {
+            Some(Ok(instance)) => {
+                runtime
+                    .handle_paid_prepared(instance, ctx, wit_order, wit_notification)
+                    .await
+            }
+            // Making the instance failed (a trap in an initialiser, a full pool): the
+            // handler failed, as it would have inside the call.
+            Some(Err(failure)) => (Some(ctx), Err(failure)),
+            None => {
+                runtime
+                    .handle_paid(
+                        &plugin.compiled,
+                        ctx,
+                        plugin.limits,
+                        wit_order,
+                        wit_notification,
+                    )
+                    .await
+            }
+        };
         let elapsed = started.elapsed();
         let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) else {
             return (
@@ -751,6 +823,15 @@ fn check_order(order: Option<&Order>, job: &SettleJob) -> Checked {
         }
     }
 }
+
+/// How many payments ahead of the running one get their handler instance made.
+const PREPARE_AHEAD: usize = 2;
+
+/// A handler instance being made ahead, with the plugin build it is made from.
+type PrepareTask = tokio::task::JoinHandle<(Arc<Plugin>, Result<Prepared, HandlerFailure>)>;
+
+/// Instances being made ahead, by job index (`None`: the job needs none).
+type Ahead = HashMap<usize, Option<PrepareTask>>;
 
 enum Checked {
     /// Nothing to pay: the verdict is decided.

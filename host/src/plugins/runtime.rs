@@ -195,7 +195,7 @@ impl WasiView for HostState {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     http: reqwest::Client,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -270,7 +270,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            permits: Semaphore::new(instances as usize),
+            permits: Arc::new(Semaphore::new(instances as usize)),
             http,
             ticker_stop,
         })
@@ -372,6 +372,23 @@ impl Runtime {
         })
     }
 
+    /// Makes a fresh, limited instance of a handler ahead of its call, so that the
+    /// pipeline can pay for instantiation outside the payment transaction (while the
+    /// previous handler of a batch runs). The instance carries a detached context until
+    /// [`Runtime::handle_paid_prepared`] hands it the real one.
+    pub async fn prepare(
+        &self,
+        compiled: &Compiled,
+        manifest: Arc<Manifest>,
+        tags: CallTags,
+        limits: Limits,
+    ) -> Result<Prepared, HandlerFailure> {
+        let ctx = CallContext::detached(manifest, tags, self.http.clone());
+        self.instantiate(&compiled.pre, ctx, limits)
+            .await
+            .map_err(|(_, failure)| failure)
+    }
+
     /// Runs `handle-paid`. Gives the context (and its transaction) back unless the call
     /// had to be abandoned, in which case the transaction is gone (rolled back).
     pub async fn handle_paid(
@@ -385,10 +402,48 @@ impl Runtime {
         Option<CallContext>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
-        let plugin = ctx.tags.plugin.clone();
+        match self.instantiate(&compiled.pre, ctx, limits).await {
+            Ok(prepared) => {
+                self.run_handle_paid(prepared, None, order, notification)
+                    .await
+            }
+            Err((ctx, failure)) => (Some(ctx), Err(failure)),
+        }
+    }
+
+    /// Runs `handle-paid` on an instance made by [`Runtime::prepare`], with `ctx` (and
+    /// its transaction) in place of the detached context it was made with.
+    pub async fn handle_paid_prepared(
+        &self,
+        prepared: Prepared,
+        ctx: CallContext,
+        order: bindings::Order,
+        notification: bindings::Notification,
+    ) -> (
+        Option<CallContext>,
+        Result<serde_json::Value, HandlerFailure>,
+    ) {
+        self.run_handle_paid(prepared, Some(ctx), order, notification)
+            .await
+    }
+
+    async fn run_handle_paid(
+        &self,
+        prepared: Prepared,
+        ctx: Option<CallContext>,
+        order: bindings::Order,
+        notification: bindings::Notification,
+    ) -> (
+        Option<CallContext>,
+        Result<serde_json::Value, HandlerFailure>,
+    ) {
+        let plugin = ctx
+            .as_ref()
+            .map(|c| c.tags.plugin.clone())
+            .unwrap_or_else(|| prepared.store.data().caps.tags.plugin.clone());
         let started = std::time::Instant::now();
         let (ctx, result) = self
-            .call(&compiled.pre, ctx, limits, move |h, s| {
+            .run(prepared, ctx, move |h, s| {
                 Box::pin(async move { h.call_handle_paid(s, &order, &notification).await })
             })
             .await;
@@ -430,8 +485,7 @@ impl Runtime {
         (ctx, result)
     }
 
-    /// One call in a fresh store: limits, epoch deadline, stdio capture, and a host-side
-    /// backstop timeout for host functions that epochs cannot interrupt.
+    /// One call in a fresh store.
     async fn call<R, F>(
         &self,
         pre: &HandlerPre<HostState>,
@@ -448,11 +502,22 @@ impl Runtime {
         >,
         R: Send,
     {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return (
-                Some(ctx),
-                Err(HandlerFailure::Host("runtime is shutting down".into())),
-            );
+        match self.instantiate(pre, ctx, limits).await {
+            Ok(prepared) => self.run(prepared, None, f).await,
+            Err((ctx, failure)) => (Some(ctx), Err(failure)),
+        }
+    }
+
+    /// A fresh store and instance: limits, epoch deadline, stdio capture, and a host-side
+    /// backstop timeout. Gives the context back if instantiation fails.
+    async fn instantiate(
+        &self,
+        pre: &HandlerPre<HostState>,
+        ctx: CallContext,
+        limits: Limits,
+    ) -> Result<Prepared, (CallContext, HandlerFailure)> {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return Err((ctx, HandlerFailure::Host("runtime is shutting down".into())));
         };
         let stdout = MemoryOutputPipe::new(MAX_STDIO_BYTES);
         let stderr = MemoryOutputPipe::new(MAX_STDIO_BYTES);
@@ -478,24 +543,61 @@ impl Runtime {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        // Every tick the guest gives its worker thread back to the async runtime (a
-        // handler spinning for its whole time limit must not pin one of the host's few
-        // threads), and once its wall time is up the next tick traps it.
-        let deadline = std::time::Instant::now() + limits.timeout;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if std::time::Instant::now() >= deadline {
-                Err(wasmtime::Trap::Interrupt.into())
-            } else {
-                Ok(wasmtime::UpdateDeadline::Yield(1))
-            }
-        });
-
-        let outcome = tokio::time::timeout(limits.timeout + HOST_GRACE, async {
-            let handler = pre.instantiate_async(&mut store).await?;
-            f(&handler, &mut store).await
-        })
+        // Instantiation can run guest code (initialisers): it gets the call's limits.
+        set_deadline(&mut store, limits.timeout);
+        let made = tokio::time::timeout(
+            limits.timeout + HOST_GRACE,
+            pre.instantiate_async(&mut store),
+        )
         .await;
+        match made {
+            Ok(Ok(handler)) => Ok(Prepared {
+                store,
+                handler,
+                limits,
+                _permit: permit,
+            }),
+            Ok(Err(e)) => {
+                let failure = classify(&e, store.data(), limits);
+                Err((store.into_data().caps, failure))
+            }
+            Err(_elapsed) => {
+                let caps = store.into_data().caps;
+                Err((caps, HandlerFailure::Timeout(limits.timeout)))
+            }
+        }
+    }
+
+    /// Runs one export on a prepared instance (with `ctx` swapped in when given), then
+    /// drops the store: nothing of this call survives into the next.
+    async fn run<R, F>(
+        &self,
+        prepared: Prepared,
+        ctx: Option<CallContext>,
+        f: F,
+    ) -> (Option<CallContext>, Result<R, HandlerFailure>)
+    where
+        F: for<'a> FnOnce(
+            &'a Handler,
+            &'a mut Store<HostState>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+        R: Send,
+    {
+        let Prepared {
+            mut store,
+            handler,
+            limits,
+            _permit,
+        } = prepared;
+        if let Some(ctx) = ctx {
+            store.data_mut().caps = ctx;
+        }
+        // The wall-time limit counts from the call, not from when the instance was made.
+        set_deadline(&mut store, limits.timeout);
+        let outcome =
+            tokio::time::timeout(limits.timeout + HOST_GRACE, f(&handler, &mut store)).await;
 
         let result = match outcome {
             Err(_elapsed) => {
@@ -516,6 +618,30 @@ impl Runtime {
         };
         (Some(caps), result)
     }
+}
+
+/// A fresh instance of a handler, made by [`Runtime::prepare`] and not yet called. It
+/// holds one of the runtime's instance permits (and a pooled slot) until dropped.
+pub struct Prepared {
+    store: Store<HostState>,
+    handler: Handler,
+    limits: Limits,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Every tick the guest gives its worker thread back to the async runtime (a handler
+/// spinning for its whole time limit must not pin one of the host's few threads), and
+/// once its wall time is up the next tick traps it.
+fn set_deadline(store: &mut Store<HostState>, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if std::time::Instant::now() >= deadline {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
 }
 
 /// Loads the cached artefact at `cached` if there is one, else compiles `bytes` and
