@@ -572,11 +572,10 @@ impl Settler {
         from: usize,
         ahead: &mut Ahead,
     ) {
-        for k in from..jobs.len().min(from + PREPARE_AHEAD) {
+        for (k, job) in jobs.iter().enumerate().skip(from).take(PREPARE_AHEAD) {
             if ahead.contains_key(&k) {
                 continue;
             }
-            let job = &jobs[k];
             let plugin = orders
                 .get(&job.notice.out_trade_no)
                 .filter(|o| o.status == status::UNPAID)
