@@ -640,34 +640,7 @@ async fn cli_reconcile_json_through_the_binary() {
     );
     let config = s.dir.path().join("cli.toml");
     std::fs::write(&config, text).expect("write config");
-    let run = |args: &'static [&'static str]| {
-        let config = config.clone();
-        async move {
-            let mut cmd = tokio::process::Command::new(paynotify_tests::process::paynotify_bin());
-            for (k, _) in std::env::vars() {
-                if k.starts_with("PAYNOTIFY_") {
-                    cmd.env_remove(k);
-                }
-            }
-            let out = cmd
-                .arg("--config")
-                .arg(&config)
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .expect("run paynotify");
-            assert!(
-                out.status.success(),
-                "paynotify {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).expect("utf-8")
-        }
-    };
-    let out = run(&["reconcile", "--order", "CLI-PAID", "--json"]).await;
+    let out = run(&config, &["reconcile", "--order", "CLI-PAID", "--json"]).await;
     let v: Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
     assert_eq!(v["paid"], 1, "{v}");
@@ -675,7 +648,7 @@ async fn cli_reconcile_json_through_the_binary() {
     assert_eq!(s.order("CLI-PAID").await.status, status::PAID);
     assert_eq!(balance(&s, "cli-user").await, Some(990));
 
-    let out = run(&["reconcile", "--older-than", "0", "--json"]).await;
+    let out = run(&config, &["reconcile", "--older-than", "0", "--json"]).await;
     let v: Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
     assert_eq!(line(&v, "CLI-OPEN")["outcome"], "unpaid", "{v}");
@@ -686,11 +659,38 @@ async fn cli_reconcile_json_through_the_binary() {
     );
 
     // The text form names the outcome per order.
-    let out = run(&["reconcile", "--older-than", "0"]).await;
+    let out = run(&config, &["reconcile", "--older-than", "0"]).await;
     assert!(out.contains("CLI-OPEN") && out.contains("unpaid"), "{out}");
     assert_eq!(
         balance(&s, "cli-user").await,
         Some(990),
         "never credited twice"
     );
+}
+
+/// Runs `paynotify --config CONFIG ARGS…` (without the caller's PAYNOTIFY_… variables);
+/// its stdout, which it must succeed to give.
+async fn run(config: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = tokio::process::Command::new(paynotify_tests::process::paynotify_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PAYNOTIFY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run paynotify");
+    assert!(
+        out.status.success(),
+        "paynotify {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }

@@ -223,9 +223,9 @@ pub enum NotificationsCommand {
         /// With --failed: only those for orders of this handler type.
         #[arg(long = "type", value_name = "TYPE", requires = "failed")]
         order_type: Option<String>,
-        /// With --failed: at most this many.
-        #[arg(long, default_value_t = 100, requires = "failed")]
-        limit: u32,
+        /// With --failed: at most this many (default 100).
+        #[arg(long, requires = "failed")]
+        limit: Option<u32>,
     },
 }
 

@@ -319,7 +319,7 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
                 ("failed", Some("true".into())),
                 ("since", since.map(|s| s.to_string())),
                 ("type", order_type),
-                ("limit", Some(limit.to_string())),
+                ("limit", limit.map(|l| l.to_string())),
             ]);
             let v = cli::AdminClient::new(config)
                 .call(

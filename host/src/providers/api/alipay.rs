@@ -82,11 +82,15 @@ impl Api {
             .collect::<Vec<_>>()
             .join("&");
         let sign = super::rsa_sign(&self.signer, text.as_bytes());
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &params {
-            form.append_pair(k, v);
-        }
-        form.append_pair("sign", &sign);
+        // The serializer is not Send: it must be gone before the await below.
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &params {
+                form.append_pair(k, v);
+            }
+            form.append_pair("sign", &sign);
+            form.finish()
+        };
         let url = format!("{}/gateway.do", self.base);
         let request = http
             .post(&url)
@@ -94,7 +98,7 @@ impl Api {
                 "content-type",
                 "application/x-www-form-urlencoded;charset=utf-8",
             )
-            .body(form.finish());
+            .body(form);
         send(request, format!("POST {url} {method}"), |h| {
             h == "content-type"
         })
@@ -262,5 +266,20 @@ impl OrderApi for Api {
                 text(&r, "sub_msg")
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_text_is_the_top_level_member_as_sent() {
+        let body = br#"{"x":{"alipay_trade_query_response":{"code":"1"}}, "alipay_trade_query_response" : {"code":"10000",  "msg":"Success"},"sign":"c2ln"}"#;
+        let whole: Value = serde_json::from_slice(body).expect("json");
+        let key = "alipay_trade_query_response";
+        let raw = raw_member(body, key, &whole[key]).expect("found");
+        assert_eq!(raw, br#"{"code":"10000",  "msg":"Success"}"#);
+        assert_eq!(raw_member(body, "absent", &Value::Null), None);
     }
 }
