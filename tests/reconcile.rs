@@ -156,7 +156,7 @@ async fn reconcile_pays_never_notified_orders_on_each_provider() {
     order(&s, "RV2-OPEN", "wechat-v2", "fake", "u-open", 404).await;
     order(&s, "RV3-NONE", "wechat-v3", "a", "u-none", 505).await;
     order(&s, "RALI-OPEN", "alipay", "a", "u-ali-open", 606).await;
-    order(&s, "RCP", "cloudpay", "a", "u-cp", 707).await;
+    order(&s, "RCP-CLOUD", "cloudpay", "a", "u-cp", 707).await;
     fake.set(
         "RV2-PAID",
         Trade::Paid {
@@ -252,7 +252,7 @@ async fn reconcile_pays_never_notified_orders_on_each_provider() {
     for user in ["u-open", "u-none", "u-ali-open", "u-cp"] {
         assert_eq!(balance(&s, user).await, None, "{user} credited");
     }
-    let cp = line(&report, "RCP");
+    let cp = line(&report, "RCP-CLOUD");
     assert_eq!(cp["outcome"], "skipped", "{cp}");
     assert!(
         cp["reason"].as_str().unwrap_or("").contains("CloudPay"),
@@ -552,19 +552,26 @@ async fn bulk_replay_after_fixing_the_plugin_pays_each_once() {
     let plugins = Options::with_plugins(&[]).plugin_as("recharge", "fail-always", None);
     let s = server(&fake, &keys, "", plugins).await;
     for i in 0..3 {
-        s.recharge_order(&format!("FIX-{i}"), &format!("fixer-{i}"), 50 + i)
-            .await;
+        order(
+            &s,
+            &format!("FIX-00{i}"),
+            "wechat-v2",
+            "default",
+            &format!("fixer-{i}"),
+            50 + i,
+        )
+        .await;
         let (_, body) = s
             .notify_v2(wechat_v2::paid_xml(
-                &format!("FIX-{i}"),
+                &format!("FIX-00{i}"),
                 50 + i,
-                &format!("T-FIX-{i}"),
+                &format!("T-FIX-00{i}"),
             ))
             .await;
         assert_eq!(paynotify_tests::v2_return_code(&body), "FAIL", "{body}");
     }
     // The provider retried one of them: two failed notifications for one order.
-    s.notify_v2(wechat_v2::paid_xml("FIX-0", 50, "T-FIX-0"))
+    s.notify_v2(wechat_v2::paid_xml("FIX-000", 50, "T-FIX-000"))
         .await;
     let failed = s
         .notifications()
@@ -599,7 +606,7 @@ async fn bulk_replay_after_fixing_the_plugin_pays_each_once() {
         .collect();
     assert_eq!(verdicts, ["paid", "paid", "paid", "duplicate"], "{v}");
     for i in 0..3 {
-        assert_eq!(s.order(&format!("FIX-{i}")).await.status, status::PAID);
+        assert_eq!(s.order(&format!("FIX-00{i}")).await.status, status::PAID);
         assert_eq!(
             balance(&s, &format!("fixer-{i}")).await,
             Some(50 + i),

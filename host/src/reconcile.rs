@@ -142,7 +142,8 @@ impl Reconciler {
     ) -> Result<Report, StoreError> {
         let age = older_than_secs.unwrap_or(self.config.older_than_secs);
         let now = now_ms();
-        let created_before = now.saturating_sub(secs_ms(age));
+        // Inclusive: `--older-than 0` takes every unpaid order, even one made this ms.
+        let created_before = now.saturating_sub(secs_ms(age)).saturating_add(1);
         let until = now.saturating_add(secs_ms(self.config.interval_secs));
         let due = if force { i64::MAX } else { now };
         let orders = self
