@@ -701,3 +701,66 @@ async fn run(config: &std::path::Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_on_one_database_query_each_order_once() {
+    let fake = FakeProvider::start().await;
+    let keys = tempfile::tempdir().expect("keys dir");
+    let a = server(&fake, &keys, "", Options::with_plugins(&["recharge"])).await;
+    let b = server(
+        &fake,
+        &keys,
+        "",
+        Options::with_plugins(&["recharge"]).database_url(Some(a.database_url.clone())),
+    )
+    .await;
+    const N: usize = 20;
+    for i in 0..N {
+        let no = format!("TWO-{i:03}");
+        order(
+            &a,
+            &no,
+            "wechat-v2",
+            "fake",
+            &format!("two-{i}"),
+            10 + i as i64,
+        )
+        .await;
+        if i % 2 == 0 {
+            fake.set(
+                &no,
+                Trade::Paid {
+                    fen: 10 + i as i64,
+                    transaction_id: format!("T-TWO-{i}"),
+                },
+            );
+        } else {
+            fake.set(&no, Trade::Unpaid);
+        }
+    }
+    // Both background jobs' runs at once, as two processes would make them.
+    let ra = paynotify::reconcile::Reconciler::new(&a.app);
+    let rb = paynotify::reconcile::Reconciler::new(&b.app);
+    let (x, y) = tokio::join!(ra.run_once(Some(0), false), rb.run_once(Some(0), false));
+    let (x, y) = (x.expect("run a"), y.expect("run b"));
+    assert_eq!(
+        x.orders.len() + y.orders.len(),
+        N,
+        "each order claimed once"
+    );
+    assert_eq!(x.paid + y.paid, N / 2);
+    let queries = fake.lock().queries.clone();
+    for i in 0..N {
+        let no = format!("TWO-{i:03}");
+        assert_eq!(
+            queries.iter().filter(|(_, q)| *q == no).count(),
+            1,
+            "{no} asked once"
+        );
+        let expect = (i % 2 == 0).then_some(10 + i as i64);
+        assert_eq!(balance(&a, &format!("two-{i}")).await, expect, "{no}");
+    }
+    // Within the interval nobody asks again.
+    let again = ra.run_once(Some(0), false).await.expect("run again");
+    assert!(again.orders.is_empty(), "{again:?}");
+}

@@ -630,68 +630,6 @@ pub fn config_toml(path: &Path, masked: &Value) -> Result<String, toml::ser::Err
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_columns_and_defuse_terminal_escapes() {
-        let mut t = Table::new(&["A", "LONGER"]);
-        t.row(vec!["wide cell".into(), "x".into()]);
-        t.row(vec!["\u{1b}[31mred\nline".into(), "y".into()]);
-        assert_eq!(
-            t.render(),
-            "A              LONGER\nwide cell      x\n?[31mred?line  y\n"
-        );
-        assert_eq!(clean("abcdef", 4), "abc…");
-        assert_eq!(clean("abcd", 4), "abcd");
-    }
-
-    #[test]
-    fn times_are_shown_in_utc_to_the_second() {
-        assert_eq!(short_time(Some(1_788_441_340_999)), "2026-09-03 13:15:40");
-        assert_eq!(short_time(None), "-");
-    }
-
-    #[test]
-    fn the_command_line_parses_filters_and_refuses_bad_ones() {
-        let cli = Cli::try_parse_from([
-            "paynotify",
-            "orders",
-            "list",
-            "--status",
-            "-1",
-            "--type",
-            "vip",
-            "--before",
-            "5:R1",
-            "--json",
-        ])
-        .expect("parses");
-        match cli.command {
-            Command::Orders(OrdersCommand::List {
-                status,
-                order_type,
-                before,
-                ..
-            }) => {
-                assert_eq!(status, Some(-1));
-                assert_eq!(order_type.as_deref(), Some("vip"));
-                assert_eq!(before.map(|c| c.to_string()).as_deref(), Some("5:R1"));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(cli.json);
-        for bad in [
-            vec!["paynotify", "orders", "list", "--status", "lost"],
-            vec!["paynotify", "notifications", "list", "--since", "soon"],
-            vec!["paynotify", "notifications", "list", "--verdict", "nope"],
-        ] {
-            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} accepted");
-        }
-    }
-}
-
 /// A query string of the pairs whose value is present, `?k=v&…` (or nothing).
 pub fn query_string(pairs: &[(&str, Option<String>)]) -> String {
     let mut form = form_urlencoded::Serializer::new(String::new());
@@ -765,4 +703,66 @@ pub fn replayed_text(v: &Value) -> String {
         ]);
     }
     t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_defuse_terminal_escapes() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["wide cell".into(), "x".into()]);
+        t.row(vec!["\u{1b}[31mred\nline".into(), "y".into()]);
+        assert_eq!(
+            t.render(),
+            "A              LONGER\nwide cell      x\n?[31mred?line  y\n"
+        );
+        assert_eq!(clean("abcdef", 4), "abc…");
+        assert_eq!(clean("abcd", 4), "abcd");
+    }
+
+    #[test]
+    fn times_are_shown_in_utc_to_the_second() {
+        assert_eq!(short_time(Some(1_788_441_340_999)), "2026-09-03 13:15:40");
+        assert_eq!(short_time(None), "-");
+    }
+
+    #[test]
+    fn the_command_line_parses_filters_and_refuses_bad_ones() {
+        let cli = Cli::try_parse_from([
+            "paynotify",
+            "orders",
+            "list",
+            "--status",
+            "-1",
+            "--type",
+            "vip",
+            "--before",
+            "5:R1",
+            "--json",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Orders(OrdersCommand::List {
+                status,
+                order_type,
+                before,
+                ..
+            }) => {
+                assert_eq!(status, Some(-1));
+                assert_eq!(order_type.as_deref(), Some("vip"));
+                assert_eq!(before.map(|c| c.to_string()).as_deref(), Some("5:R1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cli.json);
+        for bad in [
+            vec!["paynotify", "orders", "list", "--status", "lost"],
+            vec!["paynotify", "notifications", "list", "--since", "soon"],
+            vec!["paynotify", "notifications", "list", "--verdict", "nope"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
