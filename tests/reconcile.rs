@@ -764,3 +764,93 @@ async fn two_hosts_on_one_database_query_each_order_once() {
     let again = ra.run_once(Some(0), false).await.expect("run again");
     assert!(again.orders.is_empty(), "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconciled_payment_whose_handler_failed_is_re_driven_from_the_stored_answer() {
+    let fake = FakeProvider::start().await;
+    let keys = tempfile::tempdir().expect("keys dir");
+    let plugins = Options::with_plugins(&[]).plugin_as("recharge", "fail-always", None);
+    let s = server(&fake, &keys, "", plugins).await;
+    order(&s, "REDRIVE-V3", "wechat-v3", "a", "redrive-v3", 321).await;
+    order(&s, "REDRIVE-ALI", "alipay", "a", "redrive-ali", 654).await;
+    fake.set(
+        "REDRIVE-V3",
+        Trade::Paid {
+            fen: 321,
+            transaction_id: "4200000321".into(),
+        },
+    );
+    fake.set(
+        "REDRIVE-ALI",
+        Trade::Paid {
+            fen: 654,
+            transaction_id: "2026010100654".into(),
+        },
+    );
+
+    let report = reconcile(&s, "?older_than_secs=0").await;
+    assert_eq!(report["errors"], 2, "{report}");
+    for no in ["REDRIVE-V3", "REDRIVE-ALI"] {
+        let l = line(&report, no);
+        assert_eq!(
+            (l["outcome"].as_str(), l["verdict"].as_str()),
+            (Some("error"), Some("failed")),
+            "{l}"
+        );
+        assert_eq!(s.order(no).await.status, status::UNPAID);
+    }
+
+    // Fixed: the stored provider answers are verified again (not re-asked) and pay.
+    paynotify_tests::install_plugin(&s.plugins_dir(), "recharge", "recharge", None);
+    s.reload_plugins().await;
+    let queries_before = fake.lock().queries.len();
+    let (_, v) = s
+        .api("POST", "/api/admin/notifications/replay?failed=true", None)
+        .await;
+    let verdicts: Vec<&str> = v["replayed"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["verdict"].as_str().unwrap_or("?"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(verdicts, ["paid", "paid"], "{v}");
+    assert_eq!(
+        fake.lock().queries.len(),
+        queries_before,
+        "replay asks no provider"
+    );
+    assert_eq!(balance(&s, "redrive-v3").await, Some(321));
+    assert_eq!(balance(&s, "redrive-ali").await, Some(654));
+
+    // A single replay of the paying answer changes nothing.
+    let id = line(&report, "REDRIVE-V3")["notification_id"]
+        .as_i64()
+        .expect("id");
+    let (code, v) = s
+        .api(
+            "POST",
+            &format!("/api/admin/notifications/{id}/replay"),
+            None,
+        )
+        .await;
+    assert_eq!((code, v["verdict"].as_str()), (200, Some("paid")), "{v}");
+    assert_eq!(balance(&s, "redrive-v3").await, Some(321));
+
+    // A stored answer altered after the fact does not verify on replay.
+    let mut record = s
+        .app
+        .store
+        .get_notification(id)
+        .await
+        .expect("db")
+        .expect("stored");
+    record.body = String::from_utf8(record.body)
+        .expect("utf-8")
+        .replace("\"total\":321", "\"total\":1")
+        .into_bytes();
+    let p = paynotify::replay::replay(&s.app, &record).await;
+    assert_eq!(p.verdict, Verdict::Rejected, "{:?}", p.reason);
+    assert_eq!(balance(&s, "redrive-v3").await, Some(321));
+}
