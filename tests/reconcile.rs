@@ -360,6 +360,11 @@ async fn reconcile_refuses_bad_signatures_and_wrong_amounts() {
             .expect("db")
             .expect("stored");
         assert_eq!(n.verdict, Verdict::Rejected, "{no}");
+        assert_eq!(
+            n.out_trade_no.as_deref(),
+            Some(no),
+            "listed under its order"
+        );
     }
     for user in ["b1", "b2", "b3", "b4", "b5", "b6"] {
         assert_eq!(balance(&s, user).await, None, "{user} credited");

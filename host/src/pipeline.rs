@@ -294,19 +294,20 @@ impl Pipeline {
     }
 
     /// Records a notification that failed verification outside the notification path
-    /// (a provider answer that did not verify) as rejected.
+    /// (a provider answer that did not verify) as rejected, under the order it was about.
     pub async fn reject_stored(
         &self,
         id: i64,
         provider: ProviderKind,
         reason: String,
+        out_trade_no: Option<&str>,
     ) -> Processed {
         self.finish_outside(
             id,
             provider.as_str(),
             Verdict::Rejected,
             reason,
-            None,
+            out_trade_no,
             None,
             200,
         )

@@ -235,25 +235,25 @@ impl Reconciler {
                 let reason = format!("provider answer refused: {rejection}");
                 r.notification_id = self.store_answer(kind, order, &answer).await;
                 if let Some(id) = r.notification_id {
-                    let p = self.pipeline.reject_stored(id, kind, reason.clone()).await;
+                    let p = self
+                        .pipeline
+                        .reject_stored(id, kind, reason.clone(), Some(&order.out_trade_no))
+                        .await;
                     r.verdict = Some(p.verdict);
                 }
                 r.reason = Some(reason);
                 return r;
             }
         };
-        match &notice.kind {
-            NoticeKind::NotPaid { state } => {
-                r.outcome = Outcome::Unpaid;
-                r.state = Some(state.clone());
-                return r;
-            }
-            NoticeKind::Paid(_) => r.state = notice.fields.get("trade_state").cloned(),
+        if let NoticeKind::NotPaid { state } = &notice.kind {
+            r.outcome = Outcome::Unpaid;
+            r.state = Some(state.clone());
+            return r;
         }
-        r.state = r
-            .state
-            .or_else(|| notice.fields.get("trade_status").cloned())
-            .or_else(|| Some("SUCCESS".into()));
+        // WeChat names it `trade_state`, Alipay `trade_status`.
+        r.state = ["trade_state", "trade_status"]
+            .iter()
+            .find_map(|k| notice.fields.get(*k).cloned());
         let Some(id) = self.store_answer(kind, order, &answer).await else {
             r.reason = Some("cannot store the provider's answer".into());
             return r;
@@ -264,7 +264,9 @@ impl Reconciler {
                 "asked about order `{}`, the answer is about `{}`",
                 order.out_trade_no, notice.out_trade_no
             );
-            self.pipeline.reject_stored(id, kind, reason).await
+            self.pipeline
+                .reject_stored(id, kind, reason, Some(&order.out_trade_no))
+                .await
         } else {
             self.pipeline.settle_verified(id, kind, notice).await
         };

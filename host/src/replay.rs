@@ -52,6 +52,7 @@ pub async fn replay(app: &App, record: &NotificationRecord) -> Processed {
                     record.id,
                     kind,
                     format!("provider answer refused: {rejection}"),
+                    record.out_trade_no.as_deref(),
                 )
                 .await
         }
