@@ -868,4 +868,42 @@ mod tests {
         let e = load_str("[[accounts]]\nprovider = \"paypal\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("accounts[0].provider"), "{e}");
     }
+
+    #[test]
+    fn reconcile_and_provider_api_keys_load_and_are_checked() {
+        let c = load_str(
+            "[orders]\nclose_at_provider = true\n[[accounts]]\nprovider = \"wechat-v2\"\napi_base = \"http://127.0.0.1:9/\"\n",
+            &[("PAYNOTIFY_RECONCILE_ENABLED", "true"), ("PAYNOTIFY_RECONCILE_OLDER_THAN_SECS", "30")],
+        )
+        .expect("loads");
+        assert!(c.reconcile.enabled && c.orders.close_at_provider);
+        assert_eq!(
+            (c.reconcile.older_than_secs, c.reconcile.interval_secs),
+            (30, 300)
+        );
+        let e = load_str(
+            "[[accounts]]\nprovider = \"alipay\"\napi_base = \"ftp://x\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("accounts[0].api_base"), "{e}");
+        let e = load_str("[reconcile]\nbatch = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("reconcile."), "{e}");
+        let e = load_str(
+            "[[accounts]]\nprovider = \"alipay\"\napp_private_key_file = \"missing.pem\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("accounts[0].app_private_key_file"),
+            "{e}"
+        );
+        let masked = load_str(
+            "[[accounts]]\nprovider = \"wechat-v3\"\nmerchant_private_key = \"-----BEGIN PRIVATE KEY-----\"\n",
+            &[],
+        )
+        .expect("loads")
+        .masked();
+        assert_eq!(masked["accounts"][0]["merchant_private_key"], "***");
+    }
 }

@@ -303,3 +303,39 @@ pub(crate) fn rsa_sign(key: &SigningKey<Sha256>, message: &[u8]) -> String {
 pub(crate) fn nonce() -> String {
     hex::encode_upper(rand::random::<[u8; 16]>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+
+    #[test]
+    fn private_keys_load_as_pkcs8_pkcs1_pem_or_bare_base64() {
+        let key = RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("key");
+        let pkcs8 = key.to_pkcs8_pem(LineEnding::LF).expect("pem");
+        let pkcs1 = key.to_pkcs1_pem(LineEnding::LF).expect("pem");
+        let bare: String = pkcs8.lines().filter(|l| !l.starts_with("-----")).collect();
+        for text in [pkcs8.as_str(), pkcs1.as_str(), bare.as_str()] {
+            assert_eq!(parse_private_key(text).expect("parses"), key);
+        }
+        assert!(parse_private_key("not a key").is_err());
+        assert!(
+            parse_private_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_marked_records_are_provider_answers() {
+        let answer = ProviderAnswer {
+            request: "POST https://api.mch.weixin.qq.com/pay/orderquery".into(),
+            status: 200,
+            headers: vec![("content-type".into(), "text/xml".into())],
+            body: Vec::new(),
+            received_at: 0,
+        };
+        assert!(is_reconcile_record(&answer.stored_headers()));
+        assert!(!is_reconcile_record(&answer.headers));
+    }
+}
