@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::pipeline::{Batching, NotifyKeys, Pipeline};
 use crate::plugins::capabilities::parse_notify_key;
 use crate::plugins::{Registry, Runtime};
+use crate::providers::api::Apis;
 use crate::providers::Providers;
 use crate::store::{self, Store};
 
@@ -43,6 +44,8 @@ pub struct App {
     pub pipeline: Arc<Pipeline>,
     /// Notify keys by (provider, account), for handlers' `crypto`.
     pub notify_keys: Arc<NotifyKeys>,
+    /// Providers' order query and close APIs, by account.
+    pub apis: Arc<Apis>,
 }
 
 impl App {
@@ -58,6 +61,7 @@ impl App {
                 source,
             })?;
         let providers = Arc::new(Providers::from_config(&config.accounts)?);
+        let apis = Arc::new(Apis::from_config(&config.accounts)?);
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
         let plugins = Arc::new(Registry::new(runtime, config.plugins.clone()));
         if let Err(e) = std::fs::create_dir_all(&config.plugins.dir) {
@@ -94,6 +98,7 @@ impl App {
             plugins,
             pipeline,
             notify_keys: Arc::new(notify_keys),
+            apis,
         })
     }
 

@@ -50,9 +50,11 @@ Examples:
   paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
+  paynotify reconcile --older-than 600       ask providers about orders unpaid for 10 minutes
+  paynotify notifications replay --failed    re-drive failed handlers once the plugin is fixed
 
-Read-only commands read the database named by the configuration; reload, replay and
-plugins list ask the running server (server.listen, with server.api_token).";
+Read-only commands read the database named by the configuration; reload, replay,
+reconcile and plugins list ask the running server (server.listen, with server.api_token).";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -84,6 +86,18 @@ pub enum Command {
     /// Look at the task queue (handlers' after-payment side effects) and re-drive dead tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Ask the providers now about unpaid orders (on the running server) and settle the
+    /// ones they say are paid, exactly as their notification would have. CloudPay orders
+    /// are skipped (no query API).
+    Reconcile {
+        /// Only orders unpaid at least this many seconds after creation (default:
+        /// [reconcile] older_than_secs).
+        #[arg(long, value_name = "SECS")]
+        older_than: Option<u64>,
+        /// Only this order, whatever its age.
+        #[arg(long, value_name = "OUT_TRADE_NO", conflicts_with = "older_than")]
+        order: Option<String>,
+    },
 }
 
 /// `paynotify config …`.
@@ -193,10 +207,25 @@ pub enum NotificationsCommand {
         /// Its id (first column of `notifications list`).
         id: i64,
     },
-    /// Run a stored notification through the pipeline again (on the running server).
+    /// Run a stored notification through the pipeline again (on the running server), or
+    /// with --failed every notification whose handler failed and whose order is still
+    /// unpaid (after fixing the plugin). An order already paid is never paid again.
     Replay {
-        /// Its id.
-        id: i64,
+        /// Its id (leave out with --failed).
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        id: Option<i64>,
+        /// Re-drive every failed notification whose order is still unpaid, oldest first.
+        #[arg(long)]
+        failed: bool,
+        /// With --failed: only those received at or after this time (RFC 3339 or unix ms).
+        #[arg(long, requires = "failed", value_parser = crate::store::parse_time)]
+        since: Option<Millis>,
+        /// With --failed: only those for orders of this handler type.
+        #[arg(long = "type", value_name = "TYPE", requires = "failed")]
+        order_type: Option<String>,
+        /// With --failed: at most this many (default 100).
+        #[arg(long, requires = "failed")]
+        limit: Option<u32>,
     },
 }
 
@@ -599,6 +628,81 @@ pub fn config_toml(path: &Path, masked: &Value) -> Result<String, toml::ser::Err
         }
     }
     Ok(out)
+}
+
+/// A query string of the pairs whose value is present, `?k=v&…` (or nothing).
+pub fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            form.append_pair(k, v);
+        }
+    }
+    let q = form.finish();
+    if q.is_empty() {
+        q
+    } else {
+        format!("?{q}")
+    }
+}
+
+/// `paynotify reconcile` as text: one line per order, then the totals.
+pub fn reconcile_text(v: &Value) -> String {
+    let mut t = Table::new(&[
+        "ORDER",
+        "PROVIDER",
+        "OUTCOME",
+        "STATE",
+        "NOTIFICATION",
+        "REASON",
+    ]);
+    for o in v["orders"].as_array().into_iter().flatten() {
+        let s = |k: &str| o[k].as_str().map(|x| clean(x, 80)).unwrap_or_default();
+        t.row(vec![
+            s("out_trade_no"),
+            s("provider"),
+            s("outcome"),
+            s("state"),
+            o["notification_id"]
+                .as_i64()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            s("reason"),
+        ]);
+    }
+    format!(
+        "{}paid {}, unpaid {}, errors {}, skipped {}\n",
+        if v["orders"].as_array().is_some_and(|a| !a.is_empty()) {
+            t.render()
+        } else {
+            "no unpaid orders due for a query\n".into()
+        },
+        v["paid"],
+        v["unpaid"],
+        v["errors"],
+        v["skipped"]
+    )
+}
+
+/// `paynotify notifications replay --failed` as text.
+pub fn replayed_text(v: &Value) -> String {
+    let list = v["replayed"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no failed notifications for unpaid orders match\n".into();
+    }
+    let mut t = Table::new(&["ID", "ORDER", "VERDICT", "REASON"]);
+    for r in &list {
+        t.row(vec![
+            r["id"].to_string(),
+            r["out_trade_no"].as_str().unwrap_or("").to_owned(),
+            r["verdict"].as_str().unwrap_or("?").to_owned(),
+            r["reason"]
+                .as_str()
+                .map(|x| clean(x, 80))
+                .unwrap_or_default(),
+        ]);
+    }
+    t.render()
 }
 
 #[cfg(test)]

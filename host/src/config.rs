@@ -10,7 +10,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The sections of the file whose keys `PAYNOTIFY_{SECTION}_{KEY}` may override.
-const SECTIONS: &[&str] = &["server", "database", "plugins", "tasks", "orders"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "plugins",
+    "tasks",
+    "orders",
+    "reconcile",
+];
 
 /// Section keys whose environment value is always taken as text, never parsed as TOML.
 const STRING_KEYS: &[&str] = &[
@@ -73,6 +80,9 @@ pub struct Config {
     /// Order lifetime: when unpaid orders are closed.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// Asking providers about orders still unpaid (lost notifications).
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     /// Merchant accounts, one per provider account.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -219,6 +229,9 @@ pub struct OrdersConfig {
     pub expire_check_secs: u64,
     /// Most orders closed by one statement; a full batch is followed by another at once.
     pub close_batch: u32,
+    /// Also close expired orders with the provider's close API (WeChat `closeorder`, v3
+    /// close, `alipay.trade.close`), before closing them locally; see `expiry.rs`.
+    pub close_at_provider: bool,
 }
 
 impl Default for OrdersConfig {
@@ -229,6 +242,33 @@ impl Default for OrdersConfig {
             expire_after_secs: 0,
             expire_check_secs: 60,
             close_batch: 500,
+            close_at_provider: false,
+        }
+    }
+}
+
+/// `[reconcile]`: the background job that asks providers about orders still unpaid.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Run the reconciliation job in this process.
+    pub enabled: bool,
+    /// How often the job runs; also the least time between two queries of one order.
+    pub interval_secs: u64,
+    /// Only orders unpaid at least this long after creation are queried (a fresh order
+    /// is usually still at the cashier, and its notification on the way).
+    pub older_than_secs: u64,
+    /// Most orders one run claims and queries.
+    pub batch: u32,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_secs: 300,
+            older_than_secs: 600,
+            batch: 100,
         }
     }
 }
@@ -280,6 +320,19 @@ pub struct AccountConfig {
     pub notify_key: Option<String>,
     /// File holding the notify key.
     pub notify_key_file: Option<PathBuf>,
+    /// Base URL of the provider's API (order query and close); default the provider's
+    /// real one. Tests point it at a fake provider.
+    pub api_base: Option<String>,
+    /// WeChat Pay v3 merchant API private key (PEM), signing query and close requests.
+    pub merchant_private_key: Option<String>,
+    /// File holding the v3 merchant API private key (`apiclient_key.pem`).
+    pub merchant_private_key_file: Option<PathBuf>,
+    /// Serial number of the v3 merchant API certificate.
+    pub merchant_serial_no: Option<String>,
+    /// Alipay app private key (PEM or bare base64), signing query and close requests.
+    pub app_private_key: Option<String>,
+    /// File holding the Alipay app private key.
+    pub app_private_key_file: Option<PathBuf>,
 }
 
 fn default_account_name() -> String {
@@ -353,7 +406,7 @@ impl Config {
             self.server.api_token = Some(read("server.api_token_file".into(), f)?);
         }
         for (i, a) in self.accounts.iter_mut().enumerate() {
-            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 5] = [
+            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 7] = [
                 ("api_key_file", &a.api_key_file, &mut a.api_key),
                 ("api_v3_key_file", &a.api_v3_key_file, &mut a.api_v3_key),
                 (
@@ -363,6 +416,16 @@ impl Config {
                 ),
                 ("secret_file", &a.secret_file, &mut a.secret),
                 ("notify_key_file", &a.notify_key_file, &mut a.notify_key),
+                (
+                    "merchant_private_key_file",
+                    &a.merchant_private_key_file,
+                    &mut a.merchant_private_key,
+                ),
+                (
+                    "app_private_key_file",
+                    &a.app_private_key_file,
+                    &mut a.app_private_key,
+                ),
             ];
             for (key, file, value) in pairs {
                 if let Some(f) = file {
@@ -434,6 +497,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.reconcile.interval_secs == 0 || self.reconcile.batch == 0 {
+            return Err(err(
+                "reconcile.interval_secs".into(),
+                "interval_secs and batch must be at least 1".into(),
+            ));
+        }
         if self.database.batch_max == 0 || self.database.settlers == Some(0) {
             return Err(err(
                 "database.batch_max".into(),
@@ -475,6 +544,16 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(base) = &a.api_base {
+                if !(base.starts_with("https://") || base.starts_with("http://"))
+                    || reqwest::Url::parse(base).is_err()
+                {
+                    return Err(err(
+                        format!("accounts[{i}].api_base"),
+                        format!("`{base}` is not an http(s) URL"),
+                    ));
+                }
+            }
             if let Some(k) = &a.notify_key {
                 if crate::plugins::capabilities::parse_notify_key(k).is_none() {
                     return Err(err(
@@ -509,7 +588,15 @@ impl Config {
 }
 
 /// Keys whose values are secrets, wherever they appear in the configuration.
-pub const SECRET_KEYS: &[&str] = &["api_token", "api_key", "api_v3_key", "secret", "notify_key"];
+pub const SECRET_KEYS: &[&str] = &[
+    "api_token",
+    "api_key",
+    "api_v3_key",
+    "secret",
+    "notify_key",
+    "merchant_private_key",
+    "app_private_key",
+];
 
 /// Replaces the value of every [`SECRET_KEYS`] key by `***` (an empty value stays empty,
 /// so "no token" still shows as such) and drops absent (`null`) keys.
@@ -780,5 +867,43 @@ mod tests {
     fn unknown_provider_is_refused() {
         let e = load_str("[[accounts]]\nprovider = \"paypal\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("accounts[0].provider"), "{e}");
+    }
+
+    #[test]
+    fn reconcile_and_provider_api_keys_load_and_are_checked() {
+        let c = load_str(
+            "[orders]\nclose_at_provider = true\n[[accounts]]\nprovider = \"wechat-v2\"\napi_base = \"http://127.0.0.1:9/\"\n",
+            &[("PAYNOTIFY_RECONCILE_ENABLED", "true"), ("PAYNOTIFY_RECONCILE_OLDER_THAN_SECS", "30")],
+        )
+        .expect("loads");
+        assert!(c.reconcile.enabled && c.orders.close_at_provider);
+        assert_eq!(
+            (c.reconcile.older_than_secs, c.reconcile.interval_secs),
+            (30, 300)
+        );
+        let e = load_str(
+            "[[accounts]]\nprovider = \"alipay\"\napi_base = \"ftp://x\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("accounts[0].api_base"), "{e}");
+        let e = load_str("[reconcile]\nbatch = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("reconcile."), "{e}");
+        let e = load_str(
+            "[[accounts]]\nprovider = \"alipay\"\napp_private_key_file = \"missing.pem\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("accounts[0].app_private_key_file"),
+            "{e}"
+        );
+        let masked = load_str(
+            "[[accounts]]\nprovider = \"wechat-v3\"\nmerchant_private_key = \"-----BEGIN PRIVATE KEY-----\"\n",
+            &[],
+        )
+        .expect("loads")
+        .masked();
+        assert_eq!(masked["accounts"][0]["merchant_private_key"], "***");
     }
 }

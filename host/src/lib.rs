@@ -15,6 +15,8 @@ pub mod orders;
 pub mod pipeline;
 pub mod plugins;
 pub mod providers;
+pub mod reconcile;
+pub mod replay;
 pub mod store;
 pub mod tasks;
 

@@ -50,6 +50,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugins(c) => plugins(&config, cli.json, c).await,
         Command::Orders(c) => orders(&config, cli.json, c).await,
         Command::Notifications(c) => notifications(&config, cli.json, c).await,
+        Command::Reconcile { older_than, order } => {
+            let query = cli::query_string(&[
+                ("older_than_secs", older_than.map(|s| s.to_string())),
+                ("order", order),
+            ]);
+            let v = cli::AdminClient::new(&config)
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/admin/reconcile{query}"),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+            output(cli.json, &v, cli::reconcile_text)
+        }
         Command::Tasks(TasksCommand::List { status, limit }) => {
             let store = paynotify::store::connect(&config.database).await?;
             let list = store.list_tasks(status.as_deref(), limit).await?;
@@ -82,6 +96,8 @@ fn config_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
         .and_then(|config| {
             // The merchant accounts as `serve` builds them: key files, PEM keys, ids.
             paynotify::providers::Providers::from_config(&config.accounts)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            paynotify::providers::api::Apis::from_config(&config.accounts)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Ok(config)
         });
@@ -158,11 +174,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot watch {}", app.config.plugins.dir.display()))?;
     let worker = app.start_worker();
     let expiry = paynotify::expiry::start(&app);
+    let reconcile = paynotify::reconcile::start(&app);
     // The bound address, not the configured one: with port 0 the OS picks it.
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
     paynotify::http::serve(app, listener, shutdown_signal()).await?;
-    for job in [worker, expiry].into_iter().flatten() {
+    for job in [worker, expiry, reconcile].into_iter().flatten() {
         job.abort();
     }
     tracing::info!("paynotify stopped");
@@ -291,7 +308,32 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
                 None => bail!("no notification {id}"),
             }
         }
-        NotificationsCommand::Replay { id } => {
+        NotificationsCommand::Replay {
+            failed: true,
+            since,
+            order_type,
+            limit,
+            ..
+        } => {
+            let query = cli::query_string(&[
+                ("failed", Some("true".into())),
+                ("since", since.map(|s| s.to_string())),
+                ("type", order_type),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let v = cli::AdminClient::new(config)
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/admin/notifications/replay{query}"),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+            output(json, &v, cli::replayed_text)
+        }
+        NotificationsCommand::Replay { id, .. } => {
+            let Some(id) = id else {
+                bail!("give a notification id, or --failed");
+            };
             let v = cli::AdminClient::new(config)
                 .call(
                     reqwest::Method::POST,

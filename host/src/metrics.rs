@@ -15,6 +15,8 @@
 //! | `paynotify_plugins_loaded`, `paynotify_plugins_failing` | gauge | |
 //! | `paynotify_tasks` | gauge | `status` (`pending`, `running`, `dead`) |
 //! | `paynotify_orders_expired_total` | counter | |
+//! | `paynotify_reconcile_total` | counter | `provider`, `outcome` (`paid`, `unpaid`, `error`, `skipped`) |
+//! | `paynotify_provider_closes_total` | counter | `provider`, `outcome` (`closed`, `paid`, `error`) |
 //! | `paynotify_order_watchers` | gauge | |
 //! | `paynotify_uptime_seconds` | gauge | |
 //!
@@ -38,6 +40,8 @@ const PLUGINS_LOADED: &str = "paynotify_plugins_loaded";
 const PLUGINS_FAILING: &str = "paynotify_plugins_failing";
 const TASKS: &str = "paynotify_tasks";
 const ORDERS_EXPIRED: &str = "paynotify_orders_expired_total";
+const RECONCILE: &str = "paynotify_reconcile_total";
+const PROVIDER_CLOSES: &str = "paynotify_provider_closes_total";
 const ORDER_WATCHERS: &str = "paynotify_order_watchers";
 const UPTIME: &str = "paynotify_uptime_seconds";
 
@@ -132,6 +136,14 @@ fn describe() {
         ORDERS_EXPIRED,
         "Unpaid orders closed by this process because their lifetime ran out."
     );
+    describe_counter!(
+        RECONCILE,
+        "Orders this process asked their provider about, by provider and outcome (paid, unpaid, error, skipped)."
+    );
+    describe_counter!(
+        PROVIDER_CLOSES,
+        "Expired orders this process closed at their provider, by provider and outcome (closed, paid, error)."
+    );
     describe_gauge!(
         ORDER_WATCHERS,
         "Open order-event streams (GET /api/orders/{out_trade_no}/events)."
@@ -187,6 +199,22 @@ pub fn plugin_load_failed(plugin: &str) {
 /// Counts orders closed by the expiry job.
 pub fn orders_expired(n: usize) {
     metrics::counter!(ORDERS_EXPIRED).increment(n as u64);
+}
+
+/// Counts one order reconciled with its provider: `outcome` is `paid`, `unpaid`,
+/// `error` or `skipped`.
+pub fn reconciled(provider: &str, outcome: &'static str) {
+    let provider = crate::providers::ProviderKind::parse(provider)
+        .map_or("unknown", crate::providers::ProviderKind::as_str);
+    metrics::counter!(RECONCILE, "provider" => provider, "outcome" => outcome).increment(1);
+}
+
+/// Counts one attempt to close an expired order at its provider: `outcome` is `closed`,
+/// `paid` (the provider refused: it is paid) or `error` (retried on a later sweep).
+pub fn provider_close(provider: &str, outcome: &'static str) {
+    let provider = crate::providers::ProviderKind::parse(provider)
+        .map_or("unknown", crate::providers::ProviderKind::as_str);
+    metrics::counter!(PROVIDER_CLOSES, "provider" => provider, "outcome" => outcome).increment(1);
 }
 
 /// Counts an open order-event stream for as long as it lives.

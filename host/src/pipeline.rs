@@ -235,6 +235,87 @@ impl Pipeline {
         .await
     }
 
+    /// Settles a payment that was verified outside the notification path (a provider's
+    /// signed answer to an order query, stored as notification `id`): steps 3–6 exactly
+    /// as for a notification, through the same settle loop, so the order is paid once
+    /// whoever (this, a notification, another process) gets there first.
+    pub async fn settle_verified(
+        &self,
+        id: i64,
+        provider: ProviderKind,
+        notice: Notice,
+    ) -> Processed {
+        let provider_name = provider.as_str();
+        let payment = match &notice.kind {
+            NoticeKind::Paid(p) => p.clone(),
+            NoticeKind::NotPaid { state } => {
+                let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
+                let reason = format!("not a payment: {state}");
+                return self
+                    .finish_outside(
+                        id,
+                        provider_name,
+                        Verdict::Ignored,
+                        reason,
+                        order,
+                        Some(&notice.account),
+                        200,
+                    )
+                    .await;
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = SettleJob {
+            id,
+            provider,
+            notice: notice.clone(),
+            payment,
+            reply,
+        };
+        let settled = match self.settle.send(job).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err("settle loop stopped".into())),
+            Err(_) => Err("settle loop stopped".into()),
+        };
+        match settled {
+            Ok(s) => self.answer(provider_name, Some(id), s.verdict, s.reason, 200),
+            Err(e) => {
+                self.finish_outside(
+                    id,
+                    provider_name,
+                    Verdict::Failed,
+                    format!("transaction failed: {e}"),
+                    Some(notice.out_trade_no.as_str()),
+                    Some(&notice.account),
+                    500,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a notification that failed verification outside the notification path
+    /// (a provider answer that did not verify) as rejected, under the order it was about.
+    pub async fn reject_stored(
+        &self,
+        id: i64,
+        provider: ProviderKind,
+        reason: String,
+        out_trade_no: Option<&str>,
+    ) -> Processed {
+        self.finish_outside(
+            id,
+            provider.as_str(),
+            Verdict::Rejected,
+            reason,
+            out_trade_no,
+            None,
+            200,
+        )
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn process(
         &self,

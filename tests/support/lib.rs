@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 pub mod alipay;
 pub mod cloudpay;
+pub mod fake_provider;
 pub mod process;
 pub mod wechat_v2;
 pub mod wechat_v3;

@@ -83,7 +83,7 @@ pub async fn replay(State(app): State<App>, Path(id): Path<i64>) -> Response {
         Ok(None) => return ApiError::not_found(format!("no notification {id}")).into_response(),
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    let p = app.pipeline.replay(&record).await;
+    let p = crate::replay::replay(&app, &record).await;
     Json(serde_json::json!({
         "id": id,
         "verdict": p.verdict,
@@ -145,6 +145,69 @@ pub async fn retry_task(State(app): State<App>, Path(id): Path<i64>) -> Response
     match app.store.retry_task(id).await {
         Ok(true) => Json(serde_json::json!({ "id": id, "status": "pending" })).into_response(),
         Ok(false) => ApiError::not_found(format!("no dead or pending task {id}")).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Query of `POST /api/admin/notifications/replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayQuery {
+    /// Must be `true`: only failed notifications are re-driven in bulk.
+    failed: Option<bool>,
+    /// Received at or after: RFC 3339 or unix milliseconds.
+    since: Option<String>,
+    /// Only orders of this handler type.
+    #[serde(rename = "type")]
+    order_type: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Re-runs every notification whose handler failed and whose order is still unpaid.
+pub async fn replay_failed(State(app): State<App>, Query(q): Query<ReplayQuery>) -> Response {
+    let bad = |m: String| ApiError::new(axum::http::StatusCode::BAD_REQUEST, m).into_response();
+    if q.failed != Some(true) {
+        return bad("bulk replay takes failed notifications only: add failed=true".into());
+    }
+    let since = match q.since.as_deref().map(parse_time).transpose() {
+        Ok(s) => s,
+        Err(m) => return bad(format!("since: {m}")),
+    };
+    let filter = crate::replay::FailedFilter {
+        since,
+        order_type: q.order_type,
+        limit: q.limit,
+    };
+    match crate::replay::replay_failed(&app, &filter).await {
+        Ok(list) => Json(serde_json::json!({ "replayed": list })).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Query of `POST /api/admin/reconcile`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileQuery {
+    /// Only orders unpaid at least this long (default `[reconcile] older_than_secs`).
+    older_than_secs: Option<u64>,
+    /// Only this order, whatever its age.
+    order: Option<String>,
+}
+
+/// Asks providers about unpaid orders now and settles those they report paid.
+pub async fn reconcile(State(app): State<App>, Query(q): Query<ReconcileQuery>) -> Response {
+    let reconciler = crate::reconcile::Reconciler::new(&app);
+    let report = match q.order.as_deref() {
+        Some(no) => match reconciler.run_order(no).await {
+            Err(crate::store::StoreError::Invalid(m)) => {
+                return ApiError::not_found(m).into_response()
+            }
+            r => r,
+        },
+        None => reconciler.run_once(q.older_than_secs, true).await,
+    };
+    match report {
+        Ok(r) => Json(r).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }
 }

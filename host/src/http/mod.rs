@@ -80,6 +80,8 @@ pub fn router(app: App) -> Router {
         .route("/admin/notifications", get(admin::list_notifications))
         .route("/admin/notifications/{id}", get(admin::show_notification))
         .route("/admin/notifications/{id}/replay", post(admin::replay))
+        .route("/admin/notifications/replay", post(admin::replay_failed))
+        .route("/admin/reconcile", post(admin::reconcile))
         .route("/admin/plugins", get(admin::plugins))
         .route("/admin/plugins/reload", post(admin::reload_plugins))
         .route("/admin/collections/{collection}/{id}", get(admin::document))

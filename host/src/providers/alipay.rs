@@ -77,6 +77,22 @@ impl Account {
         }
     }
 
+    /// Checks an RSA2 (SHA256withRSA) base64 signature by Alipay over `message`: a
+    /// notification's sign string, or the raw JSON of an API answer.
+    pub(crate) fn verify_rsa2(&self, message: &[u8], sign: &str) -> Result<(), Rejection> {
+        if sign.is_empty() {
+            return Err(Rejection::BadSignature("no `sign` parameter".into()));
+        }
+        let sig_bytes = base64::engine::general_purpose::STANDARD
+            .decode(sign)
+            .map_err(|_| Rejection::BadSignature("`sign` is not base64".into()))?;
+        let sig = Signature::try_from(sig_bytes.as_slice())
+            .map_err(|_| Rejection::BadSignature("`sign` is not an RSA signature".into()))?;
+        self.key
+            .verify(message, &sig)
+            .map_err(|_| Rejection::BadSignature("signature does not match".into()))
+    }
+
     /// Also require this `seller_id`.
     pub fn with_seller_id(mut self, seller_id: &str) -> Account {
         self.seller_id = Some(seller_id.into());
@@ -171,7 +187,7 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
 }
 
 /// `yyyy-MM-dd HH:mm:ss` in China Standard Time → unix ms.
-fn parse_gmt(s: &str) -> Option<i64> {
+pub(crate) fn parse_gmt(s: &str) -> Option<i64> {
     super::china_time_ms(
         s,
         time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
@@ -224,19 +240,7 @@ impl Provider for Alipay {
             inbound.account,
             |a| a.app_id == get("app_id"),
         )?;
-        let sign = get("sign");
-        if sign.is_empty() {
-            return Err(Rejection::BadSignature("no `sign` parameter".into()));
-        }
-        let sig_bytes = base64::engine::general_purpose::STANDARD
-            .decode(sign)
-            .map_err(|_| Rejection::BadSignature("`sign` is not base64".into()))?;
-        let sig = Signature::try_from(sig_bytes.as_slice())
-            .map_err(|_| Rejection::BadSignature("`sign` is not an RSA signature".into()))?;
-        account
-            .key
-            .verify(string_to_sign(&fields).as_bytes(), &sig)
-            .map_err(|_| Rejection::BadSignature("signature does not match".into()))?;
+        account.verify_rsa2(string_to_sign(&fields).as_bytes(), get("sign"))?;
 
         // Verified: now the identifiers mean something.
         if get("app_id") != account.app_id {

@@ -8,6 +8,7 @@ use std::fmt;
 use crate::config::AccountConfig;
 
 pub mod alipay;
+pub mod api;
 pub mod cloudpay;
 pub mod wechat_v2;
 pub mod wechat_v3;

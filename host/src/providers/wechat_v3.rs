@@ -333,6 +333,78 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// Checks a message signed by WeChat Pay (a notification, or an API answer): the
+/// `Wechatpay-*` headers, the timestamp window against [`Inbound::received_at`], and the
+/// RSA signature over `timestamp\nnonce\nbody\n` with the key `Wechatpay-Serial` names.
+/// Returns the account whose key verified it; nothing in the body is trusted before.
+pub(crate) fn verify_signed<'a>(
+    accounts: &'a [Account],
+    inbound: &Inbound<'_>,
+) -> Result<&'a Account, Rejection> {
+    let signature = required_header(inbound, "wechatpay-signature")?;
+    if signature.starts_with(SIGNATURE_PROBE_PREFIX) {
+        return Err(Rejection::BadSignature(
+            "WeChat Pay signature probe (WECHATPAY/SIGNTEST/…): refused, as WeChat expects".into(),
+        ));
+    }
+    if let Some(kind) = inbound.header("wechatpay-signature-type") {
+        // Absent on older notifications; SM2 (国密) merchants get another scheme.
+        if kind.trim() != SIGNATURE_TYPE {
+            return Err(Rejection::Unsupported(format!(
+                "Wechatpay-Signature-Type `{kind}` (only {SIGNATURE_TYPE})"
+            )));
+        }
+    }
+    let serial = required_header(inbound, "wechatpay-serial")?;
+    let timestamp = required_header(inbound, "wechatpay-timestamp")?;
+    let nonce = required_header(inbound, "wechatpay-nonce")?;
+
+    let ts_secs: i64 = if !timestamp.is_empty()
+        && timestamp.len() <= 12
+        && timestamp.bytes().all(|b| b.is_ascii_digit())
+    {
+        timestamp.parse().unwrap_or(i64::MAX)
+    } else {
+        return Err(Rejection::Malformed(format!(
+            "Wechatpay-Timestamp `{timestamp}` is not unix seconds"
+        )));
+    };
+    let received_secs = inbound.received_at.div_euclid(1000);
+    let skew = ts_secs.saturating_sub(received_secs);
+    if skew.saturating_abs() > MAX_CLOCK_SKEW_SECS {
+        return Err(Rejection::Stale(format!(
+            "Wechatpay-Timestamp {ts_secs} is {skew} s from the time of receipt {received_secs} (allowed ±{MAX_CLOCK_SKEW_SECS} s)"
+        )));
+    }
+
+    if inbound.account.is_none() && !accounts.iter().any(|a| a.key_for(serial).is_some()) {
+        return Err(Rejection::BadSignature(format!(
+            "unknown Wechatpay-Serial `{serial}`: no configured public key id or platform certificate has it"
+        )));
+    }
+    let account = pick_account(
+        accounts,
+        |a| &a.name,
+        inbound.account,
+        |a| a.key_for(serial).is_some(),
+    )?;
+    let key = account.key_for(serial).ok_or_else(|| {
+        Rejection::BadSignature(format!(
+            "unknown Wechatpay-Serial `{serial}` for account `{}`",
+            account.name
+        ))
+    })?;
+    let sig_bytes = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .map_err(|_| Rejection::BadSignature("Wechatpay-Signature is not base64".into()))?;
+    let sig = Signature::try_from(sig_bytes.as_slice()).map_err(|_| {
+        Rejection::BadSignature("Wechatpay-Signature is not an RSA signature".into())
+    })?;
+    key.verify(&message(timestamp, nonce, inbound.body), &sig)
+        .map_err(|_| Rejection::BadSignature("signature does not match".into()))?;
+    Ok(account)
+}
+
 impl Provider for WechatV3 {
     fn kind(&self) -> ProviderKind {
         ProviderKind::WechatV3
@@ -343,68 +415,7 @@ impl Provider for WechatV3 {
     }
 
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection> {
-        let signature = required_header(inbound, "wechatpay-signature")?;
-        if signature.starts_with(SIGNATURE_PROBE_PREFIX) {
-            return Err(Rejection::BadSignature(
-                "WeChat Pay signature probe (WECHATPAY/SIGNTEST/…): refused, as WeChat expects"
-                    .into(),
-            ));
-        }
-        if let Some(kind) = inbound.header("wechatpay-signature-type") {
-            // Absent on older notifications; SM2 (国密) merchants get another scheme.
-            if kind.trim() != SIGNATURE_TYPE {
-                return Err(Rejection::Unsupported(format!(
-                    "Wechatpay-Signature-Type `{kind}` (only {SIGNATURE_TYPE})"
-                )));
-            }
-        }
-        let serial = required_header(inbound, "wechatpay-serial")?;
-        let timestamp = required_header(inbound, "wechatpay-timestamp")?;
-        let nonce = required_header(inbound, "wechatpay-nonce")?;
-
-        let ts_secs: i64 = if !timestamp.is_empty()
-            && timestamp.len() <= 12
-            && timestamp.bytes().all(|b| b.is_ascii_digit())
-        {
-            timestamp.parse().unwrap_or(i64::MAX)
-        } else {
-            return Err(Rejection::Malformed(format!(
-                "Wechatpay-Timestamp `{timestamp}` is not unix seconds"
-            )));
-        };
-        let received_secs = inbound.received_at.div_euclid(1000);
-        let skew = ts_secs.saturating_sub(received_secs);
-        if skew.saturating_abs() > MAX_CLOCK_SKEW_SECS {
-            return Err(Rejection::Stale(format!(
-                "Wechatpay-Timestamp {ts_secs} is {skew} s from the time of receipt {received_secs} (allowed ±{MAX_CLOCK_SKEW_SECS} s)"
-            )));
-        }
-
-        if inbound.account.is_none() && !self.accounts.iter().any(|a| a.key_for(serial).is_some()) {
-            return Err(Rejection::BadSignature(format!(
-                "unknown Wechatpay-Serial `{serial}`: no configured public key id or platform certificate has it"
-            )));
-        }
-        let account = pick_account(
-            &self.accounts,
-            |a| &a.name,
-            inbound.account,
-            |a| a.key_for(serial).is_some(),
-        )?;
-        let key = account.key_for(serial).ok_or_else(|| {
-            Rejection::BadSignature(format!(
-                "unknown Wechatpay-Serial `{serial}` for account `{}`",
-                account.name
-            ))
-        })?;
-        let sig_bytes = base64::engine::general_purpose::STANDARD
-            .decode(signature)
-            .map_err(|_| Rejection::BadSignature("Wechatpay-Signature is not base64".into()))?;
-        let sig = Signature::try_from(sig_bytes.as_slice()).map_err(|_| {
-            Rejection::BadSignature("Wechatpay-Signature is not an RSA signature".into())
-        })?;
-        key.verify(&message(timestamp, nonce, inbound.body), &sig)
-            .map_err(|_| Rejection::BadSignature("signature does not match".into()))?;
+        let account = verify_signed(&self.accounts, inbound)?;
 
         // Verified: now the body means something.
         let envelope: Value = serde_json::from_slice(inbound.body)

@@ -941,6 +941,43 @@ macro_rules! impl_store {
                 shared::close_expired_orders(&self.$writer, created_before, limit).await
             }
 
+            async fn claim_reconcile(
+                &self,
+                created_before: $crate::store::Millis,
+                now: $crate::store::Millis,
+                until: $crate::store::Millis,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
+                claims::claim(&self.$writer, "reconcile_after", created_before, now, until, limit)
+                    .await
+            }
+
+            async fn claim_expired(
+                &self,
+                created_before: $crate::store::Millis,
+                now: $crate::store::Millis,
+                until: $crate::store::Millis,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
+                claims::claim(&self.$writer, "close_after", created_before, now, until, limit).await
+            }
+
+            async fn close_order(
+                &self,
+                out_trade_no: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                claims::close_order(&self.$writer, out_trade_no).await
+            }
+
+            async fn failed_unpaid_notifications(
+                &self,
+                since: Option<$crate::store::Millis>,
+                order_type: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::NotificationRecord>, $crate::store::StoreError> {
+                claims::failed_unpaid(&self.$reader, since, order_type, limit).await
+            }
+
             async fn count_open_tasks(
                 &self,
             ) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {

@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+mod claims;
 mod common;
 pub mod postgres;
 pub mod sqlite;
@@ -524,6 +525,35 @@ pub trait Store: Send + Sync + 'static {
         created_before: Millis,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
+    /// Claims up to `limit` unpaid orders created before `created_before` that are due
+    /// for a provider query at `now` (never queried, or last claimed with a lease that
+    /// ended), leasing them until `until`: across processes one order is claimed by one.
+    async fn claim_reconcile(
+        &self,
+        created_before: Millis,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError>;
+    /// Like [`Store::claim_reconcile`], for closing expired orders at the provider: an
+    /// order whose close failed is retried when its lease ends, behind the others.
+    async fn claim_expired(
+        &self,
+        created_before: Millis,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError>;
+    /// Closes one order (status 0 → -1) if it is still unpaid; true if this call did.
+    async fn close_order(&self, out_trade_no: &str) -> Result<bool, StoreError>;
+    /// Notifications whose handler failed and whose order is still unpaid, oldest first:
+    /// received at or after `since`, for orders of `order_type`, at most `limit`.
+    async fn failed_unpaid_notifications(
+        &self,
+        since: Option<Millis>,
+        order_type: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
     /// How many tasks are `pending`, `running` and `dead` (a cheap grouped count for the
     /// queue-depth gauge; `done` tasks are history and not counted).
     async fn count_open_tasks(&self) -> Result<Vec<(String, i64)>, StoreError>;

@@ -1,0 +1,341 @@
+//! Calling the providers: order query (reconciliation) and order close (expiry).
+//!
+//! Notifications come to us; these go the other way. Every answer is verified exactly
+//! as a notification is (WeChat v2 `sign` with the API key, WeChat v3
+//! `Wechatpay-Signature` with the WeChat Pay public keys or platform certificates,
+//! Alipay RSA2 with the Alipay public key) before anything in it is believed: an answer
+//! is only as good as its signature, whoever answered on the network.
+//!
+//! A verified query answer becomes a [`Notice`], so a payment found by reconciliation
+//! goes through the same settle code as a notification. The raw answer is kept as a
+//! stored notification ([`RECONCILE_SOURCE`]) and can be verified again later from the
+//! stored bytes, as a notification replay is.
+//!
+//! CloudPay has no query or close API reachable from here (it is relayed by a cloud
+//! function): its orders are skipped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::DecodePrivateKey;
+use rsa::signature::{SignatureEncoding, Signer};
+use rsa::RsaPrivateKey;
+use sha2::Sha256;
+
+use super::{AccountError, Inbound, Notice, ProviderKind, Rejection};
+use crate::config::AccountConfig;
+
+pub mod alipay;
+pub mod wechat_v2;
+pub mod wechat_v3;
+
+/// The header that marks a stored notification as a provider's answer to our query
+/// rather than a notification the provider sent.
+pub const SOURCE_HEADER: &str = "x-paynotify-source";
+
+/// The value of [`SOURCE_HEADER`] on stored query answers.
+pub const RECONCILE_SOURCE: &str = "reconcile";
+
+/// Longest a provider call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Largest answer read from a provider (real ones are a few KiB).
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// A provider's answer, as received.
+#[derive(Debug, Clone)]
+pub struct ProviderAnswer {
+    /// `METHOD url` of the request.
+    pub request: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Headers that matter for verification (names lower-case).
+    pub headers: Vec<(String, String)>,
+    /// The raw body.
+    pub body: Vec<u8>,
+    /// When it arrived (unix ms); timestamp windows are checked against it.
+    pub received_at: i64,
+}
+
+impl ProviderAnswer {
+    /// The answer as the verifier sees it, for `account`.
+    pub fn inbound<'a>(&'a self, account: &'a str) -> Inbound<'a> {
+        Inbound {
+            account: Some(account),
+            headers: &self.headers,
+            body: &self.body,
+            received_at: self.received_at,
+        }
+    }
+
+    /// Headers to store with it: the source marker, the request and status, then the
+    /// provider's own headers.
+    pub fn stored_headers(&self) -> Vec<(String, String)> {
+        let mut h = vec![
+            (SOURCE_HEADER.to_owned(), RECONCILE_SOURCE.to_owned()),
+            ("x-paynotify-request".to_owned(), self.request.clone()),
+            ("x-paynotify-status".to_owned(), self.status.to_string()),
+        ];
+        h.extend(self.headers.iter().cloned());
+        h
+    }
+}
+
+/// Whether stored headers mark a provider's query answer (see [`SOURCE_HEADER`]).
+pub fn is_reconcile_record(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .any(|(k, v)| k == SOURCE_HEADER && v == RECONCILE_SOURCE)
+}
+
+/// How closing an order at the provider ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// Closed now, or already closed, or never created there: it cannot be paid.
+    Closed,
+    /// The provider says it is paid: do not close it; the payment must be settled.
+    AlreadyPaid,
+}
+
+/// Why a provider call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No answer (connection, timeout, oversized body).
+    #[error("{request}: {message}")]
+    Transport {
+        /// `METHOD url`.
+        request: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The answer did not verify (signature, account) or could not be read.
+    #[error("answer refused: {0}")]
+    Refused(#[from] Rejection),
+    /// A verified answer reporting an error.
+    #[error("provider error: {0}")]
+    Provider(String),
+}
+
+/// One merchant account's order API.
+#[async_trait]
+pub trait OrderApi: Send + Sync {
+    /// The provider.
+    fn kind(&self) -> ProviderKind;
+    /// Asks the provider about an order; the answer is not verified yet.
+    async fn query(
+        &self,
+        http: &reqwest::Client,
+        out_trade_no: &str,
+    ) -> Result<ProviderAnswer, ApiError>;
+    /// Verifies a query answer (fresh, or stored and replayed) and reads what it says.
+    /// An answer about no trade, or a trade not paid, is [`super::NoticeKind::NotPaid`].
+    fn verify_query(&self, answer: &Inbound<'_>) -> Result<Notice, Rejection>;
+    /// Closes an order at the provider.
+    async fn close(
+        &self,
+        http: &reqwest::Client,
+        out_trade_no: &str,
+    ) -> Result<CloseOutcome, ApiError>;
+}
+
+/// The order APIs of every configured account that has the keys to call them.
+pub struct Apis {
+    http: reqwest::Client,
+    by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>>,
+    /// Why an account has no API (missing keys, CloudPay), for the skip reason.
+    missing: BTreeMap<(ProviderKind, String), String>,
+}
+
+impl Apis {
+    /// Builds a client for every account that can call its provider.
+    pub fn from_config(accounts: &[AccountConfig]) -> Result<Apis, AccountError> {
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .map_err(|e| AccountError {
+                index: 0,
+                provider: String::new(),
+                name: String::new(),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let mut by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>> = BTreeMap::new();
+        let mut missing = BTreeMap::new();
+        for (index, a) in accounts.iter().enumerate() {
+            let err = |message: String| AccountError {
+                index,
+                provider: a.provider.clone(),
+                name: a.name.clone(),
+                message,
+            };
+            let Some(kind) = ProviderKind::parse(&a.provider) else {
+                return Err(err("unknown provider".into()));
+            };
+            let built: Result<Box<dyn OrderApi>, String> = match kind {
+                ProviderKind::WechatV2 => {
+                    wechat_v2::Api::from_config(a).map(|c| Box::new(c) as Box<dyn OrderApi>)
+                }
+                ProviderKind::WechatV3 => match wechat_v3::Api::from_config(a).map_err(err)? {
+                    Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
+                    None => Err("no `merchant_private_key_file` and `merchant_serial_no`".into()),
+                },
+                ProviderKind::Alipay => match alipay::Api::from_config(a).map_err(err)? {
+                    Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
+                    None => Err("no `app_private_key_file`".into()),
+                },
+                ProviderKind::Cloudpay => Err("CloudPay has no order query or close API".into()),
+            };
+            match built {
+                Ok(api) => {
+                    by_account.insert((kind, a.name.clone()), api);
+                }
+                Err(why) => {
+                    missing.insert((kind, a.name.clone()), why);
+                }
+            }
+        }
+        Ok(Apis {
+            http,
+            by_account,
+            missing,
+        })
+    }
+
+    /// The API of an order's account, or why there is none.
+    pub fn get(&self, provider: &str, account: &str) -> Result<&dyn OrderApi, String> {
+        let Some(kind) = ProviderKind::parse(provider) else {
+            return Err(format!("unknown provider `{provider}`"));
+        };
+        let key = (kind, account.to_owned());
+        if let Some(api) = self.by_account.get(&key) {
+            return Ok(api.as_ref());
+        }
+        Err(match self.missing.get(&key) {
+            Some(why) => format!("{provider} account `{account}`: {why}"),
+            None => format!("{provider} account `{account}` is not configured"),
+        })
+    }
+
+    /// The HTTP client the calls use.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// Sends a request and reads the answer (capped at [`MAX_ANSWER_BYTES`]), keeping the
+/// headers whose names `keep` accepts.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    described: String,
+    keep: impl Fn(&str) -> bool,
+) -> Result<ProviderAnswer, ApiError> {
+    let transport = |message: String| ApiError::Transport {
+        request: described.clone(),
+        message,
+    };
+    let mut resp = request.send().await.map_err(|e| transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| keep(k.as_str()))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e.to_string()))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(transport(format!(
+                "answer is over {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(ProviderAnswer {
+        request: described,
+        status,
+        headers,
+        body,
+        received_at: crate::store::now_ms(),
+    })
+}
+
+/// The base URL without a trailing `/`.
+pub(crate) fn base(configured: &Option<String>, default: &str) -> String {
+    configured
+        .as_deref()
+        .unwrap_or(default)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// Parses an RSA private key: PEM (`BEGIN PRIVATE KEY` as WeChat's `apiclient_key.pem`,
+/// or `BEGIN RSA PRIVATE KEY`) or bare base64 of PKCS#8 / PKCS#1 DER (as Alipay's key
+/// tool prints it).
+pub(crate) fn parse_private_key(text: &str) -> Result<RsaPrivateKey, String> {
+    let text = text.trim();
+    if text.contains("-----BEGIN RSA PRIVATE KEY-----") {
+        return RsaPrivateKey::from_pkcs1_pem(text)
+            .map_err(|e| format!("not a PKCS#1 RSA private key: {e}"));
+    }
+    if text.contains("-----BEGIN") {
+        return RsaPrivateKey::from_pkcs8_pem(text)
+            .map_err(|e| format!("not a PEM RSA private key (-----BEGIN PRIVATE KEY-----): {e}"));
+    }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|e| format!("neither PEM nor base64: {e}"))?;
+    RsaPrivateKey::from_pkcs8_der(&der)
+        .or_else(|_| RsaPrivateKey::from_pkcs1_der(&der))
+        .map_err(|e| format!("not an RSA private key (PKCS#8 or PKCS#1): {e}"))
+}
+
+/// SHA256withRSA (PKCS#1 v1.5) of `message`, base64: how both WeChat v3 and Alipay
+/// want requests signed.
+pub(crate) fn rsa_sign(key: &SigningKey<Sha256>, message: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.sign(message).to_bytes())
+}
+
+/// 32 random letters and digits, for nonces.
+pub(crate) fn nonce() -> String {
+    hex::encode_upper(rand::random::<[u8; 16]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+
+    #[test]
+    fn private_keys_load_as_pkcs8_pkcs1_pem_or_bare_base64() {
+        let key = RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("key");
+        let pkcs8 = key.to_pkcs8_pem(LineEnding::LF).expect("pem");
+        let pkcs1 = key.to_pkcs1_pem(LineEnding::LF).expect("pem");
+        let bare: String = pkcs8.lines().filter(|l| !l.starts_with("-----")).collect();
+        for text in [pkcs8.as_str(), pkcs1.as_str(), bare.as_str()] {
+            assert_eq!(parse_private_key(text).expect("parses"), key);
+        }
+        assert!(parse_private_key("not a key").is_err());
+        assert!(
+            parse_private_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_marked_records_are_provider_answers() {
+        let answer = ProviderAnswer {
+            request: "POST https://api.mch.weixin.qq.com/pay/orderquery".into(),
+            status: 200,
+            headers: vec![("content-type".into(), "text/xml".into())],
+            body: Vec::new(),
+            received_at: 0,
+        };
+        assert!(is_reconcile_record(&answer.stored_headers()));
+        assert!(!is_reconcile_record(&answer.headers));
+    }
+}
