@@ -27,8 +27,15 @@ use crate::pipeline::Received;
 use crate::providers::{Answer, ProviderKind};
 use crate::store::{NewNotification, Verdict};
 
-/// Headers never stored with a notification.
-const NOT_STORED: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+/// Headers never stored with a notification: credentials, and the marker the host puts
+/// on provider query answers it stores itself (a caller must not be able to have its
+/// request replayed as one).
+const NOT_STORED: &[&str] = &[
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    crate::providers::api::SOURCE_HEADER,
+];
 
 /// `/notify/{provider}`.
 pub async fn receive(
