@@ -507,11 +507,7 @@ impl Settler {
     /// and answers every job after the shared commit. If the batch fails as a whole (a
     /// statement error, a lost transaction, a failed commit), each job is retried alone,
     /// so one bad notification cannot keep failing the others.
-    async fn settle_batch(&self, store: &dyn Store, mut jobs: Vec<SettleJob>) {
-        // The same lock order in every batch: concurrent batches on PostgreSQL queue on
-        // order rows rather than deadlock on them (handlers' own rows can still cross;
-        // that is what the transient retry below is for).
-        jobs.sort_by(|a, b| a.notice.out_trade_no.cmp(&b.notice.out_trade_no));
+    async fn settle_batch(&self, store: &dyn Store, jobs: Vec<SettleJob>) {
         let failure = match self.try_batch(store, &jobs).await {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
@@ -582,11 +578,25 @@ impl Settler {
             .into_iter()
             .map(|o| (o.out_trade_no.clone(), o))
             .collect();
-        let mut results = Vec::with_capacity(jobs.len());
+        // Handlers run in user order: handlers mostly write their user's documents, so
+        // concurrent batches (PostgreSQL) take those row locks in one order and queue on
+        // each other instead of deadlocking (a deadlock costs a second of detection and
+        // a retry one by one). The sort is stable: copies of one notification keep their
+        // order.
+        let user = |i: usize| {
+            orders
+                .get(&jobs[i].notice.out_trade_no)
+                .map(|o| o.user_id.clone())
+        };
+        let mut seq: Vec<(Option<String>, usize)> = (0..jobs.len()).map(|i| (user(i), i)).collect();
+        seq.sort_by(|a, b| a.0.cmp(&b.0));
+        let seq: Vec<usize> = seq.into_iter().map(|(_, i)| i).collect();
+        let mut results: Vec<Option<Settled>> = (0..jobs.len()).map(|_| None).collect();
         let mut paid = Vec::new();
         let mut ahead = Ahead::new();
-        for (i, job) in jobs.iter().enumerate() {
-            self.prepare_ahead(jobs, &orders, i, &mut ahead);
+        for (p, &i) in seq.iter().enumerate() {
+            let job = &jobs[i];
+            self.prepare_ahead(jobs, &seq[p..], &orders, &mut ahead);
             let prepared = ahead.remove(&i).flatten();
             let order = orders.get_mut(&job.notice.out_trade_no);
             let settled = match check_order(order.as_deref(), job) {
@@ -614,7 +624,13 @@ impl Settler {
                     }
                 }
             };
-            results.push(settled);
+            results[i] = Some(settled);
+        }
+        let results: Vec<Settled> = results.into_iter().flatten().collect();
+        if results.len() != jobs.len() {
+            return Err(StoreError::Invalid(
+                "a notification of the batch was skipped".into(),
+            ));
         }
         let marked = tx.settle_paid(&paid).await?;
         if marked != paid.len() as u64 {
@@ -649,14 +665,15 @@ impl Settler {
     fn prepare_ahead(
         &self,
         jobs: &[SettleJob],
+        upcoming: &[usize],
         orders: &HashMap<String, Order>,
-        from: usize,
         ahead: &mut Ahead,
     ) {
-        for (k, job) in jobs.iter().enumerate().skip(from).take(PREPARE_AHEAD) {
+        for &k in upcoming.iter().take(PREPARE_AHEAD) {
             if ahead.contains_key(&k) {
                 continue;
             }
+            let job = &jobs[k];
             let plugin = orders
                 .get(&job.notice.out_trade_no)
                 .filter(|o| o.status == status::UNPAID)
