@@ -531,6 +531,7 @@ pub fn plugins_table(list: &Value) -> String {
         "SERVING",
         "VERSION",
         "SHA256",
+        "REFUNDS",
         "LOADED (UTC)",
         "LAST LOAD ERROR",
     ]);
@@ -540,6 +541,7 @@ pub fn plugins_table(list: &Value) -> String {
             if p["loaded"] == true { "yes" } else { "NO" }.into(),
             or_dash(text(p, "version").as_deref()),
             text(p, "sha256").map_or("-".into(), |h| h.chars().take(12).collect()),
+            if p["handles_refunds"] == true { "yes" } else { "-" }.into(),
             short_time(p["loaded_at"].as_i64()),
             or_dash(text(p, "last_error").as_deref()),
         ]);

@@ -15,6 +15,7 @@ pub mod orders;
 pub mod pipeline;
 pub mod plugins;
 pub mod providers;
+pub mod refunds;
 pub mod store;
 pub mod tasks;
 

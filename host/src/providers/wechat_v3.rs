@@ -32,7 +32,8 @@ use sha2::Sha256;
 use x509_cert::der::Encode;
 
 use super::{
-    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Refund,
+    RefundAmount, Rejection,
 };
 use crate::config::AccountConfig;
 
@@ -309,6 +310,45 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// What a decrypted refund resource (`REFUND.*` events) reports: `REFUND.SUCCESS` with
+/// `refund_status` `SUCCESS` is a refund; `REFUND.ABNORMAL` / `REFUND.CLOSED` are
+/// recorded and change nothing.
+fn refund_kind(event_type: &str, refund: &Value) -> Result<NoticeKind, Rejection> {
+    let status = str_field(refund, "refund_status").unwrap_or("");
+    if event_type != "REFUND.SUCCESS" || status != "SUCCESS" {
+        return Ok(NoticeKind::NotPaid {
+            state: format!("{event_type} {status}").trim().to_owned(),
+        });
+    }
+    let text = |k: &str| -> Result<String, Rejection> {
+        str_field(refund, k)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| Rejection::Malformed(format!("refund has no {k}")))
+    };
+    let fen = |k: &str| -> Result<i64, Rejection> {
+        refund
+            .get("amount")
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_i64)
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| Rejection::Malformed(format!("amount.{k} is not an amount in fen")))
+    };
+    text("out_trade_no")?;
+    let amount = fen("refund")?;
+    if amount == 0 {
+        return Err(Rejection::Malformed("amount.refund is 0".into()));
+    }
+    Ok(NoticeKind::Refunded(Refund {
+        out_refund_no: text("out_refund_no")?,
+        refund_id: str_field(refund, "refund_id").unwrap_or("").to_owned(),
+        transaction_id: text("transaction_id")?,
+        amount: RefundAmount::This(amount),
+        total_fee: Some(fen("total")?),
+        refunded_at: str_field(refund, "success_time").and_then(parse_rfc3339),
+    }))
+}
+
 /// The WeChat Pay v3 provider.
 pub struct WechatV3 {
     accounts: Vec<Account>,
@@ -485,7 +525,9 @@ impl Provider for WechatV3 {
             .unwrap_or("")
             .to_owned();
         let trade_state = str_field(&transaction, "trade_state").unwrap_or("");
-        let kind = if event_type == "TRANSACTION.SUCCESS" && trade_state == "SUCCESS" {
+        let kind = if event_type.starts_with("REFUND.") {
+            refund_kind(&event_type, &transaction)?
+        } else if event_type == "TRANSACTION.SUCCESS" && trade_state == "SUCCESS" {
             if out_trade_no.is_empty() {
                 return Err(Rejection::Malformed("no out_trade_no".into()));
             }
