@@ -171,7 +171,7 @@ pub enum NotificationsCommand {
         #[arg(long)]
         order: Option<String>,
         /// Only this verdict: received, paid, duplicate, ignored, paid_after_close,
-        /// rejected, failed.
+        /// rejected, refunded, refund_unapplied, failed.
         #[arg(long, value_parser = parse_verdict)]
         verdict: Option<Verdict>,
         /// Only those received at or after this time: RFC 3339 (2026-09-03T13:15:40Z,
@@ -213,7 +213,7 @@ fn parse_status(text: &str) -> Result<i32, String> {
 fn parse_verdict(text: &str) -> Result<Verdict, String> {
     Verdict::parse(text).ok_or_else(|| {
         format!(
-            "unknown verdict `{text}`: use received, paid, duplicate, ignored, paid_after_close, rejected or failed"
+            "unknown verdict `{text}`: use received, paid, duplicate, ignored, paid_after_close, rejected, refunded, refund_unapplied or failed"
         )
     })
 }

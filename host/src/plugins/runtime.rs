@@ -456,7 +456,7 @@ impl Runtime {
         let plugin = ctx.tags.plugin.clone();
         let started = std::time::Instant::now();
         let (ctx, result) = self
-            .call(pre, ctx, limits, move |h: &HandlerWithRefunds, s| {
+            .call(pre, ctx, limits, move |h, s| {
                 Box::pin(async move {
                     h.paynotify_plugin_refunds()
                         .call_handle_refunded(s, &order, &refund)
