@@ -541,7 +541,12 @@ pub fn plugins_table(list: &Value) -> String {
             if p["loaded"] == true { "yes" } else { "NO" }.into(),
             or_dash(text(p, "version").as_deref()),
             text(p, "sha256").map_or("-".into(), |h| h.chars().take(12).collect()),
-            if p["handles_refunds"] == true { "yes" } else { "-" }.into(),
+            if p["handles_refunds"] == true {
+                "yes"
+            } else {
+                "-"
+            }
+            .into(),
             short_time(p["loaded_at"].as_i64()),
             or_dash(text(p, "last_error").as_deref()),
         ]);

@@ -402,8 +402,16 @@ impl Pipeline {
             Err(e) => {
                 let reason = format!("transaction failed: {e}");
                 tracing::error!(error = %reason, "refund not applied");
-                self.finish_outside(id, provider_name, Verdict::Failed, reason, order, account, 500)
-                    .await
+                self.finish_outside(
+                    id,
+                    provider_name,
+                    Verdict::Failed,
+                    reason,
+                    order,
+                    account,
+                    500,
+                )
+                .await
             }
         }
     }

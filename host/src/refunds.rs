@@ -111,7 +111,10 @@ impl Refunder {
         let (mut tx, outcome) = match check(tx.as_mut(), id, provider, notice, refund).await? {
             Checked::Done(outcome) => (tx, outcome),
             Checked::Apply { order, amount } => {
-                match self.apply_locked(tx, id, &order, notice, refund, amount).await {
+                match self
+                    .apply_locked(tx, id, &order, notice, refund, amount)
+                    .await
+                {
                     (Some(tx), Ok(outcome)) => (tx, outcome),
                     (Some(_), Err(e)) => return Err(e),
                     (None, _) => {
@@ -173,14 +176,18 @@ impl Refunder {
             Ok(true) => {}
             // The order's lock makes this unreachable; if it happens, nothing ran twice.
             Ok(false) => {
-                let outcome = RefundOutcome::new(Verdict::Duplicate, "refund already applied".to_owned());
+                let outcome =
+                    RefundOutcome::new(Verdict::Duplicate, "refund already applied".to_owned());
                 return (Some(tx), Ok(outcome));
             }
             Err(e) => return (Some(tx), Err(e)),
         }
         let Some(plugin) = self.plugins.get(&order.order_type) else {
             let failure = HandlerFailure::NotLoaded(order.order_type.clone());
-            return (Some(tx), Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())));
+            return (
+                Some(tx),
+                Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
+            );
         };
         let build = plugin.build_id();
         if !plugin.compiled.handles_refunds() {
@@ -194,10 +201,22 @@ impl Refunder {
                 )
                 .await;
             let reason = format!("applied; {build} has no refund handler");
-            return (Some(tx), r.map(|()| RefundOutcome::new(Verdict::Refunded, reason)));
+            return (
+                Some(tx),
+                r.map(|()| RefundOutcome::new(Verdict::Refunded, reason)),
+            );
         }
         let (back, result) = self
-            .call_handler(tx, &plugin, id, order, notice, refund, amount, refunded_total)
+            .call_handler(
+                tx,
+                &plugin,
+                id,
+                order,
+                notice,
+                refund,
+                amount,
+                refunded_total,
+            )
             .await;
         let Some(mut tx) = back else {
             return (None, Err(StoreError::Invalid("transaction lost".into())));
@@ -213,13 +232,19 @@ impl Refunder {
                         Some(&build),
                     )
                     .await;
-                (Some(tx), r.map(|()| RefundOutcome::new(Verdict::Refunded, None)))
+                (
+                    Some(tx),
+                    r.map(|()| RefundOutcome::new(Verdict::Refunded, None)),
+                )
             }
             // Not the handler's doing: fail the transaction so it is run again.
             Err(HandlerFailure::Transient(why)) => (Some(tx), Err(StoreError::Transient(why))),
             Err(failure) => {
                 tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "refund handler failed; refund rolled back, provider will retry");
-                (Some(tx), Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())))
+                (
+                    Some(tx),
+                    Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
+                )
             }
         }
     }
@@ -235,7 +260,10 @@ impl Refunder {
         refund: &Refund,
         amount: i64,
         refunded_total: i64,
-    ) -> (Option<Box<dyn Tx>>, Result<serde_json::Value, HandlerFailure>) {
+    ) -> (
+        Option<Box<dyn Tx>>,
+        Result<serde_json::Value, HandlerFailure>,
+    ) {
         let ctx = CallContext {
             manifest: plugin.manifest.clone(),
             tags: CallTags {
@@ -298,7 +326,10 @@ async fn check(
 ) -> Result<Checked, StoreError> {
     let unapplied = |why: String| {
         tracing::warn!(reason = %why, out_refund_no = %refund.out_refund_no, "verified refund not applied: listed for ops");
-        Ok(Checked::Done(RefundOutcome::new(Verdict::RefundUnapplied, why)))
+        Ok(Checked::Done(RefundOutcome::new(
+            Verdict::RefundUnapplied,
+            why,
+        )))
     };
     let Some(order) = tx.lock_order(&notice.out_trade_no).await? else {
         return unapplied(format!("unknown order `{}`", notice.out_trade_no));
@@ -318,7 +349,10 @@ async fn check(
     {
         // A replay of the very notification that applied it stays its applier.
         let outcome = if applied.notification_id == id {
-            RefundOutcome::new(Verdict::Refunded, "replayed; refund was applied by it".to_owned())
+            RefundOutcome::new(
+                Verdict::Refunded,
+                "replayed; refund was applied by it".to_owned(),
+            )
         } else {
             RefundOutcome::new(
                 Verdict::Duplicate,

@@ -109,8 +109,8 @@ pub fn req_info(info: &BTreeMap<String, String>, key: &str) -> String {
     }
     x.push_str("</root>");
     let aes_key = hex::encode(Md5::digest(key.as_bytes()));
-    let cipher = ecb::Encryptor::<aes::Aes256>::new_from_slice(aes_key.as_bytes())
-        .expect("32-byte key");
+    let cipher =
+        ecb::Encryptor::<aes::Aes256>::new_from_slice(aes_key.as_bytes()).expect("32-byte key");
     let ciphertext = cipher.encrypt_padded_vec_mut::<Pkcs7>(x.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(ciphertext)
 }

@@ -11,7 +11,9 @@ use crate::app::App;
 pub async fn list(State(app): State<App>, Path(out_trade_no): Path<String>) -> Response {
     match app.store.get_order(&out_trade_no).await {
         Ok(Some(_)) => {}
-        Ok(None) => return ApiError::not_found(format!("no order `{out_trade_no}`")).into_response(),
+        Ok(None) => {
+            return ApiError::not_found(format!("no order `{out_trade_no}`")).into_response()
+        }
         Err(e) => return ApiError::internal(e).into_response(),
     }
     match app.store.list_refunds(&out_trade_no).await {

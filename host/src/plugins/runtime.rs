@@ -17,9 +17,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Handler, HandlerPre};
-use super::refund_bindings::{self, HandlerWithRefunds, HandlerWithRefundsPre};
 use super::capabilities::{CallContext, CallTags};
 use super::manifest::{Limits, Manifest};
+use super::refund_bindings::{self, HandlerWithRefunds, HandlerWithRefundsPre};
 use crate::config::PluginsConfig;
 
 /// The WIT package version this host implements.

@@ -570,7 +570,11 @@ mod tests {
                 ..
             })
         ));
-        for (k, v) in [("refund_fee", "0"), ("refund_fee", "1.234"), ("out_biz_no", "")] {
+        for (k, v) in [
+            ("refund_fee", "0"),
+            ("refund_fee", "1.234"),
+            ("out_biz_no", ""),
+        ] {
             let mut bad = f.clone();
             bad.insert(k.into(), v.into());
             let r = verify(&provider(), &signed_body(&bad, &keys()[0]));

@@ -83,7 +83,12 @@ impl RefundHandler for Recharge {
 /// The credit a refund takes back: the refunded share of what the payment credited.
 /// Computed on the running totals, so the refunds of an order together take back exactly
 /// what it credited (when `credited` equals the total paid, it is the refunded amount).
-fn refund_debit(credited: i64, total_fee: i64, refunded_total: i64, amount: i64) -> Result<i64, Error> {
+fn refund_debit(
+    credited: i64,
+    total_fee: i64,
+    refunded_total: i64,
+    amount: i64,
+) -> Result<i64, Error> {
     if total_fee <= 0 || amount <= 0 || refunded_total < amount || refunded_total > total_fee {
         return Err(Error::new(
             "invalid-refund",
