@@ -11,6 +11,7 @@
 //! * the [`Handler`] trait and the [`export_handler!`] macro that turns a type into the
 //!   component's exports,
 //! * typed [`Order`], [`Notification`], [`Task`] and [`Outcome`] values,
+//! * optionally, refunds: [`RefundHandler`] and `export_handler!(MyHandler, refunds)`,
 //! * one [`Error`] type that every capability error converts into, so `?` just works,
 //! * the host's capabilities: [`db`] (a JSON document store), [`log`], [`http`] (outbound, to
 //!   allow-listed origins only), [`crypto`] (keyed by the merchant account's notify key) and
