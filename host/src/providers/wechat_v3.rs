@@ -851,6 +851,62 @@ go1ujfIK1zIFyPkKKnsgTUPJXwdC7LI+ZqJuWTyVTNj6
     }
 
     #[test]
+    fn refund_events_are_refunds_or_recorded_states() {
+        let f = fixture();
+        let refund = |event: &str, status: &str, amount: Value| {
+            let r = serde_json::json!({
+                "mchid": MCHID,
+                "out_trade_no": "T9",
+                "transaction_id": "4200000001202601010000000009",
+                "out_refund_no": "RF9",
+                "refund_id": "50000000382019052709732678859",
+                "refund_status": status,
+                "success_time": "2026-01-01T08:00:00+08:00",
+                "amount": amount,
+            });
+            let body = envelope(event, &r, KEY);
+            verify_with(
+                &f.provider,
+                &headers(&keys()[0], PUB_ID, NOW_S, &body),
+                &body,
+            )
+        };
+        let amount = serde_json::json!({ "total": 100, "refund": 40, "payer_total": 100, "payer_refund": 40 });
+        let n = refund("REFUND.SUCCESS", "SUCCESS", amount.clone()).expect("verifies");
+        assert_eq!(
+            n.kind,
+            NoticeKind::Refunded(Refund {
+                out_refund_no: "RF9".into(),
+                refund_id: "50000000382019052709732678859".into(),
+                transaction_id: "4200000001202601010000000009".into(),
+                amount: RefundAmount::This(40),
+                total_fee: Some(100),
+                refunded_at: Some(NOW_MS),
+            })
+        );
+        assert_eq!(n.out_trade_no, "T9");
+        assert_eq!(n.fields["amount.payer_refund"], "40");
+        for (event, status) in [("REFUND.ABNORMAL", "ABNORMAL"), ("REFUND.CLOSED", "CLOSED")] {
+            let n = refund(event, status, amount.clone()).expect("verifies");
+            assert_eq!(
+                n.kind,
+                NoticeKind::NotPaid {
+                    state: format!("{event} {status}")
+                }
+            );
+        }
+        for bad in [
+            serde_json::json!({ "total": 100 }),
+            serde_json::json!({ "total": 100, "refund": 0 }),
+            serde_json::json!({ "total": 100, "refund": -1 }),
+            serde_json::json!({ "refund": 40 }),
+        ] {
+            let r = refund("REFUND.SUCCESS", "SUCCESS", bad.clone());
+            assert!(matches!(r, Err(Rejection::Malformed(_))), "{bad}: {r:?}");
+        }
+    }
+
+    #[test]
     fn accepts_a_payment_signed_with_the_platform_certificate() {
         let f = fixture();
         let body = envelope("TRANSACTION.SUCCESS", &transaction("T1", 1, "SUCCESS"), KEY);
