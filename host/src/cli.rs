@@ -185,7 +185,7 @@ pub enum NotificationsCommand {
         #[arg(long)]
         order: Option<String>,
         /// Only this verdict: received, paid, duplicate, ignored, paid_after_close,
-        /// rejected, failed.
+        /// rejected, refunded, refund_unapplied, failed.
         #[arg(long, value_parser = parse_verdict)]
         verdict: Option<Verdict>,
         /// Only those received at or after this time: RFC 3339 (2026-09-03T13:15:40Z,
@@ -242,7 +242,7 @@ fn parse_status(text: &str) -> Result<i32, String> {
 fn parse_verdict(text: &str) -> Result<Verdict, String> {
     Verdict::parse(text).ok_or_else(|| {
         format!(
-            "unknown verdict `{text}`: use received, paid, duplicate, ignored, paid_after_close, rejected or failed"
+            "unknown verdict `{text}`: use received, paid, duplicate, ignored, paid_after_close, rejected, refunded, refund_unapplied or failed"
         )
     })
 }
@@ -560,6 +560,7 @@ pub fn plugins_table(list: &Value) -> String {
         "SERVING",
         "VERSION",
         "SHA256",
+        "REFUNDS",
         "LOADED (UTC)",
         "LAST LOAD ERROR",
     ]);
@@ -569,6 +570,12 @@ pub fn plugins_table(list: &Value) -> String {
             if p["loaded"] == true { "yes" } else { "NO" }.into(),
             or_dash(text(p, "version").as_deref()),
             text(p, "sha256").map_or("-".into(), |h| h.chars().take(12).collect()),
+            if p["handles_refunds"] == true {
+                "yes"
+            } else {
+                "-"
+            }
+            .into(),
             short_time(p["loaded_at"].as_i64()),
             or_dash(text(p, "last_error").as_deref()),
         ]);

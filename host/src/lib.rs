@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod providers;
 pub mod reconcile;
+pub mod refunds;
 pub mod replay;
 pub mod store;
 pub mod tasks;

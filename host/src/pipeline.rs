@@ -23,7 +23,10 @@ use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use crate::plugins::runtime::Prepared;
 use crate::plugins::{HandlerFailure, Plugin, Registry};
-use crate::providers::{Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers};
+use crate::providers::{
+    Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers, Refund,
+};
+use crate::refunds::Refunder;
 use crate::store::{
     status, NewNotification, NotificationRecord, NotificationVerdict, Order, PaidOrder, Store,
     StoreError, Tx, Verdict,
@@ -71,6 +74,8 @@ pub struct Pipeline {
     raw: mpsc::Sender<RawJob>,
     /// Verified payments waiting to be settled (step 5), batched into shared transactions.
     settle: mpsc::Sender<SettleJob>,
+    /// Applies verified refunds, each in a transaction of its own.
+    refunder: Refunder,
 }
 
 /// What settling a verified payment decided.
@@ -133,6 +138,7 @@ impl Pipeline {
             let store = raw_store.clone();
             async move { store_raw(store.as_ref(), jobs).await }
         });
+        let refunder = Refunder::new(plugins.clone(), notify_keys.clone());
         let settler = Arc::new(Settler {
             plugins,
             notify_keys,
@@ -152,6 +158,7 @@ impl Pipeline {
             max_body_bytes,
             raw,
             settle,
+            refunder,
         }
     }
 
@@ -248,6 +255,20 @@ impl Pipeline {
         let provider_name = provider.as_str();
         let payment = match &notice.kind {
             NoticeKind::Paid(p) => p.clone(),
+            // An order query answers about the payment; it never reports a refund.
+            NoticeKind::Refunded(_) => {
+                return self
+                    .finish_outside(
+                        id,
+                        provider_name,
+                        Verdict::Rejected,
+                        "a query answer reported a refund, not a payment".to_owned(),
+                        Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty()),
+                        Some(&notice.account),
+                        200,
+                    )
+                    .await;
+            }
             NoticeKind::NotPaid { state } => {
                 let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
                 let reason = format!("not a payment: {state}");
@@ -382,6 +403,11 @@ impl Pipeline {
         tracing::Span::current().record("order", notice.out_trade_no.as_str());
         let payment = match &notice.kind {
             NoticeKind::Paid(p) => p,
+            NoticeKind::Refunded(refund) => {
+                return self
+                    .refund(id, provider_name, provider.kind(), &notice, refund)
+                    .await
+            }
             NoticeKind::NotPaid { state } => {
                 let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
                 let reason = format!("not a payment: {state}");
@@ -441,6 +467,52 @@ impl Pipeline {
         }
     }
 
+    /// The refund path (see [`crate::refunds`]): applies a verified refund and answers.
+    async fn refund(
+        &self,
+        id: i64,
+        provider_name: &str,
+        provider: ProviderKind,
+        notice: &Notice,
+        refund: &Refund,
+    ) -> Processed {
+        let order = Some(notice.out_trade_no.as_str());
+        let account = Some(notice.account.as_str());
+        match self
+            .refunder
+            .apply(self.store.as_ref(), id, provider, notice, refund)
+            .await
+        {
+            Ok(r) if r.verdict == Verdict::Failed => {
+                let reason = r.reason.unwrap_or_default();
+                self.finish_outside(id, provider_name, r.verdict, reason, order, account, 200)
+                    .await
+            }
+            Ok(r) => {
+                tracing::Span::current().record("verdict", r.verdict.as_str());
+                tracing::info!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "refund notification processed"
+                );
+                self.answer(provider_name, Some(id), r.verdict, r.reason, 200)
+            }
+            Err(e) => {
+                let reason = format!("transaction failed: {e}");
+                tracing::error!(error = %reason, "refund not applied");
+                self.finish_outside(
+                    id,
+                    provider_name,
+                    Verdict::Failed,
+                    reason,
+                    order,
+                    account,
+                    500,
+                )
+                .await
+            }
+        }
+    }
+
     /// Records a verdict when no transaction is open, then answers.
     #[allow(clippy::too_many_arguments)]
     async fn finish_outside(
@@ -476,7 +548,12 @@ impl Pipeline {
         let provider = ProviderKind::parse(provider).and_then(|k| self.providers.get(k));
         let accepted = matches!(
             verdict,
-            Verdict::Paid | Verdict::Duplicate | Verdict::Ignored | Verdict::PaidAfterClose
+            Verdict::Paid
+                | Verdict::Duplicate
+                | Verdict::Ignored
+                | Verdict::PaidAfterClose
+                | Verdict::Refunded
+                | Verdict::RefundUnapplied
         );
         let answer = match provider {
             Some(p) if accepted => p.success(),

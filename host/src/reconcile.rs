@@ -275,7 +275,12 @@ impl Reconciler {
         r.outcome = match processed.verdict {
             Verdict::Paid | Verdict::Duplicate | Verdict::PaidAfterClose => Outcome::Paid,
             Verdict::Ignored => Outcome::Unpaid,
-            Verdict::Received | Verdict::Rejected | Verdict::Failed => Outcome::Error,
+            // A query answer is a payment; refund verdicts cannot come of it.
+            Verdict::Received
+            | Verdict::Rejected
+            | Verdict::Failed
+            | Verdict::Refunded
+            | Verdict::RefundUnapplied => Outcome::Error,
         };
         r
     }

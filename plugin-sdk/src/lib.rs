@@ -11,6 +11,7 @@
 //! * the [`Handler`] trait and the [`export_handler!`] macro that turns a type into the
 //!   component's exports,
 //! * typed [`Order`], [`Notification`], [`Task`] and [`Outcome`] values,
+//! * optionally, refunds: [`RefundHandler`] and `export_handler!(MyHandler, refunds)`,
 //! * one [`Error`] type that every capability error converts into, so `?` just works,
 //! * the host's capabilities: [`db`] (a JSON document store), [`log`], [`http`] (outbound, to
 //!   allow-listed origins only), [`crypto`] (keyed by the merchant account's notify key) and
@@ -75,6 +76,10 @@
 
 #![warn(missing_docs)]
 
+// The refunds bindings name the shared bindings by absolute path, which must resolve both
+// here and where the export macros expand (in the handler's crate).
+extern crate self as paynotify_plugin_sdk;
+
 /// Raw bindings generated from `wit/plugin.wit`. Not part of the public API: use the
 /// wrappers in this crate instead.
 #[doc(hidden)]
@@ -88,16 +93,40 @@ pub mod bindings {
     });
 }
 
+/// Raw bindings of world `handler-with-refunds` (a handler that also exports `refunds`),
+/// sharing [`bindings`]' imports and types. Not part of the public API.
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
+pub mod refund_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "handler-with-refunds",
+        pub_export_macro: true,
+        default_bindings_module: "paynotify_plugin_sdk::refund_bindings",
+        with: {
+            "paynotify:plugin/types@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::types,
+            "paynotify:plugin/db@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::db,
+            "paynotify:plugin/log@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::log,
+            "paynotify:plugin/http@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::http,
+            "paynotify:plugin/crypto@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::crypto,
+            "paynotify:plugin/tasks@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::tasks,
+            "paynotify:plugin/config@0.1.0": paynotify_plugin_sdk::bindings::paynotify::plugin::config,
+        },
+    });
+}
+
 pub mod config;
 pub mod crypto;
 pub mod db;
 mod error;
 pub mod http;
 pub mod log;
+mod refunds;
 pub mod tasks;
 mod types;
 
 pub use error::Error;
+pub use refunds::{Refund, RefundHandler};
 pub use types::{Notification, Order, Outcome, Task};
 
 /// `serde_json`, re-exported so handlers can use the exact version the SDK speaks.
@@ -158,11 +187,52 @@ pub trait Handler {
 /// paynotify_plugin_sdk::export_handler!(Goods);
 /// ```
 ///
+/// A handler that also handles refunds ([`RefundHandler`]) is exported with `refunds`
+/// after its type: `export_handler!(Recharge, refunds)`. The component then also exports
+/// `handle-refunded` (world `handler-with-refunds`).
+///
 /// The `metadata` export reports [`Handler::NAME`], [`Handler::VERSION`] (or the calling
 /// crate's `CARGO_PKG_VERSION`) and [`WORLD_VERSION`].
 #[macro_export]
 #[rustfmt::skip] // rustfmt re-indents `export!(.. with_types_in ..)` differently on every run
 macro_rules! export_handler {
+    ($handler:ty, refunds) => {
+        const _: () = {
+            struct __PaynotifyExport;
+
+            impl $crate::refund_bindings::Guest for __PaynotifyExport {
+                fn metadata() -> $crate::bindings::Metadata {
+                    $crate::__private::metadata::<$handler>(::core::env!("CARGO_PKG_VERSION"))
+                }
+
+                fn handle_paid(
+                    order: $crate::bindings::Order,
+                    notification: $crate::bindings::Notification,
+                ) -> ::core::result::Result<$crate::bindings::Outcome, $crate::bindings::Error>
+                {
+                    $crate::__private::handle_paid::<$handler>(order, notification)
+                }
+
+                fn run_task(
+                    task: $crate::bindings::Task,
+                ) -> ::core::result::Result<(), $crate::bindings::Error> {
+                    $crate::__private::run_task::<$handler>(task)
+                }
+            }
+
+            impl $crate::refund_bindings::exports::paynotify::plugin::refunds::Guest for __PaynotifyExport {
+                fn handle_refunded(
+                    order: $crate::bindings::Order,
+                    refund: $crate::refund_bindings::exports::paynotify::plugin::refunds::Refund,
+                ) -> ::core::result::Result<$crate::bindings::Outcome, $crate::bindings::Error>
+                {
+                    $crate::__private::handle_refunded::<$handler>(order, refund)
+                }
+            }
+
+            $crate::refund_bindings::export!(__PaynotifyExport with_types_in $crate::refund_bindings);
+        };
+    };
     ($handler:ty) => {
         const _: () = {
             struct __PaynotifyExport;
@@ -195,7 +265,10 @@ macro_rules! export_handler {
 /// Glue called by [`export_handler!`]; not public API.
 #[doc(hidden)]
 pub mod __private {
-    use crate::{bindings, Error, Handler, Notification, Order, Outcome, Task, WORLD_VERSION};
+    use crate::{
+        bindings, refund_bindings, Error, Handler, Notification, Order, Outcome, Refund,
+        RefundHandler, Task, WORLD_VERSION,
+    };
 
     /// Builds the `metadata` record for `H`.
     pub fn metadata<H: Handler>(crate_version: &str) -> bindings::Metadata {
@@ -218,6 +291,17 @@ pub mod __private {
     ) -> Result<bindings::Outcome, bindings::Error> {
         install_panic_hook();
         H::handle_paid(Order::from(order), Notification::from(notification))
+            .map(Outcome::into_raw)
+            .map_err(Error::into_raw)
+    }
+
+    /// Runs `H::handle_refunded` on the raw records.
+    pub fn handle_refunded<H: RefundHandler>(
+        order: bindings::Order,
+        refund: refund_bindings::exports::paynotify::plugin::refunds::Refund,
+    ) -> Result<bindings::Outcome, bindings::Error> {
+        install_panic_hook();
+        H::handle_refunded(Order::from(order), Refund::from(refund))
             .map(Outcome::into_raw)
             .map_err(Error::into_raw)
     }

@@ -87,3 +87,24 @@ pub fn body(fields: &BTreeMap<String, String>, key: &RsaPrivateKey) -> String {
     form.append_pair("sign_type", "RSA2");
     form.finish()
 }
+
+/// A refund notification's parameters: the payment's, plus `refund_fee` (the total
+/// refunded so far, yuan), `gmt_refund` and `out_biz_no`; `trade_status` `TRADE_SUCCESS`
+/// after a partial refund, `TRADE_CLOSED` after a full one.
+pub fn refunded(
+    app_id: &str,
+    out_trade_no: &str,
+    total_amount: &str,
+    trade_no: &str,
+    out_biz_no: &str,
+    refund_fee: &str,
+    trade_status: &str,
+) -> BTreeMap<String, String> {
+    let mut f = paid(app_id, out_trade_no, total_amount, trade_no);
+    f.insert("trade_status".into(), trade_status.into());
+    f.insert("refund_fee".into(), refund_fee.into());
+    f.insert("gmt_refund".into(), "2026-01-02 10:00:00.320".into());
+    f.insert("out_biz_no".into(), out_biz_no.into());
+    f.insert("notify_time".into(), "2026-01-02 10:00:01".into());
+    f
+}

@@ -64,3 +64,63 @@ pub fn xml(fields: &BTreeMap<String, String>, key: &str) -> String {
 pub fn paid_xml(out_trade_no: &str, total_fee: i64, transaction_id: &str) -> String {
     xml(&paid(out_trade_no, total_fee, transaction_id), API_KEY)
 }
+
+/// A refund notification's decrypted `req_info` fields, shaped like WeChat's documented
+/// example (退款结果通知).
+pub fn refund_info(
+    out_trade_no: &str,
+    out_refund_no: &str,
+    total_fee: i64,
+    refund_fee: i64,
+    transaction_id: &str,
+) -> BTreeMap<String, String> {
+    let mut f = BTreeMap::new();
+    for (k, v) in [
+        ("refund_status", "SUCCESS"),
+        ("success_time", "2026-09-04 10:00:00"),
+        ("refund_recv_accout", "支付用户零钱"),
+        ("refund_account", "REFUND_SOURCE_RECHARGE_FUNDS"),
+        ("refund_request_source", "API"),
+    ] {
+        f.insert(k.to_owned(), v.to_owned());
+    }
+    f.insert("out_trade_no".into(), out_trade_no.into());
+    f.insert("out_refund_no".into(), out_refund_no.into());
+    f.insert("transaction_id".into(), transaction_id.into());
+    f.insert(
+        "refund_id".into(),
+        format!("5000040894{}", hex::encode(rand::random::<[u8; 6]>())),
+    );
+    f.insert("total_fee".into(), total_fee.to_string());
+    f.insert("settlement_total_fee".into(), total_fee.to_string());
+    f.insert("refund_fee".into(), refund_fee.to_string());
+    f.insert("settlement_refund_fee".into(), refund_fee.to_string());
+    f
+}
+
+/// `req_info` as WeChat makes it: `<root>` XML, AES-256-ECB with PKCS#7 under the
+/// lower-case hex MD5 of `key` (its 32 characters are the key), base64.
+pub fn req_info(info: &BTreeMap<String, String>, key: &str) -> String {
+    use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyInit};
+    use base64::Engine as _;
+    let mut x = String::from("<root>");
+    for (k, v) in info {
+        x.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+    }
+    x.push_str("</root>");
+    let aes_key = hex::encode(Md5::digest(key.as_bytes()));
+    let cipher =
+        ecb::Encryptor::<aes::Aes256>::new_from_slice(aes_key.as_bytes()).expect("32-byte key");
+    let ciphertext = cipher.encrypt_padded_vec_mut::<Pkcs7>(x.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(ciphertext)
+}
+
+/// The refund notification WeChat would POST (no `sign`: `req_info` is encrypted).
+pub fn refund_xml(req_info: &str) -> String {
+    format!(
+        "<xml><return_code>SUCCESS</return_code><appid><![CDATA[{APPID}]]></appid>\
+         <mch_id><![CDATA[{MCH_ID}]]></mch_id><nonce_str><![CDATA[{}]]></nonce_str>\
+         <req_info><![CDATA[{req_info}]]></req_info></xml>",
+        hex::encode(rand::random::<[u8; 16]>())
+    )
+}

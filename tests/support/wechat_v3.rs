@@ -165,3 +165,57 @@ pub fn headers(
         ),
     ]
 }
+
+/// A decrypted refund resource (`REFUND.*` events), with the fields WeChat Pay documents.
+pub fn refund(
+    mchid: &str,
+    out_trade_no: &str,
+    out_refund_no: &str,
+    total: i64,
+    refund: i64,
+    transaction_id: &str,
+    refund_status: &str,
+) -> Value {
+    json!({
+        "mchid": mchid,
+        "out_trade_no": out_trade_no,
+        "transaction_id": transaction_id,
+        "out_refund_no": out_refund_no,
+        "refund_id": format!("50000000382019052709732678{}", rand::random::<u16>()),
+        "refund_status": refund_status,
+        "success_time": "2026-01-02T10:00:00+08:00",
+        "user_received_account": "招商银行信用卡0403",
+        "amount": { "total": total, "refund": refund, "payer_total": total, "payer_refund": refund }
+    })
+}
+
+/// A refund notification body: the refund encrypted under `api_v3_key` (associated data
+/// `refund`, as WeChat Pay sends it).
+pub fn refund_body(event_type: &str, refund: &Value, api_v3_key: &str) -> String {
+    let cipher = Aes256Gcm::new_from_slice(api_v3_key.as_bytes()).expect("32-byte key");
+    let nonce = &hex::encode(rand::random::<[u8; 6]>());
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(nonce.as_bytes()),
+            Payload {
+                msg: refund.to_string().as_bytes(),
+                aad: b"refund",
+            },
+        )
+        .expect("encrypt");
+    json!({
+        "id": format!("EV-{}", hex::encode(rand::random::<[u8; 8]>())),
+        "create_time": "2026-01-02T10:00:01+08:00",
+        "resource_type": "encrypt-resource",
+        "event_type": event_type,
+        "summary": "退款成功",
+        "resource": {
+            "original_type": "refund",
+            "algorithm": "AEAD_AES_256_GCM",
+            "ciphertext": base64::engine::general_purpose::STANDARD.encode(ciphertext),
+            "associated_data": "refund",
+            "nonce": nonce
+        }
+    })
+    .to_string()
+}

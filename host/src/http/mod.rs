@@ -20,6 +20,7 @@ pub mod events;
 mod health;
 mod notify;
 mod orders;
+mod refunds;
 
 /// Largest JSON body `/api` accepts.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -77,6 +78,7 @@ pub fn router(app: App) -> Router {
         .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{out_trade_no}", get(orders::show))
         .route("/orders/{out_trade_no}/events", get(events::events))
+        .route("/orders/{out_trade_no}/refunds", get(refunds::list))
         .route("/admin/notifications", get(admin::list_notifications))
         .route("/admin/notifications/{id}", get(admin::show_notification))
         .route("/admin/notifications/{id}/replay", post(admin::replay))

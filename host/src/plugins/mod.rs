@@ -34,6 +34,29 @@ pub mod bindings {
     });
 }
 
+/// Host bindings of world `handler-with-refunds`: the `handler` world plus the optional
+/// `refunds` export. Its imports are [`bindings`]' own, so one linker serves both.
+pub mod refund_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler-with-refunds",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "paynotify:plugin/types": crate::plugins::bindings::paynotify::plugin::types,
+            "paynotify:plugin/db": crate::plugins::bindings::paynotify::plugin::db,
+            "paynotify:plugin/log": crate::plugins::bindings::paynotify::plugin::log,
+            "paynotify:plugin/http": crate::plugins::bindings::paynotify::plugin::http,
+            "paynotify:plugin/crypto": crate::plugins::bindings::paynotify::plugin::crypto,
+            "paynotify:plugin/tasks": crate::plugins::bindings::paynotify::plugin::tasks,
+            "paynotify:plugin/config": crate::plugins::bindings::paynotify::plugin::config,
+        },
+    });
+
+    /// What `handle-refunded` is given about the refund.
+    pub use exports::paynotify::plugin::refunds::Refund;
+}
+
 /// A loaded handler.
 pub struct Plugin {
     /// The order type it handles (its file stem).
@@ -95,6 +118,8 @@ pub struct PluginStatus {
     pub collections: Vec<String>,
     /// HTTP origins granted.
     pub http_origins: Vec<String>,
+    /// The serving build exports `handle-refunded` (world `handler-with-refunds`).
+    pub handles_refunds: bool,
     /// The last load failure for this type (the previous version keeps serving).
     pub last_error: Option<String>,
     /// When it failed.
@@ -178,6 +203,7 @@ impl Registry {
                     http_origins: p
                         .map(|p| p.manifest.http_origins.clone())
                         .unwrap_or_default(),
+                    handles_refunds: p.is_some_and(|p| p.compiled.handles_refunds()),
                     last_error: err.map(|e| e.0.clone()),
                     last_error_at: err.map(|e| e.1),
                 }

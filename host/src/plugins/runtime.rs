@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{self, Handler, HandlerPre};
 use super::capabilities::{CallContext, CallTags};
 use super::manifest::{Limits, Manifest};
+use super::refund_bindings::{self, HandlerWithRefunds, HandlerWithRefundsPre};
 use crate::config::PluginsConfig;
 
 /// The WIT package version this host implements.
@@ -74,6 +75,9 @@ pub struct Metadata {
 /// A compiled, validated handler, ready to instantiate.
 pub struct Compiled {
     pub(crate) pre: HandlerPre<HostState>,
+    /// The same component seen through world `handler-with-refunds`, when it exports
+    /// `refunds`.
+    pub(crate) refunds: Option<HandlerWithRefundsPre<HostState>>,
     /// What it reported.
     pub metadata: Metadata,
 }
@@ -339,6 +343,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let pre = HandlerPre::new(pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
+        let refunds = refunds_pre(&self.engine, &component, &pre)?;
         let tags = CallTags {
             plugin: plugin_type.to_owned(),
             version: String::new(),
@@ -364,6 +369,7 @@ impl Runtime {
         }
         Ok(Compiled {
             pre,
+            refunds,
             metadata: Metadata {
                 name: m.name,
                 version: m.version,
@@ -485,17 +491,58 @@ impl Runtime {
         (ctx, result)
     }
 
-    /// One call in a fresh store.
-    async fn call<R, F>(
+    /// Runs `handle-refunded`, which the component must export (see
+    /// [`Compiled::handles_refunds`]). Gives the context back as [`Runtime::handle_paid`].
+    pub async fn handle_refunded(
         &self,
-        pre: &HandlerPre<HostState>,
+        compiled: &Compiled,
+        ctx: CallContext,
+        limits: Limits,
+        order: bindings::Order,
+        refund: refund_bindings::Refund,
+    ) -> (
+        Option<CallContext>,
+        Result<serde_json::Value, HandlerFailure>,
+    ) {
+        let Some(pre) = &compiled.refunds else {
+            let failure = HandlerFailure::Host("the handler does not export `refunds`".into());
+            return (Some(ctx), Err(failure));
+        };
+        let plugin = ctx.tags.plugin.clone();
+        let started = std::time::Instant::now();
+        let (ctx, result) = self
+            .call(pre, ctx, limits, move |h, s| {
+                Box::pin(async move {
+                    h.paynotify_plugin_refunds()
+                        .call_handle_refunded(s, &order, &refund)
+                        .await
+                })
+            })
+            .await;
+        let result = result.and_then(|r| match r {
+            Ok(outcome) => Ok(outcome_json(&outcome.result)),
+            Err(e) => Err(HandlerFailure::Error {
+                code: e.code,
+                message: e.message,
+            }),
+        });
+        let outcome = crate::metrics::outcome(&result);
+        crate::metrics::handler_call(&plugin, "handle_refunded", outcome, started.elapsed());
+        (ctx, result)
+    }
+
+    /// One call in a fresh store.
+    async fn call<P, R, F>(
+        &self,
+        pre: &P,
         ctx: CallContext,
         limits: Limits,
         f: F,
     ) -> (Option<CallContext>, Result<R, HandlerFailure>)
     where
+        P: Instantiate,
         F: for<'a> FnOnce(
-            &'a Handler,
+            &'a P::Instance,
             &'a mut Store<HostState>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
@@ -510,12 +557,12 @@ impl Runtime {
 
     /// A fresh store and instance: limits, epoch deadline, stdio capture, and a host-side
     /// backstop timeout. Gives the context back if instantiation fails.
-    async fn instantiate(
+    async fn instantiate<P: Instantiate>(
         &self,
-        pre: &HandlerPre<HostState>,
+        pre: &P,
         ctx: CallContext,
         limits: Limits,
-    ) -> Result<Prepared, (CallContext, HandlerFailure)> {
+    ) -> Result<Prepared<P::Instance>, (CallContext, HandlerFailure)> {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return Err((ctx, HandlerFailure::Host("runtime is shutting down".into())));
         };
@@ -570,15 +617,16 @@ impl Runtime {
 
     /// Runs one export on a prepared instance (with `ctx` swapped in when given), then
     /// drops the store: nothing of this call survives into the next.
-    async fn run<R, F>(
+    async fn run<I, R, F>(
         &self,
-        prepared: Prepared,
+        prepared: Prepared<I>,
         ctx: Option<CallContext>,
         f: F,
     ) -> (Option<CallContext>, Result<R, HandlerFailure>)
     where
+        I: Send + Sync,
         F: for<'a> FnOnce(
-            &'a Handler,
+            &'a I,
             &'a mut Store<HostState>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
@@ -622,9 +670,9 @@ impl Runtime {
 
 /// A fresh instance of a handler, made by [`Runtime::prepare`] and not yet called. It
 /// holds one of the runtime's instance permits (and a pooled slot) until dropped.
-pub struct Prepared {
+pub struct Prepared<I = Handler> {
     store: Store<HostState>,
-    handler: Handler,
+    handler: I,
     limits: Limits,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -642,6 +690,67 @@ fn set_deadline(store: &mut Store<HostState>, timeout: Duration) {
             Ok(wasmtime::UpdateDeadline::Yield(1))
         }
     });
+}
+
+/// The name under which a component exports the optional `refunds` interface.
+pub const REFUNDS_EXPORT: &str = "paynotify:plugin/refunds@0.1.0";
+
+impl Compiled {
+    /// The build exports `handle-refunded`.
+    pub fn handles_refunds(&self) -> bool {
+        self.refunds.is_some()
+    }
+}
+
+/// World `handler-with-refunds` bindings of a component that exports `refunds` (`None`
+/// for one that does not: it is a plain `handler`, and still loads).
+fn refunds_pre(
+    engine: &Engine,
+    component: &Component,
+    pre: &HandlerPre<HostState>,
+) -> Result<Option<HandlerWithRefundsPre<HostState>>, LoadError> {
+    let exported = component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == REFUNDS_EXPORT);
+    if !exported {
+        return Ok(None);
+    }
+    HandlerWithRefundsPre::new(pre.instance_pre().clone())
+        .map(Some)
+        .map_err(|e| LoadError::Exports(format!("its `{REFUNDS_EXPORT}` export: {e:#}")))
+}
+
+/// A pre-instantiated component seen through one of the worlds, so one call path serves
+/// `handler` and `handler-with-refunds`.
+trait Instantiate: Sync {
+    /// The instance's bindings.
+    type Instance: Send + Sync;
+    /// Instantiates it in `store`.
+    fn instantiate_async(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> impl std::future::Future<Output = wasmtime::Result<Self::Instance>> + Send;
+}
+
+impl Instantiate for HandlerPre<HostState> {
+    type Instance = Handler;
+    fn instantiate_async(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> impl std::future::Future<Output = wasmtime::Result<Handler>> + Send {
+        HandlerPre::instantiate_async(self, store)
+    }
+}
+
+impl Instantiate for HandlerWithRefundsPre<HostState> {
+    type Instance = HandlerWithRefunds;
+    fn instantiate_async(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> impl std::future::Future<Output = wasmtime::Result<HandlerWithRefunds>> + Send {
+        HandlerWithRefundsPre::instantiate_async(self, store)
+    }
 }
 
 /// Loads the cached artefact at `cached` if there is one, else compiles `bytes` and

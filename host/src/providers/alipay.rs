@@ -12,6 +12,10 @@
 //! `trade_status` mean anything. Amounts are yuan with up to two decimals and are turned
 //! into fen by exact decimal parsing, never through floating point.
 //!
+//! A refund comes as the same kind of notification with `refund_fee` (the total refunded
+//! so far), `gmt_refund` and `out_biz_no` (the merchant's refund number); `trade_status`
+//! is `TRADE_SUCCESS` after a partial refund, `TRADE_CLOSED` after a full one.
+//!
 //! The answer is the bare word `success`; anything else makes Alipay retry.
 
 use std::collections::BTreeMap;
@@ -25,7 +29,8 @@ use rsa::RsaPublicKey;
 use sha2::Sha256;
 
 use super::{
-    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Refund,
+    RefundAmount, Rejection,
 };
 use crate::config::AccountConfig;
 
@@ -194,6 +199,44 @@ pub(crate) fn parse_gmt(s: &str) -> Option<i64> {
     )
 }
 
+/// A refund notification's facts. Alipay states the total refunded so far, not this
+/// refund's share of it.
+fn refund_kind(fields: &BTreeMap<String, String>) -> Result<NoticeKind, Rejection> {
+    let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    for k in ["out_trade_no", "trade_no", "out_biz_no"] {
+        if get(k).is_empty() {
+            return Err(Rejection::Malformed(format!("refund has no {k}")));
+        }
+    }
+    let yuan = |k: &str| {
+        yuan_to_fen(get(k)).ok_or_else(|| {
+            Rejection::Malformed(format!(
+                "{k} `{}` is not an amount in yuan with at most two decimals",
+                get(k)
+            ))
+        })
+    };
+    let refunded = yuan("refund_fee")?;
+    if refunded == 0 {
+        return Err(Rejection::Malformed("refund_fee is 0".into()));
+    }
+    let total_fee = match get("total_amount") {
+        "" => None,
+        _ => Some(yuan("total_amount")?),
+    };
+    // `gmt_refund` carries milliseconds (`2026-01-01 10:00:00.320`); seconds suffice.
+    let gmt_refund = get("gmt_refund");
+    let refunded_at = parse_gmt(gmt_refund.split('.').next().unwrap_or(gmt_refund));
+    Ok(NoticeKind::Refunded(Refund {
+        out_refund_no: get("out_biz_no").to_owned(),
+        refund_id: String::new(),
+        transaction_id: get("trade_no").to_owned(),
+        amount: RefundAmount::Cumulative(refunded),
+        total_fee,
+        refunded_at,
+    }))
+}
+
 /// The Alipay provider.
 pub struct Alipay {
     accounts: Vec<Account>,
@@ -261,7 +304,10 @@ impl Provider for Alipay {
         }
         let out_trade_no = get("out_trade_no").to_owned();
         let trade_status = get("trade_status");
+        let is_refund = (!get("out_biz_no").is_empty() || !get("gmt_refund").is_empty())
+            && matches!(trade_status, "TRADE_SUCCESS" | "TRADE_CLOSED");
         let kind = match trade_status {
+            _ if is_refund => refund_kind(&fields)?,
             "TRADE_SUCCESS" | "TRADE_FINISHED" => {
                 if out_trade_no.is_empty() {
                     return Err(Rejection::Malformed("no out_trade_no".into()));
@@ -494,6 +540,50 @@ mod tests {
         assert_eq!(n.fields["subject"], "会员充值 & more");
         assert_eq!(n.fields["passback_params"], "");
         assert_eq!(n.fields["sign_type"], "RSA2");
+    }
+
+    #[test]
+    fn refund_fields_make_a_refund_of_the_total_so_far() {
+        let mut f = paid("O3", "100", "T3");
+        f.insert("refund_fee".into(), "0.00".into());
+        // A payment that says "refunded 0.00" (as Alipay's own example does) is a payment.
+        let n = verify(&provider(), &signed_body(&f, &keys()[0])).expect("verifies");
+        assert!(matches!(n.kind, NoticeKind::Paid(_)), "{:?}", n.kind);
+        f.insert("refund_fee".into(), "30.5".into());
+        f.insert("out_biz_no".into(), "RF1".into());
+        f.insert("gmt_refund".into(), "2026-01-01 10:00:00.320".into());
+        let n = verify(&provider(), &signed_body(&f, &keys()[0])).expect("verifies");
+        assert_eq!(
+            n.kind,
+            NoticeKind::Refunded(Refund {
+                out_refund_no: "RF1".into(),
+                refund_id: String::new(),
+                transaction_id: "T3".into(),
+                amount: RefundAmount::Cumulative(3050),
+                total_fee: Some(10000),
+                refunded_at: Some(1_767_232_800_000),
+            })
+        );
+        f.insert("trade_status".into(), "TRADE_CLOSED".into());
+        f.insert("refund_fee".into(), "100.00".into());
+        let n = verify(&provider(), &signed_body(&f, &keys()[0])).expect("verifies");
+        assert!(matches!(
+            n.kind,
+            NoticeKind::Refunded(Refund {
+                amount: RefundAmount::Cumulative(10000),
+                ..
+            })
+        ));
+        for (k, v) in [
+            ("refund_fee", "0"),
+            ("refund_fee", "1.234"),
+            ("out_biz_no", ""),
+        ] {
+            let mut bad = f.clone();
+            bad.insert(k.into(), v.into());
+            let r = verify(&provider(), &signed_body(&bad, &keys()[0]));
+            assert!(matches!(r, Err(Rejection::Malformed(_))), "{k}={v}: {r:?}");
+        }
     }
 
     #[test]

@@ -104,6 +104,35 @@ pub enum NoticeKind {
         /// The provider's state, e.g. `FAIL`, `TRADE_CLOSED`.
         state: String,
     },
+    /// Part or all of the order's payment was refunded.
+    Refunded(Refund),
+}
+
+/// The facts of a successful refund, as the provider states them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refund {
+    /// The merchant's refund number (`out_refund_no`; Alipay `out_biz_no`): with the
+    /// order number, what makes a refund unique.
+    pub out_refund_no: String,
+    /// The provider's refund id; empty when the provider gives none (Alipay).
+    pub refund_id: String,
+    /// The provider's transaction id of the refunded payment.
+    pub transaction_id: String,
+    /// How much was refunded.
+    pub amount: RefundAmount,
+    /// The order total the provider states, in fen, when it states one.
+    pub total_fee: Option<i64>,
+    /// When the refund succeeded (unix ms), if the provider says.
+    pub refunded_at: Option<i64>,
+}
+
+/// How a provider states a refund's amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundAmount {
+    /// Fen refunded by this refund (WeChat Pay `refund_fee` / `amount.refund`).
+    This(i64),
+    /// Fen refunded on the order so far, this refund included (Alipay `refund_fee`).
+    Cumulative(i64),
 }
 
 /// The facts of a payment, as the provider states them.

@@ -4,16 +4,23 @@
 //! joined as `k=v&…&key=APIKEY`, then MD5 (default) or HMAC-SHA256 (when `sign_type`
 //! says so), upper-case hex. The body is parsed into a map, never into a struct, so
 //! fields this code does not know still take part in the signed string.
+//!
+//! Refund notifications (退款结果通知) come to the same endpoint unsigned: their
+//! `req_info` is the refund, AES-256-ECB encrypted under the lower-case hex MD5 of the
+//! API key. Decrypting it with our key is what authenticates it.
 
 use std::collections::BTreeMap;
 
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyInit};
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use quick_xml::events::Event;
 use sha2::Sha256;
 
 use super::{
-    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Refund,
+    RefundAmount, Rejection,
 };
 use crate::config::AccountConfig;
 
@@ -142,6 +149,12 @@ pub fn sign(fields: &BTreeMap<String, String>, api_key: &str, sign_type: SignTyp
 /// Parses `<xml><k>v</k>…</xml>` (CDATA or escaped text) into a map. Refuses DTDs,
 /// nesting, duplicate fields and anything after the root.
 pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
+    parse_xml_root(body, &["xml"])
+}
+
+/// [`parse_xml`] with any of these root element names (a decrypted `req_info` is
+/// `<root>…</root>`).
+fn parse_xml_root(body: &[u8], roots: &[&str]) -> Result<BTreeMap<String, String>, Rejection> {
     let bad = |m: String| Rejection::Malformed(m);
     let text = std::str::from_utf8(body).map_err(|_| bad("body is not UTF-8".into()))?;
     let mut reader = quick_xml::Reader::from_str(text);
@@ -163,8 +176,13 @@ pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
             Event::Start(e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 match depth {
-                    0 if !root_seen && name == "xml" => root_seen = true,
-                    0 => return Err(bad(format!("root element must be <xml>, found <{name}>"))),
+                    0 if !root_seen && roots.contains(&name.as_str()) => root_seen = true,
+                    0 => {
+                        return Err(bad(format!(
+                            "root element must be <{}>, found <{name}>",
+                            roots.join("> or <")
+                        )))
+                    }
                     1 => current = Some((name, String::new())),
                     _ => return Err(bad(format!("nested element <{name}> is not allowed"))),
                 }
@@ -224,7 +242,7 @@ pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
         }
     }
     if !root_seen || depth != 0 {
-        return Err(bad("incomplete <xml> document".into()));
+        return Err(bad("incomplete XML document".into()));
     }
     Ok(fields)
 }
@@ -281,6 +299,9 @@ impl Provider for WechatV2 {
             inbound.account,
             |a| a.appid == get("appid") && a.mch_id == get("mch_id"),
         )?;
+        if fields.contains_key("req_info") {
+            return verify_refund(account, fields);
+        }
         let sign_type = match fields.get("sign_type") {
             None => SignType::Md5,
             Some(s) => SignType::parse(s)
@@ -359,6 +380,97 @@ impl Provider for WechatV2 {
             .into_bytes(),
         }
     }
+}
+
+/// The AES-256 key of a refund notification's `req_info`: the lower-case hex MD5 of the
+/// API key, its 32 ASCII characters taken as the 256-bit key.
+fn req_info_key(api_key: &str) -> String {
+    hex::encode(Md5::digest(api_key.as_bytes()))
+}
+
+/// Decrypts a refund notification's `req_info`: base64 of AES-256-ECB (PKCS#7) under
+/// [`req_info_key`]. Anything that does not decrypt under this key is refused.
+pub fn decrypt_req_info(api_key: &str, req_info: &str) -> Result<Vec<u8>, Rejection> {
+    let ciphertext = base64::engine::general_purpose::STANDARD
+        .decode(req_info.trim())
+        .map_err(|e| Rejection::Malformed(format!("req_info is not base64: {e}")))?;
+    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+        return Err(Rejection::Malformed(format!(
+            "req_info is {} bytes, not a whole number of AES blocks",
+            ciphertext.len()
+        )));
+    }
+    let key = req_info_key(api_key);
+    ecb::Decryptor::<aes::Aes256>::new(key.as_bytes().into())
+        .decrypt_padded_vec_mut::<Pkcs7>(&ciphertext)
+        .map_err(|_| {
+            Rejection::BadSignature("req_info does not decrypt with the account's API key".into())
+        })
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in China Standard Time → unix ms (a refund's `success_time`).
+fn parse_refund_time(s: &str) -> Option<i64> {
+    super::china_time_ms(
+        s,
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
+    )
+}
+
+/// A refund notification: `req_info` decrypted with the account's key (its only
+/// authentication), and the envelope's appid/mch_id the account's.
+fn verify_refund(
+    account: &Account,
+    mut fields: BTreeMap<String, String>,
+) -> Result<Notice, Rejection> {
+    let req_info = fields.remove("req_info").unwrap_or_default();
+    let plain = decrypt_req_info(&account.api_key, &req_info)?;
+    // A wrong key passes the padding check now and then; it never yields a refund.
+    let info = parse_xml_root(&plain, &["root", "xml"]).map_err(|e| {
+        Rejection::BadSignature(format!("req_info does not decrypt to a refund: {e}"))
+    })?;
+    let outer = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    if outer("appid") != account.appid || outer("mch_id") != account.mch_id {
+        return Err(Rejection::AccountMismatch(format!(
+            "appid/mch_id {}/{} do not belong to account `{}`",
+            outer("appid"),
+            outer("mch_id"),
+            account.name
+        )));
+    }
+    let get = |k: &str| info.get(k).map(String::as_str).unwrap_or("");
+    let out_trade_no = get("out_trade_no").to_owned();
+    let kind = match get("refund_status") {
+        "SUCCESS" => {
+            for k in ["out_trade_no", "out_refund_no", "transaction_id"] {
+                if get(k).is_empty() {
+                    return Err(Rejection::Malformed(format!("refund has no {k}")));
+                }
+            }
+            let refund_fee = super::parse_fen(get("refund_fee"), "refund_fee")?;
+            if refund_fee == 0 {
+                return Err(Rejection::Malformed("refund_fee is 0".into()));
+            }
+            NoticeKind::Refunded(Refund {
+                out_refund_no: get("out_refund_no").to_owned(),
+                refund_id: get("refund_id").to_owned(),
+                transaction_id: get("transaction_id").to_owned(),
+                amount: RefundAmount::This(refund_fee),
+                total_fee: Some(super::parse_fen(get("total_fee"), "total_fee")?),
+                refunded_at: parse_refund_time(get("success_time")),
+            })
+        }
+        // CHANGE (退款异常) and REFUNDCLOSE: the money did not go back; nothing to apply.
+        other => NoticeKind::NotPaid {
+            state: format!("refund {other}").trim().to_owned(),
+        },
+    };
+    fields.extend(info);
+    Ok(Notice {
+        account: account.name.clone(),
+        out_trade_no,
+        kind,
+        fields,
+    })
 }
 
 /// Builds a signed v2 notification body (for tests and the README walk-through).
@@ -543,6 +655,90 @@ mod tests {
             verify(&signed_xml(&f, "k3y", SignType::Md5)),
             Err(Rejection::Malformed(_))
         ));
+    }
+
+    /// The API key of WeChat Pay's v2 signature example, and a refund `req_info` made from
+    /// it with OpenSSL (independently of this code):
+    /// `openssl enc -aes-256-ecb -K $(printf %s $(printf %s KEY | md5sum | cut -c1-32) | xxd -p -c 64) -nosalt -base64 -A`.
+    const DOC_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+    const OPENSSL_REQ_INFO: &str = "WBzGpzQuNpcFxIlFjUUD9BfnwwNUlVAs7bwvgHME4/SH16i8syy9PWgFGltYq26djGWrkvWnE43GfLJKmHP/eG0/OzOYIOgiSnagAjbdzc//3fs4QpwtHsX1hhb1YnmFZnLcqgP/V+qLnVDWXwekZ6G+otF8m3pS3O4btqBgjQZ57qYaQSKu1XCgBGa8S1OiYfOTIbs2YIV5rwTx23arp2NioYT8f1G4kzEJYLIjRExgHVQpnL0QiB2jKwnktQMhnCf0+4BUUfDeSGBVhfK3Belw+G6pujIHMBtWq6uNP7eFIQorTDQTsMLwpfQpd0JccG8ZTGuIcbkRbjZP2LXy0vIz0NlQngs8xREYGEP0D8+YPvL8uOWVblLU5UC0mTjnTpOQlPjd8fWbkTSLo0Rpuu++OSXF/UhEq1F8rL/NTo77/vCyKRkNmD8cBKpJdx5RlOuh7EGd/g6yhGOIHtl8lcNm+4uvCZ3AXdHDBTz4IC0o/HLm1UzjSS9ptr8xe0aTI2r0JY1NXUrKVA3GSBH1DN1e4OhCwjeQ4KI+sJt+FZOiHtY2dMsmS8rRv3TjWfnncTqAE9gD0am3cOH4abJhag==";
+    const REFUND_PLAIN: &str = "<root><out_refund_no><![CDATA[R20260101001]]></out_refund_no><out_trade_no><![CDATA[1409811653]]></out_trade_no><refund_fee><![CDATA[40]]></refund_fee><refund_id><![CDATA[50000408942018111907145868882]]></refund_id><refund_status><![CDATA[SUCCESS]]></refund_status><success_time><![CDATA[2026-01-01 10:00:00]]></success_time><total_fee><![CDATA[100]]></total_fee><transaction_id><![CDATA[1004400740201409030005092168]]></transaction_id></root>";
+
+    #[test]
+    fn known_answer_req_info_from_openssl() {
+        assert_eq!(req_info_key(DOC_KEY), "d96eb16afdd491fa1e705096edbc2205");
+        let plain = decrypt_req_info(DOC_KEY, OPENSSL_REQ_INFO).expect("decrypts");
+        assert_eq!(plain, REFUND_PLAIN.as_bytes());
+        assert!(matches!(
+            decrypt_req_info("another key", OPENSSL_REQ_INFO),
+            Err(Rejection::BadSignature(_) | Rejection::Malformed(_))
+        ));
+        for garbage in ["", "not base64!", "QUJD", &OPENSSL_REQ_INFO[..40]] {
+            assert!(decrypt_req_info(DOC_KEY, garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    fn refund_envelope(req_info: &str) -> String {
+        format!(
+            "<xml><return_code>SUCCESS</return_code><appid><![CDATA[wx2421b1c4370ec43b]]></appid>\
+             <mch_id><![CDATA[10000100]]></mch_id><nonce_str><![CDATA[TeqClE3i0mvn3DrK]]></nonce_str>\
+             <req_info><![CDATA[{req_info}]]></req_info></xml>"
+        )
+    }
+
+    #[test]
+    fn a_refund_notification_decrypts_into_a_refund() {
+        let p = WechatV2::new(vec![Account::new(
+            "default",
+            "wx2421b1c4370ec43b",
+            "10000100",
+            DOC_KEY,
+        )]);
+        let body = refund_envelope(OPENSSL_REQ_INFO);
+        let inbound = |b: &str| {
+            p.verify(&Inbound {
+                account: None,
+                headers: &[],
+                body: b.as_bytes(),
+                received_at: 0,
+            })
+        };
+        let n = inbound(&body).expect("verifies");
+        assert_eq!(n.out_trade_no, "1409811653");
+        assert_eq!(
+            n.kind,
+            NoticeKind::Refunded(Refund {
+                out_refund_no: "R20260101001".into(),
+                refund_id: "50000408942018111907145868882".into(),
+                transaction_id: "1004400740201409030005092168".into(),
+                amount: RefundAmount::This(40),
+                total_fee: Some(100),
+                refunded_at: Some(1_767_232_800_000), // 2026-01-01 10:00:00 +08:00
+            })
+        );
+        assert_eq!(n.fields["refund_status"], "SUCCESS");
+        assert_eq!(n.fields["mch_id"], "10000100");
+        assert!(!n.fields.contains_key("req_info"));
+        // The wrong key, a flipped ciphertext block, another merchant: refused.
+        let wrong = WechatV2::new(vec![Account::new(
+            "default",
+            "wx2421b1c4370ec43b",
+            "10000100",
+            "k3y",
+        )]);
+        assert!(wrong
+            .verify(&Inbound {
+                account: None,
+                headers: &[],
+                body: body.as_bytes(),
+                received_at: 0,
+            })
+            .is_err());
+        let mut tampered = OPENSSL_REQ_INFO.to_owned();
+        tampered.replace_range(0..4, "AAAA");
+        assert!(inbound(&refund_envelope(&tampered)).is_err());
+        let other = body.replace("10000100", "10000999");
+        assert!(inbound(&other).is_err());
     }
 
     #[test]

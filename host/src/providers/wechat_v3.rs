@@ -32,7 +32,8 @@ use sha2::Sha256;
 use x509_cert::der::Encode;
 
 use super::{
-    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Refund,
+    RefundAmount, Rejection,
 };
 use crate::config::AccountConfig;
 
@@ -309,6 +310,45 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// What a decrypted refund resource (`REFUND.*` events) reports: `REFUND.SUCCESS` with
+/// `refund_status` `SUCCESS` is a refund; `REFUND.ABNORMAL` / `REFUND.CLOSED` are
+/// recorded and change nothing.
+fn refund_kind(event_type: &str, refund: &Value) -> Result<NoticeKind, Rejection> {
+    let status = str_field(refund, "refund_status").unwrap_or("");
+    if event_type != "REFUND.SUCCESS" || status != "SUCCESS" {
+        return Ok(NoticeKind::NotPaid {
+            state: format!("{event_type} {status}").trim().to_owned(),
+        });
+    }
+    let text = |k: &str| -> Result<String, Rejection> {
+        str_field(refund, k)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| Rejection::Malformed(format!("refund has no {k}")))
+    };
+    let fen = |k: &str| -> Result<i64, Rejection> {
+        refund
+            .get("amount")
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_i64)
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| Rejection::Malformed(format!("amount.{k} is not an amount in fen")))
+    };
+    text("out_trade_no")?;
+    let amount = fen("refund")?;
+    if amount == 0 {
+        return Err(Rejection::Malformed("amount.refund is 0".into()));
+    }
+    Ok(NoticeKind::Refunded(Refund {
+        out_refund_no: text("out_refund_no")?,
+        refund_id: str_field(refund, "refund_id").unwrap_or("").to_owned(),
+        transaction_id: text("transaction_id")?,
+        amount: RefundAmount::This(amount),
+        total_fee: Some(fen("total")?),
+        refunded_at: str_field(refund, "success_time").and_then(parse_rfc3339),
+    }))
+}
+
 /// The WeChat Pay v3 provider.
 pub struct WechatV3 {
     accounts: Vec<Account>,
@@ -496,7 +536,9 @@ impl Provider for WechatV3 {
             .unwrap_or("")
             .to_owned();
         let trade_state = str_field(&transaction, "trade_state").unwrap_or("");
-        let kind = if event_type == "TRANSACTION.SUCCESS" && trade_state == "SUCCESS" {
+        let kind = if event_type.starts_with("REFUND.") {
+            refund_kind(&event_type, &transaction)?
+        } else if event_type == "TRANSACTION.SUCCESS" && trade_state == "SUCCESS" {
             if out_trade_no.is_empty() {
                 return Err(Rejection::Malformed("no out_trade_no".into()));
             }
@@ -817,6 +859,62 @@ go1ujfIK1zIFyPkKKnsgTUPJXwdC7LI+ZqJuWTyVTNj6
         assert_eq!(n.fields["event_type"], "TRANSACTION.SUCCESS");
         assert_eq!(n.fields["id"], "EV-2018022511223320873");
         assert_eq!(n.fields["create_time"], "2026-01-01T08:00:01+08:00");
+    }
+
+    #[test]
+    fn refund_events_are_refunds_or_recorded_states() {
+        let f = fixture();
+        let refund = |event: &str, status: &str, amount: Value| {
+            let r = serde_json::json!({
+                "mchid": MCHID,
+                "out_trade_no": "T9",
+                "transaction_id": "4200000001202601010000000009",
+                "out_refund_no": "RF9",
+                "refund_id": "50000000382019052709732678859",
+                "refund_status": status,
+                "success_time": "2026-01-01T08:00:00+08:00",
+                "amount": amount,
+            });
+            let body = envelope(event, &r, KEY);
+            verify_with(
+                &f.provider,
+                &headers(&keys()[0], PUB_ID, NOW_S, &body),
+                &body,
+            )
+        };
+        let amount = serde_json::json!({ "total": 100, "refund": 40, "payer_total": 100, "payer_refund": 40 });
+        let n = refund("REFUND.SUCCESS", "SUCCESS", amount.clone()).expect("verifies");
+        assert_eq!(
+            n.kind,
+            NoticeKind::Refunded(Refund {
+                out_refund_no: "RF9".into(),
+                refund_id: "50000000382019052709732678859".into(),
+                transaction_id: "4200000001202601010000000009".into(),
+                amount: RefundAmount::This(40),
+                total_fee: Some(100),
+                refunded_at: Some(NOW_MS),
+            })
+        );
+        assert_eq!(n.out_trade_no, "T9");
+        assert_eq!(n.fields["amount.payer_refund"], "40");
+        for (event, status) in [("REFUND.ABNORMAL", "ABNORMAL"), ("REFUND.CLOSED", "CLOSED")] {
+            let n = refund(event, status, amount.clone()).expect("verifies");
+            assert_eq!(
+                n.kind,
+                NoticeKind::NotPaid {
+                    state: format!("{event} {status}")
+                }
+            );
+        }
+        for bad in [
+            serde_json::json!({ "total": 100 }),
+            serde_json::json!({ "total": 100, "refund": 0 }),
+            serde_json::json!({ "total": 100, "refund": -1 }),
+            serde_json::json!({ "refund": 40 }),
+        ] {
+            let r = refund("REFUND.SUCCESS", "SUCCESS", bad.clone());
+            assert!(matches!(r, Err(Rejection::Malformed(_))), "{bad}: {r:?}");
+        }
     }
 
     #[test]

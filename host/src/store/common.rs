@@ -16,7 +16,7 @@ use super::{Millis, NotificationRecord, Order, StoreError, TaskEnd, TaskRecord, 
 
 pub(crate) const ORDER_COLUMNS: &str =
     "out_trade_no, type, provider, account, total_fee, user_id, custom, \
-     status, transaction_id, pay_date, notify_date, handler_status, handler_result, \
+     status, refund_fee, transaction_id, pay_date, notify_date, handler_status, handler_result, \
      handler_version, original_data, paid_notification_id, created_at, updated_at";
 
 pub(crate) const NOTIFICATION_COLUMNS: &str =
@@ -80,6 +80,7 @@ macro_rules! store_row {
                     user_id: self.try_get("user_id")?,
                     custom: json("custom")?.unwrap_or(serde_json::Value::Null),
                     status: self.try_get("status")?,
+                    refund_fee: self.try_get("refund_fee")?,
                     transaction_id: self.try_get("transaction_id")?,
                     pay_date: self.try_get("pay_date")?,
                     notify_date: self.try_get("notify_date")?,
@@ -1030,6 +1031,13 @@ macro_rules! impl_store {
                 shared::retry_task(&self.$writer, id).await
             }
 
+            async fn list_refunds(
+                &self,
+                out_trade_no: &str,
+            ) -> Result<Vec<$crate::store::RefundRecord>, $crate::store::StoreError> {
+                refund_sql::list_refunds(&self.$reader, out_trade_no).await
+            }
+
             $($own)*
         }
     };
@@ -1166,6 +1174,50 @@ macro_rules! impl_tx {
                 t: &$crate::store::NewTask,
             ) -> Result<i64, $crate::store::StoreError> {
                 shared::enqueue_task(&mut *self.tx, t).await
+            }
+
+            async fn get_refund(
+                &mut self,
+                out_trade_no: &str,
+                out_refund_no: &str,
+            ) -> Result<Option<$crate::store::RefundRecord>, $crate::store::StoreError> {
+                refund_sql::get_refund(&mut *self.tx, out_trade_no, out_refund_no).await
+            }
+
+            async fn apply_refund(
+                &mut self,
+                r: &$crate::store::NewRefund<'_>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                if !refund_sql::insert_refund(&mut *self.tx, r).await? {
+                    return Ok(false);
+                }
+                if !refund_sql::add_to_order(&mut *self.tx, r).await? {
+                    // The caller holds the order's lock; if it still moved, refuse.
+                    return Err($crate::store::StoreError::Invalid(format!(
+                        "order {} changed while refund {} was applied to it",
+                        r.out_trade_no, r.out_refund_no
+                    )));
+                }
+                Ok(true)
+            }
+
+            async fn set_refund_handler_result(
+                &mut self,
+                out_trade_no: &str,
+                out_refund_no: &str,
+                handler_status: &str,
+                result: &serde_json::Value,
+                handler_version: Option<&str>,
+            ) -> Result<(), $crate::store::StoreError> {
+                refund_sql::set_refund_handler_result(
+                    &mut *self.tx,
+                    out_trade_no,
+                    out_refund_no,
+                    handler_status,
+                    result,
+                    handler_version,
+                )
+                .await
             }
 
             $($own)*

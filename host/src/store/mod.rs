@@ -11,7 +11,10 @@ use serde::Serialize;
 mod claims;
 mod common;
 pub mod postgres;
+pub mod refunds;
 pub mod sqlite;
+
+pub use refunds::{NewRefund, RefundRecord};
 
 /// Unix time in milliseconds, the one time representation in the database.
 pub type Millis = i64;
@@ -157,6 +160,8 @@ pub struct Order {
     pub custom: serde_json::Value,
     /// See [`status`].
     pub status: i32,
+    /// Fen refunded so far.
+    pub refund_fee: i64,
     /// The provider's transaction id, once paid.
     pub transaction_id: Option<String>,
     /// When the provider says it was paid.
@@ -214,6 +219,11 @@ pub enum Verdict {
     PaidAfterClose,
     /// Failed a check (signature, account, amount, unknown order, malformed).
     Rejected,
+    /// A verified refund, applied to its order.
+    Refunded,
+    /// A verified refund that cannot be applied (unknown, unpaid or closed order, more
+    /// than remains, a mismatched total): acknowledged, nothing changed, listed for ops.
+    RefundUnapplied,
     /// Verified, but the handler failed or is missing: rolled back, the provider retries.
     Failed,
 }
@@ -228,6 +238,8 @@ impl Verdict {
             Verdict::Ignored => "ignored",
             Verdict::PaidAfterClose => "paid_after_close",
             Verdict::Rejected => "rejected",
+            Verdict::Refunded => "refunded",
+            Verdict::RefundUnapplied => "refund_unapplied",
             Verdict::Failed => "failed",
         }
     }
@@ -241,6 +253,8 @@ impl Verdict {
             Verdict::Ignored,
             Verdict::PaidAfterClose,
             Verdict::Rejected,
+            Verdict::Refunded,
+            Verdict::RefundUnapplied,
             Verdict::Failed,
         ]
         .into_iter()
@@ -581,6 +595,8 @@ pub trait Store: Send + Sync + 'static {
     /// Puts a dead or pending task back in the queue to run now, with a fresh set of
     /// attempts (its error history is kept). False if no such task or it is running/done.
     async fn retry_task(&self, id: i64) -> Result<bool, StoreError>;
+    /// The order's applied refunds, oldest first.
+    async fn list_refunds(&self, out_trade_no: &str) -> Result<Vec<RefundRecord>, StoreError>;
     /// Begins a transaction that holds the write lock (SQLite) for its whole life.
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
     /// `sqlite` or `postgres`.
@@ -665,6 +681,26 @@ pub trait Tx: Send {
 
     /// Inserts a task (the outbox): it exists only if this transaction commits.
     async fn enqueue_task(&mut self, task: &NewTask) -> Result<i64, StoreError>;
+
+    /// The applied refund with this merchant refund number, if any.
+    async fn get_refund(
+        &mut self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+    ) -> Result<Option<RefundRecord>, StoreError>;
+    /// Records the refund and adds it to the order (refunded total, status), unless a
+    /// refund with its number exists: true if this call applied it. Call with the order
+    /// locked ([`Tx::lock_order`]).
+    async fn apply_refund(&mut self, refund: &NewRefund<'_>) -> Result<bool, StoreError>;
+    /// Records the refund handler's result, and which build produced it, on the refund.
+    async fn set_refund_handler_result(
+        &mut self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+        handler_status: &str,
+        result: &serde_json::Value,
+        handler_version: Option<&str>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Arguments of [`Tx::mark_paid`].

@@ -158,6 +158,7 @@ impl Dialect for Postgres {
 
 common::shared_statements!(sqlx::Postgres);
 super::claims::claim_statements!(sqlx::Postgres);
+super::refunds::refund_statements!(sqlx::Postgres);
 
 common::impl_store!(PgStore, reader: pool, writer: pool, {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {

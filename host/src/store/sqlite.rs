@@ -85,6 +85,7 @@ fn json_path(field: &str) -> String {
 
 common::shared_statements!(sqlx::Sqlite);
 super::claims::claim_statements!(sqlx::Sqlite);
+super::refunds::refund_statements!(sqlx::Sqlite);
 
 common::impl_store!(SqliteStore, reader: reader, writer: writer, {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {

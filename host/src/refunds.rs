@@ -1,0 +1,410 @@
+//! The refund path of the pipeline: a verified refund notification is applied to its
+//! order once — refunded total up, status 1 → 2 (partially refunded) or → 3 (refunded
+//! when the refunded total reaches `total_fee`) — and the type's optional
+//! `handle-refunded` runs, all in ONE transaction, as payments do.
+//!
+//! - A refund already applied (same order and merchant refund number) is a duplicate and
+//!   changes nothing, on several connections or host processes at once too: the order's
+//!   row lock serialises them and the `refunds` table's unique key backs it up.
+//! - A verified refund that cannot be applied (unknown, unpaid or closed order, another
+//!   transaction, a mismatched total, more than remains) changes nothing and is stored
+//!   as `refund_unapplied` with the reason, for ops. It gets the *success* answer: the
+//!   money has already moved at the provider, and a retry would bring the same
+//!   notification to the same order; the stored notification can be replayed once ops
+//!   have fixed the order (a replay is exactly-once like any other).
+//! - The handler fails (error, trap, time or memory limit) → the whole transaction rolls
+//!   back, the failure answer makes the provider retry.
+//!
+//! Refunds are rare next to payments: each runs in a transaction of its own, not in the
+//! payments' group commit.
+
+use std::sync::Arc;
+
+use crate::pipeline::NotifyKeys;
+use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
+use crate::plugins::{bindings, refund_bindings, HandlerFailure, Plugin, Registry};
+use crate::providers::{Notice, ProviderKind, Refund, RefundAmount};
+use crate::store::{status, NewRefund, Order, Store, StoreError, Tx, Verdict};
+
+/// How often a refund transaction is run again after a transient database failure.
+const ATTEMPTS: u32 = 5;
+
+/// The handler status recorded on a refund whose type's handler has no `handle-refunded`.
+pub const NO_REFUND_HANDLER: &str = "no refund handler";
+
+/// Applies verified refunds.
+pub struct Refunder {
+    plugins: Arc<Registry>,
+    notify_keys: NotifyKeys,
+}
+
+/// What applying a refund decided.
+#[derive(Debug, Clone)]
+pub struct RefundOutcome {
+    /// Where the notification ended up. `Failed` means nothing was committed.
+    pub verdict: Verdict,
+    /// Why, or what to tell ops.
+    pub reason: Option<String>,
+}
+
+impl RefundOutcome {
+    fn new(verdict: Verdict, reason: impl Into<Option<String>>) -> RefundOutcome {
+        RefundOutcome {
+            verdict,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The checks' decision.
+enum Checked {
+    /// Nothing to apply: the verdict is decided.
+    Done(RefundOutcome),
+    /// Apply `amount` fen to the (locked) order.
+    Apply { order: Box<Order>, amount: i64 },
+}
+
+impl Refunder {
+    /// A refunder running the handlers of `plugins`.
+    pub fn new(plugins: Arc<Registry>, notify_keys: NotifyKeys) -> Refunder {
+        Refunder {
+            plugins,
+            notify_keys,
+        }
+    }
+
+    /// Applies a verified refund in a transaction of its own, run again (a few times)
+    /// while the database reports a deadlock or serialization failure. Every attempt
+    /// rolled back completely, so running it again is safe. An `Err` means nothing was
+    /// committed, not even the verdict.
+    pub async fn apply(
+        &self,
+        store: &dyn Store,
+        id: i64,
+        provider: ProviderKind,
+        notice: &Notice,
+        refund: &Refund,
+    ) -> Result<RefundOutcome, String> {
+        for attempt in 1..=ATTEMPTS {
+            match self.try_once(store, id, provider, notice, refund).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                    let pause = 5 * u64::from(attempt) + rand::random::<u64>() % 20;
+                    tracing::warn!(error = %e, attempt, "transient database failure; running the refund again");
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("gave up after repeated transient database failures".into())
+    }
+
+    async fn try_once(
+        &self,
+        store: &dyn Store,
+        id: i64,
+        provider: ProviderKind,
+        notice: &Notice,
+        refund: &Refund,
+    ) -> Result<RefundOutcome, StoreError> {
+        let mut tx = store.begin().await?;
+        let (mut tx, outcome) = match check(tx.as_mut(), id, provider, notice, refund).await? {
+            Checked::Done(outcome) => (tx, outcome),
+            Checked::Apply { order, amount } => {
+                match self
+                    .apply_locked(tx, id, &order, notice, refund, amount)
+                    .await
+                {
+                    (Some(tx), Ok(outcome)) => (tx, outcome),
+                    (Some(_), Err(e)) => return Err(e),
+                    (None, _) => {
+                        return Err(StoreError::Invalid(
+                            "transaction lost during the refund handler call".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        if outcome.verdict == Verdict::Failed {
+            // Dropping the transaction rolls back the refund and the handler's writes.
+            return Ok(outcome);
+        }
+        let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
+        tx.finish_notification(
+            id,
+            outcome.verdict,
+            outcome.reason.as_deref(),
+            order,
+            Some(&notice.account),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Records the refund on the locked order and runs the handler's `handle-refunded`,
+    /// if it has one. Returns the transaction unless the handler call was abandoned.
+    async fn apply_locked(
+        &self,
+        mut tx: Box<dyn Tx>,
+        id: i64,
+        order: &Order,
+        notice: &Notice,
+        refund: &Refund,
+        amount: i64,
+    ) -> (Option<Box<dyn Tx>>, Result<RefundOutcome, StoreError>) {
+        let refunded_total = order.refund_fee + amount;
+        let original_data = serde_json::to_value(&notice.fields).unwrap_or_default();
+        let new = NewRefund {
+            out_trade_no: &order.out_trade_no,
+            out_refund_no: &refund.out_refund_no,
+            refund_id: &refund.refund_id,
+            provider: &order.provider,
+            account: &order.account,
+            amount,
+            refunded_before: order.refund_fee,
+            new_status: if refunded_total == order.total_fee {
+                status::REFUNDED
+            } else {
+                status::PARTIALLY_REFUNDED
+            },
+            refunded_at: refund.refunded_at,
+            notification_id: id,
+            original_data: &original_data,
+        };
+        match tx.apply_refund(&new).await {
+            Ok(true) => {}
+            // The order's lock makes this unreachable; if it happens, nothing ran twice.
+            Ok(false) => {
+                let outcome =
+                    RefundOutcome::new(Verdict::Duplicate, "refund already applied".to_owned());
+                return (Some(tx), Ok(outcome));
+            }
+            Err(e) => return (Some(tx), Err(e)),
+        }
+        let Some(plugin) = self.plugins.get(&order.order_type) else {
+            let failure = HandlerFailure::NotLoaded(order.order_type.clone());
+            return (
+                Some(tx),
+                Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
+            );
+        };
+        let build = plugin.build_id();
+        if !plugin.compiled.handles_refunds() {
+            let r = tx
+                .set_refund_handler_result(
+                    &order.out_trade_no,
+                    &refund.out_refund_no,
+                    NO_REFUND_HANDLER,
+                    &serde_json::Value::Null,
+                    Some(&build),
+                )
+                .await;
+            let reason = format!("applied; {build} has no refund handler");
+            return (
+                Some(tx),
+                r.map(|()| RefundOutcome::new(Verdict::Refunded, reason)),
+            );
+        }
+        let (back, result) = self
+            .call_handler(
+                tx,
+                &plugin,
+                id,
+                order,
+                notice,
+                refund,
+                amount,
+                refunded_total,
+            )
+            .await;
+        let Some(mut tx) = back else {
+            return (None, Err(StoreError::Invalid("transaction lost".into())));
+        };
+        match result {
+            Ok(outcome) => {
+                let r = tx
+                    .set_refund_handler_result(
+                        &order.out_trade_no,
+                        &refund.out_refund_no,
+                        "succeeded",
+                        &outcome,
+                        Some(&build),
+                    )
+                    .await;
+                (
+                    Some(tx),
+                    r.map(|()| RefundOutcome::new(Verdict::Refunded, None)),
+                )
+            }
+            // Not the handler's doing: fail the transaction so it is run again.
+            Err(HandlerFailure::Transient(why)) => (Some(tx), Err(StoreError::Transient(why))),
+            Err(failure) => {
+                tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "refund handler failed; refund rolled back, provider will retry");
+                (
+                    Some(tx),
+                    Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
+                )
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_handler(
+        &self,
+        tx: Box<dyn Tx>,
+        plugin: &Plugin,
+        id: i64,
+        order: &Order,
+        notice: &Notice,
+        refund: &Refund,
+        amount: i64,
+        refunded_total: i64,
+    ) -> (
+        Option<Box<dyn Tx>>,
+        Result<serde_json::Value, HandlerFailure>,
+    ) {
+        let ctx = CallContext {
+            manifest: plugin.manifest.clone(),
+            tags: CallTags {
+                plugin: plugin.plugin_type.clone(),
+                version: plugin.metadata.version.clone(),
+                out_trade_no: Some(order.out_trade_no.clone()),
+                notification_id: Some(id),
+                task_id: None,
+            },
+            db: DbAccess::Tx(tx),
+            notify_key: self
+                .notify_keys
+                .get(&(order.provider.clone(), order.account.clone()))
+                .copied(),
+            provider: Some(order.provider.clone()),
+            account: Some(order.account.clone()),
+            http: self.plugins.runtime().http_client(),
+            poisoned: None,
+        };
+        let wit_order = bindings::Order {
+            out_trade_no: order.out_trade_no.clone(),
+            type_: order.order_type.clone(),
+            provider: order.provider.clone(),
+            account: order.account.clone(),
+            total_fee: order.total_fee,
+            user_id: order.user_id.clone(),
+            custom: order.custom.to_string(),
+            transaction_id: order.transaction_id.clone().unwrap_or_default(),
+        };
+        let wit_refund = refund_bindings::Refund {
+            notification_id: id,
+            out_refund_no: refund.out_refund_no.clone(),
+            refund_id: refund.refund_id.clone(),
+            amount,
+            refunded_total,
+            full: refunded_total == order.total_fee,
+            refunded_at: refund.refunded_at.map(crate::store::iso_time),
+            fields: notice
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let (ctx, result) = self
+            .plugins
+            .runtime()
+            .handle_refunded(&plugin.compiled, ctx, plugin.limits, wit_order, wit_refund)
+            .await;
+        (ctx.and_then(|c| c.db.into_tx()), result)
+    }
+}
+
+/// Everything that decides whether the refund applies, on the locked order.
+async fn check(
+    tx: &mut dyn Tx,
+    id: i64,
+    provider: ProviderKind,
+    notice: &Notice,
+    refund: &Refund,
+) -> Result<Checked, StoreError> {
+    let unapplied = |why: String| {
+        tracing::warn!(reason = %why, out_refund_no = %refund.out_refund_no, "verified refund not applied: listed for ops");
+        Ok(Checked::Done(RefundOutcome::new(
+            Verdict::RefundUnapplied,
+            why,
+        )))
+    };
+    let Some(order) = tx.lock_order(&notice.out_trade_no).await? else {
+        return unapplied(format!("unknown order `{}`", notice.out_trade_no));
+    };
+    if order.provider != provider.as_str() || order.account != notice.account {
+        return Ok(Checked::Done(RefundOutcome::new(
+            Verdict::Rejected,
+            format!(
+                "order belongs to {} account `{}`, refund was verified for {} account `{}`",
+                order.provider, order.account, provider, notice.account
+            ),
+        )));
+    }
+    if let Some(applied) = tx
+        .get_refund(&order.out_trade_no, &refund.out_refund_no)
+        .await?
+    {
+        // A replay of the very notification that applied it stays its applier.
+        let outcome = if applied.notification_id == id {
+            RefundOutcome::new(
+                Verdict::Refunded,
+                "replayed; refund was applied by it".to_owned(),
+            )
+        } else {
+            RefundOutcome::new(
+                Verdict::Duplicate,
+                format!(
+                    "refund {} already applied by notification {}",
+                    refund.out_refund_no, applied.notification_id
+                ),
+            )
+        };
+        return Ok(Checked::Done(outcome));
+    }
+    match order.status {
+        status::UNPAID => return unapplied("order is unpaid".into()),
+        status::CLOSED => return unapplied("order is closed".into()),
+        _ => {}
+    }
+    let paid_by = order.transaction_id.as_deref().unwrap_or("");
+    if paid_by != refund.transaction_id {
+        return unapplied(format!(
+            "refund of transaction {}, order was paid by transaction {paid_by}",
+            refund.transaction_id
+        ));
+    }
+    if let Some(total) = refund.total_fee.filter(|t| *t != order.total_fee) {
+        return unapplied(format!(
+            "total mismatch: refund states an order total of {total} fen, order total is {} fen",
+            order.total_fee
+        ));
+    }
+    let amount = match refund.amount {
+        RefundAmount::This(fen) => fen,
+        RefundAmount::Cumulative(total) if total <= order.refund_fee => {
+            // Alipay states the total refunded so far: a later refund's notification
+            // arrived first and already covered this one.
+            return Ok(Checked::Done(RefundOutcome::new(
+                Verdict::Duplicate,
+                format!(
+                    "provider reports {total} fen refunded in total; {} fen already applied",
+                    order.refund_fee
+                ),
+            )));
+        }
+        RefundAmount::Cumulative(total) => total - order.refund_fee,
+    };
+    let remaining = order.total_fee - order.refund_fee;
+    if amount > remaining {
+        return unapplied(format!(
+            "refund of {amount} fen is more than the {remaining} fen not yet refunded"
+        ));
+    }
+    Ok(Checked::Apply {
+        order: Box::new(order),
+        amount,
+    })
+}
