@@ -67,6 +67,25 @@ fn row(name: &str, samples: &mut [Duration]) -> Duration {
     percentile(samples, 0.5)
 }
 
+/// Context switches of every thread of this process so far (Linux `/proc`; 0 elsewhere).
+/// Per call, they show where wall time goes that CPU profiles do not: thread hand-offs.
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 #[tokio::main]
 async fn main() {
     let src = plugins_dir();
@@ -107,7 +126,9 @@ async fn main() {
     println!("|{:-<46}|{:->11}|{:->11}|{:->11}|", "", "", "", "");
 
     // Native: the same work recharge does (one atomic inc) in a transaction, rolled back.
+    let mut switches = Vec::new();
     let mut native = Vec::with_capacity(CALLS as usize);
+    let since = context_switches();
     for i in 0..CALLS {
         let t = Instant::now();
         let mut tx = store.begin().await.expect("begin");
@@ -117,10 +138,12 @@ async fn main() {
         drop(tx);
         native.push(t.elapsed());
     }
+    switches.push(("native", since, context_switches()));
     let native_p50 = row("native Rust: begin + inc + rollback", &mut native);
 
     // Wasm: fresh instance from InstancePre + handle-paid doing the inc via `db`.
     let mut wasm = Vec::with_capacity(CALLS as usize);
+    let since = context_switches();
     for i in 0..CALLS {
         let t = Instant::now();
         let tx = store.begin().await.expect("begin");
@@ -153,6 +176,7 @@ async fn main() {
         drop(ctx);
         wasm.push(t.elapsed());
     }
+    switches.push(("wasm recharge", since, context_switches()));
     let wasm_p50 = row(
         "wasm recharge: begin + instantiate + call + rollback",
         &mut wasm,
@@ -160,6 +184,7 @@ async fn main() {
 
     // Where the time goes: a fresh instance and a call that returns at once (no database).
     let mut bare = Vec::with_capacity(CALLS as usize);
+    let since = context_switches();
     for i in 0..CALLS {
         let t = Instant::now();
         let ctx = CallContext {
@@ -191,6 +216,7 @@ async fn main() {
         assert!(r.is_err(), "recharge has no tasks");
         bare.push(t.elapsed());
     }
+    switches.push(("wasm bare", since, context_switches()));
     row("wasm: instantiate + run-task returning at once", &mut bare);
     println!(
         "| {:<44} | {:>9} | {:>9.1} | {:>9} |",
@@ -199,6 +225,19 @@ async fn main() {
         (wasm_p50.saturating_sub(native_p50)).as_secs_f64() * 1e6,
         ""
     );
+
+    for (name, from, to) in switches {
+        let per_call = (to - from) as f64 / f64::from(CALLS);
+        println!(
+            "| {:<44} | {per_call:>9.1} | {:>9} | {:>9} |",
+            format!("context switches per call: {name}"),
+            "",
+            ""
+        );
+    }
+    if std::env::var("PAYNOTIFY_BENCH_ONLY").as_deref() == Ok("dispatch") {
+        return;
+    }
 
     end_to_end(&src).await;
     throughput(&src).await;

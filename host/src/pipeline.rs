@@ -894,7 +894,8 @@ impl Settler {
         };
         match result {
             Ok(outcome) => {
-                tracing::info!(plugin = %plugin.plugin_type, elapsed_us = elapsed.as_micros() as u64, "handler succeeded");
+                // Debug, not info: "notification processed" is the one info line per notification.
+                tracing::debug!(plugin = %plugin.plugin_type, elapsed_us = elapsed.as_micros() as u64, "handler succeeded");
                 let row = PaidOrder {
                     out_trade_no: order.out_trade_no.clone(),
                     transaction_id: payment.transaction_id.clone(),
