@@ -50,6 +50,8 @@ Examples:
   paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
+  paynotify new-plugin points --lang js      a new JavaScript handler project in ./points
+  paynotify try points.wasm --order order.json   run a handler once, show its writes
 
 Read-only commands read the database named by the configuration; reload, replay and
 plugins list ask the running server (server.listen, with server.api_token).";
@@ -84,6 +86,20 @@ pub enum Command {
     /// Look at the task queue (handlers' after-payment side effects) and re-drive dead tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Write a new handler project (Rust or JavaScript) that builds as it is.
+    NewPlugin {
+        /// The order type it handles: letters, digits, - and _, starting with a letter.
+        name: String,
+        /// The handler's language.
+        #[arg(long, value_enum, default_value_t = crate::scaffold::Lang::Rust)]
+        lang: crate::scaffold::Lang,
+        /// Where to create the project (must not exist); default ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a handler's handle-paid once on a throwaway SQLite database and show the
+    /// documents, tasks and logs it produced (no server, no payment provider).
+    Try(crate::tryout::TryArgs),
 }
 
 /// `paynotify config …`.

@@ -15,8 +15,10 @@ pub mod orders;
 pub mod pipeline;
 pub mod plugins;
 pub mod providers;
+pub mod scaffold;
 pub mod store;
 pub mod tasks;
+pub mod tryout;
 
 pub use app::App;
 pub use config::Config;
