@@ -47,17 +47,37 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// The real binary, with a configuration file that does not exist (built-in defaults) and
-/// `try`'s compiled cache inside the target directory.
+/// The compiled-plugin cache every server and command of these tests shares: the JS
+/// component is large (its first compile takes a while), the cache is keyed by the file's
+/// hash and the engine's configuration.
+fn compiled_cache() -> PathBuf {
+    target_dir().join("handler-dx-cache")
+}
+
+/// The real binary, run in `dir` (so nothing defaulting to ./plugins.d lands in the
+/// checkout) with a configuration that only sets the shared compiled cache.
 fn paynotify(dir: &Path) -> Command {
+    let config = dir.join("paynotify-dx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ncache_dir = \"{}\"\n",
+            compiled_cache().display()
+        ),
+    )
+    .expect("write config");
     let mut cmd = Command::new(paynotify_bin());
-    // In `dir`: commands that default to ./plugins.d write nothing into the checkout.
     cmd.current_dir(dir)
         .arg("--config")
-        .arg(dir.join("absent.toml"))
-        .env("XDG_CACHE_HOME", target_dir().join("try-cache"))
+        .arg(config)
         .env_remove("PAYNOTIFY_CONFIG");
     cmd
+}
+
+/// Test server options with the shared compiled cache.
+fn cached(mut options: Options) -> Options {
+    options.plugins_cache_dir = Some(compiled_cache());
+    options
 }
 
 /// Pays order `no` of `order_type` on `s` with a WeChat v2 notification; the body answered.
@@ -79,23 +99,16 @@ async fn install(s: &TestServer, plugin_type: &str, wasm: &Path, manifest: &Path
         dir.join(format!("{plugin_type}.wasm")),
     )
     .expect("rename wasm");
-    let report = s.reload_plugins().await;
-    assert!(
-        report.to_string().contains(plugin_type),
-        "reload did not load {plugin_type}: {report}"
-    );
-    let (_, list) = s.api("GET", "/api/admin/plugins", None).await;
-    assert!(
-        list.to_string()
-            .contains(&format!("\"type\":\"{plugin_type}\"")),
-        "{list}"
-    );
+    // Scanned directly rather than through the admin API: a first compile of a JS
+    // component can take longer than an HTTP request may.
+    let report = s.app.plugins.scan().await;
+    assert_eq!(report.loaded, [plugin_type], "{report:?}");
 }
 
 /// Pays an order of a scaffolded handler's type and checks the template's writes, task
 /// and its run.
 async fn scaffolded_handler_pays_an_order(plugin_type: &str, wasm: &Path, manifest: &Path) {
-    let s = TestServer::start(Options::with_plugins(&[])).await;
+    let s = TestServer::start(cached(Options::with_plugins(&[]))).await;
     install(&s, plugin_type, wasm, manifest).await;
     s.create_order(json!({
         "type": plugin_type, "total_fee": 990, "user_id": "u1", "provider": "wechat-v2",
@@ -290,10 +303,13 @@ async fn db_state(s: &TestServer) -> (Vec<(String, Value)>, Vec<Value>) {
 
 #[tokio::test]
 async fn js_recharge_twin_leaves_the_same_database_state_as_the_rust_recharge() {
-    let rust = TestServer::start(Options::with_plugins(&["recharge"])).await;
-    let js =
-        TestServer::start(Options::with_plugins(&[]).plugin_as("recharge", "recharge-js", None))
-            .await;
+    let rust = TestServer::start(cached(Options::with_plugins(&["recharge"]))).await;
+    let js = TestServer::start(cached(Options::with_plugins(&[]).plugin_as(
+        "recharge",
+        "recharge-js",
+        None,
+    )))
+    .await;
     let (_, list) = js.api("GET", "/api/admin/plugins", None).await;
     assert!(
         list.to_string().contains("\"loaded\":true"),
@@ -347,9 +363,9 @@ async fn js_recharge_twin_leaves_the_same_database_state_as_the_rust_recharge() 
         ("J000000007", "u3", 100, json!({}), "FAIL"),
         (
             "J000000008",
-            "",
+            "u3",
             100,
-            json!({ "recharge_balance": 100 }),
+            json!({ "recharge_balance": null }),
             "FAIL",
         ),
         (
@@ -404,10 +420,6 @@ async fn js_recharge_twin_leaves_the_same_database_state_as_the_rust_recharge() 
     assert_eq!(
         js.order("J000000004").await.handler_result.expect("result")["error"],
         "invalid-custom"
-    );
-    assert_eq!(
-        js.order("J000000008").await.handler_result.expect("result")["error"],
-        "invalid-order"
     );
 }
 

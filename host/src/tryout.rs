@@ -242,10 +242,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TryError>
     serde_json::from_str(&text).map_err(|e| input(e.to_string()))
 }
 
-/// Where `try` keeps compiled components between runs: under the user's cache directory
-/// (private to the user; never a shared temporary directory, since artefacts are loaded
-/// as native code).
-fn cache_dir() -> Option<PathBuf> {
+/// Where `try` keeps compiled components between runs: `[plugins] cache_dir` when the
+/// configuration sets one, else under the user's cache directory (private to the user;
+/// never a shared temporary directory, since artefacts are loaded as native code).
+fn cache_dir(plugins: &PluginsConfig) -> Option<PathBuf> {
+    if let Some(dir) = &plugins.cache_dir {
+        return Some(dir.clone());
+    }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
@@ -333,7 +336,7 @@ pub async fn run(
             &plugin_type,
             bytes,
             &sha256,
-            cache_dir().as_deref(),
+            cache_dir(plugins).as_deref(),
             &manifest,
             limits,
         )
