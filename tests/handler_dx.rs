@@ -752,3 +752,132 @@ fn plugins_check_explains_what_is_wrong() {
         "{e}"
     );
 }
+
+/// The JS SDK's capabilities end to end, through `try` on a handler built from a fresh
+/// `new-plugin --lang js` project: vk-style `update` with `_.inc`, `get`, `where`, `add`,
+/// `remove`, `crypto` keyed by the notify key, `config`, `tasks` with a delay, a denied HTTP
+/// origin and a denied collection as thrown `HandlerError`s, the notification's fields.
+#[test]
+fn js_sdk_capabilities_work_from_a_handler() {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let project = tmp.path().join("sdkcheck");
+    run_ok(
+        paynotify(tmp.path())
+            .args(["new-plugin", "sdkcheck", "--lang", "js", "--dir"])
+            .arg(&project),
+    );
+    std::fs::write(
+        project.join("src/sdkcheck.js"),
+        r#"import { db, _, log, tasks, http, crypto, config, toHex } from './paynotify.js';
+
+export async function handlePaid(order, notification) {
+  const users = db.collection('users');
+  const res = await users.doc(order.user_id).update({ balance: _.inc(order.total_fee), name: 'vk' });
+  const got = users.doc(order.user_id).get();
+  const found = users.where({ name: 'vk' }).limit(5).get().map((d) => d._id);
+  const other = users.add({ name: 'other' });
+  const removed = users.doc(other).remove();
+  const absent = users.doc('nobody').get();
+  let denied = null;
+  try { http.request({ url: 'https://example.com/' }); } catch (e) { denied = e.code; }
+  let notGranted = null;
+  try { db.collection('secrets').doc('x').get(); } catch (e) { notGranted = e.code; }
+  const taskId = tasks.enqueue('later', { n: 1 }, 60);
+  const sig = crypto.sign('abc');
+  log.warn('checked', { sig_len: sig.length });
+  return {
+    updated: res.updated, got, found, removed, absent, denied, notGranted, taskId, sig,
+    roundTrip: crypto.aesDecryptText(crypto.aesEncrypt('secret')),
+    sha: toHex(crypto.sha256('abc')),
+    greeting: config.get('greeting'), missing: config.get('missing') ?? null,
+    fields: notification.fields, paidAt: notification.paid_at, amount: notification.amount,
+  };
+}
+"#,
+    )
+    .expect("write handler");
+    std::fs::write(
+        project.join("sdkcheck.toml"),
+        "collections = [\"users\"]\nhttp_origins = []\n\n[config]\ngreeting = \"hello\"\n",
+    )
+    .expect("write manifest");
+    run_ok(Command::new("npm").current_dir(&project).args([
+        "install",
+        "--prefer-offline",
+        "--no-audit",
+        "--no-fund",
+    ]));
+    run_ok(
+        Command::new("npm")
+            .current_dir(&project)
+            .args(["run", "build"]),
+    );
+
+    std::fs::write(
+        tmp.path().join("order.json"),
+        r#"{"user_id": "u1", "total_fee": 250, "custom": {}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        tmp.path().join("notification.json"),
+        r#"{"amount": 250, "paid_at": "2026-09-03T13:15:40Z", "fields": {"bank_type": "CMB"}}"#,
+    )
+    .expect("write");
+    let key = "0123456789abcdef".repeat(4);
+    let out = run_ok(
+        paynotify(tmp.path())
+            .args(["--json", "try"])
+            .arg(project.join("dist/sdkcheck.wasm"))
+            .args([
+                "--order",
+                "order.json",
+                "--notification",
+                "notification.json",
+            ])
+            .arg("--manifest")
+            .arg(project.join("sdkcheck.toml"))
+            .args(["--notify-key", &key]),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["ok"], true, "{report}");
+    let r = &report["result"];
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&hex::decode(&key).expect("hex")).expect("key");
+    mac.update(b"abc");
+    assert_eq!(r["sig"], hex::encode(mac.finalize().into_bytes()), "{r}");
+    assert_eq!(r["sha"], hex::encode(Sha256::digest(b"abc")));
+    assert_eq!(r["roundTrip"], "secret");
+    assert_eq!(r["updated"], 1);
+    assert_eq!(r["got"], json!({ "balance": 250, "name": "vk" }));
+    assert_eq!(r["found"], json!(["u1"]));
+    assert_eq!((&r["removed"], &r["absent"]), (&json!(true), &Value::Null));
+    assert_eq!(
+        (&r["denied"], &r["notGranted"]),
+        (&json!("http-denied"), &json!("db-denied"))
+    );
+    assert_eq!(
+        (&r["greeting"], &r["missing"]),
+        (&json!("hello"), &Value::Null)
+    );
+    assert_eq!(r["fields"], json!({ "bank_type": "CMB" }));
+    assert_eq!(
+        (&r["paidAt"], &r["amount"]),
+        (&json!("2026-09-03T13:15:40Z"), &json!(250))
+    );
+    assert_eq!(
+        report["documents"],
+        json!({ "users": { "u1": { "balance": 250, "name": "vk" } } })
+    );
+    assert_eq!(report["tasks"][0]["name"], "later", "{report}");
+    assert_eq!(report["tasks"][0]["payload"], json!({ "n": 1 }));
+    assert_eq!(report["tasks"][0]["id"], r["taskId"]);
+    assert!(
+        report["tasks"][0]["delay_secs"].as_i64().unwrap_or(0) > 50,
+        "{report}"
+    );
+    assert_eq!(report["logs"][0]["level"], "warn", "{report}");
+    assert_eq!(report["logs"][0]["fields"], "sig_len=64");
+}
