@@ -52,6 +52,8 @@ Examples:
   paynotify plugins list                     the handlers the running server has loaded
   paynotify reconcile --older-than 600       ask providers about orders unpaid for 10 minutes
   paynotify notifications replay --failed    re-drive failed handlers once the plugin is fixed
+  paynotify new-plugin points --lang js      a new JavaScript handler project in ./points
+  paynotify try points.wasm --order order.json   run a handler once, show its writes
 
 Read-only commands read the database named by the configuration; reload, replay,
 reconcile and plugins list ask the running server (server.listen, with server.api_token).";
@@ -98,6 +100,20 @@ pub enum Command {
         #[arg(long, value_name = "OUT_TRADE_NO", conflicts_with = "older_than")]
         order: Option<String>,
     },
+    /// Write a new handler project (Rust or JavaScript) that builds as it is.
+    NewPlugin {
+        /// The order type it handles: letters, digits, - and _, starting with a letter.
+        name: String,
+        /// The handler's language.
+        #[arg(long, value_enum, default_value_t = crate::scaffold::Lang::Rust)]
+        lang: crate::scaffold::Lang,
+        /// Where to create the project (must not exist); default ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a handler's handle-paid once on a throwaway SQLite database and show the
+    /// documents, tasks and logs it produced (no server, no payment provider).
+    Try(crate::tryout::TryArgs),
 }
 
 /// `paynotify config …`.

@@ -18,8 +18,10 @@ pub mod providers;
 pub mod reconcile;
 pub mod refunds;
 pub mod replay;
+pub mod scaffold;
 pub mod store;
 pub mod tasks;
+pub mod tryout;
 
 pub use app::App;
 pub use config::Config;

@@ -38,7 +38,19 @@ fn output<T: serde::Serialize + ?Sized>(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    if let Command::NewPlugin { name, lang, dir } = &cli.command {
+        return new_plugin(name, *lang, dir.as_deref(), cli.json);
+    }
+    let log_capture = match cli.command {
+        Command::Try(_) => Some(paynotify::tryout::init_tracing(matches!(
+            cli.log_format,
+            LogFormat::Json
+        ))),
+        _ => {
+            init_tracing(cli.log_format);
+            None
+        }
+    };
     if let Command::Config(ConfigCommand::Check) = cli.command {
         return config_check(&cli.config, cli.json);
     }
@@ -48,6 +60,17 @@ async fn main() -> anyhow::Result<()> {
         // Handled above, before a bad configuration could stop everything.
         Command::Config(ConfigCommand::Check) => config_check(&cli.config, cli.json),
         Command::Plugins(c) => plugins(&config, cli.json, c).await,
+        // Handled above: it needs no configuration.
+        Command::NewPlugin { name, lang, dir } => new_plugin(&name, lang, dir.as_deref(), cli.json),
+        Command::Try(args) => {
+            let capture = log_capture.unwrap_or_default();
+            let report = paynotify::tryout::run(&config.plugins, &args, &capture).await?;
+            output(cli.json, &report, paynotify::tryout::report_text)?;
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Orders(c) => orders(&config, cli.json, c).await,
         Command::Notifications(c) => notifications(&config, cli.json, c).await,
         Command::Reconcile { older_than, order } => {
@@ -87,6 +110,21 @@ async fn main() -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// `paynotify new-plugin`: writes the project and says what to do next.
+fn new_plugin(
+    name: &str,
+    lang: paynotify::scaffold::Lang,
+    dir: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dir = paynotify::scaffold::new_plugin(name, lang, dir)?;
+    output(
+        json,
+        &serde_json::json!({ "name": name, "dir": dir.display().to_string() }),
+        |_| paynotify::scaffold::next_steps(name, lang, &dir),
+    )
 }
 
 /// `paynotify config check`: exits 1 with the error when the configuration is invalid.

@@ -114,6 +114,10 @@ pub struct Options {
     /// The database to use (another server's [`TestServer::database_url`], to share it);
     /// `None` = a fresh one, see [`fresh_database_url`].
     pub database_url: Option<String>,
+    /// `[plugins] cache_dir`: a compiled-plugin cache shared between servers (large
+    /// components, e.g. JavaScript ones, then compile once per test run); `None` = the
+    /// server's own.
+    pub plugins_cache_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -126,6 +130,7 @@ impl Options {
                 .collect(),
             extra_config: String::new(),
             database_url: None,
+            plugins_cache_dir: None,
         }
     }
 
@@ -173,12 +178,16 @@ impl TestServer {
             .database_url
             .clone()
             .unwrap_or_else(|| fresh_database_url(dir.path()));
-        let config = config_toml(
+        let mut config = config_toml(
             "127.0.0.1:0",
             &database_url,
             &plugins,
             &options.extra_config,
         );
+        if let Some(cache) = &options.plugins_cache_dir {
+            let line = format!("[plugins]\ncache_dir = \"{}\"\n", cache.display());
+            config = config.replacen("[plugins]\n", &line, 1);
+        }
         let config_path = dir.path().join("paynotify.toml");
         std::fs::write(&config_path, config).expect("write config");
         let config = paynotify::Config::load(&config_path, Vec::new()).expect("config loads");

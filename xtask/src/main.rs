@@ -3,7 +3,8 @@
 //! - `cargo xtask run`     build the example plugins and serve them on embedded SQLite
 //! - `cargo xtask test`    build every plugin, then run every test on SQLite and the
 //!   end-to-end tests again on PostgreSQL
-//! - `cargo xtask plugins` only build the plugins (into `target/plugins/` and `plugins.d/`)
+//! - `cargo xtask plugins` only build the plugins (into `target/plugins/` and `plugins.d/`);
+//!   the JavaScript ones (`plugins/recharge-js`) need Node.js 18+
 //! - `cargo xtask soak [SCALE]` the soak test at SCALE × its CI size (default 10) on
 //!   PostgreSQL
 
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod js;
 
 /// The guest target handlers are built for.
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -119,6 +122,7 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
             }
         }
     }
+    js::build_js_plugins(root, &out)?;
     eprintln!(
         "xtask: plugins in {} (examples also in {})",
         out.display(),

@@ -17,6 +17,7 @@ use crate::config::PluginsConfig;
 use crate::store::{now_ms, Millis};
 
 pub mod capabilities;
+pub mod inspect;
 pub mod manifest;
 pub mod runtime;
 pub mod watch;

@@ -48,10 +48,10 @@ pub enum LoadError {
         found: String,
     },
     /// It imports something the host does not provide (or does not grant).
-    #[error("imports something this host does not provide: {0}")]
+    #[error("forbidden or unknown import {0}")]
     Imports(String),
     /// A required export is missing or has the wrong type.
-    #[error("does not export the handler world (metadata, handle-paid, run-task): {0}")]
+    #[error("does not fit the handler world: {0}")]
     Exports(String),
     /// The `metadata` call failed.
     #[error("metadata() failed: {0}")]
@@ -324,20 +324,7 @@ impl Runtime {
         manifest: &Arc<Manifest>,
         limits: Limits,
     ) -> Result<Compiled, LoadError> {
-        let ty = component.component_type();
-        for (name, _) in ty.imports(&self.engine) {
-            if let Some(rest) = name.strip_prefix("paynotify:plugin/") {
-                let found = rest
-                    .split_once('@')
-                    .map(|(_, v)| v)
-                    .unwrap_or("(unversioned)");
-                if found != WORLD_VERSION {
-                    return Err(LoadError::WorldVersion {
-                        found: found.to_owned(),
-                    });
-                }
-            }
-        }
+        super::inspect::shape(&component.component_type(), &self.engine)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -773,6 +760,7 @@ fn compile_or_load(
             }
         }
     }
+    super::inspect::header(bytes)?;
     let component =
         Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
     if let Some(path) = cached {
