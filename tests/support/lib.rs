@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 pub mod alipay;
+pub mod browser;
+pub mod bulk;
 pub mod cloudpay;
 pub mod process;
 pub mod wechat_v2;

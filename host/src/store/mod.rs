@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 mod common;
+pub mod console;
 pub mod postgres;
 pub mod sqlite;
 
@@ -481,7 +482,7 @@ impl From<sqlx::Error> for DocError {
 
 /// The database: everything outside a payment transaction, and how to begin one.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: console::ConsoleStore + Send + Sync + 'static {
     /// Inserts a new order (status unpaid). [`StoreError::Conflict`] if the number exists.
     async fn create_order(&self, order: &NewOrder) -> Result<Order, StoreError>;
     /// The order, if it exists.
