@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use paynotify::store::now_ms;
 use paynotify_tests::browser::{self, Browser};
@@ -803,7 +803,7 @@ async fn console_in_a_real_browser() {
         .into_iter()
         .find(|c| c.name() == "paynotify_console")
         .map(|c| c.value().to_owned());
-    assert!(id.is_none_or(|v| v.is_empty()), "cookie cleared: {id:?}");
+    assert!(id.as_deref().is_none_or(str::is_empty), "cookie cleared: {id:?}");
     b.goto(&s.url("/console/tasks")).await;
     b.find("#token").await;
     b.close().await;

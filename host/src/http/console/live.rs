@@ -65,16 +65,16 @@ pub async fn view(State(app): State<App>, Extension(session): Extension<Session>
     };
     let after = rows.first().map_or(0, |n| n.id);
     let body = html! {
-        p#live-status.muted role="status" { "Connecting…" }
+        p.muted #live-status role="status" { "Connecting…" }
         noscript {
             p.notice { "The live view needs JavaScript. Without it, see the "
                 a href="/console/notifications" { "notifications list" } " (reload it for new ones)." }
         }
-        table#live {
+        table #live {
             thead { tr {
                 th { "#" } th { "Received" } th { "Provider" } th { "Order" } th { "Verdict" } th { "Reason" }
             } }
-            tbody#live-rows data-after=(after) {
+            tbody #live-rows data-after=(after) {
                 @for n in &rows {
                     tr data-id=(n.id) {
                         td { a href={"/console/notifications/" (n.id)} { (n.id) } }

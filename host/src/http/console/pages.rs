@@ -167,7 +167,7 @@ pub async fn orders(
         }
     };
     let cursor = |c: Option<&str>| c.map(OrderCursor::parse).transpose();
-    let page = match (cursor(given(&q.older)), cursor(given(&q.newer))) {
+    let keyset = match (cursor(given(&q.older)), cursor(given(&q.newer))) {
         (Ok(Some(c)), _) => Keyset::Older(c),
         (Ok(None), Ok(Some(c))) => Keyset::Newer(c),
         (Ok(None), Ok(None)) => Keyset::Newest,
@@ -181,11 +181,11 @@ pub async fn orders(
         before: None,
         limit: limit + 1,
     };
-    let rows = match app.store.page_orders(&filter, &page).await {
+    let rows = match app.store.page_orders(&filter, &keyset).await {
         Ok(r) => r,
         Err(e) => return store_failure(e),
     };
-    let p = paged(rows, &page, limit);
+    let p = paged(rows, &keyset, limit);
     let limit_text = limit.to_string();
     let filters = [
         ("status", given(&q.status)),
@@ -233,7 +233,7 @@ fn orders_table(rows: &[Order]) -> Markup {
         @if rows.is_empty() {
             p.empty { "No orders." }
         } @else {
-            table#orders {
+            table #orders {
                 thead { tr {
                     th { "Order" } th { "Type" } th { "User" } th.num { "Amount" } th { "Status" }
                     th { "Handler" } th { "Provider" } th { "Created" } th { "Paid" }
@@ -294,19 +294,19 @@ pub async fn order(
     };
     let o = &order;
     let body = html! {
-        table.fields#order {
-            tr { th { "Order" } td#out-trade-no { (o.out_trade_no) } }
+        table.fields #order {
+            tr { th { "Order" } td #out-trade-no { (o.out_trade_no) } }
             tr { th { "Type" } td { (o.order_type) } }
-            tr { th { "Amount" } td#amount { (yuan(o.total_fee)) } }
+            tr { th { "Amount" } td #amount { (yuan(o.total_fee)) } }
             tr { th { "User" } td { (o.user_id) } }
             tr { th { "Provider / account" } td { (o.provider) " / " (o.account) } }
-            tr { th { "Status" } td#status { (status_badge(o.status)) } }
+            tr { th { "Status" } td #status { (status_badge(o.status)) } }
             tr { th { "Transaction" } td { (text_opt(o.transaction_id.as_deref())) } }
             tr { th { "Paid (provider)" } td { (time_opt(o.pay_date)) } }
             tr { th { "Notified" } td { (time_opt(o.notify_date)) } }
             tr { th { "Created" } td { (time(o.created_at)) } }
             tr { th { "Updated" } td { (time(o.updated_at)) } }
-            tr { th { "Handler status" } td#handler-status { (handler_badge(&o.handler_status)) } }
+            tr { th { "Handler status" } td #handler-status { (handler_badge(&o.handler_status)) } }
             tr { th { "Handler build" } td { (text_opt(o.handler_version.as_deref())) } }
             tr { th { "Paid by notification" } td {
                 @if let Some(id) = o.paid_notification_id {
@@ -315,7 +315,7 @@ pub async fn order(
             } }
         }
         h2 { "Handler result" }
-        @if let Some(r) = &o.handler_result { pre#handler-result { (pretty_json(r)) } }
+        @if let Some(r) = &o.handler_result { pre #handler-result { (pretty_json(r)) } }
         @else { p.muted { "None yet." } }
         h2 { "Custom" }
         pre { (pretty_json(&o.custom)) }
@@ -360,7 +360,7 @@ pub async fn notifications(
             return error_page(StatusCode::BAD_REQUEST, &format!("Unknown verdict `{v}`."))
         }
     };
-    let page = match (q.older, q.newer) {
+    let keyset = match (q.older, q.newer) {
         (Some(id), _) => Keyset::Older(id),
         (None, Some(id)) => Keyset::Newer(id),
         (None, None) => Keyset::Newest,
@@ -373,11 +373,11 @@ pub async fn notifications(
         limit: limit + 1,
         ..Default::default()
     };
-    let rows = match app.store.page_notifications(&filter, &page).await {
+    let rows = match app.store.page_notifications(&filter, &keyset).await {
         Ok(r) => r,
         Err(e) => return store_failure(e),
     };
-    let p = paged(rows, &page, limit);
+    let p = paged(rows, &keyset, limit);
     let limit_text = limit.to_string();
     let filters = [
         ("provider", given(&q.provider)),
@@ -500,8 +500,8 @@ pub async fn notification(
             tr { th { "Provider / account" } td { (n.provider) " / " (text_opt(n.account.as_deref())) } }
             tr { th { "From" } td { (text_opt(n.remote_addr.as_deref())) } }
             tr { th { "Order" } td { @if let Some(no) = &n.out_trade_no { (order_link(no)) } @else { span.muted { "—" } } } }
-            tr { th { "Verdict" } td#verdict { (verdict_badge(n.verdict)) } }
-            tr { th { "Reason" } td#reason { (text_opt(n.reason.as_deref())) } }
+            tr { th { "Verdict" } td #verdict { (verdict_badge(n.verdict)) } }
+            tr { th { "Reason" } td #reason { (text_opt(n.reason.as_deref())) } }
         }
         p { (replay_button(n.id, &session)) }
         h2 { "Headers" }
@@ -546,7 +546,7 @@ pub fn plugins_page(
         @if list.is_empty() {
             p.empty { "No plugins loaded." }
         } @else {
-            table#plugins {
+            table #plugins {
                 thead { tr {
                     th { "Type" } th { "Serving" } th { "Name" } th { "Version" } th { "SHA-256" }
                     th.num { "Size" } th { "Loaded" } th { "Grants" } th { "Last load error" }
@@ -601,7 +601,7 @@ pub async fn tasks(
             return error_page(StatusCode::BAD_REQUEST, &format!("Unknown task status `{s}`."));
         }
     }
-    let page = match (q.older, q.newer) {
+    let keyset = match (q.older, q.newer) {
         (Some(id), _) => Keyset::Older(id),
         (None, Some(id)) => Keyset::Newer(id),
         (None, None) => Keyset::Newest,
@@ -612,7 +612,7 @@ pub async fn tasks(
         out_trade_no: None,
         limit: limit + 1,
     };
-    let rows = match app.store.page_tasks(&filter, &page).await {
+    let rows = match app.store.page_tasks(&filter, &keyset).await {
         Ok(r) => r,
         Err(e) => return store_failure(e),
     };
@@ -623,7 +623,7 @@ pub async fn tasks(
         },
         None => None,
     };
-    let p = paged(rows, &page, limit);
+    let p = paged(rows, &keyset, limit);
     let limit_text = limit.to_string();
     let filters = [
         ("status", status),
