@@ -184,7 +184,10 @@ impl Backend {
                     if flag.load(Ordering::SeqCst) {
                         (axum::http::StatusCode::OK, r#"{"code":0}"#)
                     } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, r#"{"code":503}"#)
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            r#"{"code":503}"#,
+                        )
                     }
                 }
             }),
@@ -218,7 +221,11 @@ async fn scenario(database_url: Option<String>) -> Scenario {
     let backend = Backend::start().await;
     let mut options = Options::with_plugins(&["recharge"])
         .plugin_as("flaky", "fail-always", None)
-        .plugin_as("notify-backend", "notify-backend", Some(&backend.manifest()))
+        .plugin_as(
+            "notify-backend",
+            "notify-backend",
+            Some(&backend.manifest()),
+        )
         .database_url(database_url);
     options.extra_config = "[tasks]\npoll_ms = 20\nbackoff_secs = [1, 1]\n".into();
     let s = TestServer::start(options).await;
@@ -233,7 +240,12 @@ async fn scenario(database_url: Option<String>) -> Scenario {
     assert_eq!(pay(&s, "N0000001", 300).await, "SUCCESS");
     let failed_notification = notification_of(&s, "F0000001", "failed").await;
     let dead_task = wait_until(60, "the delivery task to die", || async {
-        let tasks = s.app.store.list_tasks(Some("dead"), 10).await.expect("tasks");
+        let tasks = s
+            .app
+            .store
+            .list_tasks(Some("dead"), 10)
+            .await
+            .expect("tasks");
         tasks
             .into_iter()
             .find(|t| t.out_trade_no.as_deref() == Some("N0000001"))
@@ -258,7 +270,11 @@ async fn sign_in_sessions_and_cross_site_posts() {
     let http = client();
 
     // Not signed in: pages send to the sign-in form (and back), POSTs are refused.
-    let r = http.get(s.url("/console/tasks?status=dead")).send().await.expect("get");
+    let r = http
+        .get(s.url("/console/tasks?status=dead"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(
         header(&r, "location"),
@@ -332,7 +348,10 @@ async fn sign_in_sessions_and_cross_site_posts() {
     let forged: Vec<(&str, Vec<(&str, String)>, Vec<(&str, &str)>)> = vec![
         (
             "foreign Origin, right token",
-            vec![("origin", "http://evil.example".into()), ("cookie", c.cookie.clone())],
+            vec![
+                ("origin", "http://evil.example".into()),
+                ("cookie", c.cookie.clone()),
+            ],
             vec![("csrf", csrf.as_str())],
         ),
         (
@@ -381,7 +400,11 @@ async fn sign_in_sessions_and_cross_site_posts() {
         assert_eq!(r.status().as_u16(), 403, "{what}");
         let body = r.text().await.expect("body");
         assert!(body.contains("Nothing was changed"), "{what}: {body}");
-        assert_eq!(s.order("F0000001").await.status, 0, "{what}: order untouched");
+        assert_eq!(
+            s.order("F0000001").await.status,
+            0,
+            "{what}: order untouched"
+        );
     }
     // A body that is not a form at all is refused the same way.
     let r = http
@@ -394,7 +417,12 @@ async fn sign_in_sessions_and_cross_site_posts() {
     assert_eq!(r.status().as_u16(), 403);
     assert_eq!(s.order("F0000001").await.status, 0);
     // GET never changes anything.
-    let (st, _) = c.get(s, &format!("/console/notifications/{}/replay", sc.failed_notification)).await;
+    let (st, _) = c
+        .get(
+            s,
+            &format!("/console/notifications/{}/replay", sc.failed_notification),
+        )
+        .await;
     assert_eq!(st, 405);
     assert_eq!(s.order("F0000001").await.status, 0);
 
@@ -411,10 +439,16 @@ async fn sign_in_sessions_and_cross_site_posts() {
     let shown = header(&r, "location");
     assert_eq!(
         shown,
-        format!("/console/notifications/{}?replayed=1", sc.failed_notification)
+        format!(
+            "/console/notifications/{}?replayed=1",
+            sc.failed_notification
+        )
     );
     let order = s.order("F0000001").await;
-    assert_eq!((order.status, order.handler_status.as_str()), (1, "succeeded"));
+    assert_eq!(
+        (order.status, order.handler_status.as_str()),
+        (1, "succeeded")
+    );
     let (_, page) = c.get(s, &shown).await;
     assert!(page.contains("Replayed: verdict"), "{page}");
     assert!(page.contains("verdict-paid"), "{page}");
@@ -477,7 +511,10 @@ fn assert_indexed(db: &Db, what: &str, plan: &str, index: Option<&str>) {
             "{what}: sorts:\n{plan}"
         );
     } else {
-        assert!(plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"), "{what}: no index used:\n{plan}");
+        assert!(
+            plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX"),
+            "{what}: no index used:\n{plan}"
+        );
         assert!(!plan.contains("TEMP B-TREE"), "{what}: sorts:\n{plan}");
     }
     if let Some(i) = index {
@@ -522,10 +559,30 @@ async fn orders_page_by_keyset_over_100k_orders() {
     let mid_cursor = (seeded_created_at(base, mid), seeded_order_no("BULK", mid));
     for (what, filter, cursor, index) in [
         ("the first page", "", None, Some("orders_created")),
-        ("a middle page", "", Some(&mid_cursor), Some("orders_created")),
-        ("a middle page of one status", " AND status = 1", Some(&mid_cursor), None),
-        ("a page of one user", " AND user_id = 'bulk8'", Some(&mid_cursor), None),
-        ("a page of one type", " AND type = 'vip'", Some(&mid_cursor), None),
+        (
+            "a middle page",
+            "",
+            Some(&mid_cursor),
+            Some("orders_created"),
+        ),
+        (
+            "a middle page of one status",
+            " AND status = 1",
+            Some(&mid_cursor),
+            None,
+        ),
+        (
+            "a page of one user",
+            " AND user_id = 'bulk8'",
+            Some(&mid_cursor),
+            None,
+        ),
+        (
+            "a page of one type",
+            " AND type = 'vip'",
+            Some(&mid_cursor),
+            None,
+        ),
     ] {
         let sql = page_sql(filter, cursor.map(|(c, n)| (*c, n.as_str())));
         let plan = db.explain(&sql).await;
@@ -540,12 +597,22 @@ async fn orders_page_by_keyset_over_100k_orders() {
     assert_eq!(rows[0], "REAL000001");
     assert_eq!(rows[1], seeded_order_no("BULK", BULK));
     assert_eq!(rows[49], seeded_order_no("BULK", BULK - 48));
-    assert!(link(&first, "newer").is_none(), "nothing is newer than the first page");
+    assert!(
+        link(&first, "newer").is_none(),
+        "nothing is newer than the first page"
+    );
 
     let cursor = format!("{}:{}", mid_cursor.0, mid_cursor.1);
     let (mid_ms, middle) = page_ms(&c, &s, &format!("/console/orders?older={cursor}")).await;
-    let expect: Vec<String> = (mid - 50..mid).rev().map(|i| seeded_order_no("BULK", i)).collect();
-    assert_eq!(order_rows(&middle), expect, "the 50 orders just older than the cursor");
+    let expect: Vec<String> = (mid - 50..mid)
+        .rev()
+        .map(|i| seeded_order_no("BULK", i))
+        .collect();
+    assert_eq!(
+        order_rows(&middle),
+        expect,
+        "the 50 orders just older than the cursor"
+    );
     let last_cursor = format!(
         "{}:{}",
         seeded_created_at(base, 51),
@@ -553,9 +620,16 @@ async fn orders_page_by_keyset_over_100k_orders() {
     );
     let (last_ms, last) = page_ms(&c, &s, &format!("/console/orders?older={last_cursor}")).await;
     assert_eq!(order_rows(&last).len(), 50);
-    assert!(link(&last, "older").is_none(), "the last page has no older page");
-    let (filtered_ms, filtered) =
-        page_ms(&c, &s, &format!("/console/orders?status=paid&older={cursor}")).await;
+    assert!(
+        link(&last, "older").is_none(),
+        "the last page has no older page"
+    );
+    let (filtered_ms, filtered) = page_ms(
+        &c,
+        &s,
+        &format!("/console/orders?status=paid&older={cursor}"),
+    )
+    .await;
     assert_eq!(order_rows(&filtered).len(), 50);
     println!(
         "console orders page over {} orders ({}): first {first_ms:.1} ms, middle {mid_ms:.1} ms, \
@@ -565,9 +639,14 @@ async fn orders_page_by_keyset_over_100k_orders() {
     );
 
     // Older, older, then newer twice: the same pages, no gap, no overlap.
-    let (_, p2) = c.get(&s, &link(&middle, "older").expect("older link")).await;
+    let (_, p2) = c
+        .get(&s, &link(&middle, "older").expect("older link"))
+        .await;
     let p2_rows = order_rows(&p2);
-    let expect: Vec<String> = (mid - 100..mid - 50).rev().map(|i| seeded_order_no("BULK", i)).collect();
+    let expect: Vec<String> = (mid - 100..mid - 50)
+        .rev()
+        .map(|i| seeded_order_no("BULK", i))
+        .collect();
     assert_eq!(p2_rows, expect);
     let (_, back) = c.get(&s, &link(&p2, "newer").expect("newer link")).await;
     assert_eq!(order_rows(&back), order_rows(&middle));
@@ -637,19 +716,35 @@ async fn console_in_a_real_browser() {
     // Not signed in: the sign-in form, then back where we were going.
     b.goto(&s.url("/console/orders")).await;
     b.find("#token").await;
-    assert!(b.url().await.contains("/console/login?next="), "{}", b.url().await);
+    assert!(
+        b.url().await.contains("/console/login?next="),
+        "{}",
+        b.url().await
+    );
     b.screenshot("login").await;
-    b.find("#token").await.send_keys("wrong").await.expect("type");
+    b.find("#token")
+        .await
+        .send_keys("wrong")
+        .await
+        .expect("type");
     b.click("#sign-in").await;
     assert!(b.text("#login-error").await.contains("Wrong token"));
     assert!(
-        b.client.get_all_cookies().await.expect("cookies").is_empty(),
+        b.client
+            .get_all_cookies()
+            .await
+            .expect("cookies")
+            .is_empty(),
         "no cookie after a wrong token"
     );
     b.find("#token").await.send_keys(TOKEN).await.expect("type");
     b.click("#sign-in").await;
     b.find("table#orders").await;
-    assert!(b.url().await.ends_with("/console/orders"), "{}", b.url().await);
+    assert!(
+        b.url().await.ends_with("/console/orders"),
+        "{}",
+        b.url().await
+    );
     let cookies = b.client.get_all_cookies().await.expect("cookies");
     let session = cookies
         .iter()
@@ -680,15 +775,30 @@ async fn console_in_a_real_browser() {
     let page_a = b.wait_for_url("older=").await;
     let older_rows = b.find_all("tr[data-order]").await.len();
     assert_eq!(older_rows, 50);
-    let first_older = b.find("tr[data-order]").await.attr("data-order").await.expect("attr");
-    assert!(first_older.as_deref().is_some_and(|no| no.starts_with("BULK")));
+    let first_older = b
+        .find("tr[data-order]")
+        .await
+        .attr("data-order")
+        .await
+        .expect("attr");
+    assert!(first_older
+        .as_deref()
+        .is_some_and(|no| no.starts_with("BULK")));
     b.click("a.older").await;
     let page_b = b.wait_for_url("older=").await;
     assert_ne!(page_a, page_b);
     b.click("a.newer").await;
     b.wait_for_url("newer=").await;
-    let back = b.find("tr[data-order]").await.attr("data-order").await.expect("attr");
-    assert_eq!(back, first_older, "newer after older comes back to the same page");
+    let back = b
+        .find("tr[data-order]")
+        .await
+        .attr("data-order")
+        .await
+        .expect("attr");
+    assert_eq!(
+        back, first_older,
+        "newer after older comes back to the same page"
+    );
     // Filter by status through the form.
     b.goto(&s.url("/console/orders")).await;
     b.find("select[name=status]")
@@ -696,7 +806,11 @@ async fn console_in_a_real_browser() {
         .select_by_value("paid")
         .await
         .expect("select");
-    b.find("input[name=user]").await.send_keys("alice").await.expect("type");
+    b.find("input[name=user]")
+        .await
+        .send_keys("alice")
+        .await
+        .expect("type");
     b.click("form.filters button").await;
     b.wait_for_text("R0000001", false).await;
     assert_eq!(b.find_all("tr[data-order]").await.len(), 1);
@@ -712,7 +826,8 @@ async fn console_in_a_real_browser() {
     assert!(b.text("table.tasks").await.contains("dead"));
 
     // Notifications: the failed one, with its reason.
-    b.goto(&s.url("/console/notifications?verdict=failed")).await;
+    b.goto(&s.url("/console/notifications?verdict=failed"))
+        .await;
     let failed_row = format!(r#"tr[data-notification="{}"]"#, sc.failed_notification);
     let reason = b.text(&format!("{failed_row} td.reason")).await;
     assert!(!reason.is_empty() && reason != "—", "a reason: {reason}");
@@ -754,7 +869,8 @@ async fn console_in_a_real_browser() {
     assert_eq!(s.order("F0000001").await.status, 0, "not replayed");
 
     // Replay from the notifications page: the order is paid now.
-    b.goto(&s.url("/console/notifications?verdict=failed")).await;
+    b.goto(&s.url("/console/notifications?verdict=failed"))
+        .await;
     b.click(&format!("{failed_row} button.replay")).await;
     let result = b.text("#replay-result").await;
     assert!(result.contains("paid"), "{result}");
@@ -771,9 +887,18 @@ async fn console_in_a_real_browser() {
     b.goto(&s.url("/console/tasks?status=dead")).await;
     let task_row = format!(r#"tr[data-task="{}"]"#, sc.dead_task);
     b.click(&format!("{task_row} button.retry")).await;
-    assert!(b.text("#retry-result").await.contains(&format!("Task {}", sc.dead_task)));
+    assert!(b
+        .text("#retry-result")
+        .await
+        .contains(&format!("Task {}", sc.dead_task)));
     wait_until(30, "the retried task to be done", || async {
-        let t = s.app.store.get_task(sc.dead_task).await.expect("db").expect("task");
+        let t = s
+            .app
+            .store
+            .get_task(sc.dead_task)
+            .await
+            .expect("db")
+            .expect("task");
         (t.status == "done").then_some(())
     })
     .await;
@@ -799,7 +924,10 @@ async fn console_in_a_real_browser() {
 
     // Sign out: the session is gone, pages ask to sign in again.
     b.click("#sign-out").await;
-    assert!(b.wait_for_text("You are signed out.", false).await.contains("Sign in"));
+    assert!(b
+        .wait_for_text("You are signed out.", false)
+        .await
+        .contains("Sign in"));
     let id = b
         .client
         .get_all_cookies()
@@ -808,7 +936,10 @@ async fn console_in_a_real_browser() {
         .into_iter()
         .find(|c| c.name() == "paynotify_console")
         .map(|c| c.value().to_owned());
-    assert!(id.as_deref().is_none_or(str::is_empty), "cookie cleared: {id:?}");
+    assert!(
+        id.as_deref().is_none_or(str::is_empty),
+        "cookie cleared: {id:?}"
+    );
     b.goto(&s.url("/console/tasks")).await;
     b.find("#token").await;
     b.close().await;
@@ -826,10 +957,18 @@ async fn console_in_a_real_browser() {
     assert_eq!(b.find_all("tr[data-order]").await.len(), 50);
     for (path, css, shot) in [
         ("/console/orders/R0000002", "#handler-result", "order-nojs"),
-        ("/console/notifications", "table.notifications", "notifications-nojs"),
+        (
+            "/console/notifications",
+            "table.notifications",
+            "notifications-nojs",
+        ),
         ("/console/plugins", "table#plugins", "plugins-nojs"),
         ("/console/tasks", "table.tasks", "tasks-nojs"),
-        (&format!("/console/notifications/{live_id}"), "#verdict", "notification-nojs"),
+        (
+            &format!("/console/notifications/{live_id}"),
+            "#verdict",
+            "notification-nojs",
+        ),
     ] {
         b.goto(&s.url(path)).await;
         b.find(css).await;
@@ -837,7 +976,11 @@ async fn console_in_a_real_browser() {
     }
     b.goto(&s.url("/console/live")).await;
     let noscript = b.find_all("noscript p").await;
-    assert_eq!(noscript.len(), 1, "the <noscript> line shows with JavaScript off");
+    assert_eq!(
+        noscript.len(),
+        1,
+        "the <noscript> line shows with JavaScript off"
+    );
     assert!(noscript[0]
         .text()
         .await
@@ -846,8 +989,5 @@ async fn console_in_a_real_browser() {
     assert_eq!(b.text("#live-status").await, "Connecting…", "no script ran");
     b.screenshot("live-nojs").await;
     b.close().await;
-    println!(
-        "screenshots in {}",
-        browser::screenshot_dir().display()
-    );
+    println!("screenshots in {}", browser::screenshot_dir().display());
 }

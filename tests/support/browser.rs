@@ -101,9 +101,8 @@ impl Browser {
             unreachable!("a JSON object literal")
         };
         let url = format!("http://127.0.0.1:{port}");
-        let mut builder = ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        );
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
         builder.capabilities(caps);
         // chromedriver takes a moment to listen; Chromium a moment more to start.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

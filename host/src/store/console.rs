@@ -122,14 +122,16 @@ macro_rules! console_store {
                 .bind(now)
                 .fetch_optional(&self.$reader)
                 .await?;
-                row.map(|r| -> Result<$crate::store::console::ConsoleSession, sqlx::Error> {
-                    Ok($crate::store::console::ConsoleSession {
-                        id_hash: r.try_get("id_hash")?,
-                        csrf_token: r.try_get("csrf_token")?,
-                        created_at: r.try_get("created_at")?,
-                        expires_at: r.try_get("expires_at")?,
-                    })
-                })
+                row.map(
+                    |r| -> Result<$crate::store::console::ConsoleSession, sqlx::Error> {
+                        Ok($crate::store::console::ConsoleSession {
+                            id_hash: r.try_get("id_hash")?,
+                            csrf_token: r.try_get("csrf_token")?,
+                            created_at: r.try_get("created_at")?,
+                            expires_at: r.try_get("expires_at")?,
+                        })
+                    },
+                )
                 .transpose()
                 .map_err($crate::store::StoreError::from)
             }
@@ -173,7 +175,8 @@ macro_rules! console_store {
                     q.push(" AND type = ").push_bind(storable(t).into_owned());
                 }
                 if let Some(u) = &f.user_id {
-                    q.push(" AND user_id = ").push_bind(storable(u).into_owned());
+                    q.push(" AND user_id = ")
+                        .push_bind(storable(u).into_owned());
                 }
                 let (cursor, older) = match page {
                     Keyset::Newest => (None, true),
@@ -191,8 +194,10 @@ macro_rules! console_store {
                         .push(")");
                 }
                 let dir = if older { "DESC" } else { "ASC" };
-                q.push(format!(" ORDER BY created_at {dir}, out_trade_no {dir} LIMIT "))
-                    .push_bind(i64::from(f.limit.clamp(1, 500)));
+                q.push(format!(
+                    " ORDER BY created_at {dir}, out_trade_no {dir} LIMIT "
+                ))
+                .push_bind(i64::from(f.limit.clamp(1, 500)));
                 let rows = q.build().fetch_all(&self.$reader).await?;
                 let mut list = rows
                     .iter()
@@ -214,10 +219,12 @@ macro_rules! console_store {
                     "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE TRUE"
                 ));
                 if let Some(p) = &f.provider {
-                    q.push(" AND provider = ").push_bind(storable(p).into_owned());
+                    q.push(" AND provider = ")
+                        .push_bind(storable(p).into_owned());
                 }
                 if let Some(o) = &f.out_trade_no {
-                    q.push(" AND out_trade_no = ").push_bind(storable(o).into_owned());
+                    q.push(" AND out_trade_no = ")
+                        .push_bind(storable(o).into_owned());
                 }
                 if let Some(v) = f.verdict {
                     q.push(" AND verdict = ").push_bind(v.as_str());
@@ -257,7 +264,8 @@ macro_rules! console_store {
                     q.push(" AND status = ").push_bind(storable(s).into_owned());
                 }
                 if let Some(o) = &f.out_trade_no {
-                    q.push(" AND out_trade_no = ").push_bind(storable(o).into_owned());
+                    q.push(" AND out_trade_no = ")
+                        .push_bind(storable(o).into_owned());
                 }
                 let older = $crate::store::console::push_id_page(&mut q, page);
                 let rows = q

@@ -71,7 +71,9 @@ pub async fn retry(
         }
         Ok(false) => error_page(
             StatusCode::CONFLICT,
-            &format!("Task {id} is neither dead nor pending (or does not exist): nothing to retry."),
+            &format!(
+                "Task {id} is neither dead nor pending (or does not exist): nothing to retry."
+            ),
         ),
         Err(e) => store_failure(e),
     }

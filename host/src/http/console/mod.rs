@@ -38,16 +38,19 @@ const LIVE_JS: &str = include_str!("live.js");
 /// Every console route, to merge into the host's router.
 pub fn router(app: App) -> Router<App> {
     let signed_in = Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/orders") }))
-        .route("/console/", get(|| async { Redirect::to("/console/orders") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/orders") }),
+        )
+        .route(
+            "/console/",
+            get(|| async { Redirect::to("/console/orders") }),
+        )
         .route("/console/orders", get(pages::orders))
         .route("/console/orders/{out_trade_no}", get(pages::order))
         .route("/console/notifications", get(pages::notifications))
         .route("/console/notifications/{id}", get(pages::notification))
-        .route(
-            "/console/notifications/{id}/replay",
-            post(actions::replay),
-        )
+        .route("/console/notifications/{id}/replay", post(actions::replay))
         .route("/console/plugins", get(pages::plugins))
         .route("/console/plugins/reload", post(actions::reload))
         .route("/console/tasks", get(pages::tasks))
@@ -95,11 +98,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
 }
 
 async fn css() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        CSS,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
 }
 
 async fn live_js() -> Response {

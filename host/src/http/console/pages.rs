@@ -193,17 +193,28 @@ pub async fn orders(
         ("user", given(&q.user)),
         ("limit", q.limit.is_some().then_some(limit_text.as_str())),
     ];
-    let newer = p
-        .has_newer
-        .then(|| p.rows.first())
-        .flatten()
-        .map(|o| link("/console/orders", &filters, "newer", &OrderCursor::after(o).to_string()));
-    let older = p
-        .has_older
-        .then(|| p.rows.last())
-        .flatten()
-        .map(|o| link("/console/orders", &filters, "older", &OrderCursor::after(o).to_string()));
-    let types: Vec<String> = app.plugins.status().into_iter().map(|s| s.plugin_type).collect();
+    let newer = p.has_newer.then(|| p.rows.first()).flatten().map(|o| {
+        link(
+            "/console/orders",
+            &filters,
+            "newer",
+            &OrderCursor::after(o).to_string(),
+        )
+    });
+    let older = p.has_older.then(|| p.rows.last()).flatten().map(|o| {
+        link(
+            "/console/orders",
+            &filters,
+            "older",
+            &OrderCursor::after(o).to_string(),
+        )
+    });
+    let types: Vec<String> = app
+        .plugins
+        .status()
+        .into_iter()
+        .map(|s| s.plugin_type)
+        .collect();
     let body = html! {
         form.filters method="get" action="/console/orders" {
             label { "Status "
@@ -511,7 +522,13 @@ pub async fn notification(
         h2 { "Body" @if n.truncated { " (truncated at the size limit)" } }
         pre.body { (String::from_utf8_lossy(&n.body)) }
     };
-    page(&format!("Notification {id}"), Nav::Notifications, &session, body).into_response()
+    page(
+        &format!("Notification {id}"),
+        Nav::Notifications,
+        &session,
+        body,
+    )
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -598,7 +615,10 @@ pub async fn tasks(
     let status = given(&q.status);
     if let Some(s) = status {
         if !TASK_STATUSES.contains(&s) {
-            return error_page(StatusCode::BAD_REQUEST, &format!("Unknown task status `{s}`."));
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("Unknown task status `{s}`."),
+            );
         }
     }
     let keyset = match (q.older, q.newer) {
@@ -706,20 +726,38 @@ mod tests {
     fn pages_keep_the_rows_next_to_the_cursor() {
         // Older / first page: rows newest first, the extra one is the oldest.
         let p = paged(vec![9, 8, 7], &Keyset::<i64>::Newest, 2);
-        assert_eq!((p.rows, p.has_older, p.has_newer), (vec![9, 8], true, false));
+        assert_eq!(
+            (p.rows, p.has_older, p.has_newer),
+            (vec![9, 8], true, false)
+        );
         let p = paged(vec![5, 4], &Keyset::Older(6), 2);
-        assert_eq!((p.rows, p.has_older, p.has_newer), (vec![5, 4], false, true));
+        assert_eq!(
+            (p.rows, p.has_older, p.has_newer),
+            (vec![5, 4], false, true)
+        );
         // Newer page: the extra one is the newest, farthest from the cursor.
         let p = paged(vec![9, 8, 7], &Keyset::Newer(6), 2);
         assert_eq!((p.rows, p.has_older, p.has_newer), (vec![8, 7], true, true));
         let p = paged(vec![8, 7], &Keyset::Newer(6), 2);
-        assert_eq!((p.rows, p.has_older, p.has_newer), (vec![8, 7], true, false));
+        assert_eq!(
+            (p.rows, p.has_older, p.has_newer),
+            (vec![8, 7], true, false)
+        );
     }
 
     #[test]
     fn links_keep_filters_and_encode() {
         assert_eq!(
-            link("/console/orders", &[("status", Some("paid")), ("user", None), ("type", Some("a b&c"))], "older", "17:R1"),
+            link(
+                "/console/orders",
+                &[
+                    ("status", Some("paid")),
+                    ("user", None),
+                    ("type", Some("a b&c"))
+                ],
+                "older",
+                "17:R1"
+            ),
             "/console/orders?status=paid&type=a+b%26c&older=17%3AR1"
         );
         assert_eq!(urlencode("R 1/2"), "R%201%2F2");

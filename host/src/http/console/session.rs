@@ -87,11 +87,7 @@ pub async fn loopback_gate(
 /// Lets a request through with its [`Session`] if it carries a live session cookie. A
 /// page request without one is sent to the sign-in form (and back afterwards); anything
 /// else is refused.
-pub async fn require_session(
-    State(app): State<App>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn require_session(State(app): State<App>, mut request: Request, next: Next) -> Response {
     let id_hash = cookie(request.headers(), COOKIE).map(|id| sha256_hex(id.as_bytes()));
     let found = match &id_hash {
         Some(h) => match app.store.console_session(h, now_ms()).await {
@@ -129,15 +125,19 @@ pub async fn require_session(
 /// sent none, its `Referer`) names the host the request was sent to.
 fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let hosts: Vec<&str> = [text(header::HOST), text(header::HeaderName::from_static("x-forwarded-host"))]
-        .into_iter()
-        .flatten()
-        .collect();
+    let hosts: Vec<&str> = [
+        text(header::HOST),
+        text(header::HeaderName::from_static("x-forwarded-host")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let origin_ok = |origin: &str| {
         let Some((scheme, authority)) = origin.split_once("://") else {
             return false;
         };
-        matches!(scheme, "http" | "https") && hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))
+        matches!(scheme, "http" | "https")
+            && hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))
     };
     if let Some(origin) = text(header::ORIGIN) {
         return origin_ok(origin);
@@ -230,7 +230,10 @@ fn login_markup(app: &App, next: &str, error: Option<&str>, notice: Option<&str>
 }
 
 /// `GET /console/login`.
-pub async fn login_form(State(app): State<App>, query: Result<Query<LoginQuery>, QueryRejection>) -> Response {
+pub async fn login_form(
+    State(app): State<App>,
+    query: Result<Query<LoginQuery>, QueryRejection>,
+) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let notice = q.signed_out.is_some().then_some("You are signed out.");
     bare_page(
@@ -354,12 +357,18 @@ mod tests {
     #[test]
     fn posts_must_come_from_this_origin() {
         let host = ("host", "127.0.0.1:8080");
-        assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:8080")])));
+        assert!(same_origin(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8080")
+        ])));
         assert!(same_origin(&headers(&[
             host,
             ("referer", "http://127.0.0.1:8080/console/tasks?x=1")
         ])));
-        assert!(!same_origin(&headers(&[host, ("origin", "http://evil.example")])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "http://evil.example")
+        ])));
         assert!(!same_origin(&headers(&[host, ("origin", "null")])));
         assert!(!same_origin(&headers(&[
             host,
@@ -377,9 +386,21 @@ mod tests {
     fn cookies_and_next_are_read_strictly() {
         let h = headers(&[("cookie", "a=1; paynotify_console=abc; b=2")]);
         assert_eq!(cookie(&h, COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers(&[("cookie", "xpaynotify_console=1")]), COOKIE), None);
-        assert_eq!(safe_next(Some("/console/tasks?status=dead")), "/console/tasks?status=dead");
-        for bad in ["https://evil.example", "//evil.example", "/api/orders", "/console\\..", "/console/login"] {
+        assert_eq!(
+            cookie(&headers(&[("cookie", "xpaynotify_console=1")]), COOKIE),
+            None
+        );
+        assert_eq!(
+            safe_next(Some("/console/tasks?status=dead")),
+            "/console/tasks?status=dead"
+        );
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/api/orders",
+            "/console\\..",
+            "/console/login",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/console/orders", "{bad}");
         }
         assert!(ct_eq_str("tok", "tok") && !ct_eq_str("tok", "tok2"));
