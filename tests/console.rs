@@ -263,6 +263,9 @@ async fn scenario(database_url: Option<String>) -> Scenario {
 // ---------------------------------------------------------------------------------------
 // Sign-in, sessions, forged POSTs (no browser)
 
+/// A forged POST: what it is, its headers, its form.
+type Forged<'a> = (&'a str, Vec<(&'a str, String)>, Vec<(&'a str, &'a str)>);
+
 #[tokio::test]
 async fn sign_in_sessions_and_cross_site_posts() {
     let sc = scenario(None).await;
@@ -345,7 +348,7 @@ async fn sign_in_sessions_and_cross_site_posts() {
         "/console/notifications/{}/replay",
         sc.failed_notification
     ));
-    let forged: Vec<(&str, Vec<(&str, String)>, Vec<(&str, &str)>)> = vec![
+    let forged: Vec<Forged> = vec![
         (
             "foreign Origin, right token",
             vec![

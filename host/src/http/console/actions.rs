@@ -23,7 +23,7 @@ pub async fn replay(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = check_post(&headers, &session, &posted_csrf(form)) {
+    if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
         return refused;
     }
     let record = match app.store.get_notification(id).await {
@@ -44,7 +44,7 @@ pub async fn reload(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = check_post(&headers, &session, &posted_csrf(form)) {
+    if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
         return refused;
     }
     let report = app.plugins.scan().await;
@@ -61,7 +61,7 @@ pub async fn retry(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = check_post(&headers, &session, &posted_csrf(form)) {
+    if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
         return refused;
     }
     match app.store.retry_task(id).await {

@@ -155,21 +155,21 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// The check every state-changing console POST passes before it does anything: it comes
 /// from this origin, and its form carries this session's CSRF token. On failure, the
-/// 403 answer to return.
-pub fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), Response> {
+/// 403 answer to return instead.
+pub fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Option<Response> {
     if !same_origin(headers) {
-        return Err(error_page(
+        return Some(error_page(
             StatusCode::FORBIDDEN,
             "Refused: this request did not come from a console page (cross-site request). Nothing was changed.",
         ));
     }
     if !ct_eq_str(csrf, &session.csrf_token) {
-        return Err(error_page(
+        return Some(error_page(
             StatusCode::FORBIDDEN,
             "Refused: the form's security token is missing or stale; reload the page and try again. Nothing was changed.",
         ));
     }
-    Ok(())
+    None
 }
 
 /// The form every console button posts: the CSRF token.
@@ -325,7 +325,7 @@ pub async fn logout(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = check_post(&headers, &session, &posted_csrf(form)) {
+    if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
         return refused;
     }
     if let Err(e) = app.store.delete_console_session(&session.id_hash).await {
