@@ -43,6 +43,7 @@
     cell(tr, n.reason || "");
     return tr;
   };
+  status.textContent = "Connecting…";
   const source = new EventSource("/console/live/events?after=" + encodeURIComponent(rows.dataset.after || "0"));
   source.onopen = () => { status.textContent = "Live: new notifications appear at the top."; };
   source.onerror = () => { status.textContent = "Connection lost; reconnecting…"; };

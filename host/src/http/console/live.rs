@@ -65,7 +65,8 @@ pub async fn view(State(app): State<App>, Extension(session): Extension<Session>
     };
     let after = rows.first().map_or(0, |n| n.id);
     let body = html! {
-        p.muted #live-status role="status" { "Connecting…" }
+        // Empty until the script runs: with JavaScript off, the <noscript> line speaks.
+        p.muted #live-status role="status" {}
         noscript {
             p.notice { "The live view needs JavaScript. Without it, see the "
                 a href="/console/notifications" { "notifications list" } " (reload it for new ones)." }
