@@ -118,7 +118,12 @@ fn sha256_hex(s: &str) -> String {
 
 /// Every `data-order="…"` of a page, in order.
 fn order_rows(html: &str) -> Vec<String> {
-    html.split(r#"data-order=""#)
+    attr_values(html, "data-order")
+}
+
+/// Every value of attribute `name` in a page, in order.
+fn attr_values(html: &str, name: &str) -> Vec<String> {
+    html.split(&format!(r#"{name}=""#))
         .skip(1)
         .map(|rest| rest[..rest.find('"').expect("attr end")].to_owned())
         .collect()
@@ -455,6 +460,39 @@ async fn sign_in_sessions_and_cross_site_posts() {
     let (_, page) = c.get(s, &shown).await;
     assert!(page.contains("Replayed: verdict"), "{page}");
     assert!(page.contains("verdict-paid"), "{page}");
+
+    // Notifications page by id both ways (two per page here); filters travel along.
+    let (_, n1) = c
+        .get(s, "/console/notifications?provider=wechat-v2&limit=2")
+        .await;
+    let n1_rows = attr_values(&n1, "data-notification");
+    assert_eq!(n1_rows.len(), 2, "{n1}");
+    let (_, n2) = c
+        .get(s, &link(&n1, "older").expect("older notifications"))
+        .await;
+    let n2_rows = attr_values(&n2, "data-notification");
+    assert_eq!(n2_rows.len(), 2);
+    assert!(n2_rows.iter().all(|id| !n1_rows.contains(id)), "no overlap");
+    let ids: Vec<i64> = n1_rows
+        .iter()
+        .chain(&n2_rows)
+        .map(|i| i.parse().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let (_, back) = c
+        .get(s, &link(&n2, "newer").expect("newer notifications"))
+        .await;
+    assert_eq!(attr_values(&back, "data-notification"), n1_rows);
+    // Tasks filter by status.
+    let (_, dead) = c.get(s, "/console/tasks?status=dead").await;
+    assert_eq!(
+        attr_values(&dead, "data-task"),
+        vec![sc.dead_task.to_string()]
+    );
+    let (_, done) = c.get(s, "/console/tasks?status=done").await;
+    assert!(attr_values(&done, "data-task").is_empty());
+    let (st, _) = c.get(s, "/console/tasks?status=bogus").await;
+    assert_eq!(st, 400);
 
     // A second host process on the same database honours the session…
     let other = TestServer::start(
