@@ -100,6 +100,9 @@ pub struct ServerConfig {
     pub api_token_file: Option<PathBuf>,
     /// Largest notification body accepted; larger ones are refused with 413 before parsing.
     pub max_body_bytes: usize,
+    /// Marks the console's session cookie `Secure`: set it when browsers reach the host
+    /// over HTTPS (a TLS proxy in front); plain loopback HTTP needs it off.
+    pub console_secure_cookie: bool,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +112,7 @@ impl Default for ServerConfig {
             api_token: None,
             api_token_file: None,
             max_body_bytes: 64 * 1024,
+            console_secure_cookie: false,
         }
     }
 }

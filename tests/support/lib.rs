@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 pub mod alipay;
+pub mod browser;
+pub mod bulk;
 pub mod cloudpay;
 pub mod fake_provider;
 pub mod process;

@@ -162,6 +162,12 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let bin = build_host_binary(root)?;
     let skip = std::env::var_os("PAYNOTIFY_TEST_SKIP_POSTGRES").is_some_and(|v| v == "1");
     let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+    if let Err(e) = ensure_browser() {
+        if in_ci {
+            return Err(e.context("CI=true: the console's browser tests need Chromium"));
+        }
+        eprintln!("xtask: {e:#}; the console's browser tests will be skipped");
+    }
     let mut sqlite = cargo();
     sqlite
         .current_dir(root)
@@ -205,6 +211,44 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         (Ok(()), Err(e)) => Err(e.context("tests failed on PostgreSQL")),
         (Err(s), Err(p)) => bail!("tests failed on SQLite ({s:#}) and on PostgreSQL ({p:#})"),
     }
+}
+
+/// Debian's Chromium and its WebDriver, which the console's browser tests drive.
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Installs `chromium` and `chromium-driver` with apt-get if either binary is missing
+/// (with `sudo` unless already root; `apt-get update` first if the install fails).
+fn ensure_browser() -> Result<()> {
+    let missing = || !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists();
+    if !missing() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    let install = ["install", "-y", "chromium", "chromium-driver"];
+    eprintln!("xtask: installing chromium and chromium-driver for the console's browser tests");
+    if run_cmd(&mut apt(&install)).is_err() {
+        run_cmd(&mut apt(&["update"]))?;
+        run_cmd(&mut apt(&install))?;
+    }
+    if missing() {
+        bail!("{CHROMIUM} or {CHROMEDRIVER} is still missing after apt-get install");
+    }
+    Ok(())
 }
 
 /// Builds the `paynotify` binary the multi-process, crash and soak tests start as child

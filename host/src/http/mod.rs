@@ -16,6 +16,7 @@ use crate::app::App;
 
 mod admin;
 mod auth;
+pub mod console;
 pub mod events;
 mod health;
 mod notify;
@@ -104,6 +105,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(console::router(app.clone()))
         .with_state(app)
 }
 

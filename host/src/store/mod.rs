@@ -10,6 +10,7 @@ use serde::Serialize;
 
 mod claims;
 mod common;
+pub mod console;
 pub mod postgres;
 pub mod refunds;
 pub mod sqlite;
@@ -496,7 +497,7 @@ impl From<sqlx::Error> for DocError {
 
 /// The database: everything outside a payment transaction, and how to begin one.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: console::ConsoleStore + Send + Sync + 'static {
     /// Inserts a new order (status unpaid). [`StoreError::Conflict`] if the number exists.
     async fn create_order(&self, order: &NewOrder) -> Result<Order, StoreError>;
     /// The order, if it exists.

@@ -159,6 +159,7 @@ impl Dialect for Postgres {
 common::shared_statements!(sqlx::Postgres);
 super::claims::claim_statements!(sqlx::Postgres);
 super::refunds::refund_statements!(sqlx::Postgres);
+super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: pool);
 
 common::impl_store!(PgStore, reader: pool, writer: pool, {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {

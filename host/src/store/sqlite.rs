@@ -86,6 +86,7 @@ fn json_path(field: &str) -> String {
 common::shared_statements!(sqlx::Sqlite);
 super::claims::claim_statements!(sqlx::Sqlite);
 super::refunds::refund_statements!(sqlx::Sqlite);
+super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: writer);
 
 common::impl_store!(SqliteStore, reader: reader, writer: writer, {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {

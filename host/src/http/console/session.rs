@@ -1,0 +1,408 @@
+//! Console sign-in, sessions, and the checks every state-changing POST passes.
+//!
+//! Sessions are rows of `console_sessions` (migration 0005): the cookie carries a random
+//! 256-bit id and the table only its SHA-256, with an expiry. A database row rather than
+//! a signed cookie because several host processes may serve one console (they share the
+//! database, not a key), and because signing out must revoke the session everywhere at
+//! once, which a self-contained cookie cannot do.
+//!
+//! The access rule is `/api`'s (see `http/auth.rs`): with `server.api_token` set, the
+//! sign-in form must be given that token; without one, only loopback clients may use the
+//! console at all, and they sign in without a token (the session still carries a CSRF
+//! token for the buttons).
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use maud::html;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{bare_page, error_page, store_failure};
+use crate::app::App;
+use crate::store::console::ConsoleSession;
+use crate::store::now_ms;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "paynotify_console";
+
+/// How long a session lasts after sign-in (a working day and then some).
+const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
+
+/// The signed-in session of a console request (a request extension).
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// SHA-256 of the cookie's id: the row to delete on sign-out.
+    pub id_hash: String,
+    /// The token every form of this session posts back.
+    pub csrf_token: String,
+}
+
+/// SHA-256, lower-case hex.
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Equal, in time that depends on neither value: both are hashed first, so not even
+/// their lengths show.
+fn ct_eq_str(a: &str, b: &str) -> bool {
+    crate::providers::ct_eq(&Sha256::digest(a), &Sha256::digest(b))
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// Without an API token the console, like `/api`, serves loopback clients only.
+pub async fn loopback_gate(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if app.config.api_token().is_none() && !peer.ip().is_loopback() {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "No server.api_token is configured, so the console only serves loopback clients.",
+        );
+    }
+    next.run(request).await
+}
+
+/// Lets a request through with its [`Session`] if it carries a live session cookie. A
+/// page request without one is sent to the sign-in form (and back afterwards); anything
+/// else is refused.
+pub async fn require_session(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    let id_hash = cookie(request.headers(), COOKIE).map(|id| sha256_hex(id.as_bytes()));
+    let found = match &id_hash {
+        Some(h) => match app.store.console_session(h, now_ms()).await {
+            Ok(s) => s,
+            Err(e) => return store_failure(e),
+        },
+        None => None,
+    };
+    match found {
+        Some(s) => {
+            request.extensions_mut().insert(Session {
+                id_hash: s.id_hash,
+                csrf_token: s.csrf_token,
+            });
+            next.run(request).await
+        }
+        None if request.method() == Method::GET => {
+            let back = request
+                .uri()
+                .path_and_query()
+                .map_or("/console/orders", |p| p.as_str());
+            let target: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", back)
+                .finish();
+            Redirect::to(&format!("/console/login?{target}")).into_response()
+        }
+        None => error_page(
+            StatusCode::FORBIDDEN,
+            "You are not signed in (or your session ended): sign in again. Nothing was changed.",
+        ),
+    }
+}
+
+/// True if the request comes from a page of this origin: its `Origin` (or, if a browser
+/// sent none, its `Referer`) names the host the request was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let hosts: Vec<&str> = [
+        text(header::HOST),
+        text(header::HeaderName::from_static("x-forwarded-host")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let origin_ok = |origin: &str| {
+        let Some((scheme, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        matches!(scheme, "http" | "https")
+            && hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))
+    };
+    if let Some(origin) = text(header::ORIGIN) {
+        return origin_ok(origin);
+    }
+    if let Some(referer) = text(header::REFERER) {
+        // `scheme://authority/path…` → `scheme://authority`.
+        let end = referer
+            .find("://")
+            .and_then(|i| referer[i + 3..].find('/').map(|j| i + 3 + j))
+            .unwrap_or(referer.len());
+        return origin_ok(&referer[..end]);
+    }
+    false
+}
+
+/// The check every state-changing console POST passes before it does anything: it comes
+/// from this origin, and its form carries this session's CSRF token. On failure, the
+/// 403 answer to return instead.
+pub fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Option<Response> {
+    if !same_origin(headers) {
+        return Some(error_page(
+            StatusCode::FORBIDDEN,
+            "Refused: this request did not come from a console page (cross-site request). Nothing was changed.",
+        ));
+    }
+    if !ct_eq_str(csrf, &session.csrf_token) {
+        return Some(error_page(
+            StatusCode::FORBIDDEN,
+            "Refused: the form's security token is missing or stale; reload the page and try again. Nothing was changed.",
+        ));
+    }
+    None
+}
+
+/// The form every console button posts: the CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    /// This session's token.
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// The CSRF token a POST carried: empty if its body is not a form at all (it is then
+/// refused by [`check_post`] with 403 like any other request without the token).
+pub fn posted_csrf(form: Result<Form<CsrfForm>, FormRejection>) -> String {
+    form.map(|Form(f)| f.csrf).unwrap_or_default()
+}
+
+/// Query of the sign-in page.
+#[derive(Debug, Deserialize, Default)]
+pub struct LoginQuery {
+    /// Where to go after signing in.
+    next: Option<String>,
+    /// Set after signing out.
+    signed_out: Option<String>,
+}
+
+/// A console path to return to after sign-in, or the orders page: never another site.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n)
+            if n.starts_with("/console")
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.starts_with("/console/login")
+                && !n.chars().any(char::is_control) =>
+        {
+            n
+        }
+        _ => "/console/orders",
+    }
+}
+
+fn login_markup(app: &App, next: &str, error: Option<&str>, notice: Option<&str>) -> maud::Markup {
+    let token_needed = app.config.api_token().is_some();
+    html! {
+        @if let Some(n) = notice { p.notice role="status" { (n) } }
+        @if let Some(e) = error { p.error role="alert" id="login-error" { (e) } }
+        form.login method="post" action="/console/login" {
+            input type="hidden" name="next" value=(next);
+            @if token_needed {
+                label for="token" { "API token" }
+                input type="password" id="token" name="token" autocomplete="current-password" required autofocus;
+            } @else {
+                p { "No API token is configured: the console serves loopback clients only, without a token." }
+            }
+            button type="submit" id="sign-in" { "Sign in" }
+        }
+    }
+}
+
+/// `GET /console/login`.
+pub async fn login_form(
+    State(app): State<App>,
+    query: Result<Query<LoginQuery>, QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let notice = q.signed_out.is_some().then_some("You are signed out.");
+    bare_page(
+        "Sign in",
+        login_markup(&app, safe_next(q.next.as_deref()), None, notice),
+    )
+    .into_response()
+}
+
+/// The sign-in form.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    token: String,
+    next: Option<String>,
+}
+
+/// `POST /console/login`: checks the token (constant time), creates a session and sets
+/// its cookie. A wrong token gets 401, the form again with the reason, and no cookie.
+pub async fn login(
+    State(app): State<App>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    // A sign-in from another site would sign the victim into the attacker's session.
+    if !same_origin(&headers) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Refused: sign-in must be posted from the console's own sign-in page.",
+        );
+    }
+    let Ok(Form(form)) = form else {
+        return error_page(StatusCode::BAD_REQUEST, "The sign-in form was malformed.");
+    };
+    let next = safe_next(form.next.as_deref()).to_owned();
+    if let Some(token) = app.config.api_token() {
+        if !ct_eq_str(&form.token, token) {
+            tracing::warn!("console sign-in with a wrong token");
+            return (
+                StatusCode::UNAUTHORIZED,
+                bare_page(
+                    "Sign in",
+                    login_markup(&app, &next, Some("Wrong token: not signed in."), None),
+                ),
+            )
+                .into_response();
+        }
+    }
+    let now = now_ms();
+    // Sign-ins are rare: a good moment to forget sessions that ran out.
+    if let Err(e) = app.store.delete_expired_console_sessions(now).await {
+        tracing::warn!(error = %e, "cannot delete expired console sessions");
+    }
+    let id = hex::encode(rand::random::<[u8; 32]>());
+    let session = ConsoleSession {
+        id_hash: sha256_hex(id.as_bytes()),
+        csrf_token: hex::encode(rand::random::<[u8; 32]>()),
+        created_at: now,
+        expires_at: now + SESSION_TTL_MS,
+    };
+    if let Err(e) = app.store.create_console_session(&session).await {
+        return store_failure(e);
+    }
+    tracing::info!("console sign-in");
+    let secure = app.config.server.console_secure_cookie
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={}{}",
+        SESSION_TTL_MS / 1000,
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = Redirect::to(&next).into_response();
+    match HeaderValue::from_str(&cookie) {
+        Ok(v) => {
+            response.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    response
+}
+
+/// `POST /console/logout`: deletes the session (everywhere: it is a database row) and
+/// clears the cookie.
+pub async fn logout(
+    State(app): State<App>,
+    Extension(session): Extension<Session>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
+        return refused;
+    }
+    if let Err(e) = app.store.delete_console_session(&session.id_hash).await {
+        return store_failure(e);
+    }
+    tracing::info!("console sign-out");
+    let mut response = Redirect::to("/console/login?signed_out=1").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "paynotify_console=; HttpOnly; SameSite=Strict; Path=/console; Max-Age=0",
+        ),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn posts_must_come_from_this_origin() {
+        let host = ("host", "127.0.0.1:8080");
+        assert!(same_origin(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8080")
+        ])));
+        assert!(same_origin(&headers(&[
+            host,
+            ("referer", "http://127.0.0.1:8080/console/tasks?x=1")
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "http://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[host, ("origin", "null")])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8080.evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("referer", "http://evil.example/http://127.0.0.1:8080/")
+        ])));
+        // Neither header: refused (every browser sends Origin on a form POST).
+        assert!(!same_origin(&headers(&[host])));
+    }
+
+    #[test]
+    fn cookies_and_next_are_read_strictly() {
+        let h = headers(&[("cookie", "a=1; paynotify_console=abc; b=2")]);
+        assert_eq!(cookie(&h, COOKIE), Some("abc"));
+        assert_eq!(
+            cookie(&headers(&[("cookie", "xpaynotify_console=1")]), COOKIE),
+            None
+        );
+        assert_eq!(
+            safe_next(Some("/console/tasks?status=dead")),
+            "/console/tasks?status=dead"
+        );
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/api/orders",
+            "/console\\..",
+            "/console/login",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/console/orders", "{bad}");
+        }
+        assert!(ct_eq_str("tok", "tok") && !ct_eq_str("tok", "tok2"));
+    }
+}
