@@ -65,6 +65,10 @@ const SDK_SOURCES: &[(&str, &str)] = &[
     ("error.rs", include_str!("../../plugin-sdk/src/error.rs")),
     ("http.rs", include_str!("../../plugin-sdk/src/http.rs")),
     ("log.rs", include_str!("../../plugin-sdk/src/log.rs")),
+    (
+        "refunds.rs",
+        include_str!("../../plugin-sdk/src/refunds.rs"),
+    ),
     ("tasks.rs", include_str!("../../plugin-sdk/src/tasks.rs")),
     ("types.rs", include_str!("../../plugin-sdk/src/types.rs")),
 ];
@@ -272,6 +276,22 @@ pub fn next_steps(name: &str, lang: Lang, dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new SDK source file must be vendored too, or scaffolded projects stop building.
+    #[test]
+    fn every_sdk_source_is_vendored() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("plugin-sdk/src")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".rs"))
+            .collect();
+        on_disk.sort();
+        let mut vendored: Vec<String> = SDK_SOURCES.iter().map(|(n, _)| n.to_string()).collect();
+        vendored.sort();
+        assert_eq!(vendored, on_disk);
+    }
 
     #[test]
     fn names_are_checked() {

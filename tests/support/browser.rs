@@ -202,7 +202,12 @@ impl Browser {
     pub async fn wait_for_text(&self, needle: &str, reload: bool) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let text = self.text("body").await;
+            // The page may be navigating (a form just submitted): an element that went
+            // stale between finding it and reading it is read again on the next look.
+            let text = match self.client.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
             if text.contains(needle) {
                 return text;
             }
