@@ -39,7 +39,8 @@ fn main() -> Result<()> {
                  test [ARGS]  build every plugin, then run every test on SQLite and the end-to-end\n               \
                  tests again on PostgreSQL (ARGS go to cargo test)\n  \
                  plugins      only build the plugins\n  \
-                 bench        build the plugins, then print the benchmark tables (release build)\n  \
+                 bench        build the plugins and the release binary, then print the benchmark\n               \
+                 tables (dispatch, reload, throughput and latency per backend × provider)\n  \
                  soak [SCALE] the soak test (two hosts on PostgreSQL, one killed mid-run) at\n               \
                  SCALE times its CI size (default 10)"
             );
@@ -309,12 +310,33 @@ fn drop_stale_test_schemas() {
     }
 }
 
+/// The dispatch + hot-reload table (in process), then the throughput table: the release
+/// `paynotify` binary as a child process under load from the bench (`PAYNOTIFY_BENCH_*`
+/// variables choose backends, providers and scale; see tests/benches/throughput.rs).
 fn bench(root: &Path) -> Result<()> {
     let plugins = build_plugins(root)?;
     run_cmd(
         cargo()
             .current_dir(root)
+            .args(["build", "--release", "-p", "paynotify", "--bin", "paynotify"]),
+    )?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target_dir
+        .join("release")
+        .join(format!("paynotify{}", std::env::consts::EXE_SUFFIX));
+    run_cmd(
+        cargo()
+            .current_dir(root)
             .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
             .args(["bench", "-p", "paynotify", "--bench", "dispatch"]),
+    )?;
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
+            .env("PAYNOTIFY_BENCH_BIN", &bin)
+            .args(["bench", "-p", "paynotify-tests", "--bench", "throughput"]),
     )
 }
