@@ -40,7 +40,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::StatusCode;
 use paynotify::config::{DatabaseConfig, SqliteSynchronous};
-use paynotify::store::{status, NewOrder, Order, OrderCursor, OrderFilter, Store};
+use paynotify::store::{
+    status, NewOrder, NotificationFilter, Order, OrderCursor, OrderFilter, Store, Verdict,
+};
 use paynotify_tests::process::HostProcess;
 use paynotify_tests::{alipay, wechat_v2, wechat_v3};
 use rsa::RsaPrivateKey;
@@ -251,6 +253,11 @@ struct Signed {
     user_id: String,
     fee: i64,
     transaction_id: String,
+    wire: Wire,
+}
+
+/// A request exactly as the provider sends it.
+struct Wire {
     path: &'static str,
     content_type: &'static str,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -285,7 +292,7 @@ fn sign_batch(provider: Provider, load: Load, n: usize, key: &RsaPrivateKey) -> 
                             let transaction_id = format!("TX{}{phase}{i:010}", provider.tag());
                             let user_id = format!("{}{phase}u{}", provider.tag(), i % users);
                             let fee = 100 + (i % 37) as i64;
-                            let (path, content_type, headers, body) = sign_one(
+                            let wire = sign_one(
                                 provider,
                                 &out_trade_no,
                                 fee,
@@ -298,10 +305,7 @@ fn sign_batch(provider: Provider, load: Load, n: usize, key: &RsaPrivateKey) -> 
                                 user_id,
                                 fee,
                                 transaction_id,
-                                path,
-                                content_type,
-                                headers,
-                                body: Bytes::from(body),
+                                wire,
                             }
                         })
                         .collect::<Vec<_>>()
@@ -315,8 +319,7 @@ fn sign_batch(provider: Provider, load: Load, n: usize, key: &RsaPrivateKey) -> 
     })
 }
 
-/// The request a provider would send for one paid order: path, content type, extra
-/// headers, body.
+/// The request a provider would send for one paid order.
 fn sign_one(
     provider: Provider,
     out_trade_no: &str,
@@ -324,19 +327,14 @@ fn sign_one(
     transaction_id: &str,
     key: &RsaPrivateKey,
     timestamp: i64,
-) -> (
-    &'static str,
-    &'static str,
-    Vec<(HeaderName, HeaderValue)>,
-    String,
-) {
+) -> Wire {
     match provider {
-        Provider::WechatV2 => (
-            "/notify/wechat-v2",
-            "text/xml",
-            Vec::new(),
-            wechat_v2::paid_xml(out_trade_no, fee, transaction_id),
-        ),
+        Provider::WechatV2 => Wire {
+            path: "/notify/wechat-v2",
+            content_type: "text/xml",
+            headers: Vec::new(),
+            body: wechat_v2::paid_xml(out_trade_no, fee, transaction_id).into(),
+        },
         Provider::WechatV3 => {
             let transaction = wechat_v3::transaction(
                 wechat_v3::APPID_A,
@@ -356,12 +354,22 @@ fn sign_one(
                     )
                 })
                 .collect();
-            ("/notify/wechat-v3", "application/json", headers, body)
+            Wire {
+                path: "/notify/wechat-v3",
+                content_type: "application/json",
+                headers,
+                body: body.into(),
+            }
         }
         Provider::Alipay => {
             let amount = format!("{}.{:02}", fee / 100, fee % 100);
             let fields = alipay::paid(alipay::APP_ID_A, out_trade_no, &amount, transaction_id);
-            ("/notify/alipay", FORM, Vec::new(), alipay::body(&fields, key))
+            Wire {
+                path: "/notify/alipay",
+                content_type: FORM,
+                headers: Vec::new(),
+                body: alipay::body(&fields, key).into(),
+            }
         }
     }
 }
@@ -401,17 +409,17 @@ impl Conn {
     }
 
     /// Sends `note`; returns the answer's status and body.
-    async fn send(&mut self, note: &Signed) -> Result<(StatusCode, Bytes), String> {
+    async fn send(&mut self, wire: &Wire) -> Result<(StatusCode, Bytes), String> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             self.connect().await?;
         }
         let sender = self.sender.as_mut().ok_or("no connection")?;
-        let mut request = hyper::Request::post(note.path)
+        let mut request = hyper::Request::post(wire.path)
             .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, note.content_type)
-            .body(Full::new(note.body.clone()))
+            .header(CONTENT_TYPE, wire.content_type)
+            .body(Full::new(wire.body.clone()))
             .map_err(|e| e.to_string())?;
-        for (k, v) in &note.headers {
+        for (k, v) in &wire.headers {
             request.headers_mut().insert(k.clone(), v.clone());
         }
         let answer = async {
@@ -509,7 +517,7 @@ async fn saturate(provider: Provider, conns: Vec<Conn>, notes: Arc<Vec<Signed>>)
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(note) = notes.get(i) else { break };
                     let sent = Instant::now();
-                    let answer = conn.send(note).await;
+                    let answer = conn.send(&note.wire).await;
                     result.record(provider, i, sent.elapsed(), answer);
                 }
                 result
@@ -556,7 +564,7 @@ async fn offer(provider: Provider, conns: Vec<Conn>, notes: Arc<Vec<Signed>>, ra
                 loop {
                     let next = rx.lock().await.recv().await;
                     let Some(i) = next else { break };
-                    let answer = conn.send(&notes[i]).await;
+                    let answer = conn.send(&notes[i].wire).await;
                     last = Instant::now();
                     result.record(provider, i, last.saturating_duration_since(due(i)), answer);
                 }
@@ -575,7 +583,7 @@ async fn offer(provider: Provider, conns: Vec<Conn>, notes: Arc<Vec<Signed>>, ra
     merge(end.saturating_duration_since(start), results)
 }
 
-/// The `p` quantile (0..=1) of sorted `v`.
+/// The `p` quantile (0..=1) of `sorted`.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -702,7 +710,7 @@ async fn create_orders(store: &Arc<dyn Store>, provider: Provider, batches: &[Ba
 }
 
 /// Every recharge order in the database, by number.
-async fn all_orders(store: &dyn Store) -> HashMap<String, Order> {
+async fn all_orders(store: &dyn Store) -> Result<HashMap<String, Order>, String> {
     let mut all = HashMap::new();
     let mut before: Option<OrderCursor> = None;
     loop {
@@ -714,36 +722,69 @@ async fn all_orders(store: &dyn Store) -> HashMap<String, Order> {
                 ..OrderFilter::default()
             })
             .await
-            .expect("list orders");
+            .map_err(|e| format!("listing orders: {e}"))?;
         let Some(last) = page.last() else { break };
         before = Some(OrderCursor::after(last));
         all.extend(page.into_iter().map(|o| (o.out_trade_no.clone(), o)));
     }
-    all
+    Ok(all)
 }
 
-/// The database after a phase: every order paid, by its own notification, its handler
-/// succeeded; every user's balance exactly the sum of that user's orders. `Err` says
-/// what is wrong (the first few cases).
+/// The ids of the stored notifications whose verdict is `paid`, by order number.
+async fn paying_notifications(store: &dyn Store) -> Result<HashMap<String, Vec<i64>>, String> {
+    let mut by_order: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut before_id = None;
+    loop {
+        let page = store
+            .list_notifications(&NotificationFilter {
+                verdict: Some(Verdict::Paid),
+                before_id,
+                limit: 500,
+                ..NotificationFilter::default()
+            })
+            .await
+            .map_err(|e| format!("listing notifications: {e}"))?;
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        for n in page {
+            if let Some(no) = n.out_trade_no {
+                by_order.entry(no).or_default().push(n.id);
+            }
+        }
+    }
+    Ok(by_order)
+}
+
+/// The database after a phase: every order paid once (exactly one stored notification
+/// with verdict `paid`, the one the order names), by its own transaction, its handler
+/// succeeded; every user's balance exactly the sum of that user's orders. `Err` says what
+/// is wrong (the first few cases).
 async fn check_exact(store: &dyn Store, notes: &[Signed]) -> Result<(), String> {
-    let orders = all_orders(store).await;
+    let orders = all_orders(store).await?;
+    let paying = paying_notifications(store).await?;
     let mut wrong = Vec::new();
     let mut expected: HashMap<&str, i64> = HashMap::new();
     for note in notes {
         *expected.entry(note.user_id.as_str()).or_default() += note.fee;
-        match orders.get(&note.out_trade_no) {
-            None => wrong.push(format!("{}: order missing", note.out_trade_no)),
-            Some(o)
-                if o.status != status::PAID
-                    || o.handler_status != "succeeded"
-                    || o.transaction_id.as_deref() != Some(note.transaction_id.as_str()) =>
-            {
-                wrong.push(format!(
-                    "{}: status {}, handler {}, transaction {:?}",
-                    o.out_trade_no, o.status, o.handler_status, o.transaction_id
-                ))
-            }
-            Some(_) => {}
+        let Some(o) = orders.get(&note.out_trade_no) else {
+            wrong.push(format!("{}: order missing", note.out_trade_no));
+            continue;
+        };
+        if o.status != status::PAID
+            || o.handler_status != "succeeded"
+            || o.transaction_id.as_deref() != Some(note.transaction_id.as_str())
+        {
+            wrong.push(format!(
+                "{}: status {}, handler {}, transaction {:?}",
+                o.out_trade_no, o.status, o.handler_status, o.transaction_id
+            ));
+        }
+        let paid_by = paying.get(&note.out_trade_no).map_or(&[][..], Vec::as_slice);
+        if paid_by.len() != 1 || o.paid_notification_id != Some(paid_by[0]) {
+            wrong.push(format!(
+                "{}: paying notifications {paid_by:?}, the order names {:?}",
+                o.out_trade_no, o.paid_notification_id
+            ));
         }
     }
     let mut users: Vec<_> = expected.into_iter().collect();
@@ -843,7 +884,7 @@ async fn run_server(
         for &i in &outcome.failed {
             let mut ok = false;
             for _ in 0..3 {
-                if let Ok((s, b)) = retry.send(&batch.notes[i]).await {
+                if let Ok((s, b)) = retry.send(&batch.notes[i].wire).await {
                     if provider.is_success(s, &b) {
                         ok = true;
                         break;
@@ -917,6 +958,15 @@ async fn drop_schema(base: &str, schema: &str) {
     }
 }
 
+/// `1000` → `1,000`.
+fn thousands(n: u32) -> String {
+    if n >= 1000 {
+        format!("{},{:03}", n / 1000, n % 1000)
+    } else {
+        n.to_string()
+    }
+}
+
 fn print_table(settings: &Settings, rows: &[Row]) {
     println!();
     println!(
@@ -943,7 +993,7 @@ fn print_table(settings: &Settings, rows: &[Row]) {
                 };
                 let load = match r.load {
                     Load::Saturation => format!("saturation ({} conn)", settings.connections),
-                    Load::Rate => format!("{} rps", settings.rate),
+                    Load::Rate => format!("{} rps", thousands(settings.rate)),
                 };
                 println!(
                     "| {} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} / {} |",
