@@ -459,7 +459,13 @@ struct WorkerResult {
 }
 
 impl WorkerResult {
-    fn record(&mut self, provider: Provider, i: usize, latency: Duration, answer: Result<(StatusCode, Bytes), String>) {
+    fn record(
+        &mut self,
+        provider: Provider,
+        i: usize,
+        latency: Duration,
+        answer: Result<(StatusCode, Bytes), String>,
+    ) {
         self.latencies.push(latency);
         let ok = matches!(&answer, Ok((s, b)) if provider.is_success(*s, b));
         if !ok {
@@ -536,7 +542,12 @@ async fn saturate(provider: Provider, conns: Vec<Conn>, notes: Arc<Vec<Signed>>)
 /// finer than tokio's 1 ms timer) releases it then to whichever connection is free, and
 /// its latency counts from the due time, so time spent waiting for a free connection or
 /// for a late pacer is latency too.
-async fn offer(provider: Provider, conns: Vec<Conn>, notes: Arc<Vec<Signed>>, rate: u32) -> Outcome {
+async fn offer(
+    provider: Provider,
+    conns: Vec<Conn>,
+    notes: Arc<Vec<Signed>>,
+    rate: u32,
+) -> Outcome {
     let interval = Duration::from_secs(1) / rate;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -779,7 +790,9 @@ async fn check_exact(store: &dyn Store, notes: &[Signed]) -> Result<(), String> 
                 o.out_trade_no, o.status, o.handler_status, o.transaction_id
             ));
         }
-        let paid_by = paying.get(&note.out_trade_no).map_or(&[][..], Vec::as_slice);
+        let paid_by = paying
+            .get(&note.out_trade_no)
+            .map_or(&[][..], Vec::as_slice);
         if paid_by.len() != 1 || o.paid_notification_id != Some(paid_by[0]) {
             wrong.push(format!(
                 "{}: paying notifications {paid_by:?}, the order names {:?}",
@@ -824,12 +837,18 @@ async fn run_server(
     let url = match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("paynotify.db").display()),
         Backend::Postgres => {
-            let sep = if settings.postgres_base.contains('?') { '&' } else { '?' };
+            let sep = if settings.postgres_base.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
             format!("{}{sep}schema={schema}", settings.postgres_base)
         }
     };
-    let plugins: Vec<(&str, &str, Option<&str>)> =
-        PLUGINS.iter().map(|(t, built)| (*t, *built, None)).collect();
+    let plugins: Vec<(&str, &str, Option<&str>)> = PLUGINS
+        .iter()
+        .map(|(t, built)| (*t, *built, None))
+        .collect();
     let name = format!("{} {}", backend.name(), provider.name());
     eprintln!("throughput bench: {name}: starting the server");
     let mut host = HostProcess::start(
@@ -872,7 +891,10 @@ async fn run_server(
         // Peak over this phase (over the server's life if the kernel refused the reset).
         let rss_peak_mb = proc_status_mb(pid, "VmHWM").filter(|_| peak_resets || rows.is_empty());
         if !host.running() {
-            panic!("{name}: the server exited during the load; its log:\n{}", host.log());
+            panic!(
+                "{name}: the server exited during the load; its log:\n{}",
+                host.log()
+            );
         }
         for s in &outcome.samples {
             eprintln!("throughput bench: {name}: unexpected answer: {s}");

@@ -315,11 +315,14 @@ fn drop_stale_test_schemas() {
 /// variables choose backends, providers and scale; see tests/benches/throughput.rs).
 fn bench(root: &Path) -> Result<()> {
     let plugins = build_plugins(root)?;
-    run_cmd(
-        cargo()
-            .current_dir(root)
-            .args(["build", "--release", "-p", "paynotify", "--bin", "paynotify"]),
-    )?;
+    run_cmd(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "paynotify",
+        "--bin",
+        "paynotify",
+    ]))?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
