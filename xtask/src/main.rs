@@ -313,33 +313,45 @@ fn drop_stale_test_schemas() {
 /// The dispatch + hot-reload table (in process), then the throughput table: the release
 /// `paynotify` binary as a child process under load from the bench (`PAYNOTIFY_BENCH_*`
 /// variables choose backends, providers and scale; see tests/benches/throughput.rs).
+///
+/// Every step names both packages: one feature set, so the host library is compiled once
+/// in release for the binary and both benches (`cargo build -p paynotify` alone resolves
+/// other features and would compile it a second time). `cargo bench` builds the package's
+/// binary with the bench profile, which is the release profile.
 fn bench(root: &Path) -> Result<()> {
     let plugins = build_plugins(root)?;
-    run_cmd(cargo().current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "paynotify",
-        "--bin",
-        "paynotify",
-    ]))?;
+    let both = ["-p", "paynotify", "-p", "paynotify-tests"];
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .arg("bench")
+            .args(both)
+            .arg("--no-run"),
+    )?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let bin = target_dir
         .join("release")
         .join(format!("paynotify{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
     run_cmd(
         cargo()
             .current_dir(root)
             .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
-            .args(["bench", "-p", "paynotify", "--bench", "dispatch"]),
+            .arg("bench")
+            .args(both)
+            .args(["--bench", "dispatch"]),
     )?;
     run_cmd(
         cargo()
             .current_dir(root)
             .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
             .env("PAYNOTIFY_BENCH_BIN", &bin)
-            .args(["bench", "-p", "paynotify-tests", "--bench", "throughput"]),
+            .arg("bench")
+            .args(both)
+            .args(["--bench", "throughput"]),
     )
 }
