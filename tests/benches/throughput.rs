@@ -824,6 +824,14 @@ async fn check_exact(store: &dyn Store, notes: &[Signed]) -> Result<(), String> 
     }
 }
 
+/// [`PLUGINS`] as the support code installs them.
+fn plugin_list() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    PLUGINS
+        .iter()
+        .map(|(t, built)| (*t, *built, None))
+        .collect()
+}
+
 /// Runs every phase of `provider` on `backend` against a fresh server; returns its rows.
 async fn run_server(
     settings: &Settings,
@@ -845,10 +853,7 @@ async fn run_server(
             format!("{}{sep}schema={schema}", settings.postgres_base)
         }
     };
-    let plugins: Vec<(&str, &str, Option<&str>)> = PLUGINS
-        .iter()
-        .map(|(t, built)| (*t, *built, None))
-        .collect();
+    let plugins = plugin_list();
     let name = format!("{} {}", backend.name(), provider.name());
     eprintln!("throughput bench: {name}: starting the server");
     let mut host = HostProcess::start(
@@ -1070,6 +1075,23 @@ async fn run(settings: &Settings) -> Vec<Row> {
     let started = Instant::now();
     eprintln!("throughput bench: generating the test RSA key");
     let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA key");
+    // One start compiles the plugins into the shared cache, so every row's RSS at rest is
+    // that of a host loading them from it (as after a restart), not the first one's
+    // compiler memory.
+    {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("warm-up.db").display());
+        let extra = extra_config(dir.path(), &key);
+        let mut host = HostProcess::start(
+            "plugin cache warm-up",
+            dir.path(),
+            &url,
+            &plugin_list(),
+            &extra,
+        )
+        .await;
+        host.kill();
+    }
     let mut rows = Vec::new();
     for &provider in &settings.providers {
         // Signed once per provider, used on each backend (each has its own database):
