@@ -137,6 +137,11 @@ impl HostProcess {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The child's process id while it runs (to read its `/proc/{pid}/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the child is running (not killed, not exited).
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

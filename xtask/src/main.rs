@@ -42,7 +42,8 @@ fn main() -> Result<()> {
                  test [ARGS]  build every plugin, then run every test on SQLite and the end-to-end\n               \
                  tests again on PostgreSQL (ARGS go to cargo test)\n  \
                  plugins      only build the plugins\n  \
-                 bench        build the plugins, then print the benchmark tables (release build)\n  \
+                 bench        build the plugins and the release binary, then print the benchmark\n               \
+                 tables (dispatch, reload, throughput and latency per backend × provider)\n  \
                  soak [SCALE] the soak test (two hosts on PostgreSQL, one killed mid-run) at\n               \
                  SCALE times its CI size (default 10)"
             );
@@ -357,12 +358,48 @@ fn drop_stale_test_schemas() {
     }
 }
 
+/// The dispatch + hot-reload table (in process), then the throughput table: the release
+/// `paynotify` binary as a child process under load from the bench (`PAYNOTIFY_BENCH_*`
+/// variables choose backends, providers and scale; see tests/benches/throughput.rs).
+///
+/// Every step names both packages: one feature set, so the host library is compiled once
+/// in release for the binary and both benches (`cargo build -p paynotify` alone resolves
+/// other features and would compile it a second time). `cargo bench` builds the package's
+/// binary with the bench profile, which is the release profile.
 fn bench(root: &Path) -> Result<()> {
     let plugins = build_plugins(root)?;
+    let both = ["-p", "paynotify", "-p", "paynotify-tests"];
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .arg("bench")
+            .args(both)
+            .arg("--no-run"),
+    )?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target_dir
+        .join("release")
+        .join(format!("paynotify{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
     run_cmd(
         cargo()
             .current_dir(root)
             .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
-            .args(["bench", "-p", "paynotify", "--bench", "dispatch"]),
+            .arg("bench")
+            .args(both)
+            .args(["--bench", "dispatch"]),
+    )?;
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
+            .env("PAYNOTIFY_BENCH_BIN", &bin)
+            .arg("bench")
+            .args(both)
+            .args(["--bench", "throughput"]),
     )
 }
