@@ -242,10 +242,10 @@ impl Pipeline {
         .await
     }
 
-    /// Settles a payment that was verified outside the notification path (a provider's
-    /// signed answer to an order query, stored as notification `id`): steps 3–6 exactly
-    /// as for a notification, through the same settle loop, so the order is paid once
-    /// whoever (this, a notification, another process) gets there first.
+    /// Steps 3–6 for a verified payment stored as notification `id`: where a verified
+    /// notification goes, and a payment verified elsewhere too (a provider's signed
+    /// answer to an order query), through the same settle loop, so the order is paid
+    /// once whoever (this, a notification, another process) gets there first.
     pub async fn settle_verified(
         &self,
         id: i64,
@@ -300,13 +300,24 @@ impl Pipeline {
             Err(_) => Err("settle loop stopped".into()),
         };
         match settled {
-            Ok(s) => self.answer(provider_name, Some(id), s.verdict, s.reason, 200),
+            Ok(s) => {
+                tracing::Span::current().record("verdict", s.verdict.as_str());
+                tracing::info!(
+                    reason = s.reason.as_deref().unwrap_or(""),
+                    "notification processed"
+                );
+                self.answer(provider_name, Some(id), s.verdict, s.reason, 200)
+            }
             Err(e) => {
+                // Rolled back: the order is as it was. Record why, outside the lost
+                // transaction, and make the provider retry.
+                let reason = format!("transaction failed: {e}");
+                tracing::error!(error = %reason, "notification not settled");
                 self.finish_outside(
                     id,
                     provider_name,
                     Verdict::Failed,
-                    format!("transaction failed: {e}"),
+                    reason,
                     Some(notice.out_trade_no.as_str()),
                     Some(&notice.account),
                     500,
@@ -401,70 +412,12 @@ impl Pipeline {
             }
         };
         tracing::Span::current().record("order", notice.out_trade_no.as_str());
-        let payment = match &notice.kind {
-            NoticeKind::Paid(p) => p,
-            NoticeKind::Refunded(refund) => {
-                return self
-                    .refund(id, provider_name, provider.kind(), &notice, refund)
-                    .await
-            }
-            NoticeKind::NotPaid { state } => {
-                let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
-                let reason = format!("not a payment: {state}");
-                return self
-                    .finish_outside(
-                        id,
-                        provider_name,
-                        Verdict::Ignored,
-                        reason,
-                        order,
-                        Some(&notice.account),
-                        200,
-                    )
-                    .await;
-            }
-        };
-        let (reply, answer) = oneshot::channel();
-        let job = SettleJob {
-            id,
-            provider: provider.kind(),
-            notice: notice.clone(),
-            payment: payment.clone(),
-            reply,
-        };
-        let settled = match self.settle.send(job).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err("settle loop stopped".into())),
-            Err(_) => Err("settle loop stopped".into()),
-        };
-        match settled {
-            Ok(s) => {
-                tracing::Span::current().record("verdict", s.verdict.as_str());
-                tracing::info!(
-                    reason = s.reason.as_deref().unwrap_or(""),
-                    "notification processed"
-                );
-                self.answer(provider_name, Some(id), s.verdict, s.reason, 200)
-            }
-            Err(e) => {
-                // Rolled back: the order is as it was. Record why, outside the lost
-                // transaction, and make the provider retry.
-                let reason = format!("transaction failed: {e}");
-                tracing::error!(error = %reason, "notification not settled");
-                let order = Some(notice.out_trade_no.as_str());
-                self.finish_outside(
-                    id,
-                    provider_name,
-                    Verdict::Failed,
-                    reason,
-                    order,
-                    Some(&notice.account),
-                    500,
-                )
-                .await
-            }
+        if let NoticeKind::Refunded(refund) = &notice.kind {
+            return self
+                .refund(id, provider_name, provider.kind(), &notice, refund)
+                .await;
         }
+        self.settle_verified(id, provider.kind(), notice).await
     }
 
     /// The refund path (see [`crate::refunds`]): applies a verified refund and answers.
@@ -816,35 +769,8 @@ impl Settler {
         if let Err(e) = tx.savepoint(&savepoint).await {
             return (Some(tx), Err(e));
         }
-        let ctx = CallContext {
-            manifest: plugin.manifest.clone(),
-            tags: CallTags {
-                plugin: plugin.plugin_type.clone(),
-                version: plugin.metadata.version.clone(),
-                out_trade_no: Some(order.out_trade_no.clone()),
-                notification_id: Some(id),
-                task_id: None,
-            },
-            db: DbAccess::Tx(tx),
-            notify_key: self
-                .notify_keys
-                .get(&(order.provider.clone(), order.account.clone()))
-                .copied(),
-            provider: Some(order.provider.clone()),
-            account: Some(order.account.clone()),
-            http: self.plugins.runtime().http_client(),
-            poisoned: None,
-        };
-        let wit_order = bindings::Order {
-            out_trade_no: order.out_trade_no.clone(),
-            type_: order.order_type.clone(),
-            provider: order.provider.clone(),
-            account: order.account.clone(),
-            total_fee: order.total_fee,
-            user_id: order.user_id.clone(),
-            custom: order.custom.to_string(),
-            transaction_id: payment.transaction_id.clone(),
-        };
+        let ctx = order_call_context(&self.plugins, &self.notify_keys, &plugin, order, id, tx);
+        let wit_order = wit_order(order, &payment.transaction_id);
         let wit_notification = bindings::Notification {
             id,
             provider: order.provider.clone(),
@@ -996,6 +922,50 @@ fn check_order(order: Option<&Order>, job: &SettleJob) -> Checked {
                 ),
             ))
         }
+    }
+}
+
+/// The context of a handler call about `order` (for notification `id`), its database
+/// operations going into `tx`: the plugin's grants, log tags, the account's notify key.
+pub(crate) fn order_call_context(
+    plugins: &Registry,
+    notify_keys: &NotifyKeys,
+    plugin: &Plugin,
+    order: &Order,
+    id: i64,
+    tx: Box<dyn Tx>,
+) -> CallContext {
+    CallContext {
+        manifest: plugin.manifest.clone(),
+        tags: CallTags {
+            plugin: plugin.plugin_type.clone(),
+            version: plugin.metadata.version.clone(),
+            out_trade_no: Some(order.out_trade_no.clone()),
+            notification_id: Some(id),
+            task_id: None,
+        },
+        db: DbAccess::Tx(tx),
+        notify_key: notify_keys
+            .get(&(order.provider.clone(), order.account.clone()))
+            .copied(),
+        provider: Some(order.provider.clone()),
+        account: Some(order.account.clone()),
+        http: plugins.runtime().http_client(),
+        poisoned: None,
+    }
+}
+
+/// The order as a handler sees it, paid by `transaction_id`.
+pub(crate) fn wit_order(order: &Order, transaction_id: &str) -> bindings::Order {
+    bindings::Order {
+        out_trade_no: order.out_trade_no.clone(),
+        type_: order.order_type.clone(),
+        provider: order.provider.clone(),
+        account: order.account.clone(),
+        total_fee: order.total_fee,
+        user_id: order.user_id.clone(),
+        custom: order.custom.to_string(),
+        transaction_id: transaction_id.to_owned(),
     }
 }
 

@@ -20,9 +20,8 @@
 
 use std::sync::Arc;
 
-use crate::pipeline::NotifyKeys;
-use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
-use crate::plugins::{bindings, refund_bindings, HandlerFailure, Plugin, Registry};
+use crate::pipeline::{order_call_context, wit_order, NotifyKeys};
+use crate::plugins::{refund_bindings, HandlerFailure, Plugin, Registry};
 use crate::providers::{Notice, ProviderKind, Refund, RefundAmount};
 use crate::store::{status, NewRefund, Order, Store, StoreError, Tx, Verdict};
 
@@ -264,35 +263,8 @@ impl Refunder {
         Option<Box<dyn Tx>>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
-        let ctx = CallContext {
-            manifest: plugin.manifest.clone(),
-            tags: CallTags {
-                plugin: plugin.plugin_type.clone(),
-                version: plugin.metadata.version.clone(),
-                out_trade_no: Some(order.out_trade_no.clone()),
-                notification_id: Some(id),
-                task_id: None,
-            },
-            db: DbAccess::Tx(tx),
-            notify_key: self
-                .notify_keys
-                .get(&(order.provider.clone(), order.account.clone()))
-                .copied(),
-            provider: Some(order.provider.clone()),
-            account: Some(order.account.clone()),
-            http: self.plugins.runtime().http_client(),
-            poisoned: None,
-        };
-        let wit_order = bindings::Order {
-            out_trade_no: order.out_trade_no.clone(),
-            type_: order.order_type.clone(),
-            provider: order.provider.clone(),
-            account: order.account.clone(),
-            total_fee: order.total_fee,
-            user_id: order.user_id.clone(),
-            custom: order.custom.to_string(),
-            transaction_id: order.transaction_id.clone().unwrap_or_default(),
-        };
+        let ctx = order_call_context(&self.plugins, &self.notify_keys, plugin, order, id, tx);
+        let wit_order = wit_order(order, order.transaction_id.as_deref().unwrap_or_default());
         let wit_refund = refund_bindings::Refund {
             notification_id: id,
             out_refund_no: refund.out_refund_no.clone(),
