@@ -225,8 +225,9 @@ impl Pipeline {
         .await
     }
 
-    /// Runs a stored notification through the pipeline again (ops replay). Exactly-once
-    /// still holds: a notification whose order is already paid changes nothing.
+    /// Runs a stored notification through the pipeline again. Exactly-once still holds:
+    /// a notification whose order is already paid changes nothing. Ops entry points go
+    /// through [`crate::replay::replay`], which also re-verifies stored query answers.
     pub async fn replay(&self, record: &NotificationRecord) -> Processed {
         let span = tracing::info_span!("replay", provider = %record.provider, id = record.id, order = tracing::field::Empty, verdict = tracing::field::Empty);
         self.process(
