@@ -157,10 +157,12 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
 /// Every test on SQLite, then the end-to-end suite again on PostgreSQL (the same build;
 /// only `PAYNOTIFY_TEST_DATABASE` differs; the server is `PAYNOTIFY_TEST_POSTGRES_URL`,
 /// default `postgres://postgres@127.0.0.1:5432/test`). Both run even if the first fails;
-/// `PAYNOTIFY_TEST_SKIP_POSTGRES=1` skips the second.
+/// `PAYNOTIFY_TEST_SKIP_POSTGRES=1` skips the second. ARGS go to `cargo test` in the
+/// first pass; in the second, only those after `--` (the test harness's) and any
+/// `--test NAME` choosing end-to-end files.
 fn test(root: &Path, args: &[String]) -> Result<()> {
     let plugins = build_plugins(root)?;
-    let bin = build_host_binary(root)?;
+    let build = build_tests(root)?;
     let skip = std::env::var_os("PAYNOTIFY_TEST_SKIP_POSTGRES").is_some_and(|v| v == "1");
     let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
     if let Err(e) = ensure_browser() {
@@ -173,7 +175,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     sqlite
         .current_dir(root)
         .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
-        .env("PAYNOTIFY_BIN", &bin)
+        .env("PAYNOTIFY_BIN", &build.bin)
         .env("PAYNOTIFY_TEST_DATABASE", "sqlite")
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
@@ -194,15 +196,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
             );
         }
         drop_stale_test_schemas();
-        let mut postgres = cargo();
-        postgres
-            .current_dir(root)
-            .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
-            .env("PAYNOTIFY_BIN", &bin)
-            .env("PAYNOTIFY_TEST_DATABASE", "postgres")
-            .args(["test", "-p", "paynotify-tests", "--no-fail-fast"])
-            .args(args);
-        run_counted(&mut postgres, &mut totals)
+        postgres_pass(root, &build, &plugins, args, &mut totals)
     };
     // One closing line over both passes (cargo's own last line is a crate's empty doc-test run).
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
@@ -212,6 +206,48 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         (Ok(()), Err(e)) => Err(e.context("tests failed on PostgreSQL")),
         (Err(s), Err(p)) => bail!("tests failed on SQLite ({s:#}) and on PostgreSQL ({p:#})"),
     }
+}
+
+/// The end-to-end test executables again, on PostgreSQL. They are run directly, not
+/// through `cargo test -p paynotify-tests`: any other package selection than the first
+/// pass's resolves other features and would compile the host and every test a second
+/// time (minutes of CPU and gigabytes of disk).
+fn postgres_pass(
+    root: &Path,
+    build: &TestBuild,
+    plugins: &Path,
+    args: &[String],
+    totals: &mut Totals,
+) -> Result<()> {
+    let (cargo_args, harness_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let chosen: Vec<&str> = cargo_args
+        .windows(2)
+        .filter(|w| w[0] == "--test")
+        .map(|w| w[1].as_str())
+        .collect();
+    let mut failed = Vec::new();
+    for (name, exe) in &build.e2e {
+        if !chosen.is_empty() && !chosen.contains(&name.as_str()) {
+            continue;
+        }
+        let mut cmd = Command::new(exe);
+        cmd.current_dir(root.join("tests"))
+            .env("PAYNOTIFY_TEST_PLUGINS", plugins)
+            .env("PAYNOTIFY_BIN", &build.bin)
+            .env("PAYNOTIFY_TEST_DATABASE", "postgres")
+            .args(harness_args);
+        if let Err(e) = run_counted(&mut cmd, totals) {
+            eprintln!("xtask: {name} failed on PostgreSQL: {e:#}");
+            failed.push(name.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 /// Debian's Chromium and its WebDriver, which the console's browser tests drive.
@@ -252,24 +288,72 @@ fn ensure_browser() -> Result<()> {
     Ok(())
 }
 
-/// Builds the `paynotify` binary the multi-process, crash and soak tests start as child
-/// processes; returns its path (passed to them as `PAYNOTIFY_BIN`).
-fn build_host_binary(root: &Path) -> Result<PathBuf> {
-    run_cmd(
-        cargo()
-            .current_dir(root)
-            .args(["build", "-p", "paynotify", "--bin", "paynotify"]),
-    )?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target_dir
-        .join("debug")
-        .join(format!("paynotify{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        bail!("{} was not built", bin.display());
+/// What `cargo test --workspace --no-run` built.
+struct TestBuild {
+    /// The `paynotify` binary the multi-process, crash and soak tests start as child
+    /// processes (passed to them as `PAYNOTIFY_BIN`).
+    bin: PathBuf,
+    /// The end-to-end test executables (package `paynotify-tests`) by name, sorted.
+    e2e: Vec<(String, PathBuf)>,
+}
+
+/// Builds every test, and the binary with them, in the one build `cargo test --workspace`
+/// uses (a `cargo build -p paynotify` would resolve other features and compile the host
+/// a second time), and lists the executables from cargo's JSON messages.
+fn build_tests(root: &Path) -> Result<TestBuild> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args([
+        "test",
+        "--workspace",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
     }
-    Ok(bin)
+    let e2e_manifest = root.join("tests").join("Cargo.toml");
+    let mut bin = None;
+    let mut e2e = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str().map(PathBuf::from) else {
+            continue;
+        };
+        let name = msg["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let kinds = &msg["target"]["kind"];
+        let is = |kind: &str| {
+            kinds
+                .as_array()
+                .is_some_and(|k| k.iter().any(|v| v == kind))
+        };
+        let manifest = msg["manifest_path"].as_str().map(Path::new);
+        // The bin target is reported twice: its unit-test harness (`profile.test`) and
+        // the program itself.
+        if is("bin") && name == "paynotify" && msg["profile"]["test"] == false {
+            bin = Some(exe);
+        } else if is("test") && manifest == Some(e2e_manifest.as_path()) {
+            e2e.push((name, exe));
+        }
+    }
+    e2e.sort();
+    let bin = bin.context("cargo built no `paynotify` binary")?;
+    if e2e.is_empty() {
+        bail!("cargo built no end-to-end tests (package paynotify-tests)");
+    }
+    Ok(TestBuild { bin, e2e })
 }
 
 /// The soak test at `SCALE` (first argument, default 10) times its CI size, on
@@ -280,17 +364,22 @@ fn soak(root: &Path, args: &[String]) -> Result<()> {
         bail!("soak SCALE must be a positive whole number, not `{scale}`");
     }
     let plugins = build_plugins(root)?;
-    let bin = build_host_binary(root)?;
+    let build = build_tests(root)?;
+    let exe = build
+        .e2e
+        .iter()
+        .find(|(name, _)| name == "soak")
+        .map(|(_, exe)| exe)
+        .context("the soak test was not built")?;
     drop_stale_test_schemas();
     run_cmd(
-        cargo()
-            .current_dir(root)
+        Command::new(exe)
+            .current_dir(root.join("tests"))
             .env("PAYNOTIFY_TEST_PLUGINS", &plugins)
-            .env("PAYNOTIFY_BIN", &bin)
+            .env("PAYNOTIFY_BIN", &build.bin)
             .env("PAYNOTIFY_TEST_DATABASE", "postgres")
             .env("PAYNOTIFY_SOAK_SCALE", scale)
-            .args(["test", "-p", "paynotify-tests", "--test", "soak", "--"])
-            .args(["--nocapture"]),
+            .arg("--nocapture"),
     )
 }
 
@@ -301,7 +390,8 @@ struct Totals {
     failed: u64,
 }
 
-/// Runs `cargo test`, echoing its output as it comes, and adds up its result lines.
+/// Runs tests (`cargo test` or a test executable), echoing their output as it comes, and
+/// adds up its result lines.
 fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
     eprintln!("xtask: {cmd:?}");
