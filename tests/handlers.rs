@@ -187,8 +187,9 @@ async fn runaway_handlers_fail_only_their_own_call() {
     );
 }
 
-/// Concurrent payments share transactions (group commit, a savepoint each): a handler
-/// failing in the middle of a batch rolls back its own payment and writes only.
+/// Concurrent payments share transactions (group commit): a handler failing in the middle
+/// of a batch aborts the batch's first run (no savepoints), and the run again with a
+/// savepoint each rolls back that payment and its writes only.
 #[tokio::test]
 async fn a_failing_handler_in_a_shared_batch_rolls_back_only_its_own_payment() {
     let s = TestServer::start(Options::with_plugins(&["recharge"]).plugin_as(

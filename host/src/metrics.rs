@@ -41,6 +41,7 @@ const PLUGINS_FAILING: &str = "paynotify_plugins_failing";
 const TASKS: &str = "paynotify_tasks";
 const ORDERS_EXPIRED: &str = "paynotify_orders_expired_total";
 const RECONCILE: &str = "paynotify_reconcile_total";
+const BATCH_RERUNS: &str = "paynotify_settle_batch_reruns_total";
 const PROVIDER_CLOSES: &str = "paynotify_provider_closes_total";
 const ORDER_WATCHERS: &str = "paynotify_order_watchers";
 const UPTIME: &str = "paynotify_uptime_seconds";
@@ -137,6 +138,10 @@ fn describe() {
         "Unpaid orders closed by this process because their lifetime ran out."
     );
     describe_counter!(
+        BATCH_RERUNS,
+        "Settle batches run again with a savepoint per payment because a handler failed in the first run, which has none."
+    );
+    describe_counter!(
         RECONCILE,
         "Orders this process asked their provider about, by provider and outcome (paid, unpaid, error, skipped)."
     );
@@ -194,6 +199,11 @@ pub fn plugin_loaded(plugin: &str) {
 /// Counts a plugin file that failed to load.
 pub fn plugin_load_failed(plugin: &str) {
     metrics::counter!(PLUGIN_LOAD_FAILURES, "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// Counts a settle batch run a second time, with savepoints, after a handler failed.
+pub fn batch_rerun() {
+    metrics::counter!(BATCH_RERUNS).increment(1);
 }
 
 /// Counts orders closed by the expiry job.

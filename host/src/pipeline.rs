@@ -7,9 +7,9 @@
 //!    its writes and tasks in the same transaction, record the result; commit;
 //! 6. answer the provider in its own convention.
 //!
-//! The settle step works inside a savepoint of a transaction it is handed, so several
-//! notifications can share one transaction (and one commit), each rolling back only its
-//! own work when its handler fails.
+//! Several notifications share one transaction (and one commit). A batch first runs
+//! without savepoints; if any handler fails it is rolled back whole and run again with
+//! a savepoint per notification, so each failure rolls back only its own work.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +115,38 @@ pub struct Batching {
     pub max: usize,
     /// Loops settling batches at once (SQLite has one writer: 1; PostgreSQL: several).
     pub settlers: usize,
+}
+
+/// Whether each payment of a batch runs inside a savepoint of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoints: one statement less per payment, but a failing handler's writes
+    /// cannot be undone alone, so its failure aborts the batch ([`Abort::HandlerFailed`]).
+    Optimistic,
+    /// A savepoint per payment: a failing handler is rolled back to it and recorded.
+    Savepoints,
+}
+
+/// Why a batch transaction was given up (rolled back, nothing committed).
+#[derive(Debug, thiserror::Error)]
+enum Abort {
+    /// The database failed, or asked for the transaction to be run again.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A handler failed in an [`Isolation::Optimistic`] batch.
+    #[error("a handler failed in a batch without savepoints")]
+    HandlerFailed,
+}
+
+impl From<Abort> for StoreError {
+    fn from(abort: Abort) -> StoreError {
+        match abort {
+            Abort::Store(e) => e,
+            // Only an optimistic attempt aborts this way, and it is always run again with
+            // savepoints; should one reach a caller, it is a failure to retry.
+            Abort::HandlerFailed => StoreError::Transient(abort.to_string()),
+        }
+    }
 }
 
 /// Steps 3–5: everything that happens inside the payment transaction.
@@ -534,12 +566,32 @@ impl Pipeline {
 }
 
 impl Settler {
-    /// Settles a batch of payments in one transaction, each inside its own savepoint,
-    /// and answers every job after the shared commit. If the batch fails as a whole (a
-    /// statement error, a lost transaction, a failed commit), each job is retried alone,
-    /// so one bad notification cannot keep failing the others.
+    /// Settles a batch of payments in one transaction and answers every job after the
+    /// shared commit. The batch runs without savepoints first: handlers rarely fail, and
+    /// a savepoint is a database round trip per payment on the one serial path of the
+    /// commit loop. If a handler does fail, that attempt is rolled back whole and the
+    /// batch runs again with a savepoint per payment (the other handlers run twice; only
+    /// the second run commits). If the batch fails as a whole (a statement error, a lost
+    /// transaction, a failed commit), each job is retried alone, so one bad notification
+    /// cannot keep failing the others.
     async fn settle_batch(&self, store: &dyn Store, jobs: Vec<SettleJob>) {
-        let failure = match self.try_batch(store, &jobs).await {
+        // A lone payment gets its savepoint at once: running its failing handler twice
+        // would cost more than the savepoint saves.
+        let first = if jobs.len() > 1 {
+            Isolation::Optimistic
+        } else {
+            Isolation::Savepoints
+        };
+        let mut attempt = self.try_batch(store, &jobs, first).await;
+        if matches!(attempt, Err(Abort::HandlerFailed)) {
+            tracing::debug!(
+                size = jobs.len(),
+                "a handler failed; running the batch again with a savepoint per payment"
+            );
+            crate::metrics::batch_rerun();
+            attempt = self.try_batch(store, &jobs, Isolation::Savepoints).await;
+        }
+        let failure = match attempt.map_err(StoreError::from) {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(Ok(r));
@@ -569,7 +621,10 @@ impl Settler {
     async fn settle_alone(&self, store: &dyn Store, job: &SettleJob) -> Result<Settled, String> {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
-            match self.try_batch(store, std::slice::from_ref(job)).await {
+            let tried = self
+                .try_batch(store, std::slice::from_ref(job), Isolation::Savepoints)
+                .await;
+            match tried.map_err(StoreError::from) {
                 Ok(mut settled) => return Ok(settled.remove(0)),
                 Err(e) if e.is_transient() && attempt < ATTEMPTS => {
                     let pause = 5 * u64::from(attempt) + rand::random::<u64>() % 20;
@@ -583,21 +638,24 @@ impl Settler {
     }
 
     /// One transaction for the whole batch, with a constant number of statements per
-    /// batch plus, per payment, one savepoint and the handler's own statements:
+    /// batch plus, per payment, the handler's own statements (and a savepoint, with
+    /// [`Isolation::Savepoints`]):
     ///
     /// - every order of the batch is read and locked by one statement;
     /// - checks (unknown order, account, amount, status) are decided in memory, the map
     ///   updated as payments land so a second notification for an order paid earlier in
     ///   the same batch is a duplicate;
-    /// - each handler runs inside a savepoint (rolled back alone if it fails; left open
-    ///   when it succeeds — a `RELEASE` would only cost a round trip before the commit);
+    /// - with savepoints, each handler runs inside one (rolled back alone if it fails;
+    ///   left open when it succeeds — a `RELEASE` would only cost a round trip before the
+    ///   commit); without, a failing handler aborts the attempt;
     /// - one statement marks every paid order with its handler's result, one records
     ///   every verdict, then the single commit.
     async fn try_batch(
         &self,
         store: &dyn Store,
         jobs: &[SettleJob],
-    ) -> Result<Vec<Settled>, StoreError> {
+        isolation: Isolation,
+    ) -> Result<Vec<Settled>, Abort> {
         let mut tx = store.begin().await?;
         let numbers: Vec<&str> = jobs
             .iter()
@@ -634,9 +692,11 @@ impl Settler {
                 Checked::Done(s) => s,
                 Checked::Pay => {
                     let Some(order) = order else {
-                        return Err(StoreError::Invalid("order vanished from the batch".into()));
+                        return Err(
+                            StoreError::Invalid("order vanished from the batch".into()).into()
+                        );
                     };
-                    let (back, result) = self.pay(tx, job, order, prepared).await;
+                    let (back, result) = self.pay(tx, job, order, prepared, isolation).await;
                     tx = back.ok_or_else(|| {
                         StoreError::Invalid(
                             "the transaction was abandoned during a handler call".into(),
@@ -659,9 +719,9 @@ impl Settler {
         }
         let results: Vec<Settled> = results.into_iter().flatten().collect();
         if results.len() != jobs.len() {
-            return Err(StoreError::Invalid(
-                "a notification of the batch was skipped".into(),
-            ));
+            return Err(
+                StoreError::Invalid("a notification of the batch was skipped".into()).into(),
+            );
         }
         let marked = tx.settle_paid(&paid).await?;
         if marked != paid.len() as u64 {
@@ -670,7 +730,8 @@ impl Settler {
             return Err(StoreError::Invalid(format!(
                 "marked {marked} of {} orders paid",
                 paid.len()
-            )));
+            ))
+            .into());
         }
         let verdicts: Vec<NotificationVerdict<'_>> = jobs
             .iter()
@@ -734,17 +795,19 @@ impl Settler {
         }
     }
 
-    /// Step 5 for an unpaid order whose checks passed: run its handler inside a
-    /// savepoint (on the instance made ahead for it, if there is one). A success comes
-    /// back as the row [`Tx::settle_paid`] will write; a failure is rolled back to the
-    /// savepoint and recorded on the order at once.
+    /// Step 5 for an unpaid order whose checks passed: run its handler (inside a
+    /// savepoint with [`Isolation::Savepoints`]; on the instance made ahead for it, if
+    /// there is one). A success comes back as the row [`Tx::settle_paid`] will write; a
+    /// failure is rolled back to the savepoint and recorded on the order at once, or,
+    /// without a savepoint, aborts the batch.
     async fn pay(
         &self,
         mut tx: Box<dyn Tx>,
         job: &SettleJob,
         order: &Order,
         prepared: Option<PrepareTask>,
-    ) -> (Option<Box<dyn Tx>>, Result<Paid, StoreError>) {
+        isolation: Isolation,
+    ) -> (Option<Box<dyn Tx>>, Result<Paid, Abort>) {
         let (id, notice, payment) = (job.id, &job.notice, &job.payment);
         // An instance made before a hot reload runs the build it was made from: it was
         // already in flight when the new one arrived.
@@ -763,12 +826,15 @@ impl Settler {
                 .await;
             return (
                 Some(tx),
-                r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string()))),
+                r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string())))
+                    .map_err(Abort::from),
             );
         };
         let savepoint = format!("n{id}");
-        if let Err(e) = tx.savepoint(&savepoint).await {
-            return (Some(tx), Err(e));
+        if isolation == Isolation::Savepoints {
+            if let Err(e) = tx.savepoint(&savepoint).await {
+                return (Some(tx), Err(e.into()));
+            }
         }
         let ctx = order_call_context(&self.plugins, &self.notify_keys, &plugin, order, id, tx);
         let wit_order = wit_order(order, &payment.transaction_id);
@@ -814,9 +880,7 @@ impl Settler {
         let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) else {
             return (
                 None,
-                Err(StoreError::Invalid(
-                    "transaction lost during the handler call".into(),
-                )),
+                Err(StoreError::Invalid("transaction lost during the handler call".into()).into()),
             );
         };
         match result {
@@ -836,7 +900,12 @@ impl Settler {
             }
             Err(HandlerFailure::Transient(why)) => {
                 // Not the handler's doing: fail the transaction so it is run again.
-                (Some(tx), Err(StoreError::Transient(why)))
+                (Some(tx), Err(StoreError::Transient(why).into()))
+            }
+            Err(_) if isolation == Isolation::Optimistic => {
+                // Its writes are mixed with the others': the batch runs again with
+                // savepoints, and the failure is recorded (and logged) by that run.
+                (Some(tx), Err(Abort::HandlerFailed))
             }
             Err(failure) => {
                 tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler failed; payment rolled back, provider will retry");
@@ -853,7 +922,8 @@ impl Settler {
                 .await;
                 (
                     Some(tx),
-                    r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string()))),
+                    r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string())))
+                        .map_err(Abort::from),
                 )
             }
         }
