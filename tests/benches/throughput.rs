@@ -617,6 +617,61 @@ fn proc_status_mb(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// What the server process has spent so far: CPU time (user + system, from
+/// `/proc/{pid}/stat`, in the kernel's fixed 100 Hz `USER_HZ` ticks) and context switches
+/// summed over its threads. Per notification these are steadier than wall-clock figures on
+/// a shared machine, and the switches count the thread hand-offs the design tries to avoid.
+#[derive(Clone, Copy)]
+struct Spent {
+    cpu: Duration,
+    switches: u64,
+}
+
+impl Spent {
+    /// `None` off Linux or once the process is gone.
+    fn of(pid: u32) -> Option<Spent> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the `(comm)`, which may itself contain spaces: state is the 1st,
+        // utime the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let mut switches = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue; // a thread that ended meanwhile
+            };
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| {
+                    l.rsplit(|c: char| c.is_whitespace())
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>();
+        }
+        Some(Spent {
+            cpu: Duration::from_millis(ticks * 10),
+            switches,
+        })
+    }
+
+    /// Server CPU µs and context switches per notification between `self` and `later`.
+    fn per(self, later: Spent, n: usize) -> (f64, f64) {
+        let n = n.max(1) as f64;
+        (
+            later.cpu.saturating_sub(self.cpu).as_secs_f64() * 1e6 / n,
+            later.switches.saturating_sub(self.switches) as f64 / n,
+        )
+    }
+}
+
 /// Resets `pid`'s peak RSS to its current RSS (Linux `clear_refs` 5), so each phase's
 /// `VmHWM` is its own peak; `false` if the kernel refused.
 fn reset_peak_rss(pid: u32) -> bool {
@@ -636,6 +691,8 @@ struct Row {
     exact: Result<(), String>,
     rss_rest_mb: Option<f64>,
     rss_peak_mb: Option<f64>,
+    /// Server CPU µs and context switches per notification during the phase.
+    spent: Option<(f64, f64)>,
 }
 
 /// The server's config beyond the support code's (which has the WeChat v2 account): a v3
@@ -889,10 +946,14 @@ async fn run_server(
     for batch in batches {
         let peak_resets = reset_peak_rss(pid);
         let conns = open_connections(host.addr, settings.connections).await;
+        let before = Spent::of(pid);
         let outcome = match batch.load {
             Load::Saturation => saturate(provider, conns, batch.notes.clone()).await,
             Load::Rate => offer(provider, conns, batch.notes.clone(), settings.rate).await,
         };
+        let spent = before
+            .zip(Spent::of(pid))
+            .map(|(b, a)| b.per(a, batch.notes.len()));
         // Peak over this phase (over the server's life if the kernel refused the reset).
         let rss_peak_mb = proc_status_mb(pid, "VmHWM").filter(|_| peak_resets || rows.is_empty());
         if !host.running() {
@@ -945,6 +1006,7 @@ async fn run_server(
             exact,
             rss_rest_mb,
             rss_peak_mb,
+            spent,
         };
         eprintln!(
             "throughput bench: {name} {:?}: {n} in {:.2} s, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
@@ -1000,14 +1062,15 @@ fn print_table(settings: &Settings, rows: &[Row]) {
         "Verified notifications through the release `paynotify` binary (recharge handler, \
          10 plugins loaded); saturation = closed loop on {} keep-alive connections; \
          1,000 rps = open loop, latency from the scheduled send time. RSS = at rest after \
-         start / peak during the phase.",
+         start / peak during the phase. CPU and switches = the server process's CPU time and \
+         context switches (all threads) per notification during the phase.",
         settings.connections
     );
     println!();
     println!(
-        "| backend | provider | load | N | notif/s | p50 ms | p99 ms | errors | exact | RSS MB |"
+        "| backend | provider | load | N | notif/s | p50 ms | p99 ms | errors | exact | RSS MB | CPU µs | switches |"
     );
-    println!("|---|---|---|--:|--:|--:|--:|--:|---|--:|");
+    println!("|---|---|---|--:|--:|--:|--:|--:|---|--:|--:|--:|");
     let mb = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.0}"));
     for backend in [Backend::Sqlite, Backend::Postgres] {
         for provider in Provider::ALL {
@@ -1023,7 +1086,7 @@ fn print_table(settings: &Settings, rows: &[Row]) {
                     Load::Rate => format!("{} rps", thousands(settings.rate)),
                 };
                 println!(
-                    "| {} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} / {} |",
+                    "| {} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} / {} | {} | {} |",
                     r.backend.name(),
                     r.provider.label(),
                     r.n,
@@ -1034,6 +1097,8 @@ fn print_table(settings: &Settings, rows: &[Row]) {
                     if r.exact.is_ok() { "yes" } else { "FAILED" },
                     mb(r.rss_rest_mb),
                     mb(r.rss_peak_mb),
+                    r.spent.map_or("?".to_owned(), |(cpu, _)| format!("{cpu:.0}")),
+                    r.spent.map_or("?".to_owned(), |(_, sw)| format!("{sw:.1}")),
                 );
             }
         }
