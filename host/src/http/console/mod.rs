@@ -140,12 +140,7 @@ pub fn page(title: &str, nav: Nav, session: &Session, body: Markup) -> Html<Stri
         html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " · paynotify" }
-                    link rel="stylesheet" href="/console/static/console.css";
-                }
+                (head(title))
                 body {
                     header.top {
                         span.brand { "paynotify" }
@@ -173,18 +168,25 @@ pub fn page(title: &str, nav: Nav, session: &Session, body: Markup) -> Html<Stri
     )
 }
 
+/// The `<head>` every console page shares.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · paynotify" }
+            link rel="stylesheet" href="/console/static/console.css";
+        }
+    }
+}
+
 /// A page outside the signed-in area (sign-in, errors before a session exists).
 pub fn bare_page(title: &str, body: Markup) -> Html<String> {
     Html(
         html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " · paynotify" }
-                    link rel="stylesheet" href="/console/static/console.css";
-                }
+                (head(title))
                 body.bare {
                     main {
                         h1 { (title) }
