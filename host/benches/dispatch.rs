@@ -88,6 +88,25 @@ fn context_switches() -> u64 {
         .sum()
 }
 
+/// CPU time (user + system) of every thread of this process so far, in microseconds
+/// (Linux `/proc`; 0 elsewhere). Beside wall time it separates work from waiting.
+fn cpu_micros() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    ticks * 10_000
+}
+
 #[tokio::main]
 async fn main() {
     let src = plugins_dir();
@@ -130,7 +149,7 @@ async fn main() {
     // Native: the same work recharge does (one atomic inc) in a transaction, rolled back.
     let mut switches = Vec::new();
     let mut native = Vec::with_capacity(CALLS as usize);
-    let since = context_switches();
+    let since = (context_switches(), cpu_micros());
     for i in 0..CALLS {
         let t = Instant::now();
         let mut tx = store.begin().await.expect("begin");
@@ -140,12 +159,12 @@ async fn main() {
         drop(tx);
         native.push(t.elapsed());
     }
-    switches.push(("native", since, context_switches()));
+    switches.push(("native", since, (context_switches(), cpu_micros())));
     let native_p50 = row("native Rust: begin + inc + rollback", &mut native);
 
     // Wasm: fresh instance from InstancePre + handle-paid doing the inc via `db`.
     let mut wasm = Vec::with_capacity(CALLS as usize);
-    let since = context_switches();
+    let since = (context_switches(), cpu_micros());
     for i in 0..CALLS {
         let t = Instant::now();
         let tx = store.begin().await.expect("begin");
@@ -178,7 +197,7 @@ async fn main() {
         drop(ctx);
         wasm.push(t.elapsed());
     }
-    switches.push(("wasm recharge", since, context_switches()));
+    switches.push(("wasm recharge", since, (context_switches(), cpu_micros())));
     let wasm_p50 = row(
         "wasm recharge: begin + instantiate + call + rollback",
         &mut wasm,
@@ -186,7 +205,7 @@ async fn main() {
 
     // Where the time goes: a fresh instance and a call that returns at once (no database).
     let mut bare = Vec::with_capacity(CALLS as usize);
-    let since = context_switches();
+    let since = (context_switches(), cpu_micros());
     for i in 0..CALLS {
         let t = Instant::now();
         let ctx = CallContext {
@@ -218,7 +237,7 @@ async fn main() {
         assert!(r.is_err(), "recharge has no tasks");
         bare.push(t.elapsed());
     }
-    switches.push(("wasm bare", since, context_switches()));
+    switches.push(("wasm bare", since, (context_switches(), cpu_micros())));
     row("wasm: instantiate + run-task returning at once", &mut bare);
     println!(
         "| {:<44} | {:>9} | {:>9.1} | {:>9} |",
@@ -229,10 +248,18 @@ async fn main() {
     );
 
     for (name, from, to) in switches {
-        let per_call = (to - from) as f64 / f64::from(CALLS);
+        let per_call = |to: u64, from: u64| (to - from) as f64 / f64::from(CALLS);
         println!(
-            "| {:<44} | {per_call:>9.1} | {:>9} | {:>9} |",
+            "| {:<44} | {:>9.1} | {:>9} | {:>9} |",
             format!("context switches per call: {name}"),
+            per_call(to.0, from.0),
+            "",
+            ""
+        );
+        println!(
+            "| {:<44} | {:>9.1} | {:>9} | {:>9} |",
+            format!("CPU µs per call (all threads): {name}"),
+            per_call(to.1, from.1),
             "",
             ""
         );

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config::PluginsConfig;
 use crate::store::{now_ms, Millis};
 
+mod backstop;
 pub mod capabilities;
 pub mod inspect;
 pub mod manifest;

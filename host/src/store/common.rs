@@ -12,7 +12,9 @@ use std::borrow::Cow;
 
 use sqlx::Row;
 
-use super::{Millis, NotificationRecord, Order, StoreError, TaskEnd, TaskRecord, Verdict};
+use super::{
+    Millis, NotificationRecord, Order, RefundRecord, StoreError, TaskEnd, TaskRecord, Verdict,
+};
 
 pub(crate) const ORDER_COLUMNS: &str =
     "out_trade_no, type, provider, account, total_fee, user_id, custom, \
@@ -56,6 +58,19 @@ pub(crate) trait StoreRow {
     fn order(&self) -> Result<Order, StoreError>;
     fn notification(&self) -> Result<NotificationRecord, StoreError>;
     fn task(&self) -> Result<TaskRecord, StoreError>;
+    fn refund(&self) -> Result<RefundRecord, StoreError>;
+}
+
+/// `try_get` by column name on a rusqlite row, so that [`store_row!`] reads it as it
+/// reads sqlx rows.
+trait TryGet {
+    fn try_get<T: rusqlite::types::FromSql>(&self, name: &str) -> rusqlite::Result<T>;
+}
+
+impl TryGet for rusqlite::Row<'_> {
+    fn try_get<T: rusqlite::types::FromSql>(&self, name: &str) -> rusqlite::Result<T> {
+        self.get(name)
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, StoreError> {
@@ -114,6 +129,30 @@ macro_rules! store_row {
                 })
             }
 
+            fn refund(&self) -> Result<RefundRecord, StoreError> {
+                let json = |name: &str| -> Result<Option<serde_json::Value>, StoreError> {
+                    let text: Option<String> = self.try_get(name)?;
+                    text.map(|t| parse_json(name, &t)).transpose()
+                };
+                Ok(RefundRecord {
+                    id: self.try_get("id")?,
+                    out_trade_no: self.try_get("out_trade_no")?,
+                    out_refund_no: self.try_get("out_refund_no")?,
+                    refund_id: self.try_get("refund_id")?,
+                    provider: self.try_get("provider")?,
+                    account: self.try_get("account")?,
+                    amount: self.try_get("amount")?,
+                    refunded_total: self.try_get("refunded_total")?,
+                    refunded_at: self.try_get("refunded_at")?,
+                    notification_id: self.try_get("notification_id")?,
+                    handler_status: self.try_get("handler_status")?,
+                    handler_result: json("handler_result")?,
+                    handler_version: self.try_get("handler_version")?,
+                    original_data: json("original_data")?.unwrap_or(serde_json::Value::Null),
+                    created_at: self.try_get("created_at")?,
+                })
+            }
+
             fn task(&self) -> Result<TaskRecord, StoreError> {
                 let errors: String = self.try_get("errors")?;
                 Ok(TaskRecord {
@@ -136,7 +175,11 @@ macro_rules! store_row {
     )+};
 }
 
-store_row!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+store_row!(
+    sqlx::sqlite::SqliteRow,
+    sqlx::postgres::PgRow,
+    rusqlite::Row<'_>
+);
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -191,17 +234,117 @@ pub(crate) fn task_end_update(
     (status, attempts, run_at, entry)
 }
 
+/// SQL shared by the sqlx statements below and SQLite's synchronous writer
+/// (`store::sqlite_writer`): one text per statement, whichever connection runs it. The
+/// `$n` parameters are bound by number on both (sqlx) and by name (`$1`…) by the writer.
+pub(crate) mod sql {
+    /// `status 0 → 1` for one order, only if still unpaid.
+    pub(crate) const MARK_PAID: &str =
+        "UPDATE orders SET status = 1, transaction_id = $2, pay_date = $3, notify_date = $4, \
+         paid_notification_id = $5, original_data = $6, updated_at = $4 \
+         WHERE out_trade_no = $1 AND status = 0";
+    /// The handler's result on an order.
+    pub(crate) const SET_HANDLER_RESULT: &str =
+        "UPDATE orders SET handler_status = $2, handler_result = $3, handler_version = $4, updated_at = $5 \
+         WHERE out_trade_no = $1";
+    /// Where one notification ended up.
+    pub(crate) const FINISH_NOTIFICATION: &str =
+        "UPDATE notifications SET verdict = $2, reason = $3, \
+         out_trade_no = COALESCE($4, out_trade_no), account = COALESCE($5, account), processed_at = $6 \
+         WHERE id = $1";
+    /// Raw notifications: followed by one `VALUES` row of 7 per notification.
+    pub(crate) const INSERT_NOTIFICATIONS: &str =
+        "INSERT INTO notifications (provider, account, received_at, remote_addr, headers, body, truncated) ";
+    /// A batch's paid orders: this, the `notify_date`/`updated_at` parameter, then
+    /// [`SETTLE_PAID_FROM`] with one `VALUES` row of 7 per order, then [`SETTLE_PAID_WHERE`].
+    pub(crate) const SETTLE_PAID_SET: &str =
+        "UPDATE orders SET status = 1, transaction_id = v.column2, pay_date = v.column3, \
+         paid_notification_id = v.column4, original_data = v.column5, \
+         handler_status = 'succeeded', handler_result = v.column6, handler_version = v.column7, \
+         notify_date = ";
+    /// See [`SETTLE_PAID_SET`].
+    pub(crate) const SETTLE_PAID_WHERE: &str =
+        ") AS v WHERE orders.out_trade_no = v.column1 AND orders.status = 0";
+    /// A batch's verdicts: this, the `processed_at` parameter, ` FROM (`, one `VALUES`
+    /// row of 5 per notification, then [`FINISH_NOTIFICATIONS_WHERE`].
+    pub(crate) const FINISH_NOTIFICATIONS_SET: &str =
+        "UPDATE notifications SET verdict = v.column2, reason = v.column3, \
+         out_trade_no = COALESCE(v.column4, notifications.out_trade_no), \
+         account = COALESCE(v.column5, notifications.account), processed_at = ";
+    /// See [`FINISH_NOTIFICATIONS_SET`].
+    pub(crate) const FINISH_NOTIFICATIONS_WHERE: &str = ") AS v WHERE notifications.id = v.column1";
+    /// `doc_put`'s conflict clause: replace the document.
+    pub(crate) const DOC_REPLACE: &str =
+        "DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at";
+    /// `doc_insert`'s conflict clause: keep the existing document (and report a conflict).
+    pub(crate) const DOC_KEEP: &str = "DO NOTHING";
+    /// Deletes one document.
+    pub(crate) const DOC_DELETE: &str = "DELETE FROM documents WHERE collection = $1 AND id = $2";
+    /// Inserts a task (the outbox).
+    pub(crate) const ENQUEUE_TASK: &str =
+        "INSERT INTO tasks (plugin, name, payload, out_trade_no, provider, account, run_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id";
+
+    use super::{Dialect, ORDER_COLUMNS};
+
+    /// One order, with the dialect's row lock when `lock` is its `FOR_UPDATE`.
+    pub(crate) fn select_order(lock: &str) -> String {
+        format!("SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no = $1{lock}")
+    }
+
+    /// A document's JSON text; `lock` as in [`select_order`].
+    pub(crate) fn select_document<D: Dialect>(lock: &str) -> String {
+        format!(
+            "SELECT {} FROM documents WHERE collection = $1 AND id = $2{lock}",
+            D::DOC_TEXT
+        )
+    }
+
+    /// `INSERT` of a document with `on_conflict` ([`DOC_REPLACE`] or [`DOC_KEEP`]).
+    pub(crate) fn write_document<D: Dialect>(on_conflict: &str) -> String {
+        format!(
+            "INSERT INTO documents (collection, id, data, created_at, updated_at) \
+             VALUES ($1, $2, $3{}, $4, $4) ON CONFLICT (collection, id) {on_conflict}",
+            D::JSON_PARAM
+        )
+    }
+
+    /// Documents of collection `$1` matching `filters` field/value parameter pairs from
+    /// `$2` on, by id, at most the last parameter.
+    pub(crate) fn doc_query<D: Dialect>(filters: usize) -> String {
+        let mut sql = format!(
+            "SELECT id, {} AS data FROM documents WHERE collection = $1",
+            D::DOC_TEXT
+        );
+        for i in 0..filters {
+            sql.push_str(" AND ");
+            sql.push_str(&D::doc_filter(2 + 2 * i));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", 2 + 2 * filters));
+        sql
+    }
+
+    /// `SAVEPOINT`, `RELEASE SAVEPOINT` or `ROLLBACK TO SAVEPOINT` (`verb`) of a checked name.
+    pub(crate) fn savepoint(verb: &str, name: &str) -> Result<String, crate::store::StoreError> {
+        super::check_savepoint(name)?;
+        Ok(format!("{verb} {name}"))
+    }
+}
+
 /// Expands, in the calling backend module, a module `shared` of the statements that are
 /// the same on every backend, for the database type `$db` (which implements
 /// [`Dialect`]). Each function takes an executor (a pool, or `&mut *transaction`).
 macro_rules! shared_statements {
     ($db:ty) => {
         /// The statements this backend shares with the others (see `store::common`).
+        // SQLite runs its transactions on its own writer (`store::sqlite_writer`), so
+        // there the transaction statements are unused.
+        #[allow(dead_code)]
         mod shared {
             use sqlx::{Executor, Row};
 
             use $crate::store::common::{
-                check_savepoint, is_unique_violation, json_has_nul, storable, task_end_update, Dialect, StoreRow,
+                is_unique_violation, json_has_nul, sql, storable, task_end_update, Dialect, StoreRow,
                 NOTIFICATION_COLUMNS, ORDER_COLUMNS, TASK_COLUMNS,
             };
             use $crate::store::{
@@ -266,8 +409,7 @@ macro_rules! shared_statements {
                     // No order number holds NUL (and PostgreSQL cannot even compare it).
                     return Ok(None);
                 }
-                let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no = $1{lock}");
-                let row = sqlx::query(&sql).bind(out_trade_no).fetch_optional(e).await?;
+                let row = sqlx::query(&sql::select_order(lock)).bind(out_trade_no).fetch_optional(e).await?;
                 row.as_ref().map(StoreRow::order).transpose()
             }
 
@@ -309,9 +451,7 @@ macro_rules! shared_statements {
                     .map(|n| serde_json::to_string(&n.headers))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| StoreError::Invalid(format!("headers: {e}")))?;
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO notifications (provider, account, received_at, remote_addr, headers, body, truncated) ",
-                );
+                let mut q = sqlx::QueryBuilder::<$db>::new(sql::INSERT_NOTIFICATIONS);
                 q.push_values(batch.iter().zip(&headers), |mut row, (n, h)| {
                     row.push_bind(storable(&n.provider).into_owned())
                         .push_bind(n.account.as_deref().map(|s| storable(s).into_owned()))
@@ -345,11 +485,7 @@ macro_rules! shared_statements {
                 out_trade_no: Option<&str>,
                 account: Option<&str>,
             ) -> Result<(), StoreError> {
-                sqlx::query(
-                    "UPDATE notifications SET verdict = $2, reason = $3, \
-                     out_trade_no = COALESCE($4, out_trade_no), account = COALESCE($5, account), processed_at = $6 \
-                     WHERE id = $1",
-                )
+                sqlx::query(sql::FINISH_NOTIFICATION)
                 .bind(id)
                 .bind(verdict.as_str())
                 .bind(reason.map(storable))
@@ -480,11 +616,7 @@ macro_rules! shared_statements {
                 id: &str,
                 lock: &str,
             ) -> Result<Option<String>, sqlx::Error> {
-                let sql = format!(
-                    "SELECT {} FROM documents WHERE collection = $1 AND id = $2{lock}",
-                    <$db as Dialect>::DOC_TEXT
-                );
-                sqlx::query_scalar(&sql).bind(collection).bind(id).fetch_optional(e).await
+                sqlx::query_scalar(&sql::select_document::<$db>(lock)).bind(collection).bind(id).fetch_optional(e).await
             }
 
             pub(super) async fn list_tasks<'e, E: Executor<'e, Database = $db>>(
@@ -613,12 +745,7 @@ macro_rules! shared_statements {
                     return Ok(0);
                 }
                 let now = now_ms();
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "UPDATE orders SET status = 1, transaction_id = v.column2, pay_date = v.column3, \
-                     paid_notification_id = v.column4, original_data = v.column5, \
-                     handler_status = 'succeeded', handler_result = v.column6, handler_version = v.column7, \
-                     notify_date = ",
-                );
+                let mut q = sqlx::QueryBuilder::<$db>::new(sql::SETTLE_PAID_SET);
                 q.push_bind(now);
                 q.push(", updated_at = ");
                 q.push_bind(now);
@@ -632,7 +759,7 @@ macro_rules! shared_statements {
                         .push_bind(p.handler_result.as_str())
                         .push_bind(storable(&p.handler_version).into_owned());
                 });
-                q.push(") AS v WHERE orders.out_trade_no = v.column1 AND orders.status = 0");
+                q.push(sql::SETTLE_PAID_WHERE);
                 let done = q.build().execute(&mut *conn).await?;
                 Ok(done.rows_affected())
             }
@@ -645,11 +772,7 @@ macro_rules! shared_statements {
                 if rows.is_empty() {
                     return Ok(());
                 }
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "UPDATE notifications SET verdict = v.column2, reason = v.column3, \
-                     out_trade_no = COALESCE(v.column4, notifications.out_trade_no), \
-                     account = COALESCE(v.column5, notifications.account), processed_at = ",
-                );
+                let mut q = sqlx::QueryBuilder::<$db>::new(sql::FINISH_NOTIFICATIONS_SET);
                 q.push_bind(now_ms());
                 q.push(" FROM (");
                 q.push_values(rows, |mut row, r| {
@@ -659,28 +782,25 @@ macro_rules! shared_statements {
                         .push_bind(r.out_trade_no.map(|s| storable(s).into_owned()))
                         .push_bind(r.account.map(|s| storable(s).into_owned()));
                 });
-                q.push(") AS v WHERE notifications.id = v.column1");
+                q.push(sql::FINISH_NOTIFICATIONS_WHERE);
                 q.build().execute(&mut *conn).await?;
                 Ok(())
             }
 
             pub(super) async fn savepoint(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
-                check_savepoint(name)?;
-                (&mut *conn).execute(format!("SAVEPOINT {name}").as_str()).await?;
+                (&mut *conn).execute(sql::savepoint("SAVEPOINT", name)?.as_str()).await?;
                 Ok(())
             }
 
             pub(super) async fn release(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
-                check_savepoint(name)?;
-                (&mut *conn).execute(format!("RELEASE SAVEPOINT {name}").as_str()).await?;
+                (&mut *conn).execute(sql::savepoint("RELEASE SAVEPOINT", name)?.as_str()).await?;
                 Ok(())
             }
 
             /// Undoes what was done since the savepoint, and releases it.
             pub(super) async fn rollback_to(conn: &mut Conn, name: &str) -> Result<(), StoreError> {
-                check_savepoint(name)?;
-                (&mut *conn).execute(format!("ROLLBACK TO SAVEPOINT {name}").as_str()).await?;
-                (&mut *conn).execute(format!("RELEASE SAVEPOINT {name}").as_str()).await?;
+                (&mut *conn).execute(sql::savepoint("ROLLBACK TO SAVEPOINT", name)?.as_str()).await?;
+                (&mut *conn).execute(sql::savepoint("RELEASE SAVEPOINT", name)?.as_str()).await?;
                 Ok(())
             }
 
@@ -688,11 +808,7 @@ macro_rules! shared_statements {
                 e: E,
                 p: &MarkPaid<'_>,
             ) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "UPDATE orders SET status = 1, transaction_id = $2, pay_date = $3, notify_date = $4, \
-                     paid_notification_id = $5, original_data = $6, updated_at = $4 \
-                     WHERE out_trade_no = $1 AND status = 0",
-                )
+                let done = sqlx::query(sql::MARK_PAID)
                 .bind(p.out_trade_no)
                 .bind(storable(p.transaction_id))
                 .bind(p.pay_date)
@@ -711,10 +827,7 @@ macro_rules! shared_statements {
                 result: &serde_json::Value,
                 handler_version: Option<&str>,
             ) -> Result<(), StoreError> {
-                sqlx::query(
-                    "UPDATE orders SET handler_status = $2, handler_result = $3, handler_version = $4, updated_at = $5 \
-                     WHERE out_trade_no = $1",
-                )
+                sqlx::query(sql::SET_HANDLER_RESULT)
                 .bind(out_trade_no)
                 .bind(handler_status)
                 .bind(result.to_string())
@@ -745,7 +858,7 @@ macro_rules! shared_statements {
                 id: &str,
                 data: &str,
             ) -> Result<(), DocError> {
-                if write_document(e, collection, id, data, "DO NOTHING").await? {
+                if write_document(e, collection, id, data, sql::DOC_KEEP).await? {
                     Ok(())
                 } else {
                     Err(DocError::Conflict(format!("{collection}/{id}")))
@@ -759,8 +872,7 @@ macro_rules! shared_statements {
                 id: &str,
                 data: &str,
             ) -> Result<(), DocError> {
-                let on_conflict = "DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at";
-                write_document(e, collection, id, data, on_conflict).await?;
+                write_document(e, collection, id, data, sql::DOC_REPLACE).await?;
                 Ok(())
             }
 
@@ -774,12 +886,7 @@ macro_rules! shared_statements {
                 on_conflict: &str,
             ) -> Result<bool, DocError> {
                 check_storable(data)?;
-                let sql = format!(
-                    "INSERT INTO documents (collection, id, data, created_at, updated_at) \
-                     VALUES ($1, $2, $3{}, $4, $4) ON CONFLICT (collection, id) {on_conflict}",
-                    <$db as Dialect>::JSON_PARAM
-                );
-                let done = sqlx::query(&sql)
+                let done = sqlx::query(&sql::write_document::<$db>(on_conflict))
                     .bind(collection)
                     .bind(id)
                     .bind(data)
@@ -794,7 +901,7 @@ macro_rules! shared_statements {
                 collection: &str,
                 id: &str,
             ) -> Result<bool, DocError> {
-                let done = sqlx::query("DELETE FROM documents WHERE collection = $1 AND id = $2")
+                let done = sqlx::query(sql::DOC_DELETE)
                     .bind(collection)
                     .bind(id)
                     .execute(e)
@@ -815,16 +922,8 @@ macro_rules! shared_statements {
                     // No stored document can hold that value.
                     return Ok(Vec::new());
                 }
-                let mut sql = format!(
-                    "SELECT id, {} AS data FROM documents WHERE collection = $1",
-                    <$db as Dialect>::DOC_TEXT
-                );
-                for i in 0..filters.len() {
-                    sql.push_str(" AND ");
-                    sql.push_str(&<$db as Dialect>::doc_filter(2 + 2 * i));
-                }
-                sql.push_str(&format!(" ORDER BY id LIMIT ${}", 2 + 2 * filters.len()));
-                let mut q = sqlx::query(&sql).bind(collection);
+                let text = sql::doc_query::<$db>(filters.len());
+                let mut q = sqlx::query(&text).bind(collection);
                 for (field, value) in filters {
                     q = q.bind(<$db as Dialect>::field_param(field)).bind(value.to_string());
                 }
@@ -840,10 +939,7 @@ macro_rules! shared_statements {
                 e: E,
                 t: &NewTask,
             ) -> Result<i64, StoreError> {
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO tasks (plugin, name, payload, out_trade_no, provider, account, run_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
-                )
+                let id: i64 = sqlx::query_scalar(sql::ENQUEUE_TASK)
                 .bind(&t.plugin)
                 .bind(storable(&t.name))
                 .bind(&t.payload)
@@ -864,8 +960,9 @@ pub(crate) use shared_statements;
 
 /// `impl Store for $store`: every method whose statement is shared (from the `shared`
 /// module that [`shared_statements!`] expanded beside it), plus the backend's own
-/// methods given in braces (`begin`, `backend`). Reads outside a transaction go to the
-/// `$reader` pool field, writes to `$writer`.
+/// methods given in braces (`insert_notifications`, `begin`, `backend`). Reads outside a
+/// transaction go to the `$reader` pool field, writes to the connection that the async
+/// method `$writer` hands out.
 macro_rules! impl_store {
     ($store:ty, reader: $reader:ident, writer: $writer:ident, { $($own:tt)* }) => {
         #[async_trait::async_trait]
@@ -874,7 +971,7 @@ macro_rules! impl_store {
                 &self,
                 o: &$crate::store::NewOrder,
             ) -> Result<$crate::store::Order, $crate::store::StoreError> {
-                shared::create_order(&self.$writer, o).await
+                shared::create_order(&mut *self.$writer().await?, o).await
             }
 
             async fn get_order(
@@ -888,18 +985,7 @@ macro_rules! impl_store {
                 &self,
                 n: &$crate::store::NewNotification,
             ) -> Result<i64, $crate::store::StoreError> {
-                shared::insert_notification(&self.$writer, n).await
-            }
-
-            async fn insert_notifications(
-                &self,
-                batch: &[&$crate::store::NewNotification],
-            ) -> Result<Vec<i64>, $crate::store::StoreError> {
-                // One statement, committed on its own (one fsync) for the whole batch: a
-                // single INSERT is atomic without BEGIN/COMMIT, which would only add two
-                // round trips (two thread hand-offs on SQLite) to the loop's serial path.
-                let mut conn = self.$writer.acquire().await?;
-                shared::insert_notifications(&mut *conn, batch).await
+                shared::insert_notification(&mut *self.$writer().await?, n).await
             }
 
             async fn finish_notification(
@@ -910,7 +996,7 @@ macro_rules! impl_store {
                 out_trade_no: Option<&str>,
                 account: Option<&str>,
             ) -> Result<(), $crate::store::StoreError> {
-                shared::finish_notification(&self.$writer, id, verdict, reason, out_trade_no, account).await
+                shared::finish_notification(&mut *self.$writer().await?, id, verdict, reason, out_trade_no, account).await
             }
 
             async fn get_notification(
@@ -939,7 +1025,7 @@ macro_rules! impl_store {
                 created_before: $crate::store::Millis,
                 limit: u32,
             ) -> Result<Vec<String>, $crate::store::StoreError> {
-                shared::close_expired_orders(&self.$writer, created_before, limit).await
+                shared::close_expired_orders(&mut *self.$writer().await?, created_before, limit).await
             }
 
             async fn claim_reconcile(
@@ -949,7 +1035,7 @@ macro_rules! impl_store {
                 until: $crate::store::Millis,
                 limit: u32,
             ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
-                claims::claim(&self.$writer, "reconcile_after", created_before, now, until, limit)
+                claims::claim(&mut *self.$writer().await?, "reconcile_after", created_before, now, until, limit)
                     .await
             }
 
@@ -960,14 +1046,14 @@ macro_rules! impl_store {
                 until: $crate::store::Millis,
                 limit: u32,
             ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
-                claims::claim(&self.$writer, "close_after", created_before, now, until, limit).await
+                claims::claim(&mut *self.$writer().await?, "close_after", created_before, now, until, limit).await
             }
 
             async fn close_order(
                 &self,
                 out_trade_no: &str,
             ) -> Result<bool, $crate::store::StoreError> {
-                claims::close_order(&self.$writer, out_trade_no).await
+                claims::close_order(&mut *self.$writer().await?, out_trade_no).await
             }
 
             async fn failed_unpaid_notifications(
@@ -1015,7 +1101,7 @@ macro_rules! impl_store {
                 lease_until: $crate::store::Millis,
                 limit: u32,
             ) -> Result<Vec<$crate::store::TaskRecord>, $crate::store::StoreError> {
-                shared::claim_tasks(&self.$writer, token, now, lease_until, limit).await
+                shared::claim_tasks(&mut *self.$writer().await?, token, now, lease_until, limit).await
             }
 
             async fn finish_task(
@@ -1024,11 +1110,11 @@ macro_rules! impl_store {
                 token: &str,
                 end: &$crate::store::TaskEnd,
             ) -> Result<bool, $crate::store::StoreError> {
-                shared::finish_task(&self.$writer, id, token, end).await
+                shared::finish_task(&mut *self.$writer().await?, id, token, end).await
             }
 
             async fn retry_task(&self, id: i64) -> Result<bool, $crate::store::StoreError> {
-                shared::retry_task(&self.$writer, id).await
+                shared::retry_task(&mut *self.$writer().await?, id).await
             }
 
             async fn list_refunds(
@@ -1047,7 +1133,7 @@ pub(crate) use impl_store;
 
 /// `impl Tx for $tx` (a struct with a field `tx: sqlx::Transaction<'static, _>`): every
 /// method whose statements are shared, plus the backend's own methods given in braces
-/// (`doc_get_for_update`, `doc_inc`).
+/// (`doc_get_for_update`, `doc_inc`). PostgreSQL's; SQLite's is `sqlite_writer::SqliteTx`.
 macro_rules! impl_tx {
     ($tx:ty, { $($own:tt)* }) => {
         #[async_trait::async_trait]

@@ -85,7 +85,7 @@ pub trait ConsoleStore: Send + Sync {
 }
 
 /// `impl ConsoleStore for $store` over database `$db`: reads from the `$reader` pool
-/// field, writes to `$writer`. Expanded in each backend module.
+/// field, writes to the connection that the async method `$writer` hands out. Expanded in each backend module.
 macro_rules! console_store {
     ($store:ty, $db:ty, reader: $reader:ident, writer: $writer:ident) => {
         #[async_trait::async_trait]
@@ -102,7 +102,7 @@ macro_rules! console_store {
                 .bind(&s.csrf_token)
                 .bind(s.created_at)
                 .bind(s.expires_at)
-                .execute(&self.$writer)
+                .execute(&mut *self.$writer().await?)
                 .await?;
                 Ok(())
             }
@@ -142,7 +142,7 @@ macro_rules! console_store {
             ) -> Result<bool, $crate::store::StoreError> {
                 let done = sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
                     .bind(id_hash)
-                    .execute(&self.$writer)
+                    .execute(&mut *self.$writer().await?)
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -153,7 +153,7 @@ macro_rules! console_store {
             ) -> Result<u64, $crate::store::StoreError> {
                 let done = sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
                     .bind(now)
-                    .execute(&self.$writer)
+                    .execute(&mut *self.$writer().await?)
                     .await?;
                 Ok(done.rows_affected())
             }

@@ -14,6 +14,7 @@ pub mod console;
 pub mod postgres;
 pub mod refunds;
 pub mod sqlite;
+mod sqlite_writer;
 
 pub use refunds::{NewRefund, RefundRecord};
 
@@ -65,6 +66,9 @@ pub enum StoreError {
     /// The database said no (connection, constraint, syntax...).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// SQLite said no, on the writer connection (see `sqlite_writer`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Schema migration failed at start-up.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -90,8 +94,15 @@ impl StoreError {
     /// simply run again: a deadlock or serialization failure (PostgreSQL), a busy or
     /// locked database (SQLite).
     pub fn is_transient(&self) -> bool {
-        if matches!(self, StoreError::Transient(_)) {
-            return true;
+        match self {
+            StoreError::Transient(_) => return true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                return matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                );
+            }
+            _ => {}
         }
         let StoreError::Database(sqlx::Error::Database(e)) = self else {
             return false;
@@ -492,6 +503,12 @@ pub enum DocError {
 impl From<sqlx::Error> for DocError {
     fn from(e: sqlx::Error) -> Self {
         DocError::Store(StoreError::Database(e))
+    }
+}
+
+impl From<rusqlite::Error> for DocError {
+    fn from(e: rusqlite::Error) -> Self {
+        DocError::Store(StoreError::Sqlite(e))
     }
 }
 

@@ -60,6 +60,12 @@ impl PgStore {
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
+
+    /// A connection for one write outside a transaction (PostgreSQL has row locks, so
+    /// writers need no lock of ours).
+    async fn write(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
 }
 
 /// Takes the `schema=NAME` parameter out of a PostgreSQL URL (sqlx would refuse it) and
@@ -159,9 +165,18 @@ impl Dialect for Postgres {
 common::shared_statements!(sqlx::Postgres);
 super::claims::claim_statements!(sqlx::Postgres);
 super::refunds::refund_statements!(sqlx::Postgres);
-super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: pool);
+super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: write);
 
-common::impl_store!(PgStore, reader: pool, writer: pool, {
+common::impl_store!(PgStore, reader: pool, writer: write, {
+    async fn insert_notifications(
+        &self,
+        batch: &[&NewNotification],
+    ) -> Result<Vec<i64>, StoreError> {
+        // One statement, committed on its own (one commit) for the whole batch: a single
+        // INSERT is atomic without BEGIN/COMMIT, which would only add two round trips.
+        shared::insert_notifications(&mut *self.write().await?, batch).await
+    }
+
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         // Dropping a `Transaction` unfinished makes sqlx roll it back before the
         // connection is used again: no half-open transaction goes back to the pool.

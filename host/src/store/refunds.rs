@@ -77,59 +77,50 @@ pub(crate) const REFUND_COLUMNS: &str =
 
 /// Expands, in the calling backend module, a module `refund_sql` with the refund
 /// statements for the database type `$db`.
+/// Records a refund unless its number exists for the order (then no row changes).
+pub(crate) const INSERT_REFUND: &str =
+    "INSERT INTO refunds (out_trade_no, out_refund_no, refund_id, provider, account, amount, \
+     refunded_total, refunded_at, notification_id, handler_status, original_data, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) \
+     ON CONFLICT (out_trade_no, out_refund_no) DO NOTHING";
+/// Adds a refund to its order, only if the order is as the caller saw it.
+pub(crate) const ADD_TO_ORDER: &str =
+    "UPDATE orders SET refund_fee = refund_fee + $2, status = $3, updated_at = $4 \
+     WHERE out_trade_no = $1 AND refund_fee = $5 AND status IN (1, 2) \
+       AND refund_fee + $2 <= total_fee";
+/// The refund handler's result on a refund.
+pub(crate) const SET_REFUND_HANDLER_RESULT: &str =
+    "UPDATE refunds SET handler_status = $3, handler_result = $4, handler_version = $5 \
+     WHERE out_trade_no = $1 AND out_refund_no = $2";
+
+/// One refund of an order by its merchant refund number.
+pub(crate) fn select_refund() -> String {
+    format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE out_trade_no = $1 AND out_refund_no = $2")
+}
+
 macro_rules! refund_statements {
     ($db:ty) => {
         /// Refund statements (see `store::refunds`).
+        // SQLite applies refunds on its own writer (`store::sqlite_writer`).
+        #[allow(dead_code)]
         mod refund_sql {
-            use sqlx::{Executor, Row};
+            use sqlx::Executor;
 
-            use $crate::store::common::storable;
-            use $crate::store::refunds::{NewRefund, RefundRecord, REFUND_COLUMNS};
+            use $crate::store::common::{storable, StoreRow};
+            use $crate::store::refunds::{self, NewRefund, RefundRecord, REFUND_COLUMNS};
             use $crate::store::{now_ms, StoreError};
 
-            fn json(name: &str, text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
-                text.map(|t| {
-                    serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("refund {name}: {e}")))
-                })
-                .transpose()
-            }
-
-            fn record(row: &<$db as sqlx::Database>::Row) -> Result<RefundRecord, StoreError> {
-                Ok(RefundRecord {
-                    id: row.try_get("id")?,
-                    out_trade_no: row.try_get("out_trade_no")?,
-                    out_refund_no: row.try_get("out_refund_no")?,
-                    refund_id: row.try_get("refund_id")?,
-                    provider: row.try_get("provider")?,
-                    account: row.try_get("account")?,
-                    amount: row.try_get("amount")?,
-                    refunded_total: row.try_get("refunded_total")?,
-                    refunded_at: row.try_get("refunded_at")?,
-                    notification_id: row.try_get("notification_id")?,
-                    handler_status: row.try_get("handler_status")?,
-                    handler_result: json("handler_result", row.try_get("handler_result")?)?,
-                    handler_version: row.try_get("handler_version")?,
-                    original_data: json("original_data", row.try_get("original_data")?)?
-                        .unwrap_or(serde_json::Value::Null),
-                    created_at: row.try_get("created_at")?,
-                })
-            }
-
-            /// The applied refund `out_refund_no` of the order, if any.
             pub(super) async fn get_refund<'e, E: Executor<'e, Database = $db>>(
                 e: E,
                 out_trade_no: &str,
                 out_refund_no: &str,
             ) -> Result<Option<RefundRecord>, StoreError> {
-                let sql = format!(
-                    "SELECT {REFUND_COLUMNS} FROM refunds WHERE out_trade_no = $1 AND out_refund_no = $2"
-                );
-                let row = sqlx::query(&sql)
+                let row = sqlx::query(&refunds::select_refund())
                     .bind(storable(out_trade_no))
                     .bind(storable(out_refund_no))
                     .fetch_optional(e)
                     .await?;
-                row.as_ref().map(record).transpose()
+                row.as_ref().map(StoreRow::refund).transpose()
             }
 
             /// The order's applied refunds, oldest first.
@@ -140,8 +131,11 @@ macro_rules! refund_statements {
                 let sql = format!(
                     "SELECT {REFUND_COLUMNS} FROM refunds WHERE out_trade_no = $1 ORDER BY id"
                 );
-                let rows = sqlx::query(&sql).bind(storable(out_trade_no)).fetch_all(e).await?;
-                rows.iter().map(record).collect()
+                let rows = sqlx::query(&sql)
+                    .bind(storable(out_trade_no))
+                    .fetch_all(e)
+                    .await?;
+                rows.iter().map(StoreRow::refund).collect()
             }
 
             /// Inserts the refund row unless one with its number exists; true if inserted.
@@ -149,25 +143,20 @@ macro_rules! refund_statements {
                 e: E,
                 r: &NewRefund<'_>,
             ) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "INSERT INTO refunds (out_trade_no, out_refund_no, refund_id, provider, account, amount, \
-                     refunded_total, refunded_at, notification_id, handler_status, original_data, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) \
-                     ON CONFLICT (out_trade_no, out_refund_no) DO NOTHING",
-                )
-                .bind(storable(r.out_trade_no))
-                .bind(storable(r.out_refund_no))
-                .bind(storable(r.refund_id))
-                .bind(r.provider)
-                .bind(r.account)
-                .bind(r.amount)
-                .bind(r.refunded_before + r.amount)
-                .bind(r.refunded_at)
-                .bind(r.notification_id)
-                .bind(r.original_data.to_string())
-                .bind(now_ms())
-                .execute(e)
-                .await?;
+                let done = sqlx::query(refunds::INSERT_REFUND)
+                    .bind(storable(r.out_trade_no))
+                    .bind(storable(r.out_refund_no))
+                    .bind(storable(r.refund_id))
+                    .bind(r.provider)
+                    .bind(r.account)
+                    .bind(r.amount)
+                    .bind(r.refunded_before + r.amount)
+                    .bind(r.refunded_at)
+                    .bind(r.notification_id)
+                    .bind(r.original_data.to_string())
+                    .bind(now_ms())
+                    .execute(e)
+                    .await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -177,18 +166,14 @@ macro_rules! refund_statements {
                 e: E,
                 r: &NewRefund<'_>,
             ) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "UPDATE orders SET refund_fee = refund_fee + $2, status = $3, updated_at = $4 \
-                     WHERE out_trade_no = $1 AND refund_fee = $5 AND status IN (1, 2) \
-                       AND refund_fee + $2 <= total_fee",
-                )
-                .bind(r.out_trade_no)
-                .bind(r.amount)
-                .bind(r.new_status)
-                .bind(now_ms())
-                .bind(r.refunded_before)
-                .execute(e)
-                .await?;
+                let done = sqlx::query(refunds::ADD_TO_ORDER)
+                    .bind(r.out_trade_no)
+                    .bind(r.amount)
+                    .bind(r.new_status)
+                    .bind(now_ms())
+                    .bind(r.refunded_before)
+                    .execute(e)
+                    .await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -201,17 +186,14 @@ macro_rules! refund_statements {
                 result: &serde_json::Value,
                 handler_version: Option<&str>,
             ) -> Result<(), StoreError> {
-                sqlx::query(
-                    "UPDATE refunds SET handler_status = $3, handler_result = $4, handler_version = $5 \
-                     WHERE out_trade_no = $1 AND out_refund_no = $2",
-                )
-                .bind(storable(out_trade_no))
-                .bind(storable(out_refund_no))
-                .bind(handler_status)
-                .bind(result.to_string())
-                .bind(handler_version.map(storable))
-                .execute(e)
-                .await?;
+                sqlx::query(refunds::SET_REFUND_HANDLER_RESULT)
+                    .bind(storable(out_trade_no))
+                    .bind(storable(out_refund_no))
+                    .bind(handler_status)
+                    .bind(result.to_string())
+                    .bind(handler_version.map(storable))
+                    .execute(e)
+                    .await?;
                 Ok(())
             }
         }

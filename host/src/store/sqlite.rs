@@ -1,25 +1,51 @@
 //! The embedded SQLite backend (the default).
 //!
-//! One writer connection: SQLite allows one writer at a time anyway, and giving every
-//! write transaction the same connection with `BEGIN IMMEDIATE` means a transaction
-//! never fails half-way with `SQLITE_BUSY` when it upgrades from reading to writing.
-//! Reads that are not part of a payment use a separate pool and see the last commit
-//! (WAL).
+//! One writer at a time: SQLite allows one anyway, and a write transaction that starts
+//! with `BEGIN IMMEDIATE` never fails half-way with `SQLITE_BUSY` when it upgrades from
+//! reading to writing. Payment transactions and raw-notification inserts run on the
+//! synchronous writer of [`super::sqlite_writer`]; the store's other writes go through a
+//! one-connection sqlx pool after taking that writer's lock. Reads that are not part of
+//! a payment use a separate pool and see the last commit (WAL).
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::common::{self, Dialect};
+use super::sqlite_writer::{Held, Writer};
 use super::*;
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
 
 /// SQLite behind the [`Store`] trait.
 pub struct SqliteStore {
+    /// The transactions' (and raw inserts') connection; its lock orders every write.
+    tx_writer: Writer,
+    /// The other writes' connection, used only while holding `tx_writer`'s lock.
     writer: SqlitePool,
     reader: SqlitePool,
+}
+
+/// A write connection of the sqlx pool, held together with the writer's lock.
+pub(super) struct WriteConn {
+    // Declared first so it is dropped first, while the lock is still held.
+    conn: PoolConnection<Sqlite>,
+    _held: Held,
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
 }
 
 impl SqliteStore {
@@ -32,9 +58,17 @@ impl SqliteStore {
                 Sync::Full => SqliteSynchronous::Full,
                 Sync::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        if let Some(parent) = options.get_filename().parent() {
+        let path = options.get_filename().to_path_buf();
+        if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+            return Err(StoreError::Invalid(format!(
+                "database.url `{}`: SQLite needs a file (the writer and the readers open it \
+                 separately), e.g. sqlite://data/paynotify.db",
+                config.url
+            )));
+        }
+        if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| {
                     StoreError::Invalid(format!(
@@ -59,9 +93,24 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let tx_writer = Writer::open(&path, config.sqlite_synchronous, BUSY_TIMEOUT)?;
+        Ok(Self {
+            tx_writer,
+            writer,
+            reader,
+        })
+    }
+
+    /// The sqlx write connection, once no transaction or other write has the writer.
+    async fn write(&self) -> Result<WriteConn, StoreError> {
+        let held = self.tx_writer.lock().await;
+        let conn = self.writer.acquire().await?;
+        Ok(WriteConn { conn, _held: held })
     }
 }
+
+/// How long a write waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Dialect for Sqlite {
     const DOC_TEXT: &'static str = "data";
@@ -84,19 +133,25 @@ impl Dialect for Sqlite {
 }
 
 /// SQLite JSON path of a top-level field (names are checked to be plain before this).
-fn json_path(field: &str) -> String {
+pub(super) fn json_path(field: &str) -> String {
     format!("$.\"{field}\"")
 }
 
 common::shared_statements!(sqlx::Sqlite);
 super::claims::claim_statements!(sqlx::Sqlite);
 super::refunds::refund_statements!(sqlx::Sqlite);
-super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: writer);
+super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
 
-common::impl_store!(SqliteStore, reader: reader, writer: writer, {
+common::impl_store!(SqliteStore, reader: reader, writer: write, {
+    async fn insert_notifications(
+        &self,
+        batch: &[&NewNotification],
+    ) -> Result<Vec<i64>, StoreError> {
+        self.tx_writer.insert_notifications(batch).await
+    }
+
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(self.tx_writer.begin().await?))
     }
 
     fn backend(&self) -> &'static str {
@@ -104,49 +159,15 @@ common::impl_store!(SqliteStore, reader: reader, writer: writer, {
     }
 });
 
-/// An open SQLite write transaction.
-struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
-}
-
-common::impl_tx!(SqliteTx, {
-    async fn doc_get_for_update(
-        &mut self,
-        collection: &str,
-        id: &str,
-    ) -> Result<Option<String>, DocError> {
-        // BEGIN IMMEDIATE already holds the database write lock.
-        self.doc_get(collection, id).await
-    }
-
-    async fn doc_inc(
-        &mut self,
-        collection: &str,
-        id: &str,
-        field: &str,
-        delta: i64,
-    ) -> Result<i64, DocError> {
-        // One statement: create the document with the field, or add to an integer field.
-        // The WHERE on DO UPDATE refuses non-integers, and a sum past 64 bits (SQLite
-        // would make it a float); then no row comes back.
-        let value: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO documents (collection, id, data, created_at, updated_at) \
-             VALUES (?1, ?2, json_object(?3, ?4), ?6, ?6) \
-             ON CONFLICT (collection, id) DO UPDATE SET \
-               data = json_set(documents.data, ?5, COALESCE(json_extract(documents.data, ?5), 0) + ?4), \
-               updated_at = ?6 \
-             WHERE (json_type(documents.data, ?5) IS NULL OR json_type(documents.data, ?5) = 'integer') \
-               AND typeof(COALESCE(json_extract(documents.data, ?5), 0) + ?4) = 'integer' \
-             RETURNING json_extract(data, ?5)",
-        )
-        .bind(collection)
-        .bind(id)
-        .bind(field)
-        .bind(delta)
-        .bind(json_path(field))
-        .bind(now_ms())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        value.ok_or_else(|| DocError::NotANumber(field.to_owned()))
-    }
-});
+/// `doc_inc` in one statement: create the document with the field, or add to an integer
+/// field. The WHERE on DO UPDATE refuses non-integers, and a sum past 64 bits (SQLite
+/// would make it a float); then no row comes back. `$5` is the field's JSON path.
+pub(super) const DOC_INC: &str =
+    "INSERT INTO documents (collection, id, data, created_at, updated_at) \
+     VALUES ($1, $2, json_object($3, $4), $6, $6) \
+     ON CONFLICT (collection, id) DO UPDATE SET \
+       data = json_set(documents.data, $5, COALESCE(json_extract(documents.data, $5), 0) + $4), \
+       updated_at = $6 \
+     WHERE (json_type(documents.data, $5) IS NULL OR json_type(documents.data, $5) = 'integer') \
+       AND typeof(COALESCE(json_extract(documents.data, $5), 0) + $4) = 'integer' \
+     RETURNING json_extract(data, $5)";
