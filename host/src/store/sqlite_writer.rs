@@ -202,27 +202,29 @@ fn values(rows: usize, width: usize, first: usize) -> String {
     out
 }
 
-/// Binds `value` to parameter `$i+1` (found by name: the shared SQL numbers its
-/// parameters, and SQLite numbers `$n` names by first appearance) and advances `i`.
+/// Binds `value` to the next parameter of a statement built here, whose `$n` appear in
+/// increasing order (SQLite numbers `$n` names by first appearance, so `$n` is index n):
+/// by position, because a batch statement has hundreds of parameters and looking each
+/// name up is a scan of all of them.
 fn bind_next<T: ToSql>(stmt: &mut Statement<'_>, i: &mut usize, value: T) -> rusqlite::Result<()> {
     *i += 1;
-    let name = format!("${i}");
-    let index = stmt
-        .parameter_index(&name)?
-        .ok_or(rusqlite::Error::InvalidParameterName(name))?;
-    stmt.raw_bind_parameter(index, value)
+    stmt.raw_bind_parameter(*i, value)
 }
 
-/// Prepares (cached) `text` and binds `args` to `$1`, `$2`, ….
+/// Prepares (cached) `text` and binds `args` to `$1`, `$2`, … by name: the shared SQL
+/// may use them out of order or more than once.
 fn prepare<'c>(
     conn: &'c Connection,
     text: &str,
     args: &[&dyn ToSql],
 ) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
     let mut stmt = conn.prepare_cached(text)?;
-    let mut i = 0;
-    for a in args {
-        bind_next(&mut stmt, &mut i, a)?;
+    for (i, a) in args.iter().enumerate() {
+        let name = format!("${}", i + 1);
+        let index = stmt
+            .parameter_index(&name)?
+            .ok_or(rusqlite::Error::InvalidParameterName(name))?;
+        stmt.raw_bind_parameter(index, a)?;
     }
     Ok(stmt)
 }
