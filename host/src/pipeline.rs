@@ -649,7 +649,7 @@ impl Settler {
     ///   left open when it succeeds — a `RELEASE` would only cost a round trip before the
     ///   commit); without, a failing handler aborts the attempt;
     /// - one statement marks every paid order with its handler's result, one records
-    ///   every verdict, then the single commit.
+    ///   every verdict (one statement for both on PostgreSQL), then the single commit.
     async fn try_batch(
         &self,
         store: &dyn Store,
@@ -723,16 +723,6 @@ impl Settler {
                 StoreError::Invalid("a notification of the batch was skipped".into()).into(),
             );
         }
-        let marked = tx.settle_paid(&paid).await?;
-        if marked != paid.len() as u64 {
-            // The rows are locked (or the database is), so this cannot happen; if it
-            // ever does, nothing is committed and each notification is tried alone.
-            return Err(StoreError::Invalid(format!(
-                "marked {marked} of {} orders paid",
-                paid.len()
-            ))
-            .into());
-        }
         let verdicts: Vec<NotificationVerdict<'_>> = jobs
             .iter()
             .zip(&results)
@@ -744,8 +734,17 @@ impl Settler {
                 account: Some(job.notice.account.as_str()),
             })
             .collect();
-        tx.finish_notifications(&verdicts).await?;
+        let marked = tx.settle(&paid, &verdicts).await?;
         drop(verdicts);
+        if marked != paid.len() as u64 {
+            // The rows are locked (or the database is), so this cannot happen; if it
+            // ever does, nothing is committed and each notification is tried alone.
+            return Err(StoreError::Invalid(format!(
+                "marked {marked} of {} orders paid",
+                paid.len()
+            ))
+            .into());
+        }
         tx.commit().await?;
         Ok(results)
     }

@@ -672,6 +672,33 @@ impl Spent {
     }
 }
 
+/// CPU time of every `postgres` process on this machine (the server's backends, WAL
+/// writer, checkpointer...), or `None` off Linux. The database shares the two cores with
+/// the host, so its CPU per notification is as much a cost of the design as the host's.
+fn postgres_cpu() -> Option<Duration> {
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let is_pg =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres");
+        let Some(stat) = is_pg
+            .then(|| std::fs::read_to_string(path.join("stat")).ok())
+            .flatten()
+        else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Resets `pid`'s peak RSS to its current RSS (Linux `clear_refs` 5), so each phase's
 /// `VmHWM` is its own peak; `false` if the kernel refused.
 fn reset_peak_rss(pid: u32) -> bool {
@@ -693,6 +720,8 @@ struct Row {
     rss_peak_mb: Option<f64>,
     /// Server CPU µs and context switches per notification during the phase.
     spent: Option<(f64, f64)>,
+    /// PostgreSQL's CPU µs per notification during the phase (PostgreSQL rows only).
+    db_cpu: Option<f64>,
 }
 
 /// The server's config beyond the support code's (which has the WeChat v2 account): a v3
@@ -947,6 +976,7 @@ async fn run_server(
         let peak_resets = reset_peak_rss(pid);
         let conns = open_connections(host.addr, settings.connections).await;
         let before = Spent::of(pid);
+        let db_before = postgres_cpu().filter(|_| backend == Backend::Postgres);
         let outcome = match batch.load {
             Load::Saturation => saturate(provider, conns, batch.notes.clone()).await,
             Load::Rate => offer(provider, conns, batch.notes.clone(), settings.rate).await,
@@ -954,6 +984,9 @@ async fn run_server(
         let spent = before
             .zip(Spent::of(pid))
             .map(|(b, a)| b.per(a, batch.notes.len()));
+        let db_cpu = db_before.zip(postgres_cpu()).map(|(b, a)| {
+            a.saturating_sub(b).as_secs_f64() * 1e6 / batch.notes.len().max(1) as f64
+        });
         // Peak over this phase (over the server's life if the kernel refused the reset).
         let rss_peak_mb = proc_status_mb(pid, "VmHWM").filter(|_| peak_resets || rows.is_empty());
         if !host.running() {
@@ -1007,6 +1040,7 @@ async fn run_server(
             rss_rest_mb,
             rss_peak_mb,
             spent,
+            db_cpu,
         };
         eprintln!(
             "throughput bench: {name} {:?}: {n} in {:.2} s, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
@@ -1063,14 +1097,15 @@ fn print_table(settings: &Settings, rows: &[Row]) {
          10 plugins loaded); saturation = closed loop on {} keep-alive connections; \
          1,000 rps = open loop, latency from the scheduled send time. RSS = at rest after \
          start / peak during the phase. CPU and switches = the server process's CPU time and \
-         context switches (all threads) per notification during the phase.",
+         context switches (all threads) per notification during the phase; DB CPU = every \
+         `postgres` process's CPU time per notification (PostgreSQL rows).",
         settings.connections
     );
     println!();
     println!(
-        "| backend | provider | load | N | notif/s | p50 ms | p99 ms | errors | exact | RSS MB | CPU µs | switches |"
+        "| backend | provider | load | N | notif/s | p50 ms | p99 ms | errors | exact | RSS MB | CPU µs | switches | DB CPU µs |"
     );
-    println!("|---|---|---|--:|--:|--:|--:|--:|---|--:|--:|--:|");
+    println!("|---|---|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|");
     let mb = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.0}"));
     for backend in [Backend::Sqlite, Backend::Postgres] {
         for provider in Provider::ALL {
@@ -1086,7 +1121,7 @@ fn print_table(settings: &Settings, rows: &[Row]) {
                     Load::Rate => format!("{} rps", thousands(settings.rate)),
                 };
                 println!(
-                    "| {} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} / {} | {} | {} |",
+                    "| {} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} / {} | {} | {} | {} |",
                     r.backend.name(),
                     r.provider.label(),
                     r.n,
@@ -1099,6 +1134,7 @@ fn print_table(settings: &Settings, rows: &[Row]) {
                     mb(r.rss_peak_mb),
                     r.spent.map_or("?".to_owned(), |(cpu, _)| format!("{cpu:.0}")),
                     r.spent.map_or("?".to_owned(), |(_, sw)| format!("{sw:.1}")),
+                    r.db_cpu.map_or("–".to_owned(), |c| format!("{c:.0}")),
                 );
             }
         }

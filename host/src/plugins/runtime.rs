@@ -245,6 +245,12 @@ impl Runtime {
             .async_stack_keep_resident(256 * 1024);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
+            // Handlers are called one export at a time (`call_async`), never with the
+            // component model's concurrent API. Without it a store skips setting up the
+            // concurrent task state, and dropping one no longer resumes a parked worker
+            // fiber to unwind it (which built an error, with a backtrace when
+            // RUST_BACKTRACE is set: ~10 % of a call's CPU).
+            .concurrency_support(false)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(|e| LoadError::Compile(format!("engine: {e}")))?;

@@ -744,8 +744,16 @@ macro_rules! shared_statements {
                 if paid.is_empty() {
                     return Ok(0);
                 }
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                push_settle_paid(&mut q, paid);
+                let done = q.build().execute(&mut *conn).await?;
+                Ok(done.rows_affected())
+            }
+
+            /// Appends [`settle_paid`]'s statement to `q`.
+            pub(super) fn push_settle_paid<'a>(q: &mut sqlx::QueryBuilder<'a, $db>, paid: &'a [PaidOrder]) {
                 let now = now_ms();
-                let mut q = sqlx::QueryBuilder::<$db>::new(sql::SETTLE_PAID_SET);
+                q.push(sql::SETTLE_PAID_SET);
                 q.push_bind(now);
                 q.push(", updated_at = ");
                 q.push_bind(now);
@@ -760,8 +768,6 @@ macro_rules! shared_statements {
                         .push_bind(storable(&p.handler_version).into_owned());
                 });
                 q.push(sql::SETTLE_PAID_WHERE);
-                let done = q.build().execute(&mut *conn).await?;
-                Ok(done.rows_affected())
             }
 
             /// One `UPDATE … FROM (VALUES …)` recording every verdict of a batch.
@@ -772,7 +778,18 @@ macro_rules! shared_statements {
                 if rows.is_empty() {
                     return Ok(());
                 }
-                let mut q = sqlx::QueryBuilder::<$db>::new(sql::FINISH_NOTIFICATIONS_SET);
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                push_finish_notifications(&mut q, rows);
+                q.build().execute(&mut *conn).await?;
+                Ok(())
+            }
+
+            /// Appends [`finish_notifications`]'s statement to `q`.
+            pub(super) fn push_finish_notifications<'a>(
+                q: &mut sqlx::QueryBuilder<'a, $db>,
+                rows: &'a [$crate::store::NotificationVerdict<'_>],
+            ) {
+                q.push(sql::FINISH_NOTIFICATIONS_SET);
                 q.push_bind(now_ms());
                 q.push(" FROM (");
                 q.push_values(rows, |mut row, r| {
@@ -783,8 +800,6 @@ macro_rules! shared_statements {
                         .push_bind(r.account.map(|s| storable(s).into_owned()));
                 });
                 q.push(sql::FINISH_NOTIFICATIONS_WHERE);
-                q.build().execute(&mut *conn).await?;
-                Ok(())
             }
 
             pub(super) async fn savepoint(conn: &mut Conn, name: &str) -> Result<(), StoreError> {

@@ -649,6 +649,17 @@ pub trait Tx: Send {
         &mut self,
         rows: &[NotificationVerdict<'_>],
     ) -> Result<(), StoreError>;
+    /// [`Tx::settle_paid`] then [`Tx::finish_notifications`]: the end of a batch. A
+    /// backend where a statement is a round trip to a server does both in one.
+    async fn settle(
+        &mut self,
+        paid: &[PaidOrder],
+        rows: &[NotificationVerdict<'_>],
+    ) -> Result<u64, StoreError> {
+        let marked = self.settle_paid(paid).await?;
+        self.finish_notifications(rows).await?;
+        Ok(marked)
+    }
     /// Records the handler's result, and which build produced it, on the order.
     async fn set_handler_result(
         &mut self,

@@ -199,6 +199,27 @@ struct PgTx {
 const LOCK_ATTEMPTS: usize = 3;
 
 common::impl_tx!(PgTx, {
+    /// Both statements as one (two data-modifying CTEs): a round trip less per batch,
+    /// on the serial path of every settle loop.
+    async fn settle(
+        &mut self,
+        paid: &[PaidOrder],
+        rows: &[NotificationVerdict<'_>],
+    ) -> Result<u64, StoreError> {
+        if paid.is_empty() || rows.is_empty() {
+            let marked = shared::settle_paid(&mut self.tx, paid).await?;
+            shared::finish_notifications(&mut self.tx, rows).await?;
+            return Ok(marked);
+        }
+        let mut q = sqlx::QueryBuilder::<Postgres>::new("WITH paid AS (");
+        shared::push_settle_paid(&mut q, paid);
+        q.push(" RETURNING 1), done AS (");
+        shared::push_finish_notifications(&mut q, rows);
+        q.push(") SELECT count(*) FROM paid");
+        let marked: i64 = q.build_query_scalar().fetch_one(&mut *self.tx).await?;
+        Ok(u64::try_from(marked).unwrap_or_default())
+    }
+
     /// Locks the document for a read-modify-write (`set` with merge) until the
     /// transaction ends.
     ///
