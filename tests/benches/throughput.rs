@@ -630,13 +630,7 @@ struct Spent {
 impl Spent {
     /// `None` off Linux or once the process is gone.
     fn of(pid: u32) -> Option<Spent> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the `(comm)`, which may itself contain spaces: state is the 1st,
-        // utime the 12th, stime the 13th.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let ticks = cpu_ticks(Path::new(&format!("/proc/{pid}")))?;
         let mut switches = 0;
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))
             .ok()?
@@ -672,30 +666,30 @@ impl Spent {
     }
 }
 
+/// User + system CPU time of the process at `/proc/{pid}`, in the kernel's fixed 100 Hz
+/// `USER_HZ` ticks.
+fn cpu_ticks(proc_dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    // Fields after the `(comm)`, which may itself contain spaces: state is the 1st, utime
+    // the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 /// CPU time of every `postgres` process on this machine (the server's backends, WAL
 /// writer, checkpointer...), or `None` off Linux. The database shares the two cores with
 /// the host, so its CPU per notification is as much a cost of the design as the host's.
 fn postgres_cpu() -> Option<Duration> {
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let path = entry.path();
-        let is_pg =
-            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres");
-        let Some(stat) = is_pg
-            .then(|| std::fs::read_to_string(path.join("stat")).ok())
-            .flatten()
-        else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
+    let ticks: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| {
+            std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|dir| cpu_ticks(&dir))
+        .sum();
     Some(Duration::from_millis(ticks * 10))
 }
 
