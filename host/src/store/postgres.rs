@@ -211,6 +211,8 @@ common::impl_tx!(PgTx, {
         rows: &[NotificationVerdict<'_>],
     ) -> Result<u64, StoreError> {
         if paid.is_empty() || rows.is_empty() {
+            // An empty `VALUES` list is not SQL; each of these skips its statement when
+            // its list is empty (a batch with no payment still records its verdicts).
             let marked = shared::settle_paid(&mut self.tx, paid).await?;
             shared::finish_notifications(&mut self.tx, rows).await?;
             return Ok(marked);
