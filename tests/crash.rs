@@ -10,9 +10,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use futures::future::join_all;
+
 use paynotify::store::{status, NotificationFilter, Store, Verdict};
 use paynotify_tests::process::{all_notifications, connect_store, HostProcess};
-use paynotify_tests::{fresh_database_url, install_plugin, v2_return_code, wait_until, wechat_v2};
+use paynotify_tests::{
+    fresh_database_url, fresh_postgres_url, install_plugin, postgres_only_test_deferred,
+    v2_return_code, wait_until, wechat_v2,
+};
 use serde_json::{json, Value};
 
 /// Tasks polled often, and a lease short enough that a task claimed by the killed host
@@ -453,4 +458,159 @@ async fn killed_during_a_slow_handler_the_notification_is_received_and_replayabl
     never_paid_twice(&*store, &others).await;
     let sum: i64 = others.iter().map(|o| o.fee).sum();
     assert_eq!(balance(&*store, "slow-v").await, sum);
+}
+
+/// Ends every PostgreSQL session named `app` (other tests share the database, so only
+/// this host's) and waits until they are gone; returns how many there were.
+async fn terminate_sessions(admin: &sqlx::PgPool, app: &str) -> i64 {
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = $1",
+    )
+    .bind(app)
+    .fetch_one(admin)
+    .await
+    .expect("terminate sessions");
+    wait_until(10, "the terminated sessions to end", || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(app)
+                .fetch_one(admin)
+                .await
+                .expect("count sessions");
+        (left == 0).then_some(())
+    })
+    .await;
+    ended
+}
+
+/// PostgreSQL drops every connection of the host (a restart, a failover, an
+/// administrator) — the connections it keeps open between notifications included. What
+/// it then answers is true: a success was paid once; a failure changed nothing and the
+/// provider's resend pays it. Connections that sat idle before the loss are replaced
+/// without failing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_drops_the_hosts_connections_answers_stay_true_and_idle_ones_are_replaced() {
+    if postgres_only_test_deferred("crash: postgres connections dropped") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = format!("pn_drop_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let url = fresh_postgres_url();
+    let host = HostProcess::start(
+        "connections host",
+        dir.path(),
+        &format!("{url}&application_name={app}"),
+        &[("recharge", "recharge", None)],
+        CONFIG,
+    )
+    .await;
+    let store = connect_store(&url).await;
+    let admin_url = std::env::var("PAYNOTIFY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .expect("admin connection");
+    const ROUND: usize = 8;
+    let orders: Vec<Sent> = (0..3 * ROUND + 1)
+        .map(|i| Sent {
+            out_trade_no: format!("PGD{i:03}"),
+            user: format!("drop-u{}", i % 3),
+            fee: 100 + i as i64,
+            goods: false,
+            transaction_id: format!("46{i:08}"),
+        })
+        .collect();
+    for o in &orders {
+        host.create_order(json!({
+            "type": "recharge", "total_fee": o.fee, "user_id": o.user,
+            "provider": "wechat-v2", "out_trade_no": o.out_trade_no,
+            "custom": { "recharge_balance": o.fee }
+        }))
+        .await;
+    }
+    let xml = |o: &Sent| wechat_v2::paid_xml(&o.out_trade_no, o.fee, &o.transaction_id);
+    let success = |a: &Answer| matches!(a, Some((200, body)) if v2_return_code(body) == "SUCCESS");
+    // Warm: the host now keeps connections open.
+    let first = notify_v2(&host, xml(&orders[0])).await;
+    assert!(success(&first), "first notification: {first:?}");
+
+    // 1. Lost while fresh (used a moment ago, so not re-checked before a statement):
+    //    each answer is true, and resending what failed pays it.
+    assert!(
+        terminate_sessions(&admin, &app).await > 0,
+        "the host had no session to end"
+    );
+    let round = &orders[1..=ROUND];
+    let answers = join_all(round.iter().map(|o| notify_v2(&host, xml(o)))).await;
+    for (o, answer) in round.iter().zip(&answers) {
+        let order = store
+            .get_order(&o.out_trade_no)
+            .await
+            .expect("db")
+            .expect("order");
+        if success(answer) {
+            assert_eq!(
+                order.status,
+                status::PAID,
+                "{} answered success: {answer:?}",
+                o.out_trade_no
+            );
+            continue;
+        }
+        let mut resent = None;
+        for _ in 0..20 {
+            resent = notify_v2(&host, xml(o)).await;
+            if success(&resent) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(
+            success(&resent),
+            "{}: resend never succeeded: {resent:?}",
+            o.out_trade_no
+        );
+    }
+
+    // 2. Lost while idle (over a second): replaced before use, nothing fails — twice,
+    //    the second time with notifications arriving one at a time.
+    for (k, concurrent) in [(2, true), (3, false)] {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(
+            terminate_sessions(&admin, &app).await > 0,
+            "the host had no session to end"
+        );
+        let round = &orders[(k - 1) * ROUND + 1..=k * ROUND];
+        let answers = if concurrent {
+            join_all(round.iter().map(|o| notify_v2(&host, xml(o)))).await
+        } else {
+            let mut answers = Vec::new();
+            for o in round {
+                answers.push(notify_v2(&host, xml(o)).await);
+            }
+            answers
+        };
+        for (o, answer) in round.iter().zip(&answers) {
+            assert!(
+                success(answer),
+                "{} after idle connections were lost: {answer:?}\n{}",
+                o.out_trade_no,
+                host.log()
+            );
+        }
+    }
+
+    // Every order paid, once; every balance exact.
+    for o in &orders {
+        let order = store
+            .get_order(&o.out_trade_no)
+            .await
+            .expect("db")
+            .expect("order");
+        assert_eq!(order.status, status::PAID, "{}", o.out_trade_no);
+    }
+    never_paid_twice(&*store, &orders).await;
 }

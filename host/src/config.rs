@@ -127,7 +127,9 @@ pub struct DatabaseConfig {
     /// then live in that schema, created if missing, so several deployments or test runs
     /// can share one database.
     pub url: String,
-    /// Pool size (PostgreSQL; on SQLite, the read pool — writes use one connection).
+    /// Pool size. PostgreSQL: the pool for reads and single writes; transactions and the
+    /// raw-notification insert use up to as many again, kept open between uses (so up to
+    /// twice this many connections). SQLite: the read pool (writes use one connection).
     pub max_connections: u32,
     /// SQLite only: `full` (fsync every commit, survives power loss) or `normal`
     /// (survives a process crash, may lose the last commits on power loss).

@@ -11,6 +11,7 @@ use serde::Serialize;
 mod claims;
 mod common;
 pub mod console;
+mod pg_kept;
 pub mod postgres;
 pub mod refunds;
 pub mod sqlite;
@@ -92,25 +93,36 @@ pub enum StoreError {
 impl StoreError {
     /// A failure that says nothing about the data and goes away if the transaction is
     /// simply run again: a deadlock or serialization failure (PostgreSQL), a busy or
-    /// locked database (SQLite).
+    /// locked database (SQLite), a lost connection. A connection lost during `COMMIT`
+    /// leaves the outcome unknown; running a payment again is still safe, as it then
+    /// finds its order paid by this very notification.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Transient(_) => return true,
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                return matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                );
-            }
-            _ => {}
+            StoreError::Transient(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            StoreError::Database(e) if connection_lost(e) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => matches!(
+                e.code().as_deref(),
+                Some("40P01" | "40001" | "55P03" | "5" | "6" | "517")
+            ),
+            _ => false,
         }
-        let StoreError::Database(sqlx::Error::Database(e)) = self else {
-            return false;
-        };
-        matches!(
-            e.code().as_deref(),
-            Some("40P01" | "40001" | "55P03" | "5" | "6" | "517")
-        )
+    }
+}
+
+/// Whether a failure means the connection itself is gone (rather than a statement being
+/// refused): an I/O error, or the server ending the session (SQLSTATE class 08,
+/// connection exception; 57P01–57P03, administrator or crash shutdown).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 
@@ -821,6 +833,16 @@ pub fn valid_doc_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_connections_are_transient_refusals_are_not() {
+        let io = |kind| StoreError::Database(sqlx::Error::Io(std::io::Error::from(kind)));
+        assert!(io(std::io::ErrorKind::ConnectionReset).is_transient());
+        assert!(io(std::io::ErrorKind::UnexpectedEof).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!StoreError::Invalid("bad".into()).is_transient());
+    }
 
     #[test]
     fn times_parse_as_rfc3339_or_unix_millis() {

@@ -22,18 +22,23 @@
 //! its holder committed it.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
 use super::common::{self, Dialect};
+use super::pg_kept::{Kept, KeptConns};
 use super::*;
 use crate::config::DatabaseConfig;
 
 /// PostgreSQL behind the [`Store`] trait.
 pub struct PgStore {
+    /// Reads and single writes.
     pool: PgPool,
+    /// Transactions and the raw-notification insert (see `pg_kept`).
+    kept: Arc<KeptConns>,
 }
 
 impl PgStore {
@@ -59,10 +64,11 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let kept = KeptConns::new(options, config.max_connections);
+        Ok(Self { pool, kept })
     }
 
     /// A connection for one write outside a transaction (PostgreSQL has row locks, so
@@ -178,13 +184,18 @@ common::impl_store!(PgStore, reader: pool, writer: write, {
     ) -> Result<Vec<i64>, StoreError> {
         // One statement, committed on its own (one commit) for the whole batch: a single
         // INSERT is atomic without BEGIN/COMMIT, which would only add two round trips.
-        shared::insert_notifications(&mut *self.write().await?, batch).await
+        let mut conn = self.kept.statement().await?;
+        let stored = shared::insert_notifications(&mut conn, batch).await;
+        if stored.is_err() {
+            conn.discard();
+        }
+        stored
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        // Dropping a `Transaction` unfinished makes sqlx roll it back before the
-        // connection is used again: no half-open transaction goes back to the pool.
-        let tx = self.pool.begin().await?;
+        // Dropping the transaction unfinished queues its ROLLBACK, sent before anything
+        // else on that connection: no half-open transaction is used again.
+        let tx = self.kept.begin().await?;
         Ok(Box::new(PgTx { tx }))
     }
 
@@ -195,7 +206,7 @@ common::impl_store!(PgStore, reader: pool, writer: write, {
 
 /// An open PostgreSQL transaction.
 struct PgTx {
-    tx: Transaction<'static, Postgres>,
+    tx: Kept,
 }
 
 /// How often `doc_get_for_update` retries when the document is deleted between its two
