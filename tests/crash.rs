@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
 
-use paynotify::store::{status, NotificationFilter, Store, Verdict};
+use paynotify::store::{status, NotificationFilter, Order, Store, Verdict};
 use paynotify_tests::process::{all_notifications, connect_store, HostProcess};
 use paynotify_tests::{
     fresh_database_url, fresh_postgres_url, install_plugin, postgres_only_test_deferred,
@@ -82,6 +82,23 @@ async fn replay_received(host: &HostProcess, store: &dyn Store) -> usize {
     received.len()
 }
 
+/// The stored order `out_trade_no` (which must exist).
+async fn order_of(store: &dyn Store, out_trade_no: &str) -> Order {
+    store
+        .get_order(out_trade_no)
+        .await
+        .expect("db")
+        .unwrap_or_else(|| panic!("order {out_trade_no} is missing"))
+}
+
+/// Every one of `orders` is paid.
+async fn all_paid(store: &dyn Store, orders: &[Sent]) {
+    for o in orders {
+        let order = order_of(store, &o.out_trade_no).await;
+        assert_eq!(order.status, status::PAID, "{}", o.out_trade_no);
+    }
+}
+
 /// The invariants that hold at any moment, crash or not: no order has two `paid`
 /// notifications; every balance is exactly the sum of its user's paid recharge orders;
 /// goods stock went down once per paid goods order.
@@ -98,11 +115,7 @@ async fn never_paid_twice(store: &dyn Store, orders: &[Sent]) {
     let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
     let mut goods_paid = 0;
     for o in orders {
-        let order = store
-            .get_order(&o.out_trade_no)
-            .await
-            .expect("db")
-            .expect("order");
+        let order = order_of(store, &o.out_trade_no).await;
         let paid = order.status == status::PAID;
         let verdicts = paid_verdicts
             .get(o.out_trade_no.as_str())
@@ -290,14 +303,7 @@ async fn killed_with_notifications_in_flight_nothing_answered_is_lost_nothing_ru
                 assert_eq!((st, v2_return_code(&body)), (200, "SUCCESS"), "{body}");
             }
         }
-        for o in &orders {
-            let order = store
-                .get_order(&o.out_trade_no)
-                .await
-                .expect("db")
-                .expect("order");
-            assert_eq!(order.status, status::PAID, "{}", o.out_trade_no);
-        }
+        all_paid(&*store, &orders).await;
         never_paid_twice(&*store, &all_orders).await;
         eprintln!(
             "round {round}: killed after {kill_after}+ answers: {} sent, {got} answered, \
@@ -546,11 +552,7 @@ async fn postgres_drops_the_hosts_connections_answers_stay_true_and_idle_ones_ar
     let round = &orders[1..=ROUND];
     let answers = join_all(round.iter().map(|o| notify_v2(&host, xml(o)))).await;
     for (o, answer) in round.iter().zip(&answers) {
-        let order = store
-            .get_order(&o.out_trade_no)
-            .await
-            .expect("db")
-            .expect("order");
+        let order = order_of(&*store, &o.out_trade_no).await;
         if success(answer) {
             assert_eq!(
                 order.status,
@@ -560,6 +562,13 @@ async fn postgres_drops_the_hosts_connections_answers_stay_true_and_idle_ones_ar
             );
             continue;
         }
+        // A failure answer changed nothing (this round sends each order once).
+        assert_eq!(
+            order.status,
+            status::UNPAID,
+            "{} answered failure: {answer:?}",
+            o.out_trade_no
+        );
         let mut resent = None;
         for _ in 0..20 {
             resent = notify_v2(&host, xml(o)).await;
@@ -604,13 +613,6 @@ async fn postgres_drops_the_hosts_connections_answers_stay_true_and_idle_ones_ar
     }
 
     // Every order paid, once; every balance exact.
-    for o in &orders {
-        let order = store
-            .get_order(&o.out_trade_no)
-            .await
-            .expect("db")
-            .expect("order");
-        assert_eq!(order.status, status::PAID, "{}", o.out_trade_no);
-    }
+    all_paid(&*store, &orders).await;
     never_paid_twice(&*store, &orders).await;
 }
