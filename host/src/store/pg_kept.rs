@@ -4,7 +4,7 @@
 //! sqlx's pool makes a round trip to the server each time it hands a connection out
 //! (`test_before_acquire`) and again, always, each time one comes back (a ping before
 //! it is put back). The notification path takes a connection twice per batch (store the
-//! raw batch, then settle it), so those four pings were ~0.7 of the ~3 round trips a
+//! raw batch, then settle it), so those four pings were ~0.7 of the ~2.6 round trips a
 //! notification cost at saturation, and round trips (kernel send + wake-up on both
 //! sides) are the larger part of PostgreSQL's CPU on a loopback connection.
 //!
