@@ -163,8 +163,9 @@ impl Kept {
     }
 
     /// Drops the connection instead of keeping it (after a failure that may have left
-    /// it broken or half-way through a message).
-    pub(super) fn discard(&mut self) {
+    /// it broken or half-way through a message). Takes `self`, so nothing can use the
+    /// connection afterwards.
+    pub(super) fn discard(mut self) {
         self.conn = None;
     }
 }
