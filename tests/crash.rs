@@ -467,11 +467,13 @@ async fn killed_during_a_slow_handler_the_notification_is_received_and_replayabl
 }
 
 /// Ends every PostgreSQL session named `app` (other tests share the database, so only
-/// this host's) and waits until they are gone; returns how many there were.
-async fn terminate_sessions(admin: &sqlx::PgPool, app: &str) -> i64 {
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE application_name = $1",
+/// this host's) and waits until those sessions are gone (the host's pool may already
+/// have opened new ones: its task worker polls); returns how many there were.
+async fn terminate_sessions(admin: &sqlx::PgPool, app: &str) -> usize {
+    // The FILTER runs only on rows the WHERE kept (an `AND` could terminate first).
+    let ended: Vec<i32> = sqlx::query_scalar(
+        "SELECT COALESCE(array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)), '{}') \
+         FROM pg_stat_activity WHERE application_name = $1",
     )
     .bind(app)
     .fetch_one(admin)
@@ -479,15 +481,15 @@ async fn terminate_sessions(admin: &sqlx::PgPool, app: &str) -> i64 {
     .expect("terminate sessions");
     wait_until(10, "the terminated sessions to end", || async {
         let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-                .bind(app)
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&ended)
                 .fetch_one(admin)
                 .await
                 .expect("count sessions");
         (left == 0).then_some(())
     })
     .await;
-    ended
+    ended.len()
 }
 
 /// PostgreSQL drops every connection of the host (a restart, a failover, an
