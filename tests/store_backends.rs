@@ -592,3 +592,47 @@ async fn two_hosts_on_one_database_credit_simultaneous_duplicates_once() {
     );
     assert_eq!(b.order("R000000100").await.status, status::PAID);
 }
+
+/// A transaction dropped unfinished (a settle batch whose handler failed, before its
+/// rerun) releases its row locks at once, not when its connection is next used: a
+/// transaction elsewhere (another store's connections, as another host's) can lock the
+/// same orders straight away, and sees none of the dropped one's writes.
+#[tokio::test]
+async fn a_transaction_dropped_unfinished_releases_its_locks_at_once() {
+    let (store, url, _dir) = open().await;
+    let other = connect(&url).await;
+    let numbers = ["drop-1", "drop-2"];
+    for no in numbers {
+        store
+            .create_order(&NewOrder {
+                out_trade_no: no.into(),
+                order_type: "recharge".into(),
+                provider: "wechat-v2".into(),
+                account: "default".into(),
+                total_fee: 100,
+                user_id: "u1".into(),
+                custom: json!({ "recharge_balance": 100 }),
+            })
+            .await
+            .expect("order");
+    }
+    for round in 0..3 {
+        let mut tx = store.begin().await.expect("begin");
+        let locked = tx.lock_orders(&numbers).await.expect("lock");
+        assert_eq!(locked.len(), 2);
+        tx.doc_inc("users", "u1", "balance", 100)
+            .await
+            .expect("write inside the transaction");
+        drop(tx);
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut tx = other.begin().await.expect("begin elsewhere");
+            let locked = tx.lock_orders(&numbers).await.expect("lock elsewhere");
+            tx.commit().await.expect("commit");
+            locked.len()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the dropped transaction still holds its locks"));
+        assert_eq!(seen, 2);
+        assert_eq!(document(other.as_ref(), "users", "u1").await, None);
+    }
+}

@@ -12,20 +12,23 @@
 //! - a transaction's `BEGIN` is the check: if it fails because the connection is gone,
 //!   nothing happened, so it runs again once on a new connection;
 //! - a single autocommit statement (the raw insert) gets a ping first only if its
-//!   connection sat idle for a while (the server or the network may have dropped it)
-//!   or holds a rollback queued by an unfinished transaction: failing the statement
-//!   itself would leave the caller unsure whether it committed.
+//!   connection sat idle for a while (the server or the network may have dropped it):
+//!   failing the statement itself would leave the caller unsure whether it committed.
+//!
+//! A transaction dropped unfinished is rolled back at once by a task of its own (its
+//! row locks may be what another transaction, perhaps in another process, waits for)
+//! before its connection is kept again. (sqlx's `TransactionManager` would only queue
+//! the `ROLLBACK` to go out with the connection's next use, which may be much later.)
 //!
 //! A connection that fails a commit or a statement outside a transaction is dropped,
-//! not kept. One lent out with its transaction unfinished queues a `ROLLBACK`, which
-//! goes out (with the next `BEGIN` or ping) before anything else runs on it.
+//! not kept: its state is unknown.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgTransactionManager};
-use sqlx::{Connection, PgConnection, TransactionManager};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{connection_lost, StoreError};
@@ -48,8 +51,6 @@ pub(super) struct KeptConns {
 struct Idle {
     conn: PgConnection,
     since: Instant,
-    /// An unfinished transaction's `ROLLBACK` waits in the connection's write buffer.
-    rollback_queued: bool,
 }
 
 impl KeptConns {
@@ -68,7 +69,7 @@ impl KeptConns {
     pub(super) async fn statement(self: &Arc<Self>) -> Result<Kept, StoreError> {
         let permit = self.permit().await?;
         while let Some(mut idle) = self.pop() {
-            if idle.since.elapsed() < FRESH && !idle.rollback_queued {
+            if idle.since.elapsed() < FRESH {
                 return Ok(self.lend(idle.conn, permit, false));
             }
             match idle.conn.ping().await {
@@ -88,8 +89,8 @@ impl KeptConns {
     pub(super) async fn begin(self: &Arc<Self>) -> Result<Kept, StoreError> {
         let permit = self.permit().await?;
         if let Some(mut idle) = self.pop() {
-            match PgTransactionManager::begin(&mut idle.conn, None).await {
-                Ok(()) => return Ok(self.lend(idle.conn, permit, true)),
+            match idle.conn.execute("BEGIN").await {
+                Ok(_) => return Ok(self.lend(idle.conn, permit, true)),
                 Err(e) if connection_lost(&e) => {
                     tracing::info!(error = %e, "kept PostgreSQL connection is gone; opening another");
                 }
@@ -97,7 +98,7 @@ impl KeptConns {
             }
         }
         let mut conn = self.connect().await?;
-        PgTransactionManager::begin(&mut conn, None).await?;
+        conn.execute("BEGIN").await?;
         Ok(self.lend(conn, permit, true))
     }
 
@@ -114,6 +115,18 @@ impl KeptConns {
                 self.max
             ))),
         }
+    }
+
+    /// Puts a connection, outside any transaction, back among the idle ones.
+    fn keep(&self, conn: PgConnection) {
+        let idle = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(idle);
     }
 
     /// The most recently used idle connection (the likeliest to be alive and warm).
@@ -134,7 +147,7 @@ impl KeptConns {
         Kept {
             conn: Some(conn),
             home: self.clone(),
-            _permit: permit,
+            permit: Some(permit),
             in_tx,
         }
     }
@@ -145,7 +158,8 @@ pub(super) struct Kept {
     /// `Some` until dropped.
     conn: Option<PgConnection>,
     home: Arc<KeptConns>,
-    _permit: OwnedSemaphorePermit,
+    /// Its place among the lent connections (`Some` until dropped).
+    permit: Option<OwnedSemaphorePermit>,
     /// A transaction is open on it.
     in_tx: bool,
 }
@@ -154,12 +168,17 @@ impl Kept {
     /// Commits the open transaction. A connection whose commit failed is not kept: its
     /// state is unknown.
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        let done = PgTransactionManager::commit(&mut self).await;
-        match done {
-            Ok(()) => self.in_tx = false,
-            Err(_) => self.discard(),
+        let conn: &mut PgConnection = &mut self;
+        match conn.execute("COMMIT").await {
+            Ok(_) => {
+                self.in_tx = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
         }
-        done
     }
 
     /// Drops the connection instead of keeping it (after a failure that may have left
@@ -190,23 +209,30 @@ impl DerefMut for Kept {
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        if self.in_tx {
-            // No I/O here: the ROLLBACK is written before whatever the connection
-            // sends next, and its answer read then.
-            PgTransactionManager::start_rollback(&mut conn);
+        if !self.in_tx {
+            self.home.keep(conn);
+            return;
         }
-        let idle = Idle {
-            conn,
-            since: Instant::now(),
-            rollback_queued: self.in_tx,
-        };
-        self.home
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(idle);
+        // Unfinished: its locks are held until ROLLBACK, which cannot wait for this
+        // connection's next use. The place among the lent connections goes with it,
+        // so the cap holds until it is back. Outside a runtime (at shutdown) the
+        // connection is closed instead, which rolls back too.
+        let (home, permit) = (self.home.clone(), self.permit.take());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut conn = conn;
+                match conn.execute("ROLLBACK").await {
+                    Ok(_) => home.keep(conn),
+                    Err(e) => tracing::info!(
+                        error = %e,
+                        "rolling back a PostgreSQL transaction failed; dropping its connection"
+                    ),
+                }
+                drop(permit);
+            });
+        }
     }
 }

@@ -193,8 +193,8 @@ common::impl_store!(PgStore, reader: pool, writer: write, {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        // Dropping the transaction unfinished queues its ROLLBACK, sent before anything
-        // else on that connection: no half-open transaction is used again.
+        // A transaction dropped unfinished is rolled back at once (see `pg_kept`): no
+        // half-open transaction is used again, and no lock outlives it for long.
         let tx = self.kept.begin().await?;
         Ok(Box::new(PgTx { tx }))
     }
