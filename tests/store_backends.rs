@@ -57,6 +57,22 @@ async fn merge(tx: &mut dyn Tx, collection: &str, id: &str, fields: Value) {
         .expect("write document");
 }
 
+/// An unpaid recharge order of 100 fen for user `u1`.
+async fn create_recharge(store: &dyn Store, out_trade_no: &str) {
+    store
+        .create_order(&NewOrder {
+            out_trade_no: out_trade_no.into(),
+            order_type: "recharge".into(),
+            provider: "wechat-v2".into(),
+            account: "default".into(),
+            total_fee: 100,
+            user_id: "u1".into(),
+            custom: json!({ "recharge_balance": 100 }),
+        })
+        .await
+        .expect("order");
+}
+
 fn task(name: &str, run_at: i64) -> NewTask {
     NewTask {
         plugin: "recharge".into(),
@@ -294,18 +310,7 @@ async fn an_expired_lease_is_claimed_again_and_the_old_claim_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_transactions_paying_one_order_at_once_mark_it_paid_once() {
     let (store, _url, _dir) = open().await;
-    store
-        .create_order(&NewOrder {
-            out_trade_no: "order-1".into(),
-            order_type: "recharge".into(),
-            provider: "wechat-v2".into(),
-            account: "default".into(),
-            total_fee: 100,
-            user_id: "u1".into(),
-            custom: json!({ "recharge_balance": 100 }),
-        })
-        .await
-        .expect("order");
+    create_recharge(store.as_ref(), "order-1").await;
     let mut payers = Vec::new();
     for n in 0..2 {
         let store = store.clone();
@@ -603,18 +608,7 @@ async fn a_transaction_dropped_unfinished_releases_its_locks_at_once() {
     let other = connect(&url).await;
     let numbers = ["drop-1", "drop-2"];
     for no in numbers {
-        store
-            .create_order(&NewOrder {
-                out_trade_no: no.into(),
-                order_type: "recharge".into(),
-                provider: "wechat-v2".into(),
-                account: "default".into(),
-                total_fee: 100,
-                user_id: "u1".into(),
-                custom: json!({ "recharge_balance": 100 }),
-            })
-            .await
-            .expect("order");
+        create_recharge(store.as_ref(), no).await;
     }
     for round in 0..3 {
         let mut tx = store.begin().await.expect("begin");
