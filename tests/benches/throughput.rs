@@ -242,7 +242,6 @@ impl Settings {
     }
 }
 
-/// Prints `message` and exits non-zero (bad settings, missing build).
 /// The local PostgreSQL over its Unix-domain socket when it has one, as a host on the
 /// database's machine would connect (a round trip then costs no TCP/IP stack on either
 /// side: measured here, ~13 % more notifications/s than loopback TCP), else over TCP.
@@ -265,6 +264,7 @@ fn postgres_transport(url: &str) -> &'static str {
     }
 }
 
+/// Prints `message` and exits non-zero (bad settings, missing build).
 fn fail(message: &str) -> ! {
     eprintln!("throughput bench: {message}");
     std::process::exit(2)
