@@ -241,20 +241,9 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
     let dir = tempfile::tempdir().expect("dir");
     let s = server(&dir).await;
     paid_v2_recharge(&s, "RV2000003", "u3", 800, "4200V2003").await;
-    s.recharge_order("RV2000004", "u4", 800).await; // never paid
 
     let key = wechat_v2::API_KEY;
     let cases = [
-        (
-            "unknown order",
-            v2_refund("NOSUCHORDER", "RF1", 800, 100, "4200V2003", key),
-            "unknown order",
-        ),
-        (
-            "unpaid order",
-            v2_refund("RV2000004", "RF1", 800, 100, "4200V2004", key),
-            "unpaid",
-        ),
         (
             "over-refund",
             v2_refund("RV2000003", "RF1", 800, 801, "4200V2003", key),
@@ -282,7 +271,7 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
         assert_eq!(verdict, Verdict::RefundUnapplied, "{name}: {reason}");
         assert!(reason.contains(why), "{name}: `{reason}` lacks `{why}`");
     }
-    // Listed for ops.
+    // Not silent: listed for ops, counted, and on the console's attention page.
     let (code, v) = s
         .api(
             "GET",
@@ -291,7 +280,22 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
         )
         .await;
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v.as_array().map(Vec::len), Some(5), "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(3), "{v}");
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "paynotify_refunds_unapplied_total{provider=\"wechat-v2\"} 3"),
+        "{metrics}"
+    );
 
     // A refund that did not go through (REFUNDCLOSE) is acknowledged and ignored.
     let mut info = wechat_v2::refund_info("RV2000003", "RF9", 800, 100, "4200V2003");
@@ -303,33 +307,79 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
     assert_eq!(last_verdict(&s).await.0, Verdict::Ignored);
 
     assert_eq!(refund_state(&s, "RV2000003").await, (status::PAID, 0));
-    assert_eq!(refund_state(&s, "RV2000004").await, (status::UNPAID, 0));
     assert_eq!(balance(&s, "u3").await, Some(800));
-    assert_eq!(balance(&s, "u4").await, None);
     assert!(refunds(&s, "RV2000003").await.is_empty());
+}
 
-    // Once the lost payment arrives, ops replay the refund that came first: applied, once.
-    let early = s
-        .notifications()
-        .await
-        .into_iter()
-        .find(|n| n.reason.as_deref() == Some("order is unpaid"))
-        .expect("the early refund is stored");
+/// The provider, out of order: a refund delivered before its payment (unknown order,
+/// then unpaid order) must not be acknowledged and lost — the payment that follows
+/// would credit the buyer whose money already went back. It gets the failure answer
+/// (the provider retries) and is applied, handler included, the moment the payment
+/// commits, whatever the provider does next.
+#[tokio::test]
+async fn a_refund_before_its_payment_is_refused_then_applied_when_the_payment_commits() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = server(&dir).await;
+    let key = wechat_v2::API_KEY;
+
+    // Before the order exists.
+    let early_unknown = v2_refund("RV2000004", "RF1", 800, 100, "4200V2004", key);
+    let (code, answer) = s.notify_v2(early_unknown).await;
+    assert_eq!((code, v2_return_code(&answer)), (200, "FAIL"), "{answer}");
+    let (verdict, reason) = last_verdict(&s).await;
+    assert_eq!(verdict, Verdict::RefundPending, "{reason}");
+    assert!(reason.contains("unknown order"), "{reason}");
+
+    // The order exists but is unpaid: a second refund of it.
+    s.recharge_order("RV2000004", "u4", 800).await;
+    let early_unpaid = v2_refund("RV2000004", "RF2", 800, 200, "4200V2004", key);
+    let (code, answer) = s.notify_v2(early_unpaid.clone()).await;
+    assert_eq!((code, v2_return_code(&answer)), (200, "FAIL"), "{answer}");
+    let (verdict, reason) = last_verdict(&s).await;
+    assert_eq!(verdict, Verdict::RefundPending, "{reason}");
+    assert!(reason.contains("unpaid"), "{reason}");
+    assert_eq!(refund_state(&s, "RV2000004").await, (status::UNPAID, 0));
+    assert_eq!(balance(&s, "u4").await, None);
+    let (code, v) = s
+        .api(
+            "GET",
+            "/api/admin/notifications?verdict=refund_pending",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+
+    // The payment arrives: it credits, and both refunds apply at once through the refund
+    // path (recharge's handle-refunded takes the refunded fen back off the balance).
     let (_, body) = s
         .notify_v2(wechat_v2::paid_xml("RV2000004", 800, "4200V2004"))
         .await;
     assert_eq!(v2_return_code(&body), "SUCCESS", "{body}");
-    for expected in ["refunded", "refunded"] {
-        let path = format!("/api/admin/notifications/{}/replay", early.id);
-        let (code, v) = s.api("POST", &path, None).await;
-        assert_eq!(code, 200, "{v}");
-        assert_eq!(v["verdict"], expected, "{v}");
-    }
     assert_eq!(
         refund_state(&s, "RV2000004").await,
-        (status::PARTIALLY_REFUNDED, 100)
+        (status::PARTIALLY_REFUNDED, 300)
     );
-    assert_eq!(balance(&s, "u4").await, Some(700));
+    assert_eq!(balance(&s, "u4").await, Some(500));
+    assert_eq!(refunds(&s, "RV2000004").await.len(), 2);
+    let (code, v) = s
+        .api(
+            "GET",
+            "/api/admin/notifications?verdict=refund_pending",
+            None,
+        )
+        .await;
+    assert_eq!((code, v.as_array().map(Vec::len)), (200, Some(0)), "{v}");
+
+    // The provider's retry of a refund it was told to retry: a duplicate, acknowledged.
+    let (_, answer) = s.notify_v2(early_unpaid).await;
+    assert_eq!(v2_return_code(&answer), "SUCCESS", "{answer}");
+    assert_eq!(last_verdict(&s).await.0, Verdict::Duplicate);
+    assert_eq!(
+        refund_state(&s, "RV2000004").await,
+        (status::PARTIALLY_REFUNDED, 300)
+    );
+    assert_eq!(balance(&s, "u4").await, Some(500));
 }
 
 #[tokio::test]

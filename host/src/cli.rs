@@ -201,7 +201,8 @@ pub enum NotificationsCommand {
         #[arg(long)]
         order: Option<String>,
         /// Only this verdict: received, paid, duplicate, ignored, paid_after_close,
-        /// rejected, refunded, refund_unapplied, failed.
+        /// rejected, refunded, refund_unapplied (verified refunds that can never apply:
+        /// they need attention), refund_pending (refunds waiting for their payment), failed.
         #[arg(long, value_parser = parse_verdict)]
         verdict: Option<Verdict>,
         /// Only those received at or after this time: RFC 3339 (2026-09-03T13:15:40Z,
@@ -257,9 +258,8 @@ fn parse_status(text: &str) -> Result<i32, String> {
 /// `--verdict` of `notifications list`.
 fn parse_verdict(text: &str) -> Result<Verdict, String> {
     Verdict::parse(text).ok_or_else(|| {
-        format!(
-            "unknown verdict `{text}`: use received, paid, duplicate, ignored, paid_after_close, rejected, refunded, refund_unapplied or failed"
-        )
+        let names: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+        format!("unknown verdict `{text}`: use one of {}", names.join(", "))
     })
 }
 
@@ -578,6 +578,7 @@ pub fn plugins_table(list: &Value) -> String {
         "SHA256",
         "REFUNDS",
         "LOADED (UTC)",
+        "FAILING FAST UNTIL",
         "LAST LOAD ERROR",
     ]);
     for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -593,6 +594,14 @@ pub fn plugins_table(list: &Value) -> String {
             }
             .into(),
             short_time(p["loaded_at"].as_i64()),
+            match p["breaker"]["failing_fast_until"].as_i64() {
+                Some(until) => format!(
+                    "{} ({} timeouts)",
+                    short_time(Some(until)),
+                    p["breaker"]["timeouts_in_a_row"]
+                ),
+                None => "-".into(),
+            },
             or_dash(text(p, "last_error").as_deref()),
         ]);
     }

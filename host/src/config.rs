@@ -30,6 +30,11 @@ const STRING_KEYS: &[&str] = &[
     "cache_dir",
 ];
 
+/// The payment-call limit on SQLite unless `plugins.payment_timeout_ms` says otherwise:
+/// a payment handler holds SQLite's one writer, so this is how long a looping handler
+/// can make every other payment wait (the breaker stops it repeating).
+pub const SQLITE_PAYMENT_TIMEOUT_MS: u64 = 200;
+
 /// A configuration problem, always naming the key and its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +148,13 @@ pub struct DatabaseConfig {
     pub settlers: Option<usize>,
 }
 
+impl DatabaseConfig {
+    /// The URL names an SQLite database (one writer for every payment).
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
@@ -179,6 +191,16 @@ pub struct PluginsConfig {
     pub max_timeout_ms: u64,
     /// Largest `memory_mb` a manifest may ask for.
     pub max_memory_mb: u64,
+    /// Wall-time limit of the calls made inside a payment or refund transaction
+    /// (`handle-paid`, `handle-refunded`). Absent: 200 ms on SQLite, where a handler
+    /// holds the database's one writer and every other payment waits for it;
+    /// `timeout_ms` on PostgreSQL, where it holds only its own rows' locks.
+    pub payment_timeout_ms: Option<u64>,
+    /// Payment calls of one type that may time out in a row before the type fails fast.
+    pub breaker_timeouts: u32,
+    /// How long a type fails fast (failure answer, handler not run) before one call is
+    /// tried again.
+    pub breaker_cooldown_secs: u64,
     /// Handler instances that may run at once (the pooling allocator's size).
     pub max_instances: u32,
     /// Where compiled plugins are cached; default `{dir}/.cache`.
@@ -193,6 +215,9 @@ impl Default for PluginsConfig {
             memory_mb: 64,
             max_timeout_ms: 30_000,
             max_memory_mb: 256,
+            payment_timeout_ms: None,
+            breaker_timeouts: 3,
+            breaker_cooldown_secs: 30,
             max_instances: 64,
             cache_dir: None,
         }
@@ -391,6 +416,13 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_files(base, &source_name)?;
         config.validate(&source_name)?;
+        if config.plugins.payment_timeout_ms.is_none() {
+            config.plugins.payment_timeout_ms = Some(if config.database.is_sqlite() {
+                SQLITE_PAYMENT_TIMEOUT_MS.min(config.plugins.timeout_ms)
+            } else {
+                config.plugins.timeout_ms
+            });
+        }
         Ok(config)
     }
 
@@ -479,6 +511,29 @@ impl Config {
                     "must be between 1 and plugins.max_memory_mb ({})",
                     p.max_memory_mb
                 ),
+            ));
+        }
+        if let Some(ms) = p.payment_timeout_ms {
+            if ms == 0 || ms > p.max_timeout_ms {
+                return Err(err(
+                    "plugins.payment_timeout_ms".into(),
+                    format!(
+                        "must be between 1 and plugins.max_timeout_ms ({})",
+                        p.max_timeout_ms
+                    ),
+                ));
+            }
+        }
+        if p.breaker_timeouts == 0 {
+            return Err(err(
+                "plugins.breaker_timeouts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if p.breaker_cooldown_secs == 0 {
+            return Err(err(
+                "plugins.breaker_cooldown_secs".into(),
+                "must be at least 1".into(),
             ));
         }
         if p.max_instances == 0 {
@@ -781,6 +836,23 @@ mod tests {
         assert_eq!(c.server.listen.port(), 8080);
         assert_eq!(c.plugins.timeout_ms, 4000);
         assert!(c.database.url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn payment_calls_are_limited_by_the_backend_unless_configured() {
+        let sqlite = load_str("", &[]).expect("sqlite");
+        assert_eq!(
+            sqlite.plugins.payment_timeout_ms,
+            Some(SQLITE_PAYMENT_TIMEOUT_MS)
+        );
+        let pg = load_str("[database]\nurl = \"postgres://u@db/x\"\n", &[]).expect("pg");
+        assert_eq!(pg.plugins.payment_timeout_ms, Some(4000));
+        let set = load_str("[plugins]\npayment_timeout_ms = 900\n", &[]).expect("set");
+        assert_eq!(set.plugins.payment_timeout_ms, Some(900));
+        let e = load_str("[plugins]\npayment_timeout_ms = 40000\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("plugins.payment_timeout_ms"), "{e}");
+        let e = load_str("[plugins]\nbreaker_timeouts = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("plugins.breaker_timeouts"), "{e}");
     }
 
     #[test]

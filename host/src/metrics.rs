@@ -45,6 +45,10 @@ const BATCH_RERUNS: &str = "paynotify_settle_batch_reruns_total";
 const PROVIDER_CLOSES: &str = "paynotify_provider_closes_total";
 const ORDER_WATCHERS: &str = "paynotify_order_watchers";
 const UPTIME: &str = "paynotify_uptime_seconds";
+const REFUNDS_UNAPPLIED: &str = "paynotify_refunds_unapplied_total";
+const BREAKER_TRIPS: &str = "paynotify_handler_breaker_trips_total";
+const BREAKER_FAST_FAILS: &str = "paynotify_handler_breaker_fast_failures_total";
+const BREAKERS_OPEN: &str = "paynotify_handler_breakers_open";
 
 /// Handler call durations, in seconds: from well under a millisecond (a small handler
 /// on a warm instance) to the largest wall-time limit a manifest may ask for.
@@ -154,16 +158,52 @@ fn describe() {
         "Open order-event streams (GET /api/orders/{out_trade_no}/events)."
     );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this process started.");
+    describe_counter!(
+        REFUNDS_UNAPPLIED,
+        "Verified refunds that can never apply as they stand (closed order, over-refund, another transaction, a mismatched total), by provider: acknowledged, changed nothing, need attention."
+    );
+    describe_counter!(
+        BREAKER_TRIPS,
+        "Times a plugin type's payment calls timed out repeatedly and it was made to fail fast for a cool-down, by type."
+    );
+    describe_counter!(
+        BREAKER_FAST_FAILS,
+        "Payment and refund calls answered with the failure answer without running the handler, because its type was failing fast, by type."
+    );
+    describe_gauge!(
+        BREAKERS_OPEN,
+        "Plugin types failing fast right now (after repeated timeouts), counted at scrape time."
+    );
+}
+
+/// Counts a verified refund stored `refund_unapplied` (labelled like [`notification`]).
+pub fn refund_unapplied(provider: &str) {
+    metrics::counter!(REFUNDS_UNAPPLIED, "provider" => provider_label(provider)).increment(1);
+}
+
+/// Counts a plugin type starting to fail fast.
+pub fn breaker_tripped(plugin: &str) {
+    metrics::counter!(BREAKER_TRIPS, "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// Counts a call refused because its type is failing fast.
+pub fn breaker_fast_fail(plugin: &str) {
+    metrics::counter!(BREAKER_FAST_FAILS, "plugin" => plugin.to_owned()).increment(1);
 }
 
 /// Counts one notification received on `/notify/{provider}`. The provider label is one
 /// of the four known names or `unknown`: the path segment comes from the caller, and
 /// label values from callers would let anyone grow the series without bound.
 pub fn notification(provider: &str, verdict: Verdict) {
-    let provider = crate::providers::ProviderKind::parse(provider)
-        .map_or("unknown", crate::providers::ProviderKind::as_str);
+    let provider = provider_label(provider);
     metrics::counter!(NOTIFICATIONS, "provider" => provider, "verdict" => verdict.as_str())
         .increment(1);
+}
+
+/// One of the four known provider names, or `unknown` for anything a caller named.
+fn provider_label(provider: &str) -> &'static str {
+    crate::providers::ProviderKind::parse(provider)
+        .map_or("unknown", crate::providers::ProviderKind::as_str)
 }
 
 /// The `outcome` label of a handler call.
@@ -177,6 +217,7 @@ pub fn outcome<T>(result: &Result<T, HandlerFailure>) -> &'static str {
         Err(HandlerFailure::Host(_)) => "host",
         Err(HandlerFailure::Transient(_)) => "transient",
         Err(HandlerFailure::NotLoaded(_)) => "not_loaded",
+        Err(HandlerFailure::FailingFast { .. }) => "failing_fast",
     }
 }
 
@@ -214,16 +255,14 @@ pub fn orders_expired(n: usize) {
 /// Counts one order reconciled with its provider: `outcome` is `paid`, `unpaid`,
 /// `error` or `skipped`.
 pub fn reconciled(provider: &str, outcome: &'static str) {
-    let provider = crate::providers::ProviderKind::parse(provider)
-        .map_or("unknown", crate::providers::ProviderKind::as_str);
+    let provider = provider_label(provider);
     metrics::counter!(RECONCILE, "provider" => provider, "outcome" => outcome).increment(1);
 }
 
 /// Counts one attempt to close an expired order at its provider: `outcome` is `closed`,
 /// `paid` (the provider refused: it is paid) or `error` (retried on a later sweep).
 pub fn provider_close(provider: &str, outcome: &'static str) {
-    let provider = crate::providers::ProviderKind::parse(provider)
-        .map_or("unknown", crate::providers::ProviderKind::as_str);
+    let provider = provider_label(provider);
     metrics::counter!(PROVIDER_CLOSES, "provider" => provider, "outcome" => outcome).increment(1);
 }
 
@@ -275,6 +314,11 @@ pub async fn render(app: &App) -> String {
         .count();
     metrics::gauge!(PLUGINS_LOADED).set(loaded as f64);
     metrics::gauge!(PLUGINS_FAILING).set(failing as f64);
+    let open = status
+        .iter()
+        .filter(|p| p.breaker.failing_fast_until.is_some())
+        .count();
+    metrics::gauge!(BREAKERS_OPEN).set(open as f64);
     metrics::gauge!(UPTIME).set(installed.started.elapsed().as_secs_f64());
     installed.handle.render()
 }

@@ -133,10 +133,22 @@ enum Abort {
     /// The database failed, or asked for the transaction to be run again.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A handler failed in an [`Isolation::Optimistic`] batch.
+    /// A handler failed in an [`Isolation::Optimistic`] batch: the failure of notification
+    /// `id`, which the rerun records without running the handler again.
     #[error("a handler failed in a batch without savepoints")]
-    HandlerFailed,
+    HandlerFailed {
+        /// The notification whose handler failed.
+        id: i64,
+        /// How.
+        failure: HandlerFailure,
+    },
 }
+
+/// Handler failures of an earlier attempt at the same batch, by notification id: the
+/// rerun records them as they were instead of running those handlers again (a handler
+/// that looped to its limit would otherwise hold the transaction for its limit twice).
+/// Recording a failure is always safe: the order stays unpaid and the provider retries.
+type KnownFailures = HashMap<i64, HandlerFailure>;
 
 impl From<Abort> for StoreError {
     fn from(abort: Abort) -> StoreError {
@@ -144,7 +156,7 @@ impl From<Abort> for StoreError {
             Abort::Store(e) => e,
             // Only an optimistic attempt aborts this way, and it is always run again with
             // savepoints; should one reach a caller, it is a failure to retry.
-            Abort::HandlerFailed => StoreError::Transient(abort.to_string()),
+            Abort::HandlerFailed { .. } => StoreError::Transient(abort.to_string()),
         }
     }
 }
@@ -339,6 +351,10 @@ impl Pipeline {
                     reason = s.reason.as_deref().unwrap_or(""),
                     "notification processed"
                 );
+                if s.verdict == Verdict::Paid && s.reason.is_none() {
+                    // Paid just now (not a replay of the payer): refunds that came first.
+                    self.apply_waiting_refunds(&notice.out_trade_no).await;
+                }
                 self.answer(provider_name, Some(id), s.verdict, s.reason, 200)
             }
             Err(e) => {
@@ -358,6 +374,45 @@ impl Pipeline {
                 .await
             }
         }
+    }
+
+    /// Applies the refunds of `out_trade_no` that arrived before its payment (stored
+    /// `refund_pending`), oldest first, through the refund path as a replay of each: the
+    /// provider was told to retry them, but it may give up, and until it retries the order
+    /// would stand paid and credited for money already sent back. A refund that still
+    /// cannot apply keeps its verdict; the provider's own retry remains.
+    ///
+    /// Boxed, with `Send` spelled out: a replay settles payments, which come back here, and
+    /// the compiler cannot see through that cycle on its own.
+    fn apply_waiting_refunds<'a>(
+        &'a self,
+        out_trade_no: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let filter = crate::store::NotificationFilter {
+                out_trade_no: Some(out_trade_no.to_owned()),
+                verdict: Some(Verdict::RefundPending),
+                limit: 100,
+                ..Default::default()
+            };
+            let waiting = match self.store.list_notifications(&filter).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // The provider still retries each of them (they got the failure answer).
+                    tracing::error!(error = %e, "cannot look for refunds waiting for this payment");
+                    return;
+                }
+            };
+            for record in waiting.iter().rev() {
+                let r = self.replay(record).await;
+                tracing::info!(
+                    refund_notification = record.id,
+                    verdict = r.verdict.as_str(),
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "refund that arrived before the payment, applied after it"
+                );
+            }
+        })
     }
 
     /// Records a notification that failed verification outside the notification path
@@ -476,6 +531,9 @@ impl Pipeline {
             }
             Ok(r) => {
                 tracing::Span::current().record("verdict", r.verdict.as_str());
+                if r.verdict == Verdict::RefundUnapplied {
+                    crate::metrics::refund_unapplied(provider_name);
+                }
                 tracing::info!(
                     reason = r.reason.as_deref().unwrap_or(""),
                     "refund notification processed"
@@ -582,14 +640,18 @@ impl Settler {
         } else {
             Isolation::Savepoints
         };
-        let mut attempt = self.try_batch(store, &jobs, first).await;
-        if matches!(attempt, Err(Abort::HandlerFailed)) {
+        let mut known = KnownFailures::new();
+        let mut attempt = self.try_batch(store, &jobs, first, &known).await;
+        if let Err(Abort::HandlerFailed { id, failure }) = attempt {
             tracing::debug!(
                 size = jobs.len(),
                 "a handler failed; running the batch again with a savepoint per payment"
             );
             crate::metrics::batch_rerun();
-            attempt = self.try_batch(store, &jobs, Isolation::Savepoints).await;
+            known.insert(id, failure);
+            attempt = self
+                .try_batch(store, &jobs, Isolation::Savepoints, &known)
+                .await;
         }
         let failure = match attempt.map_err(StoreError::from) {
             Ok(results) => {
@@ -622,7 +684,12 @@ impl Settler {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
             let tried = self
-                .try_batch(store, std::slice::from_ref(job), Isolation::Savepoints)
+                .try_batch(
+                    store,
+                    std::slice::from_ref(job),
+                    Isolation::Savepoints,
+                    &KnownFailures::new(),
+                )
                 .await;
             match tried.map_err(StoreError::from) {
                 Ok(mut settled) => return Ok(settled.remove(0)),
@@ -655,6 +722,7 @@ impl Settler {
         store: &dyn Store,
         jobs: &[SettleJob],
         isolation: Isolation,
+        known: &KnownFailures,
     ) -> Result<Vec<Settled>, Abort> {
         let mut tx = store.begin().await?;
         let numbers: Vec<&str> = jobs
@@ -696,7 +764,8 @@ impl Settler {
                             StoreError::Invalid("order vanished from the batch".into()).into()
                         );
                     };
-                    let (back, result) = self.pay(tx, job, order, prepared, isolation).await;
+                    let known = known.get(&job.id);
+                    let (back, result) = self.pay(tx, job, order, prepared, isolation, known).await;
                     tx = back.ok_or_else(|| {
                         StoreError::Invalid(
                             "the transaction was abandoned during a handler call".into(),
@@ -784,7 +853,7 @@ impl Settler {
                             &plugin.compiled,
                             plugin.manifest.clone(),
                             tags,
-                            plugin.limits,
+                            plugin.payment_limits,
                         )
                         .await;
                     (plugin, made)
@@ -806,13 +875,15 @@ impl Settler {
         order: &Order,
         prepared: Option<PrepareTask>,
         isolation: Isolation,
+        known: Option<&HandlerFailure>,
     ) -> (Option<Box<dyn Tx>>, Result<Paid, Abort>) {
         let (id, notice, payment) = (job.id, &job.notice, &job.payment);
         // An instance made before a hot reload runs the build it was made from: it was
-        // already in flight when the new one arrived.
+        // already in flight when the new one arrived. A handler that is not run again
+        // needs none.
         let prepared = match prepared {
-            Some(task) => task.await.ok(),
-            None => None,
+            Some(task) if known.is_none() => task.await.ok(),
+            _ => None,
         };
         let (plugin, prepared) = match prepared {
             Some((plugin, made)) => (Some(plugin), Some(made)),
@@ -829,6 +900,31 @@ impl Settler {
                     .map_err(Abort::from),
             );
         };
+        let build = plugin.build_id();
+        let not_run = match known {
+            Some(failure) => Some(failure.clone()),
+            None => plugin.breaker.admit().err(),
+        };
+        if let Some(failure) = not_run {
+            if matches!(failure, HandlerFailure::FailingFast { .. }) {
+                crate::metrics::breaker_fast_fail(&plugin.plugin_type);
+            }
+            tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler not run; payment not applied, provider will retry");
+            // Nothing ran, so there is nothing to roll back to a savepoint.
+            let r = tx
+                .set_handler_result(
+                    &order.out_trade_no,
+                    "failed",
+                    &failure.to_json(),
+                    Some(&build),
+                )
+                .await;
+            return (
+                Some(tx),
+                r.map(|()| Paid::No(Settled::new(Verdict::Failed, failure.to_string())))
+                    .map_err(Abort::from),
+            );
+        }
         let savepoint = format!("n{id}");
         if isolation == Isolation::Savepoints {
             if let Err(e) = tx.savepoint(&savepoint).await {
@@ -851,7 +947,6 @@ impl Settler {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
-        let build = plugin.build_id();
         let started = std::time::Instant::now();
         let runtime = self.plugins.runtime();
         let (ctx, result) = match prepared {
@@ -868,7 +963,7 @@ impl Settler {
                     .handle_paid(
                         &plugin.compiled,
                         ctx,
-                        plugin.limits,
+                        plugin.payment_limits,
                         wit_order,
                         wit_notification,
                     )
@@ -876,6 +971,10 @@ impl Settler {
             }
         };
         let elapsed = started.elapsed();
+        if plugin.breaker.record(&result) {
+            crate::metrics::breaker_tripped(&plugin.plugin_type);
+            tracing::error!(plugin = %plugin.plugin_type, "payment calls keep timing out: the type fails fast for a cool-down");
+        }
         let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) else {
             return (
                 None,
@@ -901,10 +1000,10 @@ impl Settler {
                 // Not the handler's doing: fail the transaction so it is run again.
                 (Some(tx), Err(StoreError::Transient(why).into()))
             }
-            Err(_) if isolation == Isolation::Optimistic => {
+            Err(failure) if isolation == Isolation::Optimistic => {
                 // Its writes are mixed with the others': the batch runs again with
                 // savepoints, and the failure is recorded (and logged) by that run.
-                (Some(tx), Err(Abort::HandlerFailed))
+                (Some(tx), Err(Abort::HandlerFailed { id, failure }))
             }
             Err(failure) => {
                 tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "handler failed; payment rolled back, provider will retry");

@@ -280,7 +280,8 @@ impl Reconciler {
             | Verdict::Rejected
             | Verdict::Failed
             | Verdict::Refunded
-            | Verdict::RefundUnapplied => Outcome::Error,
+            | Verdict::RefundUnapplied
+            | Verdict::RefundPending => Outcome::Error,
         };
         r
     }

@@ -6,12 +6,22 @@
 //! - A refund already applied (same order and merchant refund number) is a duplicate and
 //!   changes nothing, on several connections or host processes at once too: the order's
 //!   row lock serialises them and the `refunds` table's unique key backs it up.
-//! - A verified refund that cannot be applied (unknown, unpaid or closed order, another
-//!   transaction, a mismatched total, more than remains) changes nothing and is stored
-//!   as `refund_unapplied` with the reason, for ops. It gets the *success* answer: the
-//!   money has already moved at the provider, and a retry would bring the same
-//!   notification to the same order; the stored notification can be replayed once ops
-//!   have fixed the order (a replay is exactly-once like any other).
+//! - A verified refund of an order that is unknown or not paid yet changes nothing, is
+//!   stored as `refund_pending` and gets the *failure* answer, so the provider sends it
+//!   again later. Acknowledging it would lose it: the provider never resends an
+//!   acknowledged refund, and the payment arriving after it would credit the buyer whose
+//!   money has already gone back. Belt and braces, the payment's commit applies every
+//!   refund of its order still stored `refund_pending` at once (see
+//!   [`crate::pipeline::Pipeline::settle_verified`]), so no order of deliveries leaves
+//!   a refunded order credited.
+//! - A verified refund that can never apply (closed order, another transaction, a
+//!   mismatched total, more than remains) changes nothing and is stored as
+//!   `refund_unapplied` with the reason. It gets the *success* answer (the money has
+//!   already moved at the provider, and a retry would bring the same notification to the
+//!   same order), and it is counted (`paynotify_refunds_unapplied_total`) and listed as
+//!   needing attention (console, `notifications list --verdict refund_unapplied`); the
+//!   stored notification can be replayed once ops have fixed the order (a replay is
+//!   exactly-once like any other).
 //! - The handler fails (error, trap, time or memory limit) → the whole transaction rolls
 //!   back, the failure answer makes the provider retry.
 //!
@@ -205,6 +215,14 @@ impl Refunder {
                 r.map(|()| RefundOutcome::new(Verdict::Refunded, reason)),
             );
         }
+        if let Err(failure) = plugin.breaker.admit() {
+            crate::metrics::breaker_fast_fail(&plugin.plugin_type);
+            tracing::warn!(plugin = %plugin.plugin_type, error = %failure, "refund handler not run; refund rolled back, provider will retry");
+            return (
+                Some(tx),
+                Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
+            );
+        }
         let (back, result) = self
             .call_handler(
                 tx,
@@ -217,6 +235,10 @@ impl Refunder {
                 refunded_total,
             )
             .await;
+        if plugin.breaker.record(&result) {
+            crate::metrics::breaker_tripped(&plugin.plugin_type);
+            tracing::error!(plugin = %plugin.plugin_type, "payment calls keep timing out: the type fails fast for a cool-down");
+        }
         let Some(mut tx) = back else {
             return (None, Err(StoreError::Invalid("transaction lost".into())));
         };
@@ -282,7 +304,13 @@ impl Refunder {
         let (ctx, result) = self
             .plugins
             .runtime()
-            .handle_refunded(&plugin.compiled, ctx, plugin.limits, wit_order, wit_refund)
+            .handle_refunded(
+                &plugin.compiled,
+                ctx,
+                plugin.payment_limits,
+                wit_order,
+                wit_refund,
+            )
             .await;
         (ctx.and_then(|c| c.db.into_tx()), result)
     }
@@ -303,8 +331,20 @@ async fn check(
             why,
         )))
     };
+    // Recorded in this transaction while the order's row is locked, so a payment that
+    // commits after it finds it (see `Pipeline::apply_waiting_refunds`).
+    let pending = |why: String| {
+        tracing::warn!(reason = %why, out_refund_no = %refund.out_refund_no, "verified refund before its payment: provider told to retry");
+        Ok(Checked::Done(RefundOutcome::new(
+            Verdict::RefundPending,
+            why,
+        )))
+    };
     let Some(order) = tx.lock_order(&notice.out_trade_no).await? else {
-        return unapplied(format!("unknown order `{}`", notice.out_trade_no));
+        return pending(format!(
+            "unknown order `{}`; refund waits for its payment",
+            notice.out_trade_no
+        ));
     };
     if order.provider != provider.as_str() || order.account != notice.account {
         return Ok(Checked::Done(RefundOutcome::new(
@@ -337,7 +377,7 @@ async fn check(
         return Ok(Checked::Done(outcome));
     }
     match order.status {
-        status::UNPAID => return unapplied("order is unpaid".into()),
+        status::UNPAID => return pending("order is unpaid; refund waits for its payment".into()),
         status::CLOSED => return unapplied("order is closed".into()),
         _ => {}
     }

@@ -120,6 +120,8 @@ pub struct Options {
     /// components, e.g. JavaScript ones, then compile once per test run); `None` = the
     /// server's own.
     pub plugins_cache_dir: Option<PathBuf>,
+    /// Extra `key = value` lines of the `[plugins]` section (limits, breaker...).
+    pub plugins_config: String,
 }
 
 impl Options {
@@ -133,6 +135,7 @@ impl Options {
             extra_config: String::new(),
             database_url: None,
             plugins_cache_dir: None,
+            plugins_config: String::new(),
         }
     }
 
@@ -189,6 +192,10 @@ impl TestServer {
         if let Some(cache) = &options.plugins_cache_dir {
             let line = format!("[plugins]\ncache_dir = \"{}\"\n", cache.display());
             config = config.replacen("[plugins]\n", &line, 1);
+        }
+        if !options.plugins_config.is_empty() {
+            let lines = format!("[plugins]\n{}\n", options.plugins_config.trim_end());
+            config = config.replacen("[plugins]\n", &lines, 1);
         }
         let config_path = dir.path().join("paynotify.toml");
         std::fs::write(&config_path, config).expect("write config");

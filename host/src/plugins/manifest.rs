@@ -19,6 +19,9 @@ pub struct Manifest {
     pub http_origins: Vec<String>,
     /// Wall-time limit per call; default from `[plugins]`.
     pub timeout_ms: Option<u64>,
+    /// Wall-time limit of `handle-paid` / `handle-refunded`, which run inside the
+    /// payment's transaction; default `[plugins] payment_timeout_ms`.
+    pub payment_timeout_ms: Option<u64>,
     /// Memory limit per instance; default from `[plugins]`.
     pub memory_mb: Option<u64>,
     /// Settings handed to the handler through its `config` import.
@@ -86,6 +89,26 @@ impl Manifest {
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),
+        })
+    }
+
+    /// The limits for a call inside a payment or refund transaction: `limits` with the
+    /// payment wall time (manifest, then `[plugins] payment_timeout_ms`, then
+    /// `timeout_ms`), or an error naming the key over the global cap.
+    pub fn payment_limits(&self, global: &PluginsConfig) -> Result<Limits, String> {
+        let limits = self.limits(global)?;
+        let Some(ms) = self.payment_timeout_ms.or(global.payment_timeout_ms) else {
+            return Ok(limits);
+        };
+        if ms == 0 || ms > global.max_timeout_ms {
+            return Err(format!(
+                "key `payment_timeout_ms`: {ms} is outside 1..={} (plugins.max_timeout_ms)",
+                global.max_timeout_ms
+            ));
+        }
+        Ok(Limits {
+            timeout: Duration::from_millis(ms),
+            ..limits
         })
     }
 

@@ -17,6 +17,7 @@ use crate::config::PluginsConfig;
 use crate::store::{now_ms, Millis};
 
 mod backstop;
+pub mod breaker;
 pub mod capabilities;
 pub mod inspect;
 pub mod manifest;
@@ -78,6 +79,10 @@ pub struct Plugin {
     pub manifest: Arc<Manifest>,
     /// Limits per call.
     pub limits: Limits,
+    /// Limits of the calls made inside a payment or refund transaction.
+    pub payment_limits: Limits,
+    /// Fails the type's payment calls fast after repeated timeouts.
+    pub breaker: breaker::Breaker,
     /// When it was loaded.
     pub loaded_at: Millis,
     /// The compiled component.
@@ -122,6 +127,12 @@ pub struct PluginStatus {
     pub http_origins: Vec<String>,
     /// The serving build exports `handle-refunded` (world `handler-with-refunds`).
     pub handles_refunds: bool,
+    /// Wall-time limit of `run-task` calls, in ms.
+    pub timeout_ms: Option<u64>,
+    /// Wall-time limit of payment and refund calls, in ms.
+    pub payment_timeout_ms: Option<u64>,
+    /// Payment calls that timed out in a row, and until when the type fails fast.
+    pub breaker: breaker::BreakerStatus,
     /// The last load failure for this type (the previous version keeps serving).
     pub last_error: Option<String>,
     /// When it failed.
@@ -206,6 +217,9 @@ impl Registry {
                         .map(|p| p.manifest.http_origins.clone())
                         .unwrap_or_default(),
                     handles_refunds: p.is_some_and(|p| p.compiled.handles_refunds()),
+                    timeout_ms: p.map(|p| duration_ms(p.limits.timeout)),
+                    payment_timeout_ms: p.map(|p| duration_ms(p.payment_limits.timeout)),
+                    breaker: p.map(|p| p.breaker.status()).unwrap_or_default(),
                     last_error: err.map(|e| e.0.clone()),
                     last_error_at: err.map(|e| e.1),
                 }
@@ -310,9 +324,9 @@ impl Registry {
             return Ok(None);
         }
         let manifest = Arc::new(Manifest::load(&manifest_path).map_err(LoadError::Manifest)?);
-        let limits = manifest
-            .limits(&self.config)
-            .map_err(|e| LoadError::Manifest(format!("{}: {e}", manifest_path.display())))?;
+        let in_file = |e: String| LoadError::Manifest(format!("{}: {e}", manifest_path.display()));
+        let limits = manifest.limits(&self.config).map_err(in_file)?;
+        let payment_limits = manifest.payment_limits(&self.config).map_err(in_file)?;
         let size = bytes.len();
         let cache_dir = self
             .config
@@ -339,6 +353,11 @@ impl Registry {
             size,
             manifest,
             limits,
+            payment_limits,
+            breaker: breaker::Breaker::new(
+                self.config.breaker_timeouts,
+                std::time::Duration::from_secs(self.config.breaker_cooldown_secs),
+            ),
             loaded_at: now_ms(),
             compiled,
         }))
@@ -370,6 +389,10 @@ impl Registry {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         errors.remove(plugin_type);
     }
+}
+
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Size and modification time of a plugin's `.wasm` and manifest.

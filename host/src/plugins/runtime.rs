@@ -115,6 +115,15 @@ pub enum HandlerFailure {
     /// No handler is loaded for the order's type.
     #[error("no handler is loaded for type `{0}`")]
     NotLoaded(String),
+    /// The type's payment calls timed out repeatedly: it is not run until the cool-down
+    /// is over (see [`super::breaker`]).
+    #[error("handler not run: its last {timeouts} payment calls timed out; failing fast until {}", crate::store::iso_time(*until))]
+    FailingFast {
+        /// Timeouts in a row.
+        timeouts: u32,
+        /// Until when (unix ms).
+        until: crate::store::Millis,
+    },
 }
 
 impl HandlerFailure {
@@ -128,6 +137,7 @@ impl HandlerFailure {
             HandlerFailure::Host(_) => "host",
             HandlerFailure::Transient(_) => "transient",
             HandlerFailure::NotLoaded(_) => "not-loaded",
+            HandlerFailure::FailingFast { .. } => "failing-fast",
         };
         serde_json::json!({ "error": kind, "message": self.to_string() })
     }

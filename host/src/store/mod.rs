@@ -245,9 +245,13 @@ pub enum Verdict {
     Rejected,
     /// A verified refund, applied to its order.
     Refunded,
-    /// A verified refund that cannot be applied (unknown, unpaid or closed order, more
-    /// than remains, a mismatched total): acknowledged, nothing changed, listed for ops.
+    /// A verified refund that can never be applied (closed order, more than remains, a
+    /// mismatched total, another transaction): acknowledged, nothing changed, listed for
+    /// ops as needing attention.
     RefundUnapplied,
+    /// A verified refund of an order that is unknown or not paid yet: nothing changed, the
+    /// provider is told to retry, and it is applied as soon as the order's payment commits.
+    RefundPending,
     /// Verified, but the handler failed or is missing: rolled back, the provider retries.
     Failed,
 }
@@ -264,25 +268,28 @@ impl Verdict {
             Verdict::Rejected => "rejected",
             Verdict::Refunded => "refunded",
             Verdict::RefundUnapplied => "refund_unapplied",
+            Verdict::RefundPending => "refund_pending",
             Verdict::Failed => "failed",
         }
     }
 
+    /// Every verdict, in the order lists and help texts show them.
+    pub const ALL: [Verdict; 10] = [
+        Verdict::Received,
+        Verdict::Paid,
+        Verdict::Duplicate,
+        Verdict::Ignored,
+        Verdict::PaidAfterClose,
+        Verdict::Rejected,
+        Verdict::Refunded,
+        Verdict::RefundUnapplied,
+        Verdict::RefundPending,
+        Verdict::Failed,
+    ];
+
     /// Parses the stored text.
     pub fn parse(s: &str) -> Option<Verdict> {
-        [
-            Verdict::Received,
-            Verdict::Paid,
-            Verdict::Duplicate,
-            Verdict::Ignored,
-            Verdict::PaidAfterClose,
-            Verdict::Rejected,
-            Verdict::Refunded,
-            Verdict::RefundUnapplied,
-            Verdict::Failed,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
 
@@ -800,7 +807,7 @@ pub async fn connect(
     config: &crate::config::DatabaseConfig,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     let url = config.url.as_str();
-    if url.starts_with("sqlite:") {
+    if config.is_sqlite() {
         Ok(std::sync::Arc::new(
             sqlite::SqliteStore::connect(config).await?,
         ))

@@ -50,6 +50,7 @@ pub fn router(app: App) -> Router<App> {
         .route("/console/orders/{out_trade_no}", get(pages::order))
         .route("/console/notifications", get(pages::notifications))
         .route("/console/notifications/{id}", get(pages::notification))
+        .route("/console/attention", get(pages::attention))
         .route("/console/notifications/{id}/replay", post(actions::replay))
         .route("/console/plugins", get(pages::plugins))
         .route("/console/plugins/reload", post(actions::reload))
@@ -116,6 +117,8 @@ pub enum Nav {
     Orders,
     /// Notifications and one notification.
     Notifications,
+    /// What needs attention: refunds that cannot apply, refunds waiting for payments.
+    Attention,
     /// Plugins.
     Plugins,
     /// Tasks.
@@ -147,6 +150,7 @@ pub fn page(title: &str, nav: Nav, session: &Session, body: Markup) -> Html<Stri
                         nav {
                             (link("/console/orders", "Orders", Nav::Orders))
                             (link("/console/notifications", "Notifications", Nav::Notifications))
+                            (link("/console/attention", "Needs attention", Nav::Attention))
                             (link("/console/plugins", "Plugins", Nav::Plugins))
                             (link("/console/tasks", "Tasks", Nav::Tasks))
                             (link("/console/live", "Live", Nav::Live))

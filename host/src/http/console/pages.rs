@@ -29,15 +29,7 @@ const PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
 
 /// Every verdict, for the filter.
-const VERDICTS: [Verdict; 7] = [
-    Verdict::Received,
-    Verdict::Paid,
-    Verdict::Duplicate,
-    Verdict::Ignored,
-    Verdict::PaidAfterClose,
-    Verdict::Rejected,
-    Verdict::Failed,
-];
+const VERDICTS: [Verdict; 10] = Verdict::ALL;
 
 /// Every task status, for the filter.
 const TASK_STATUSES: [&str; 4] = ["pending", "running", "done", "dead"];
@@ -439,6 +431,62 @@ pub async fn notifications(
     page("Notifications", Nav::Notifications, &session, body).into_response()
 }
 
+/// Rows per section of the attention page.
+const ATTENTION_ROWS: u32 = 100;
+
+/// `GET /console/attention`: verified refunds that moved money at the provider but
+/// changed nothing here — those that can never apply as they stand (ops must act), and
+/// those waiting for their order's payment (applied when it commits; the provider
+/// retries them meanwhile).
+pub async fn attention(State(app): State<App>, Extension(session): Extension<Session>) -> Response {
+    let section = |verdict: Verdict| NotificationFilter {
+        verdict: Some(verdict),
+        limit: ATTENTION_ROWS,
+        ..Default::default()
+    };
+    let unapplied = app
+        .store
+        .list_notifications(&section(Verdict::RefundUnapplied))
+        .await;
+    let pending = app
+        .store
+        .list_notifications(&section(Verdict::RefundPending))
+        .await;
+    let (unapplied, pending) = match (unapplied, pending) {
+        (Ok(u), Ok(p)) => (u, p),
+        (Err(e), _) | (_, Err(e)) => return store_failure(e),
+    };
+    let more = |rows: &[NotificationRecord], verdict: Verdict| {
+        html! {
+            @if rows.len() as u32 >= ATTENTION_ROWS {
+                p { a href={"/console/notifications?verdict=" (verdict.as_str())} { "All of them ›" } }
+            }
+        }
+    };
+    let body = html! {
+        section #refund-unapplied {
+            h2 { "Refunds that cannot apply (" (unapplied.len()) ")" }
+            p.muted {
+                "Verified refunds whose money went back at the provider but that change nothing here "
+                "(closed order, more than remains, another transaction, a mismatched total). "
+                "Fix the order, then replay the notification."
+            }
+            (notifications_table(&unapplied, &session))
+            (more(&unapplied, Verdict::RefundUnapplied))
+        }
+        section #refund-pending {
+            h2 { "Refunds waiting for their payment (" (pending.len()) ")" }
+            p.muted {
+                "Verified refunds of orders that are unknown or unpaid. The provider was told to retry; "
+                "each is applied as soon as its order's payment commits."
+            }
+            (notifications_table(&pending, &session))
+            (more(&pending, Verdict::RefundPending))
+        }
+    };
+    page("Needs attention", Nav::Attention, &session, body).into_response()
+}
+
 /// Notifications with their verdicts, reasons and a replay button each.
 fn notifications_table(rows: &[NotificationRecord], session: &Session) -> Markup {
     html! {
@@ -566,7 +614,7 @@ pub fn plugins_page(
             table #plugins {
                 thead { tr {
                     th { "Type" } th { "Serving" } th { "Name" } th { "Version" } th { "SHA-256" }
-                    th.num { "Size" } th { "Loaded" } th { "Grants" } th { "Last load error" }
+                    th.num { "Size" } th { "Loaded" } th { "Payment calls" } th { "Grants" } th { "Last load error" }
                 } }
                 tbody {
                     @for p in &list {
@@ -578,6 +626,15 @@ pub fn plugins_page(
                             td.hash { @if let Some(h) = &p.sha256 { code title=(h) { (h.get(..16).unwrap_or(h)) "…" } } @else { span.muted { "—" } } }
                             td.num { @if let Some(s) = p.size { (s) " B" } @else { span.muted { "—" } } }
                             td.loaded-at { (time_opt(p.loaded_at)) }
+                            td.breaker {
+                                @if let Some(ms) = p.payment_timeout_ms { "limit " (ms) " ms" }
+                                @if let Some(until) = p.breaker.failing_fast_until {
+                                    br; span.badge.bad { "failing fast" } " until " (time(until))
+                                    " (" (p.breaker.timeouts_in_a_row) " timeouts in a row)"
+                                } @else if p.breaker.timeouts_in_a_row > 0 {
+                                    br; (p.breaker.timeouts_in_a_row) " timeouts in a row"
+                                }
+                            }
                             td { "db: " (p.collections.join(", ")) @if !p.http_origins.is_empty() { br; "http: " (p.http_origins.join(", ")) } }
                             td.error { @if let Some(e) = &p.last_error { (e) " " (time_opt(p.last_error_at)) } @else { span.muted { "—" } } }
                         }
