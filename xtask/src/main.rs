@@ -483,13 +483,16 @@ fn bench(root: &Path) -> Result<()> {
             .args(both)
             .args(["--bench", "dispatch"]),
     )?;
-    run_cmd(
-        cargo()
-            .current_dir(root)
-            .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
-            .env("PAYNOTIFY_BENCH_BIN", &bin)
-            .arg("bench")
-            .args(both)
-            .args(["--bench", "throughput"]),
-    )
+    for bench in ["throughput", "noisy_neighbour"] {
+        run_cmd(
+            cargo()
+                .current_dir(root)
+                .env("PAYNOTIFY_BENCH_PLUGINS", &plugins)
+                .env("PAYNOTIFY_BENCH_BIN", &bin)
+                .arg("bench")
+                .args(both)
+                .args(["--bench", bench]),
+        )?;
+    }
+    Ok(())
 }
