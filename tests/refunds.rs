@@ -8,7 +8,7 @@ use paynotify::store::{status, Verdict};
 use paynotify_tests::process::{all_notifications, connect_store, HostProcess};
 use paynotify_tests::{
     alipay, fresh_postgres_url, postgres_only_test_deferred, v2_return_code, wechat_v2, wechat_v3,
-    Options, TestServer,
+    Options, TestServer, TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -297,6 +297,18 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
         "{metrics}"
     );
 
+    let attention = console_page(&s, "/console/attention").await;
+    assert!(
+        attention.contains("Refunds that cannot apply (3)"),
+        "{attention}"
+    );
+    for n in s.notifications().await {
+        if n.verdict == Verdict::RefundUnapplied {
+            let row = format!("data-notification=\"{}\"", n.id);
+            assert!(attention.contains(&row), "{} not listed: {attention}", n.id);
+        }
+    }
+
     // A refund that did not go through (REFUNDCLOSE) is acknowledged and ignored.
     let mut info = wechat_v2::refund_info("RV2000003", "RF9", 800, 100, "4200V2003");
     info.insert("refund_status".into(), "REFUNDCLOSE".into());
@@ -309,6 +321,37 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
     assert_eq!(refund_state(&s, "RV2000003").await, (status::PAID, 0));
     assert_eq!(balance(&s, "u3").await, Some(800));
     assert!(refunds(&s, "RV2000003").await.is_empty());
+}
+
+/// A console page of `s`, signed in with the API token.
+async fn console_page(s: &TestServer, path: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let signed_in = http
+        .post(s.url("/console/login"))
+        .header("origin", format!("http://{}", s.addr))
+        .form(&[("token", TOKEN), ("next", path)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed_in.status().as_u16(), 303, "sign-in redirects");
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("the console cookie")
+        .to_owned();
+    let page = http
+        .get(s.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 200, "{path}");
+    page.text().await.expect("page text")
 }
 
 /// The provider, out of order: a refund delivered before its payment (unknown order,
@@ -790,4 +833,72 @@ fn base64_decode(text: &str) -> Vec<u8> {
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A refund that overtook its payment on one host is applied by the other host that
+/// commits the payment, and copies of the payment racing on both hosts apply it once.
+#[tokio::test]
+async fn a_refund_stored_on_one_host_is_applied_by_the_payment_on_another() {
+    if postgres_only_test_deferred("early refunds across processes") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let url = fresh_postgres_url();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("dir a");
+    std::fs::create_dir_all(&db).expect("dir b");
+    let plugins = [("recharge", "recharge", None)];
+    let (a, b) = tokio::join!(
+        HostProcess::start("host a", &da, &url, &plugins, ""),
+        HostProcess::start("host b", &db, &url, &plugins, ""),
+    );
+    a.create_order(json!({
+        "type": "recharge", "total_fee": 1000, "user_id": "early", "provider": "wechat-v2",
+        "out_trade_no": "RMP00002", "custom": { "recharge_balance": 1000 }
+    }))
+    .await;
+    let refund = v2_refund(
+        "RMP00002",
+        "RF1",
+        1000,
+        400,
+        "4200MP002",
+        wechat_v2::API_KEY,
+    );
+    let (_, body) = a
+        .try_notify("/notify/wechat-v2", "text/xml", &[], refund)
+        .await
+        .expect("answer");
+    assert_eq!(v2_return_code(&body), "FAIL", "told to retry: {body}");
+
+    let paid = wechat_v2::paid_xml("RMP00002", 1000, "4200MP002");
+    let sends = (0..6).map(|c| {
+        let host = if c % 2 == 0 { &b } else { &a };
+        let xml = paid.clone();
+        async move {
+            host.try_notify("/notify/wechat-v2", "text/xml", &[], xml)
+                .await
+        }
+    });
+    for answer in futures::future::join_all(sends).await {
+        let (_, body) = answer.expect("answer");
+        assert_eq!(v2_return_code(&body), "SUCCESS", "{body}");
+    }
+    let store = connect_store(&url).await;
+    let order = store
+        .get_order("RMP00002")
+        .await
+        .expect("db")
+        .expect("order");
+    assert_eq!(
+        (order.status, order.refund_fee),
+        (status::PARTIALLY_REFUNDED, 400)
+    );
+    assert_eq!(store.list_refunds("RMP00002").await.expect("db").len(), 1);
+    let user = store.get_document("users", "early").await.expect("db");
+    let user: Value = serde_json::from_str(&user.expect("user document")).expect("json");
+    assert_eq!(
+        user["balance"], 600,
+        "credited once, the refund taken back once"
+    );
 }
