@@ -9,8 +9,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use paynotify::store::TaskRecord;
-use paynotify_tests::{install_plugin, wait_until, wechat_v2, Options, TestServer};
+use paynotify::store::{now_ms, NewTask, TaskEnd, TaskRecord};
+use paynotify_tests::process::connect_store;
+use paynotify_tests::{
+    fresh_database_url, install_plugin, wait_until, wechat_v2, Options, TestServer,
+};
 use serde_json::{json, Value};
 
 /// The notify key every test server's account has (32 ASCII bytes).
@@ -304,6 +307,87 @@ async fn a_task_whose_plugin_is_unloaded_waits_for_it() {
         .await;
     assert_eq!(st, 200);
     wait_status(&s, "B000000041", "done").await;
+}
+
+/// A lease is renewed only under the claim's token: the renewed lease keeps other workers
+/// off, and once another worker took the task over (after the lease ran out) the old
+/// holder can neither renew nor finish it. Store level, on the backend under test.
+#[tokio::test]
+async fn a_task_lease_is_renewed_only_by_the_worker_holding_the_claim() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = connect_store(&fresh_database_url(dir.path())).await;
+    let now = now_ms();
+    let mut tx = store.begin().await.expect("begin");
+    let id = tx
+        .enqueue_task(&NewTask {
+            plugin: "notify-backend".into(),
+            name: "deliver".into(),
+            payload: "{}".into(),
+            out_trade_no: None,
+            provider: None,
+            account: None,
+            run_at: now - 1,
+        })
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let ids = |tasks: Vec<TaskRecord>| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+    let claimed = store
+        .claim_tasks("a", now, now + 1000, 1)
+        .await
+        .expect("claim");
+    assert_eq!(ids(claimed), vec![id]);
+    assert!(store.renew_task(id, "a", now + 5000).await.expect("renew"));
+    let early = store
+        .claim_tasks("b", now + 2000, now + 7000, 1)
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(early),
+        Vec::<i64>::new(),
+        "claimed within the renewed lease"
+    );
+    let taken = store
+        .claim_tasks("b", now + 5000, now + 9000, 1)
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(taken),
+        vec![id],
+        "the renewed lease ran out: b takes over"
+    );
+    assert!(
+        !store
+            .renew_task(id, "a", now + 20_000)
+            .await
+            .expect("renew"),
+        "the old holder renewed a lease taken over"
+    );
+    assert!(
+        !store
+            .finish_task(id, "a", &TaskEnd::Done)
+            .await
+            .expect("finish"),
+        "the old holder finished a task taken over"
+    );
+    assert!(store
+        .renew_task(id, "b", now + 20_000)
+        .await
+        .expect("renew"));
+    assert!(store
+        .finish_task(id, "b", &TaskEnd::Done)
+        .await
+        .expect("finish"));
+    assert!(
+        !store
+            .renew_task(id, "b", now + 30_000)
+            .await
+            .expect("renew"),
+        "a finished task was renewed"
+    );
+    let t = store.get_task(id).await.expect("db").expect("task");
+    assert_eq!((t.status.as_str(), t.attempts), ("done", 1));
 }
 
 #[test]

@@ -234,7 +234,10 @@ pub struct TasksConfig {
     pub poll_ms: u64,
     /// Delay before each retry, in seconds; after the last the task is dead.
     pub backoff_secs: Vec<u64>,
-    /// How long a claimed task stays claimed before another worker may take it over.
+    /// How long a claimed task stays claimed before another worker may take it over. The
+    /// worker renews it every third of this while the attempt runs (so `run-task` may
+    /// run longer) and abandons an attempt whose lease it lost or could not renew in time;
+    /// it bounds how long a task waits after its worker died.
     pub lease_secs: u64,
 }
 
@@ -547,6 +550,9 @@ impl Config {
                 "tasks.backoff_secs".into(),
                 "needs at least one delay".into(),
             ));
+        }
+        if self.tasks.lease_secs == 0 {
+            return Err(err("tasks.lease_secs".into(), "must be at least 1".into()));
         }
         if self.orders.expire_check_secs == 0 {
             return Err(err(

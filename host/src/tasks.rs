@@ -2,12 +2,22 @@
 //! committed, retrying failures with backoff and parking a task as dead after the last
 //! attempt, every attempt's error kept.
 //!
-//! Tasks are claimed with a lease: a worker that dies mid-task leaves it to be claimed
-//! again when the lease runs out, so a task runs at least once and, while its worker is
-//! alive, on one worker at a time. `run-task` should therefore be idempotent.
+//! A task never runs on two workers at once, across host processes too. A worker claims
+//! one task at a time under a lease (`tasks.lease_secs`) and renews it every third of the
+//! lease while the attempt runs, so a `run-task` that waits on a slow backend for longer
+//! than the lease keeps its claim. Every renewal and the final update are conditional on
+//! the worker's claim token: if the task was taken over (the lease ran out) or the renewal
+//! cannot be confirmed before the lease would run out (database unreachable), the attempt
+//! is abandoned there and then, before another worker may claim it. Claiming one task at
+//! a time, rather than a batch that waits under one lease, also spreads a queue of slow
+//! tasks over every host instead of one host's backlog.
+//!
+//! A worker that dies mid-task leaves it to be claimed again when the lease runs out, so a
+//! task still runs at least once (its side effect may have happened before the crash):
+//! `run-task` should be idempotent.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::TasksConfig;
 use crate::pipeline::NotifyKeys;
@@ -19,8 +29,8 @@ use crate::store::{now_ms, Store, StoreError, TaskEnd, TaskRecord};
 /// How long a task whose plugin is not loaded waits before it is looked at again.
 const UNLOADED_WAIT: Duration = Duration::from_secs(60);
 
-/// Most tasks claimed per poll.
-const BATCH: u32 = 16;
+/// How soon a lease renewal that failed (database error) is tried again, at most.
+const RENEW_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs due tasks.
 pub struct Worker {
@@ -63,40 +73,116 @@ impl Worker {
         }
     }
 
-    /// Claims and runs one batch of due tasks; returns how many ran.
+    /// The lease a claim or renewal takes.
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.config.lease_secs.max(1))
+    }
+
+    /// `now_ms()` plus the lease.
+    fn lease_until(&self) -> i64 {
+        now_ms() + i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// Claims one due task and runs it while holding its lease; returns how many it claimed
+    /// (0 or 1).
     pub async fn run_due(&self) -> Result<usize, StoreError> {
-        let now = now_ms();
-        let lease_until = now
-            + i64::try_from(self.config.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+        // Taken before the claim is sent: the lease is counted from no later than the
+        // database's start of it, so this worker's idea of it never outlasts the stored one.
+        let claimed_at = Instant::now();
         let claimed = self
             .store
-            .claim_tasks(&self.token, now, lease_until, BATCH)
+            .claim_tasks(&self.token, now_ms(), self.lease_until(), 1)
             .await?;
-        let n = claimed.len();
-        for task in claimed {
-            let end = self.attempt(&task).await;
-            match &end {
-                TaskEnd::Done => {
-                    tracing::info!(task = task.id, name = %task.name, plugin = %task.plugin, "task done")
-                }
-                TaskEnd::Retry { error, at } => {
-                    tracing::warn!(task = task.id, name = %task.name, error = %error, retry_in_ms = at - now_ms(), "task failed; will retry")
-                }
-                TaskEnd::Dead { error } => {
-                    tracing::error!(task = task.id, name = %task.name, error = %error, "task failed for the last time; parked as dead")
-                }
-                TaskEnd::Postpone { reason, .. } => {
-                    tracing::warn!(task = task.id, reason = %reason, "task postponed")
-                }
+        let Some(task) = claimed.into_iter().next() else {
+            return Ok(0);
+        };
+        let Some(end) = self.attempt_holding_lease(&task, claimed_at).await else {
+            return Ok(1);
+        };
+        match &end {
+            TaskEnd::Done => {
+                tracing::info!(task = task.id, name = %task.name, plugin = %task.plugin, "task done")
             }
-            if !self.store.finish_task(task.id, &self.token, &end).await? {
-                tracing::warn!(
-                    task = task.id,
-                    "task lease expired before it finished; another worker owns it now"
-                );
+            TaskEnd::Retry { error, at } => {
+                tracing::warn!(task = task.id, name = %task.name, error = %error, retry_in_ms = at - now_ms(), "task failed; will retry")
+            }
+            TaskEnd::Dead { error } => {
+                tracing::error!(task = task.id, name = %task.name, error = %error, "task failed for the last time; parked as dead")
+            }
+            TaskEnd::Postpone { reason, .. } => {
+                tracing::warn!(task = task.id, reason = %reason, "task postponed")
             }
         }
-        Ok(n)
+        if !self.store.finish_task(task.id, &self.token, &end).await? {
+            tracing::warn!(
+                task = task.id,
+                "task lease expired before it finished; another worker owns it now"
+            );
+        }
+        Ok(1)
+    }
+
+    /// Runs one attempt, renewing the task's lease every third of it. `None` if the
+    /// attempt was abandoned because the claim was lost or could not be confirmed in time;
+    /// the task is then another worker's (or will be once the stored lease runs out).
+    ///
+    /// The renewal is awaited between polls of the attempt, not raced against it, so an
+    /// attempt that ends mid-renewal never cuts a statement off halfway.
+    async fn attempt_holding_lease(
+        &self,
+        task: &TaskRecord,
+        claimed_at: Instant,
+    ) -> Option<TaskEnd> {
+        let lease = self.lease();
+        // Stop a little before the lease this worker last confirmed runs out: another
+        // host's clock may run ahead of this one's.
+        let margin = lease / 6;
+        let mut held_until = claimed_at + lease;
+        let mut next_renewal = claimed_at + lease / 3;
+        let attempt = self.attempt(task);
+        tokio::pin!(attempt);
+        loop {
+            let give_up = held_until.checked_sub(margin).unwrap_or(held_until);
+            tokio::select! {
+                biased;
+                end = &mut attempt => return Some(end),
+                () = tokio::time::sleep_until(next_renewal.min(give_up).into()) => {}
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                tracing::error!(
+                    task = task.id,
+                    name = %task.name,
+                    "task lease could not be renewed before it ran out; attempt abandoned \
+                     (another worker may claim the task now)"
+                );
+                return None;
+            }
+            let renewal = self
+                .store
+                .renew_task(task.id, &self.token, self.lease_until());
+            match tokio::time::timeout_at(give_up.into(), renewal).await {
+                Ok(Ok(true)) => {
+                    held_until = now + lease;
+                    next_renewal = now + lease / 3;
+                }
+                Ok(Ok(false)) => {
+                    tracing::error!(
+                        task = task.id,
+                        name = %task.name,
+                        "task lease lost while the attempt ran (another worker took the task \
+                         over); attempt abandoned"
+                    );
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(task = task.id, error = %e, "cannot renew the task lease; trying again");
+                    next_renewal = Instant::now() + (lease / 3).min(RENEW_RETRY);
+                }
+                // The next turn of the loop gives up.
+                Err(_elapsed) => next_renewal = give_up,
+            }
+        }
     }
 
     /// One attempt at one task.

@@ -672,6 +672,29 @@ macro_rules! shared_statements {
                 rows.iter().map(StoreRow::task).collect()
             }
 
+            /// Moves the lease of a task this worker still holds (by `token`) to
+            /// `lease_until`. Only the token is checked, not the old lease: a claim that
+            /// ran out without being taken over is still this worker's, and a takeover
+            /// rewrites the token, so whichever statement commits second sees the other's
+            /// (row lock on PostgreSQL, one writer on SQLite).
+            pub(super) async fn renew_task<'e, E: Executor<'e, Database = $db>>(
+                e: E,
+                id: i64,
+                token: &str,
+                lease_until: i64,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE tasks SET locked_until = $3 \
+                     WHERE id = $1 AND claim_token = $2 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(token)
+                .bind(lease_until)
+                .execute(e)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             pub(super) async fn finish_task<'e, E: Executor<'e, Database = $db>>(
                 e: E,
                 id: i64,
@@ -1117,6 +1140,15 @@ macro_rules! impl_store {
                 limit: u32,
             ) -> Result<Vec<$crate::store::TaskRecord>, $crate::store::StoreError> {
                 shared::claim_tasks(&mut *self.$writer().await?, token, now, lease_until, limit).await
+            }
+
+            async fn renew_task(
+                &self,
+                id: i64,
+                token: &str,
+                lease_until: $crate::store::Millis,
+            ) -> Result<bool, $crate::store::StoreError> {
+                shared::renew_task(&mut *self.$writer().await?, id, token, lease_until).await
             }
 
             async fn finish_task(

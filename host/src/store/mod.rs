@@ -626,6 +626,15 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Extends the lease of task `id`, claimed under `token`, to `lease_until`. False if
+    /// the claim was lost (taken over by another worker after the lease ran out): the
+    /// holder must then stop running it.
+    async fn renew_task(
+        &self,
+        id: i64,
+        token: &str,
+        lease_until: Millis,
+    ) -> Result<bool, StoreError>;
     /// Ends a claimed attempt: `Done`, retry at a time, or dead. Counts the attempt and
     /// keeps its error. False if the claim was lost (lease expired and taken over).
     async fn finish_task(&self, id: i64, token: &str, end: &TaskEnd) -> Result<bool, StoreError>;
