@@ -203,7 +203,7 @@ impl Backend {
 
     fn manifest(&self) -> String {
         format!(
-            "collections = []\nhttp_origins = [\"http://127.0.0.1:{p}\"]\n[config]\nbackend_url = \"http://127.0.0.1:{p}/paid\"\n",
+            "collections = []\nhttp_origins = [\"http://127.0.0.1:{p}\"]\ncrypto = true\n[config]\nbackend_url = \"http://127.0.0.1:{p}/paid\"\n",
             p = self.port
         )
     }

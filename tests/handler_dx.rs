@@ -753,10 +753,61 @@ fn plugins_check_explains_what_is_wrong() {
     );
 }
 
+/// `plugins check` of a handler whose manifest opts in to HTTP inside the payment and to the
+/// notify key says so, with the warning (text), and lists both grants (`--json`).
+#[test]
+fn plugins_check_shows_the_side_effect_opt_ins() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let wasm = tmp.path().join("sidefx.wasm");
+    std::fs::copy(plugin_wasm("sidefx"), &wasm).expect("copy");
+    std::fs::write(
+        tmp.path().join("sidefx.toml"),
+        "http_origins = [\"https://backend.example\"]\nhttp_in_payment = true\ncrypto = true\n",
+    )
+    .expect("write manifest");
+    let out = run_ok(paynotify(tmp.path()).args(["plugins", "check"]).arg(&wasm));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("http in payment: yes (http_in_payment = true)")
+            && text.contains("crypto (notify key): yes")
+            && text.contains("warning: http_in_payment = true")
+            && text.contains("may run more than once")
+            && text.contains("hold the payment's locks"),
+        "{text}"
+    );
+    let out = run_ok(
+        paynotify(tmp.path())
+            .args(["--json", "plugins", "check"])
+            .arg(&wasm),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (&v["http_in_payment"], &v["crypto"]),
+        (&json!(true), &json!(true)),
+        "{v}"
+    );
+
+    // Without the opt-ins the check says they are off.
+    std::fs::write(
+        tmp.path().join("sidefx.toml"),
+        "http_origins = [\"https://backend.example\"]\n",
+    )
+    .expect("write manifest");
+    let out = run_ok(paynotify(tmp.path()).args(["plugins", "check"]).arg(&wasm));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("http in payment: no (run-task only)")
+            && text.contains("crypto (notify key): no")
+            && !text.contains("warning"),
+        "{text}"
+    );
+}
+
 /// The JS SDK's capabilities end to end, through `try` on a handler built from a fresh
 /// `new-plugin --lang js` project: vk-style `update` with `_.inc`, `get`, `where`, `add`,
 /// `remove`, `crypto` keyed by the notify key, `config`, `tasks` with a delay, a denied HTTP
-/// origin and a denied collection as thrown `HandlerError`s, the notification's fields.
+/// origin and a denied collection as thrown `HandlerError`s, the notification's fields; and
+/// `crypto` refused as `crypto-denied` once the manifest no longer grants it.
 #[test]
 fn js_sdk_capabilities_work_from_a_handler() {
     use hmac::{Hmac, Mac};
@@ -801,7 +852,7 @@ export async function handlePaid(order, notification) {
     .expect("write handler");
     std::fs::write(
         project.join("sdkcheck.toml"),
-        "collections = [\"users\"]\nhttp_origins = []\n\n[config]\ngreeting = \"hello\"\n",
+        "collections = [\"users\"]\nhttp_origins = []\ncrypto = true\n\n[config]\ngreeting = \"hello\"\n",
     )
     .expect("write manifest");
     run_ok(Command::new("npm").current_dir(&project).args([
@@ -880,4 +931,28 @@ export async function handlePaid(order, notification) {
     );
     assert_eq!(report["logs"][0]["level"], "warn", "{report}");
     assert_eq!(report["logs"][0]["fields"], "sig_len=64");
+
+    // The same handler without `crypto = true`: its first keyed call throws crypto-denied.
+    std::fs::write(
+        project.join("sdkcheck.toml"),
+        "collections = [\"users\"]\nhttp_origins = []\n\n[config]\ngreeting = \"hello\"\n",
+    )
+    .expect("write manifest");
+    let out = paynotify(tmp.path())
+        .args(["--json", "try"])
+        .arg(project.join("dist/sdkcheck.wasm"))
+        .args(["--order", "order.json"])
+        .arg("--manifest")
+        .arg(project.join("sdkcheck.toml"))
+        .args(["--notify-key", &key])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["ok"], false, "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("crypto-denied") && text.contains("set `crypto = true` in"),
+        "{report}"
+    );
 }

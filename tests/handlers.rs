@@ -2,7 +2,7 @@
 //! the whole payment back, and a handler only reaches what its manifest grants.
 
 use paynotify::store::{status, Verdict};
-use paynotify_tests::{install_plugin, v2_return_code, wechat_v2, Options, TestServer};
+use paynotify_tests::{install_plugin, v2_return_code, wait_until, wechat_v2, Options, TestServer};
 use serde_json::json;
 
 const SUCCESS: &str =
@@ -246,4 +246,244 @@ async fn a_failing_handler_in_a_shared_batch_rolls_back_only_its_own_payment() {
         .await
         .expect("tasks")
         .is_empty());
+}
+
+/// A stand-in for a merchant's backend: answers every POST `{"code":0}` and records the
+/// JSON bodies it received (`{"out_trade_no", "from"}` from the `sidefx` handler).
+#[derive(Clone)]
+struct Backend {
+    received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    port: u16,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        let app = axum::Router::new().route(
+            "/paid",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let log = log.clone();
+                async move {
+                    log.lock().expect("lock").push(body);
+                    axum::Json(json!({ "code": 0 }))
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("backend serves") });
+        Backend { received, port }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// A `sidefx` manifest allowing this backend, plus `extra` lines.
+    fn manifest(&self, extra: &str) -> String {
+        format!(
+            "collections = []\nhttp_origins = [\"http://127.0.0.1:{p}\"]\n{extra}\n[config]\nbackend_url = \"http://127.0.0.1:{p}/paid\"\n",
+            p = self.port
+        )
+    }
+}
+
+/// Creates a `sidefx`-style order of `plugin_type` whose custom asks for `custom`, and pays it;
+/// returns the provider's answer (`SUCCESS` / `FAIL`).
+async fn pay_sidefx(
+    s: &TestServer,
+    plugin_type: &str,
+    no: &str,
+    custom: serde_json::Value,
+) -> String {
+    s.create_order(json!({
+        "type": plugin_type, "total_fee": 100, "user_id": "u1", "provider": "wechat-v2",
+        "out_trade_no": no, "custom": custom
+    }))
+    .await;
+    let (st, body) = s
+        .notify_v2(wechat_v2::paid_xml(no, 100, &format!("42{no}")))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    v2_return_code(&body).to_owned()
+}
+
+/// `http` inside `handle-paid` (and `handle-refunded`) without `http_in_payment` is denied
+/// with a message saying to enqueue a task; the handler passes the error on, so the payment
+/// (refund) rolls back and the backend hears nothing. The same call from `run-task`, queued
+/// by a payment of the same plugin, goes through.
+#[tokio::test]
+async fn http_inside_a_payment_is_refused_but_a_task_may_call_out() {
+    let backend = Backend::start().await;
+    let mut options =
+        Options::with_plugins(&[]).plugin_as("sidefx", "sidefx", Some(&backend.manifest("")));
+    options.extra_config = "[tasks]\npoll_ms = 20\n".into();
+    let s = TestServer::start(options).await;
+
+    assert_eq!(
+        pay_sidefx(&s, "sidefx", "H000000001", json!({ "paid": "http" })).await,
+        "FAIL"
+    );
+    let order = s.order("H000000001").await;
+    assert_eq!(order.status, status::UNPAID);
+    assert_eq!(order.transaction_id, None);
+    assert_eq!(order.handler_status, "failed");
+    let result = order.handler_result.expect("failure recorded");
+    assert_eq!(result["error"], "http-denied", "{result}");
+    let message = result["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("refused inside handle-paid")
+            && message.contains("Enqueue a task")
+            && message.contains("`http_in_payment = true` in sidefx.toml"),
+        "{result}"
+    );
+    assert_eq!(s.notifications().await[0].verdict, Verdict::Failed);
+
+    // The safe pattern: handle-paid queues a task, run-task calls the backend after commit.
+    assert_eq!(
+        pay_sidefx(
+            &s,
+            "sidefx",
+            "H000000002",
+            json!({ "paid": "task", "refunded": "http" })
+        )
+        .await,
+        "SUCCESS"
+    );
+    assert_eq!(s.order("H000000002").await.status, status::PAID);
+    wait_until(30, "the task to be done", || async {
+        let tasks = s
+            .app
+            .store
+            .list_tasks(Some("done"), 10)
+            .await
+            .expect("tasks");
+        (!tasks.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        backend.received(),
+        vec![json!({ "out_trade_no": "H000000002", "from": "run-task" })],
+        "only the task reached the backend"
+    );
+
+    // handle-refunded is held to the same rule: the refund rolls back, the provider retries.
+    let info = wechat_v2::refund_info("H000000002", "RF1", 100, 40, "42H000000002");
+    let (st, body) = s
+        .notify_v2(wechat_v2::refund_xml(&wechat_v2::req_info(
+            &info,
+            wechat_v2::API_KEY,
+        )))
+        .await;
+    assert_eq!((st, v2_return_code(&body)), (200, "FAIL"), "{body}");
+    let order = s.order("H000000002").await;
+    assert_eq!((order.status, order.refund_fee), (status::PAID, 0));
+    let refund = s
+        .notifications()
+        .await
+        .pop()
+        .expect("the refund notification");
+    assert_eq!(refund.verdict, Verdict::Failed);
+    let reason = refund.reason.unwrap_or_default();
+    assert!(
+        reason.contains("http-denied") && reason.contains("Enqueue a task"),
+        "{reason}"
+    );
+    assert_eq!(backend.received().len(), 1, "{:?}", backend.received());
+}
+
+/// With `http_in_payment = true` the same call from `handle-paid` goes through and the
+/// payment commits; `/api/admin/plugins` shows the opt-in (and the crypto grant) per type.
+#[tokio::test]
+async fn http_in_payment_opt_in_lets_the_call_through_and_is_listed() {
+    let backend = Backend::start().await;
+    let s = TestServer::start(
+        Options::with_plugins(&[])
+            .plugin_as(
+                "sidefx",
+                "sidefx",
+                Some(&backend.manifest("http_in_payment = true")),
+            )
+            .plugin_as("plain", "sidefx", Some(&backend.manifest("crypto = true"))),
+    )
+    .await;
+    assert_eq!(
+        pay_sidefx(&s, "sidefx", "H000000011", json!({ "paid": "http" })).await,
+        "SUCCESS"
+    );
+    let order = s.order("H000000011").await;
+    assert_eq!(order.status, status::PAID);
+    assert_eq!(order.handler_result, Some(json!({ "status": 200 })));
+    assert_eq!(
+        backend.received(),
+        vec![json!({ "out_trade_no": "H000000011", "from": "handle-paid" })]
+    );
+
+    let (code, list) = s.api("GET", "/api/admin/plugins", None).await;
+    assert_eq!(code, 200, "{list}");
+    let of = |t: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|p| p["type"] == t))
+            .cloned()
+            .unwrap_or_else(|| panic!("{t} listed: {list}"))
+    };
+    assert_eq!(
+        (&of("sidefx")["http_in_payment"], &of("sidefx")["crypto"]),
+        (&json!(true), &json!(false)),
+        "{list}"
+    );
+    assert_eq!(
+        (&of("plain")["http_in_payment"], &of("plain")["crypto"]),
+        (&json!(false), &json!(true)),
+        "{list}"
+    );
+}
+
+/// `crypto` keyed by the account's notify key needs `crypto = true`: without it the call is
+/// denied naming the key, and the payment rolls back; with it the signature is the HMAC of
+/// the notify key.
+#[tokio::test]
+async fn keyed_crypto_needs_the_manifest_grant() {
+    use hmac::{Hmac, Mac};
+
+    let s = TestServer::start(
+        Options::with_plugins(&[])
+            .plugin_as("sidefx", "sidefx", Some("collections = []\n"))
+            .plugin_as(
+                "signer",
+                "sidefx",
+                Some("collections = []\ncrypto = true\n"),
+            ),
+    )
+    .await;
+    assert_eq!(
+        pay_sidefx(&s, "sidefx", "C000000001", json!({ "paid": "crypto" })).await,
+        "FAIL"
+    );
+    let order = s.order("C000000001").await;
+    assert_eq!(order.status, status::UNPAID);
+    let result = order.handler_result.expect("failure recorded");
+    assert_eq!(result["error"], "crypto-denied", "{result}");
+    assert!(
+        result["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("set `crypto = true` in sidefx.toml"),
+        "{result}"
+    );
+
+    assert_eq!(
+        pay_sidefx(&s, "signer", "C000000002", json!({ "paid": "crypto" })).await,
+        "SUCCESS"
+    );
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"0123456789abcdef0123456789abcdef")
+        .expect("key");
+    mac.update(b"C000000002");
+    assert_eq!(
+        s.order("C000000002").await.handler_result,
+        Some(json!({ "sig": hex::encode(mac.finalize().into_bytes()) }))
+    );
 }

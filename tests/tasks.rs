@@ -70,7 +70,7 @@ impl Backend {
             String::new()
         };
         format!(
-            "collections = []\nhttp_origins = [{origin}]\n[config]\nbackend_url = \"http://127.0.0.1:{}/paid\"\n",
+            "collections = []\nhttp_origins = [{origin}]\ncrypto = true\n[config]\nbackend_url = \"http://127.0.0.1:{}/paid\"\n",
             self.port
         )
     }

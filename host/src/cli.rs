@@ -608,6 +608,49 @@ pub fn plugins_table(list: &Value) -> String {
     t.render()
 }
 
+/// `paynotify plugins check FILE` for a file that loads: what it is and what its manifest
+/// grants, the side-effect opt-ins spelled out.
+pub fn plugin_check_text(
+    file: &Path,
+    metadata: &crate::plugins::Metadata,
+    sha256: &str,
+    manifest: &crate::plugins::Manifest,
+) -> String {
+    let list_or_none = |items: &[String]| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = format!(
+        "{}: ok, {} {} (paynotify:plugin@{}), sha256 {sha256}\n\
+         collections: {}\nhttp origins: {}\n",
+        file.display(),
+        metadata.name,
+        metadata.version,
+        metadata.world_version,
+        list_or_none(&manifest.collections),
+        list_or_none(&manifest.http_origins),
+    );
+    out.push_str(if manifest.http_in_payment {
+        "http in payment: yes (http_in_payment = true)\n"
+    } else {
+        "http in payment: no (run-task only)\n"
+    });
+    out.push_str(if manifest.crypto {
+        "crypto (notify key): yes\n"
+    } else {
+        "crypto (notify key): no\n"
+    });
+    if manifest.http_in_payment {
+        out.push_str("warning: ");
+        out.push_str(crate::plugins::manifest::HTTP_IN_PAYMENT_WARNING);
+        out.push('\n');
+    }
+    out
+}
+
 /// `paynotify plugins reload`, from `POST /api/admin/plugins/reload`.
 pub fn reload_text(v: &Value) -> String {
     let names = |k: &str| -> String {

@@ -279,32 +279,14 @@ async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Resu
                         "sha256": p.sha256,
                         "collections": p.manifest.collections,
                         "http_origins": p.manifest.http_origins,
+                        "http_in_payment": p.manifest.http_in_payment,
+                        "crypto": p.manifest.crypto,
                     }),
-                    |_| {
-                        format!(
-                            "{}: ok, {} {} (paynotify:plugin@{}), sha256 {}\n\
-                             collections: {}\nhttp origins: {}\n",
-                            file.display(),
-                            p.metadata.name,
-                            p.metadata.version,
-                            p.metadata.world_version,
-                            p.sha256,
-                            list_or_none(&p.manifest.collections),
-                            list_or_none(&p.manifest.http_origins),
-                        )
-                    },
+                    |_| cli::plugin_check_text(&file, &p.metadata, &p.sha256, &p.manifest),
                 ),
                 Err(e) => bail!("{}: {e}", file.display()),
             }
         }
-    }
-}
-
-fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
     }
 }
 

@@ -2,11 +2,16 @@
 //! merchant's own backend the way vk-uni-pay's `vkPay.crypto.aes` does. The key never enters
 //! the handler.
 //!
+//! The keyed operations ([`aes_encrypt`], [`aes_decrypt`], [`sign`]) need `crypto = true` in
+//! the handler's manifest; without it they fail with [`CryptoError::Denied`] (code
+//! `crypto-denied`). [`hmac_sha256`] and [`sha256`] need no grant.
+//!
 //! ```no_run
 //! use paynotify_plugin_sdk::{crypto, http};
 //!
 //! # fn demo() -> Result<(), paynotify_plugin_sdk::Error> {
-//! // Seed style 3: POST the order encrypted; the backend decrypts with the same key.
+//! // Seed style 3, from run_task: POST the order encrypted; the backend decrypts with the
+//! // same key.
 //! let encrypted = crypto::aes_encrypt_json(&serde_json::json!({ "out_trade_no": "T1" }))?;
 //! let res = http::post_json("https://backend.example.com/paid", &serde_json::json!({
 //!     "encrypted_data": encrypted,
@@ -23,9 +28,11 @@ use crate::bindings::paynotify::plugin::crypto as raw;
 use crate::Error;
 
 /// Why a keyed operation failed; `?` turns it into an [`Error`] with code
-/// `crypto-no-key` or `crypto-invalid`.
+/// `crypto-denied`, `crypto-no-key` or `crypto-invalid`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CryptoError {
+    /// The manifest does not grant the notify key (`crypto = true`).
+    Denied(String),
     /// The merchant account has no notify key configured.
     NoKey,
     /// Bad base64, bad padding, a ciphertext that does not decrypt, or a value that does not
@@ -36,6 +43,7 @@ pub enum CryptoError {
 impl fmt::Display for CryptoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CryptoError::Denied(m) => write!(f, "denied: {m}"),
             CryptoError::NoKey => f.write_str("the merchant account has no notify key"),
             CryptoError::Invalid(m) => write!(f, "invalid: {m}"),
         }
@@ -48,10 +56,18 @@ impl From<raw::CryptoError> for CryptoError {
     fn from(e: raw::CryptoError) -> Self {
         match e {
             raw::CryptoError::NoKey => CryptoError::NoKey,
-            raw::CryptoError::Invalid(m) => CryptoError::Invalid(m),
+            // The world has no `denied` case for crypto (adding one would change its shape):
+            // the host reports a missing grant as `invalid("denied: ...")`.
+            raw::CryptoError::Invalid(m) => match m.strip_prefix(DENIED_PREFIX) {
+                Some(why) => CryptoError::Denied(why.to_owned()),
+                None => CryptoError::Invalid(m),
+            },
         }
     }
 }
+
+/// How the host's `invalid` text starts when the manifest does not grant keyed crypto.
+const DENIED_PREFIX: &str = "denied: ";
 
 /// AES-256-CBC with the notify key, PKCS#7 padding, a random IV prepended; returns base64 of
 /// `iv || ciphertext`.
@@ -106,4 +122,23 @@ pub fn to_hex(bytes: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_from_the_host_is_denied() {
+        let e = CryptoError::from(raw::CryptoError::Invalid(
+            "denied: crypto ... (set `crypto = true` in x.toml)".into(),
+        ));
+        assert_eq!(
+            e,
+            CryptoError::Denied("crypto ... (set `crypto = true` in x.toml)".into())
+        );
+        assert_eq!(Error::from(e).code(), "crypto-denied");
+        let e = CryptoError::from(raw::CryptoError::Invalid("bad padding".into()));
+        assert_eq!(Error::from(e).code(), "crypto-invalid");
+    }
 }

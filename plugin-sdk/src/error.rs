@@ -19,7 +19,7 @@ use crate::http::HttpError;
 /// | [`Error::msg`] | `handler-error` |
 /// | [`DbError`] | `db-denied`, `db-invalid`, `db-conflict`, `db-not-a-number`, `db-backend` |
 /// | [`HttpError`] | `http-denied`, `http-invalid-request`, `http-timeout`, `http-too-large`, `http-transport` |
-/// | [`CryptoError`] | `crypto-no-key`, `crypto-invalid` |
+/// | [`CryptoError`] | `crypto-denied`, `crypto-no-key`, `crypto-invalid` |
 /// | [`serde_json::Error`] | `invalid-json` |
 /// | [`Order::custom`](crate::Order::custom) | `invalid-custom` |
 /// | [`Task::payload`](crate::Task::payload) | `invalid-payload` |
@@ -114,6 +114,7 @@ impl From<HttpError> for Error {
 impl From<CryptoError> for Error {
     fn from(e: CryptoError) -> Self {
         let code = match &e {
+            CryptoError::Denied(_) => "crypto-denied",
             CryptoError::NoKey => "crypto-no-key",
             CryptoError::Invalid(_) => "crypto-invalid",
         };

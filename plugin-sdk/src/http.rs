@@ -2,9 +2,24 @@
 //! ["https://backend.example.com"]`); anything else is [`HttpError::Denied`].
 //!
 //! The host applies a per-call timeout (capped by its own limit) and a response-size cap.
-//! Calls made in [`Handler::handle_paid`](crate::Handler::handle_paid) are **not** rolled
-//! back with the payment: prefer making them from
-//! [`Handler::run_task`](crate::Handler::run_task).
+//!
+//! # Where HTTP may be called
+//!
+//! From [`Handler::run_task`](crate::Handler::run_task): the host runs a task after the
+//! payment commits and retries it with backoff. In
+//! [`Handler::handle_paid`](crate::Handler::handle_paid) and
+//! [`RefundHandler::handle_refunded`](crate::RefundHandler::handle_refunded) every call is
+//! refused with [`HttpError::Denied`] (code `http-denied`, a message saying to enqueue a
+//! task): those run inside the payment's database transaction, so a call there is not rolled
+//! back with it, may run more than once for one payment (when a batch of payments fails, the
+//! host retries each one alone and runs again the handlers that had succeeded), and holds the
+//! payment's locks while it waits for the other side. Enqueue a task with
+//! [`tasks::enqueue`](crate::tasks::enqueue) instead; it exists only if the payment commits.
+//!
+//! A manifest may opt in with `http_in_payment = true` (vk-uni-pay's "方式三", calling the
+//! merchant's backend from the handler). Use it for **idempotent calls only**, and expect each
+//! one to be made more than once and to hold the payment's locks while it waits; `paynotify
+//! plugins check` and the console show the opt-in.
 //!
 //! ```no_run
 //! use paynotify_plugin_sdk::{http, Error};
@@ -14,6 +29,7 @@
 //!     code: i64,
 //! }
 //!
+//! // In run_task (or, with `http_in_payment = true`, an idempotent call in handle_paid):
 //! # fn demo() -> Result<(), Error> {
 //! let reply: Reply = http::post_json("https://backend.example.com/paid", &serde_json::json!({
 //!     "out_trade_no": "T1",
@@ -42,7 +58,8 @@ use crate::Error;
 /// Why a request failed; `?` turns it into an [`Error`] with code `http-<variant>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpError {
-    /// The origin is not on the manifest's allow-list, or HTTP is not granted.
+    /// The origin is not on the manifest's allow-list, or the call was made inside the
+    /// payment transaction without `http_in_payment = true` (see [the module docs](self)).
     Denied(String),
     /// The request is malformed (bad URL, bad method, body that does not serialise, ...).
     InvalidRequest(String),

@@ -14,15 +14,19 @@
 //! * optionally, refunds: [`RefundHandler`] and `export_handler!(MyHandler, refunds)`,
 //! * one [`Error`] type that every capability error converts into, so `?` just works,
 //! * the host's capabilities: [`db`] (a JSON document store), [`log`], [`http`] (outbound, to
-//!   allow-listed origins only), [`crypto`] (keyed by the merchant account's notify key) and
+//!   allow-listed origins only, from [`Handler::run_task`] unless the manifest opts in),
+//!   [`crypto`] (keyed by the merchant account's notify key, when the manifest grants it) and
 //!   [`tasks`] (the transactional outbox for side effects after commit).
 //!
-//! Which collections a handler may touch, and which origins it may call, is not decided
-//! here but by the manifest the host reads beside the `.wasm` file (`recharge.toml`):
+//! Which collections a handler may touch, which origins it may call, and whether it may use
+//! the notify key is not decided here but by the manifest the host reads beside the `.wasm`
+//! file (`recharge.toml`):
 //!
 //! ```toml
 //! collections = ["users"]
 //! http_origins = []
+//! # crypto = true            # crypto::aes_encrypt / aes_decrypt / sign with the notify key
+//! # http_in_payment = true   # http from handle_paid / handle_refunded too: idempotent calls only
 //! ```
 //!
 //! # Example
@@ -155,6 +159,9 @@ pub trait Handler {
     /// `Ok` commits the payment together with every [`db`] write and [`tasks::enqueue`] made
     /// here, and stores the [`Outcome`] as the order's `handler_result`. `Err` rolls all of
     /// it back; the order stays unpaid and the provider retries later.
+    ///
+    /// [`http`] is refused here (`http-denied`) unless the manifest sets
+    /// `http_in_payment = true`: enqueue a task and call out from [`Handler::run_task`].
     fn handle_paid(order: Order, notification: Notification) -> Result<Outcome, Error>;
 
     /// Runs a task this handler queued with [`tasks::enqueue`], after the payment committed.

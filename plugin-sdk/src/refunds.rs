@@ -59,5 +59,8 @@ pub trait RefundHandler: Handler {
     /// `Ok` commits the refund with every [`db`](crate::db) write and
     /// [`tasks::enqueue`](crate::tasks::enqueue) made here, and stores the [`Outcome`] on
     /// the refund. `Err` (or a panic) rolls all of it back; the provider retries.
+    ///
+    /// As in [`Handler::handle_paid`], [`http`](crate::http) is refused here unless the
+    /// manifest sets `http_in_payment = true`.
     fn handle_refunded(order: Order, refund: Refund) -> Result<Outcome, Error>;
 }

@@ -22,7 +22,15 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const EXAMPLES: &[&str] = &["goods", "recharge", "vip", "notify-backend"];
 
 /// Test-only handlers: built with the examples into `target/plugins/` for the tests.
-const TEST_ONLY: &[&str] = &["fail-always", "trap", "loop", "oom", "nosy", "wrong-world"];
+const TEST_ONLY: &[&str] = &[
+    "fail-always",
+    "trap",
+    "loop",
+    "oom",
+    "nosy",
+    "sidefx",
+    "wrong-world",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -72,6 +72,8 @@ const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most documents one query returns.
 const MAX_QUERY_LIMIT: u32 = 1000;
+/// How a refused keyed `crypto` call's `invalid` text starts (the SDKs match on it).
+pub const CRYPTO_DENIED_PREFIX: &str = "denied: ";
 
 /// Who is calling: the plugin and, when there is one, the order and notification.
 #[derive(Debug, Clone)]
@@ -191,6 +193,41 @@ impl CallContext {
             )));
         }
         Ok(())
+    }
+
+    /// Why `http` is refused in this call, if it is. Inside the payment transaction
+    /// (`handle-paid`, `handle-refunded`) a call may run more than once (a failed batch is
+    /// retried one payment at a time, running again the handlers that succeeded) and the
+    /// payment's locks are held while it waits, so it needs the manifest's opt-in.
+    fn http_refusal(&self) -> Option<String> {
+        match &self.db {
+            DbAccess::Tx(_) if !self.manifest.http_in_payment => Some(format!(
+                "http is refused inside handle-paid and handle-refunded: a call made there may \
+                 run more than once for one payment and holds the payment's locks while it \
+                 waits. Enqueue a task (tasks.enqueue) and make the call from run-task, which \
+                 runs after the payment commits and is retried; only for an idempotent call, \
+                 set `http_in_payment = true` in {}.toml",
+                self.tags.plugin
+            )),
+            // `run-task` (after commit, its own short transactions) and `metadata` (at load,
+            // no database).
+            DbAccess::Tx(_) | DbAccess::Autocommit(_) | DbAccess::None => None,
+        }
+    }
+
+    /// The notify key for a keyed `crypto` operation, if the manifest grants them.
+    fn keyed_crypto(&self) -> Result<[u8; 32], crypto::CryptoError> {
+        if !self.manifest.crypto {
+            // The world's `crypto-error` has no `denied` case; adding one would break every
+            // handler built against this world version, so the refusal is an `invalid` whose
+            // text starts `denied: `, which the SDKs report as `crypto-denied`.
+            return Err(crypto::CryptoError::Invalid(format!(
+                "{CRYPTO_DENIED_PREFIX}crypto keyed by the account's notify key is not granted \
+                 to plugin `{p}` (set `crypto = true` in {p}.toml)",
+                p = self.tags.plugin
+            )));
+        }
+        self.notify_key.ok_or(crypto::CryptoError::NoKey)
     }
 
     /// The transaction for one operation: the payment's, or a fresh one in autocommit
@@ -410,6 +447,9 @@ impl http::Host for CallContext {
                 self.tags.plugin
             )));
         }
+        if let Some(why) = self.http_refusal() {
+            return Err(http::HttpError::Denied(why));
+        }
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| http::HttpError::InvalidRequest(format!("bad method `{}`", req.method)))?;
         let timeout = req
@@ -515,7 +555,7 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 impl crypto::Host for CallContext {
     async fn aes_encrypt(&mut self, plaintext: Vec<u8>) -> Result<String, crypto::CryptoError> {
-        let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
+        let key = self.keyed_crypto()?;
         Ok(aes_encrypt(&key, &plaintext))
     }
 
@@ -523,12 +563,12 @@ impl crypto::Host for CallContext {
         &mut self,
         ciphertext_b64: String,
     ) -> Result<Vec<u8>, crypto::CryptoError> {
-        let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
+        let key = self.keyed_crypto()?;
         aes_decrypt(&key, &ciphertext_b64).map_err(crypto::CryptoError::Invalid)
     }
 
     async fn sign(&mut self, data: Vec<u8>) -> Result<String, crypto::CryptoError> {
-        let key = self.notify_key.ok_or(crypto::CryptoError::NoKey)?;
+        let key = self.keyed_crypto()?;
         Ok(hex::encode(hmac_sha256(&key, &data)))
     }
 

@@ -17,6 +17,15 @@ pub struct Manifest {
     /// Origins (`scheme://host[:port]`) the `http` capability may call.
     #[serde(default)]
     pub http_origins: Vec<String>,
+    /// Lets `http` run inside `handle-paid` and `handle-refunded` too (otherwise only in
+    /// `run-task`). Only for idempotent calls: a payment retried one at a time after a batch
+    /// failure runs its handler again, and the payment's locks are held while the call waits.
+    #[serde(default)]
+    pub http_in_payment: bool,
+    /// Grants the `crypto` operations keyed by the merchant account's notify key
+    /// (`aes-encrypt`, `aes-decrypt`, `sign`).
+    #[serde(default)]
+    pub crypto: bool,
     /// Wall-time limit per call; default from `[plugins]`.
     pub timeout_ms: Option<u64>,
     /// Wall-time limit of `handle-paid` / `handle-refunded`, which run inside the
@@ -28,6 +37,12 @@ pub struct Manifest {
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, String>,
 }
+
+/// What `plugins check`, the console and the logs say about `http_in_payment = true`.
+pub const HTTP_IN_PAYMENT_WARNING: &str = "http_in_payment = true: HTTP calls from handle-paid / \
+     handle-refunded may run more than once for one payment (a failed batch is retried one \
+     payment at a time, running the handlers that succeeded again) and hold the payment's locks \
+     while they wait; make only idempotent calls there, and everything else from a task";
 
 /// The limits a call actually runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +63,9 @@ impl Manifest {
         };
         let m: Manifest = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         m.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        if m.http_in_payment {
+            tracing::warn!(manifest = %path.display(), "{HTTP_IN_PAYMENT_WARNING}");
+        }
         Ok(m)
     }
 
@@ -65,6 +83,13 @@ impl Manifest {
                     "key `http_origins`: `{o}` is not an origin like https://example.com[:port]"
                 ));
             }
+        }
+        if self.http_in_payment && self.http_origins.is_empty() {
+            return Err(
+                "key `http_in_payment`: true, but `http_origins` is empty, so there is nothing \
+                 it could call"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -94,10 +119,13 @@ impl Manifest {
 
     /// The limits for a call inside a payment or refund transaction: `limits` with the
     /// payment wall time (manifest, then `[plugins] payment_timeout_ms`, then
-    /// `timeout_ms`), or an error naming the key over the global cap.
+    /// `timeout_ms`), or an error naming the key over the global cap. A handler that opts
+    /// in to `http_in_payment` waits on a backend inside the payment: unless its manifest
+    /// sets `payment_timeout_ms`, its payment calls keep the full `timeout_ms`.
     pub fn payment_limits(&self, global: &PluginsConfig) -> Result<Limits, String> {
         let limits = self.limits(global)?;
-        let Some(ms) = self.payment_timeout_ms.or(global.payment_timeout_ms) else {
+        let global_default = global.payment_timeout_ms.filter(|_| !self.http_in_payment);
+        let Some(ms) = self.payment_timeout_ms.or(global_default) else {
             return Ok(limits);
         };
         if ms == 0 || ms > global.max_timeout_ms {
@@ -171,5 +199,42 @@ mod tests {
         let m: Manifest = toml::from_str("timeout_ms = 999999").expect("parses");
         let e = m.limits(&PluginsConfig::default()).unwrap_err();
         assert!(e.contains("timeout_ms"), "{e}");
+        let m: Manifest = toml::from_str("http_in_payment = true").expect("parses");
+        let e = m.check().unwrap_err();
+        assert!(
+            e.contains("http_in_payment") && e.contains("http_origins"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn side_effect_grants_default_off() {
+        let m: Manifest = toml::from_str("collections = []").expect("parses");
+        assert!(!m.http_in_payment && !m.crypto);
+        let m: Manifest = toml::from_str(
+            "http_origins = [\"https://b.example\"]\nhttp_in_payment = true\ncrypto = true",
+        )
+        .expect("parses");
+        assert!(m.check().is_ok());
+        assert!(m.http_in_payment && m.crypto);
+    }
+
+    #[test]
+    fn payment_calls_get_the_payment_limit_unless_they_wait_on_http() {
+        let global = PluginsConfig {
+            payment_timeout_ms: Some(200),
+            ..PluginsConfig::default()
+        };
+        let ms = |text: &str| {
+            let m: Manifest = toml::from_str(text).expect("parses");
+            m.payment_limits(&global).map(|l| l.timeout.as_millis())
+        };
+        assert_eq!(ms(""), Ok(200));
+        assert_eq!(ms("payment_timeout_ms = 900"), Ok(900));
+        let opted_in = "http_origins = [\"https://b.example\"]\nhttp_in_payment = true\n";
+        assert_eq!(ms(opted_in), Ok(4000), "the full timeout_ms");
+        assert_eq!(ms(&format!("{opted_in}payment_timeout_ms = 1500")), Ok(1500));
+        let e = ms("payment_timeout_ms = 999999").unwrap_err();
+        assert!(e.contains("payment_timeout_ms"), "{e}");
     }
 }

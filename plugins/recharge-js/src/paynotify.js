@@ -8,7 +8,9 @@
 //
 // `handlePaid` runs inside the payment transaction: every db write and task it makes commits
 // with the payment or not at all. Throwing (or returning a rejected promise) rolls it back and
-// the provider retries. Side effects outside the database belong in a task.
+// the provider retries. Side effects outside the database belong in a task: `http.request`
+// is refused (`http-denied`) in `handlePaid` unless the manifest sets
+// `http_in_payment = true`, and the notify-key `crypto` calls need `crypto = true`.
 
 import * as rawDb from 'paynotify:plugin/db@0.1.0';
 import { log as rawLog } from 'paynotify:plugin/log@0.1.0';
@@ -218,6 +220,11 @@ function cryptoCall(f) {
     if (p && typeof p === 'object' && p.tag === 'no-key') {
       throw new HandlerError('crypto-no-key', 'the merchant account has no notify_key');
     }
+    // The world has no `denied` case for crypto: the host reports a missing `crypto = true`
+    // as `invalid` text starting `denied: `.
+    if (p && typeof p === 'object' && p.tag === 'invalid' && String(p.val).startsWith('denied: ')) {
+      throw new HandlerError('crypto-denied', p.val);
+    }
     if (p && typeof p === 'object' && p.tag === 'invalid') {
       throw new HandlerError('crypto-invalid', `invalid: ${p.val}`);
     }
@@ -230,7 +237,11 @@ export function toHex(data) {
   return Array.from(data, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** Cryptography keyed by the merchant account's notify key (vk-uni-pay's `vkPay.crypto.aes`). */
+/**
+ * Cryptography keyed by the merchant account's notify key (vk-uni-pay's `vkPay.crypto.aes`).
+ * `aesEncrypt`, `aesDecrypt` and `sign` need `crypto = true` in the manifest (else they throw
+ * `crypto-denied`); `hmacSha256` and `sha256` need no grant.
+ */
 export const crypto = {
   /** AES-256-CBC of a string or bytes; base64 of iv || ciphertext. */
   aesEncrypt: (data) => cryptoCall(() => rawCrypto.aesEncrypt(bytes(data))),
@@ -250,7 +261,17 @@ export const crypto = {
   sha256: (data) => rawCrypto.sha256(bytes(data)),
 };
 
-/** Outbound HTTP to the origins allowed in the manifest. */
+/**
+ * Outbound HTTP to the origins allowed in the manifest (`http_origins`), from `runTask`.
+ *
+ * In `handlePaid` every request throws `http-denied`: it runs inside the payment's
+ * transaction, so a call there is not rolled back with it, may be made more than once for one
+ * payment (a failed batch is retried one payment at a time, running the handlers that had
+ * succeeded again) and holds the payment's locks while it waits. Enqueue a task
+ * (`tasks.enqueue`) and make the call from `runTask`. A manifest may opt in with
+ * `http_in_payment = true` (vk-uni-pay's "方式三"): idempotent calls only, expecting each to run
+ * more than once and to hold the payment's locks while it waits.
+ */
 export const http = {
   /**
    * `{ method = "GET", url, headers = {}, body, json, timeoutMs }` -> `{ status, headers, body,
