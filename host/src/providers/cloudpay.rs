@@ -513,7 +513,8 @@ mod tests {
     /// Signed but unreadable: refused, never acknowledged as a non-payment.
     #[test]
     fn signed_malformed_events_are_refused_not_ignored() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change, &str)> = vec![
             (
                 "no returnCode",
                 Box::new(|e| drop(e.as_object_mut().map(|o| o.remove("returnCode")))),
