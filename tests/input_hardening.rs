@@ -281,3 +281,171 @@ async fn a_timed_out_or_abandoned_request_still_finishes_processing() {
         assert_eq!(s.order(&no).await.status, status::UNPAID);
     }
 }
+
+/// The order is unpaid, its handler never ran, its user has no document.
+async fn untouched(s: &TestServer, out_trade_no: &str, user: &str) {
+    let order = s.order(out_trade_no).await;
+    assert_eq!(order.status, status::UNPAID, "{out_trade_no}");
+    assert_eq!(order.handler_status, "pending", "{out_trade_no}");
+    assert_eq!(order.transaction_id, None, "{out_trade_no}");
+    assert_eq!(s.document("users", user).await, None, "users/{user}");
+}
+
+/// The last `n` stored notifications of `provider`, oldest first: rejected, each reason
+/// containing its text.
+async fn last_rejected(s: &TestServer, provider: &str, reasons: &[&str]) {
+    let all: Vec<_> = s
+        .notifications()
+        .await
+        .into_iter()
+        .filter(|n| n.provider == provider)
+        .collect();
+    assert!(all.len() >= reasons.len(), "{all:?}");
+    for (n, want) in all[all.len() - reasons.len()..].iter().zip(reasons) {
+        let why = n.reason.as_deref().unwrap_or("");
+        assert_eq!(n.verdict, Verdict::Rejected, "{why}");
+        assert!(why.contains(want), "reason `{why}` lacks `{want}`");
+    }
+}
+
+/// Issue 20 item 2, WeChat Pay v2: one genuine notification whose `attach` carries
+/// `&out_trade_no=…&total_fee=…` is re-split by an attacker into a notification paying
+/// another order. Same signed string, same signature; refused, and the other order
+/// stays unpaid. The genuine one is refused too: its signature does not say which
+/// fields were signed.
+#[tokio::test]
+async fn wechat_v2_one_signature_re_split_into_other_fields_pays_nothing() {
+    let s = server().await;
+    s.recharge_order("RS00000001", "rs-u1", 100).await;
+    s.recharge_order("RS00000002", "rs-u2", 9900).await;
+    let (genuine, forged) = wechat_v2::resplit(
+        &wechat_v2::paid("RS00000001", 100, "4200000901"),
+        "attach",
+        &[
+            ("mch_id", wechat_v2::MCH_ID),
+            ("out_trade_no", "RS00000002"),
+            ("result_code", "SUCCESS"),
+            ("return_code", "SUCCESS"),
+            ("total_fee", "9900"),
+            ("transaction_id", "4200000902"),
+        ],
+    );
+    let forged_xml = wechat_v2::xml(&forged, wechat_v2::API_KEY);
+    let (st, body) = s.notify_v2(forged_xml).await;
+    assert_eq!((st, v2_return_code(&body)), (200, "FAIL"), "{body}");
+    untouched(&s, "RS00000002", "rs-u2").await;
+    let (st, body) = s
+        .notify_v2(wechat_v2::xml(&genuine, wechat_v2::API_KEY))
+        .await;
+    assert_eq!((st, v2_return_code(&body)), (200, "FAIL"), "{body}");
+    untouched(&s, "RS00000001", "rs-u1").await;
+    untouched(&s, "RS00000002", "rs-u2").await;
+    last_rejected(
+        &s,
+        "wechat-v2",
+        &[
+            "ambiguous signed string: field `zz` contains `&",
+            "ambiguous signed string: field `attach` contains `&mch_id=`",
+        ],
+    )
+    .await;
+}
+
+/// The same attack on Alipay, through `body`.
+#[tokio::test]
+async fn alipay_one_signature_re_split_into_other_fields_pays_nothing() {
+    let s = server().await;
+    for (no, user, fen) in [("RS00000011", "rs-u11", 1), ("RS00000012", "rs-u12", 9900)] {
+        s.create_order(json!({
+            "type": "recharge", "total_fee": fen, "user_id": user, "provider": "alipay",
+            "out_trade_no": no, "custom": { "recharge_balance": fen }
+        }))
+        .await;
+    }
+    let (genuine, forged) = alipay::resplit(
+        &alipay::paid(
+            alipay::APP_ID_A,
+            "RS00000011",
+            "0.01",
+            "2026010122001400000911",
+        ),
+        "body",
+        &[
+            ("out_trade_no", "RS00000012"),
+            ("total_amount", "99.00"),
+            ("trade_no", "2026010122001400000912"),
+            ("trade_status", "TRADE_SUCCESS"),
+        ],
+    );
+    let form = "application/x-www-form-urlencoded; charset=utf-8";
+    for fields in [&forged, &genuine] {
+        let (st, body) = s
+            .notify("/notify/alipay", form, alipay::body(fields, alipay_key()))
+            .await;
+        assert_eq!((st, body.as_str()), (200, "failure"));
+    }
+    untouched(&s, "RS00000011", "rs-u11").await;
+    untouched(&s, "RS00000012", "rs-u12").await;
+    last_rejected(
+        &s,
+        "alipay",
+        &[
+            "ambiguous signed string: field `zz` contains `&",
+            "ambiguous signed string: field `body` contains `&out_trade_no=`",
+        ],
+    )
+    .await;
+}
+
+/// Issue 20 item 3, WeChat Pay v2: signed but unreadable payments (no `result_code`, a
+/// `total_fee` that is no amount, no `out_trade_no`) get the failure answer, are stored as
+/// rejected with the reason and change nothing; a well-formed `FAIL` is still
+/// acknowledged and ignored.
+#[tokio::test]
+async fn wechat_v2_signed_but_malformed_is_refused_not_ignored() {
+    let s = server().await;
+    s.recharge_order("MF00000001", "mf-u1", 300).await;
+    let base = || wechat_v2::paid("MF00000001", 300, "4200000931");
+    let mut cases: Vec<(&str, std::collections::BTreeMap<String, String>)> = Vec::new();
+    for (result, (k, v)) in [
+        ("SUCCESS", ("result_code", None)),
+        ("FAIL", ("total_fee", Some("3.00"))),
+        ("SUCCESS", ("total_fee", Some("abc"))),
+        ("FAIL", ("out_trade_no", None)),
+        ("SUCCESS", ("result_code", Some("PENDING"))),
+    ] {
+        let mut f = base();
+        f.insert("result_code".into(), result.into());
+        match v {
+            Some(v) => f.insert(k.into(), v.into()),
+            None => f.remove(k),
+        };
+        cases.push((k, f));
+    }
+    for (name, f) in &cases {
+        let (st, body) = s.notify_v2(wechat_v2::xml(f, wechat_v2::API_KEY)).await;
+        assert_eq!((st, v2_return_code(&body)), (200, "FAIL"), "{name}: {body}");
+    }
+    untouched(&s, "MF00000001", "mf-u1").await;
+    last_rejected(
+        &s,
+        "wechat-v2",
+        &[
+            "malformed notification: no result_code",
+            "malformed notification: total_fee `3.00`",
+            "malformed notification: total_fee `abc`",
+            "malformed notification: no out_trade_no",
+            "malformed notification: result_code `PENDING`",
+        ],
+    )
+    .await;
+    let mut failed = base();
+    failed.insert("result_code".into(), "FAIL".into());
+    let (st, body) = s
+        .notify_v2(wechat_v2::xml(&failed, wechat_v2::API_KEY))
+        .await;
+    assert_eq!((st, v2_return_code(&body)), (200, "SUCCESS"), "{body}");
+    untouched(&s, "MF00000001", "mf-u1").await;
+    let last = s.notifications().await.into_iter().last().expect("stored");
+    assert_eq!(last.verdict, Verdict::Ignored);
+}

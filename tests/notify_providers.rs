@@ -868,3 +868,200 @@ async fn cloudpay_a_notification_for_sub_merchant_b_never_pays_a() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Signed but malformed (issue 20 item 3): refused, stored as rejected with the reason,
+// never acknowledged as a non-payment.
+
+#[tokio::test]
+async fn cloudpay_signed_but_malformed_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = server(&dir).await;
+    recharge(&s, "cloudpay", "a", "CPA0000030", "cpu30", 500).await;
+    let ev = || {
+        cloudpay::event(
+            cloudpay::SUB_MCH_ID_A,
+            "CPA0000030",
+            500,
+            "4200000830",
+            "SUCCESS",
+        )
+    };
+    let without = |keys: &[&str]| {
+        let mut e = ev();
+        for k in keys {
+            e.as_object_mut().expect("object").remove(*k);
+        }
+        e
+    };
+    let mut typed = ev();
+    typed["outTradeNo"] = json!(30);
+    typed["totalFee"] = json!("500");
+    let mut failed_typed = ev();
+    failed_typed["resultCode"] = json!("FAIL");
+    failed_typed["totalFee"] = json!("500");
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "no returnCode, no resultCode",
+            without(&["returnCode", "resultCode"]),
+            "no returnCode",
+        ),
+        ("no resultCode", without(&["resultCode"]), "no resultCode"),
+        (
+            "outTradeNo a number, totalFee a string",
+            typed,
+            "outTradeNo is 30, not a string",
+        ),
+        (
+            "resultCode FAIL, totalFee a string",
+            failed_typed,
+            "totalFee is not an amount",
+        ),
+    ];
+    let now = wechat_v3::now();
+    for (name, event, _) in &cases {
+        let body = event.to_string();
+        let h = cloudpay::headers(cloudpay::SECRET_A, now, &body);
+        cloudpay_fail(
+            name,
+            &cloudpay_send(&s, "/notify/cloudpay", &h, &body).await,
+        );
+    }
+    unchanged(&s, "CPA0000030", "cpu30").await;
+    let expected: Vec<(&str, Verdict, &str)> = cases
+        .iter()
+        .map(|(n, _, r)| (*n, Verdict::Rejected, *r))
+        .collect();
+    stored(&s, "cloudpay", &expected).await;
+}
+
+#[tokio::test]
+async fn alipay_signed_but_malformed_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = server(&dir).await;
+    let keys = wechat_v3::keys();
+    recharge(&s, "alipay", "a", "ALA0000030", "alu30", 1000).await;
+    let paid = || {
+        alipay::paid(
+            alipay::APP_ID_A,
+            "ALA0000030",
+            "10.00",
+            "2026010122001400000030",
+        )
+    };
+    let change = |pairs: &[(&str, Option<&str>)]| {
+        let mut f = paid();
+        for (k, v) in pairs {
+            match v {
+                Some(v) => f.insert((*k).into(), (*v).into()),
+                None => f.remove(*k),
+            };
+        }
+        alipay::body(&f, &keys[0])
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "no trade_status",
+            change(&[("trade_status", None)]),
+            "no trade_status",
+        ),
+        (
+            "closed, amount no amount",
+            change(&[
+                ("trade_status", Some("TRADE_CLOSED")),
+                ("total_amount", Some("10元")),
+            ]),
+            "total_amount `10元`",
+        ),
+        (
+            "waiting, no out_trade_no",
+            change(&[
+                ("trade_status", Some("WAIT_BUYER_PAY")),
+                ("out_trade_no", None),
+            ]),
+            "no out_trade_no",
+        ),
+        (
+            "unknown state",
+            change(&[("trade_status", Some("TRADE_PENDING"))]),
+            "trade_status `TRADE_PENDING`",
+        ),
+    ];
+    for (name, body, _) in &cases {
+        assert_eq!(
+            alipay_send(&s, "/notify/alipay", body).await,
+            (200, "failure".into()),
+            "{name}"
+        );
+    }
+    unchanged(&s, "ALA0000030", "alu30").await;
+    let expected: Vec<(&str, Verdict, &str)> = cases
+        .iter()
+        .map(|(n, _, r)| (*n, Verdict::Rejected, *r))
+        .collect();
+    stored(&s, "alipay", &expected).await;
+}
+
+#[tokio::test]
+async fn wechat_v3_signed_but_malformed_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = server(&dir).await;
+    let keys = wechat_v3::keys();
+    recharge(&s, "wechat-v3", "a", "V3A0000030", "v3u30", 700).await;
+    let tx = |state: &str| {
+        wechat_v3::transaction(
+            wechat_v3::APPID_A,
+            wechat_v3::MCH_ID_A,
+            "V3A0000030",
+            700,
+            "4200000030",
+            state,
+        )
+    };
+    let mut no_state = tx("SUCCESS");
+    no_state
+        .as_object_mut()
+        .expect("object")
+        .remove("trade_state");
+    let mut no_amount = tx("CLOSED");
+    no_amount.as_object_mut().expect("object").remove("amount");
+    let mut typed = tx("NOTPAY");
+    typed["out_trade_no"] = json!(30);
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "no trade_state",
+            "TRANSACTION.SUCCESS",
+            no_state,
+            "no trade_state",
+        ),
+        (
+            "closed, no amount",
+            "TRANSACTION.SUCCESS",
+            no_amount,
+            "amount.total",
+        ),
+        (
+            "out_trade_no a number",
+            "TRANSACTION.SUCCESS",
+            typed,
+            "out_trade_no is 30",
+        ),
+        (
+            "unknown event",
+            "COUPON.USE",
+            tx("SUCCESS"),
+            "event_type `COUPON.USE`",
+        ),
+    ];
+    for (name, event, resource, _) in &cases {
+        let body = wechat_v3::body(event, resource, wechat_v3::API_V3_KEY);
+        let h = wechat_v3::headers(&keys[0], wechat_v3::PUB_KEY_ID_A, wechat_v3::now(), &body);
+        v3_fail(name, &v3_send(&s, "/notify/wechat-v3", &h, &body).await);
+    }
+    unchanged(&s, "V3A0000030", "v3u30").await;
+    let expected: Vec<(&str, Verdict, &str)> = cases
+        .iter()
+        .map(|(n, _, _, r)| (*n, Verdict::Rejected, *r))
+        .collect();
+    stored(&s, "wechat-v3", &expected).await;
+}

@@ -589,3 +589,261 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// One signature, one set of fields (WeChat Pay v2 and Alipay sign a `k=v&…` string)
+
+/// Splits a signed `k=v&…` string as anyone reading it would: at each `&` that starts a
+/// `name=`; a piece without `=` is the rest of the previous value. (The test's own
+/// reading, not the host's.)
+fn split_signed(s: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for piece in s.split('&').filter(|_| !s.is_empty()) {
+        match (piece.split_once('='), out.last_mut()) {
+            (Some((k, v)), _) => out.push((k.into(), v.into())),
+            (None, Some(last)) => {
+                last.1.push('&');
+                last.1.push_str(piece);
+            }
+            (None, None) => out.push((piece.into(), String::new())),
+        }
+    }
+    out
+}
+
+/// The fields a notice was accepted with that go into its signed string, in order.
+fn signed_part(fields: &BTreeMap<String, String>, skip: &[&str]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter(|(k, v)| !skip.contains(&k.as_str()) && !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Free text of the kind a payer or merchant puts in `attach` / `body`: `&`, `=`, field
+/// names, URL-encoded text, anything.
+fn free_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("&".to_owned()),
+        Just("=".to_owned()),
+        Just(" & ".to_owned()),
+        Just("%26".to_owned()),
+        proptest::sample::select(FIELD_NAMES).prop_map(str::to_owned),
+        "[a-z_]{1,6}",
+        "[0-9]{1,4}",
+        any::<String>(),
+    ];
+    proptest::collection::vec(piece, 1..8).prop_map(|v| v.concat())
+}
+
+/// A v2 payment WeChat would sign, for `out_trade_no` and `total_fee`.
+fn v2_paid(out_trade_no: &str, total_fee: i64) -> BTreeMap<String, String> {
+    let mut f = BTreeMap::new();
+    for (k, v) in [
+        ("appid", V2_APPID),
+        ("mch_id", V2_MCH),
+        ("return_code", "SUCCESS"),
+        ("result_code", "SUCCESS"),
+        ("transaction_id", "4200000001"),
+        ("nonce_str", "n0nce"),
+        ("bank_type", "CFT"),
+        ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
+        ("time_end", "20260101080000"),
+    ] {
+        f.insert(k.to_owned(), v.to_owned());
+    }
+    f.insert("out_trade_no".into(), out_trade_no.into());
+    f.insert("total_fee".into(), total_fee.to_string());
+    f
+}
+
+/// An Alipay payment Alipay would sign.
+fn alipay_paid(out_trade_no: &str, fen: i64) -> BTreeMap<String, String> {
+    let mut f = BTreeMap::new();
+    for (k, v) in [
+        ("app_id", ALI_APP),
+        ("trade_status", "TRADE_SUCCESS"),
+        ("trade_no", "2026000001"),
+        ("charset", "utf-8"),
+        ("buyer_id", "2088002582656381"),
+        ("subject", "充值 100% & more"),
+        ("notify_id", "ac05099524730693a8b330c5ecf72da9786"),
+    ] {
+        f.insert(k.to_owned(), v.to_owned());
+    }
+    f.insert("out_trade_no".into(), out_trade_no.into());
+    f.insert(
+        "total_amount".into(),
+        format!("{}.{:02}", fen / 100, fen % 100),
+    );
+    f
+}
+
+/// An attacker's re-split of one genuine signature: the genuine fields with `free` set to
+/// `<text>&<attack>&zz=`, and the notification whose own fields are the `attack` ones,
+/// with everything signed after `free` swallowed by `zz`. Both have the same signed
+/// string (`skip`: the fields left out of it), checked here.
+fn resplit(
+    genuine: &BTreeMap<String, String>,
+    skip: &[&str],
+    free: &str,
+    text: &str,
+    attack: &[(String, String)],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let join = |p: &[(String, String)]| {
+        p.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let mut genuine = genuine.clone();
+    genuine.insert(free.into(), format!("{text}&{}&zz=", join(attack)));
+    let signed = signed_part(&genuine, skip);
+    let mut forged: BTreeMap<String, String> = signed
+        .iter()
+        .filter(|(k, _)| k.as_str() < free)
+        .cloned()
+        .collect();
+    forged.insert(free.into(), text.into());
+    forged.extend(attack.iter().cloned());
+    let rest: Vec<(String, String)> = signed
+        .iter()
+        .filter(|(k, _)| k.as_str() > free)
+        .cloned()
+        .collect();
+    forged.insert("zz".into(), format!("&{}", join(&rest)));
+    let as_string = |f: &BTreeMap<String, String>| join(&signed_part(f, skip));
+    assert_eq!(
+        as_string(&forged),
+        as_string(&genuine),
+        "not the same string"
+    );
+    (genuine, forged)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every accepted v2 payment: its signed string splits back into exactly the fields it
+    /// was accepted with, whatever free text (`&`, `=`, field names) it carries.
+    #[test]
+    fn v2_accepted_fields_are_the_signed_fields(
+        extra in fields(),
+        free in proptest::collection::btree_map(prop_oneof!["attach", "detail", "[a-z_]{1,10}"], free_text(), 1..4),
+        fee in 1i64..1_000_000,
+    ) {
+        let mut f = v2_paid("P000001", fee);
+        for (k, v) in extra {
+            if k != "sign" && k != "sign_type" {
+                f.entry(k).or_insert(v);
+            }
+        }
+        f.extend(free);
+        let body = v2_xml(&f, wechat_v2::SignType::Md5);
+        let suffix = format!("&key={V2_KEY}");
+        match verify(&providers().v2, None, &[], body.as_bytes(), NOW_MS) {
+            Ok(n) => {
+                let signed = wechat_v2::string_to_sign(&n.fields, V2_KEY);
+                let signed = signed.strip_suffix(&suffix).expect("key suffix");
+                prop_assert_eq!(split_signed(signed), signed_part(&n.fields, &["sign"]), "{}", signed);
+            }
+            // Refused as ambiguous only when it truly is.
+            Err(Rejection::Ambiguous(why)) => {
+                let signed = wechat_v2::string_to_sign(&f, V2_KEY);
+                let signed = signed.strip_suffix(&suffix).expect("key suffix");
+                prop_assert_ne!(split_signed(signed), signed_part(&f, &["sign"]), "{}", why);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Every accepted Alipay notification: the same.
+    #[test]
+    fn alipay_accepted_fields_are_the_signed_fields(
+        extra in fields(),
+        free in proptest::collection::btree_map(prop_oneof!["body", "passback_params", "subject", "[a-z_]{1,10}"], free_text(), 1..4),
+        fen in 1i64..10_000_000,
+    ) {
+        let mut f = alipay_paid("A000001", fen);
+        for (k, v) in extra {
+            if k != "sign" && k != "sign_type" {
+                f.entry(k).or_insert(v);
+            }
+        }
+        f.extend(free);
+        let body = alipay_form(&f);
+        let skip = ["sign", "sign_type"];
+        match verify(&providers().alipay, None, &[], body.as_bytes(), NOW_MS) {
+            Ok(n) => {
+                let signed = alipay::string_to_sign(&n.fields);
+                prop_assert_eq!(split_signed(&signed), signed_part(&n.fields, &skip), "{}", signed);
+            }
+            Err(Rejection::Ambiguous(why)) => {
+                prop_assert_ne!(split_signed(&alipay::string_to_sign(&f)), signed_part(&f, &skip), "{}", why);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A genuine v2 payment whose early-sorting free-text field embeds the fields of
+    /// another payment, re-split by an attacker into that payment: its signature still
+    /// verifies, and it is refused as ambiguous (so is the genuine one).
+    #[test]
+    fn v2_resplit_signature_is_refused(
+        free in prop_oneof![Just("attach".to_owned()), Just("body".to_owned()), Just("device_info".to_owned()), "b[a-z_]{0,6}"],
+        text in "[a-zA-Z0-9 =%._-]{1,12}",
+        other in "[A-Z0-9]{6,20}",
+        fee in 1i64..1_000_000,
+        other_fee in 1i64..1_000_000,
+    ) {
+        let attack: Vec<(String, String)> = [
+            ("mch_id", V2_MCH.to_owned()),
+            ("out_trade_no", other.clone()),
+            ("result_code", "SUCCESS".to_owned()),
+            ("return_code", "SUCCESS".to_owned()),
+            ("total_fee", other_fee.to_string()),
+            ("transaction_id", "4200000777".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let (genuine, forged) = resplit(&v2_paid("P000001", fee), &["sign"], &free, &text, &attack);
+        let forged_xml = v2_xml(&forged, wechat_v2::SignType::Md5);
+        // Same signed string, so the genuine signature is the forged one's.
+        prop_assert_eq!(
+            wechat_v2::sign(&forged, V2_KEY, wechat_v2::SignType::Md5),
+            wechat_v2::sign(&genuine, V2_KEY, wechat_v2::SignType::Md5)
+        );
+        for (what, body) in [("forged", forged_xml), ("genuine", v2_xml(&genuine, wechat_v2::SignType::Md5))] {
+            let r = verify(&providers().v2, None, &[], body.as_bytes(), NOW_MS);
+            prop_assert!(matches!(&r, Err(Rejection::Ambiguous(_))), "{} accepted or refused for another reason: {:?}", what, r);
+        }
+    }
+
+    /// The same attack on Alipay (`body` sorts before `out_trade_no`).
+    #[test]
+    fn alipay_resplit_signature_is_refused(
+        free in prop_oneof![Just("body".to_owned()), Just("attach".to_owned()), "b[a-z_]{0,6}"],
+        text in "[a-zA-Z0-9 =%._-]{1,12}",
+        other in "[A-Z0-9]{6,20}",
+        fen in 1i64..10_000_000,
+        other_fen in 1i64..10_000_000,
+    ) {
+        let attack: Vec<(String, String)> = [
+            ("out_trade_no", other.clone()),
+            ("total_amount", format!("{}.{:02}", other_fen / 100, other_fen % 100)),
+            ("trade_no", "2026000777".to_owned()),
+            ("trade_status", "TRADE_SUCCESS".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let (genuine, forged) = resplit(&alipay_paid("A000001", fen), &["sign", "sign_type"], &free, &text, &attack);
+        prop_assert_eq!(alipay::string_to_sign(&forged), alipay::string_to_sign(&genuine));
+        for (what, f) in [("forged", &forged), ("genuine", &genuine)] {
+            let body = alipay_form(f);
+            let r = verify(&providers().alipay, None, &[], body.as_bytes(), NOW_MS);
+            prop_assert!(matches!(&r, Err(Rejection::Ambiguous(_))), "{} accepted or refused for another reason: {:?}", what, r);
+        }
+    }
+}

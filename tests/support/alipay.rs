@@ -108,3 +108,47 @@ pub fn refunded(
     f.insert("notify_time".into(), "2026-01-02 10:00:01".into());
     f
 }
+
+/// An attacker's re-split of one genuine signature (issue 20): `genuine` with its
+/// free-text parameter `free` set to `x&<attack>&zz=`, as Alipay would sign it, and the
+/// notification an attacker builds from the same sign string, whose own parameters are
+/// the `attack` ones (each sorting after `free`), everything signed after `free`
+/// swallowed by a last parameter `zz`. Both have the same sign string (checked here).
+pub fn resplit(
+    genuine: &BTreeMap<String, String>,
+    free: &str,
+    attack: &[(&str, &str)],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let join = |p: &mut dyn Iterator<Item = (&str, &str)>| {
+        p.map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let mut genuine = genuine.clone();
+    genuine.insert(
+        free.into(),
+        format!("x&{}&zz=", join(&mut attack.iter().copied())),
+    );
+    let signed = || {
+        genuine
+            .iter()
+            .filter(|(k, v)| k.as_str() != "sign" && k.as_str() != "sign_type" && !v.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    };
+    let mut forged: BTreeMap<String, String> = signed()
+        .filter(|(k, _)| *k < free)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    forged.insert(free.into(), "x".into());
+    for (k, v) in attack {
+        forged.insert((*k).into(), (*v).into());
+    }
+    let rest = join(&mut signed().filter(|(k, _)| *k > free));
+    forged.insert("zz".into(), format!("&{rest}"));
+    assert_eq!(
+        sign_string(&forged),
+        sign_string(&genuine),
+        "the re-split notification must have the genuine sign string"
+    );
+    (genuine, forged)
+}

@@ -124,3 +124,47 @@ pub fn refund_xml(req_info: &str) -> String {
         hex::encode(rand::random::<[u8; 16]>())
     )
 }
+
+/// An attacker's re-split of one genuine signature (issue 20): `genuine` with its
+/// free-text field `free` set to `x&<attack>&zz=`, as WeChat would sign it, and the
+/// notification an attacker builds from the same signed string, whose own fields are the
+/// `attack` ones (each sorting after `free`), everything signed after `free` swallowed
+/// by a last field `zz`. Both carry the one genuine signature (checked here).
+pub fn resplit(
+    genuine: &BTreeMap<String, String>,
+    free: &str,
+    attack: &[(&str, &str)],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let join = |p: &mut dyn Iterator<Item = (&str, &str)>| {
+        p.map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let mut genuine = genuine.clone();
+    genuine.insert(
+        free.into(),
+        format!("x&{}&zz=", join(&mut attack.iter().copied())),
+    );
+    let signed = || {
+        genuine
+            .iter()
+            .filter(|(k, v)| k.as_str() != "sign" && !v.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    };
+    let mut forged: BTreeMap<String, String> = signed()
+        .filter(|(k, _)| *k < free)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    forged.insert(free.into(), "x".into());
+    for (k, v) in attack {
+        forged.insert((*k).into(), (*v).into());
+    }
+    let rest = join(&mut signed().filter(|(k, _)| *k > free));
+    forged.insert("zz".into(), format!("&{rest}"));
+    assert_eq!(
+        md5_sign(&forged, API_KEY),
+        md5_sign(&genuine, API_KEY),
+        "the re-split notification must carry the genuine signature"
+    );
+    (genuine, forged)
+}

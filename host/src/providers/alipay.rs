@@ -8,6 +8,14 @@
 //! a notification (`AlipaySignature.getSignCheckContentV1` skips empty values), so a
 //! notification those SDKs accept is accepted here too.
 //!
+//! That string is ambiguous: a `body` of `x&out_trade_no=…&total_amount=…` signs the same
+//! string as a notification with those parameters split out. A notification whose
+//! signed string does not split back into exactly its own parameters
+//! ([`super::split_sign_string`]) is refused. Only `&` followed by `name=` makes it so:
+//! `Tom & Jerry` passes, and `passback_params`, which Alipay asks merchants to
+//! URL-encode, arrives decoded once with its own `%26` and `%3D` intact. A merchant that
+//! puts raw `a=1&b=2` there gets its notifications refused with that reason.
+//!
 //! Only after the signature verifies do `app_id`, `seller_id`, `total_amount` and
 //! `trade_status` mean anything. Amounts are yuan with up to two decimals and are turned
 //! into fen by exact decimal parsing, never through floating point.
@@ -155,10 +163,7 @@ pub fn parse_form(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
 /// sorted by name, `k=v` joined by `&` (values URL-decoded).
 pub fn string_to_sign(fields: &BTreeMap<String, String>) -> String {
     let mut s = String::with_capacity(1024);
-    for (k, v) in fields {
-        if k == "sign" || k == "sign_type" || v.is_empty() {
-            continue;
-        }
+    for (k, v) in signed_fields(fields) {
         if !s.is_empty() {
             s.push('&');
         }
@@ -167,6 +172,15 @@ pub fn string_to_sign(fields: &BTreeMap<String, String>) -> String {
         s.push_str(v);
     }
     s
+}
+
+/// The parameters [`string_to_sign`] joins, in its order.
+pub fn signed_fields(fields: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .filter(|(k, v)| *k != "sign" && *k != "sign_type" && !v.is_empty())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// Yuan with at most two decimals (`"0.01"`, `"100"`, `"1.5"`) → fen, exactly.
@@ -284,6 +298,11 @@ impl Provider for Alipay {
             |a| a.app_id == get("app_id"),
         )?;
         account.verify_rsa2(string_to_sign(&fields).as_bytes(), get("sign"))?;
+        // The signature covers a string, not the parameters: it means these parameters
+        // only if that string cannot be split into others (`body` = `x&out_trade_no=…`).
+        // A value may still hold `&` not followed by `name=` (`Tom & Jerry`); URL-encoded
+        // text in `passback_params` arrives decoded once, its own `%26` intact.
+        super::require_unambiguous(&signed_fields(&fields))?;
 
         // Verified: now the identifiers mean something.
         if get("app_id") != account.app_id {
@@ -303,40 +322,50 @@ impl Provider for Alipay {
             }
         }
         let out_trade_no = get("out_trade_no").to_owned();
+        // Only a well-formed notification may be acknowledged as a non-payment: one the
+        // host cannot read is refused, so Alipay retries it and someone sees the reason.
+        if out_trade_no.is_empty() {
+            return Err(Rejection::Malformed("no out_trade_no".into()));
+        }
+        let yuan = |k: &str| {
+            yuan_to_fen(get(k)).ok_or_else(|| {
+                Rejection::Malformed(format!(
+                    "{k} `{}` is not an amount in yuan with at most two decimals",
+                    get(k)
+                ))
+            })
+        };
+        if fields.contains_key("total_amount") {
+            yuan("total_amount")?;
+        }
         let trade_status = get("trade_status");
         let is_refund = (!get("out_biz_no").is_empty() || !get("gmt_refund").is_empty())
             && matches!(trade_status, "TRADE_SUCCESS" | "TRADE_CLOSED");
         let kind = match trade_status {
             _ if is_refund => refund_kind(&fields)?,
             "TRADE_SUCCESS" | "TRADE_FINISHED" => {
-                if out_trade_no.is_empty() {
-                    return Err(Rejection::Malformed("no out_trade_no".into()));
-                }
                 let trade_no = get("trade_no");
                 if trade_no.is_empty() {
                     return Err(Rejection::Malformed("no trade_no".into()));
                 }
-                let amount = yuan_to_fen(get("total_amount")).ok_or_else(|| {
-                    Rejection::Malformed(format!(
-                        "total_amount `{}` is not an amount in yuan with at most two decimals",
-                        get("total_amount")
-                    ))
-                })?;
                 NoticeKind::Paid(Payment {
                     transaction_id: trade_no.to_owned(),
-                    amount,
+                    amount: yuan("total_amount")?,
                     paid_at: parse_gmt(get("gmt_payment")),
                 })
             }
-            // WAIT_BUYER_PAY, TRADE_CLOSED, and anything Alipay adds later: recorded,
-            // acknowledged, never a payment.
-            other => NoticeKind::NotPaid {
-                state: if other.is_empty() {
-                    "(no trade_status)".into()
-                } else {
-                    other.to_owned()
-                },
+            // The documented non-payment states: recorded, acknowledged, never a payment.
+            "WAIT_BUYER_PAY" | "TRADE_CLOSED" => NoticeKind::NotPaid {
+                state: trade_status.to_owned(),
             },
+            "" => return Err(Rejection::Malformed("no trade_status".into())),
+            // A state this host does not know may be a payment it cannot read: refused
+            // (Alipay retries), not acknowledged as nothing.
+            other => {
+                return Err(Rejection::Unsupported(format!(
+                    "trade_status `{other}` is none of WAIT_BUYER_PAY, TRADE_CLOSED, TRADE_SUCCESS, TRADE_FINISHED"
+                )))
+            }
         };
         Ok(Notice {
             account: account.name.clone(),
@@ -595,7 +624,7 @@ mod tests {
             n.kind,
             NoticeKind::Paid(Payment { amount: 10000, .. })
         ));
-        for state in ["WAIT_BUYER_PAY", "TRADE_CLOSED", "SOMETHING_NEW"] {
+        for state in ["WAIT_BUYER_PAY", "TRADE_CLOSED"] {
             f.insert("trade_status".into(), state.into());
             let n = verify(&provider(), &signed_body(&f, &keys()[0])).expect("verifies");
             assert_eq!(
@@ -605,6 +634,82 @@ mod tests {
                 }
             );
         }
+        // A state it cannot read, or none, is refused rather than acknowledged as nothing.
+        f.insert("trade_status".into(), "SOMETHING_NEW".into());
+        let r = verify(&provider(), &signed_body(&f, &keys()[0]));
+        assert!(matches!(r, Err(Rejection::Unsupported(_))), "{r:?}");
+        f.remove("trade_status");
+        let r = verify(&provider(), &signed_body(&f, &keys()[0]));
+        assert!(matches!(r, Err(Rejection::Malformed(_))), "{r:?}");
+    }
+
+    /// An attacker's re-split of one genuine signature: `genuine` with `free` set to
+    /// `x&<attack>&zz=`, and the notification whose own fields are the `attack` ones,
+    /// with everything the genuine one signed after `free` swallowed by `zz`.
+    fn resplit(
+        genuine: &BTreeMap<String, String>,
+        free: &str,
+        attack: &[(&str, &str)],
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let mut genuine = genuine.clone();
+        genuine.insert(free.into(), format!("x&{}&zz=", pairs(attack)));
+        let signed = signed_fields(&genuine);
+        let mut forged: BTreeMap<String, String> = signed
+            .iter()
+            .filter(|(k, _)| *k < free)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        forged.insert(free.into(), "x".into());
+        for (k, v) in attack {
+            forged.insert(k.to_string(), v.to_string());
+        }
+        let rest: Vec<(&str, &str)> = signed.iter().copied().filter(|(k, _)| *k > free).collect();
+        forged.insert("zz".into(), format!("&{}", pairs(&rest)));
+        assert_eq!(string_to_sign(&forged), string_to_sign(&genuine));
+        (genuine, forged)
+    }
+
+    #[test]
+    fn a_signature_re_split_into_other_parameters_is_refused() {
+        let (genuine, forged) = resplit(
+            &paid("O7", "0.01", "T7"),
+            "body",
+            &[
+                ("out_trade_no", "OTHER"),
+                ("total_amount", "99.00"),
+                ("trade_no", "T8"),
+                ("trade_status", "TRADE_SUCCESS"),
+            ],
+        );
+        let body = signed_body(&genuine, &keys()[0]);
+        let r = verify(&provider(), &body);
+        assert!(
+            matches!(&r, Err(Rejection::Ambiguous(m)) if m.contains("`body` contains `&out_trade_no=`")),
+            "{r:?}"
+        );
+        // The re-split one carries the genuine signature, which verifies over its string.
+        let sign = parse_form(body.as_bytes()).expect("form")["sign"].clone();
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &forged {
+            form.append_pair(k, v);
+        }
+        form.append_pair("sign", &sign);
+        let r = verify(&provider(), &form.finish());
+        assert!(
+            matches!(&r, Err(Rejection::Ambiguous(m)) if m.contains("`zz` contains `&")),
+            "{r:?}"
+        );
+        // `&` not followed by `name=` is just text; so is URL-encoded text.
+        let mut f = paid("O7", "0.01", "T7");
+        f.insert("subject".into(), "Tom & Jerry && co&".into());
+        f.insert("passback_params".into(), "a%3D1%26b%3D2".into());
+        assert!(verify(&provider(), &signed_body(&f, &keys()[0])).is_ok());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::wechat_v2::parse_time_end;
-use super::wechat_v3::flatten;
+use super::wechat_v3::{flatten_unique, parse_json_unique};
 use super::{
     pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
 };
@@ -109,6 +109,25 @@ fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+/// A string field that must be there.
+fn required_str<'a>(v: &'a Value, key: &str) -> Result<&'a str, Rejection> {
+    match v.get(key) {
+        None | Some(Value::Null) => Err(Rejection::Malformed(format!("no {key}"))),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(Rejection::Malformed(format!(
+            "{key} is {other}, not a string"
+        ))),
+    }
+}
+
+/// A string field that may be absent (then empty), but is a string when it is there.
+fn optional_str<'a>(v: &'a Value, key: &str) -> Result<&'a str, Rejection> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(""),
+        _ => required_str(v, key),
+    }
+}
+
 impl Provider for Cloudpay {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Cloudpay
@@ -154,7 +173,7 @@ impl Provider for Cloudpay {
 
         // The event names its sub-merchant; that picks the account whose secret must
         // have signed it. Nothing else in it is used before the signature verifies.
-        let event: Value = serde_json::from_slice(inbound.body)
+        let event: Value = parse_json_unique(inbound.body)
             .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
         if !event.is_object() {
             return Err(Rejection::Malformed("body is not a JSON object".into()));
@@ -177,33 +196,60 @@ impl Provider for Cloudpay {
             )));
         }
         let mut fields = BTreeMap::new();
-        flatten(&event, "", &mut fields);
-        let out_trade_no = str_field(&event, "outTradeNo").to_owned();
-        let return_code = str_field(&event, "returnCode");
-        let result_code = str_field(&event, "resultCode");
-        let kind = if return_code == "SUCCESS" && result_code == "SUCCESS" {
-            if out_trade_no.is_empty() {
-                return Err(Rejection::Malformed("no outTradeNo".into()));
+        flatten_unique(&event, "", &mut fields)?;
+        // Only a well-formed event may be acknowledged as a non-payment: one the host
+        // cannot read (a code missing, a field of the wrong type) is refused, so the relay
+        // reports the failure and someone sees the reason.
+        match required_str(&event, "returnCode")? {
+            "SUCCESS" => {}
+            // As in WeChat Pay v2: a communication failure carries no result to record.
+            "FAIL" => {
+                return Err(Rejection::Unsupported(format!(
+                    "returnCode FAIL ({})",
+                    optional_str(&event, "returnMsg")?
+                )))
             }
-            let transaction_id = str_field(&event, "transactionId");
-            if transaction_id.is_empty() {
-                return Err(Rejection::Malformed("no transactionId".into()));
+            other => {
+                return Err(Rejection::Malformed(format!(
+                    "returnCode `{other}` is neither SUCCESS nor FAIL"
+                )))
             }
-            let amount = event
-                .get("totalFee")
-                .and_then(Value::as_i64)
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| Rejection::Malformed("totalFee is not an amount in fen".into()))?;
-            NoticeKind::Paid(Payment {
-                transaction_id: transaction_id.to_owned(),
-                amount,
-                paid_at: parse_time_end(str_field(&event, "timeEnd")),
-            })
-        } else {
-            let err_code = str_field(&event, "errCode");
-            let state = format!("returnCode {return_code} resultCode {result_code} {err_code}");
-            NoticeKind::NotPaid {
-                state: state.trim().to_owned(),
+        }
+        let result_code = required_str(&event, "resultCode")?;
+        let out_trade_no = required_str(&event, "outTradeNo")?.to_owned();
+        if out_trade_no.is_empty() {
+            return Err(Rejection::Malformed("outTradeNo is empty".into()));
+        }
+        let amount = event
+            .get("totalFee")
+            .ok_or_else(|| Rejection::Malformed("no totalFee".into()))?
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| Rejection::Malformed("totalFee is not an amount in fen".into()))?;
+        let kind = match result_code {
+            "SUCCESS" => {
+                let transaction_id = required_str(&event, "transactionId")?;
+                if transaction_id.is_empty() {
+                    return Err(Rejection::Malformed("transactionId is empty".into()));
+                }
+                NoticeKind::Paid(Payment {
+                    transaction_id: transaction_id.to_owned(),
+                    amount,
+                    paid_at: parse_time_end(optional_str(&event, "timeEnd")?),
+                })
+            }
+            "FAIL" => NoticeKind::NotPaid {
+                state: format!(
+                    "returnCode SUCCESS resultCode FAIL {}",
+                    optional_str(&event, "errCode")?
+                )
+                .trim()
+                .to_owned(),
+            },
+            other => {
+                return Err(Rejection::Malformed(format!(
+                    "resultCode `{other}` is neither SUCCESS nor FAIL"
+                )))
             }
         };
         Ok(Notice {
@@ -462,6 +508,112 @@ mod tests {
             verify(&provider(), &h, "{}"),
             Err(Rejection::Malformed(_))
         ));
+    }
+
+    /// Signed but unreadable: refused, never acknowledged as a non-payment.
+    #[test]
+    fn signed_malformed_events_are_refused_not_ignored() {
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change, &str)> = vec![
+            (
+                "no returnCode",
+                Box::new(|e| drop(e.as_object_mut().map(|o| o.remove("returnCode")))),
+                "no returnCode",
+            ),
+            (
+                "no resultCode",
+                Box::new(|e| drop(e.as_object_mut().map(|o| o.remove("resultCode")))),
+                "no resultCode",
+            ),
+            (
+                "no codes",
+                Box::new(|e| {
+                    drop(e.as_object_mut().map(|o| {
+                        o.remove("returnCode");
+                        o.remove("resultCode")
+                    }))
+                }),
+                "no returnCode",
+            ),
+            (
+                "numeric outTradeNo, string totalFee",
+                Box::new(|e| {
+                    e["outTradeNo"] = 42.into();
+                    e["totalFee"] = "100".into();
+                }),
+                "outTradeNo is 42",
+            ),
+            (
+                "string totalFee, FAIL",
+                Box::new(|e| {
+                    e["totalFee"] = "100".into();
+                    e["resultCode"] = "FAIL".into();
+                }),
+                "totalFee",
+            ),
+            (
+                "numeric resultCode",
+                Box::new(|e| e["resultCode"] = 0.into()),
+                "resultCode is 0",
+            ),
+            (
+                "unknown resultCode",
+                Box::new(|e| e["resultCode"] = "MAYBE".into()),
+                "resultCode `MAYBE`",
+            ),
+            (
+                "no outTradeNo, FAIL",
+                Box::new(|e| {
+                    e["resultCode"] = "FAIL".into();
+                    e["outTradeNo"] = Value::Null;
+                }),
+                "no outTradeNo",
+            ),
+            (
+                "numeric errCode, FAIL",
+                Box::new(|e| {
+                    e["resultCode"] = "FAIL".into();
+                    e["errCode"] = 7.into();
+                }),
+                "errCode is 7",
+            ),
+        ];
+        for (name, change, reason) in cases {
+            let mut ev = event("C7", 100, "SUCCESS");
+            change(&mut ev);
+            let body = ev.to_string();
+            let r = verify(&provider(), &sign(SECRET, NOW_S, &body), &body);
+            assert!(
+                matches!(&r, Err(Rejection::Malformed(m)) if m.contains(reason)),
+                "{name}: {r:?}"
+            );
+        }
+        let mut ev = event("C7", 100, "SUCCESS");
+        ev["returnCode"] = "FAIL".into();
+        let body = ev.to_string();
+        let r = verify(&provider(), &sign(SECRET, NOW_S, &body), &body);
+        assert!(matches!(r, Err(Rejection::Unsupported(_))), "{r:?}");
+    }
+
+    /// JSON that two readers could read two ways: refused, even when signed.
+    #[test]
+    fn repeated_or_colliding_keys_are_refused() {
+        let good = event("C9", 100, "SUCCESS").to_string();
+        let repeated = good.replacen("{", "{\"outTradeNo\":\"OTHER\",", 1);
+        let escaped = good.replacen("{", "{\"out\\u0054radeNo\":\"OTHER\",", 1);
+        let colliding = good.replacen("{", "{\"userInfo.openId\":\"someone-else\",", 1);
+        for (body, reason) in [
+            (&repeated, "appears twice"),
+            (&escaped, "appears twice"),
+            (&colliding, "both named `userInfo.openId`"),
+        ] {
+            let r = verify(&provider(), &sign(SECRET, NOW_S, body), body);
+            assert!(
+                matches!(&r, Err(Rejection::Malformed(m)) if m.contains(reason)),
+                "{body}: {r:?}"
+            );
+        }
+        assert!(verify(&provider(), &sign(SECRET, NOW_S, &good), &good).is_ok());
     }
 
     /// Mutated events, correctly signed, never panic the parser.

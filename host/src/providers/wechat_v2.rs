@@ -5,6 +5,12 @@
 //! says so), upper-case hex. The body is parsed into a map, never into a struct, so
 //! fields this code does not know still take part in the signed string.
 //!
+//! Values may hold `&` and `=`, so an `attach` of `x&out_trade_no=…&total_fee=…` signs the
+//! same string as a notification with those fields split out: whoever holds one genuine
+//! notification could pay another order with it. A notification whose signed string
+//! does not split back into exactly its own fields ([`super::split_sign_string`]) is
+//! refused; `&` not followed by `name=` (`R&D`) is still fine.
+//!
 //! Refund notifications (退款结果通知) come to the same endpoint unsigned: their
 //! `req_info` is the refund, AES-256-ECB encrypted under the lower-case hex MD5 of the
 //! API key. Decrypting it with our key is what authenticates it.
@@ -115,10 +121,7 @@ impl WechatV2 {
 /// The string that is signed: sorted non-empty fields except `sign`, plus `&key=`.
 pub fn string_to_sign(fields: &BTreeMap<String, String>, api_key: &str) -> String {
     let mut s = String::with_capacity(512);
-    for (k, v) in fields {
-        if k == "sign" || v.is_empty() {
-            continue;
-        }
+    for (k, v) in signed_fields(fields) {
         if !s.is_empty() {
             s.push('&');
         }
@@ -129,6 +132,15 @@ pub fn string_to_sign(fields: &BTreeMap<String, String>, api_key: &str) -> Strin
     s.push_str("&key=");
     s.push_str(api_key);
     s
+}
+
+/// The fields [`string_to_sign`] joins, in its order (the `&key=` suffix aside).
+pub fn signed_fields(fields: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .filter(|(k, v)| *k != "sign" && !v.is_empty())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// The upper-case hex signature of `fields` under `api_key`.
@@ -322,6 +334,9 @@ impl Provider for WechatV2 {
         if !super::ct_eq(expected.as_bytes(), received.as_bytes()) {
             return Err(Rejection::BadSignature("signature does not match".into()));
         }
+        // The signature covers a string, not the fields: it means these fields only if
+        // that string cannot be split into others (`attach` = `x&out_trade_no=…`).
+        super::require_unambiguous(&signed_fields(&fields))?;
         // Only now, with the signature good, do the identifiers mean anything.
         if get("appid") != account.appid || get("mch_id") != account.mch_id {
             return Err(Rejection::AccountMismatch(format!(
@@ -332,24 +347,32 @@ impl Provider for WechatV2 {
             )));
         }
         let out_trade_no = get("out_trade_no").to_owned();
-        let kind = if get("result_code") == "SUCCESS" {
-            if out_trade_no.is_empty() {
-                return Err(Rejection::Malformed("no out_trade_no".into()));
+        // Only a well-formed notification may be acknowledged as a non-payment: one the
+        // host cannot read is refused, so WeChat retries it and someone sees the reason.
+        if out_trade_no.is_empty() {
+            return Err(Rejection::Malformed("no out_trade_no".into()));
+        }
+        let total_fee = super::parse_fen(get("total_fee"), "total_fee")?;
+        let kind = match get("result_code") {
+            "SUCCESS" => {
+                let transaction_id = get("transaction_id");
+                if transaction_id.is_empty() {
+                    return Err(Rejection::Malformed("no transaction_id".into()));
+                }
+                NoticeKind::Paid(Payment {
+                    transaction_id: transaction_id.to_owned(),
+                    amount: total_fee,
+                    paid_at: parse_time_end(get("time_end")),
+                })
             }
-            let transaction_id = get("transaction_id");
-            if transaction_id.is_empty() {
-                return Err(Rejection::Malformed("no transaction_id".into()));
-            }
-            NoticeKind::Paid(Payment {
-                transaction_id: transaction_id.to_owned(),
-                amount: super::parse_fen(get("total_fee"), "total_fee")?,
-                paid_at: parse_time_end(get("time_end")),
-            })
-        } else {
-            NoticeKind::NotPaid {
-                state: format!("{} {}", get("result_code"), get("err_code"))
-                    .trim()
-                    .to_owned(),
+            "FAIL" => NoticeKind::NotPaid {
+                state: format!("FAIL {}", get("err_code")).trim().to_owned(),
+            },
+            "" => return Err(Rejection::Malformed("no result_code".into())),
+            other => {
+                return Err(Rejection::Malformed(format!(
+                    "result_code `{other}` is neither SUCCESS nor FAIL"
+                )))
             }
         };
         Ok(Notice {
@@ -438,13 +461,18 @@ fn verify_refund(
         )));
     }
     let get = |k: &str| info.get(k).map(String::as_str).unwrap_or("");
+    // Every refund notification names its order and refund, whatever its status: one
+    // that does not is not acknowledged as a non-refund either.
+    for k in ["out_trade_no", "out_refund_no"] {
+        if get(k).is_empty() {
+            return Err(Rejection::Malformed(format!("refund has no {k}")));
+        }
+    }
     let out_trade_no = get("out_trade_no").to_owned();
     let kind = match get("refund_status") {
         "SUCCESS" => {
-            for k in ["out_trade_no", "out_refund_no", "transaction_id"] {
-                if get(k).is_empty() {
-                    return Err(Rejection::Malformed(format!("refund has no {k}")));
-                }
+            if get("transaction_id").is_empty() {
+                return Err(Rejection::Malformed("refund has no transaction_id".into()));
             }
             let refund_fee = super::parse_fen(get("refund_fee"), "refund_fee")?;
             if refund_fee == 0 {
@@ -460,16 +488,29 @@ fn verify_refund(
             })
         }
         // CHANGE (退款异常) and REFUNDCLOSE: the money did not go back; nothing to apply.
-        other => NoticeKind::NotPaid {
-            state: format!("refund {other}").trim().to_owned(),
+        state @ ("CHANGE" | "REFUNDCLOSE") => NoticeKind::NotPaid {
+            state: format!("refund {state}"),
         },
+        "" => return Err(Rejection::Malformed("refund has no refund_status".into())),
+        other => {
+            return Err(Rejection::Malformed(format!(
+                "refund_status `{other}` is none of SUCCESS, CHANGE, REFUNDCLOSE"
+            )))
+        }
     };
-    fields.extend(info);
+    // The envelope is not signed: only what was checked against the account goes to the
+    // handler next to the decrypted refund, never an unauthenticated field that could pass
+    // for part of it.
+    let mut verified: BTreeMap<String, String> = fields
+        .into_iter()
+        .filter(|(k, _)| k == "appid" || k == "mch_id")
+        .collect();
+    verified.extend(info);
     Ok(Notice {
         account: account.name.clone(),
         out_trade_no,
         kind,
-        fields,
+        fields: verified,
     })
 }
 
@@ -621,6 +662,73 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_re_split_into_other_fields_is_refused() {
+        // A genuine notification whose `attach` holds `&out_trade_no=…`, and the one an
+        // attacker makes of it: those fields split out, everything signed after `attach`
+        // swallowed by a last field `zz`. Same string, so the same signature.
+        let attack = "mch_id=10000100&out_trade_no=OTHER&result_code=SUCCESS&return_code=SUCCESS&total_fee=9900&transaction_id=4200000099&zz=";
+        let mut genuine = paid_fields();
+        genuine.insert("attach".into(), format!("x&{attack}"));
+        let mut forged: BTreeMap<String, String> = attack
+            .trim_end_matches('=')
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        forged.insert("appid".into(), genuine["appid"].clone());
+        forged.insert("attach".into(), "x".into());
+        let rest = string_to_sign(&genuine, "k3y");
+        let rest = rest
+            .split_once("&zz=")
+            .and_then(|(_, r)| r.strip_suffix("&key=k3y"))
+            .expect("the tail");
+        forged.insert("zz".into(), rest.to_owned());
+        assert_eq!(
+            string_to_sign(&forged, "k3y"),
+            string_to_sign(&genuine, "k3y")
+        );
+        let r = verify(&signed_xml(&forged, "k3y", SignType::Md5));
+        assert!(
+            matches!(&r, Err(Rejection::Ambiguous(m)) if m.contains("`zz` contains `&")),
+            "{r:?}"
+        );
+        let r = verify(&signed_xml(&genuine, "k3y", SignType::Md5));
+        assert!(
+            matches!(&r, Err(Rejection::Ambiguous(m)) if m.contains("`attach` contains `&mch_id=`")),
+            "{r:?}"
+        );
+        // `&` not followed by `name=`, and `=` after no `&`, are just text.
+        let mut f = paid_fields();
+        f.insert("attach".into(), "a=b, R&D && co&".into());
+        assert!(verify(&signed_xml(&f, "k3y", SignType::Md5)).is_ok());
+    }
+
+    #[test]
+    fn signed_but_unreadable_payments_are_refused_not_ignored() {
+        for (k, v, reason) in [
+            ("result_code", None, "no result_code"),
+            ("result_code", Some("MAYBE"), "result_code `MAYBE`"),
+            ("out_trade_no", None, "no out_trade_no"),
+            ("total_fee", None, "total_fee"),
+            ("total_fee", Some("1e3"), "total_fee `1e3`"),
+        ] {
+            for result in ["SUCCESS", "FAIL"] {
+                let mut f = paid_fields();
+                f.insert("result_code".into(), result.into());
+                match v {
+                    Some(v) => f.insert(k.into(), v.into()),
+                    None => f.remove(k),
+                };
+                let r = verify(&signed_xml(&f, "k3y", SignType::Md5));
+                assert!(
+                    matches!(&r, Err(Rejection::Malformed(m)) if m.contains(reason)),
+                    "{k}={v:?} with {result}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn escaped_text_is_unescaped_before_signing() {
         let mut f = paid_fields();
         f.insert("attach".into(), "a&b<c".into());
@@ -739,6 +847,11 @@ mod tests {
         assert!(inbound(&refund_envelope(&tampered)).is_err());
         let other = body.replace("10000100", "10000999");
         assert!(inbound(&other).is_err());
+        // The envelope is not signed: a field added to it never reaches the handler.
+        let padded = body.replace("<req_info>", "<attach>forged</attach><req_info>");
+        let n = inbound(&padded).expect("verifies");
+        assert!(!n.fields.contains_key("attach"), "{:?}", n.fields);
+        assert!(!n.fields.contains_key("nonce_str"));
     }
 
     #[test]

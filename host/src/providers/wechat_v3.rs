@@ -304,6 +304,98 @@ pub fn flatten(value: &Value, prefix: &str, out: &mut BTreeMap<String, String>) 
     }
 }
 
+/// [`flatten`], refusing two values that end up under one name: `{"a.b":1,"a":{"b":2}}`
+/// would otherwise hand the handler one of them while the host read the other.
+pub fn flatten_unique(
+    value: &Value,
+    prefix: &str,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), Rejection> {
+    if let Value::Object(map) = value {
+        for (k, v) in map {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            flatten_unique(v, &key, out)?;
+        }
+        return Ok(());
+    }
+    let mut leaf = BTreeMap::new();
+    flatten(value, prefix, &mut leaf);
+    for (k, v) in leaf {
+        if out.contains_key(&k) {
+            return Err(Rejection::Malformed(format!(
+                "two fields are both named `{k}` once nested names are joined with `.`"
+            )));
+        }
+        out.insert(k, v);
+    }
+    Ok(())
+}
+
+/// Parses JSON, refusing an object that names a key twice. serde_json keeps the last of
+/// two equal keys where other readers keep the first, so such a body could be read as
+/// two different notifications: the host's, and that of whoever re-reads the stored body.
+pub fn parse_json_unique(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(UniqueKeys, &mut de)?;
+    de.end()?;
+    serde_json::from_slice(bytes)
+}
+
+/// Walks JSON, failing on the first object with a repeated key.
+struct UniqueKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(UniqueKeys)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value_seed(UniqueKeys)?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key `{key}` appears twice in one object"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// RFC 3339 (`2018-06-08T10:34:56+08:00`) → unix ms.
 fn parse_rfc3339(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
@@ -314,39 +406,67 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 /// `refund_status` `SUCCESS` is a refund; `REFUND.ABNORMAL` / `REFUND.CLOSED` are
 /// recorded and change nothing.
 fn refund_kind(event_type: &str, refund: &Value) -> Result<NoticeKind, Rejection> {
-    let status = str_field(refund, "refund_status").unwrap_or("");
+    let status = required_text(refund, "refund_status")?;
+    if !REFUND_STATES.contains(&status) {
+        return Err(Rejection::Unsupported(format!(
+            "refund_status `{status}` is none of {}",
+            REFUND_STATES.join(", ")
+        )));
+    }
+    let out_refund_no = required_text(refund, "out_refund_no")?.to_owned();
+    let amount = fen(refund, "refund")?;
+    let total = fen(refund, "total")?;
     if event_type != "REFUND.SUCCESS" || status != "SUCCESS" {
         return Ok(NoticeKind::NotPaid {
-            state: format!("{event_type} {status}").trim().to_owned(),
+            state: format!("{event_type} {status}"),
         });
     }
-    let text = |k: &str| -> Result<String, Rejection> {
-        str_field(refund, k)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| Rejection::Malformed(format!("refund has no {k}")))
-    };
-    let fen = |k: &str| -> Result<i64, Rejection> {
-        refund
-            .get("amount")
-            .and_then(|a| a.get(k))
-            .and_then(Value::as_i64)
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| Rejection::Malformed(format!("amount.{k} is not an amount in fen")))
-    };
-    text("out_trade_no")?;
-    let amount = fen("refund")?;
     if amount == 0 {
         return Err(Rejection::Malformed("amount.refund is 0".into()));
     }
     Ok(NoticeKind::Refunded(Refund {
-        out_refund_no: text("out_refund_no")?,
+        out_refund_no,
         refund_id: str_field(refund, "refund_id").unwrap_or("").to_owned(),
-        transaction_id: text("transaction_id")?,
+        transaction_id: required_text(refund, "transaction_id")?.to_owned(),
         amount: RefundAmount::This(amount),
-        total_fee: Some(fen("total")?),
+        total_fee: Some(total),
         refunded_at: str_field(refund, "success_time").and_then(parse_rfc3339),
     }))
+}
+
+/// The `trade_state`s WeChat Pay documents for a transaction.
+const TRADE_STATES: [&str; 7] = [
+    "SUCCESS",
+    "REFUND",
+    "NOTPAY",
+    "CLOSED",
+    "REVOKED",
+    "USERPAYING",
+    "PAYERROR",
+];
+
+/// The `refund_status`es WeChat Pay documents for a refund notification.
+const REFUND_STATES: [&str; 4] = ["SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"];
+
+/// A non-empty string field that must be there; the reason says what is wrong with it.
+fn required_text<'a>(v: &'a Value, key: &str) -> Result<&'a str, Rejection> {
+    match v.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        None | Some(Value::Null) => Err(Rejection::Malformed(format!("no {key}"))),
+        Some(Value::String(_)) => Err(Rejection::Malformed(format!("{key} is empty"))),
+        Some(other) => Err(Rejection::Malformed(format!(
+            "{key} is {other}, not a string"
+        ))),
+    }
+}
+
+/// `amount.<key>`: a non-negative whole number of fen that must be there.
+fn fen(v: &Value, key: &str) -> Result<i64, Rejection> {
+    v.get("amount")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_i64)
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Rejection::Malformed(format!("amount.{key} is not an amount in fen")))
 }
 
 /// The WeChat Pay v3 provider.
@@ -458,7 +578,7 @@ impl Provider for WechatV3 {
         let account = verify_signed(&self.accounts, inbound)?;
 
         // Verified: now the body means something.
-        let envelope: Value = serde_json::from_slice(inbound.body)
+        let envelope: Value = parse_json_unique(inbound.body)
             .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
         if !envelope.is_object() {
             return Err(Rejection::Malformed("body is not a JSON object".into()));
@@ -496,7 +616,7 @@ impl Provider for WechatV3 {
             associated_data,
             ciphertext,
         )?;
-        let transaction: Value = serde_json::from_slice(&plaintext)
+        let transaction: Value = parse_json_unique(&plaintext)
             .map_err(|e| Rejection::Malformed(format!("decrypted resource is not JSON: {e}")))?;
         if !transaction.is_object() {
             return Err(Rejection::Malformed(
@@ -524,7 +644,7 @@ impl Provider for WechatV3 {
         }
 
         let mut fields = BTreeMap::new();
-        flatten(&transaction, "", &mut fields);
+        flatten_unique(&transaction, "", &mut fields)?;
         fields.insert("event_type".into(), event_type.clone());
         for k in ["id", "create_time"] {
             if let Some(v) = str_field(&envelope, k) {
@@ -532,40 +652,35 @@ impl Provider for WechatV3 {
             }
         }
 
-        let out_trade_no = str_field(&transaction, "out_trade_no")
-            .unwrap_or("")
-            .to_owned();
-        let trade_state = str_field(&transaction, "trade_state").unwrap_or("");
+        // Only a well-formed resource may be acknowledged as a non-payment: one the host
+        // cannot read is refused, so WeChat retries it and someone sees the reason.
+        let out_trade_no = required_text(&transaction, "out_trade_no")?.to_owned();
         let kind = if event_type.starts_with("REFUND.") {
             refund_kind(&event_type, &transaction)?
-        } else if event_type == "TRANSACTION.SUCCESS" && trade_state == "SUCCESS" {
-            if out_trade_no.is_empty() {
-                return Err(Rejection::Malformed("no out_trade_no".into()));
+        } else if event_type.starts_with("TRANSACTION.") {
+            let trade_state = required_text(&transaction, "trade_state")?;
+            if !TRADE_STATES.contains(&trade_state) {
+                return Err(Rejection::Unsupported(format!(
+                    "trade_state `{trade_state}` is none of {}",
+                    TRADE_STATES.join(", ")
+                )));
             }
-            let transaction_id = str_field(&transaction, "transaction_id").unwrap_or("");
-            if transaction_id.is_empty() {
-                return Err(Rejection::Malformed("no transaction_id".into()));
-            }
-            let amount = transaction
-                .get("amount")
-                .and_then(|a| a.get("total"))
-                .and_then(Value::as_i64)
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    Rejection::Malformed("amount.total is not an amount in fen".into())
-                })?;
-            NoticeKind::Paid(Payment {
-                transaction_id: transaction_id.to_owned(),
-                amount,
-                paid_at: str_field(&transaction, "success_time").and_then(parse_rfc3339),
-            })
-        } else {
-            let state = if trade_state.is_empty() {
-                event_type.clone()
+            let amount = fen(&transaction, "total")?;
+            if event_type == "TRANSACTION.SUCCESS" && trade_state == "SUCCESS" {
+                NoticeKind::Paid(Payment {
+                    transaction_id: required_text(&transaction, "transaction_id")?.to_owned(),
+                    amount,
+                    paid_at: str_field(&transaction, "success_time").and_then(parse_rfc3339),
+                })
             } else {
-                format!("{event_type} {trade_state}")
-            };
-            NoticeKind::NotPaid { state }
+                NoticeKind::NotPaid {
+                    state: format!("{event_type} {trade_state}"),
+                }
+            }
+        } else {
+            // Not a payment or a refund this host can read: refused rather than taken for
+            // nothing, in case it is one.
+            return Err(Rejection::Unsupported(format!("event_type `{event_type}`")));
         };
         Ok(Notice {
             account: account.name.clone(),
@@ -1087,6 +1202,76 @@ go1ujfIK1zIFyPkKKnsgTUPJXwdC7LI+ZqJuWTyVTNj6
             );
             assert_eq!(n.out_trade_no, "T6");
         }
+    }
+
+    /// Signed and decrypted but unreadable: refused, never acknowledged as a non-payment.
+    #[test]
+    fn signed_unreadable_resources_are_refused_not_ignored() {
+        let f = fixture();
+        let send = |event: &str, tx: &Value| {
+            let body = envelope(event, tx, KEY);
+            verify_with(
+                &f.provider,
+                &headers(&keys()[0], PUB_ID, NOW_S, &body),
+                &body,
+            )
+        };
+        let cases: Vec<(&str, &str, Value, &str)> = vec![
+            (
+                "no trade_state",
+                "TRANSACTION.SUCCESS",
+                serde_json::json!(null),
+                "no trade_state",
+            ),
+            (
+                "numeric trade_state",
+                "TRANSACTION.SUCCESS",
+                serde_json::json!(1),
+                "trade_state is 1",
+            ),
+        ];
+        for (name, event, state, reason) in cases {
+            let mut tx = transaction("T8", 100, "SUCCESS");
+            tx["trade_state"] = state;
+            let r = send(event, &tx);
+            assert!(
+                matches!(&r, Err(Rejection::Malformed(m)) if m.contains(reason)),
+                "{name}: {r:?}"
+            );
+        }
+        for state in ["SUCCESS", "CLOSED"] {
+            let mut tx = transaction("T8", 100, state);
+            tx.as_object_mut().expect("object").remove("amount");
+            let r = send("TRANSACTION.SUCCESS", &tx);
+            assert!(
+                matches!(&r, Err(Rejection::Malformed(m)) if m.contains("amount.total")),
+                "{state}: {r:?}"
+            );
+            let mut tx = transaction("T8", 100, state);
+            tx["amount"]["total"] = "100".into();
+            let r = send("TRANSACTION.SUCCESS", &tx);
+            assert!(
+                matches!(&r, Err(Rejection::Malformed(m)) if m.contains("amount.total")),
+                "{state}: {r:?}"
+            );
+            let mut tx = transaction("T8", 100, state);
+            tx["out_trade_no"] = 8.into();
+            let r = send("TRANSACTION.SUCCESS", &tx);
+            assert!(
+                matches!(&r, Err(Rejection::Malformed(m)) if m.contains("out_trade_no is 8")),
+                "{state}: {r:?}"
+            );
+        }
+        let r = send(
+            "TRANSACTION.SUCCESS",
+            &transaction("T8", 100, "SOMETHING_NEW"),
+        );
+        assert!(matches!(&r, Err(Rejection::Unsupported(_))), "{r:?}");
+        let r = send("COUPON.USE", &transaction("T8", 100, "SUCCESS"));
+        assert!(
+            matches!(&r, Err(Rejection::Unsupported(m)) if m.contains("COUPON.USE")),
+            "{r:?}"
+        );
     }
 
     #[test]
