@@ -24,8 +24,10 @@ use serde_json::{json, Value};
 /// is claimed again by its successor within the test.
 const CONFIG: &str = "[tasks]\npoll_ms = 20\nlease_secs = 1\n";
 
-/// The `loop` handler, stopped by the host after 3 s.
-const SLOW_MANIFEST: &str = "collections = []\nhttp_origins = []\ntimeout_ms = 3000\n";
+/// The `loop` handler, stopped by the host after 3 s, payment calls included (on SQLite
+/// those would otherwise be cut at 200 ms).
+const SLOW_MANIFEST: &str =
+    "collections = []\nhttp_origins = []\ntimeout_ms = 3000\npayment_timeout_ms = 3000\n";
 
 /// What a host answered: status and body; `None` = no answer (killed).
 type Answer = Option<(u16, String)>;

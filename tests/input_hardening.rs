@@ -33,7 +33,7 @@ async fn server() -> TestServer {
     let mut options = Options::with_plugins(&["recharge"]).plugin_as(
         "slow",
         "loop",
-        Some("collections = []\nhttp_origins = []\ntimeout_ms = 2000\n"),
+        Some("collections = []\nhttp_origins = []\ntimeout_ms = 2000\npayment_timeout_ms = 2000\n"),
     );
     options.extra_config = format!(
         "[[accounts]]\nprovider = \"cloudpay\"\nname = \"a\"\nsub_mch_id = \"{}\"\nsecret = \"{}\"\n\n\

@@ -251,7 +251,7 @@ impl SlowBackend {
 
     fn manifest(&self) -> String {
         format!(
-            "collections = []\nhttp_origins = [\"http://127.0.0.1:{0}\"]\n\
+            "collections = []\nhttp_origins = [\"http://127.0.0.1:{0}\"]\ncrypto = true\n\
              [config]\nbackend_url = \"http://127.0.0.1:{0}/paid\"\n",
             self.port
         )

@@ -133,19 +133,31 @@ impl Browser {
             .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
-    /// The element matching `css`, waiting up to 20 s for it to appear.
+    /// The element matching `css`, waiting up to 20 s for it to appear. A look-up that a
+    /// navigation cut short (a form submitted just before: Chromium answers "aborted by
+    /// navigation") is made again on the new page.
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        match self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(20))
-            .for_element(Locator::Css(css))
-            .await
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let text = self.client.source().await.unwrap_or_default();
-                panic!("no element `{css}` on {}: {e}\n{text}", self.url().await)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self
+                .client
+                .wait()
+                .at_most(left)
+                .for_element(Locator::Css(css))
+                .await
+            {
+                Ok(e) => return e,
+                Err(e)
+                    if e.to_string().contains("aborted by navigation")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    let text = self.client.source().await.unwrap_or_default();
+                    panic!("no element `{css}` on {}: {e}\n{text}", self.url().await)
+                }
             }
         }
     }

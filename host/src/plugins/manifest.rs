@@ -233,7 +233,10 @@ mod tests {
         assert_eq!(ms("payment_timeout_ms = 900"), Ok(900));
         let opted_in = "http_origins = [\"https://b.example\"]\nhttp_in_payment = true\n";
         assert_eq!(ms(opted_in), Ok(4000), "the full timeout_ms");
-        assert_eq!(ms(&format!("{opted_in}payment_timeout_ms = 1500")), Ok(1500));
+        assert_eq!(
+            ms(&format!("{opted_in}payment_timeout_ms = 1500")),
+            Ok(1500)
+        );
         let e = ms("payment_timeout_ms = 999999").unwrap_err();
         assert!(e.contains("payment_timeout_ms"), "{e}");
     }
