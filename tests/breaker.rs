@@ -106,15 +106,7 @@ async fn a_type_that_keeps_timing_out_fails_fast_for_a_cooldown_then_is_tried_ag
         assert_eq!(o.status, status::UNPAID, "L{n:09} must stay unpaid");
     }
     // Counted for alerting.
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics");
+    let metrics = s.metrics_text().await;
     let counted = |name: &str| {
         metrics
             .lines()

@@ -281,15 +281,7 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
         .await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v.as_array().map(Vec::len), Some(3), "{v}");
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = s.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -321,6 +313,18 @@ async fn verified_refunds_that_cannot_apply_are_recorded_for_ops_and_change_noth
     assert_eq!(refund_state(&s, "RV2000003").await, (status::PAID, 0));
     assert_eq!(balance(&s, "u3").await, Some(800));
     assert!(refunds(&s, "RV2000003").await.is_empty());
+}
+
+/// Two host processes with `recharge` on the PostgreSQL database `url`.
+async fn two_recharge_hosts(dir: &tempfile::TempDir, url: &str) -> (HostProcess, HostProcess) {
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("dir a");
+    std::fs::create_dir_all(&db).expect("dir b");
+    let plugins = [("recharge", "recharge", None)];
+    tokio::join!(
+        HostProcess::start("host a", &da, url, &plugins, ""),
+        HostProcess::start("host b", &db, url, &plugins, ""),
+    )
 }
 
 /// A console page of `s`, signed in with the API token.
@@ -747,14 +751,7 @@ async fn copies_of_refunds_sent_to_two_processes_at_once_apply_once() {
     }
     let dir = tempfile::tempdir().expect("dir");
     let url = fresh_postgres_url();
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).expect("dir a");
-    std::fs::create_dir_all(&db).expect("dir b");
-    let plugins = [("recharge", "recharge", None)];
-    let (a, b) = tokio::join!(
-        HostProcess::start("host a", &da, &url, &plugins, ""),
-        HostProcess::start("host b", &db, &url, &plugins, ""),
-    );
+    let (a, b) = two_recharge_hosts(&dir, &url).await;
     a.create_order(json!({
         "type": "recharge", "total_fee": 1000, "user_id": "mpu", "provider": "wechat-v2",
         "out_trade_no": "RMP00001", "custom": { "recharge_balance": 1000 }
@@ -844,14 +841,7 @@ async fn a_refund_stored_on_one_host_is_applied_by_the_payment_on_another() {
     }
     let dir = tempfile::tempdir().expect("dir");
     let url = fresh_postgres_url();
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).expect("dir a");
-    std::fs::create_dir_all(&db).expect("dir b");
-    let plugins = [("recharge", "recharge", None)];
-    let (a, b) = tokio::join!(
-        HostProcess::start("host a", &da, &url, &plugins, ""),
-        HostProcess::start("host b", &db, &url, &plugins, ""),
-    );
+    let (a, b) = two_recharge_hosts(&dir, &url).await;
     a.create_order(json!({
         "type": "recharge", "total_fee": 1000, "user_id": "early", "provider": "wechat-v2",
         "out_trade_no": "RMP00002", "custom": { "recharge_balance": 1000 }

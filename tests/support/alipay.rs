@@ -119,32 +119,7 @@ pub fn resplit(
     free: &str,
     attack: &[(&str, &str)],
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let join = |p: &mut dyn Iterator<Item = (&str, &str)>| {
-        p.map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&")
-    };
-    let mut genuine = genuine.clone();
-    genuine.insert(
-        free.into(),
-        format!("x&{}&zz=", join(&mut attack.iter().copied())),
-    );
-    let signed = || {
-        genuine
-            .iter()
-            .filter(|(k, v)| k.as_str() != "sign" && k.as_str() != "sign_type" && !v.is_empty())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-    };
-    let mut forged: BTreeMap<String, String> = signed()
-        .filter(|(k, _)| *k < free)
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    forged.insert(free.into(), "x".into());
-    for (k, v) in attack {
-        forged.insert((*k).into(), (*v).into());
-    }
-    let rest = join(&mut signed().filter(|(k, _)| *k > free));
-    forged.insert("zz".into(), format!("&{rest}"));
+    let (genuine, forged) = crate::resplit_fields(genuine, free, attack, &["sign", "sign_type"]);
     assert_eq!(
         sign_string(&forged),
         sign_string(&genuine),

@@ -340,6 +340,18 @@ impl TestServer {
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Sends a WeChat v2 notification.
     pub async fn notify_v2(&self, xml: String) -> (u16, String) {
         self.notify("/notify/wechat-v2", "text/xml", xml).await
@@ -420,4 +432,45 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// An attacker's re-split of one genuine `k=v&…` signature (issue 20), for the
+/// providers that sign such a string (WeChat Pay v2, Alipay): `genuine` with its free-text
+/// field `free` set to `x&<attack>&zz=`, as the provider would sign it, and the
+/// notification an attacker builds from the same signed string, whose own fields are the
+/// `attack` ones (each sorting after `free`), everything signed after `free` swallowed by a
+/// last field `zz`. Fields named in `unsigned` (the signature's own) are not signed.
+pub fn resplit_fields(
+    genuine: &BTreeMap<String, String>,
+    free: &str,
+    attack: &[(&str, &str)],
+    unsigned: &[&str],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let join = |p: &mut dyn Iterator<Item = (&str, &str)>| {
+        p.map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let mut genuine = genuine.clone();
+    genuine.insert(
+        free.into(),
+        format!("x&{}&zz=", join(&mut attack.iter().copied())),
+    );
+    let signed = || {
+        genuine
+            .iter()
+            .filter(|(k, v)| !unsigned.contains(&k.as_str()) && !v.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    };
+    let mut forged: BTreeMap<String, String> = signed()
+        .filter(|(k, _)| *k < free)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    forged.insert(free.into(), "x".into());
+    for (k, v) in attack {
+        forged.insert((*k).into(), (*v).into());
+    }
+    let rest = join(&mut signed().filter(|(k, _)| *k > free));
+    forged.insert("zz".into(), format!("&{rest}"));
+    (genuine, forged)
 }
