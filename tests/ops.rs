@@ -867,3 +867,64 @@ async fn config_check_prints_the_effective_config_with_every_secret_masked() {
         "{err}"
     );
 }
+
+/// A deploy whose `--config` names a file that is not there (a typo) must not start on
+/// defaults and serve an empty database: it stops at once, names the file, and creates
+/// nothing in the current folder. Without `--config` and without `paynotify.toml`, the
+/// defaults are used and the log says so.
+#[tokio::test]
+async fn an_explicit_config_that_does_not_exist_stops_everything_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("etc").join("paynotfy.toml");
+    let run = |args: Vec<std::ffi::OsString>| {
+        let mut cmd = tokio::process::Command::new(paynotify_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PAYNOTIFY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    for args in [vec!["serve"], vec!["config", "check"]] {
+        let mut argv: Vec<std::ffi::OsString> = vec!["--config".into(), missing.clone().into()];
+        argv.extend(args.iter().map(Into::into));
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), run(argv).output())
+            .await
+            .expect("exits by itself")
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&missing.display().to_string()) && stderr.contains("does not exist"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "created {left:?}");
+
+    // Named through the environment: the same.
+    let mut cmd = run(vec!["config".into(), "check".into()]);
+    let out = cmd
+        .env("PAYNOTIFY_CONFIG", &missing)
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+
+    // Not named and absent: defaults, said in the log.
+    let out = run(vec!["config".into(), "check".into()])
+        .output()
+        .await
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("built-in defaults"), "{stderr}");
+}

@@ -21,15 +21,11 @@ use crate::store::{status, Millis, NotificationRecord, Order, OrderCursor, TaskR
     after_help = EXAMPLES,
 )]
 pub struct Cli {
-    /// Configuration file (missing = built-in defaults; PAYNOTIFY_… variables override keys).
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "PAYNOTIFY_CONFIG",
-        default_value = "paynotify.toml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file; it must exist. Not given: `paynotify.toml` in the current
+    /// folder if there is one, else built-in defaults (said in the log). PAYNOTIFY_…
+    /// variables override keys.
+    #[arg(long, short, global = true, env = "PAYNOTIFY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -263,9 +259,38 @@ fn parse_verdict(text: &str) -> Result<Verdict, String> {
     })
 }
 
-/// Loads the config for any command.
-pub fn load_config(path: &Path) -> Result<Config, crate::config::ConfigError> {
-    Config::load(path, std::env::vars())
+/// The file read when no `--config` (or `PAYNOTIFY_CONFIG`) names one.
+pub const DEFAULT_CONFIG: &str = "paynotify.toml";
+
+impl Cli {
+    /// The configuration file, and whether the operator named it (then it must exist).
+    pub fn config_file(&self) -> (&Path, bool) {
+        match &self.config {
+            Some(path) => (path, true),
+            None => (Path::new(DEFAULT_CONFIG), false),
+        }
+    }
+}
+
+/// Loads the config for any command. A file named with `--config` / `PAYNOTIFY_CONFIG`
+/// that does not exist is an error: a typo in a deploy must not serve an empty database
+/// on defaults. Without one, a missing `paynotify.toml` means the built-in defaults, and
+/// the log says so.
+pub fn load_config(path: &Path, named: bool) -> Result<Config, crate::config::ConfigError> {
+    if named && !path.exists() {
+        return Err(crate::config::ConfigError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let config = Config::load(path, std::env::vars())?;
+    if !named && !path.exists() {
+        tracing::warn!(
+            database = %crate::config::redact_url(&config.database.url),
+            plugins = %config.plugins.dir.display(),
+            "no --config given and no {DEFAULT_CONFIG} here: running on built-in defaults"
+        );
+    }
+    Ok(config)
 }
 
 /// A client for the running server's admin API, using the config's address and token.

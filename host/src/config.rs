@@ -46,6 +46,12 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file named with `--config` (or `PAYNOTIFY_CONFIG`) does not exist.
+    #[error("config file {path} does not exist (named by --config or PAYNOTIFY_CONFIG); nothing was started")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not valid TOML or a key has the wrong shape.
     #[error("{source_name}: {message}")]
     Invalid {

@@ -59,13 +59,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if let Command::Config(ConfigCommand::Check) = cli.command {
-        return config_check(&cli.config, cli.json);
+        return config_check(cli.config_file(), cli.json);
     }
-    let config = cli::load_config(&cli.config)?;
+    let (config_path, named) = cli.config_file();
+    let config = cli::load_config(config_path, named)?;
     match cli.command {
         Command::Serve => serve(config).await,
         // Handled above, before a bad configuration could stop everything.
-        Command::Config(ConfigCommand::Check) => config_check(&cli.config, cli.json),
+        Command::Config(ConfigCommand::Check) => config_check(cli.config_file(), cli.json),
         Command::Plugins(c) => plugins(&config, cli.json, c).await,
         // Handled above: it needs no configuration.
         Command::NewPlugin { name, lang, dir } => new_plugin(&name, lang, dir.as_deref(), cli.json),
@@ -135,8 +136,8 @@ fn new_plugin(
 }
 
 /// `paynotify config check`: exits 1 with the error when the configuration is invalid.
-fn config_check(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let checked = cli::load_config(path)
+fn config_check((path, named): (&std::path::Path, bool), json: bool) -> anyhow::Result<()> {
+    let checked = cli::load_config(path, named)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
             // The merchant accounts as `serve` builds them: key files, PEM keys, ids.
