@@ -26,7 +26,7 @@ pub async fn require_api_auth(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if crate::providers::ct_eq(presented.as_bytes(), token.as_bytes()) {
+            if same_secret(presented, token) {
                 next.run(request).await
             } else {
                 let mut r =
@@ -45,5 +45,26 @@ pub async fn require_api_auth(
             "no server.api_token is configured, so /api only serves loopback clients",
         )
         .into_response(),
+    }
+}
+
+/// Equal, in time that depends on neither value: both are hashed first, so not even their
+/// lengths show (comparing the bytes themselves would return at once on a length
+/// mismatch, telling an attacker the token's length).
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    crate::providers::ct_eq(&Sha256::digest(a), &Sha256::digest(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_by_value_whatever_their_lengths() {
+        assert!(same_secret("dev-token", "dev-token"));
+        assert!(!same_secret("dev-token", "dev-token2"));
+        assert!(!same_secret("", "dev-token"));
+        assert!(!same_secret("dev-tokeN", "dev-token"));
     }
 }

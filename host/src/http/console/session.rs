@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::{bare_page, error_page, store_failure};
 use crate::app::App;
+use crate::http::auth::same_secret;
 use crate::store::console::ConsoleSession;
 use crate::store::now_ms;
 
@@ -47,12 +48,6 @@ pub struct Session {
 /// SHA-256, lower-case hex.
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// Equal, in time that depends on neither value: both are hashed first, so not even
-/// their lengths show.
-fn ct_eq_str(a: &str, b: &str) -> bool {
-    crate::providers::ct_eq(&Sha256::digest(a), &Sha256::digest(b))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -163,7 +158,7 @@ pub fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Option<
             "Refused: this request did not come from a console page (cross-site request). Nothing was changed.",
         ));
     }
-    if !ct_eq_str(csrf, &session.csrf_token) {
+    if !same_secret(csrf, &session.csrf_token) {
         return Some(error_page(
             StatusCode::FORBIDDEN,
             "Refused: the form's security token is missing or stale; reload the page and try again. Nothing was changed.",
@@ -270,7 +265,7 @@ pub async fn login(
     };
     let next = safe_next(form.next.as_deref()).to_owned();
     if let Some(token) = app.config.api_token() {
-        if !ct_eq_str(&form.token, token) {
+        if !same_secret(&form.token, token) {
             tracing::warn!("console sign-in with a wrong token");
             return (
                 StatusCode::UNAUTHORIZED,
@@ -403,6 +398,6 @@ mod tests {
         ] {
             assert_eq!(safe_next(Some(bad)), "/console/orders", "{bad}");
         }
-        assert!(ct_eq_str("tok", "tok") && !ct_eq_str("tok", "tok2"));
+        assert!(same_secret("tok", "tok") && !same_secret("tok", "tok2"));
     }
 }
