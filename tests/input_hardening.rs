@@ -294,12 +294,7 @@ async fn untouched(s: &TestServer, out_trade_no: &str, user: &str) {
 /// The last `n` stored notifications of `provider`, oldest first: rejected, each reason
 /// containing its text.
 async fn last_rejected(s: &TestServer, provider: &str, reasons: &[&str]) {
-    let all: Vec<_> = s
-        .notifications()
-        .await
-        .into_iter()
-        .filter(|n| n.provider == provider)
-        .collect();
+    let all = s.notifications_of(provider).await;
     assert!(all.len() >= reasons.len(), "{all:?}");
     for (n, want) in all[all.len() - reasons.len()..].iter().zip(reasons) {
         let why = n.reason.as_deref().unwrap_or("");

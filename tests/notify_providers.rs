@@ -131,12 +131,7 @@ async fn unchanged(s: &TestServer, out_trade_no: &str, user: &str) {
 
 /// Checks the stored notifications, oldest first, against (verdict, reason substring).
 async fn stored(s: &TestServer, provider: &str, expected: &[(&str, Verdict, &str)]) {
-    let all: Vec<_> = s
-        .notifications()
-        .await
-        .into_iter()
-        .filter(|n| n.provider == provider)
-        .collect();
+    let all = s.notifications_of(provider).await;
     assert_eq!(
         all.len(),
         expected.len(),

@@ -340,6 +340,16 @@ impl TestServer {
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
+    /// Every stored notification of `provider`, oldest first.
+    pub async fn notifications_of(
+        &self,
+        provider: &str,
+    ) -> Vec<paynotify::store::NotificationRecord> {
+        let mut all = self.notifications().await;
+        all.retain(|n| n.provider == provider);
+        all
+    }
+
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics_text(&self) -> String {
         self.http

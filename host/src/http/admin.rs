@@ -94,43 +94,13 @@ pub async fn replay(State(app): State<App>, Path(id): Path<i64>) -> Response {
 
 /// Loaded plugins and load errors.
 pub async fn plugins(State(app): State<App>) -> Response {
-    Json(plugin_list(&app)).into_response()
+    Json(app.plugins.status()).into_response()
 }
 
 /// Rescans the plugins directory now.
 pub async fn reload_plugins(State(app): State<App>) -> Response {
     let report = app.plugins.scan().await;
-    Json(serde_json::json!({ "report": report, "plugins": plugin_list(&app) })).into_response()
-}
-
-/// The manifest opt-ins of a loaded plugin: (`http_in_payment`, `crypto`).
-pub fn side_effect_grants(app: &App, plugin_type: &str) -> (bool, bool) {
-    app.plugins.get(plugin_type).map_or((false, false), |p| {
-        (p.manifest.http_in_payment, p.manifest.crypto)
-    })
-}
-
-/// Every plugin's status, with the side-effect opt-ins of its manifest beside its other
-/// grants: `http_in_payment` (HTTP inside the payment transaction) and `crypto` (the notify
-/// key).
-fn plugin_list(app: &App) -> Vec<serde_json::Value> {
-    app.plugins
-        .status()
-        .into_iter()
-        .map(|status| {
-            let (http_in_payment, crypto) = if status.loaded {
-                side_effect_grants(app, &status.plugin_type)
-            } else {
-                (false, false)
-            };
-            let mut v = serde_json::to_value(&status).unwrap_or_default();
-            if let serde_json::Value::Object(fields) = &mut v {
-                fields.insert("http_in_payment".into(), http_in_payment.into());
-                fields.insert("crypto".into(), crypto.into());
-            }
-            v
-        })
-        .collect()
+    Json(serde_json::json!({ "report": report, "plugins": app.plugins.status() })).into_response()
 }
 
 /// A handler document.

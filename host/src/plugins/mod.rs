@@ -125,6 +125,10 @@ pub struct PluginStatus {
     pub collections: Vec<String>,
     /// HTTP origins granted.
     pub http_origins: Vec<String>,
+    /// The manifest lets `http` run inside the payment transaction (`http_in_payment`).
+    pub http_in_payment: bool,
+    /// The manifest grants the notify-key `crypto` operations (`crypto = true`).
+    pub crypto: bool,
     /// The serving build exports `handle-refunded` (world `handler-with-refunds`).
     pub handles_refunds: bool,
     /// Wall-time limit of `run-task` calls, in ms.
@@ -216,6 +220,8 @@ impl Registry {
                     http_origins: p
                         .map(|p| p.manifest.http_origins.clone())
                         .unwrap_or_default(),
+                    http_in_payment: p.is_some_and(|p| p.manifest.http_in_payment),
+                    crypto: p.is_some_and(|p| p.manifest.crypto),
                     handles_refunds: p.is_some_and(|p| p.compiled.handles_refunds()),
                     timeout_ms: p.map(|p| duration_ms(p.limits.timeout)),
                     payment_timeout_ms: p.map(|p| duration_ms(p.payment_limits.timeout)),

@@ -11,7 +11,7 @@
 //! That string is ambiguous: a `body` of `x&out_trade_no=…&total_amount=…` signs the same
 //! string as a notification with those parameters split out. A notification whose
 //! signed string does not split back into exactly its own parameters
-//! ([`super::split_sign_string`]) is refused. Only `&` followed by `name=` makes it so:
+//! (`require_unambiguous` in `providers`) is refused. Only `&` followed by `name=` makes it so:
 //! `Tom & Jerry` passes, and `passback_params`, which Alipay asks merchants to
 //! URL-encode, arrives decoded once with its own `%26` and `%3D` intact. A merchant that
 //! puts raw `a=1&b=2` there gets its notifications refused with that reason.

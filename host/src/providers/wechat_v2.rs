@@ -8,7 +8,7 @@
 //! Values may hold `&` and `=`, so an `attach` of `x&out_trade_no=…&total_fee=…` signs the
 //! same string as a notification with those fields split out: whoever holds one genuine
 //! notification could pay another order with it. A notification whose signed string
-//! does not split back into exactly its own fields ([`super::split_sign_string`]) is
+//! does not split back into exactly its own fields (`require_unambiguous` in `providers`) is
 //! refused; `&` not followed by `name=` (`R&D`) is still fine.
 //!
 //! Refund notifications (退款结果通知) come to the same endpoint unsigned: their

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use super::format::{pretty_json, text_opt, time, time_opt, yuan};
 use super::{error_page, page, store_failure, Nav, Session};
 use crate::app::App;
-use crate::http::admin::side_effect_grants;
 use crate::plugins::manifest::HTTP_IN_PAYMENT_WARNING;
 use crate::plugins::ScanReport;
 use crate::store::console::{Keyset, TaskFilter};
@@ -640,9 +639,8 @@ pub fn plugins_page(
                             td.grants {
                                 "db: " (p.collections.join(", "))
                                 @if !p.http_origins.is_empty() { br; "http: " (p.http_origins.join(", ")) }
-                                @let (http_in_payment, crypto) = if p.loaded { side_effect_grants(app, &p.plugin_type) } else { (false, false) };
-                                @if http_in_payment { br; span.badge.warn.http-in-payment title=(HTTP_IN_PAYMENT_WARNING) { "http in payment" } }
-                                @if crypto { br; "crypto: notify key" }
+                                @if p.http_in_payment { br; span.badge.warn.http-in-payment title=(HTTP_IN_PAYMENT_WARNING) { "http in payment" } }
+                                @if p.crypto { br; "crypto: notify key" }
                             }
                             td.error { @if let Some(e) = &p.last_error { (e) " " (time_opt(p.last_error_at)) } @else { span.muted { "—" } } }
                         }
