@@ -5,7 +5,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn orders_need_the_bearer_token() {
-    let s = TestServer::start(Options::with_plugins(&["recharge"])).await;
+    let s = TestServer::start(Options::with_plugins(&["recharge"]).with_token()).await;
     let body =
         json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2" });
     let no_token = s

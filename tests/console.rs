@@ -231,7 +231,10 @@ async fn scenario(database_url: Option<String>) -> Scenario {
             "notify-backend",
             Some(&backend.manifest()),
         )
-        .database_url(database_url);
+        .database_url(database_url)
+        // Signs in with the token, and a session must work on a second host (which a
+        // session made without a token does not: see tests/front_door.rs).
+        .with_token();
     options.extra_config = "[tasks]\npoll_ms = 20\nbackoff_secs = [1, 1]\n".into();
     let s = TestServer::start(options).await;
     order_of(&s, "recharge", "R0000001", "alice", 1234).await;
@@ -496,7 +499,9 @@ async fn sign_in_sessions_and_cross_site_posts() {
 
     // A second host process on the same database honours the session…
     let other = TestServer::start(
-        Options::with_plugins(&["recharge"]).database_url(Some(s.database_url.clone())),
+        Options::with_plugins(&["recharge"])
+            .with_token()
+            .database_url(Some(s.database_url.clone())),
     )
     .await;
     let (st, page) = c.get(&other, "/console/orders").await;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use paynotify_tests::process::{paynotify_bin, HostProcess};
-use paynotify_tests::{v2_return_code, wait_until, wechat_v2, Options, TestServer, TOKEN};
+use paynotify_tests::{metric, v2_return_code, wait_until, wechat_v2, Options, TestServer, TOKEN};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -66,35 +66,6 @@ async fn scrape(s: &TestServer) -> String {
         .to_owned();
     assert!(ct.starts_with("text/plain"), "content type {ct}");
     resp.text().await.expect("metrics text")
-}
-
-/// The value of sample `name` whose labels include `labels`, if there is one.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (sample, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if sample != name {
-                return None;
-            }
-            let have: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    Some((k, v.trim_matches('"')))
-                })
-                .collect();
-            labels
-                .iter()
-                .all(|l| have.contains(l))
-                .then(|| value.parse().ok())
-                .flatten()
-        })
 }
 
 /// A recharge-style order of handler type `order_type`.
@@ -353,10 +324,12 @@ async fn readyz_fails_while_a_plugin_file_is_broken_and_nothing_of_its_type_serv
 
 #[tokio::test]
 async fn order_events_stream_the_order_and_every_change_across_hosts() {
-    let a = TestServer::start(Options::with_plugins(&["recharge"])).await;
+    let a = TestServer::start(Options::with_plugins(&["recharge"]).with_token()).await;
     // A second host on the same database: the watcher is on one, the payment on the other.
     let b = TestServer::start(
-        Options::with_plugins(&["recharge"]).database_url(Some(a.database_url.clone())),
+        Options::with_plugins(&["recharge"])
+            .with_token()
+            .database_url(Some(a.database_url.clone())),
     )
     .await;
     order_of(&a, "recharge", "W000000001", "uw", 9).await;

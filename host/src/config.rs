@@ -114,6 +114,15 @@ pub struct ServerConfig {
     /// Marks the console's session cookie `Secure`: set it when browsers reach the host
     /// over HTTPS (a TLS proxy in front); plain loopback HTTP needs it off.
     pub console_secure_cookie: bool,
+    /// Names (`host` or `host:port`) under which the console, and `/api` without a token,
+    /// may be reached besides `localhost`, `127.0.0.1` and `[::1]` on the listen port:
+    /// the `Host` and `Origin` every such request must carry (DNS rebinding, cross-site
+    /// requests). A reverse proxy's public name goes here.
+    pub allowed_hosts: Vec<String>,
+    /// Notifications failing verification that one client address may have stored per
+    /// minute; beyond, they are answered 429 and not stored. Verified notifications are
+    /// never limited.
+    pub max_rejections_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +133,8 @@ impl Default for ServerConfig {
             api_token_file: None,
             max_body_bytes: 64 * 1024,
             console_secure_cookie: false,
+            allowed_hosts: Vec::new(),
+            max_rejections_per_minute: 60,
         }
     }
 }
@@ -503,6 +514,20 @@ impl Config {
             key,
             message,
         };
+        for (i, h) in self.server.allowed_hosts.iter().enumerate() {
+            if let Err(why) = check_host_name(h) {
+                return Err(err(
+                    format!("server.allowed_hosts[{i}]"),
+                    format!("`{h}` {why}"),
+                ));
+            }
+        }
+        if self.server.max_rejections_per_minute == 0 {
+            return Err(err(
+                "server.max_rejections_per_minute".into(),
+                "must be at least 1 (verified notifications are never limited)".into(),
+            ));
+        }
         let p = &self.plugins;
         if p.timeout_ms == 0 || p.timeout_ms > p.max_timeout_ms {
             return Err(err(
@@ -724,6 +749,35 @@ pub fn redact_url(url: &str) -> String {
     } else {
         url.to_owned()
     }
+}
+
+/// Why `h` is not a `host` or `host:port` as a `Host` header carries it, if it is not.
+fn check_host_name(h: &str) -> Result<(), &'static str> {
+    if h.contains("://") || h.contains('/') {
+        return Err("is not a host name: give `name` or `name:port`, without scheme or path");
+    }
+    if h.contains('*') {
+        return Err("has a wildcard: list each name");
+    }
+    match split_authority(h) {
+        Some(_) => Ok(()),
+        None => Err("is not a valid `name` or `name:port`"),
+    }
+}
+
+/// `name[:port]` → (lower-case name, port), if `text` is exactly such an authority (no
+/// user info, no path). IPv6 names keep their brackets, as a `Host` header spells them.
+pub(crate) fn split_authority(text: &str) -> Option<(String, Option<u16>)> {
+    let a: axum::http::uri::Authority = text.parse().ok()?;
+    if a.as_str() != text || text.contains('@') || a.host().is_empty() {
+        return None;
+    }
+    // A present but empty port (`name:`) is refused, as a browser would never send it.
+    let port = match text.rsplit_once(':') {
+        Some((_, p)) if !text.ends_with(']') => Some(p.parse::<u16>().ok()?),
+        _ => None,
+    };
+    Some((a.host().to_ascii_lowercase(), port))
 }
 
 /// Letters, digits, `-` and `_`: safe in URLs, file names and log lines.

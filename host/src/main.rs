@@ -224,6 +224,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // The bound address, not the configured one: with port 0 the OS picks it.
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
+    if app.config.api_token().is_none() {
+        tracing::warn!(
+            port = bound.port(),
+            "no server.api_token: /api and the console are open, without any credential, to \
+             every process and user on this machine (loopback clients naming localhost, \
+             127.0.0.1 or [::1] on this port, or a name in server.allowed_hosts); set \
+             server.api_token unless this machine has one user"
+        );
+    } else if !bound.ip().is_loopback() && app.config.server.allowed_hosts.is_empty() {
+        tracing::info!(
+            "the console answers only to localhost, 127.0.0.1 and [::1] on this port: list \
+             the names browsers use for it (a proxy's public name) in server.allowed_hosts"
+        );
+    }
     paynotify::http::serve(app, listener, shutdown_signal()).await?;
     for job in [worker, expiry, reconcile].into_iter().flatten() {
         job.abort();

@@ -19,6 +19,9 @@
 //! | `paynotify_provider_closes_total` | counter | `provider`, `outcome` (`closed`, `paid`, `error`) |
 //! | `paynotify_order_watchers` | gauge | |
 //! | `paynotify_uptime_seconds` | gauge | |
+//! | `paynotify_notifications_unrouted_total` | counter | `reason` (`provider`, `account`) |
+//! | `paynotify_notifications_throttled_total` | counter | `provider` |
+//! | `paynotify_front_door_refused_total` | counter | `reason` (`host`, `origin`, `session`) |
 //!
 //! The gauges that describe the database (tasks) or the registry (plugins) are refreshed
 //! when `/metrics` is scraped, so they cost nothing between scrapes.
@@ -49,6 +52,9 @@ const REFUNDS_UNAPPLIED: &str = "paynotify_refunds_unapplied_total";
 const BREAKER_TRIPS: &str = "paynotify_handler_breaker_trips_total";
 const BREAKER_FAST_FAILS: &str = "paynotify_handler_breaker_fast_failures_total";
 const BREAKERS_OPEN: &str = "paynotify_handler_breakers_open";
+const UNROUTED: &str = "paynotify_notifications_unrouted_total";
+const THROTTLED: &str = "paynotify_notifications_throttled_total";
+const FRONT_DOOR_REFUSED: &str = "paynotify_front_door_refused_total";
 
 /// Handler call durations, in seconds: from well under a millisecond (a small handler
 /// on a warm instance) to the largest wall-time limit a manifest may ask for.
@@ -170,10 +176,40 @@ fn describe() {
         BREAKER_FAST_FAILS,
         "Payment and refund calls answered with the failure answer without running the handler, because its type was failing fast, by type."
     );
+    describe_counter!(
+        UNROUTED,
+        "Requests to /notify for a provider or account not configured here, answered 404 and not stored, by reason (provider, account)."
+    );
+    describe_counter!(
+        THROTTLED,
+        "Notifications that failed verification from a client address over server.max_rejections_per_minute: answered 429, not stored, by provider."
+    );
+    describe_counter!(
+        FRONT_DOOR_REFUSED,
+        "Console and tokenless /api requests refused for a Host or Origin not among this server's names, or a console session made under another credential, by reason."
+    );
     describe_gauge!(
         BREAKERS_OPEN,
         "Plugin types failing fast right now (after repeated timeouts), counted at scrape time."
     );
+}
+
+/// Counts a request to `/notify/{provider}[/{account}]` refused with 404 before anything
+/// was stored: `reason` is `provider` (not configured here) or `account`.
+pub fn unrouted(reason: &'static str) {
+    metrics::counter!(UNROUTED, "reason" => reason).increment(1);
+}
+
+/// Counts a notification refused with 429, not stored: it failed verification and its
+/// client address had used up `server.max_rejections_per_minute`.
+pub fn throttled(provider: &str) {
+    metrics::counter!(THROTTLED, "provider" => provider_label(provider)).increment(1);
+}
+
+/// Counts a console or tokenless `/api` request refused for its `Host` (`host`), its
+/// `Origin` (`origin`), or a session made under another credential (`session`).
+pub fn front_door_refused(reason: &'static str) {
+    metrics::counter!(FRONT_DOOR_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Counts a verified refund stored `refund_unapplied` (labelled like [`notification`]).

@@ -56,8 +56,12 @@ pub struct Processed {
     pub notification_id: Option<i64>,
     /// Where it ended up.
     pub verdict: Verdict,
-    /// Why, for rejections and failures.
+    /// Why, for rejections and failures (stored and logged; the answer says less).
     pub reason: Option<String>,
+    /// Rejected because it failed verification (signature, account, format, size), as
+    /// opposed to a verified notification refused later: the kind one client address may
+    /// send only so many of (see `http/notify.rs`).
+    pub unverified: bool,
     /// The provider's answer.
     pub answer: Answer,
 }
@@ -450,31 +454,11 @@ impl Pipeline {
         let Some(provider) = ProviderKind::parse(provider_name).and_then(|k| self.providers.get(k))
         else {
             let reason = format!("provider `{provider_name}` is not configured");
-            return self
-                .finish_outside(
-                    id,
-                    provider_name,
-                    Verdict::Rejected,
-                    reason,
-                    None,
-                    None,
-                    404,
-                )
-                .await;
+            return self.finish_unverified(id, provider_name, reason, 404).await;
         };
         if truncated {
             let reason = format!("body is over {} bytes", self.max_body_bytes);
-            return self
-                .finish_outside(
-                    id,
-                    provider_name,
-                    Verdict::Rejected,
-                    reason,
-                    None,
-                    None,
-                    413,
-                )
-                .await;
+            return self.finish_unverified(id, provider_name, reason, 413).await;
         }
         let inbound = Inbound {
             account: url_account,
@@ -487,15 +471,7 @@ impl Pipeline {
             Err(rejection) => {
                 tracing::warn!(reason = %rejection, "notification rejected");
                 return self
-                    .finish_outside(
-                        id,
-                        provider_name,
-                        Verdict::Rejected,
-                        rejection.to_string(),
-                        None,
-                        None,
-                        200,
-                    )
+                    .finish_unverified(id, provider_name, rejection.to_string(), 200)
                     .await;
             }
         };
@@ -581,28 +557,37 @@ impl Pipeline {
         self.answer(provider, Some(id), verdict, Some(reason), http_status)
     }
 
-    fn answer(
+    /// Records that notification `id` failed verification (verdict `rejected`, no order:
+    /// nothing in it can be believed), then answers with the provider's failure answer.
+    async fn finish_unverified(
         &self,
+        id: i64,
         provider: &str,
-        id: Option<i64>,
-        verdict: Verdict,
-        reason: Option<String>,
+        reason: String,
         http_status: u16,
     ) -> Processed {
-        let provider = ProviderKind::parse(provider).and_then(|k| self.providers.get(k));
-        let accepted = matches!(
-            verdict,
-            Verdict::Paid
-                | Verdict::Duplicate
-                | Verdict::Ignored
-                | Verdict::PaidAfterClose
-                | Verdict::Refunded
-                | Verdict::RefundUnapplied
-        );
-        let answer = match provider {
-            Some(p) if accepted => p.success(),
+        let mut p = self
+            .finish_outside(
+                id,
+                provider,
+                Verdict::Rejected,
+                reason,
+                None,
+                None,
+                http_status,
+            )
+            .await;
+        p.unverified = true;
+        p.answer = self.failure_answer(provider, FAILED_VERIFICATION, http_status);
+        p
+    }
+
+    /// The provider's failure answer carrying `message`, with `http_status` unless it is
+    /// 200 (then the provider's own failure status); 404 for a provider not configured.
+    fn failure_answer(&self, provider: &str, message: &str, http_status: u16) -> Answer {
+        match ProviderKind::parse(provider).and_then(|k| self.providers.get(k)) {
             Some(p) => {
-                let mut a = p.failure(reason.as_deref().unwrap_or("not accepted"));
+                let mut a = p.failure(message);
                 if http_status != 200 {
                     a.status = http_status;
                 }
@@ -613,13 +598,52 @@ impl Pipeline {
                 content_type: Some("text/plain; charset=utf-8"),
                 body: b"unknown or unconfigured provider".to_vec(),
             },
+        }
+    }
+
+    fn answer(
+        &self,
+        provider: &str,
+        id: Option<i64>,
+        verdict: Verdict,
+        reason: Option<String>,
+        http_status: u16,
+    ) -> Processed {
+        let accepted = matches!(
+            verdict,
+            Verdict::Paid
+                | Verdict::Duplicate
+                | Verdict::Ignored
+                | Verdict::PaidAfterClose
+                | Verdict::Refunded
+                | Verdict::RefundUnapplied
+        );
+        let answer = match ProviderKind::parse(provider).and_then(|k| self.providers.get(k)) {
+            Some(p) if accepted => p.success(),
+            _ => self.failure_answer(provider, public_message(verdict), http_status),
         };
         Processed {
             notification_id: id,
             verdict,
             reason,
+            unverified: false,
             answer,
         }
+    }
+}
+
+/// What a failure answer says about a notification that failed verification, whatever
+/// the reason: an unknown account, a bad signature and a malformed body look alike to the
+/// caller, so probing teaches nothing. The reason is in the stored record and the log.
+pub const FAILED_VERIFICATION: &str = "verification failed";
+
+/// What a failure answer says for `verdict`: a category, never the detailed reason.
+fn public_message(verdict: Verdict) -> &'static str {
+    match verdict {
+        // Verified, but about an order unknown here or not matching it (amount, account).
+        Verdict::Rejected => "order not found or not matching",
+        Verdict::RefundPending => "order not paid yet; retry later",
+        _ => "temporary failure; retry later",
     }
 }
 

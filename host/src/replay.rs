@@ -23,6 +23,7 @@ pub async fn replay(app: &App, record: &NotificationRecord) -> Processed {
         notification_id: Some(record.id),
         verdict: Verdict::Rejected,
         reason: Some(reason),
+        unverified: false,
         answer: Answer {
             status: 404,
             content_type: None,

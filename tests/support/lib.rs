@@ -88,11 +88,27 @@ pub fn postgres_only_test_deferred(name: &str) -> bool {
     deferred
 }
 
-/// The server configuration the tests use: the test API token, one WeChat v2 account,
-/// then `extra` (more accounts, limits…).
-pub fn config_toml(listen: &str, database_url: &str, plugins_dir: &Path, extra: &str) -> String {
+/// The API token test servers get unless a test says otherwise: [`TOKEN`], or none when
+/// `PAYNOTIFY_TEST_NO_TOKEN=1`. The PostgreSQL pass of `cargo xtask test` sets it, so the
+/// end-to-end suite runs once with a token (SQLite) and once without (PostgreSQL); tests
+/// of the token itself ask for one with [`Options::with_token`].
+pub fn default_api_token() -> Option<&'static str> {
+    let no_token = std::env::var("PAYNOTIFY_TEST_NO_TOKEN").is_ok_and(|v| v == "1");
+    (!no_token).then_some(TOKEN)
+}
+
+/// The server configuration the tests use: `api_token` (see [`default_api_token`]), one
+/// WeChat v2 account, then `extra` (more accounts, limits…).
+pub fn config_toml(
+    listen: &str,
+    api_token: Option<&str>,
+    database_url: &str,
+    plugins_dir: &Path,
+    extra: &str,
+) -> String {
+    let token = api_token.map_or(String::new(), |t| format!("api_token = \"{t}\"\n"));
     format!(
-        "[server]\nlisten = \"{listen}\"\napi_token = \"{TOKEN}\"\n\n\
+        "[server]\nlisten = \"{listen}\"\n{token}\n\
          [database]\nurl = \"{}\"\n\n\
          [plugins]\ndir = \"{}\"\n\n\
          [[accounts]]\nprovider = \"wechat-v2\"\nname = \"default\"\nappid = \"{}\"\nmch_id = \"{}\"\napi_key = \"{}\"\n\
@@ -122,6 +138,10 @@ pub struct Options {
     pub plugins_cache_dir: Option<PathBuf>,
     /// Extra `key = value` lines of the `[plugins]` section (limits, breaker...).
     pub plugins_config: String,
+    /// `server.api_token`; [`default_api_token`] unless set.
+    pub api_token: Option<&'static str>,
+    /// Extra `key = value` lines of the `[server]` section.
+    pub server_config: String,
 }
 
 impl Options {
@@ -136,7 +156,27 @@ impl Options {
             database_url: None,
             plugins_cache_dir: None,
             plugins_config: String::new(),
+            api_token: default_api_token(),
+            server_config: String::new(),
         }
+    }
+
+    /// With `server.api_token` = [`TOKEN`], whatever the pass (for tests of the token).
+    pub fn with_token(mut self) -> Options {
+        self.api_token = Some(TOKEN);
+        self
+    }
+
+    /// Without `server.api_token`, whatever the pass.
+    pub fn without_token(mut self) -> Options {
+        self.api_token = None;
+        self
+    }
+
+    /// With this `server.api_token`.
+    pub fn token(mut self, token: &'static str) -> Options {
+        self.api_token = Some(token);
+        self
     }
 
     /// Uses this database (e.g. another server's [`TestServer::database_url`]) instead of
@@ -185,6 +225,7 @@ impl TestServer {
             .unwrap_or_else(|| fresh_database_url(dir.path()));
         let mut config = config_toml(
             "127.0.0.1:0",
+            options.api_token,
             &database_url,
             &plugins,
             &options.extra_config,
@@ -192,6 +233,10 @@ impl TestServer {
         if let Some(cache) = &options.plugins_cache_dir {
             let line = format!("[plugins]\ncache_dir = \"{}\"\n", cache.display());
             config = config.replacen("[plugins]\n", &line, 1);
+        }
+        if !options.server_config.is_empty() {
+            let lines = format!("[server]\n{}\n", options.server_config.trim_end());
+            config = config.replacen("[server]\n", &lines, 1);
         }
         if !options.plugins_config.is_empty() {
             let lines = format!("[plugins]\n{}\n", options.plugins_config.trim_end());
@@ -483,4 +528,33 @@ pub fn resplit_fields(
     let rest = join(&mut signed().filter(|(k, _)| *k > free));
     forged.insert("zz".into(), format!("&{rest}"));
     (genuine, forged)
+}
+
+/// The value of sample `name` in Prometheus `text` whose labels include `labels`, if any.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (sample, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if sample != name {
+                return None;
+            }
+            let have: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            labels
+                .iter()
+                .all(|l| have.contains(l))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
 }

@@ -165,6 +165,7 @@ impl HostProcess {
             self.addr = ([127, 0, 0, 1], port).into();
             let config = config_toml(
                 &format!("127.0.0.1:{port}"),
+                crate::default_api_token(),
                 &self.database_url,
                 &self.plugins_dir(),
                 &self.extra_config,

@@ -162,8 +162,9 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
-/// Every test on SQLite, then the end-to-end suite again on PostgreSQL (the same build;
-/// only `PAYNOTIFY_TEST_DATABASE` differs; the server is `PAYNOTIFY_TEST_POSTGRES_URL`,
+/// Every test on SQLite, then the end-to-end suite again on PostgreSQL and without an API
+/// token (`PAYNOTIFY_TEST_NO_TOKEN=1`: both access modes run, at no extra cost; tests of
+/// the token ask for one). The same build; the server is `PAYNOTIFY_TEST_POSTGRES_URL`,
 /// default `postgres://postgres@127.0.0.1:5432/test`). Both run even if the first fails;
 /// `PAYNOTIFY_TEST_SKIP_POSTGRES=1` skips the second. ARGS go to `cargo test` in the
 /// first pass; in the second, only those after `--` (the test harness's) and any
@@ -246,6 +247,7 @@ fn postgres_pass(
             .env("PAYNOTIFY_TEST_PLUGINS", plugins)
             .env("PAYNOTIFY_BIN", &build.bin)
             .env("PAYNOTIFY_TEST_DATABASE", "postgres")
+            .env("PAYNOTIFY_TEST_NO_TOKEN", "1")
             .args(harness_args);
         if let Err(e) = run_counted(&mut cmd, totals) {
             eprintln!("xtask: {name} failed on PostgreSQL: {e:#}");

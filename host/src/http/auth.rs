@@ -1,4 +1,5 @@
-//! `/api` authentication: a bearer token, or loopback only when none is configured.
+//! `/api` authentication: a bearer token, or, when none is configured, loopback clients
+//! that name this server (see [`super::hosts`]).
 
 use std::net::SocketAddr;
 
@@ -7,11 +8,14 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::hosts::AllowedHosts;
 use super::ApiError;
 use crate::app::App;
 
 /// Lets a request through if it carries the configured token (compared in constant time),
-/// or, when no token is configured, if it comes from a loopback address.
+/// or, when no token is configured, if it comes from a loopback address, its `Host` is one
+/// of [`AllowedHosts`] (421 otherwise: DNS rebinding) and so is its `Origin` when it has
+/// one (403 otherwise: a cross-site request from a page).
 pub async fn require_api_auth(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -39,7 +43,28 @@ pub async fn require_api_auth(
                 r
             }
         }
-        None if peer.ip().is_loopback() => next.run(request).await,
+        None if peer.ip().is_loopback() => {
+            let hosts = AllowedHosts::of(&request, &app);
+            if !hosts.request_host_ok(request.headers()) {
+                crate::metrics::front_door_refused("host");
+                return ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this Host is not one of this server's names (loopback names on its port, \
+                     or server.allowed_hosts); without server.api_token nothing else is served",
+                )
+                .into_response();
+            }
+            if hosts.request_origin_ok(request.headers()) == Some(false) {
+                crate::metrics::front_door_refused("origin");
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "refused: a request from a page of another origin (cross-site); \
+                     nothing was changed",
+                )
+                .into_response();
+            }
+            next.run(request).await
+        }
         None => ApiError::new(
             StatusCode::FORBIDDEN,
             "no server.api_token is configured, so /api only serves loopback clients",

@@ -19,9 +19,11 @@ mod auth;
 pub mod console;
 pub mod events;
 mod health;
+pub mod hosts;
 mod notify;
 mod orders;
 mod refunds;
+mod throttle;
 
 /// Largest JSON body `/api` accepts.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -95,12 +97,18 @@ pub fn router(app: App) -> Router {
             auth::require_api_auth,
         ))
         .layer(DefaultBodyLimit::max(MAX_API_BODY));
-    Router::new()
+    let limiter = std::sync::Arc::new(throttle::RejectionLimiter::new(
+        app.config.server.max_rejections_per_minute,
+    ));
+    let notify = Router::new()
         .route("/notify/{provider}", post(notify::receive))
         .route(
             "/notify/{provider}/{account}",
             post(notify::receive_for_account),
         )
+        .layer(axum::Extension(limiter));
+    Router::new()
+        .merge(notify)
         .nest("/api", api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
@@ -135,7 +143,15 @@ pub async fn serve_with_limits(
     // Order-event streams never end on their own: they end when shutdown begins, so
     // that the graceful shutdown below is not held up by watching clients.
     let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    // The names the console (and `/api` without a token) answer to, on the port actually
+    // bound (the configured one may be 0).
+    let bound = listener.local_addr().unwrap_or(app.config.server.listen);
+    let hosts = std::sync::Arc::new(hosts::AllowedHosts::new(
+        bound,
+        &app.config.server.allowed_hosts,
+    ));
     let router = router(app)
+        .layer(axum::Extension(hosts))
         .layer(axum::Extension(events::Shutdown(stop_signal)))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -1,5 +1,10 @@
 //! `POST /notify/{provider}[/{account}]`: provider callbacks.
 //!
+//! Before anything is stored: a provider or account name not configured here is answered
+//! 404 and forgotten (strangers cannot fill the table by inventing names), and a client
+//! address that has had too many notifications fail verification this minute has its
+//! next ones verified first and, if they fail too, answered 429 unstored ([`super::throttle`]).
+//!
 //! Two things happen here rather than in the pipeline:
 //!
 //! - The content type is checked against what the provider sends (see
@@ -15,16 +20,19 @@
 //!   its verdict whoever is still listening.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::StreamExt;
 
+use super::throttle::RejectionLimiter;
 use crate::app::App;
-use crate::pipeline::Received;
-use crate::providers::{Answer, ProviderKind};
+use crate::pipeline::{Received, FAILED_VERIFICATION};
+use crate::providers::{Answer, Inbound, Provider, ProviderKind};
 use crate::store::{NewNotification, Verdict};
 
 /// Headers never stored with a notification: credentials, and the marker the host puts
@@ -40,42 +48,60 @@ const NOT_STORED: &[&str] = &[
 /// `/notify/{provider}`.
 pub async fn receive(
     State(app): State<App>,
+    Extension(limiter): Extension<Arc<RejectionLimiter>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(provider): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(app, peer, provider, None, headers, body).await
+    handle(app, &limiter, peer, provider, None, headers, body).await
 }
 
 /// `/notify/{provider}/{account}`.
 pub async fn receive_for_account(
     State(app): State<App>,
+    Extension(limiter): Extension<Arc<RejectionLimiter>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((provider, account)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(app, peer, provider, Some(account), headers, body).await
+    handle(app, &limiter, peer, provider, Some(account), headers, body).await
+}
+
+/// The answer to a provider or account name not configured here: nothing is read or
+/// stored, and the same answer whichever name was wrong.
+fn unrouted(reason: &'static str) -> Response {
+    crate::metrics::unrouted(reason);
+    (StatusCode::NOT_FOUND, "unknown or unconfigured provider").into_response()
 }
 
 async fn handle(
     app: App,
+    limiter: &RejectionLimiter,
     peer: SocketAddr,
     provider: String,
     account: Option<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let simple = crate::config::is_simple_name;
-    if !simple(&provider) || account.as_deref().is_some_and(|a| !simple(a)) {
-        return (StatusCode::NOT_FOUND, "unknown provider").into_response();
+    let Some((kind, configured)) =
+        ProviderKind::parse(&provider).and_then(|k| app.providers.get(k).map(|p| (k, p)))
+    else {
+        return unrouted("provider");
+    };
+    if account
+        .as_deref()
+        .is_some_and(|a| !configured.accounts().contains(&a))
+    {
+        return unrouted("account");
     }
     let limit = app.config.server.max_body_bytes;
     let (body, truncated) = match read_limited(body, limit).await {
         Ok(b) => b,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("cannot read body: {e}")).into_response()
+            tracing::debug!(error = %e, "cannot read a notification's body");
+            return (StatusCode::BAD_REQUEST, "cannot read body").into_response();
         }
     };
     let content_types: Vec<Vec<u8>> = headers
@@ -101,39 +127,58 @@ async fn handle(
         body,
         truncated,
     };
-    let kind = ProviderKind::parse(&received.provider);
-    if let Some(kind) = kind.filter(|k| app.providers.get(*k).is_some()) {
-        let content_types: Vec<&[u8]> = content_types.iter().map(Vec::as_slice).collect();
-        if !content_type_allowed(kind, &content_types) {
-            let refused = reject_content_type(&app, kind, received, &content_types).await;
-            crate::metrics::notification(kind.as_str(), crate::store::Verdict::Rejected);
-            return answer(refused);
-        }
+    let content_types: Vec<&[u8]> = content_types.iter().map(Vec::as_slice).collect();
+    let ip = peer.ip();
+    if limiter.exhausted(ip) && !verifies(configured, &received, &content_types) {
+        crate::metrics::throttled(kind.as_str());
+        tracing::debug!(provider = %kind, %peer, "notification failing verification refused unstored: address over its limit");
+        let mut a = configured.failure(FAILED_VERIFICATION);
+        a.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
+        return answer(a);
+    }
+    if !content_type_allowed(kind, &content_types) {
+        limiter.record(ip);
+        let refused = reject_content_type(&app, configured, received, &content_types).await;
+        crate::metrics::notification(kind.as_str(), crate::store::Verdict::Rejected);
+        return answer(refused);
     }
     let pipeline = app.pipeline.clone();
-    let provider_label = kind.map_or("unknown", ProviderKind::as_str);
     let processing = async move {
         let processed = pipeline.receive(received).await;
         // Counted here, in the spawned task, so a caller that hangs up is counted too.
-        crate::metrics::notification(provider_label, processed.verdict);
+        crate::metrics::notification(kind.as_str(), processed.verdict);
         processed
     };
     match tokio::spawn(processing).await {
-        Ok(processed) => answer(processed.answer),
+        Ok(processed) => {
+            if processed.unverified {
+                limiter.record(ip);
+            }
+            answer(processed.answer)
+        }
         Err(e) => {
             // A panic in the pipeline: the notification stays stored as `received`.
             tracing::error!(error = %e, "notification processing panicked");
-            let failure = kind.and_then(|k| app.providers.get(k)).map(|p| {
-                let mut a = p.failure("internal error");
-                a.status = 500;
-                a
-            });
-            match failure {
-                Some(a) => answer(a),
-                None => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
-            }
+            let mut a = configured.failure("internal error");
+            a.status = 500;
+            answer(a)
         }
     }
+}
+
+/// Whether a notification would pass verification, checked without storing it: for an
+/// address over its limit, whose failing notifications are no longer stored.
+fn verifies(provider: &dyn Provider, r: &Received, content_types: &[&[u8]]) -> bool {
+    !r.truncated
+        && content_type_allowed(provider.kind(), content_types)
+        && provider
+            .verify(&Inbound {
+                account: r.account.as_deref(),
+                headers: &r.headers,
+                body: &r.body,
+                received_at: crate::store::now_ms(),
+            })
+            .is_ok()
 }
 
 /// The provider's answer as an HTTP response.
@@ -195,10 +240,11 @@ pub(crate) fn content_type_allowed(kind: ProviderKind, values: &[&[u8]]) -> bool
 /// provider retries).
 async fn reject_content_type(
     app: &App,
-    kind: ProviderKind,
+    provider: &dyn Provider,
     r: Received,
     values: &[&[u8]],
 ) -> Answer {
+    let kind = provider.kind();
     let shown: Vec<String> = values
         .iter()
         .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -217,13 +263,6 @@ async fn reject_content_type(
             many.len(),
             many.join(", ")
         ),
-    };
-    let Some(provider) = app.providers.get(kind) else {
-        return Answer {
-            status: 404,
-            content_type: Some("text/plain; charset=utf-8"),
-            body: b"unknown or unconfigured provider".to_vec(),
-        };
     };
     let stored = app
         .store
@@ -254,7 +293,8 @@ async fn reject_content_type(
             500
         }
     };
-    let mut a = provider.failure(&reason);
+    // The reason is stored and logged; the answer only says what kind of refusal it is.
+    let mut a = provider.failure("unsupported content type");
     a.status = status;
     a
 }

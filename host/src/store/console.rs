@@ -17,6 +17,9 @@ use super::{StoreError, TaskRecord};
 pub struct ConsoleSession {
     /// SHA-256 of the session id, lower-case hex.
     pub id_hash: String,
+    /// What the session is bound to: an HMAC keyed with the session id over the
+    /// credential it was made with (see `http/console/session.rs`), hex.
+    pub credential: String,
     /// The token every console form posts back.
     pub csrf_token: String,
     /// When it was created.
@@ -95,10 +98,11 @@ macro_rules! console_store {
                 s: &$crate::store::console::ConsoleSession,
             ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
-                    "INSERT INTO console_sessions (id_hash, csrf_token, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO console_sessions (id_hash, credential, csrf_token, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(&s.id_hash)
+                .bind(&s.credential)
                 .bind(&s.csrf_token)
                 .bind(s.created_at)
                 .bind(s.expires_at)
@@ -115,7 +119,7 @@ macro_rules! console_store {
             {
                 use sqlx::Row;
                 let row = sqlx::query(
-                    "SELECT id_hash, csrf_token, created_at, expires_at FROM console_sessions \
+                    "SELECT id_hash, credential, csrf_token, created_at, expires_at FROM console_sessions \
                      WHERE id_hash = $1 AND expires_at > $2",
                 )
                 .bind(id_hash)
@@ -126,6 +130,7 @@ macro_rules! console_store {
                     |r| -> Result<$crate::store::console::ConsoleSession, sqlx::Error> {
                         Ok($crate::store::console::ConsoleSession {
                             id_hash: r.try_get("id_hash")?,
+                            credential: r.try_get("credential")?,
                             csrf_token: r.try_get("csrf_token")?,
                             created_at: r.try_get("created_at")?,
                             expires_at: r.try_get("expires_at")?,

@@ -72,7 +72,7 @@ pub fn router(app: App) -> Router<App> {
         .route("/console/static/live.js", get(live_js));
     signed_in
         .merge(open)
-        .route_layer(middleware::from_fn_with_state(app, session::loopback_gate))
+        .route_layer(middleware::from_fn_with_state(app, session::front_gate))
         .route_layer(middleware::from_fn(security_headers))
 }
 

@@ -9,9 +9,19 @@
 //! The access rule is `/api`'s (see `http/auth.rs`): with `server.api_token` set, the
 //! sign-in form must be given that token; without one, only loopback clients may use the
 //! console at all, and they sign in without a token (the session still carries a CSRF
-//! token for the buttons).
+//! token for the buttons). Either way every console request must name this server in
+//! `Host`, and every POST must come from one of its pages ([`crate::http::hosts`]).
+//!
+//! A session is bound to the credential it was made with: its row holds an HMAC, keyed
+//! with the session's own id (which only the cookie holds), of the API token, or, without
+//! one, of "no token" and this process's identity. A session is accepted only where that
+//! still matches, so changing the token ends every session, and a session made on a host
+//! without a token is worth nothing on a host with one (they may share a database). Keyed
+//! with the cookie's id so that a copy of the table gives no way to test guesses of the
+//! token.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::rejection::QueryRejection;
@@ -27,6 +37,7 @@ use sha2::{Digest, Sha256};
 use super::{bare_page, error_page, store_failure};
 use crate::app::App;
 use crate::http::auth::same_secret;
+use crate::http::hosts::AllowedHosts;
 use crate::store::console::ConsoleSession;
 use crate::store::now_ms;
 
@@ -43,11 +54,38 @@ pub struct Session {
     pub id_hash: String,
     /// The token every form of this session posts back.
     pub csrf_token: String,
+    /// The names this server answers to: where the session's POSTs must come from.
+    pub hosts: Arc<AllowedHosts>,
 }
 
 /// SHA-256, lower-case hex.
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// This process, for sessions made without a token: random at start, so such a session
+/// is good only in the process that made it (another host, or this one restarted, asks
+/// for a new sign-in, which without a token is one click).
+static PROCESS_IDENTITY: LazyLock<[u8; 32]> = LazyLock::new(rand::random);
+
+/// What the session with cookie id `id` is bound to on this host: HMAC-SHA256 keyed with
+/// the id, over the API token, or without one over this process and its port.
+fn credential_mac(app: &App, hosts: &AllowedHosts, id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(id.as_bytes())
+        .expect("HMAC takes a key of any length");
+    match app.config.api_token() {
+        Some(token) => {
+            mac.update(b"paynotify console session\0token\0");
+            mac.update(token.as_bytes());
+        }
+        None => {
+            mac.update(b"paynotify console session\0no token\0");
+            mac.update(&*PROCESS_IDENTITY);
+            mac.update(&hosts.port().to_be_bytes());
+        }
+    }
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -63,11 +101,13 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
-/// Without an API token the console, like `/api`, serves loopback clients only.
-pub async fn loopback_gate(
+/// In front of every console route: without an API token only loopback clients get in;
+/// with or without one, only requests whose `Host` names this server (421 otherwise).
+/// Puts the [`AllowedHosts`] in the request for the checks after it.
+pub async fn front_gate(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if app.config.api_token().is_none() && !peer.ip().is_loopback() {
@@ -76,6 +116,16 @@ pub async fn loopback_gate(
             "No server.api_token is configured, so the console only serves loopback clients.",
         );
     }
+    let hosts = AllowedHosts::of(&request, &app);
+    if !hosts.request_host_ok(request.headers()) {
+        crate::metrics::front_door_refused("host");
+        return error_page(
+            StatusCode::MISDIRECTED_REQUEST,
+            "This address is not one of this console's names: open it at localhost or \
+             127.0.0.1 on its port, or add the name to server.allowed_hosts.",
+        );
+    }
+    request.extensions_mut().insert(hosts);
     next.run(request).await
 }
 
@@ -83,10 +133,23 @@ pub async fn loopback_gate(
 /// page request without one is sent to the sign-in form (and back afterwards); anything
 /// else is refused.
 pub async fn require_session(State(app): State<App>, mut request: Request, next: Next) -> Response {
-    let id_hash = cookie(request.headers(), COOKIE).map(|id| sha256_hex(id.as_bytes()));
-    let found = match &id_hash {
-        Some(h) => match app.store.console_session(h, now_ms()).await {
-            Ok(s) => s,
+    let hosts = AllowedHosts::of(&request, &app);
+    let id = cookie(request.headers(), COOKIE).map(str::to_owned);
+    let found = match &id {
+        Some(id) => match app
+            .store
+            .console_session(&sha256_hex(id.as_bytes()), now_ms())
+            .await
+        {
+            Ok(s) => s.filter(|s| {
+                let bound = same_secret(&s.credential, &credential_mac(&app, &hosts, id));
+                if !bound {
+                    // Made with another token, or on a host without one.
+                    crate::metrics::front_door_refused("session");
+                    tracing::warn!("console session made under another credential refused");
+                }
+                bound
+            }),
             Err(e) => return store_failure(e),
         },
         None => None,
@@ -96,6 +159,7 @@ pub async fn require_session(State(app): State<App>, mut request: Request, next:
             request.extensions_mut().insert(Session {
                 id_hash: s.id_hash,
                 csrf_token: s.csrf_token,
+                hosts,
             });
             next.run(request).await
         }
@@ -116,43 +180,13 @@ pub async fn require_session(State(app): State<App>, mut request: Request, next:
     }
 }
 
-/// True if the request comes from a page of this origin: its `Origin` (or, if a browser
-/// sent none, its `Referer`) names the host the request was sent to.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let hosts: Vec<&str> = [
-        text(header::HOST),
-        text(header::HeaderName::from_static("x-forwarded-host")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let origin_ok = |origin: &str| {
-        let Some((scheme, authority)) = origin.split_once("://") else {
-            return false;
-        };
-        matches!(scheme, "http" | "https")
-            && hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))
-    };
-    if let Some(origin) = text(header::ORIGIN) {
-        return origin_ok(origin);
-    }
-    if let Some(referer) = text(header::REFERER) {
-        // `scheme://authority/path…` → `scheme://authority`.
-        let end = referer
-            .find("://")
-            .and_then(|i| referer[i + 3..].find('/').map(|j| i + 3 + j))
-            .unwrap_or(referer.len());
-        return origin_ok(&referer[..end]);
-    }
-    false
-}
-
 /// The check every state-changing console POST passes before it does anything: it comes
-/// from this origin, and its form carries this session's CSRF token. On failure, the
-/// 403 answer to return instead.
+/// from a page of this server (its `Origin`, or `Referer`, is one of [`AllowedHosts`];
+/// a POST with neither is refused), and its form carries this session's CSRF token. On
+/// failure, the 403 answer to return instead.
 pub fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Option<Response> {
-    if !same_origin(headers) {
+    if session.hosts.request_origin_ok(headers) != Some(true) {
+        crate::metrics::front_door_refused("origin");
         return Some(error_page(
             StatusCode::FORBIDDEN,
             "Refused: this request did not come from a console page (cross-site request). Nothing was changed.",
@@ -250,11 +284,13 @@ pub struct LoginForm {
 /// its cookie. A wrong token gets 401, the form again with the reason, and no cookie.
 pub async fn login(
     State(app): State<App>,
+    Extension(hosts): Extension<Arc<AllowedHosts>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     // A sign-in from another site would sign the victim into the attacker's session.
-    if !same_origin(&headers) {
+    if hosts.request_origin_ok(&headers) != Some(true) {
+        crate::metrics::front_door_refused("origin");
         return error_page(
             StatusCode::FORBIDDEN,
             "Refused: sign-in must be posted from the console's own sign-in page.",
@@ -285,6 +321,7 @@ pub async fn login(
     let id = hex::encode(rand::random::<[u8; 32]>());
     let session = ConsoleSession {
         id_hash: sha256_hex(id.as_bytes()),
+        credential: credential_mac(&app, &hosts, &id),
         csrf_token: hex::encode(rand::random::<[u8; 32]>()),
         created_at: now,
         expires_at: now + SESSION_TTL_MS,
@@ -347,34 +384,6 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).expect("header"));
         }
         h
-    }
-
-    #[test]
-    fn posts_must_come_from_this_origin() {
-        let host = ("host", "127.0.0.1:8080");
-        assert!(same_origin(&headers(&[
-            host,
-            ("origin", "http://127.0.0.1:8080")
-        ])));
-        assert!(same_origin(&headers(&[
-            host,
-            ("referer", "http://127.0.0.1:8080/console/tasks?x=1")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("origin", "http://evil.example")
-        ])));
-        assert!(!same_origin(&headers(&[host, ("origin", "null")])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("origin", "http://127.0.0.1:8080.evil.example")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("referer", "http://evil.example/http://127.0.0.1:8080/")
-        ])));
-        // Neither header: refused (every browser sends Origin on a form POST).
-        assert!(!same_origin(&headers(&[host])));
     }
 
     #[test]
