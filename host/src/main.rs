@@ -238,9 +238,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
              the names browsers use for it (a proxy's public name) in server.allowed_hosts"
         );
     }
-    paynotify::http::serve(app, listener, shutdown_signal()).await?;
+    paynotify::http::serve(app.clone(), listener, shutdown_signal()).await?;
     for job in [worker, expiry, reconcile].into_iter().flatten() {
         job.abort();
+    }
+    if let Err(e) = app.store.close().await {
+        tracing::warn!(error = %e, "the database was not left tidy (it recovers on the next start)");
     }
     tracing::info!("paynotify stopped");
     Ok(())

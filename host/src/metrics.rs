@@ -22,6 +22,7 @@
 //! | `paynotify_notifications_unrouted_total` | counter | `reason` (`provider`, `account`) |
 //! | `paynotify_notifications_throttled_total` | counter | `provider` |
 //! | `paynotify_front_door_refused_total` | counter | `reason` (`host`, `origin`, `session`) |
+//! | `paynotify_sqlite_wal_bytes` | gauge | |
 //!
 //! The gauges that describe the database (tasks) or the registry (plugins) are refreshed
 //! when `/metrics` is scraped, so they cost nothing between scrapes.
@@ -55,6 +56,7 @@ const BREAKERS_OPEN: &str = "paynotify_handler_breakers_open";
 const UNROUTED: &str = "paynotify_notifications_unrouted_total";
 const THROTTLED: &str = "paynotify_notifications_throttled_total";
 const FRONT_DOOR_REFUSED: &str = "paynotify_front_door_refused_total";
+const SQLITE_WAL_BYTES: &str = "paynotify_sqlite_wal_bytes";
 
 /// Handler call durations, in seconds: from well under a millisecond (a small handler
 /// on a warm instance) to the largest wall-time limit a manifest may ask for.
@@ -189,6 +191,11 @@ fn describe() {
         "Console and tokenless /api requests refused for a Host or Origin not among this server's names, or a console session made under another credential, by reason."
     );
     describe_gauge!(
+        SQLITE_WAL_BYTES,
+        Unit::Bytes,
+        "Size of the SQLite write-ahead log, checked every second; kept under 4 MiB by checkpoints (alert if it keeps growing: readers or a full disk stop them)."
+    );
+    describe_gauge!(
         BREAKERS_OPEN,
         "Plugin types failing fast right now (after repeated timeouts), counted at scrape time."
     );
@@ -210,6 +217,11 @@ pub fn throttled(provider: &str) {
 /// `Origin` (`origin`), or a session made under another credential (`session`).
 pub fn front_door_refused(reason: &'static str) {
     metrics::counter!(FRONT_DOOR_REFUSED, "reason" => reason).increment(1);
+}
+
+/// The size of SQLite's WAL file, as last seen (every second).
+pub fn sqlite_wal_bytes(bytes: u64) {
+    metrics::gauge!(SQLITE_WAL_BYTES).set(bytes as f64);
 }
 
 /// Counts a verified refund stored `refund_unapplied` (labelled like [`notification`]).

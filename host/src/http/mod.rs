@@ -226,6 +226,19 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// For a store failure: 503 when the database as a whole cannot serve now (down, out
+    /// of disk, read-only: nothing was stored, try again), else 500. Logged.
+    pub fn store(e: crate::store::StoreError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "api request failed: database unavailable");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database cannot serve this now ({e}); nothing was changed, try again later"),
+            );
+        }
+        ApiError::internal(e)
+    }
+
     /// 500, logged.
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "api request failed");

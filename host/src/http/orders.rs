@@ -26,7 +26,7 @@ pub async fn create(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m).into_response()
         }
         Err(OrderError::Conflict(m)) => ApiError::new(StatusCode::CONFLICT, m).into_response(),
-        Err(OrderError::Store(e)) => ApiError::internal(e).into_response(),
+        Err(OrderError::Store(e)) => ApiError::store(e).into_response(),
     }
 }
 

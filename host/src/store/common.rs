@@ -287,6 +287,14 @@ pub(crate) mod sql {
 
     use super::{Dialect, ORDER_COLUMNS};
 
+    /// Inserts an order, returning it.
+    pub(crate) fn insert_order() -> String {
+        format!(
+            "INSERT INTO orders (out_trade_no, type, provider, account, total_fee, user_id, custom, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ORDER_COLUMNS}"
+        )
+    }
+
     /// One order, with the dialect's row lock when `lock` is its `FOR_UPDATE`.
     pub(crate) fn select_order(lock: &str) -> String {
         format!("SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no = $1{lock}")
@@ -358,11 +366,7 @@ macro_rules! shared_statements {
                 e: E,
                 o: &NewOrder,
             ) -> Result<Order, StoreError> {
-                let sql = format!(
-                    "INSERT INTO orders (out_trade_no, type, provider, account, total_fee, user_id, custom, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ORDER_COLUMNS}"
-                );
-                let row = sqlx::query(&sql)
+                let row = sqlx::query(&sql::insert_order())
                     .bind(&o.out_trade_no)
                     .bind(&o.order_type)
                     .bind(&o.provider)
@@ -998,32 +1002,19 @@ pub(crate) use shared_statements;
 
 /// `impl Store for $store`: every method whose statement is shared (from the `shared`
 /// module that [`shared_statements!`] expanded beside it), plus the backend's own
-/// methods given in braces (`insert_notifications`, `begin`, `backend`). Reads outside a
+/// methods given in braces (`create_order`, `insert_notification(s)`, `begin`, `backend`,
+/// …: the writes whose answer must wait for a commit each backend checks its own way). Reads outside a
 /// transaction go to the `$reader` pool field, writes to the connection that the async
 /// method `$writer` hands out.
 macro_rules! impl_store {
     ($store:ty, reader: $reader:ident, writer: $writer:ident, { $($own:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
-            async fn create_order(
-                &self,
-                o: &$crate::store::NewOrder,
-            ) -> Result<$crate::store::Order, $crate::store::StoreError> {
-                shared::create_order(&mut *self.$writer().await?, o).await
-            }
-
             async fn get_order(
                 &self,
                 out_trade_no: &str,
             ) -> Result<Option<$crate::store::Order>, $crate::store::StoreError> {
                 shared::get_order(&self.$reader, out_trade_no).await
-            }
-
-            async fn insert_notification(
-                &self,
-                n: &$crate::store::NewNotification,
-            ) -> Result<i64, $crate::store::StoreError> {
-                shared::insert_notification(&mut *self.$writer().await?, n).await
             }
 
             async fn finish_notification(

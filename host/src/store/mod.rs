@@ -113,6 +113,35 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// A failure of the database as a whole rather than of this request: it is down,
+    /// unreachable, out of connections, frozen past a timeout, out of disk or read-only.
+    /// Nothing was stored; the same request may succeed later (answer 503, not 500).
+    pub fn is_unavailable(&self) -> bool {
+        if self.is_transient() {
+            return true;
+        }
+        // SQLite primary result codes: 8 READONLY, 10 IOERR, 13 FULL, 14 CANTOPEN
+        // (extended codes keep the primary one in their low byte).
+        let sqlite_unavailable = |code: i32| matches!(code & 0xff, 8 | 10 | 13 | 14);
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                sqlite_unavailable(e.extended_code)
+            }
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+                // PostgreSQL class 53 (insufficient resources: disk full, out of memory,
+                // too many connections), 57 (operator intervention), 25006 (read-only).
+                c.starts_with("53")
+                    || c.starts_with("57")
+                    || c == "25006"
+                    || c.parse::<i32>().is_ok_and(sqlite_unavailable)
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Whether a failure means the connection itself is gone (rather than a statement being
 /// refused): an I/O error, or the server ending the session (SQLSTATE class 08,
 /// connection exception; 57P01–57P03, administrator or crash shutdown).
@@ -647,6 +676,11 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// Called once when the host stops serving: leaves the database tidy (SQLite
+    /// checkpoints and truncates its WAL). Nothing to do by default.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One open transaction. Dropping it without [`Tx::commit`] rolls it back.

@@ -178,6 +178,27 @@ super::refunds::refund_statements!(sqlx::Postgres);
 super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: write);
 
 common::impl_store!(PgStore, reader: pool, writer: write, {
+    async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
+        // In a transaction whose COMMIT is awaited, not in autocommit: `fetch_one` hands
+        // back the `RETURNING` row as soon as it arrives, and an error the server sends
+        // after it (a commit that fails) would never be seen; the API would answer 201
+        // for an order that does not exist.
+        let mut conn = self.write().await?;
+        let mut tx = conn.begin().await?;
+        let order = shared::create_order(&mut *tx, o).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError> {
+        // Committed explicitly, as `create_order`.
+        let mut conn = self.write().await?;
+        let mut tx = conn.begin().await?;
+        let id = shared::insert_notification(&mut *tx, n).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
     async fn insert_notifications(
         &self,
         batch: &[&NewNotification],

@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::common::{self, Dialect};
-use super::sqlite_writer::{Held, Writer};
+use super::sqlite_writer::{Held, Writer, WAL_LIMIT_BYTES};
 use super::*;
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
 
@@ -26,6 +26,59 @@ pub struct SqliteStore {
     /// The other writes' connection, used only while holding `tx_writer`'s lock.
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Keeps the WAL bounded (see [`keep_wal_bounded`]); stopped when the store goes.
+    wal_keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.wal_keeper.abort();
+    }
+}
+
+/// How often the WAL's size is looked at (and reported).
+const WAL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a checkpoint waits for readers on older pages before trying again later.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(500);
+
+/// Every [`WAL_CHECK_EVERY`]: reports the WAL's size, and checkpoints and truncates it
+/// when it is over [`WAL_LIMIT_BYTES`]. SQLite's automatic checkpoints cannot rewind a
+/// WAL that readers keep using, so without this it grows as long as reads never pause;
+/// this one waits for the readers (briefly, holding the writer) and starts the WAL over.
+async fn keep_wal_bounded(writer: Writer, wal: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(WAL_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        crate::metrics::sqlite_wal_bytes(size);
+        if size <= WAL_LIMIT_BYTES as u64 {
+            continue;
+        }
+        match writer.checkpoint(CHECKPOINT_WAIT).await {
+            Ok(done) => {
+                if failing {
+                    tracing::info!("WAL checkpoints work again");
+                    failing = false;
+                }
+                if done {
+                    let after = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    crate::metrics::sqlite_wal_bytes(after);
+                    tracing::debug!(before = size, after, "WAL checkpointed and truncated");
+                }
+            }
+            Err(e) => {
+                // A full disk, usually: the pages stay in the WAL (nothing is lost) and
+                // the next round tries again.
+                if !failing {
+                    tracing::warn!(error = %e, wal_bytes = size, "cannot checkpoint the WAL; retrying every second");
+                    failing = true;
+                }
+            }
+        }
+    }
 }
 
 /// A write connection of the sqlx pool, held together with the writer's lock.
@@ -59,6 +112,7 @@ impl SqliteStore {
                 Sync::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(BUSY_TIMEOUT)
+            .pragma("journal_size_limit", WAL_LIMIT_BYTES.to_string())
             .foreign_keys(true);
         let path = options.get_filename().to_path_buf();
         if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
@@ -94,10 +148,14 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let tx_writer = Writer::open(&path, config.sqlite_synchronous, BUSY_TIMEOUT)?;
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal_keeper = tokio::spawn(keep_wal_bounded(tx_writer.clone(), wal.into()));
         Ok(Self {
             tx_writer,
             writer,
             reader,
+            wal_keeper,
         })
     }
 
@@ -143,6 +201,18 @@ super::refunds::refund_statements!(sqlx::Sqlite);
 super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
 
 common::impl_store!(SqliteStore, reader: reader, writer: write, {
+    async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
+        // On the writer, in `BEGIN IMMEDIATE … COMMIT` with every row read: an answer of
+        // 201 only after a commit SQLite reported done (see `Writer::in_transaction`).
+        self.tx_writer.create_order(o).await
+    }
+
+    async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError> {
+        let mut ids = self.tx_writer.insert_notifications(&[n]).await?;
+        ids.pop()
+            .ok_or_else(|| StoreError::Invalid("the notification was not stored".into()))
+    }
+
     async fn insert_notifications(
         &self,
         batch: &[&NewNotification],
@@ -156,6 +226,17 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // A clean stop leaves no WAL behind: the next start (or a copy of the file)
+        // needs nothing but the database file, and a WAL on a nearly full disk is not
+        // left to be replayed.
+        self.wal_keeper.abort();
+        if !self.tx_writer.checkpoint(Duration::from_secs(5)).await? {
+            tracing::warn!("readers kept the WAL from being checkpointed at shutdown");
+        }
+        Ok(())
     }
 });
 

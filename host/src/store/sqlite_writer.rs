@@ -31,15 +31,23 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use super::common::{sql, storable, StoreRow, ORDER_COLUMNS};
 use super::refunds::{self, NewRefund, RefundRecord};
 use super::{
-    now_ms, DocError, MarkPaid, NewNotification, NewTask, NotificationVerdict, Order, PaidOrder,
-    StoreError, Tx, Verdict,
+    now_ms, DocError, MarkPaid, NewNotification, NewOrder, NewTask, NotificationVerdict, Order,
+    PaidOrder, StoreError, Tx, Verdict,
 };
 use crate::config::SqliteSynchronous;
+
+/// The WAL size past which it is checkpointed and truncated at once, and the size it is
+/// cut back to on every reset (`journal_size_limit`). SQLite's own checkpoints after
+/// each commit (every 1,000 pages, ~4 MiB) copy pages into the database but cannot
+/// rewind the WAL while readers keep reading it, so under steady reads it grew without
+/// bound (45 MB for 3,000 orders); and its file never shrinks by itself.
+pub(super) const WAL_LIMIT_BYTES: i64 = 4 * 1024 * 1024;
 
 /// Statements kept prepared: the batch statements have one text per batch size.
 const STATEMENT_CACHE: usize = 256;
 
 /// The writer connection, shared by the store's writers.
+#[derive(Clone)]
 pub(super) struct Writer {
     conn: Arc<Mutex<Connection>>,
     busy_timeout: Duration,
@@ -69,6 +77,9 @@ impl Writer {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // When the WAL is reset after a checkpoint, cut the file back to this size rather
+        // than leaving it at its largest (see `checkpoint`).
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
         // Never wait inside SQLite on an async worker: see `run_waiting`.
         conn.busy_timeout(Duration::ZERO)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -83,6 +94,30 @@ impl Writer {
         self.conn.clone().lock_owned().await
     }
 
+    /// Copies the whole WAL into the database and truncates it to nothing
+    /// (`wal_checkpoint(TRUNCATE)`), waiting up to `wait` for readers still on older
+    /// pages. True if it completed; false if readers were still in the way (the next
+    /// round tries again). Holds the writer meanwhile: nothing else writes, so the
+    /// checkpoint is not chasing new frames.
+    pub(super) async fn checkpoint(&self, wait: Duration) -> Result<bool, StoreError> {
+        let held = self.lock().await;
+        let run = || -> rusqlite::Result<bool> {
+            held.busy_timeout(wait)?;
+            let busy = held.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+            held.busy_timeout(Duration::ZERO)?;
+            Ok(busy? == 0)
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        Ok(if multi_thread {
+            tokio::task::block_in_place(run)?
+        } else {
+            run()?
+        })
+    }
+
     /// `BEGIN IMMEDIATE`: a transaction holding the database write lock until it ends.
     pub(super) async fn begin(&self) -> Result<SqliteTx, StoreError> {
         let held = self.lock().await;
@@ -93,9 +128,71 @@ impl Writer {
         })
     }
 
+    /// Runs `f` in `BEGIN IMMEDIATE … COMMIT` on the held writer: when this returns
+    /// `Ok`, SQLite has reported the commit done, so the caller may acknowledge. On any
+    /// error, the commit's included (a full disk), the transaction is rolled back unless
+    /// SQLite already did, and the connection is left with no transaction open.
+    ///
+    /// Why explicit and not autocommit: an `INSERT … RETURNING` hands back its rows
+    /// before the statement's implicit commit, and a reader that stops at the first row
+    /// (sqlx's `fetch_one`) never sees that commit fail; a connection left inside a
+    /// transaction by a failed commit then turned every later write into one that was
+    /// never committed (the API answered 201 for thousands of orders that did not exist).
+    fn in_transaction<T>(
+        &self,
+        conn: &Connection,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.run_waiting(conn, |c| c.execute_batch("BEGIN IMMEDIATE"))?;
+        let done = f(conn).and_then(|out| conn.execute_batch("COMMIT").map(|()| out));
+        if done.is_err() && !conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rollback after a failed write failed");
+            }
+        }
+        Ok(done?)
+    }
+
+    /// Inserts an order and returns it as stored (committed; see [`Writer::in_transaction`]).
+    pub(super) async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
+        let custom = o.custom.to_string();
+        let held = self.lock().await;
+        let rows = self.in_transaction(&held, |c| {
+            query(
+                c,
+                &sql::insert_order(),
+                &[
+                    &o.out_trade_no,
+                    &o.order_type,
+                    &o.provider,
+                    &o.account,
+                    &o.total_fee,
+                    &o.user_id,
+                    &custom,
+                    &now_ms(),
+                ],
+                |r| Ok::<_, rusqlite::Error>(r.order()),
+            )
+        });
+        match rows {
+            Ok(mut rows) => rows
+                .pop()
+                .unwrap_or_else(|| Err(StoreError::Invalid("the order was not stored".into()))),
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Conflict(format!(
+                    "order {} already exists",
+                    o.out_trade_no
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Stores a batch of raw notifications with one multi-row `INSERT … RETURNING id`
-    /// in autocommit mode (one statement is atomic: all rows or none), ids in the
-    /// batch's order.
+    /// in a transaction of its own (see [`Writer::in_transaction`]), ids in the batch's
+    /// order.
     pub(super) async fn insert_notifications(
         &self,
         batch: &[&NewNotification],
@@ -115,7 +212,7 @@ impl Writer {
             values(batch.len(), 7, 1)
         );
         let held = self.lock().await;
-        let mut ids = self.run_waiting(&held, |c| {
+        let mut ids = self.in_transaction(&held, |c| {
             let mut stmt = c.prepare_cached(&text)?;
             let mut i = 0;
             for (n, headers) in &rows {
