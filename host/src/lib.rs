@@ -18,6 +18,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod refunds;
 pub mod replay;
+pub mod retention;
 pub mod scaffold;
 pub mod store;
 pub mod tasks;

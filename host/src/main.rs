@@ -221,11 +221,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let worker = app.start_worker();
     let expiry = paynotify::expiry::start(&app);
     let reconcile = paynotify::reconcile::start(&app);
+    let retention = Some(paynotify::retention::start(&app));
     // The bound address, not the configured one: with port 0 the OS picks it.
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
     paynotify::http::serve(app, listener, shutdown_signal()).await?;
-    for job in [worker, expiry, reconcile].into_iter().flatten() {
+    for job in [worker, expiry, reconcile, retention].into_iter().flatten() {
         job.abort();
     }
     tracing::info!("paynotify stopped");

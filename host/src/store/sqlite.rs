@@ -26,6 +26,10 @@ pub struct SqliteStore {
     /// The other writes' connection, used only while holding `tx_writer`'s lock.
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The database file (its write-ahead log is beside it, `-wal`).
+    path: std::path::PathBuf,
+    /// Bodies of notifications rejected without verifying are cut to this many bytes.
+    cut_rejected_at: i32,
 }
 
 /// A write connection of the sqlx pool, held together with the writer's lock.
@@ -98,7 +102,18 @@ impl SqliteStore {
             tx_writer,
             writer,
             reader,
+            path,
+            cut_rejected_at: cut_length(
+                crate::config::RetentionConfig::default().rejected_body_bytes,
+            ),
         })
+    }
+
+    /// Cuts the bodies of notifications rejected without verifying at `bytes` (default:
+    /// `[retention] rejected_body_bytes`'s).
+    pub fn cutting_rejected_bodies_at(mut self, bytes: usize) -> Self {
+        self.cut_rejected_at = cut_length(bytes);
+        self
     }
 
     /// The sqlx write connection, once no transaction or other write has the writer.
@@ -140,6 +155,7 @@ pub(super) fn json_path(field: &str) -> String {
 common::shared_statements!(sqlx::Sqlite);
 super::claims::claim_statements!(sqlx::Sqlite);
 super::refunds::refund_statements!(sqlx::Sqlite);
+super::retention::retention_statements!(sqlx::Sqlite);
 super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
 
 common::impl_store!(SqliteStore, reader: reader, writer: write, {
@@ -152,6 +168,20 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         Ok(Box::new(self.tx_writer.begin().await?))
+    }
+
+    /// The pages of the file (free ones included: SQLite reuses them, the file does not
+    /// shrink without `VACUUM`), plus the write-ahead log if there is one.
+    async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let pages: i64 = sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        Ok(pages.saturating_add(i64::try_from(wal).unwrap_or(i64::MAX)))
     }
 
     fn backend(&self) -> &'static str {
