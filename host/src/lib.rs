@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod orders;
 pub mod pipeline;

@@ -16,18 +16,6 @@ use paynotify::{App, Config};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Prints `value` as one line of JSON with `--json`, else as `text` renders it.
 fn output<T: serde::Serialize + ?Sized>(
     json: bool,
@@ -54,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
             LogFormat::Json
         ))),
         _ => {
-            init_tracing(cli.log_format);
+            paynotify::logging::init(matches!(cli.log_format, LogFormat::Json));
             None
         }
     };
