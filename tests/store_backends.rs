@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paynotify::config::DatabaseConfig;
+use paynotify::config::{DatabaseConfig, RetentionConfig};
 use paynotify::store::Verdict;
 use paynotify::store::{
     self, now_ms, status, DocError, MarkPaid, NewNotification, NewOrder, NewTask, Store, TaskEnd,
@@ -629,4 +629,169 @@ async fn a_transaction_dropped_unfinished_releases_its_locks_at_once() {
         assert_eq!(seen, 2);
         assert_eq!(document(other.as_ref(), "users", "u1").await, None);
     }
+}
+
+/// Stores a raw notification that arrived at `received_at`; returns its id.
+async fn store_raw(store: &dyn Store, received_at: i64, body: &[u8], truncated: bool) -> i64 {
+    store
+        .insert_notification(&NewNotification {
+            received_at,
+            provider: "wechat-v2".into(),
+            account: None,
+            remote_addr: Some("192.0.2.1:4000".into()),
+            headers: Vec::new(),
+            body: body.to_vec(),
+            truncated,
+        })
+        .await
+        .expect("notification")
+}
+
+/// `[retention]`: when a notification is recorded `rejected` without an order (it never
+/// verified), its body is cut in the same statement; nothing else is.
+#[tokio::test]
+async fn only_notifications_rejected_without_verifying_have_their_bodies_cut() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = DatabaseConfig {
+        url: fresh_database_url(dir.path()),
+        ..DatabaseConfig::default()
+    };
+    let retention = RetentionConfig {
+        rejected_body_bytes: 10,
+        ..RetentionConfig::default()
+    };
+    let store = store::connect_with(&database, &retention)
+        .await
+        .expect("database opens");
+    let body = b"<xml>0123456789abcdefghij</xml>".as_slice();
+    let now = now_ms();
+    let finish = |id, verdict, order: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            store
+                .finish_notification(id, verdict, Some("why"), order, None)
+                .await
+                .expect("verdict");
+            store.get_notification(id).await.expect("db").expect("row")
+        }
+    };
+
+    let forged = store_raw(store.as_ref(), now, body, false).await;
+    let n = finish(forged, Verdict::Rejected, None).await;
+    assert_eq!((n.body.as_slice(), n.truncated), (&body[..10], true));
+
+    // Already cut at the size limit on arrival: cut further, still truncated.
+    let oversized = store_raw(store.as_ref(), now, body, true).await;
+    let n = finish(oversized, Verdict::Rejected, None).await;
+    assert_eq!((n.body.as_slice(), n.truncated), (&body[..10], true));
+
+    // Short enough: left as it is, not marked.
+    let short = store_raw(store.as_ref(), now, b"<xml/>", false).await;
+    let n = finish(short, Verdict::Rejected, None).await;
+    assert_eq!(
+        (n.body.as_slice(), n.truncated),
+        (b"<xml/>".as_slice(), false)
+    );
+
+    // Verified (an order number is recorded), then rejected: money may have moved.
+    let wrong_amount = store_raw(store.as_ref(), now, body, false).await;
+    let n = finish(wrong_amount, Verdict::Rejected, Some("R-1")).await;
+    assert_eq!((n.body.as_slice(), n.truncated), (body, false));
+    // And one that verified once keeps its body when a later replay rejects it.
+    let paid = store_raw(store.as_ref(), now, body, false).await;
+    finish(paid, Verdict::Paid, Some("R-2")).await;
+    let n = finish(paid, Verdict::Rejected, None).await;
+    assert_eq!((n.body.as_slice(), n.truncated), (body, false));
+    assert_eq!(n.out_trade_no.as_deref(), Some("R-2"));
+
+    // Other verdicts, even without an order, are never cut.
+    for verdict in [Verdict::Failed, Verdict::Ignored, Verdict::RefundPending] {
+        let id = store_raw(store.as_ref(), now, body, false).await;
+        let n = finish(id, verdict, None).await;
+        assert_eq!(
+            (n.body.as_slice(), n.truncated),
+            (body, false),
+            "{verdict:?}"
+        );
+    }
+}
+
+/// `[retention]`: the prune statement deletes only notifications rejected without
+/// verifying that arrived before the cutoff, at most `limit` per call; a second process
+/// running it at the same time deletes nothing twice and fails on nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pruning_deletes_only_old_notifications_rejected_without_verifying() {
+    let (store, url, _dir) = open().await;
+    let other = connect(&url).await;
+    let now = now_ms();
+    let old = now - 40 * 24 * 3600 * 1000;
+    let body = b"<xml>junk</xml>".as_slice();
+    let mut doomed = Vec::new();
+    for _ in 0..7 {
+        let id = store_raw(store.as_ref(), old, body, false).await;
+        store
+            .finish_notification(id, Verdict::Rejected, Some("bad signature"), None, None)
+            .await
+            .expect("verdict");
+        doomed.push(id);
+    }
+    let mut kept = Vec::new();
+    for (verdict, order) in [
+        (Verdict::Rejected, Some("R-WRONG-AMOUNT")),
+        (Verdict::Paid, Some("R-PAID")),
+        (Verdict::Failed, Some("R-FAILED")),
+    ] {
+        let id = store_raw(store.as_ref(), old, body, false).await;
+        store
+            .finish_notification(id, verdict, Some("why"), order, None)
+            .await
+            .expect("verdict");
+        kept.push(id);
+    }
+    // Old but never finished (a crash): stays for replay.
+    kept.push(store_raw(store.as_ref(), old, body, false).await);
+    // Rejected without verifying, but recent.
+    let recent = store_raw(store.as_ref(), now, body, false).await;
+    store
+        .finish_notification(recent, Verdict::Rejected, Some("bad signature"), None, None)
+        .await
+        .expect("verdict");
+    kept.push(recent);
+    assert_eq!(store.count_rejected().await.expect("count"), 9);
+
+    let cutoff = now - 30 * 24 * 3600 * 1000;
+    // Two processes at once, two rows per statement each.
+    let prune = |s: Arc<dyn Store>| async move {
+        let mut total = 0;
+        loop {
+            let n = s.prune_rejected(cutoff, 2).await.expect("prune");
+            assert!(n <= 2, "{n} rows in one statement");
+            total += n;
+            if n == 0 {
+                return total;
+            }
+        }
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(prune(store.clone())),
+        tokio::spawn(prune(other.clone()))
+    );
+    assert_eq!(a.expect("prune") + b.expect("prune"), 7);
+    for id in doomed {
+        assert!(
+            store.get_notification(id).await.expect("db").is_none(),
+            "{id} kept"
+        );
+    }
+    for id in &kept {
+        assert!(
+            store.get_notification(*id).await.expect("db").is_some(),
+            "{id} deleted"
+        );
+    }
+    assert_eq!(store.count_rejected().await.expect("count"), 2);
+    // A cutoff in the future takes the recent one too, and only it.
+    assert_eq!(store.prune_rejected(now + 1, 1000).await.expect("prune"), 1);
+    assert!(store.get_notification(recent).await.expect("db").is_none());
+    assert!(store.database_bytes().await.expect("size") > 0);
 }

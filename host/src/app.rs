@@ -54,7 +54,7 @@ impl App {
     pub async fn start(config: Config) -> Result<App, StartError> {
         // Before anything records (the plugin scan below counts loads).
         crate::metrics::install();
-        let store = store::connect(&config.database)
+        let store = store::connect_with(&config.database, &config.retention)
             .await
             .map_err(|source| StartError::Store {
                 url: crate::config::redact_url(&config.database.url),

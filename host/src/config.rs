@@ -17,6 +17,7 @@ const SECTIONS: &[&str] = &[
     "tasks",
     "orders",
     "reconcile",
+    "retention",
 ];
 
 /// Section keys whose environment value is always taken as text, never parsed as TOML.
@@ -94,6 +95,9 @@ pub struct Config {
     /// Asking providers about orders still unpaid (lost notifications).
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// How much of the notifications that failed verification is kept, and how long.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Merchant accounts, one per provider account.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -325,6 +329,40 @@ impl Default for ReconcileConfig {
         }
     }
 }
+
+/// `[retention]`: notifications that failed verification are stored (every one can be
+/// replayed once a misconfiguration is fixed), but a stranger can send them without end,
+/// so they are bounded: their bodies are cut and they are deleted after a while. Only
+/// rejected notifications that never verified are touched (see `store::retention`);
+/// verified notifications are never cut or deleted.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a notification that failed verification is kept after it arrived; then the
+    /// background job deletes it.
+    pub rejected_days: u64,
+    /// The stored body of a notification that failed verification is cut to this many
+    /// bytes (and marked `truncated`). A real provider notification is 1–3 KiB, so the
+    /// default keeps a genuine one rejected for a misconfigured key whole, and replayable
+    /// once the key is fixed; only oversized junk is cut.
+    pub rejected_body_bytes: usize,
+    /// How often each host process deletes the expired ones.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            rejected_days: 30,
+            rejected_body_bytes: 8192,
+            prune_interval_secs: 3600,
+        }
+    }
+}
+
+/// Most days `retention.rejected_days` may say: a hundred years, so that the age in
+/// milliseconds can never overflow.
+const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// One `[[accounts]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -601,6 +639,25 @@ impl Config {
             return Err(err(
                 "reconcile.interval_secs".into(),
                 "interval_secs and batch must be at least 1".into(),
+            ));
+        }
+        let r = &self.retention;
+        if r.rejected_days == 0 || r.rejected_days > MAX_RETENTION_DAYS {
+            return Err(err(
+                "retention.rejected_days".into(),
+                format!("must be between 1 and {MAX_RETENTION_DAYS}"),
+            ));
+        }
+        if r.rejected_body_bytes > i32::MAX as usize {
+            return Err(err(
+                "retention.rejected_body_bytes".into(),
+                format!("must be at most {}", i32::MAX),
+            ));
+        }
+        if r.prune_interval_secs == 0 {
+            return Err(err(
+                "retention.prune_interval_secs".into(),
+                "must be at least 1".into(),
             ));
         }
         if self.database.batch_max == 0 || self.database.settlers == Some(0) {
@@ -1007,6 +1064,46 @@ mod tests {
         assert_eq!(c.masked()["accounts"][0]["appid"], "wx1");
         assert_eq!(c.masked()["accounts"][0]["api_key"], "***");
         assert_eq!(c.masked()["orders"]["expire_after_secs"], 0);
+    }
+
+    #[test]
+    fn retention_loads_with_defaults_and_refuses_nonsense() {
+        let c = load_str("", &[]).expect("defaults");
+        assert_eq!(
+            (
+                c.retention.rejected_days,
+                c.retention.rejected_body_bytes,
+                c.retention.prune_interval_secs
+            ),
+            (30, 8192, 3600)
+        );
+        let c = load_str(
+            "[retention]\nrejected_days = 7\n",
+            &[("PAYNOTIFY_RETENTION_REJECTED_BODY_BYTES", "4096")],
+        )
+        .expect("loads");
+        assert_eq!(
+            (c.retention.rejected_days, c.retention.rejected_body_bytes),
+            (7, 4096)
+        );
+        let e = load_str("[retention]\nrejected_days = 0\n", &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("retention.rejected_days") && msg.contains("paynotify.toml"),
+            "{msg}"
+        );
+        let e = load_str("", &[("PAYNOTIFY_RETENTION_REJECTED_DAYS", "0")]).unwrap_err();
+        assert!(
+            e.to_string().contains("PAYNOTIFY_RETENTION_REJECTED_DAYS"),
+            "{e}"
+        );
+        let e = load_str("[retention]\nprune_interval_secs = 0\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("retention.prune_interval_secs"),
+            "{e}"
+        );
+        let e = load_str("[retention]\nrejected_hours = 3\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("rejected_hours"), "{e}");
     }
 
     #[test]

@@ -16,18 +16,6 @@ use paynotify::{App, Config};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Prints `value` as one line of JSON with `--json`, else as `text` renders it.
 fn output<T: serde::Serialize + ?Sized>(
     json: bool,
@@ -54,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
             LogFormat::Json
         ))),
         _ => {
-            init_tracing(cli.log_format);
+            paynotify::logging::init(matches!(cli.log_format, LogFormat::Json));
             None
         }
     };
@@ -221,6 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let worker = app.start_worker();
     let expiry = paynotify::expiry::start(&app);
     let reconcile = paynotify::reconcile::start(&app);
+    let retention = Some(paynotify::retention::start(&app));
     // The bound address, not the configured one: with port 0 the OS picks it.
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
@@ -239,7 +228,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     paynotify::http::serve(app.clone(), listener, shutdown_signal()).await?;
-    for job in [worker, expiry, reconcile].into_iter().flatten() {
+    for job in [worker, expiry, reconcile, retention].into_iter().flatten() {
         job.abort();
     }
     if let Err(e) = app.store.close().await {

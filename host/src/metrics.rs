@@ -23,9 +23,14 @@
 //! | `paynotify_notifications_throttled_total` | counter | `provider` |
 //! | `paynotify_front_door_refused_total` | counter | `reason` (`host`, `origin`, `session`) |
 //! | `paynotify_sqlite_wal_bytes` | gauge | |
+//! | `paynotify_database_bytes` | gauge | |
+//! | `paynotify_notifications_rejected_rows` | gauge | |
+//! | `paynotify_notifications_pruned_total` | counter | |
 //!
 //! The gauges that describe the database (tasks) or the registry (plugins) are refreshed
-//! when `/metrics` is scraped, so they cost nothing between scrapes.
+//! when `/metrics` is scraped, so they cost nothing between scrapes; the database's size
+//! and its rejected rows (a count over a range that a flood makes long) are refreshed by
+//! the retention job instead (`crate::retention`), every minute.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -57,6 +62,9 @@ const UNROUTED: &str = "paynotify_notifications_unrouted_total";
 const THROTTLED: &str = "paynotify_notifications_throttled_total";
 const FRONT_DOOR_REFUSED: &str = "paynotify_front_door_refused_total";
 const SQLITE_WAL_BYTES: &str = "paynotify_sqlite_wal_bytes";
+const DATABASE_BYTES: &str = "paynotify_database_bytes";
+const REJECTED_ROWS: &str = "paynotify_notifications_rejected_rows";
+const PRUNED: &str = "paynotify_notifications_pruned_total";
 
 /// Handler call durations, in seconds: from well under a millisecond (a small handler
 /// on a warm instance) to the largest wall-time limit a manifest may ask for.
@@ -199,6 +207,34 @@ fn describe() {
         BREAKERS_OPEN,
         "Plugin types failing fast right now (after repeated timeouts), counted at scrape time."
     );
+    describe_gauge!(
+        DATABASE_BYTES,
+        Unit::Bytes,
+        "Size of the database: SQLite's file plus its write-ahead log, or PostgreSQL's whole database; refreshed every minute by the retention job."
+    );
+    describe_gauge!(
+        REJECTED_ROWS,
+        "Notifications stored with verdict rejected; refreshed every minute by the retention job."
+    );
+    describe_counter!(
+        PRUNED,
+        "Notifications rejected without verifying that this process deleted after [retention] rejected_days."
+    );
+}
+
+/// Sets the database size gauge, in bytes.
+pub fn database_bytes(bytes: i64) {
+    metrics::gauge!(DATABASE_BYTES).set(bytes as f64);
+}
+
+/// Sets the gauge of notifications stored `rejected`.
+pub fn rejected_rows(rows: i64) {
+    metrics::gauge!(REJECTED_ROWS).set(rows as f64);
+}
+
+/// Counts rejected notifications deleted by the retention job.
+pub fn notifications_pruned(n: u64) {
+    metrics::counter!(PRUNED).increment(n);
 }
 
 /// Counts a request to `/notify/{provider}[/{account}]` refused with 404 before anything

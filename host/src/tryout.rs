@@ -216,19 +216,21 @@ pub fn init_tracing(json: bool) -> LogCapture {
     use tracing_subscriber::filter::{filter_fn, EnvFilter};
     use tracing_subscriber::prelude::*;
     let capture = LogCapture::default();
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let host_filter = || EnvFilter::new("warn,paynotify::plugin=off");
     let registry = tracing_subscriber::registry().with(
         capture
             .clone()
             .with_filter(filter_fn(|m| m.target() == "paynotify::plugin")),
     );
+    // The host's own lines as `serve` writes them: values escaped, colours on a terminal.
     if json {
         registry
-            .with(stderr.json().with_filter(host_filter()))
+            .with(crate::logging::json_layer().with_filter(host_filter()))
             .init();
     } else {
-        registry.with(stderr.with_filter(host_filter())).init();
+        registry
+            .with(crate::logging::text_layer().with_filter(host_filter()))
+            .init();
     }
     capture
 }

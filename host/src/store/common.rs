@@ -1001,9 +1001,11 @@ macro_rules! shared_statements {
 pub(crate) use shared_statements;
 
 /// `impl Store for $store`: every method whose statement is shared (from the `shared`
-/// module that [`shared_statements!`] expanded beside it), plus the backend's own
-/// methods given in braces (`create_order`, `insert_notification(s)`, `begin`, `backend`,
-/// …: the writes whose answer must wait for a commit each backend checks its own way). Reads outside a
+/// module that [`shared_statements!`] expanded beside it, and the other statement
+/// modules: `claims`, `refund_sql`, `retention_sql`), plus the backend's own methods
+/// given in braces (`create_order`, `insert_notification(s)`, `begin`, `database_bytes`,
+/// `backend`, …: among them the writes whose answer must wait for a commit each backend
+/// checks its own way). The store has a field `cut_rejected_at` (see `store::retention`). Reads outside a
 /// transaction go to the `$reader` pool field, writes to the connection that the async
 /// method `$writer` hands out.
 macro_rules! impl_store {
@@ -1025,7 +1027,16 @@ macro_rules! impl_store {
                 out_trade_no: Option<&str>,
                 account: Option<&str>,
             ) -> Result<(), $crate::store::StoreError> {
-                shared::finish_notification(&mut *self.$writer().await?, id, verdict, reason, out_trade_no, account).await
+                retention_sql::finish_notification(
+                    &mut *self.$writer().await?,
+                    id,
+                    verdict,
+                    reason,
+                    out_trade_no,
+                    account,
+                    self.cut_rejected_at,
+                )
+                .await
             }
 
             async fn get_notification(
@@ -1160,6 +1171,18 @@ macro_rules! impl_store {
                 out_trade_no: &str,
             ) -> Result<Vec<$crate::store::RefundRecord>, $crate::store::StoreError> {
                 refund_sql::list_refunds(&self.$reader, out_trade_no).await
+            }
+
+            async fn prune_rejected(
+                &self,
+                received_before: $crate::store::Millis,
+                limit: u32,
+            ) -> Result<u64, $crate::store::StoreError> {
+                retention_sql::prune_rejected(&mut *self.$writer().await?, received_before, limit).await
+            }
+
+            async fn count_rejected(&self) -> Result<i64, $crate::store::StoreError> {
+                retention_sql::count_rejected(&self.$reader).await
             }
 
             $($own)*

@@ -14,6 +14,7 @@ pub mod console;
 mod pg_kept;
 pub mod postgres;
 pub mod refunds;
+pub(crate) mod retention;
 pub mod sqlite;
 mod sqlite_writer;
 
@@ -577,6 +578,8 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
         batch: &[&NewNotification],
     ) -> Result<Vec<i64>, StoreError>;
     /// Records where a notification ended up when no transaction is open (rejections).
+    /// A `rejected` notification that names no order (it never verified) has its body cut
+    /// to the store's limit (`[retention] rejected_body_bytes`) in the same statement.
     async fn finish_notification(
         &self,
         id: i64,
@@ -674,6 +677,16 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
     async fn list_refunds(&self, out_trade_no: &str) -> Result<Vec<RefundRecord>, StoreError>;
     /// Begins a transaction that holds the write lock (SQLite) for its whole life.
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+    /// Deletes up to `limit` of the oldest notifications that were rejected without ever
+    /// verifying (no order number; see `store::retention`) and arrived before
+    /// `received_before`; returns how many. One short statement: call it again while it
+    /// returns `limit`. Several processes may run it at once.
+    async fn prune_rejected(&self, received_before: Millis, limit: u32) -> Result<u64, StoreError>;
+    /// How many notifications are stored `rejected` (verified or not).
+    async fn count_rejected(&self) -> Result<i64, StoreError>;
+    /// The database's size in bytes: SQLite's file plus its write-ahead log, PostgreSQL's
+    /// whole database (`pg_database_size`, every schema in it).
+    async fn database_bytes(&self) -> Result<i64, StoreError>;
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Called once when the host stops serving: leaves the database tidy (SQLite
@@ -845,24 +858,44 @@ pub struct NotificationVerdict<'a> {
 
 /// Opens the database named by the config URL and brings its schema up to date:
 /// `sqlite:…` or `postgres://…` / `postgresql://…` (see [`postgres::PgStore::connect`]
-/// for its `schema=NAME` parameter).
+/// for its `schema=NAME` parameter). Rejected bodies are cut at the default
+/// `[retention] rejected_body_bytes`; the server uses [`connect_with`].
 pub async fn connect(
     config: &crate::config::DatabaseConfig,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    connect_with(config, &crate::config::RetentionConfig::default()).await
+}
+
+/// [`connect`], cutting the bodies of notifications rejected without verifying at
+/// `retention.rejected_body_bytes`.
+pub async fn connect_with(
+    config: &crate::config::DatabaseConfig,
+    retention: &crate::config::RetentionConfig,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     let url = config.url.as_str();
+    let cut_at = retention.rejected_body_bytes;
     if config.is_sqlite() {
         Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::connect(config).await?,
+            sqlite::SqliteStore::connect(config)
+                .await?
+                .cutting_rejected_bodies_at(cut_at),
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(
-            postgres::PgStore::connect(config).await?,
+            postgres::PgStore::connect(config)
+                .await?
+                .cutting_rejected_bodies_at(cut_at),
         ))
     } else {
         Err(StoreError::UnsupportedUrl(crate::config::redact_url(
             &config.url,
         )))
     }
+}
+
+/// A body length for SQL (`substr` takes a 32-bit integer); longer is "never cut".
+fn cut_length(bytes: usize) -> i32 {
+    i32::try_from(bytes).unwrap_or(i32::MAX)
 }
 
 /// Checks a collection name: it is part of keys and log lines, so keep it plain.

@@ -39,6 +39,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Transactions and the raw-notification insert (see `pg_kept`).
     kept: Arc<KeptConns>,
+    /// Bodies of notifications rejected without verifying are cut to this many bytes.
+    cut_rejected_at: i32,
 }
 
 impl PgStore {
@@ -68,7 +70,20 @@ impl PgStore {
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let kept = KeptConns::new(options, config.max_connections);
-        Ok(Self { pool, kept })
+        Ok(Self {
+            pool,
+            kept,
+            cut_rejected_at: cut_length(
+                crate::config::RetentionConfig::default().rejected_body_bytes,
+            ),
+        })
+    }
+
+    /// Cuts the bodies of notifications rejected without verifying at `bytes` (default:
+    /// `[retention] rejected_body_bytes`'s).
+    pub fn cutting_rejected_bodies_at(mut self, bytes: usize) -> Self {
+        self.cut_rejected_at = cut_length(bytes);
+        self
     }
 
     /// A connection for one write outside a transaction (PostgreSQL has row locks, so
@@ -175,6 +190,7 @@ impl Dialect for Postgres {
 common::shared_statements!(sqlx::Postgres);
 super::claims::claim_statements!(sqlx::Postgres);
 super::refunds::refund_statements!(sqlx::Postgres);
+super::retention::retention_statements!(sqlx::Postgres);
 super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: write);
 
 common::impl_store!(PgStore, reader: pool, writer: write, {
@@ -218,6 +234,15 @@ common::impl_store!(PgStore, reader: pool, writer: write, {
         // half-open transaction is used again, and no lock outlives it for long.
         let tx = self.kept.begin().await?;
         Ok(Box::new(PgTx { tx }))
+    }
+
+    /// The whole database, as the server counts it: every schema in it (several
+    /// deployments or test runs may share one), indexes and TOAST included.
+    async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(bytes)
     }
 
     fn backend(&self) -> &'static str {

@@ -28,6 +28,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Keeps the WAL bounded (see [`keep_wal_bounded`]); stopped when the store goes.
     wal_keeper: tokio::task::JoinHandle<()>,
+    /// The database file (its write-ahead log is beside it, `-wal`).
+    path: std::path::PathBuf,
+    /// Bodies of notifications rejected without verifying are cut to this many bytes.
+    cut_rejected_at: i32,
 }
 
 impl Drop for SqliteStore {
@@ -156,7 +160,18 @@ impl SqliteStore {
             writer,
             reader,
             wal_keeper,
+            path,
+            cut_rejected_at: cut_length(
+                crate::config::RetentionConfig::default().rejected_body_bytes,
+            ),
         })
+    }
+
+    /// Cuts the bodies of notifications rejected without verifying at `bytes` (default:
+    /// `[retention] rejected_body_bytes`'s).
+    pub fn cutting_rejected_bodies_at(mut self, bytes: usize) -> Self {
+        self.cut_rejected_at = cut_length(bytes);
+        self
     }
 
     /// The sqlx write connection, once no transaction or other write has the writer.
@@ -198,6 +213,7 @@ pub(super) fn json_path(field: &str) -> String {
 common::shared_statements!(sqlx::Sqlite);
 super::claims::claim_statements!(sqlx::Sqlite);
 super::refunds::refund_statements!(sqlx::Sqlite);
+super::retention::retention_statements!(sqlx::Sqlite);
 super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
 
 common::impl_store!(SqliteStore, reader: reader, writer: write, {
@@ -222,6 +238,20 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         Ok(Box::new(self.tx_writer.begin().await?))
+    }
+
+    /// The pages of the file (free ones included: SQLite reuses them, the file does not
+    /// shrink without `VACUUM`), plus the write-ahead log if there is one.
+    async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let pages: i64 = sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        Ok(pages.saturating_add(i64::try_from(wal).unwrap_or(i64::MAX)))
     }
 
     fn backend(&self) -> &'static str {
