@@ -222,7 +222,15 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// 500 for a storage failure.
+/// A storage failure: 503 when the database as a whole cannot serve now (nothing was
+/// changed; try again), else 500.
 pub fn store_failure(e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "console request failed");
+    if e.is_unavailable() {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("The database cannot serve this now ({e}). Nothing was changed; try again later."),
+        );
+    }
     error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}"))
 }
