@@ -127,6 +127,12 @@ pub struct ServerConfig {
     /// minute; beyond, they are answered 429 and not stored. Verified notifications are
     /// never limited.
     pub max_rejections_per_minute: u32,
+    /// Most order-event streams (`GET /api/orders/{no}/events`) open at once in this
+    /// process; one more is refused with 429.
+    pub max_event_streams: usize,
+    /// Most order-event streams open at once from one client address; one more is
+    /// refused with 429. Behind a proxy every stream comes from the proxy's address.
+    pub max_event_streams_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +145,11 @@ impl Default for ServerConfig {
             console_secure_cookie: false,
             allowed_hosts: Vec::new(),
             max_rejections_per_minute: 60,
+            max_event_streams: 1000,
+            // A merchant's backend proxies its checkout pages' streams, so one address
+            // carries many customers: this only keeps one leaking client from taking
+            // every stream of the host.
+            max_event_streams_per_address: 256,
         }
     }
 }
@@ -566,6 +577,18 @@ impl Config {
                 "must be at least 1 (verified notifications are never limited)".into(),
             ));
         }
+        if self.server.max_event_streams == 0 {
+            return Err(err(
+                "server.max_event_streams".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.max_event_streams_per_address == 0 {
+            return Err(err(
+                "server.max_event_streams_per_address".into(),
+                "must be at least 1".into(),
+            ));
+        }
         let p = &self.plugins;
         if p.timeout_ms == 0 || p.timeout_ms > p.max_timeout_ms {
             return Err(err(
@@ -976,6 +999,47 @@ mod tests {
         assert!(e.to_string().contains("plugins.payment_timeout_ms"), "{e}");
         let e = load_str("[plugins]\nbreaker_timeouts = 0\n", &[]).unwrap_err();
         assert!(e.to_string().contains("plugins.breaker_timeouts"), "{e}");
+    }
+
+    #[test]
+    fn event_stream_caps_load_and_zero_is_refused_naming_key_and_file() {
+        let d = load_str("", &[]).expect("defaults");
+        assert_eq!(
+            (
+                d.server.max_event_streams,
+                d.server.max_event_streams_per_address
+            ),
+            (1000, 256)
+        );
+        let c = load_str(
+            "[server]\nmax_event_streams = 5\n",
+            &[("PAYNOTIFY_SERVER_MAX_EVENT_STREAMS_PER_ADDRESS", "2")],
+        )
+        .expect("loads");
+        assert_eq!(
+            (
+                c.server.max_event_streams,
+                c.server.max_event_streams_per_address
+            ),
+            (5, 2)
+        );
+        for key in ["max_event_streams", "max_event_streams_per_address"] {
+            let msg = load_str(&format!("[server]\n{key} = 0\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(&format!("server.{key}")) && msg.contains("paynotify.toml"),
+                "{msg}"
+            );
+        }
+        let msg = load_str("", &[("PAYNOTIFY_SERVER_MAX_EVENT_STREAMS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("server.max_event_streams")
+                && msg.contains("PAYNOTIFY_SERVER_MAX_EVENT_STREAMS"),
+            "{msg}"
+        );
     }
 
     #[test]

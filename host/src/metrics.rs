@@ -18,6 +18,7 @@
 //! | `paynotify_reconcile_total` | counter | `provider`, `outcome` (`paid`, `unpaid`, `error`, `skipped`) |
 //! | `paynotify_provider_closes_total` | counter | `provider`, `outcome` (`closed`, `paid`, `error`) |
 //! | `paynotify_order_watchers` | gauge | |
+//! | `paynotify_event_streams_refused_total` | counter | `reason` (`global`, `per_address`) |
 //! | `paynotify_uptime_seconds` | gauge | |
 //! | `paynotify_notifications_unrouted_total` | counter | `reason` (`provider`, `account`) |
 //! | `paynotify_notifications_throttled_total` | counter | `provider` |
@@ -53,6 +54,7 @@ const RECONCILE: &str = "paynotify_reconcile_total";
 const BATCH_RERUNS: &str = "paynotify_settle_batch_reruns_total";
 const PROVIDER_CLOSES: &str = "paynotify_provider_closes_total";
 const ORDER_WATCHERS: &str = "paynotify_order_watchers";
+const EVENT_STREAMS_REFUSED: &str = "paynotify_event_streams_refused_total";
 const UPTIME: &str = "paynotify_uptime_seconds";
 const REFUNDS_UNAPPLIED: &str = "paynotify_refunds_unapplied_total";
 const BREAKER_TRIPS: &str = "paynotify_handler_breaker_trips_total";
@@ -172,6 +174,10 @@ fn describe() {
     describe_gauge!(
         ORDER_WATCHERS,
         "Open order-event streams (GET /api/orders/{out_trade_no}/events)."
+    );
+    describe_counter!(
+        EVENT_STREAMS_REFUSED,
+        "Order-event streams refused with 429 because too many were open, by reason: global (server.max_event_streams) or per_address (server.max_event_streams_per_address)."
     );
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since this process started.");
     describe_counter!(
@@ -348,6 +354,12 @@ pub fn reconciled(provider: &str, outcome: &'static str) {
 pub fn provider_close(provider: &str, outcome: &'static str) {
     let provider = provider_label(provider);
     metrics::counter!(PROVIDER_CLOSES, "provider" => provider, "outcome" => outcome).increment(1);
+}
+
+/// Counts an order-event stream refused because too many were open: `reason` is
+/// `global` or `per_address`.
+pub fn event_stream_refused(reason: &'static str) {
+    metrics::counter!(EVENT_STREAMS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Counts an open order-event stream for as long as it lives.

@@ -51,7 +51,8 @@ fn main() -> Result<()> {
                  tests again on PostgreSQL (ARGS go to cargo test)\n  \
                  plugins      only build the plugins\n  \
                  bench        build the plugins and the release binary, then print the benchmark\n               \
-                 tables (dispatch, reload, throughput and latency per backend × provider)\n  \
+                 tables (dispatch, reload, throughput and latency per backend × provider,\n               \
+                 a looping neighbour, idle order-event streams' CPU)\n  \
                  soak [SCALE] the soak test (two hosts on PostgreSQL, one killed mid-run) at\n               \
                  SCALE times its CI size (default 10)"
             );
@@ -458,9 +459,10 @@ fn drop_stale_test_schemas() {
     }
 }
 
-/// The dispatch + hot-reload table (in process), then the throughput table: the release
-/// `paynotify` binary as a child process under load from the bench (`PAYNOTIFY_BENCH_*`
-/// variables choose backends, providers and scale; see tests/benches/throughput.rs).
+/// The dispatch + hot-reload table (in process), then the throughput, noisy-neighbour
+/// and event-stream tables: the release `paynotify` binary as a child process under load
+/// from the bench (`PAYNOTIFY_BENCH_*` variables choose backends, providers and scale; see
+/// tests/benches/throughput.rs, noisy_neighbour.rs and event_streams.rs).
 ///
 /// Every step names both packages: one feature set, so the host library is compiled once
 /// in release for the binary and both benches (`cargo build -p paynotify` alone resolves
@@ -493,7 +495,7 @@ fn bench(root: &Path) -> Result<()> {
             .args(both)
             .args(["--bench", "dispatch"]),
     )?;
-    for bench in ["throughput", "noisy_neighbour"] {
+    for bench in ["throughput", "noisy_neighbour", "event_streams"] {
         run_cmd(
             cargo()
                 .current_dir(root)

@@ -5,26 +5,37 @@
 //! client stays. Each event's `data` is the order JSON of `GET /api/orders/{no}` (with
 //! `out_trade_no`, `status`, `handler_status`, …), on the default `message` event type,
 //! so a browser's `EventSource.onmessage` sees it. A keep-alive comment every
-//! [`KEEP_ALIVE`] keeps proxies from timing the stream out.
+//! [`KEEP_ALIVE`] keeps proxies from timing the stream out. The stream ends when the
+//! client disconnects, the server shuts down, or the order no longer exists; not when
+//! the order reaches a final state, since a paid order can still be refunded. While the
+//! database cannot be read the stream stays open and catches up once it can.
 //!
-//! How changes are seen: each stream reads its order row every [`POLL`] and sends it
-//! when it differs from the last one sent. Polling, rather than PostgreSQL
-//! `LISTEN/NOTIFY` or an in-process channel, because the change may be made by any host
-//! process sharing the database (a notification landing on another instance, the expiry
-//! job of a third), on SQLite as on PostgreSQL, and a primary-key read every 250 ms per
-//! watcher is cheap. The stream (and its polling) ends when the client disconnects or
-//! the server shuts down; it does not end when the order reaches a final state, since a
-//! paid order can still be refunded.
+//! How changes are seen: one [`poller`] per host reads every watched order each
+//! [`POLL`], in one statement per 512 orders, and wakes the streams of the orders that
+//! changed. So a thousand watchers cost a few statements four times a second, not four
+//! thousand primary-key reads (`cargo bench -p paynotify-tests --bench event_streams`
+//! measures the CPU), and several streams on one order share its read. Polling the
+//! database, rather than PostgreSQL `LISTEN/NOTIFY` or an in-process channel, because
+//! the change may be made by any host process sharing the database (a notification
+//! landing on another instance, the expiry job of a third), and on SQLite as on
+//! PostgreSQL: SQLite has no notifications across processes, and a notification from
+//! the writer would still need every writer of the row (payments, refunds, expiry,
+//! handlers' results, several hosts) to send one.
+//!
+//! How many: at most `[server] max_event_streams` streams open in the host and
+//! `max_event_streams_per_address` from one client address ([`slots`]); one more is
+//! refused with 429 before anything is read.
 //!
 //! It is under `/api`, so it needs the bearer token: a checkout page in a browser does
 //! not hold that token, so the merchant's backend proxies this stream to its own page.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -34,7 +45,13 @@ use super::ApiError;
 use crate::app::App;
 use crate::store::{Order, Store};
 
-/// How often each stream reads its order.
+pub mod poller;
+pub mod slots;
+
+use poller::{Poller, Subscription};
+use slots::{Slot, Slots};
+
+/// How often the watched orders are read.
 pub const POLL: Duration = Duration::from_millis(250);
 
 /// How often a keep-alive comment is sent when nothing changed.
@@ -45,26 +62,73 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct Shutdown(pub watch::Receiver<bool>);
 
+/// What the streams of one host share: its poller and its count of open streams.
+struct Shared {
+    poller: Arc<Poller>,
+    slots: Arc<Slots>,
+}
+
+/// The poller and slots of the host whose database is `store`. Found by store because
+/// `App`, cloned into every request, has no place for the HTTP layer's state: a host
+/// opens one store, so one per store is one per host, also when a process runs several
+/// hosts side by side (the tests do).
+fn shared(store: &Arc<dyn Store>) -> (Arc<Poller>, Arc<Slots>) {
+    static ALL: Mutex<Vec<Shared>> = Mutex::new(Vec::new());
+    let mut all = ALL.lock().unwrap_or_else(PoisonError::into_inner);
+    // A stopped host's entry goes with the next stream opened anywhere.
+    all.retain(|s| !s.poller.orphaned());
+    let found = all.iter().find(|s| s.poller.polls(store));
+    if let Some(s) = found {
+        return (s.poller.clone(), s.slots.clone());
+    }
+    let s = Shared {
+        poller: Arc::new(Poller::new(store)),
+        slots: Arc::default(),
+    };
+    let both = (s.poller.clone(), s.slots.clone());
+    all.push(s);
+    both
+}
+
 /// `GET /api/orders/{out_trade_no}/events`.
 pub async fn events(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(out_trade_no): Path<String>,
     shutdown: Option<Extension<Shutdown>>,
 ) -> Response {
-    let order = match app.store.get_order(&out_trade_no).await {
-        Ok(Some(o)) => o,
+    let (poller, slots) = shared(&app.store);
+    let server = &app.config.server;
+    let slot = match slots.take(
+        peer.ip(),
+        server.max_event_streams,
+        server.max_event_streams_per_address,
+    ) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            crate::metrics::event_stream_refused(refused.reason());
+            tracing::debug!(%peer, order = %out_trade_no, "{refused}");
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, refused.to_string())
+                .into_response();
+        }
+    };
+    let mut subscription = match poller.watch(&out_trade_no).await {
+        Ok(Some(s)) => s,
         Ok(None) => {
             return ApiError::not_found(format!("no order `{out_trade_no}`")).into_response()
         }
         Err(e) => return ApiError::internal(e).into_response(),
     };
+    let Some(order) = subscription.current() else {
+        // Only a subscription to an order that exists is handed out.
+        return ApiError::not_found(format!("no order `{out_trade_no}`")).into_response();
+    };
     let watch = Watcher {
-        store: app.store.clone(),
-        out_trade_no,
         first: Some(order.clone()),
         last: order,
+        subscription,
         shutdown: shutdown.map(|Extension(s)| s.0),
-        failing: false,
+        _slot: slot,
         _counted: crate::metrics::WatcherGuard::new(),
     };
     let stream = futures::stream::unfold(watch, |mut w| async move {
@@ -86,18 +150,16 @@ pub async fn events(
 }
 
 /// One stream's state. Dropped when the client goes away (axum drops the body), which
-/// stops the polling.
+/// unsubscribes from the poller and gives back the stream's slot.
 struct Watcher {
-    store: Arc<dyn Store>,
-    out_trade_no: String,
     /// The order as found when the stream opened, not yet sent.
     first: Option<Order>,
     /// The last version sent.
     last: Order,
+    subscription: Subscription,
     /// `None` when the router is served without a shutdown signal.
     shutdown: Option<watch::Receiver<bool>>,
-    /// The last read failed (logged once per failing stretch, not every 250 ms).
-    failing: bool,
+    _slot: Slot,
     _counted: crate::metrics::WatcherGuard,
 }
 
@@ -109,37 +171,17 @@ impl Watcher {
         }
         loop {
             tokio::select! {
-                () = tokio::time::sleep(POLL) => {}
+                () = self.subscription.changed() => {}
                 () = shutting_down(&mut self.shutdown) => return None,
             }
-            match self.store.get_order(&self.out_trade_no).await {
-                Ok(Some(order)) => {
-                    self.recovered();
-                    // The whole row, not just `updated_at`: two changes within one
-                    // millisecond would share it.
-                    if order != self.last {
-                        self.last = order;
-                        return Some(event(&self.last));
-                    }
-                }
-                // Orders are never deleted; if one is, there is nothing left to watch.
-                Ok(None) => return None,
-                Err(e) => {
-                    // The database is unreachable for now: keep the stream open and
-                    // look again; the client sees the change once it is readable.
-                    if !self.failing {
-                        tracing::warn!(order = %self.out_trade_no, error = %e, "order watch cannot read the order; retrying");
-                        self.failing = true;
-                    }
-                }
+            // Orders are never deleted; if one is, there is nothing left to watch.
+            let order = self.subscription.current()?;
+            // The poller wakes us only on a change, but several changes between two
+            // looks leave the channel at the latest, which may be what was sent.
+            if order != self.last {
+                self.last = order;
+                return Some(event(&self.last));
             }
-        }
-    }
-
-    fn recovered(&mut self) {
-        if self.failing {
-            tracing::info!(order = %self.out_trade_no, "order watch reads the order again");
-            self.failing = false;
         }
     }
 }

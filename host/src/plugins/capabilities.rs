@@ -452,6 +452,13 @@ impl http::Host for CallContext {
         }
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| http::HttpError::InvalidRequest(format!("bad method `{}`", req.method)))?;
+        if let Some((name, _)) = req.headers.iter().find(|(k, _)| is_connection_header(k)) {
+            return Err(http::HttpError::InvalidRequest(format!(
+                "header {name:?} may not be set by a handler: the host sets the headers that \
+                 frame the request and its connection (Host, Content-Length, Transfer-Encoding, \
+                 Connection, Keep-Alive, TE, Trailer, Upgrade, Proxy-*)"
+            )));
+        }
         let timeout = req
             .timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)))
@@ -506,6 +513,34 @@ impl http::Host for CallContext {
             body,
         })
     }
+}
+
+/// Whether `name` is a header that describes the request's framing or its connection
+/// rather than its content: the host's HTTP client owns those. Set by a handler, `Host`
+/// would reach another site behind the granted origin's address, a `Content-Length` or
+/// `Transfer-Encoding` that disagrees with the body would let a second request be
+/// smuggled in behind the first, and the hop-by-hop headers (RFC 9110 §7.6.1: `Connection`,
+/// `Keep-Alive`, `TE`, `Trailer`, `Upgrade`, `Proxy-*`, and HTTP/2's `HTTP2-Settings`)
+/// would change how the pooled connection is used or address a proxy. Case-insensitive.
+pub fn is_connection_header(name: &str) -> bool {
+    const REFUSED: [&str; 10] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        // RFC 2616's spelling, still honoured by some servers.
+        "trailers",
+        "upgrade",
+        "http2-settings",
+    ];
+    let name = name.trim();
+    REFUSED.iter().any(|r| name.eq_ignore_ascii_case(r))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Reads a notify key: 64 hex characters, or exactly 32 bytes of text.
@@ -647,6 +682,112 @@ mod tests {
         assert!(aes_decrypt(&key, "!!!").is_err());
         assert!(aes_decrypt(&key, "AAAA").is_err());
         assert!(parse_notify_key("short").is_none());
+    }
+
+    #[test]
+    fn connection_headers_are_recognised_whatever_their_case() {
+        for name in [
+            "Host",
+            "HOST",
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "trailers",
+            "Upgrade",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "PROXY-anything",
+            "HTTP2-Settings",
+            " host",
+        ] {
+            assert!(is_connection_header(name), "{name} allowed");
+        }
+        for name in [
+            "content-type",
+            "authorization",
+            "x-paynotify-signature",
+            "accept",
+            "tea",
+            "hostname",
+            "proxy",
+            "x-proxy-id",
+            "",
+            "ü",
+        ] {
+            assert!(!is_connection_header(name), "{name} refused");
+        }
+    }
+
+    /// The real `http.send` of a handler granted the origin: a request setting one of
+    /// the headers is `invalid-request` and no connection is made; the same request
+    /// without it reaches the server.
+    #[tokio::test]
+    async fn a_request_setting_a_connection_header_is_refused_before_connecting() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let origin = format!("http://{}", listener.local_addr().expect("addr"));
+        let manifest = Manifest {
+            http_origins: vec![origin.clone()],
+            ..Manifest::default()
+        };
+        let tags = CallTags {
+            plugin: "hdr".into(),
+            version: "1".into(),
+            out_trade_no: None,
+            notification_id: None,
+            task_id: None,
+        };
+        let mut ctx = CallContext::detached(Arc::new(manifest), tags, reqwest::Client::new());
+        let request = |headers: Vec<(String, String)>| http::Request {
+            method: "POST".into(),
+            url: format!("{origin}/hook"),
+            headers,
+            body: b"{}".to_vec(),
+            timeout_ms: Some(5000),
+        };
+        for (name, value) in [
+            ("Host", "internal.example"),
+            ("transfer-encoding", "chunked"),
+            ("Content-Length", "0"),
+            ("Connection", "upgrade"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("te", "trailers"),
+        ] {
+            let headers = vec![
+                ("content-type".to_owned(), "application/json".to_owned()),
+                (name.to_owned(), value.to_owned()),
+            ];
+            match http::Host::send(&mut ctx, request(headers)).await {
+                Err(http::HttpError::InvalidRequest(m)) => assert!(m.contains(name), "{m}"),
+                Err(e) => panic!("{name}: {e:?}"),
+                Ok(r) => panic!("{name}: sent, answered {}", r.status),
+            }
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "a refused request connected");
+
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.expect("read");
+            conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        let answer = http::Host::send(&mut ctx, request(headers))
+            .await
+            .expect("an allowed request is sent");
+        assert_eq!(answer.status, 204);
+        let head = server.await.expect("server");
+        assert!(head.starts_with("POST /hook HTTP/1.1"), "{head}");
     }
 
     #[test]

@@ -300,6 +300,15 @@ pub(crate) mod sql {
         format!("SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no = $1{lock}")
     }
 
+    /// Orders by number: `IN ($1, …, $n)`, no lock.
+    pub(crate) fn select_orders(n: usize) -> String {
+        let list: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE out_trade_no IN ({})",
+            list.join(", ")
+        )
+    }
+
     /// A document's JSON text; `lock` as in [`select_order`].
     pub(crate) fn select_document<D: Dialect>(lock: &str) -> String {
         format!(
@@ -337,6 +346,32 @@ pub(crate) mod sql {
         super::check_savepoint(name)?;
         Ok(format!("{verb} {name}"))
     }
+}
+
+/// Most order numbers one statement of `get_orders` binds: far under SQLite's 32,766
+/// parameters and PostgreSQL's 65,535, and few statements for thousands of watchers.
+pub(crate) const ORDERS_PER_READ: usize = 512;
+
+/// `nos` as `get_orders` binds them: numbers with NUL left out (no order has one, and
+/// PostgreSQL cannot even compare them), in chunks of at most [`ORDERS_PER_READ`], each
+/// padded to a power of two by repeating its last number. The padding keeps the number
+/// of statement texts at ten whatever the count, so a changing set of watched orders
+/// does not fill the prepared-statement caches with one text per count (`IN` returns a
+/// repeated number's row once).
+pub(crate) fn order_read_chunks(nos: &[String]) -> Vec<Vec<&str>> {
+    let nos: Vec<&str> = nos
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.contains('\0'))
+        .collect();
+    nos.chunks(ORDERS_PER_READ)
+        .map(|chunk| {
+            let mut padded = chunk.to_vec();
+            let last = chunk[chunk.len() - 1];
+            padded.resize(chunk.len().next_power_of_two(), last);
+            padded
+        })
+        .collect()
 }
 
 /// Expands, in the calling backend module, a module `shared` of the statements that are
@@ -393,6 +428,26 @@ macro_rules! shared_statements {
                 out_trade_no: &str,
             ) -> Result<Option<Order>, StoreError> {
                 select_order(e, out_trade_no, "").await
+            }
+
+            /// The existing orders among `nos`, one statement per chunk of
+            /// [`order_read_chunks`](crate::store::common::order_read_chunks).
+            pub(super) async fn get_orders(
+                pool: &sqlx::Pool<$db>,
+                nos: &[String],
+            ) -> Result<Vec<Order>, StoreError> {
+                let mut orders = Vec::with_capacity(nos.len());
+                for chunk in $crate::store::common::order_read_chunks(nos) {
+                    let text = sql::select_orders(chunk.len());
+                    let mut q = sqlx::query(&text);
+                    for no in chunk {
+                        q = q.bind(no);
+                    }
+                    for row in q.fetch_all(pool).await? {
+                        orders.push(row.order()?);
+                    }
+                }
+                Ok(orders)
             }
 
             /// The order, its row locked until the transaction ends where the dialect
@@ -1017,6 +1072,13 @@ macro_rules! impl_store {
                 out_trade_no: &str,
             ) -> Result<Option<$crate::store::Order>, $crate::store::StoreError> {
                 shared::get_order(&self.$reader, out_trade_no).await
+            }
+
+            async fn get_orders(
+                &self,
+                out_trade_nos: &[String],
+            ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
+                shared::get_orders(&self.$reader, out_trade_nos).await
             }
 
             async fn finish_notification(

@@ -568,6 +568,10 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
     async fn create_order(&self, order: &NewOrder) -> Result<Order, StoreError>;
     /// The order, if it exists.
     async fn get_order(&self, out_trade_no: &str) -> Result<Option<Order>, StoreError>;
+    /// The existing orders among `out_trade_nos` (distinct numbers), in no particular
+    /// order: one read of many orders, a statement per 512 numbers, for the event streams'
+    /// shared poller.
+    async fn get_orders(&self, out_trade_nos: &[String]) -> Result<Vec<Order>, StoreError>;
     /// Durably stores a notification as received (verdict `received`) and returns its id.
     /// Committed before anything else is done with it.
     async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError>;
