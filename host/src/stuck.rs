@@ -1,25 +1,25 @@
 //! Nothing left behind: notifications left `received` are processed again.
 //!
-//! A notification is stored as `received` before anything else, and its verdict is written
-//! when processing ends. If processing never ends — the process was killed, the database
-//! went away between the two writes, the verdict itself could not be written — the row
-//! stays `received`, and a provider that was answered with success (or gave up retrying)
-//! never sends it again. This job finds notifications `received` for longer than
-//! [`STUCK_AFTER_MS`] and runs each through [`crate::replay::replay`], the path of an ops
-//! replay: verified again from its stored bytes, then settled exactly once (an order paid
-//! meanwhile makes it a `duplicate`; nothing runs twice).
+//! A notification is stored as `received` before anything else, and its verdict is
+//! written when processing ends. If processing never ends — the process was killed, the
+//! database went away between the two writes, the verdict itself could not be written —
+//! the row stays `received` for good: the provider's retry, if it retries at all, is a row
+//! of its own. This job finds notifications `received` for longer than [`STUCK_AFTER_MS`]
+//! and runs each through [`crate::replay::replay`], the path of an ops replay: verified
+//! again from its stored bytes, then settled exactly once (an order paid meanwhile makes it
+//! a `duplicate`; nothing runs twice).
 //!
 //! Every host process runs the job. Notifications are claimed with a lease
-//! ([`crate::store::Store::claim_stuck`]: `FOR UPDATE SKIP LOCKED` on PostgreSQL, one conditional
-//! statement on SQLite's single writer), so one is re-driven by one process at a time; one
-//! whose re-drive could not record a verdict (the database failed again) is claimed again
-//! when its lease ends. Should a lease end while its holder is still at work (a frozen
-//! database), a second re-drive is still exactly once, for the reason above.
+//! ([`crate::store::Store::claim_stuck`]: `FOR UPDATE SKIP LOCKED` on PostgreSQL, one
+//! conditional statement on SQLite's single writer), so one is re-driven by one process at
+//! a time; one whose re-drive could not record a verdict (the database failed again) is
+//! claimed again when its lease ends. Should a lease end while its holder is still at work
+//! (a frozen database), a second re-drive is still exactly once, for the reason above.
 //!
-//! The minute leaves the notification's own processing (bounded by
-//! `server.notify_timeout_secs`, a few seconds normally) time to finish first. Those that
-//! remain are listed by `paynotify notifications list --stuck` and on the console's
-//! "Needs attention" page; each re-drive is counted in
+//! The minute leaves the notification's own processing time to finish first: milliseconds
+//! normally, and it goes on after its answer when that was sent at
+//! `server.notify_timeout_secs`. Those that remain are listed by `paynotify notifications
+//! list --stuck` and on the console's "Needs attention" page; each re-drive is counted in
 //! `paynotify_notifications_redriven_total`.
 
 use std::time::Duration;
@@ -105,7 +105,10 @@ pub fn start(app: &App) -> tokio::task::JoinHandle<()> {
         tokio::time::sleep(FIRST_AFTER).await;
         loop {
             if let Err(e) = redrive_stuck(&app).await {
-                tracing::error!(error = %e, "cannot look for stuck notifications; trying again later");
+                tracing::error!(
+                    error = %e,
+                    "cannot look for stuck notifications; trying again later"
+                );
             }
             tokio::time::sleep(EVERY).await;
         }

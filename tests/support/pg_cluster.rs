@@ -28,7 +28,11 @@ impl PgCluster {
     /// faults, and the OS keeps what the server wrote) and starts it.
     pub fn start() -> Result<PgCluster, Unavailable> {
         let bin = server_bin_dir().ok_or_else(|| {
-            Unavailable("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql/*/bin".into())
+            Unavailable(
+                "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under \
+                 /usr/lib/postgresql/*/bin"
+                    .into(),
+            )
         })?;
         let dir = tempfile::tempdir().map_err(|e| Unavailable(format!("temp dir: {e}")))?;
         if is_root() {
