@@ -211,6 +211,11 @@ pub enum NotificationsCommand {
         /// Only ids below this one (the next page after the last id shown).
         #[arg(long)]
         before: Option<i64>,
+        /// Only those still `received` more than a minute after they arrived: processing
+        /// never ended (host killed, database lost). The server's background job processes
+        /// them again; any listed are waiting for it or keep failing.
+        #[arg(long, conflicts_with_all = ["verdict", "until"])]
+        stuck: bool,
         /// How many (at most 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,

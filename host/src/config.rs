@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// Most order-event streams open at once from one client address; one more is
     /// refused with 429. Behind a proxy every stream comes from the proxy's address.
     pub max_event_streams_per_address: usize,
+    /// Longest a notification waits for its answer: past it, whatever the database is
+    /// doing, the provider gets its failure answer (503) and retries; the notification
+    /// stays stored (see `http/notify.rs` for why finishing it late is still safe).
+    pub notify_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -150,6 +154,7 @@ impl Default for ServerConfig {
             // carries many customers: this only keeps one leaking client from taking
             // every stream of the host.
             max_event_streams_per_address: 256,
+            notify_timeout_secs: 10,
         }
     }
 }
@@ -178,12 +183,21 @@ pub struct DatabaseConfig {
     pub batch_max: usize,
     /// Loops settling batches at once; default 1 on SQLite (one writer), 4 on PostgreSQL.
     pub settlers: Option<usize>,
+    /// Longest wait for the database outside a payment: for a connection (pool acquire,
+    /// and opening one) and for the API's and admin reads. Past it the request is answered
+    /// 503 instead of hanging on a database that is down or frozen.
+    pub timeout_secs: u64,
 }
 
 impl DatabaseConfig {
     /// The URL names an SQLite database (one writer for every payment).
     pub fn is_sqlite(&self) -> bool {
         self.url.starts_with("sqlite:")
+    }
+
+    /// [`DatabaseConfig::timeout_secs`] as a duration.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.max(1))
     }
 }
 
@@ -195,6 +209,7 @@ impl Default for DatabaseConfig {
             sqlite_synchronous: SqliteSynchronous::Full,
             batch_max: 64,
             settlers: None,
+            timeout_secs: 5,
         }
     }
 }
@@ -586,6 +601,18 @@ impl Config {
         if self.server.max_event_streams_per_address == 0 {
             return Err(err(
                 "server.max_event_streams_per_address".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.notify_timeout_secs == 0 {
+            return Err(err(
+                "server.notify_timeout_secs".into(),
+                "must be at least 1 (seconds a provider waits for its answer)".into(),
+            ));
+        }
+        if self.database.timeout_secs == 0 {
+            return Err(err(
+                "database.timeout_secs".into(),
                 "must be at least 1".into(),
             ));
         }
@@ -1040,6 +1067,25 @@ mod tests {
                 && msg.contains("PAYNOTIFY_SERVER_MAX_EVENT_STREAMS"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn fault_timeouts_default_and_are_checked() {
+        let c = load_str("", &[]).expect("defaults");
+        assert_eq!(c.server.notify_timeout_secs, 10);
+        assert_eq!(c.database.timeout_secs, 5);
+        let c = load_str("[server]\nnotify_timeout_secs = 3\n", &[]).expect("set");
+        assert_eq!(c.server.notify_timeout_secs, 3);
+        for (text, key) in [
+            (
+                "[server]\nnotify_timeout_secs = 0\n",
+                "server.notify_timeout_secs",
+            ),
+            ("[database]\ntimeout_secs = 0\n", "database.timeout_secs"),
+        ] {
+            let e = load_str(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("paynotify.toml"), "{e}");
+        }
     }
 
     #[test]

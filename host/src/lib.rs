@@ -22,6 +22,7 @@ pub mod replay;
 pub mod retention;
 pub mod scaffold;
 pub mod store;
+pub mod stuck;
 pub mod tasks;
 pub mod tryout;
 

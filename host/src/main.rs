@@ -210,6 +210,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let expiry = paynotify::expiry::start(&app);
     let reconcile = paynotify::reconcile::start(&app);
     let retention = Some(paynotify::retention::start(&app));
+    let stuck = Some(paynotify::stuck::start(&app));
     // The bound address, not the configured one: with port 0 the OS picks it.
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
@@ -228,7 +229,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     paynotify::http::serve(app.clone(), listener, shutdown_signal()).await?;
-    for job in [worker, expiry, reconcile, retention].into_iter().flatten() {
+    for job in [worker, expiry, reconcile, retention, stuck]
+        .into_iter()
+        .flatten()
+    {
         job.abort();
     }
     if let Err(e) = app.store.close().await {
@@ -306,8 +310,16 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
             since,
             until,
             before,
+            stuck,
             limit,
         } => {
+            let (verdict, until) = if stuck {
+                let now = paynotify::store::now_ms();
+                let before = paynotify::stuck::stuck_before(now);
+                (Some(paynotify::store::Verdict::Received), Some(before))
+            } else {
+                (verdict, until)
+            };
             let store = paynotify::store::connect(&config.database).await?;
             let list = store
                 .list_notifications(&NotificationFilter {
@@ -322,7 +334,11 @@ async fn notifications(config: &Config, json: bool, c: NotificationsCommand) -> 
                 .await?;
             output(json, &list, |l| {
                 if l.is_empty() {
-                    return "no notifications match\n".into();
+                    return if stuck {
+                        "no notifications stuck as received\n".into()
+                    } else {
+                        "no notifications match\n".into()
+                    };
                 }
                 let mut text = cli::notifications_table(l);
                 if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {

@@ -27,6 +27,8 @@
 //! | `paynotify_database_bytes` | gauge | |
 //! | `paynotify_notifications_rejected_rows` | gauge | |
 //! | `paynotify_notifications_pruned_total` | counter | |
+//! | `paynotify_notify_timeouts_total` | counter | `provider` |
+//! | `paynotify_notifications_redriven_total` | counter | `provider`, `verdict` |
 //!
 //! The gauges that describe the database (tasks) or the registry (plugins) are refreshed
 //! when `/metrics` is scraped, so they cost nothing between scrapes; the database's size
@@ -67,6 +69,8 @@ const SQLITE_WAL_BYTES: &str = "paynotify_sqlite_wal_bytes";
 const DATABASE_BYTES: &str = "paynotify_database_bytes";
 const REJECTED_ROWS: &str = "paynotify_notifications_rejected_rows";
 const PRUNED: &str = "paynotify_notifications_pruned_total";
+const NOTIFY_TIMEOUTS: &str = "paynotify_notify_timeouts_total";
+const REDRIVEN: &str = "paynotify_notifications_redriven_total";
 
 /// Handler call durations, in seconds: from well under a millisecond (a small handler
 /// on a warm instance) to the largest wall-time limit a manifest may ask for.
@@ -204,6 +208,14 @@ fn describe() {
         FRONT_DOOR_REFUSED,
         "Console and tokenless /api requests refused for a Host or Origin not among this server's names, or a console session made under another credential, by reason."
     );
+    describe_counter!(
+        NOTIFY_TIMEOUTS,
+        "Notifications answered with the failure answer because they were not processed within server.notify_timeout_secs (the database did not answer in time), by provider. Each stays stored and is finished late or re-driven."
+    );
+    describe_counter!(
+        REDRIVEN,
+        "Notifications left `received` for over a minute that this process processed again, by provider and the verdict they reached."
+    );
     describe_gauge!(
         SQLITE_WAL_BYTES,
         Unit::Bytes,
@@ -264,6 +276,19 @@ pub fn front_door_refused(reason: &'static str) {
 /// The size of SQLite's WAL file, as last seen (every second).
 pub fn sqlite_wal_bytes(bytes: u64) {
     metrics::gauge!(SQLITE_WAL_BYTES).set(bytes as f64);
+}
+
+/// Counts a notification answered with the failure answer at its deadline
+/// (`server.notify_timeout_secs`).
+pub fn notify_timeout(provider: &str) {
+    metrics::counter!(NOTIFY_TIMEOUTS, "provider" => provider_label(provider)).increment(1);
+}
+
+/// Counts a notification left `received` that the stuck-notification job processed
+/// again, with the verdict it reached.
+pub fn redriven(provider: &str, verdict: Verdict) {
+    let provider = provider_label(provider);
+    metrics::counter!(REDRIVEN, "provider" => provider, "verdict" => verdict.as_str()).increment(1);
 }
 
 /// Counts a verified refund stored `refund_unapplied` (labelled like [`notification`]).

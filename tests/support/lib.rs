@@ -12,7 +12,9 @@ pub mod browser;
 pub mod bulk;
 pub mod cloudpay;
 pub mod fake_provider;
+pub mod pg_cluster;
 pub mod process;
+pub mod small_disk;
 pub mod wechat_v2;
 pub mod wechat_v3;
 

@@ -89,6 +89,8 @@ pub struct HostProcess {
     pub http: reqwest::Client,
     dir: PathBuf,
     extra_config: String,
+    /// Extra `key = value` lines by section (`server`, `database`, `plugins`).
+    sections: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -103,6 +105,20 @@ impl HostProcess {
         database_url: &str,
         plugins: &[(&str, &str, Option<&str>)],
         extra_config: &str,
+    ) -> HostProcess {
+        Self::start_with_sections(name, dir, database_url, plugins, extra_config, &[]).await
+    }
+
+    /// [`HostProcess::start`] with extra `key = value` lines in sections the test config
+    /// already has: `("server", "notify_timeout_secs = 3")`, `("database", …)`,
+    /// `("plugins", …)`.
+    pub async fn start_with_sections(
+        name: &str,
+        dir: &Path,
+        database_url: &str,
+        plugins: &[(&str, &str, Option<&str>)],
+        extra_config: &str,
+        sections: &[(&str, &str)],
     ) -> HostProcess {
         let plugins_dir = dir.join("plugins.d");
         std::fs::create_dir_all(&plugins_dir).expect("plugins dir");
@@ -120,6 +136,10 @@ impl HostProcess {
                 .expect("http client"),
             dir: dir.to_owned(),
             extra_config: extra_config.to_owned(),
+            sections: sections
+                .iter()
+                .map(|(s, l)| (s.to_string(), l.to_string()))
+                .collect(),
             child: None,
             starts: 0,
         };
@@ -163,13 +183,18 @@ impl HostProcess {
             self.starts += 1;
             let port = free_port();
             self.addr = ([127, 0, 0, 1], port).into();
-            let config = config_toml(
+            let mut config = config_toml(
                 &format!("127.0.0.1:{port}"),
                 crate::default_api_token(),
                 &self.database_url,
                 &self.plugins_dir(),
                 &self.extra_config,
             );
+            for (section, lines) in &self.sections {
+                let header = format!("[{section}]\n");
+                let with = format!("{header}{}\n", lines.trim_end());
+                config = config.replacen(&header, &with, 1);
+            }
             let config_path = self.dir.join("paynotify.toml");
             std::fs::write(&config_path, config).expect("write config");
             let log = std::fs::OpenOptions::new()

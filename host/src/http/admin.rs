@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::ApiError;
+use super::{read, ApiError};
 use crate::app::App;
 use crate::store::{parse_time, NotificationFilter, Verdict};
 
@@ -61,27 +61,27 @@ pub async fn list_notifications(
         until,
         limit: q.limit.unwrap_or(50),
     };
-    match app.store.list_notifications(&filter).await {
+    match read(&app, app.store.list_notifications(&filter)).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
 /// One notification with its raw body.
 pub async fn show_notification(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    match app.store.get_notification(id).await {
+    match read(&app, app.store.get_notification(id)).await {
         Ok(Some(n)) => Json(n).into_response(),
         Ok(None) => ApiError::not_found(format!("no notification {id}")).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
 /// Runs a stored notification through the pipeline again.
 pub async fn replay(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    let record = match app.store.get_notification(id).await {
+    let record = match read(&app, app.store.get_notification(id)).await {
         Ok(Some(n)) => n,
         Ok(None) => return ApiError::not_found(format!("no notification {id}")).into_response(),
-        Err(e) => return ApiError::internal(e).into_response(),
+        Err(e) => return ApiError::store(e).into_response(),
     };
     let p = crate::replay::replay(&app, &record).await;
     Json(serde_json::json!({
@@ -108,7 +108,7 @@ pub async fn document(
     State(app): State<App>,
     Path((collection, id)): Path<(String, String)>,
 ) -> Response {
-    match app.store.get_document(&collection, &id).await {
+    match read(&app, app.store.get_document(&collection, &id)).await {
         Ok(Some(text)) => match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => Json(v).into_response(),
             Err(e) => {
@@ -116,7 +116,7 @@ pub async fn document(
             }
         },
         Ok(None) => ApiError::not_found(format!("no document {collection}/{id}")).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -130,13 +130,12 @@ pub struct TaskQuery {
 
 /// Lists tasks, newest first.
 pub async fn tasks(State(app): State<App>, Query(q): Query<TaskQuery>) -> Response {
-    match app
+    let listed = app
         .store
-        .list_tasks(q.status.as_deref(), q.limit.unwrap_or(50))
-        .await
-    {
+        .list_tasks(q.status.as_deref(), q.limit.unwrap_or(50));
+    match read(&app, listed).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -145,7 +144,7 @@ pub async fn retry_task(State(app): State<App>, Path(id): Path<i64>) -> Response
     match app.store.retry_task(id).await {
         Ok(true) => Json(serde_json::json!({ "id": id, "status": "pending" })).into_response(),
         Ok(false) => ApiError::not_found(format!("no dead or pending task {id}")).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -180,7 +179,7 @@ pub async fn replay_failed(State(app): State<App>, Query(q): Query<ReplayQuery>)
     };
     match crate::replay::replay_failed(&app, &filter).await {
         Ok(list) => Json(serde_json::json!({ "replayed": list })).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -208,6 +207,6 @@ pub async fn reconcile(State(app): State<App>, Query(q): Query<ReconcileQuery>) 
     };
     match report {
         Ok(r) => Json(r).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }

@@ -9,17 +9,30 @@ use serde_json::json;
 
 use crate::app::App;
 
-/// `GET /readyz`: 200 when this process can do its job, else 503 saying why:
+/// Longest `/readyz` takes to answer, whatever the database does.
+const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: 200 when this process can do its job, else 503 saying why, within
+/// [`READYZ_TIMEOUT`]:
 ///
-/// - the database does not answer;
+/// - the database cannot commit: down, frozen, read-only, disk full (a write proves it;
+///   see [`crate::store::ready`], which also caches the result for a second);
 /// - a plugin file in the directory failed to load and no version of its type is
 ///   serving (its orders could be created by nobody and paid by nobody). A type whose
 ///   new file is broken while the previous version keeps serving is still ready.
 pub async fn readyz(State(app): State<App>) -> Response {
     let database = app.store.backend();
-    if let Err(e) = app.store.get_notification(0).await {
+    let committed = tokio::time::timeout(READYZ_TIMEOUT, app.store.ready())
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {} s (the database is down, frozen, or too busy)",
+                READYZ_TIMEOUT.as_secs()
+            ))
+        });
+    if let Err(why) = committed {
         return unready(
-            format!("database unreachable: {e}"),
+            format!("database cannot commit: {why}"),
             json!({ "database": database }),
         );
     }

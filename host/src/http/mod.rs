@@ -246,6 +246,15 @@ impl ApiError {
     }
 }
 
+/// A read of the store for an `/api` request, given up after `[database] timeout_secs`
+/// (then [`ApiError::store`] answers 503): a frozen database never ends a query.
+pub(crate) async fn read<T>(
+    app: &App,
+    work: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, crate::store::StoreError> {
+    crate::store::within(app.config.database.timeout(), work).await
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (

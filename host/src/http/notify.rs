@@ -18,9 +18,38 @@
 //!   whose client hung up): the processing would stop at whatever await it had reached,
 //!   leaving the notification `received` until a retry or a replay. Spawned, it runs to
 //!   its verdict whoever is still listening.
+//!
+//! ## The deadline
+//!
+//! The answer is waited for at most `[server] notify_timeout_secs` (default 10 s). A
+//! database that is frozen, failing over or overloaded would otherwise hold the provider
+//! until it gives up on its own, then retries while the first attempt still hangs, and the
+//! duplicates pile up. Past the deadline the provider gets its failure answer (503, "retry
+//! later"), counted in `paynotify_notify_timeouts_total`; the processing task goes on.
+//!
+//! So the work may finish after the failure answer went out. That is still exactly once,
+//! whichever of the late work and the provider's retry gets there first:
+//!
+//! - the raw insert had not committed yet: it lands later as a `received` row that the
+//!   late work then processes (or, if this process dies first, the stuck-notification job
+//!   of any host: [`crate::stuck`]); the retry is a row of its own, processed normally;
+//! - the payment had not committed yet: the order is marked paid only if still unpaid,
+//!   with the handler's writes, in one transaction (order row locked on PostgreSQL, the
+//!   one writer on SQLite). Of the late work and the retry, one pays and runs the handler;
+//!   the other finds the order paid and records a `duplicate`, which the provider is
+//!   answered with success (nothing runs again). A transaction rolled back instead (its
+//!   connection lost) changed nothing, and the retry pays;
+//! - the late work finished with the order paid and the provider stopped retrying: the
+//!   payment is applied, as it should be (it was verified).
+//!
+//! The failure answer is therefore never a lie about money: at worst it makes the provider
+//! retry a payment that was applied, and the retry is acknowledged as a duplicate.
+//!
+//! Content-type refusals run the same way (spawned, bounded): they store too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -136,11 +165,24 @@ async fn handle(
         a.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
         return answer(a);
     }
+    let deadline = Duration::from_secs(app.config.server.notify_timeout_secs.max(1));
     if !content_type_allowed(kind, &content_types) {
         limiter.record(ip);
-        let refused = reject_content_type(&app, configured, received, &content_types).await;
-        crate::metrics::notification(kind.as_str(), crate::store::Verdict::Rejected);
-        return answer(refused);
+        let values: Vec<Vec<u8>> = content_types.iter().map(|v| v.to_vec()).collect();
+        let refusing = reject_content_type(app.clone(), kind, received, values);
+        return match tokio::time::timeout(deadline, tokio::spawn(refusing)).await {
+            Ok(Ok(refused)) => {
+                crate::metrics::notification(kind.as_str(), crate::store::Verdict::Rejected);
+                answer(refused)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "storing a refused notification panicked");
+                let mut a = configured.failure("internal error");
+                a.status = 500;
+                answer(a)
+            }
+            Err(_) => timed_out(configured, deadline),
+        };
     }
     let pipeline = app.pipeline.clone();
     let processing = async move {
@@ -149,7 +191,12 @@ async fn handle(
         crate::metrics::notification(kind.as_str(), processed.verdict);
         processed
     };
-    match tokio::spawn(processing).await {
+    // Dropping the handle at the deadline does not stop the task (see the module doc).
+    let outcome = tokio::time::timeout(deadline, tokio::spawn(processing)).await;
+    let Ok(outcome) = outcome else {
+        return timed_out(configured, deadline);
+    };
+    match outcome {
         Ok(processed) => {
             if processed.unverified {
                 limiter.record(ip);
@@ -164,6 +211,21 @@ async fn handle(
             answer(a)
         }
     }
+}
+
+/// The answer at the deadline: the provider's failure answer with 503, so it retries.
+fn timed_out(provider: &dyn Provider, deadline: Duration) -> Response {
+    let kind = provider.kind();
+    crate::metrics::notify_timeout(kind.as_str());
+    tracing::warn!(
+        provider = %kind,
+        timeout_secs = deadline.as_secs(),
+        "notification not processed within server.notify_timeout_secs; answered 503 \
+         (it is finished late, or re-driven once stuck)"
+    );
+    let mut a = provider.failure("temporary failure; retry later");
+    a.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
+    answer(a)
 }
 
 /// Whether a notification would pass verification, checked without storing it: for an
@@ -237,14 +299,21 @@ pub(crate) fn content_type_allowed(kind: ProviderKind, values: &[&[u8]]) -> bool
 
 /// Stores a notification whose content type `kind` never sends, records it as rejected,
 /// and answers 415 with the provider's failure body. If it cannot be stored, 500 (the
-/// provider retries).
+/// provider retries). Owns its arguments: it runs in a task of its own.
 async fn reject_content_type(
-    app: &App,
-    provider: &dyn Provider,
+    app: App,
+    kind: ProviderKind,
     r: Received,
-    values: &[&[u8]],
+    values: Vec<Vec<u8>>,
 ) -> Answer {
-    let kind = provider.kind();
+    let Some(provider) = app.providers.get(kind) else {
+        // Routed here only for a configured provider; the configuration does not change.
+        return Answer {
+            status: 404,
+            content_type: Some("text/plain; charset=utf-8"),
+            body: b"unknown or unconfigured provider".to_vec(),
+        };
+    };
     let shown: Vec<String> = values
         .iter()
         .map(|v| String::from_utf8_lossy(v).into_owned())

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::ApiError;
+use super::{read, ApiError};
 use crate::app::App;
 use crate::orders::{self, CreateOrder, OrderError};
 use crate::store::{status, OrderCursor, OrderFilter};
@@ -32,10 +32,10 @@ pub async fn create(
 
 /// `GET /api/orders/{out_trade_no}`.
 pub async fn show(State(app): State<App>, Path(out_trade_no): Path<String>) -> Response {
-    match app.store.get_order(&out_trade_no).await {
+    match read(&app, app.store.get_order(&out_trade_no)).await {
         Ok(Some(order)) => Json(order).into_response(),
         Ok(None) => ApiError::not_found(format!("no order `{out_trade_no}`")).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -91,8 +91,8 @@ pub async fn list(
         before,
         limit: q.limit.unwrap_or(50),
     };
-    match app.store.list_orders(&filter).await {
+    match read(&app, app.store.list_orders(&filter)).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }

@@ -1167,6 +1167,17 @@ macro_rules! impl_store {
                 claims::failed_unpaid(&self.$reader, since, order_type, limit).await
             }
 
+            async fn claim_stuck(
+                &self,
+                received_before: $crate::store::Millis,
+                now: $crate::store::Millis,
+                until: $crate::store::Millis,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::NotificationRecord>, $crate::store::StoreError> {
+                claims::claim_stuck(&mut *self.$writer().await?, received_before, now, until, limit)
+                    .await
+            }
+
             async fn count_open_tasks(
                 &self,
             ) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {

@@ -13,6 +13,7 @@ mod common;
 pub mod console;
 mod pg_kept;
 pub mod postgres;
+pub mod ready;
 pub mod refunds;
 pub(crate) mod retention;
 pub mod sqlite;
@@ -89,6 +90,9 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database url `{0}` (use sqlite://path or postgres://...)")]
     UnsupportedUrl(String),
+    /// The database did not answer in time (see [`within`]): down, frozen or overloaded.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -126,6 +130,7 @@ impl StoreError {
         // (extended codes keep the primary one in their low byte).
         let sqlite_unavailable = |code: i32| matches!(code & 0xff, 8 | 10 | 13 | 14);
         match self {
+            StoreError::Unavailable(_) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 sqlite_unavailable(e.extended_code)
             }
@@ -140,6 +145,24 @@ impl StoreError {
             }),
             _ => false,
         }
+    }
+}
+
+/// Runs `work` against the database, giving up after `limit` with
+/// [`StoreError::Unavailable`]: a read for a person or a probe must not wait for a
+/// database that does not answer (a frozen PostgreSQL never ends a query, whatever its
+/// `statement_timeout`). Only for reads, or writes that are safe to abandon half-way:
+/// the abandoned work may still complete after the caller was told it failed.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the database did not answer within {} s (down, frozen or overloaded)",
+            limit.as_secs_f32()
+        ))),
     }
 }
 
@@ -641,6 +664,20 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
         order_type: Option<&str>,
         limit: u32,
     ) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// Claims up to `limit` notifications still `received` that arrived before
+    /// `received_before` and are not leased at `now` (never claimed, or their lease
+    /// ended), oldest first, leasing them until `until`: across processes one is claimed
+    /// by one (see `stuck.rs`).
+    async fn claim_stuck(
+        &self,
+        received_before: Millis,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// Whether the database can commit now; `Err` says why not. Proved by a write,
+    /// bounded and cached (see [`ready`]).
+    async fn ready(&self) -> Result<(), String>;
     /// How many tasks are `pending`, `running` and `dead` (a cheap grouped count for the
     /// queue-depth gauge; `done` tasks are history and not counted).
     async fn count_open_tasks(&self) -> Result<Vec<(String, i64)>, StoreError>;

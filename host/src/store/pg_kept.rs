@@ -22,6 +22,9 @@
 //!
 //! A connection that fails a commit or a statement outside a transaction is dropped,
 //! not kept: its state is unknown.
+//!
+//! Opening a connection is bounded (`[database] timeout_secs`): a frozen server accepts
+//! the TCP connection in its kernel and never answers the start-up message.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
@@ -42,6 +45,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The kept connections: idle ones, and a cap on how many exist.
 pub(super) struct KeptConns {
     options: PgConnectOptions,
+    /// Longest a new connection may take to open.
+    connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
     permits: Arc<Semaphore>,
     max: u32,
@@ -54,10 +59,12 @@ struct Idle {
 }
 
 impl KeptConns {
-    /// At most `max` connections, opened on demand with `options`.
-    pub(super) fn new(options: PgConnectOptions, max: u32) -> Arc<Self> {
+    /// At most `max` connections, opened on demand with `options`, each within
+    /// `connect_timeout`.
+    pub(super) fn new(options: PgConnectOptions, max: u32, connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             options,
+            connect_timeout,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max.max(1) as usize)),
             max: max.max(1),
@@ -135,7 +142,18 @@ impl KeptConns {
     }
 
     async fn connect(&self) -> Result<PgConnection, StoreError> {
-        Ok(PgConnection::connect_with(&self.options).await?)
+        match tokio::time::timeout(
+            self.connect_timeout,
+            PgConnection::connect_with(&self.options),
+        )
+        .await
+        {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "PostgreSQL did not accept a connection within {} s",
+                self.connect_timeout.as_secs()
+            ))),
+        }
     }
 
     fn lend(

@@ -23,7 +23,6 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
@@ -41,6 +40,14 @@ pub struct PgStore {
     kept: Arc<KeptConns>,
     /// Bodies of notifications rejected without verifying are cut to this many bytes.
     cut_rejected_at: i32,
+    /// The last readiness check (see `store::ready`).
+    ready: ready::ReadyCache,
+    /// The readiness check's own connection, opened when missing: out of the pool, so a
+    /// check that hangs on a frozen server holds no pooled connection, and a server that
+    /// is down is reported as such (the pool would retry connecting until its timeout).
+    probe: tokio::sync::Mutex<Option<PgConnection>>,
+    /// How to open it.
+    options: PgConnectOptions,
 }
 
 impl PgStore {
@@ -63,19 +70,24 @@ impl PgStore {
             create_schema(&options, schema).await?;
             options = options.options([("search_path", schema.as_str())]);
         }
+        // Bounded waits: with the server down, sqlx's pool retries connecting until the
+        // acquire timeout, and a request should learn that within seconds, not 30.
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(config.timeout())
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        let kept = KeptConns::new(options, config.max_connections);
+        let kept = KeptConns::new(options.clone(), config.max_connections, config.timeout());
         Ok(Self {
             pool,
             kept,
             cut_rejected_at: cut_length(
                 crate::config::RetentionConfig::default().rejected_body_bytes,
             ),
+            ready: ready::ReadyCache::default(),
+            probe: tokio::sync::Mutex::new(None),
+            options,
         })
     }
 
@@ -243,6 +255,28 @@ common::impl_store!(PgStore, reader: pool, writer: write, {
             .fetch_one(&self.pool)
             .await?;
         Ok(bytes)
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        // One autocommit statement: a commit, refused by a read-only server (hot standby,
+        // `default_transaction_read_only`) and by one that cannot write its WAL.
+        self.ready
+            .check(|| async {
+                let mut slot = self.probe.lock().await;
+                let mut conn = match slot.take() {
+                    Some(conn) => conn,
+                    None => PgConnection::connect_with(&self.options).await?,
+                };
+                // On failure (or when the check is abandoned at its deadline) the
+                // connection is dropped, not kept: its state is unknown.
+                sqlx::query(ready::UPSERT_HEALTH)
+                    .bind(now_ms())
+                    .execute(&mut conn)
+                    .await?;
+                *slot = Some(conn);
+                Ok(())
+            })
+            .await
     }
 
     fn backend(&self) -> &'static str {

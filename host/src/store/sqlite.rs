@@ -7,6 +7,7 @@
 //! one-connection sqlx pool after taking that writer's lock. Reads that are not part of
 //! a payment use a separate pool and see the last commit (WAL).
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     /// Bodies of notifications rejected without verifying are cut to this many bytes.
     cut_rejected_at: i32,
+    /// The last readiness check (see `store::ready`).
+    ready: ready::ReadyCache,
 }
 
 impl Drop for SqliteStore {
@@ -149,6 +152,7 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .test_before_acquire(false)
+            .acquire_timeout(config.timeout())
             .connect_with(options.read_only(true))
             .await?;
         let tx_writer = Writer::open(&path, config.sqlite_synchronous, BUSY_TIMEOUT)?;
@@ -164,6 +168,7 @@ impl SqliteStore {
             cut_rejected_at: cut_length(
                 crate::config::RetentionConfig::default().rejected_body_bytes,
             ),
+            ready: ready::ReadyCache::default(),
         })
     }
 
@@ -184,6 +189,43 @@ impl SqliteStore {
 
 /// How long a write waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes of new data the readiness check writes (and removes) beside the database file.
+const ROOM_PROBE_BYTES: usize = 64 * 1024;
+
+/// Whether the database's filesystem takes new data: writes [`ROOM_PROBE_BYTES`] to a new
+/// file beside it, syncs and removes it. Needed besides the commit of the readiness check:
+/// on a full disk SQLite still commits a small change into WAL space it already holds (a
+/// WAL reset after a checkpoint is rewritten from its start), while any payment that needs
+/// a new page fails. Random bytes, so a compressing filesystem cannot store them in less.
+async fn room_for_new_data(db: &Path) -> Result<(), StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-ready");
+    let probe = PathBuf::from(name);
+    let shown = probe.display().to_string();
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let bytes: Vec<u8> = (0..ROOM_PROBE_BYTES)
+            .map(|_| rand::random::<u8>())
+            .collect();
+        let written = std::fs::File::create(&probe)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()));
+        // Removed whether or not it was written: a partial file would hold what is left.
+        let _ = std::fs::remove_file(&probe);
+        written
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+            "cannot write new data beside the database ({} KiB to {shown}): {e}",
+            ROOM_PROBE_BYTES / 1024
+        ))),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "the disk check beside the database failed: {e}"
+        ))),
+    }
+}
 
 impl Dialect for Sqlite {
     const DOC_TEXT: &'static str = "data";
@@ -252,6 +294,20 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
         wal.push("-wal");
         let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
         Ok(pages.saturating_add(i64::try_from(wal).unwrap_or(i64::MAX)))
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.ready
+            .check(|| async {
+                // A commit through the write path: it needs the write lock, a writable
+                // file and, when the WAL must grow, room on the disk.
+                sqlx::query(ready::UPSERT_HEALTH)
+                    .bind(now_ms())
+                    .execute(&mut *self.write().await?)
+                    .await?;
+                room_for_new_data(&self.path).await
+            })
+            .await
     }
 
     fn backend(&self) -> &'static str {

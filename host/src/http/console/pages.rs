@@ -435,10 +435,11 @@ pub async fn notifications(
 /// Rows per section of the attention page.
 const ATTENTION_ROWS: u32 = 100;
 
-/// `GET /console/attention`: verified refunds that moved money at the provider but
-/// changed nothing here — those that can never apply as they stand (ops must act), and
-/// those waiting for their order's payment (applied when it commits; the provider
-/// retries them meanwhile).
+/// `GET /console/attention`: notifications whose processing never ended (still
+/// `received` after a minute: the background job re-drives them), and verified refunds
+/// that moved money at the provider but changed nothing here — those that can never apply
+/// as they stand (ops must act), and those waiting for their order's payment (applied
+/// when it commits; the provider retries them meanwhile).
 pub async fn attention(State(app): State<App>, Extension(session): Extension<Session>) -> Response {
     let section = |verdict: Verdict| NotificationFilter {
         verdict: Some(verdict),
@@ -453,9 +454,14 @@ pub async fn attention(State(app): State<App>, Extension(session): Extension<Ses
         .store
         .list_notifications(&section(Verdict::RefundPending))
         .await;
-    let (unapplied, pending) = match (unapplied, pending) {
-        (Ok(u), Ok(p)) => (u, p),
-        (Err(e), _) | (_, Err(e)) => return store_failure(e),
+    let stuck_filter = NotificationFilter {
+        until: Some(crate::stuck::stuck_before(crate::store::now_ms())),
+        ..section(Verdict::Received)
+    };
+    let stuck = app.store.list_notifications(&stuck_filter).await;
+    let (unapplied, pending, stuck) = match (unapplied, pending, stuck) {
+        (Ok(u), Ok(p), Ok(s)) => (u, p, s),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return store_failure(e),
     };
     let more = |rows: &[NotificationRecord], verdict: Verdict| {
         html! {
@@ -465,6 +471,16 @@ pub async fn attention(State(app): State<App>, Extension(session): Extension<Ses
         }
     };
     let body = html! {
+        section #stuck {
+            h2 { "Notifications stuck as received (" (stuck.len()) ")" }
+            p.muted {
+                "Stored over a minute ago, and their processing never ended (the host stopped, or the "
+                "database failed before the verdict was written). Every host re-drives them in the "
+                "background, exactly once; any listed here are waiting for it or keep failing."
+            }
+            (notifications_table(&stuck, &session))
+            (more(&stuck, Verdict::Received))
+        }
         section #refund-unapplied {
             h2 { "Refunds that cannot apply (" (unapplied.len()) ")" }
             p.muted {
