@@ -499,6 +499,7 @@ async fn soak_two_hosts_one_killed_mid_run() {
     // stored that was not sent.
     let mut stored_unanswered = 0;
     let mut missing_unanswered = 0;
+    let mut throttled = 0;
     let mut kinds: HashMap<i64, (Kind, usize)> = HashMap::new();
     for (k, (s, a)) in sent.iter().zip(&answers).enumerate() {
         match (by_body.get(s.body.as_bytes()), a) {
@@ -507,6 +508,11 @@ async fn soak_two_hosts_one_killed_mid_run() {
                 if a.is_none() {
                     stored_unanswered += 1;
                 }
+            }
+            // Forgeries past the per-address limit (`server.max_rejections_per_minute`):
+            // refused with 429 and, by design, not stored.
+            (None, Some((429, _))) if matches!(s.kind, Kind::Forged | Kind::Tampered) => {
+                throttled += 1
             }
             (None, Some(answer)) => {
                 panic!("notification {k} was answered {answer:?} but is not stored")
@@ -672,7 +678,8 @@ async fn soak_two_hosts_one_killed_mid_run() {
          {} forged, {} tampered, {} wrong-amount) in {} jobs, {IN_FLIGHT} in flight, to 2 hosts\n\
          host b killed after {killed_at}/{n_jobs} jobs and restarted\n\
          answered {answered}, acknowledged {acknowledged_n}, unanswered {} ({stored_unanswered} of them stored, \
-         {missing_unanswered} never stored); replayed from `received` {}; resent {}\n\
+         {missing_unanswered} never stored); forgeries refused unstored (429) {throttled}; \
+         replayed from `received` {}; resent {}\n\
          stored {} notifications: {:?}\n\
          tasks {} done; run {:.1} s ({:.0} notifications/s); total {:.1} s (building {:.1} s)",
         orders.len(),

@@ -4,56 +4,17 @@
 //! in CI runs as root). Where mounting is not allowed the disk test says so and returns,
 //! except under `CI=true`, where it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use paynotify_tests::small_disk::SmallDisk;
 use paynotify_tests::{test_backend, v2_return_code, wechat_v2, Options, TestServer};
 use serde_json::json;
 
-/// A tmpfs mounted for the test; unmounted when dropped.
-struct SmallDisk {
-    dir: PathBuf,
-}
-
-impl SmallDisk {
-    /// Mounts a tmpfs of `size` (e.g. `3m`) at `dir`, or says why it cannot.
-    fn mount(dir: &Path, size: &str) -> Result<SmallDisk, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(SmallDisk {
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// Gives it `size` (space freed, as an operator would).
-    fn grow(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .output()
-            .expect("mount");
-        assert!(out.status.success(), "remount: {out:?}");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
 /// The disk for a test, or `None` (skipped, said why) where mounting is not allowed.
-fn small_disk(dir: &Path, size: &str) -> Option<SmallDisk> {
-    match SmallDisk::mount(dir, size) {
+fn small_disk(mib: u32) -> Option<SmallDisk> {
+    match SmallDisk::mount(mib) {
         Ok(d) => Some(d),
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("CI=true: cannot mount a small tmpfs for the full-disk test: {why}")
@@ -85,11 +46,10 @@ async fn an_order_answered_created_exists_even_when_the_disk_fills_up() {
     if test_backend() != "sqlite" {
         return;
     }
-    let root = tempfile::tempdir().expect("temp dir");
-    let Some(disk) = small_disk(&root.path().join("disk"), "3m") else {
+    let Some(disk) = small_disk(3) else {
         return;
     };
-    let url = format!("sqlite://{}", disk.dir.join("paynotify.db").display());
+    let url = format!("sqlite://{}", disk.path().join("paynotify.db").display());
     let s = Arc::new(
         TestServer::start(Options::with_plugins(&["recharge"]).database_url(Some(url))).await,
     );
@@ -140,7 +100,7 @@ async fn an_order_answered_created_exists_even_when_the_disk_fills_up() {
     }
 
     // Space freed: the same host takes orders and payments again, by itself.
-    disk.grow("64m");
+    disk.grow(64);
     let mut recovered = None;
     for attempt in 0..50 {
         if create(&s, "DAFTER0001", "").await == 201 {

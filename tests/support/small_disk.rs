@@ -58,6 +58,17 @@ impl SmallDisk {
         written
     }
 
+    /// Gives the disk `mib` MiB in all (space freed as an operator would, whatever
+    /// filled it).
+    pub fn grow(&self, mib: u32) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(self.dir.path())
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "remount: {out:?}");
+    }
+
     /// Removes what [`SmallDisk::fill`] wrote.
     pub fn free(&self) {
         let _ = std::fs::remove_file(&self.filler);
