@@ -38,7 +38,8 @@
 //!   one writer on SQLite). Of the late work and the retry, one pays and runs the handler;
 //!   the other finds the order paid and records a `duplicate`, which the provider is
 //!   answered with success (nothing runs again). A transaction rolled back instead (its
-//!   connection lost) changed nothing, and the retry pays;
+//!   connection lost) changed nothing, and the retry pays. Refunds alike: one is applied
+//!   only if its refund number is not recorded yet, under its order's lock;
 //! - the late work finished with the order paid and the provider stopped retrying: the
 //!   payment is applied, as it should be (it was verified).
 //!
