@@ -229,7 +229,9 @@ pub fn store_failure(e: crate::store::StoreError) -> Response {
     if e.is_unavailable() {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("The database cannot serve this now ({e}). Nothing was changed; try again later."),
+            &format!(
+                "The database cannot serve this now ({e}). Nothing was changed; try again later."
+            ),
         );
     }
     error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}"))
