@@ -255,7 +255,9 @@ async fn every_stream_sees_the_payment_of_its_order_and_only_that() {
         assert_eq!(paid["handler_result"], json!({ "balance": 9 }));
     }
     // A stream opened after the payment starts from the paid order.
-    let mut late = open(&http, addr, "P000000001").await.ok().expect("late");
+    let Ok(mut late) = open(&http, addr, "P000000001").await else {
+        panic!("the late stream opens");
+    };
     assert_eq!(late.next().await.expect("first")["status"], status::PAID);
 
     // The other order's stream got nothing but keep-alives meanwhile; its own payment
@@ -269,7 +271,7 @@ async fn every_stream_sees_the_payment_of_its_order_and_only_that() {
 }
 
 #[tokio::test]
-async fn the_batched_order_read_returns_each_existing_order_across_chunks() {
+async fn the_batched_order_reads_return_each_existing_order_across_chunks() {
     let s = TestServer::start(Options::with_plugins(&["recharge"])).await;
     let store = s.app.store.clone();
     // More than one statement's worth (512), and not a power of two.
@@ -307,4 +309,20 @@ async fn the_batched_order_read_returns_each_existing_order_across_chunks() {
         );
     }
     assert!(store.get_orders(&[]).await.expect("none").is_empty());
+
+    // The poller's cheap read: one version per existing order, which changes with it.
+    let before = store.order_versions(&asked).await.expect("versions");
+    assert_eq!(before.len(), n as usize);
+    assert!(!before.contains_key("NOPE000001"));
+    assert!(store.close_order("B000000007").await.expect("close"));
+    let after = store.order_versions(&asked).await.expect("versions");
+    for (no, version) in &before {
+        assert_eq!(
+            after.get(no) != Some(version),
+            no == "B000000007",
+            "{no}: {version} then {:?}",
+            after.get(no)
+        );
+    }
+    assert!(store.order_versions(&[]).await.expect("none").is_empty());
 }

@@ -144,7 +144,7 @@ async fn open_streams(
             let url = host.url(&format!("/api/orders/{}/events", order_no(i % orders)));
             let (http, events, ended) = (http.clone(), events.clone(), ended.clone());
             async move {
-                let response = http
+                let mut response = http
                     .get(url)
                     .bearer_auth(TOKEN)
                     .send()
@@ -153,19 +153,18 @@ async fn open_streams(
                 if response.status() != 200 {
                     return Err(format!("stream {i}: {}", response.status()));
                 }
-                let mut body = response.bytes_stream();
                 let mut buffer = String::new();
                 // The first event (the order as it is) before the stream counts as open.
                 while !buffer.contains("\n\n") {
-                    match body.next().await {
-                        Some(Ok(chunk)) => buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => buffer.push_str(&String::from_utf8_lossy(&chunk)),
                         _ => return Err(format!("stream {i} ended before its first event")),
                     }
                 }
                 let count = |text: &str| text.matches("data:").count();
                 events.fetch_add(count(&buffer), Ordering::Relaxed);
                 let reader = tokio::spawn(async move {
-                    while let Some(Ok(chunk)) = body.next().await {
+                    while let Ok(Some(chunk)) = response.chunk().await {
                         events
                             .fetch_add(count(&String::from_utf8_lossy(&chunk)), Ordering::Relaxed);
                     }
@@ -233,7 +232,8 @@ async fn run_row(
     if backend == "postgres" {
         row.database = share(before.1, after.1);
     }
-    let counted = watchers(host).await;
+    // The gauge appears with the first stream the server has opened: none is none open.
+    let counted = watchers(host).await.or(Some(0.0));
     let extra = events.load(Ordering::Relaxed).saturating_sub(first_events);
     let gone = ended.load(Ordering::Relaxed);
     row.check = if gone > 0 {

@@ -1,8 +1,9 @@
 //! `GET /api/orders/{out_trade_no}/events`: watch one order as Server-Sent Events.
 //!
-//! The first event is the order as it is now; after that, one event each time the order
-//! row changes (paid, handler result recorded, closed, refunded…), for as long as the
-//! client stays. Each event's `data` is the order JSON of `GET /api/orders/{no}` (with
+//! The first event is the order as it is now (as of the last poll, when another stream
+//! already watches it); after that, one event each time the order row changes (paid,
+//! handler result recorded, closed, refunded…), for as long as the client stays. Each
+//! event's `data` is the order JSON of `GET /api/orders/{no}` (with
 //! `out_trade_no`, `status`, `handler_status`, …), on the default `message` event type,
 //! so a browser's `EventSource.onmessage` sees it. A keep-alive comment every
 //! [`KEEP_ALIVE`] keeps proxies from timing the stream out. The stream ends when the
@@ -10,11 +11,12 @@
 //! the order reaches a final state, since a paid order can still be refunded. While the
 //! database cannot be read the stream stays open and catches up once it can.
 //!
-//! How changes are seen: one [`poller`] per host reads every watched order each
-//! [`POLL`], in one statement per 512 orders, and wakes the streams of the orders that
-//! changed. So a thousand watchers cost a few statements four times a second, not four
-//! thousand primary-key reads (`cargo bench -p paynotify-tests --bench event_streams`
-//! measures the CPU), and several streams on one order share its read. Polling the
+//! How changes are seen: one [`poller`] per host reads, each [`POLL`], a version of
+//! every watched order in one statement, then in full only the orders whose version
+//! changed, and wakes the streams of the orders that changed. So a thousand watchers
+//! cost one statement four times a second, not four thousand primary-key reads
+//! (`cargo bench -p paynotify-tests --bench event_streams` measures the CPU), and
+//! several streams on one order share its read. Polling the
 //! database, rather than PostgreSQL `LISTEN/NOTIFY` or an in-process channel, because
 //! the change may be made by any host process sharing the database (a notification
 //! landing on another instance, the expiry job of a third), and on SQLite as on
@@ -107,7 +109,8 @@ pub async fn events(
         Ok(slot) => slot,
         Err(refused) => {
             crate::metrics::event_stream_refused(refused.reason());
-            tracing::debug!(%peer, order = %out_trade_no, "{refused}");
+            // Debug-formatted: the order number is the caller's text.
+            tracing::debug!(%peer, order = ?out_trade_no, "{refused}");
             return ApiError::new(StatusCode::TOO_MANY_REQUESTS, refused.to_string())
                 .into_response();
         }

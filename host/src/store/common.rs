@@ -44,6 +44,8 @@ pub(crate) trait Dialect {
     const APPEND_ERROR: &'static str;
     /// `documents.data` cannot hold a string with NUL in it (PostgreSQL `jsonb`).
     const JSON_REFUSES_NUL: bool;
+    /// A subquery of the strings of the JSON array text parameter `$1`, one row each.
+    const TEXT_LIST: &'static str;
 
     /// The `doc_query` condition "top-level field (parameter `$p`, as produced by
     /// [`Dialect::field_param`]) equals the JSON text parameter `$p+1`". A missing field
@@ -309,6 +311,24 @@ pub(crate) mod sql {
         )
     }
 
+    /// What [`order_versions`] joins for each order after its number: every column a
+    /// change of the order sets, the long ones by length. (`||` turns the numbers into
+    /// text on both dialects.)
+    pub(crate) const ORDER_VERSION: &str =
+        "updated_at || ' ' || status || ' ' || refund_fee || ' ' || handler_status || ' ' || \
+         COALESCE(length(handler_result), -1) || ' ' || COALESCE(length(handler_version), -1) || ' ' || \
+         COALESCE(length(original_data), -1)";
+
+    /// One text for the orders named by the JSON array `$1`: `{no} {version}` per order,
+    /// joined by `,` (order numbers have neither; `string_agg` is SQLite's too since 3.44).
+    pub(crate) fn order_versions<D: Dialect>() -> String {
+        format!(
+            "SELECT string_agg(out_trade_no || ' ' || {ORDER_VERSION}, ',') FROM orders \
+             WHERE out_trade_no IN ({})",
+            D::TEXT_LIST
+        )
+    }
+
     /// A document's JSON text; `lock` as in [`select_order`].
     pub(crate) fn select_document<D: Dialect>(lock: &str) -> String {
         format!(
@@ -448,6 +468,31 @@ macro_rules! shared_statements {
                     }
                 }
                 Ok(orders)
+            }
+
+            /// The version of each existing order among `nos`, in one statement that
+            /// returns one text: see [`sql::order_versions`].
+            pub(super) async fn order_versions(
+                pool: &sqlx::Pool<$db>,
+                nos: &[String],
+            ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+                // No order number holds NUL (and PostgreSQL's JSON cannot carry it).
+                let nos: Vec<&str> = nos.iter().map(String::as_str).filter(|n| !n.contains('\0')).collect();
+                if nos.is_empty() {
+                    return Ok(std::collections::HashMap::new());
+                }
+                let list = serde_json::Value::from(nos).to_string();
+                let joined: Option<String> = sqlx::query_scalar(&sql::order_versions::<$db>())
+                    .bind(list)
+                    .fetch_one(pool)
+                    .await?;
+                Ok(joined
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|entry| entry.split_once(' '))
+                    .map(|(no, version)| (no.to_owned(), version.to_owned()))
+                    .collect())
             }
 
             /// The order, its row locked until the transaction ends where the dialect
@@ -1079,6 +1124,13 @@ macro_rules! impl_store {
                 out_trade_nos: &[String],
             ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
                 shared::get_orders(&self.$reader, out_trade_nos).await
+            }
+
+            async fn order_versions(
+                &self,
+                out_trade_nos: &[String],
+            ) -> Result<std::collections::HashMap<String, String>, $crate::store::StoreError> {
+                shared::order_versions(&self.$reader, out_trade_nos).await
             }
 
             async fn finish_notification(

@@ -595,6 +595,15 @@ pub trait Store: console::ConsoleStore + Send + Sync + 'static {
     /// order: one read of many orders, a statement per 512 numbers, for the event streams'
     /// shared poller.
     async fn get_orders(&self, out_trade_nos: &[String]) -> Result<Vec<Order>, StoreError>;
+    /// A version of each existing order among `out_trade_nos`, by number, in one
+    /// statement whose answer is one text: changed whenever the order is (its
+    /// `updated_at`, status, refunded amount, handler status, and the lengths of its
+    /// handler result, handler version and paying notification). The event streams' poller
+    /// compares these and reads in full only the orders whose version changed.
+    async fn order_versions(
+        &self,
+        out_trade_nos: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError>;
     /// Durably stores a notification as received (verdict `received`) and returns its id.
     /// Committed before anything else is done with it.
     async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError>;

@@ -186,6 +186,7 @@ impl Dialect for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const APPEND_ERROR: &'static str = "(errors::jsonb || jsonb_build_array($6::text))::text";
     const JSON_REFUSES_NUL: bool = true;
+    const TEXT_LIST: &'static str = "SELECT json_array_elements_text($1::json)";
 
     fn doc_filter(p: usize) -> String {
         format!(

@@ -237,6 +237,7 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     const APPEND_ERROR: &'static str = "json_insert(errors, '$[#]', $6)";
     const JSON_REFUSES_NUL: bool = false;
+    const TEXT_LIST: &'static str = "SELECT value FROM json_each($1)";
 
     fn doc_filter(p: usize) -> String {
         format!("json_extract(data, ${p}) IS json_extract(${}, '$')", p + 1)

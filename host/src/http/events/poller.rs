@@ -1,6 +1,11 @@
 //! The one poller behind every order-event stream of a host: each [`POLL`] it reads
-//! all the watched orders in one statement (one per 512 orders) and hands each changed
-//! order to the streams watching it.
+//! the version of every watched order in one statement whose answer is one text
+//! ([`Store::order_versions`]), reads in full only the orders whose version changed
+//! ([`Store::get_orders`]), and hands each changed order to the streams watching it.
+//! Reading every watched row in full each time cost ~14 µs a row on SQLite (a row at a
+//! time from its connection's thread, each value copied, each JSON column parsed):
+//! 5.5 % of a core for 1,000 idle streams; the one-text version read is what keeps them
+//! under 2 %.
 //!
 //! Each watched order has a `watch` channel holding the order as last read (`None`
 //! once it no longer exists) and a count of the streams subscribed to it; the last
@@ -43,6 +48,9 @@ struct Watched {
     /// A poll applies what it read only to the entry it read for: an entry removed and
     /// made again during the read already holds a newer version.
     generation: u64,
+    /// The order's version when the poller last read it in full; `None` before the
+    /// poller has (the entry's first value came from a stream's own read).
+    version: Option<String>,
 }
 
 impl Poller {
@@ -109,6 +117,7 @@ impl Poller {
                 let order = read?;
                 state.generations += 1;
                 w.generation = state.generations;
+                w.version = None;
                 w.subscribers += 1;
                 w.tx.send_replace(Some(order));
                 w.tx.subscribe()
@@ -123,6 +132,7 @@ impl Poller {
                         tx,
                         subscribers: 1,
                         generation: state.generations,
+                        version: None,
                     },
                 );
                 rx
@@ -176,17 +186,20 @@ impl Poller {
                 state.running = false;
                 return;
             };
-            let nos: Vec<String> = reading.iter().map(|(no, _)| no.clone()).collect();
-            let read = store.get_orders(&nos).await;
+            let polled = self.poll(&*store, reading).await;
             drop(store);
-            match read {
-                Ok(orders) => self.publish(reading, orders),
+            let mut state = self.lock();
+            match polled {
+                Ok(()) if state.failing => {
+                    tracing::info!("order watch reads the watched orders again");
+                    state.failing = false;
+                }
+                Ok(()) => {}
                 Err(e) => {
                     // The database is unreachable for now: streams stay open on what
                     // they have and see the change once it is readable again.
-                    let mut state = self.lock();
                     if !state.failing {
-                        tracing::warn!(orders = nos.len(), error = %e, "order watch cannot read the watched orders; retrying");
+                        tracing::warn!(error = %e, "order watch cannot read the watched orders; retrying");
                         state.failing = true;
                     }
                 }
@@ -194,27 +207,59 @@ impl Poller {
         }
     }
 
+    /// One poll of the entries `reading` (number, generation): their versions, then in
+    /// full those whose version is not the one last read in full, handed to their
+    /// streams.
+    async fn poll(&self, store: &dyn Store, reading: Vec<(String, u64)>) -> Result<(), StoreError> {
+        let nos: Vec<String> = reading.iter().map(|(no, _)| no.clone()).collect();
+        let versions = store.order_versions(&nos).await?;
+        let stale: Vec<(String, u64)> = {
+            let state = self.lock();
+            reading
+                .into_iter()
+                .filter(|(no, generation)| match state.watched.get(no) {
+                    Some(w) if w.generation == *generation => {
+                        w.version.is_none() || w.version.as_ref() != versions.get(no)
+                    }
+                    _ => false,
+                })
+                .collect()
+        };
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let nos: Vec<String> = stale.iter().map(|(no, _)| no.clone()).collect();
+        let orders = store.get_orders(&nos).await?;
+        self.publish(stale, &versions, orders);
+        Ok(())
+    }
+
     /// Hands each entry read its order as read now (`None`: no longer exists); its
-    /// streams are woken only if it changed. The whole row is compared, not just
-    /// `updated_at`: two changes within one millisecond would share it.
-    fn publish(&self, reading: Vec<(String, u64)>, orders: Vec<Order>) {
+    /// streams are woken only if it changed. The whole row is compared: a version
+    /// changes with the row, but one change may be read as the version of the one
+    /// before it.
+    fn publish(
+        &self,
+        reading: Vec<(String, u64)>,
+        versions: &HashMap<String, String>,
+        orders: Vec<Order>,
+    ) {
         let mut found: HashMap<String, Order> = orders
             .into_iter()
             .map(|o| (o.out_trade_no.clone(), o))
             .collect();
         let mut state = self.lock();
-        if state.failing {
-            tracing::info!("order watch reads the watched orders again");
-            state.failing = false;
-        }
         for (no, generation) in reading {
             let now = found.remove(&no);
-            let Some(w) = state.watched.get(&no) else {
+            let Some(w) = state.watched.get_mut(&no) else {
                 continue;
             };
             if w.generation != generation {
                 continue;
             }
+            // The version read before the full read: if the row changed in between, the
+            // next poll sees a version other than this and reads it again.
+            w.version = versions.get(&no).cloned();
             w.tx.send_if_modified(|last| {
                 if *last == now {
                     return false;
