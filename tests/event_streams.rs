@@ -9,10 +9,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use paynotify::store::{status, NewOrder};
-use paynotify_tests::{v2_return_code, wait_until, wechat_v2, Options, TestServer, TOKEN};
+use paynotify_tests::{
+    v2_return_code, wait_until, wechat_v2, EventStream, Options, TestServer, TOKEN,
+};
 use serde_json::{json, Value};
 
 /// A listener on `s`'s app with these caps; its address.
@@ -55,37 +56,6 @@ async fn pay(s: &TestServer, no: &str, fen: i64) {
     assert_eq!((st, v2_return_code(&body)), (200, "SUCCESS"), "{body}");
 }
 
-/// An open stream, read event by event.
-struct EventStream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl EventStream {
-    /// The next event's JSON, skipping keep-alive comments; `None` when the stream ended.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let data: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                return Some(serde_json::from_str(&data.join("\n")).expect("event JSON"));
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk())
-                .await
-                .expect("an event within 30 s")
-                .expect("stream readable")?;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
 /// Opens a stream; its status and, when 200, the stream, else the JSON body.
 async fn open(
     http: &reqwest::Client,
@@ -103,10 +73,7 @@ async fn open(
         let body = response.json().await.unwrap_or(Value::Null);
         return Err((code, body));
     }
-    Ok(EventStream {
-        response,
-        buffer: String::new(),
-    })
+    Ok(EventStream::new(response))
 }
 
 /// Opens a stream and reads its first event (the order as it is now); panics unless 200.

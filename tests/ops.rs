@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use paynotify_tests::process::{paynotify_bin, HostProcess};
-use paynotify_tests::{metric, v2_return_code, wait_until, wechat_v2, Options, TestServer, TOKEN};
+use paynotify_tests::{
+    metric, v2_return_code, wait_until, wechat_v2, EventStream, Options, TestServer, TOKEN,
+};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -85,39 +87,6 @@ async fn pay(s: &TestServer, no: &str, fen: i64) {
     assert_eq!((st, v2_return_code(&body)), (200, "SUCCESS"), "{body}");
 }
 
-/// Server-Sent Events read off a streaming response.
-struct EventStream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl EventStream {
-    /// The next event's data, parsed; `None` when the server ended the stream. (Waits at
-    /// most 30 s, so a broken stream fails the test rather than hanging it.)
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let data: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                return Some(serde_json::from_str(&data.join("\n")).expect("event JSON"));
-            }
-            let chunk =
-                tokio::time::timeout(std::time::Duration::from_secs(30), self.response.chunk())
-                    .await
-                    .expect("an event within 30 s")
-                    .expect("stream readable")?;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
 async fn watch(s: &TestServer, no: &str) -> EventStream {
     let response = s
         .http
@@ -133,10 +102,7 @@ async fn watch(s: &TestServer, no: &str) -> EventStream {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     assert!(ct.starts_with("text/event-stream"), "content type {ct}");
-    EventStream {
-        response,
-        buffer: String::new(),
-    }
+    EventStream::new(response)
 }
 
 // ---------------------------------------------------------------------------------------

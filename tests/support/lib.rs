@@ -560,3 +560,45 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .flatten()
         })
 }
+
+/// Server-Sent Events read off a streaming response (`/api/orders/{no}/events`).
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventStream {
+    /// Reads events off `response` (a 200 answer of an event stream).
+    pub fn new(response: reqwest::Response) -> EventStream {
+        EventStream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's data, parsed, skipping keep-alive comments; `None` when the server
+    /// ended the stream. (Waits at most 30 s, so a broken stream fails the test rather
+    /// than hanging it.)
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(serde_json::from_str(&data.join("\n")).expect("event JSON"));
+            }
+            let chunk =
+                tokio::time::timeout(std::time::Duration::from_secs(30), self.response.chunk())
+                    .await
+                    .expect("an event within 30 s")
+                    .expect("stream readable")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
