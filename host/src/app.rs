@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::pipeline::{Batching, NotifyKeys, Pipeline};
-use crate::plugins::capabilities::parse_notify_key;
+use crate::config::parse_notify_key;
 use crate::plugins::{Registry, Runtime};
 use crate::providers::api::Apis;
 use crate::providers::Providers;

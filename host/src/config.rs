@@ -36,6 +36,60 @@ const STRING_KEYS: &[&str] = &[
 /// can make every other payment wait (the breaker stops it repeating).
 pub const SQLITE_PAYMENT_TIMEOUT_MS: u64 = 200;
 
+/// The providers paynotify speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderKind {
+    /// WeChat Pay API v2 (XML, MD5 / HMAC-SHA256).
+    WechatV2,
+    /// WeChat Pay API v3 (RSA signature, AES-GCM resource).
+    WechatV3,
+    /// Alipay (form body, RSA2).
+    Alipay,
+    /// WeChat CloudPay, relayed by a cloud function with a shared secret.
+    Cloudpay,
+}
+
+impl ProviderKind {
+    /// Every provider.
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::WechatV2,
+        ProviderKind::WechatV3,
+        ProviderKind::Alipay,
+        ProviderKind::Cloudpay,
+    ];
+
+    /// The name used in URLs, config and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::WechatV2 => "wechat-v2",
+            ProviderKind::WechatV3 => "wechat-v3",
+            ProviderKind::Alipay => "alipay",
+            ProviderKind::Cloudpay => "cloudpay",
+        }
+    }
+
+    /// Parses a provider name.
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads a notify key: 64 hex characters, or exactly 32 bytes of text.
+pub fn parse_notify_key(s: &str) -> Option<[u8; 32]> {
+    if s.len() == 64 {
+        if let Ok(bytes) = hex::decode(s) {
+            return bytes.try_into().ok();
+        }
+    }
+    s.as_bytes().try_into().ok()
+}
+
 /// A configuration problem, always naming the key and its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -724,7 +778,7 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
-            if !crate::providers::ProviderKind::ALL
+            if !ProviderKind::ALL
                 .iter()
                 .any(|k| k.as_str() == a.provider)
             {
@@ -762,7 +816,7 @@ impl Config {
                 }
             }
             if let Some(k) = &a.notify_key {
-                if crate::plugins::capabilities::parse_notify_key(k).is_none() {
+                if parse_notify_key(k).is_none() {
                     return Err(err(
                         format!("accounts[{i}].notify_key"),
                         "must be 32 bytes of text or 64 hex characters (AES-256)".into(),

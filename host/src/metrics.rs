@@ -40,8 +40,6 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::app::App;
-use crate::plugins::HandlerFailure;
 use crate::store::Verdict;
 
 const NOTIFICATIONS: &str = "paynotify_notifications_total";
@@ -317,23 +315,8 @@ pub fn notification(provider: &str, verdict: Verdict) {
 
 /// One of the four known provider names, or `unknown` for anything a caller named.
 fn provider_label(provider: &str) -> &'static str {
-    crate::providers::ProviderKind::parse(provider)
-        .map_or("unknown", crate::providers::ProviderKind::as_str)
-}
-
-/// The `outcome` label of a handler call.
-pub fn outcome<T>(result: &Result<T, HandlerFailure>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(HandlerFailure::Error { .. }) => "error",
-        Err(HandlerFailure::Trap(_)) => "trap",
-        Err(HandlerFailure::Timeout(_)) => "timeout",
-        Err(HandlerFailure::Memory(_)) => "memory",
-        Err(HandlerFailure::Host(_)) => "host",
-        Err(HandlerFailure::Transient(_)) => "transient",
-        Err(HandlerFailure::NotLoaded(_)) => "not_loaded",
-        Err(HandlerFailure::FailingFast { .. }) => "failing_fast",
-    }
+    crate::config::ProviderKind::parse(provider)
+        .map_or("unknown", crate::config::ProviderKind::as_str)
 }
 
 /// Records one handler call: `call` is `handle_paid` or `run_task`.
@@ -410,36 +393,28 @@ impl Drop for WatcherGuard {
     }
 }
 
-/// The Prometheus text for `app`'s process: refreshes the scrape-time gauges (task
-/// queue depth from one grouped count, plugin states, uptime), then renders everything.
-pub async fn render(app: &App) -> String {
-    let installed = INSTALLED.get_or_init(build);
-    match app.store.count_open_tasks().await {
-        Ok(counts) => {
-            for status in OPEN_TASK_STATUSES {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == status)
-                    .map_or(0, |(_, n)| *n);
-                metrics::gauge!(TASKS, "status" => status).set(n as f64);
-            }
-        }
-        // Keep the last values rather than report an empty queue; /readyz says why.
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count tasks"),
+/// Sets the task-queue depth gauges from one grouped count of open tasks by status.
+pub fn open_tasks(counts: &[(String, i64)]) {
+    for status in OPEN_TASK_STATUSES {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!(TASKS, "status" => status).set(n as f64);
     }
-    let status = app.plugins.status();
-    let loaded = status.iter().filter(|p| p.loaded).count();
-    let failing = status
-        .iter()
-        .filter(|p| !p.loaded && p.last_error.is_some())
-        .count();
+}
+
+/// Sets the plugin gauges: handlers loaded, failing to load, and breakers open.
+pub fn plugin_states(loaded: usize, failing: usize, breakers_open: usize) {
     metrics::gauge!(PLUGINS_LOADED).set(loaded as f64);
     metrics::gauge!(PLUGINS_FAILING).set(failing as f64);
-    let open = status
-        .iter()
-        .filter(|p| p.breaker.failing_fast_until.is_some())
-        .count();
-    metrics::gauge!(BREAKERS_OPEN).set(open as f64);
+    metrics::gauge!(BREAKERS_OPEN).set(breakers_open as f64);
+}
+
+/// The Prometheus text of this process, with uptime refreshed. The caller refreshes the
+/// other scrape-time gauges first ([`open_tasks`], [`plugin_states`]).
+pub fn render() -> String {
+    let installed = INSTALLED.get_or_init(build);
     metrics::gauge!(UPTIME).set(installed.started.elapsed().as_secs_f64());
     installed.handle.render()
 }

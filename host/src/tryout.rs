@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use crate::config::{DatabaseConfig, PluginsConfig};
 use crate::plugins::bindings;
-use crate::plugins::capabilities::{parse_notify_key, CallContext, CallTags, DbAccess};
+use crate::config::parse_notify_key;
+use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use crate::plugins::{HandlerFailure, Manifest, Metadata, Runtime};
 
 /// `paynotify try` arguments.

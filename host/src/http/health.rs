@@ -78,9 +78,26 @@ fn unready(why: String, mut details: serde_json::Value) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(details)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
+/// `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]), with the
+/// scrape-time gauges (task queue depth from one grouped count, plugin states) refreshed.
 pub async fn metrics(State(app): State<App>) -> Response {
-    let text = crate::metrics::render(&app).await;
+    match app.store.count_open_tasks().await {
+        Ok(counts) => crate::metrics::open_tasks(&counts),
+        // Keep the last values rather than report an empty queue; /readyz says why.
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count tasks"),
+    }
+    let status = app.plugins.status();
+    let loaded = status.iter().filter(|p| p.loaded).count();
+    let failing = status
+        .iter()
+        .filter(|p| !p.loaded && p.last_error.is_some())
+        .count();
+    let open = status
+        .iter()
+        .filter(|p| p.breaker.failing_fast_until.is_some())
+        .count();
+    crate::metrics::plugin_states(loaded, failing, open);
+    let text = crate::metrics::render();
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -543,16 +543,6 @@ pub fn is_connection_header(name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
-/// Reads a notify key: 64 hex characters, or exactly 32 bytes of text.
-pub fn parse_notify_key(s: &str) -> Option<[u8; 32]> {
-    if s.len() == 64 {
-        if let Ok(bytes) = hex::decode(s) {
-            return bytes.try_into().ok();
-        }
-    }
-    s.as_bytes().try_into().ok()
-}
-
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 
@@ -664,6 +654,7 @@ impl tasks::Host for CallContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_notify_key;
 
     #[test]
     fn aes_round_trips_and_rejects_garbage() {

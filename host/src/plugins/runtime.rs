@@ -476,7 +476,7 @@ impl Runtime {
                 message: e.message,
             }),
         });
-        let outcome = crate::metrics::outcome(&result);
+        let outcome = outcome(&result);
         crate::metrics::handler_call(&plugin, "handle_paid", outcome, started.elapsed());
         (ctx, result)
     }
@@ -502,7 +502,7 @@ impl Runtime {
                 message: e.message,
             })
         });
-        let outcome = crate::metrics::outcome(&result);
+        let outcome = outcome(&result);
         crate::metrics::handler_call(&plugin, "run_task", outcome, started.elapsed());
         (ctx, result)
     }
@@ -542,7 +542,7 @@ impl Runtime {
                 message: e.message,
             }),
         });
-        let outcome = crate::metrics::outcome(&result);
+        let outcome = outcome(&result);
         crate::metrics::handler_call(&plugin, "handle_refunded", outcome, started.elapsed());
         (ctx, result)
     }
@@ -864,4 +864,19 @@ fn outcome_json(text: &str) -> serde_json::Value {
         return serde_json::Value::Null;
     }
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+/// The `outcome` label of a handler call.
+pub(crate) fn outcome<T>(result: &Result<T, HandlerFailure>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(HandlerFailure::Error { .. }) => "error",
+        Err(HandlerFailure::Trap(_)) => "trap",
+        Err(HandlerFailure::Timeout(_)) => "timeout",
+        Err(HandlerFailure::Memory(_)) => "memory",
+        Err(HandlerFailure::Host(_)) => "host",
+        Err(HandlerFailure::Transient(_)) => "transient",
+        Err(HandlerFailure::NotLoaded(_)) => "not_loaded",
+        Err(HandlerFailure::FailingFast { .. }) => "failing_fast",
+    }
 }

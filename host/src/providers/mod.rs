@@ -3,8 +3,8 @@
 //! provider turns raw bytes into a [`Notice`] or a [`Rejection`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 
+pub use crate::config::ProviderKind;
 use crate::config::AccountConfig;
 
 pub mod alipay;
@@ -12,50 +12,6 @@ pub mod api;
 pub mod cloudpay;
 pub mod wechat_v2;
 pub mod wechat_v3;
-
-/// The providers paynotify speaks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProviderKind {
-    /// WeChat Pay API v2 (XML, MD5 / HMAC-SHA256).
-    WechatV2,
-    /// WeChat Pay API v3 (RSA signature, AES-GCM resource).
-    WechatV3,
-    /// Alipay (form body, RSA2).
-    Alipay,
-    /// WeChat CloudPay, relayed by a cloud function with a shared secret.
-    Cloudpay,
-}
-
-impl ProviderKind {
-    /// Every provider.
-    pub const ALL: [ProviderKind; 4] = [
-        ProviderKind::WechatV2,
-        ProviderKind::WechatV3,
-        ProviderKind::Alipay,
-        ProviderKind::Cloudpay,
-    ];
-
-    /// The name used in URLs, config and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::WechatV2 => "wechat-v2",
-            ProviderKind::WechatV3 => "wechat-v3",
-            ProviderKind::Alipay => "alipay",
-            ProviderKind::Cloudpay => "cloudpay",
-        }
-    }
-
-    /// Parses a provider name.
-    pub fn parse(s: &str) -> Option<ProviderKind> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A notification as it arrived, before any check.
 #[derive(Debug, Clone)]
