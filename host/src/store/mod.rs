@@ -17,7 +17,6 @@ pub mod ready;
 pub mod refunds;
 pub(crate) mod retention;
 pub mod sqlite;
-mod sqlite_writer;
 
 pub use refunds::{NewRefund, RefundRecord};
 

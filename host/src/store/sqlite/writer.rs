@@ -28,9 +28,9 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, Statement};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::common::{sql, storable, StoreRow, ORDER_COLUMNS};
-use super::refunds::{self, NewRefund, RefundRecord};
-use super::{
+use crate::store::common::{sql, storable, StoreRow, ORDER_COLUMNS};
+use crate::store::refunds::{self, NewRefund, RefundRecord};
+use crate::store::{
     now_ms, DocError, MarkPaid, NewNotification, NewOrder, NewTask, NotificationVerdict, Order,
     PaidOrder, StoreError, Tx, Verdict,
 };
@@ -587,10 +587,10 @@ impl Tx for SqliteTx {
         field: &str,
         delta: i64,
     ) -> Result<i64, DocError> {
-        let path = super::sqlite::json_path(field);
+        let path = super::json_path(field);
         let mut value = query(
             &self.conn,
-            super::sqlite::DOC_INC,
+            super::DOC_INC,
             &[&collection, &id, &field, &delta, &path, &now_ms()],
             |r| r.get::<_, i64>(0),
         )?;
@@ -612,7 +612,7 @@ impl Tx for SqliteTx {
         let text = sql::doc_query::<sqlx::Sqlite>(filters.len());
         let pairs: Vec<(String, String)> = filters
             .iter()
-            .map(|(field, value)| (super::sqlite::json_path(field), value.to_string()))
+            .map(|(field, value)| (super::json_path(field), value.to_string()))
             .collect();
         let limit = i64::from(limit);
         let mut args: Vec<&dyn ToSql> = vec![&collection];

@@ -3,7 +3,7 @@
 //! One writer at a time: SQLite allows one anyway, and a write transaction that starts
 //! with `BEGIN IMMEDIATE` never fails half-way with `SQLITE_BUSY` when it upgrades from
 //! reading to writing. Payment transactions and raw-notification inserts run on the
-//! synchronous writer of [`super::sqlite_writer`]; the store's other writes go through a
+//! synchronous writer of [`writer`]; the store's other writes go through a
 //! one-connection sqlx pool after taking that writer's lock. Reads that are not part of
 //! a payment use a separate pool and see the last commit (WAL).
 
@@ -15,10 +15,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use super::common::{self, Dialect};
-use super::sqlite_writer::{Held, Writer, WAL_LIMIT_BYTES};
-use super::*;
+use crate::store::common::{self, Dialect};
+use writer::{Held, Writer, WAL_LIMIT_BYTES};
+use crate::store::*;
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
+
+mod writer;
 
 /// SQLite behind the [`Store`] trait.
 pub struct SqliteStore {
@@ -254,10 +256,10 @@ pub(super) fn json_path(field: &str) -> String {
 }
 
 common::shared_statements!(sqlx::Sqlite);
-super::claims::claim_statements!(sqlx::Sqlite);
-super::refunds::refund_statements!(sqlx::Sqlite);
-super::retention::retention_statements!(sqlx::Sqlite);
-super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
+crate::store::claims::claim_statements!(sqlx::Sqlite);
+crate::store::refunds::refund_statements!(sqlx::Sqlite);
+crate::store::retention::retention_statements!(sqlx::Sqlite);
+crate::store::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
 
 common::impl_store!(SqliteStore, reader: reader, writer: write, {
     async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
