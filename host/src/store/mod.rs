@@ -11,7 +11,6 @@ use serde::Serialize;
 mod claims;
 mod common;
 pub mod console;
-mod pg_kept;
 pub mod postgres;
 pub mod ready;
 pub mod refunds;

@@ -34,7 +34,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{connection_lost, StoreError};
+use crate::store::{connection_lost, StoreError};
 
 /// How long a connection may sit idle and still be used without a ping.
 const FRESH: Duration = Duration::from_secs(1);

@@ -27,10 +27,12 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
-use super::common::{self, Dialect};
-use super::pg_kept::{Kept, KeptConns};
-use super::*;
+use crate::store::common::{self, Dialect};
+use crate::store::*;
+use kept::{Kept, KeptConns};
 use crate::config::DatabaseConfig;
+
+mod kept;
 
 /// PostgreSQL behind the [`Store`] trait.
 pub struct PgStore {
@@ -201,10 +203,10 @@ impl Dialect for Postgres {
 }
 
 common::shared_statements!(sqlx::Postgres);
-super::claims::claim_statements!(sqlx::Postgres);
-super::refunds::refund_statements!(sqlx::Postgres);
-super::retention::retention_statements!(sqlx::Postgres);
-super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: write);
+crate::store::claims::claim_statements!(sqlx::Postgres);
+crate::store::refunds::refund_statements!(sqlx::Postgres);
+crate::store::retention::retention_statements!(sqlx::Postgres);
+crate::store::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: write);
 
 common::impl_store!(PgStore, reader: pool, writer: write, {
     async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
