@@ -12,6 +12,7 @@ pub mod expiry;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod orders;
 pub mod pipeline;
 pub mod plugins;
@@ -24,6 +25,7 @@ pub mod scaffold;
 pub mod store;
 pub mod stuck;
 pub mod tasks;
+pub mod time;
 pub mod tryout;
 
 pub use app::App;

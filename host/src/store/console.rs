@@ -9,8 +9,15 @@
 
 use async_trait::async_trait;
 
-use super::{Millis, NotificationFilter, NotificationRecord, Order, OrderCursor, OrderFilter};
-use super::{StoreError, TaskRecord};
+use super::notifications::{notification_row, NOTIFICATION_COLUMNS};
+use super::orders::{order_row, ORDER_COLUMNS};
+use super::statement::{required, storable, Columns, On, Sql, Statement};
+use super::tasks::{task_row, TASK_COLUMNS};
+use super::types::{
+    NotificationFilter, NotificationRecord, Order, OrderCursor, OrderFilter, TaskRecord,
+};
+use super::StoreError;
+use crate::time::Millis;
 
 /// A console session as stored: the SHA-256 (hex) of the random id in the cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +57,7 @@ pub struct TaskFilter {
     pub limit: u32,
 }
 
-/// The console's own queries (implemented by every [`super::Store`] backend).
+/// The console's own queries (every backend's, reached through [`super::Store::console`]).
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
     /// Stores a new session.
@@ -87,235 +94,209 @@ pub trait ConsoleStore: Send + Sync {
     ) -> Result<Vec<TaskRecord>, StoreError>;
 }
 
-/// `impl ConsoleStore for $store` over database `$db`: reads from the `$reader` pool
-/// field, writes to the connection that the async method `$writer` hands out. Expanded in each backend module.
-macro_rules! console_store {
-    ($store:ty, $db:ty, reader: $reader:ident, writer: $writer:ident) => {
-        #[async_trait::async_trait]
-        impl $crate::store::console::ConsoleStore for $store {
-            async fn create_console_session(
-                &self,
-                s: &$crate::store::console::ConsoleSession,
-            ) -> Result<(), $crate::store::StoreError> {
-                sqlx::query(
-                    "INSERT INTO console_sessions (id_hash, credential, csrf_token, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&s.id_hash)
-                .bind(&s.credential)
-                .bind(&s.csrf_token)
-                .bind(s.created_at)
-                .bind(s.expires_at)
-                .execute(&mut *self.$writer().await?)
-                .await?;
-                Ok(())
-            }
-
-            async fn console_session(
-                &self,
-                id_hash: &str,
-                now: $crate::store::Millis,
-            ) -> Result<Option<$crate::store::console::ConsoleSession>, $crate::store::StoreError>
-            {
-                use sqlx::Row;
-                let row = sqlx::query(
-                    "SELECT id_hash, credential, csrf_token, created_at, expires_at FROM console_sessions \
-                     WHERE id_hash = $1 AND expires_at > $2",
-                )
-                .bind(id_hash)
-                .bind(now)
-                .fetch_optional(&self.$reader)
-                .await?;
-                row.map(
-                    |r| -> Result<$crate::store::console::ConsoleSession, sqlx::Error> {
-                        Ok($crate::store::console::ConsoleSession {
-                            id_hash: r.try_get("id_hash")?,
-                            credential: r.try_get("credential")?,
-                            csrf_token: r.try_get("csrf_token")?,
-                            created_at: r.try_get("created_at")?,
-                            expires_at: r.try_get("expires_at")?,
-                        })
-                    },
-                )
-                .transpose()
-                .map_err($crate::store::StoreError::from)
-            }
-
-            async fn delete_console_session(
-                &self,
-                id_hash: &str,
-            ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
-                    .bind(id_hash)
-                    .execute(&mut *self.$writer().await?)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn delete_expired_console_sessions(
-                &self,
-                now: $crate::store::Millis,
-            ) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
-                    .bind(now)
-                    .execute(&mut *self.$writer().await?)
-                    .await?;
-                Ok(done.rows_affected())
-            }
-
-            async fn page_orders(
-                &self,
-                f: &$crate::store::OrderFilter,
-                page: &$crate::store::console::Keyset<$crate::store::OrderCursor>,
-            ) -> Result<Vec<$crate::store::Order>, $crate::store::StoreError> {
-                use $crate::store::common::{storable, StoreRow, ORDER_COLUMNS};
-                use $crate::store::console::Keyset;
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {ORDER_COLUMNS} FROM orders WHERE TRUE"
-                ));
-                if let Some(s) = f.status {
-                    q.push(" AND status = ").push_bind(s);
-                }
-                if let Some(t) = &f.order_type {
-                    q.push(" AND type = ").push_bind(storable(t).into_owned());
-                }
-                if let Some(u) = &f.user_id {
-                    q.push(" AND user_id = ")
-                        .push_bind(storable(u).into_owned());
-                }
-                let (cursor, older) = match page {
-                    Keyset::Newest => (None, true),
-                    Keyset::Older(c) => (Some(c), true),
-                    Keyset::Newer(c) => (Some(c), false),
-                };
-                if let Some(c) = cursor {
-                    let (le, lt) = if older { ("<=", "<") } else { (">=", ">") };
-                    q.push(format!(" AND created_at {le} "))
-                        .push_bind(c.created_at)
-                        .push(format!(" AND (created_at {lt} "))
-                        .push_bind(c.created_at)
-                        .push(format!(" OR out_trade_no {lt} "))
-                        .push_bind(storable(&c.out_trade_no).into_owned())
-                        .push(")");
-                }
-                let dir = if older { "DESC" } else { "ASC" };
-                q.push(format!(
-                    " ORDER BY created_at {dir}, out_trade_no {dir} LIMIT "
-                ))
-                .push_bind(i64::from(f.limit.clamp(1, 500)));
-                let rows = q.build().fetch_all(&self.$reader).await?;
-                let mut list = rows
-                    .iter()
-                    .map(StoreRow::order)
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !older {
-                    list.reverse();
-                }
-                Ok(list)
-            }
-
-            async fn page_notifications(
-                &self,
-                f: &$crate::store::NotificationFilter,
-                page: &$crate::store::console::Keyset<i64>,
-            ) -> Result<Vec<$crate::store::NotificationRecord>, $crate::store::StoreError> {
-                use $crate::store::common::{storable, StoreRow, NOTIFICATION_COLUMNS};
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE TRUE"
-                ));
-                if let Some(p) = &f.provider {
-                    q.push(" AND provider = ")
-                        .push_bind(storable(p).into_owned());
-                }
-                if let Some(o) = &f.out_trade_no {
-                    q.push(" AND out_trade_no = ")
-                        .push_bind(storable(o).into_owned());
-                }
-                if let Some(v) = f.verdict {
-                    q.push(" AND verdict = ").push_bind(v.as_str());
-                }
-                if let Some(s) = f.since {
-                    q.push(" AND received_at >= ").push_bind(s);
-                }
-                if let Some(u) = f.until {
-                    q.push(" AND received_at < ").push_bind(u);
-                }
-                let older = $crate::store::console::push_id_page(&mut q, page);
-                let rows = q
-                    .push_bind(i64::from(f.limit.clamp(1, 500)))
-                    .build()
-                    .fetch_all(&self.$reader)
-                    .await?;
-                let mut list = rows
-                    .iter()
-                    .map(StoreRow::notification)
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !older {
-                    list.reverse();
-                }
-                Ok(list)
-            }
-
-            async fn page_tasks(
-                &self,
-                f: &$crate::store::console::TaskFilter,
-                page: &$crate::store::console::Keyset<i64>,
-            ) -> Result<Vec<$crate::store::TaskRecord>, $crate::store::StoreError> {
-                use $crate::store::common::{storable, StoreRow, TASK_COLUMNS};
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE TRUE"
-                ));
-                if let Some(s) = &f.status {
-                    q.push(" AND status = ").push_bind(storable(s).into_owned());
-                }
-                if let Some(o) = &f.out_trade_no {
-                    q.push(" AND out_trade_no = ")
-                        .push_bind(storable(o).into_owned());
-                }
-                let older = $crate::store::console::push_id_page(&mut q, page);
-                let rows = q
-                    .push_bind(i64::from(f.limit.clamp(1, 500)))
-                    .build()
-                    .fetch_all(&self.$reader)
-                    .await?;
-                let mut list = rows
-                    .iter()
-                    .map(StoreRow::task)
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !older {
-                    list.reverse();
-                }
-                Ok(list)
-            }
-        }
-    };
+/// A row of `console_sessions`.
+fn session_row(r: &dyn Columns) -> Result<ConsoleSession, StoreError> {
+    Ok(ConsoleSession {
+        id_hash: required(r.text("id_hash")?, "id_hash")?,
+        credential: required(r.text("credential")?, "credential")?,
+        csrf_token: required(r.text("csrf_token")?, "csrf_token")?,
+        created_at: required(r.int8("created_at")?, "created_at")?,
+        expires_at: required(r.int8("expires_at")?, "expires_at")?,
+    })
 }
 
-pub(crate) use console_store;
+/// Where a newest-first page starts: the cursor, and whether the rows come newest first
+/// (else the page goes "newer", and its rows are read oldest first and reversed).
+fn direction<C>(page: &Keyset<C>) -> (Option<&C>, bool) {
+    match page {
+        Keyset::Newest => (None, true),
+        Keyset::Older(c) => (Some(c), true),
+        Keyset::Newer(c) => (Some(c), false),
+    }
+}
 
-/// Appends the id cursor, `ORDER BY id …` and `LIMIT ` (the caller binds the limit) to a
-/// listing keyed by `id`; true if the rows come newest first (else they are to be
-/// reversed).
-pub(crate) fn push_id_page<'a, DB>(q: &mut sqlx::QueryBuilder<'a, DB>, page: &Keyset<i64>) -> bool
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let older = match page {
-        Keyset::Newest => true,
-        Keyset::Older(id) => {
-            q.push(" AND id < ").push_bind(*id);
-            true
-        }
-        Keyset::Newer(id) => {
-            q.push(" AND id > ").push_bind(*id);
-            false
-        }
-    };
-    q.push(if older {
+/// A page of orders: `created_at` then `out_trade_no` as the key.
+fn page_orders<'a>(f: &'a OrderFilter, page: &'a Keyset<OrderCursor>) -> (Statement<'a>, bool) {
+    let mut st = Statement::build();
+    st.push(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE TRUE"));
+    if let Some(s) = f.status {
+        st.push(" AND status = ").push_param(s);
+    }
+    if let Some(t) = &f.order_type {
+        st.push(" AND type = ").push_param(storable(t));
+    }
+    if let Some(u) = &f.user_id {
+        st.push(" AND user_id = ").push_param(storable(u));
+    }
+    let (cursor, older) = direction(page);
+    if let Some(c) = cursor {
+        let (le, lt) = if older { ("<=", "<") } else { (">=", ">") };
+        st.push(&format!(" AND created_at {le} "))
+            .push_param(c.created_at)
+            .push(&format!(" AND (created_at {lt} "))
+            .push_param(c.created_at)
+            .push(&format!(" OR out_trade_no {lt} "))
+            .push_param(storable(&c.out_trade_no))
+            .push(")");
+    }
+    let dir = if older { "DESC" } else { "ASC" };
+    st.push(&format!(
+        " ORDER BY created_at {dir}, out_trade_no {dir} LIMIT "
+    ))
+    .push_param(i64::from(f.limit.clamp(1, 500)));
+    (st, older)
+}
+
+/// A page of notifications, by id.
+fn page_notifications<'a>(f: &'a NotificationFilter, page: &Keyset<i64>) -> (Statement<'a>, bool) {
+    let mut st = Statement::build();
+    st.push(&format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE TRUE"
+    ));
+    if let Some(p) = &f.provider {
+        st.push(" AND provider = ").push_param(storable(p));
+    }
+    if let Some(o) = &f.out_trade_no {
+        st.push(" AND out_trade_no = ").push_param(storable(o));
+    }
+    if let Some(v) = f.verdict {
+        st.push(" AND verdict = ").push_param(v.as_str());
+    }
+    if let Some(s) = f.since {
+        st.push(" AND received_at >= ").push_param(s);
+    }
+    if let Some(u) = f.until {
+        st.push(" AND received_at < ").push_param(u);
+    }
+    let older = push_id_page(&mut st, page);
+    st.push_param(i64::from(f.limit.clamp(1, 500)));
+    (st, older)
+}
+
+/// A page of tasks, by id.
+fn page_tasks<'a>(f: &'a TaskFilter, page: &Keyset<i64>) -> (Statement<'a>, bool) {
+    let mut st = Statement::build();
+    st.push(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE TRUE"));
+    if let Some(s) = &f.status {
+        st.push(" AND status = ").push_param(storable(s));
+    }
+    if let Some(o) = &f.out_trade_no {
+        st.push(" AND out_trade_no = ").push_param(storable(o));
+    }
+    let older = push_id_page(&mut st, page);
+    st.push_param(i64::from(f.limit.clamp(1, 500)));
+    (st, older)
+}
+
+/// Appends the id cursor, `ORDER BY id …` and `LIMIT ` (the caller adds the limit) to a
+/// listing keyed by `id`; true if the rows come newest first.
+fn push_id_page(st: &mut Statement<'_>, page: &Keyset<i64>) -> bool {
+    let (cursor, older) = direction(page);
+    if let Some(id) = cursor {
+        st.push(if older { " AND id < " } else { " AND id > " })
+            .push_param(*id);
+    }
+    st.push(if older {
         " ORDER BY id DESC LIMIT "
     } else {
         " ORDER BY id ASC LIMIT "
     });
     older
+}
+
+/// A page read oldest first, put newest first.
+fn newest_first<T>(mut rows: Vec<T>, older: bool) -> Vec<T> {
+    if !older {
+        rows.reverse();
+    }
+    rows
+}
+
+#[async_trait]
+impl<S: Sql> ConsoleStore for S {
+    async fn create_console_session(&self, s: &ConsoleSession) -> Result<(), StoreError> {
+        let st = Statement::new(
+            "INSERT INTO console_sessions (id_hash, credential, csrf_token, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.id_hash)
+        .bind(&s.credential)
+        .bind(&s.csrf_token)
+        .bind(s.created_at)
+        .bind(s.expires_at);
+        self.execute(On::Write, &st).await?;
+        Ok(())
+    }
+
+    async fn console_session(
+        &self,
+        id_hash: &str,
+        now: Millis,
+    ) -> Result<Option<ConsoleSession>, StoreError> {
+        let st = Statement::new(
+            "SELECT id_hash, credential, csrf_token, created_at, expires_at FROM console_sessions \
+             WHERE id_hash = $1 AND expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now);
+        Ok(self.fetch(On::Read, &st, session_row).await?.pop())
+    }
+
+    async fn delete_console_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let st = Statement::new("DELETE FROM console_sessions WHERE id_hash = $1").bind(id_hash);
+        Ok(self.execute(On::Write, &st).await? == 1)
+    }
+
+    async fn delete_expired_console_sessions(&self, now: Millis) -> Result<u64, StoreError> {
+        let st = Statement::new("DELETE FROM console_sessions WHERE expires_at <= $1").bind(now);
+        self.execute(On::Write, &st).await
+    }
+
+    async fn page_orders(
+        &self,
+        filter: &OrderFilter,
+        page: &Keyset<OrderCursor>,
+    ) -> Result<Vec<Order>, StoreError> {
+        let (st, older) = page_orders(filter, page);
+        Ok(newest_first(
+            self.fetch(On::Read, &st, order_row).await?,
+            older,
+        ))
+    }
+
+    async fn page_notifications(
+        &self,
+        filter: &NotificationFilter,
+        page: &Keyset<i64>,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        let (st, older) = page_notifications(filter, page);
+        Ok(newest_first(
+            self.fetch(On::Read, &st, notification_row).await?,
+            older,
+        ))
+    }
+
+    async fn page_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &Keyset<i64>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let (st, older) = page_tasks(filter, page);
+        Ok(newest_first(
+            self.fetch(On::Read, &st, task_row).await?,
+            older,
+        ))
+    }
+}
+
+impl dyn super::Store {
+    /// The session with this id hash, if unexpired at `now`: [`ConsoleStore::console_session`]
+    /// at its old path (`store.console_session`), until callers say `store.console()`.
+    pub async fn console_session(
+        &self,
+        id_hash: &str,
+        now: Millis,
+    ) -> Result<Option<ConsoleSession>, StoreError> {
+        self.console().console_session(id_hash, now).await
+    }
 }

@@ -51,6 +51,7 @@ const INITIAL: u32 = 20;
 pub async fn view(State(app): State<App>, Extension(session): Extension<Session>) -> Response {
     let rows = match app
         .store
+        .console()
         .page_notifications(
             &NotificationFilter {
                 limit: INITIAL,
@@ -203,6 +204,7 @@ impl Feed {
         let mut fresh = self
             .app
             .store
+            .console()
             .page_notifications(
                 &NotificationFilter {
                     limit: BATCH,

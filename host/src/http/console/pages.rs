@@ -174,7 +174,7 @@ pub async fn orders(
         before: None,
         limit: limit + 1,
     };
-    let rows = match app.store.page_orders(&filter, &keyset).await {
+    let rows = match app.store.console().page_orders(&filter, &keyset).await {
         Ok(r) => r,
         Err(e) => return store_failure(e),
     };
@@ -283,6 +283,7 @@ pub async fn order(
         .await;
     let tasks = app
         .store
+        .console()
         .page_tasks(
             &TaskFilter {
                 out_trade_no: Some(no.clone()),
@@ -377,7 +378,12 @@ pub async fn notifications(
         limit: limit + 1,
         ..Default::default()
     };
-    let rows = match app.store.page_notifications(&filter, &keyset).await {
+    let rows = match app
+        .store
+        .console()
+        .page_notifications(&filter, &keyset)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return store_failure(e),
     };
@@ -711,7 +717,7 @@ pub async fn tasks(
         out_trade_no: None,
         limit: limit + 1,
     };
-    let rows = match app.store.page_tasks(&filter, &keyset).await {
+    let rows = match app.store.console().page_tasks(&filter, &keyset).await {
         Ok(r) => r,
         Err(e) => return store_failure(e),
     };

@@ -138,6 +138,7 @@ pub async fn require_session(State(app): State<App>, mut request: Request, next:
     let found = match &id {
         Some(id) => match app
             .store
+            .console()
             .console_session(&sha256_hex(id.as_bytes()), now_ms())
             .await
         {
@@ -315,7 +316,12 @@ pub async fn login(
     }
     let now = now_ms();
     // Sign-ins are rare: a good moment to forget sessions that ran out.
-    if let Err(e) = app.store.delete_expired_console_sessions(now).await {
+    if let Err(e) = app
+        .store
+        .console()
+        .delete_expired_console_sessions(now)
+        .await
+    {
         tracing::warn!(error = %e, "cannot delete expired console sessions");
     }
     let id = hex::encode(rand::random::<[u8; 32]>());
@@ -326,7 +332,7 @@ pub async fn login(
         created_at: now,
         expires_at: now + SESSION_TTL_MS,
     };
-    if let Err(e) = app.store.create_console_session(&session).await {
+    if let Err(e) = app.store.console().create_console_session(&session).await {
         return store_failure(e);
     }
     tracing::info!("console sign-in");
@@ -360,7 +366,12 @@ pub async fn logout(
     if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
         return refused;
     }
-    if let Err(e) = app.store.delete_console_session(&session.id_hash).await {
+    if let Err(e) = app
+        .store
+        .console()
+        .delete_console_session(&session.id_hash)
+        .await
+    {
         return store_failure(e);
     }
     tracing::info!("console sign-out");

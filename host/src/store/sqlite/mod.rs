@@ -3,7 +3,8 @@
 //! One writer at a time: SQLite allows one anyway, and a write transaction that starts
 //! with `BEGIN IMMEDIATE` never fails half-way with `SQLITE_BUSY` when it upgrades from
 //! reading to writing. Payment transactions and raw-notification inserts run on the
-//! synchronous writer of [`super::sqlite_writer`]; the store's other writes go through a
+//! synchronous writer of `writer` (see the store's module docs for why), in the
+//! transaction of `tx`; the store's other writes go through a
 //! one-connection sqlx pool after taking that writer's lock. Reads that are not part of
 //! a payment use a separate pool and see the last commit (WAL).
 
@@ -11,14 +12,21 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use super::common::{self, Dialect};
-use super::sqlite_writer::{Held, Writer, WAL_LIMIT_BYTES};
-use super::*;
+use super::console::ConsoleStore;
+use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::types::{NewNotification, NewOrder, Order};
+use super::{ready, Store, StoreError, Tx};
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
+use crate::time::now_ms;
+use writer::{Held, Writer, WAL_LIMIT_BYTES};
+
+mod tx;
+mod writer;
 
 /// SQLite behind the [`Store`] trait.
 pub struct SqliteStore {
@@ -89,7 +97,7 @@ async fn keep_wal_bounded(writer: Writer, wal: std::path::PathBuf) {
 }
 
 /// A write connection of the sqlx pool, held together with the writer's lock.
-pub(super) struct WriteConn {
+struct WriteConn {
     // Declared first so it is dropped first, while the lock is still held.
     conn: PoolConnection<Sqlite>,
     _held: Held,
@@ -165,7 +173,7 @@ impl SqliteStore {
             reader,
             wal_keeper,
             path,
-            cut_rejected_at: cut_length(
+            cut_rejected_at: super::cut_length(
                 crate::config::RetentionConfig::default().rejected_body_bytes,
             ),
             ready: ready::ReadyCache::default(),
@@ -175,7 +183,7 @@ impl SqliteStore {
     /// Cuts the bodies of notifications rejected without verifying at `bytes` (default:
     /// `[retention] rejected_body_bytes`'s).
     pub fn cutting_rejected_bodies_at(mut self, bytes: usize) -> Self {
-        self.cut_rejected_at = cut_length(bytes);
+        self.cut_rejected_at = super::cut_length(bytes);
         self
     }
 
@@ -227,39 +235,65 @@ async fn room_for_new_data(db: &Path) -> Result<(), StoreError> {
     }
 }
 
-impl Dialect for Sqlite {
-    const DOC_TEXT: &'static str = "data";
-    const JSON_PARAM: &'static str = "";
+/// SQLite's SQL fragments (see [`Dialect`]).
+static SQLITE: Dialect = Dialect {
+    doc_text: "data",
+    json_param: "",
     // `BEGIN IMMEDIATE` holds the database write lock for the whole transaction.
-    const FOR_UPDATE: &'static str = "";
+    for_update: "",
     // One statement on the single writer connection: atomic against other workers of
     // this process and, through SQLite's write lock, of other processes.
-    const SKIP_LOCKED: &'static str = "";
-    const APPEND_ERROR: &'static str = "json_insert(errors, '$[#]', $6)";
-    const JSON_REFUSES_NUL: bool = false;
-    const TEXT_LIST: &'static str = "SELECT value FROM json_each($1)";
-
-    fn doc_filter(p: usize) -> String {
-        format!("json_extract(data, ${p}) IS json_extract(${}, '$')", p + 1)
-    }
-
-    fn field_param(field: &str) -> String {
-        json_path(field)
-    }
-}
+    skip_locked: "",
+    append_error: "json_insert(errors, '$[#]', $6)",
+    json_refuses_nul: false,
+    text_list: "SELECT value FROM json_each($1)",
+    doc_filter: |p| format!("json_extract(data, ${p}) IS json_extract(${}, '$')", p + 1),
+    field_param: json_path,
+};
 
 /// SQLite JSON path of a top-level field (names are checked to be plain before this).
-pub(super) fn json_path(field: &str) -> String {
+fn json_path(field: &str) -> String {
     format!("$.\"{field}\"")
 }
 
-common::shared_statements!(sqlx::Sqlite);
-super::claims::claim_statements!(sqlx::Sqlite);
-super::refunds::refund_statements!(sqlx::Sqlite);
-super::retention::retention_statements!(sqlx::Sqlite);
-super::console::console_store!(SqliteStore, sqlx::Sqlite, reader: reader, writer: write);
+/// Reads go to the read-only pool; writes to the write connection, under the writer's
+/// lock.
+#[async_trait]
+impl Sql for SqliteStore {
+    fn dialect(&self) -> &'static Dialect {
+        &SQLITE
+    }
 
-common::impl_store!(SqliteStore, reader: reader, writer: write, {
+    fn cut_rejected_at(&self) -> i32 {
+        self.cut_rejected_at
+    }
+
+    async fn fetch<T: Send + 'static>(
+        &self,
+        on: On,
+        st: &Statement<'_>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let q = sqlx_query::<Sqlite>(st);
+        let rows = match on {
+            On::Read => q.fetch_all(&self.reader).await?,
+            On::Write => q.fetch_all(&mut *self.write().await?).await?,
+        };
+        map_rows(&rows, map)
+    }
+
+    async fn execute(&self, on: On, st: &Statement<'_>) -> Result<u64, StoreError> {
+        let q = sqlx_query::<Sqlite>(st);
+        let done = match on {
+            On::Read => q.execute(&self.reader).await?,
+            On::Write => q.execute(&mut *self.write().await?).await?,
+        };
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
     async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
         // On the writer, in `BEGIN IMMEDIATE … COMMIT` with every row read: an answer of
         // 201 only after a commit SQLite reported done (see `Writer::in_transaction`).
@@ -283,20 +317,6 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
         Ok(Box::new(self.tx_writer.begin().await?))
     }
 
-    /// The pages of the file (free ones included: SQLite reuses them, the file does not
-    /// shrink without `VACUUM`), plus the write-ahead log if there is one.
-    async fn database_bytes(&self) -> Result<i64, StoreError> {
-        let pages: i64 = sqlx::query_scalar(
-            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
-        Ok(pages.saturating_add(i64::try_from(wal).unwrap_or(i64::MAX)))
-    }
-
     async fn ready(&self) -> Result<(), String> {
         self.ready
             .check(|| async {
@@ -309,6 +329,20 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
                 room_for_new_data(&self.path).await
             })
             .await
+    }
+
+    /// The pages of the file (free ones included: SQLite reuses them, the file does not
+    /// shrink without `VACUUM`), plus the write-ahead log if there is one.
+    async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let pages: i64 = sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        Ok(pages.saturating_add(i64::try_from(wal).unwrap_or(i64::MAX)))
     }
 
     fn backend(&self) -> &'static str {
@@ -325,17 +359,20 @@ common::impl_store!(SqliteStore, reader: reader, writer: write, {
         }
         Ok(())
     }
-});
+
+    fn console(&self) -> &dyn ConsoleStore {
+        self
+    }
+}
 
 /// `doc_inc` in one statement: create the document with the field, or add to an integer
 /// field. The WHERE on DO UPDATE refuses non-integers, and a sum past 64 bits (SQLite
 /// would make it a float); then no row comes back. `$5` is the field's JSON path.
-pub(super) const DOC_INC: &str =
-    "INSERT INTO documents (collection, id, data, created_at, updated_at) \
+const DOC_INC: &str = "INSERT INTO documents (collection, id, data, created_at, updated_at) \
      VALUES ($1, $2, json_object($3, $4), $6, $6) \
      ON CONFLICT (collection, id) DO UPDATE SET \
        data = json_set(documents.data, $5, COALESCE(json_extract(documents.data, $5), 0) + $4), \
        updated_at = $6 \
      WHERE (json_type(documents.data, $5) IS NULL OR json_type(documents.data, $5) = 'integer') \
        AND typeof(COALESCE(json_extract(documents.data, $5), 0) + $4) = 'integer' \
-     RETURNING json_extract(data, $5)";
+     RETURNING json_extract(data, $5) AS value";

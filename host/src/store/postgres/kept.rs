@@ -34,7 +34,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{connection_lost, StoreError};
+use crate::store::error::connection_lost;
+use crate::store::StoreError;
 
 /// How long a connection may sit idle and still be used without a ping.
 const FRESH: Duration = Duration::from_secs(1);

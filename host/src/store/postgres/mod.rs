@@ -1,7 +1,7 @@
 //! The PostgreSQL backend, for several host processes sharing one database.
 //!
 //! Every operation behaves as on SQLite (most statements are shared, see
-//! `store::common`); what SQLite gets from its single database-wide write lock,
+//! `store::statement`); what SQLite gets from its single database-wide write lock,
 //! PostgreSQL gets from row locks held until the transaction ends:
 //!
 //! - `lock_order` reads the order `FOR UPDATE`, so duplicates of one notification on
@@ -24,13 +24,22 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
-use super::common::{self, Dialect};
-use super::pg_kept::{Kept, KeptConns};
-use super::*;
+use super::console::ConsoleStore;
+use super::notifications::{id_row, ids_in_order, insert_notifications};
+use super::orders::{insert_order, order_row};
+use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::types::{NewNotification, NewOrder, Order};
+use super::{ready, Store, StoreError, Tx};
 use crate::config::DatabaseConfig;
+use crate::time::now_ms;
+use kept::KeptConns;
+
+mod kept;
+mod tx;
 
 /// PostgreSQL behind the [`Store`] trait.
 pub struct PgStore {
@@ -82,7 +91,7 @@ impl PgStore {
         Ok(Self {
             pool,
             kept,
-            cut_rejected_at: cut_length(
+            cut_rejected_at: super::cut_length(
                 crate::config::RetentionConfig::default().rejected_body_bytes,
             ),
             ready: ready::ReadyCache::default(),
@@ -94,14 +103,8 @@ impl PgStore {
     /// Cuts the bodies of notifications rejected without verifying at `bytes` (default:
     /// `[retention] rejected_body_bytes`'s).
     pub fn cutting_rejected_bodies_at(mut self, bytes: usize) -> Self {
-        self.cut_rejected_at = cut_length(bytes);
+        self.cut_rejected_at = super::cut_length(bytes);
         self
-    }
-
-    /// A connection for one write outside a transaction (PostgreSQL has row locks, so
-    /// writers need no lock of ours).
-    async fn write(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
-        Ok(self.pool.acquire().await?)
     }
 }
 
@@ -176,86 +179,133 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), S
     created
 }
 
-impl Dialect for Postgres {
-    const DOC_TEXT: &'static str = "data::text";
-    const JSON_PARAM: &'static str = "::jsonb";
-    const FOR_UPDATE: &'static str = " FOR UPDATE";
+/// PostgreSQL's SQL fragments (see [`Dialect`]).
+static POSTGRES: Dialect = Dialect {
+    doc_text: "data::text",
+    json_param: "::jsonb",
+    for_update: " FOR UPDATE",
     // Picked rows stay locked until the claim statement ends; rows another worker's
     // claim is locking are skipped, not waited for. After the claim commits they are
     // `running` and no longer match (until their lease expires).
-    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const APPEND_ERROR: &'static str = "(errors::jsonb || jsonb_build_array($6::text))::text";
-    const JSON_REFUSES_NUL: bool = true;
-    const TEXT_LIST: &'static str = "SELECT json_array_elements_text($1::json)";
-
-    fn doc_filter(p: usize) -> String {
+    skip_locked: " FOR UPDATE SKIP LOCKED",
+    append_error: "(errors::jsonb || jsonb_build_array($6::text))::text",
+    json_refuses_nul: true,
+    text_list: "SELECT json_array_elements_text($1::json)",
+    doc_filter: |p| {
         format!(
             "COALESCE(data -> ${p}::text, 'null'::jsonb) = ${}::jsonb",
             p + 1
         )
+    },
+    field_param: str::to_owned,
+};
+
+/// Runs a statement that returns rows on `conn`, mapping each with `map`.
+async fn fetch<T>(
+    conn: &mut PgConnection,
+    st: &Statement<'_>,
+    map: RowMap<T>,
+) -> Result<Vec<T>, StoreError> {
+    let rows = sqlx_query::<Postgres>(st).fetch_all(conn).await?;
+    map_rows(&rows, map)
+}
+
+/// Runs a statement on `conn`; how many rows it changed.
+async fn execute(conn: &mut PgConnection, st: &Statement<'_>) -> Result<u64, StoreError> {
+    Ok(sqlx_query::<Postgres>(st)
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+/// Every statement outside a transaction runs on the pool: PostgreSQL has row locks, so
+/// writers need no lock of ours.
+#[async_trait]
+impl Sql for PgStore {
+    fn dialect(&self) -> &'static Dialect {
+        &POSTGRES
     }
 
-    fn field_param(field: &str) -> String {
-        field.to_owned()
+    fn cut_rejected_at(&self) -> i32 {
+        self.cut_rejected_at
+    }
+
+    async fn fetch<T: Send + 'static>(
+        &self,
+        _on: On,
+        st: &Statement<'_>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        fetch(&mut *self.pool.acquire().await?, st, map).await
+    }
+
+    async fn execute(&self, _on: On, st: &Statement<'_>) -> Result<u64, StoreError> {
+        execute(&mut *self.pool.acquire().await?, st).await
     }
 }
 
-common::shared_statements!(sqlx::Postgres);
-super::claims::claim_statements!(sqlx::Postgres);
-super::refunds::refund_statements!(sqlx::Postgres);
-super::retention::retention_statements!(sqlx::Postgres);
-super::console::console_store!(PgStore, sqlx::Postgres, reader: pool, writer: write);
-
-common::impl_store!(PgStore, reader: pool, writer: write, {
+#[async_trait]
+impl Store for PgStore {
     async fn create_order(&self, o: &NewOrder) -> Result<Order, StoreError> {
         // In a transaction whose COMMIT is awaited, not in autocommit: `fetch_one` hands
         // back the `RETURNING` row as soon as it arrives, and an error the server sends
         // after it (a commit that fails) would never be seen; the API would answer 201
         // for an order that does not exist.
-        let mut conn = self.write().await?;
+        let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let order = shared::create_order(&mut *tx, o).await?;
+        let inserted = fetch(&mut tx, &insert_order(o), order_row).await;
+        let order = match inserted {
+            Err(StoreError::Database(e)) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "order {} already exists",
+                    o.out_trade_no
+                )))
+            }
+            rows => rows?.pop(),
+        };
+        let order = order.ok_or_else(|| StoreError::Invalid("the order was not stored".into()))?;
         tx.commit().await?;
         Ok(order)
     }
 
     async fn insert_notification(&self, n: &NewNotification) -> Result<i64, StoreError> {
         // Committed explicitly, as `create_order`.
-        let mut conn = self.write().await?;
+        let batch = [n];
+        let st = insert_notifications(&batch)?;
+        let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let id = shared::insert_notification(&mut *tx, n).await?;
+        let mut ids = match &st {
+            Some(st) => fetch(&mut tx, st, id_row).await?,
+            None => Vec::new(),
+        };
         tx.commit().await?;
-        Ok(id)
+        ids.pop()
+            .ok_or_else(|| StoreError::Invalid("the notification was not stored".into()))
     }
 
     async fn insert_notifications(
         &self,
         batch: &[&NewNotification],
     ) -> Result<Vec<i64>, StoreError> {
+        let Some(st) = insert_notifications(batch)? else {
+            return Ok(Vec::new());
+        };
         // One statement, committed on its own (one commit) for the whole batch: a single
         // INSERT is atomic without BEGIN/COMMIT, which would only add two round trips.
         let mut conn = self.kept.statement().await?;
-        let stored = shared::insert_notifications(&mut conn, batch).await;
-        if stored.is_err() {
-            conn.discard();
+        match fetch(&mut conn, &st, id_row).await {
+            Ok(ids) => ids_in_order(ids, batch.len()),
+            Err(e) => {
+                conn.discard();
+                Err(e)
+            }
         }
-        stored
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        // A transaction dropped unfinished is rolled back at once (see `pg_kept`): no
+        // A transaction dropped unfinished is rolled back at once (see `kept`): no
         // half-open transaction is used again, and no lock outlives it for long.
-        let tx = self.kept.begin().await?;
-        Ok(Box::new(PgTx { tx }))
-    }
-
-    /// The whole database, as the server counts it: every schema in it (several
-    /// deployments or test runs may share one), indexes and TOAST included.
-    async fn database_bytes(&self) -> Result<i64, StoreError> {
-        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(bytes)
+        Ok(Box::new(tx::PgTx::new(self.kept.begin().await?)))
     }
 
     async fn ready(&self) -> Result<(), String> {
@@ -280,120 +330,28 @@ common::impl_store!(PgStore, reader: pool, writer: write, {
             .await
     }
 
+    /// The whole database, as the server counts it: every schema in it (several
+    /// deployments or test runs may share one), indexes and TOAST included.
+    async fn database_bytes(&self) -> Result<i64, StoreError> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(bytes)
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }
-});
 
-/// An open PostgreSQL transaction.
-struct PgTx {
-    tx: Kept,
+    fn console(&self) -> &dyn ConsoleStore {
+        self
+    }
 }
 
-/// How often `doc_get_for_update` retries when the document is deleted between its two
-/// statements (each retry needs another transaction to delete it again).
-const LOCK_ATTEMPTS: usize = 3;
-
-common::impl_tx!(PgTx, {
-    /// Both statements as one (two data-modifying CTEs): a round trip less per batch,
-    /// on the serial path of every settle loop.
-    async fn settle(
-        &mut self,
-        paid: &[PaidOrder],
-        rows: &[NotificationVerdict<'_>],
-    ) -> Result<u64, StoreError> {
-        if paid.is_empty() || rows.is_empty() {
-            // An empty `VALUES` list is not SQL; each of these skips its statement when
-            // its list is empty (a batch with no payment still records its verdicts).
-            let marked = shared::settle_paid(&mut self.tx, paid).await?;
-            shared::finish_notifications(&mut self.tx, rows).await?;
-            return Ok(marked);
-        }
-        let mut q = sqlx::QueryBuilder::<Postgres>::new("WITH paid AS (");
-        shared::push_settle_paid(&mut q, paid);
-        q.push(" RETURNING 1), done AS (");
-        shared::push_finish_notifications(&mut q, rows);
-        q.push(") SELECT count(*) FROM paid");
-        let marked: i64 = q.build_query_scalar().fetch_one(&mut *self.tx).await?;
-        Ok(u64::try_from(marked).unwrap_or_default())
-    }
-
-    /// Locks the document for a read-modify-write (`set` with merge) until the
-    /// transaction ends.
-    ///
-    /// `SELECT … FOR UPDATE` alone cannot lock a document that does not exist: two
-    /// merges into an absent document would both read "absent", both write only their
-    /// own fields, and the later commit would overwrite the earlier one's. So a row is
-    /// made to exist first: `INSERT '{}' … ON CONFLICT DO NOTHING`.
-    ///
-    /// - If it inserted, this transaction holds the new row's unique-index entry: any
-    ///   other transaction inserting or upserting the same document (a merge here,
-    ///   `doc_inc`, `doc_put`, `doc_insert`) waits until this one ends, then sees its
-    ///   committed result. The document was absent: `None`, and the caller's write
-    ///   replaces the `{}` (a caller that writes nothing leaves `{}` behind).
-    /// - If it did nothing, the row existed (or another transaction that inserted it
-    ///   has just committed: the INSERT waited for it), and `SELECT … FOR UPDATE`
-    ///   locks it and returns its latest committed version.
-    async fn doc_get_for_update(
-        &mut self,
-        collection: &str,
-        id: &str,
-    ) -> Result<Option<String>, DocError> {
-        for _ in 0..LOCK_ATTEMPTS {
-            match shared::doc_insert(&mut *self.tx, collection, id, "{}").await {
-                Ok(()) => return Ok(None),
-                Err(DocError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-            let lock = <Postgres as Dialect>::FOR_UPDATE;
-            if let Some(text) = shared::select_document(&mut *self.tx, collection, id, lock).await?
-            {
-                return Ok(Some(text));
-            }
-            // Deleted (and committed) between the two statements: make it exist again.
-        }
-        Err(DocError::Invalid(format!(
-            "document {collection}/{id} is being deleted and re-created concurrently; try again"
-        )))
-    }
-
-    /// One statement: create the document with the field, or add to the field if it is
-    /// absent or an integer. The `WHERE` of `DO UPDATE` refuses anything else, and a
-    /// sum outside 64 bits, without an error (no row comes back): a failed statement
-    /// would abort the transaction. (`CASE` because SQL does not promise to evaluate
-    /// `AND` left to right, and `::numeric` of a non-number would raise.)
-    async fn doc_inc(
-        &mut self,
-        collection: &str,
-        id: &str,
-        field: &str,
-        delta: i64,
-    ) -> Result<i64, DocError> {
-        let value: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO documents AS d (collection, id, data, created_at, updated_at) \
-             VALUES ($1, $2, jsonb_build_object($3::text, $4::bigint), $5, $5) \
-             ON CONFLICT (collection, id) DO UPDATE SET \
-               data = jsonb_set(d.data, ARRAY[$3::text], \
-                                to_jsonb(COALESCE((d.data -> $3::text)::numeric, 0) + $4::bigint)), \
-               updated_at = $5 \
-             WHERE CASE jsonb_typeof(d.data -> $3::text) \
-                     WHEN 'number' THEN scale((d.data -> $3::text)::numeric) = 0 \
-                       AND (d.data -> $3::text)::numeric + $4::bigint \
-                           BETWEEN -9223372036854775808 AND 9223372036854775807 \
-                     ELSE d.data -> $3::text IS NULL \
-                   END \
-             RETURNING (d.data -> $3::text)::bigint",
-        )
-        .bind(collection)
-        .bind(id)
-        .bind(field)
-        .bind(delta)
-        .bind(now_ms())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        value.ok_or_else(|| DocError::NotANumber(field.to_owned()))
-    }
-});
+/// A unique index refused the row.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
 
 #[cfg(test)]
 mod tests {

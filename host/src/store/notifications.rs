@@ -1,0 +1,232 @@
+//! Notifications in SQL: their columns and row mapping, the raw insert (step 1 of the
+//! pipeline), the verdict statements of the payment transaction, and
+//! [`NotificationStore`] for every backend.
+
+use async_trait::async_trait;
+
+use super::claims;
+use super::retention;
+use super::statement::{json, required, storable, storable_opt, Columns, On, Sql, Statement};
+use super::traits::NotificationStore;
+use super::types::{
+    NewNotification, NotificationFilter, NotificationRecord, NotificationVerdict, Verdict,
+};
+use super::StoreError;
+use crate::time::{now_ms, Millis};
+
+/// Every column of `notifications` that [`notification_row`] reads.
+pub(crate) const NOTIFICATION_COLUMNS: &str =
+    "id, provider, account, received_at, remote_addr, headers, \
+     body, truncated, verdict, reason, out_trade_no, processed_at";
+
+/// A row of [`NOTIFICATION_COLUMNS`] as a [`NotificationRecord`].
+pub(crate) fn notification_row(r: &dyn Columns) -> Result<NotificationRecord, StoreError> {
+    let verdict = required(r.text("verdict")?, "verdict")?;
+    Ok(NotificationRecord {
+        id: required(r.int8("id")?, "id")?,
+        provider: required(r.text("provider")?, "provider")?,
+        account: r.text("account")?,
+        received_at: required(r.int8("received_at")?, "received_at")?,
+        remote_addr: r.text("remote_addr")?,
+        headers: required(json(r, "headers")?, "headers")?,
+        body: r.bytes("body")?,
+        truncated: r.boolean("truncated")?,
+        verdict: Verdict::parse(&verdict)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown verdict `{verdict}`")))?,
+        reason: r.text("reason")?,
+        out_trade_no: r.text("out_trade_no")?,
+        processed_at: r.int8("processed_at")?,
+    })
+}
+
+/// Stores a batch of raw notifications with one multi-row `INSERT … RETURNING id`;
+/// `None` for an empty batch (an empty `VALUES` list is not SQL). Rows take their ids in
+/// VALUES order (one writer on SQLite; one statement drawing increasing identity values
+/// on PostgreSQL), so the returned ids, sorted, line up with the batch (see
+/// [`ids_in_order`]).
+pub(crate) fn insert_notifications<'a>(
+    batch: &'a [&'a NewNotification],
+) -> Result<Option<Statement<'a>>, StoreError> {
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    let headers = batch
+        .iter()
+        .map(|n| serde_json::to_string(&n.headers))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Invalid(format!("headers: {e}")))?;
+    let mut st = Statement::build();
+    st.push(
+        "INSERT INTO notifications (provider, account, received_at, remote_addr, headers, \
+         body, truncated) ",
+    )
+    .push_values(batch.iter().zip(headers), |(n, h)| {
+        vec![
+            storable(&n.provider).into(),
+            storable_opt(n.account.as_deref()).into(),
+            n.received_at.into(),
+            storable_opt(n.remote_addr.as_deref()).into(),
+            h.into(),
+            n.body.as_slice().into(),
+            n.truncated.into(),
+        ]
+    })
+    .push(" RETURNING id");
+    Ok(Some(st))
+}
+
+/// A row of [`insert_notifications`]' answer.
+pub(crate) fn id_row(r: &dyn Columns) -> Result<i64, StoreError> {
+    required(r.int8("id")?, "id")
+}
+
+/// The ids [`insert_notifications`] returned, in the batch's order; refuses a count
+/// that is not the batch's.
+pub(crate) fn ids_in_order(mut ids: Vec<i64>, batch: usize) -> Result<Vec<i64>, StoreError> {
+    if ids.len() != batch {
+        return Err(StoreError::Invalid(format!(
+            "stored {} of {batch} notifications",
+            ids.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Where one notification ended up, inside a payment transaction.
+pub(crate) fn finish_notification<'a>(
+    id: i64,
+    verdict: Verdict,
+    reason: Option<&'a str>,
+    out_trade_no: Option<&'a str>,
+    account: Option<&'a str>,
+) -> Statement<'a> {
+    Statement::new(
+        "UPDATE notifications SET verdict = $2, reason = $3, \
+         out_trade_no = COALESCE($4, out_trade_no), account = COALESCE($5, account), \
+         processed_at = $6 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(verdict.as_str())
+    .bind(storable_opt(reason))
+    .bind(storable_opt(out_trade_no))
+    .bind(storable_opt(account))
+    .bind(now_ms())
+}
+
+/// Appends to `st` one `UPDATE … FROM (VALUES …)` recording every verdict of a batch.
+pub(crate) fn push_finish_notifications<'a>(
+    st: &mut Statement<'a>,
+    rows: &'a [NotificationVerdict<'a>],
+) {
+    st.push(
+        "UPDATE notifications SET verdict = v.column2, reason = v.column3, \
+         out_trade_no = COALESCE(v.column4, notifications.out_trade_no), \
+         account = COALESCE(v.column5, notifications.account), processed_at = ",
+    )
+    .push_param(now_ms())
+    .push(" FROM (")
+    .push_values(rows, |r| {
+        vec![
+            r.id.into(),
+            r.verdict.as_str().into(),
+            storable_opt(r.reason).into(),
+            storable_opt(r.out_trade_no).into(),
+            storable_opt(r.account).into(),
+        ]
+    })
+    .push(") AS v WHERE notifications.id = v.column1");
+}
+
+/// One stored notification.
+fn get_notification(id: i64) -> Statement<'static> {
+    Statement::new(format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = $1"
+    ))
+    .bind(id)
+}
+
+/// Notifications matching `f`, newest first.
+fn list_notifications(f: &NotificationFilter) -> Statement<'_> {
+    Statement::new(format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications \
+         WHERE ($1 IS NULL OR provider = $1) AND ($2 IS NULL OR out_trade_no = $2) \
+           AND ($3 IS NULL OR verdict = $3) AND ($4 IS NULL OR id < $4) \
+           AND ($6 IS NULL OR received_at >= $6) AND ($7 IS NULL OR received_at < $7) \
+         ORDER BY id DESC LIMIT $5"
+    ))
+    .bind(storable_opt(f.provider.as_deref()))
+    .bind(storable_opt(f.out_trade_no.as_deref()))
+    .bind(f.verdict.map(Verdict::as_str))
+    .bind(f.before_id)
+    .bind(i64::from(f.limit.clamp(1, 500)))
+    .bind(f.since)
+    .bind(f.until)
+}
+
+#[async_trait]
+impl<S: Sql> NotificationStore for S {
+    async fn finish_notification(
+        &self,
+        id: i64,
+        verdict: Verdict,
+        reason: Option<&str>,
+        out_trade_no: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let cut_at = (verdict == Verdict::Rejected).then_some(self.cut_rejected_at());
+        let st =
+            retention::finish_notification_cut(id, verdict, reason, out_trade_no, account, cut_at);
+        self.execute(On::Write, &st).await?;
+        Ok(())
+    }
+
+    async fn get_notification(&self, id: i64) -> Result<Option<NotificationRecord>, StoreError> {
+        let st = get_notification(id);
+        Ok(self.fetch(On::Read, &st, notification_row).await?.pop())
+    }
+
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        self.fetch(On::Read, &list_notifications(filter), notification_row)
+            .await
+    }
+
+    async fn failed_unpaid_notifications(
+        &self,
+        since: Option<Millis>,
+        order_type: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        let st = claims::failed_unpaid(since, order_type, limit);
+        self.fetch(On::Read, &st, notification_row).await
+    }
+
+    async fn claim_stuck(
+        &self,
+        received_before: Millis,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        let st = claims::claim_stuck(self.dialect(), received_before, now, until, limit);
+        Ok(claims::by_id(
+            self.fetch(On::Write, &st, notification_row).await?,
+        ))
+    }
+
+    async fn prune_rejected(&self, received_before: Millis, limit: u32) -> Result<u64, StoreError> {
+        let st = retention::prune_rejected(self.dialect(), received_before, limit);
+        self.execute(On::Write, &st).await
+    }
+
+    async fn count_rejected(&self) -> Result<i64, StoreError> {
+        let st = retention::count_rejected();
+        let counts = self
+            .fetch(On::Read, &st, |r| required(r.int8("n")?, "n"))
+            .await?;
+        Ok(counts.into_iter().next().unwrap_or_default())
+    }
+}
