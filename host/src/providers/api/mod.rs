@@ -30,7 +30,7 @@ use super::{AccountError, Inbound, Notice, ProviderKind, Rejection};
 use crate::config::AccountConfig;
 
 pub mod alipay;
-pub mod wechat_v2;
+use super::wechat_v2::api as wechat_v2;
 pub mod wechat_v3;
 
 /// The header that marks a stored notification as a provider's answer to our query

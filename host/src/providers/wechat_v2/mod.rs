@@ -15,6 +15,8 @@
 //! `req_info` is the refund, AES-256-ECB encrypted under the lower-case hex MD5 of the
 //! API key. Decrypting it with our key is what authenticates it.
 
+pub mod api;
+
 use std::collections::BTreeMap;
 
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyInit};

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use crate::providers::api::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
 use crate::config::AccountConfig;
 use crate::providers::wechat_v2::{parse_time_end, parse_xml, sign, signed_xml, SignType};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
@@ -43,7 +43,7 @@ impl Api {
             mch_id: required(&a.mch_id, "mch_id")?,
             api_key: required(&a.api_key, "api_key")?,
             sign_type,
-            base: super::base(&a.api_base, DEFAULT_BASE),
+            base: crate::providers::api::base(&a.api_base, DEFAULT_BASE),
         })
     }
 
@@ -57,7 +57,7 @@ impl Api {
         fields.insert("appid".to_owned(), self.appid.clone());
         fields.insert("mch_id".to_owned(), self.mch_id.clone());
         fields.insert("out_trade_no".to_owned(), out_trade_no.to_owned());
-        fields.insert("nonce_str".to_owned(), super::nonce());
+        fields.insert("nonce_str".to_owned(), crate::providers::api::nonce());
         if self.sign_type == SignType::HmacSha256 {
             fields.insert("sign_type".to_owned(), "HMAC-SHA256".to_owned());
         }
