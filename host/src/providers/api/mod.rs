@@ -31,7 +31,7 @@ use crate::config::AccountConfig;
 
 pub mod alipay;
 use super::wechat_v2::api as wechat_v2;
-pub mod wechat_v3;
+use super::wechat_v3::api as wechat_v3;
 
 /// The header that marks a stored notification as a provider's answer to our query
 /// rather than a notification the provider sent.

@@ -16,6 +16,8 @@
 //! Only then is the body parsed and `resource` decrypted with the APIv3 key. The
 //! plaintext (the transaction) is what carries the order, amount, appid and mchid.
 
+pub mod api;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

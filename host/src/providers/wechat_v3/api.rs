@@ -16,7 +16,7 @@ use rsa::pkcs1v15::SigningKey;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use crate::providers::api::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
 use crate::config::AccountConfig;
 use crate::providers::wechat_v3::{flatten, verify_signed, Account, SIGNATURE_TYPE};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
@@ -49,7 +49,7 @@ impl Api {
             }
             return Ok(None);
         };
-        let key = super::parse_private_key(key_text)
+        let key = crate::providers::api::parse_private_key(key_text)
             .map_err(|e| format!("`merchant_private_key_file`: {e}"))?;
         let verifier = Account::from_config(a)?;
         Ok(Some(Api {
@@ -59,16 +59,16 @@ impl Api {
             serial_no: serial_no.clone(),
             signer: SigningKey::new(key),
             verifier,
-            base: super::base(&a.api_base, DEFAULT_BASE),
+            base: crate::providers::api::base(&a.api_base, DEFAULT_BASE),
         }))
     }
 
     /// The `Authorization` header for a request.
     fn authorization(&self, method: &str, path_and_query: &str, body: &str) -> String {
         let timestamp = crate::store::now_ms() / 1000;
-        let nonce = super::nonce();
+        let nonce = crate::providers::api::nonce();
         let message = format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body}\n");
-        let signature = super::rsa_sign(&self.signer, message.as_bytes());
+        let signature = crate::providers::api::rsa_sign(&self.signer, message.as_bytes());
         format!(
             "{SIGNATURE_TYPE} mchid=\"{}\",nonce_str=\"{nonce}\",signature=\"{signature}\",timestamp=\"{timestamp}\",serial_no=\"{}\"",
             self.mch_id, self.serial_no
