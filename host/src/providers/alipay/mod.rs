@@ -26,6 +26,8 @@
 //!
 //! The answer is the bare word `success`; anything else makes Alipay retry.
 
+pub mod api;
+
 use std::collections::BTreeMap;
 
 use base64::Engine as _;

@@ -29,7 +29,7 @@ use sha2::Sha256;
 use super::{AccountError, Inbound, Notice, ProviderKind, Rejection};
 use crate::config::AccountConfig;
 
-pub mod alipay;
+use super::alipay::api as alipay;
 use super::wechat_v2::api as wechat_v2;
 use super::wechat_v3::api as wechat_v3;
 

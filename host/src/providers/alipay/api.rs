@@ -14,7 +14,7 @@ use rsa::pkcs1v15::SigningKey;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use crate::providers::api::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
 use crate::config::AccountConfig;
 use crate::providers::alipay::{parse_gmt, yuan_to_fen, Account};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
@@ -42,14 +42,14 @@ impl Api {
         let Some(key_text) = &a.app_private_key else {
             return Ok(None);
         };
-        let key = super::parse_private_key(key_text)
+        let key = crate::providers::api::parse_private_key(key_text)
             .map_err(|e| format!("`app_private_key_file`: {e}"))?;
         Ok(Some(Api {
             name: a.name.clone(),
             app_id: a.app_id.clone().unwrap_or_default(),
             signer: SigningKey::new(key),
             verifier: Account::from_config(a)?,
-            base: super::base(&a.api_base, DEFAULT_BASE),
+            base: crate::providers::api::base(&a.api_base, DEFAULT_BASE),
         }))
     }
 
@@ -81,7 +81,7 @@ impl Api {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("&");
-        let sign = super::rsa_sign(&self.signer, text.as_bytes());
+        let sign = crate::providers::api::rsa_sign(&self.signer, text.as_bytes());
         // The serializer is not Send: it must be gone before the await below.
         let form = {
             let mut form = form_urlencoded::Serializer::new(String::new());
