@@ -226,7 +226,7 @@ fn required_header<'a>(inbound: &'a Inbound<'_>, name: &str) -> Result<&'a str, 
 /// `Wechatpay-*` headers, the timestamp window against [`Inbound::received_at`], and the
 /// RSA signature over `timestamp\nnonce\nbody\n` with the key `Wechatpay-Serial` names.
 /// Returns the account whose key verified it; nothing in the body is trusted before.
-pub fn verify_signed<'a>(
+pub(crate) fn verify_signed<'a>(
     accounts: &'a [Account],
     inbound: &Inbound<'_>,
 ) -> Result<&'a Account, Rejection> {

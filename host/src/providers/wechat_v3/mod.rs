@@ -29,9 +29,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+pub(crate) use keys::verify_signed;
 pub use keys::{
-    decrypt_resource, message, parse_certificate_pem, parse_public_key_pem, serial_hex,
-    verify_signed, Account,
+    decrypt_resource, message, parse_certificate_pem, parse_public_key_pem, serial_hex, Account,
 };
 
 use super::json::{flatten_unique, parse_json_unique, required_text, str_field};
