@@ -60,8 +60,10 @@ impl App {
                 url: crate::config::redact_url(&config.database.url),
                 source,
             })?;
-        let providers = Arc::new(Providers::from_config(&config.accounts)?);
-        let apis = Arc::new(Apis::from_config(&config.accounts)?);
+        // One pass over the accounts builds both halves of every provider.
+        let accounts = crate::providers::registry::Registry::from_config(&config.accounts)?;
+        let providers = Arc::new(accounts.providers);
+        let apis = Arc::new(accounts.apis);
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
         let plugins = Arc::new(Registry::new(runtime, config.plugins.clone()));
         if let Err(e) = std::fs::create_dir_all(&config.plugins.dir) {

@@ -20,10 +20,11 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use super::common::{check_timestamp, nonblank_header, pick_account, required};
+use super::json::{flatten_unique, optional_str, parse_json_unique, required_str, str_or_empty};
 use super::wechat_v2::parse_time_end;
-use super::wechat_v3::{flatten_unique, parse_json_unique};
 use super::{
-    pick_account, Answer, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
+    Answer, ContentTypes, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Rejection,
 };
 use crate::config::AccountConfig;
 
@@ -35,6 +36,12 @@ pub const TIMESTAMP_HEADER: &str = "x-paynotify-timestamp";
 
 /// Header carrying the relay's signature, `v1=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-paynotify-signature";
+
+/// The relay forwards the event as JSON.
+pub const CONTENT_TYPES: ContentTypes = ContentTypes {
+    media_types: &["application/json"],
+    may_be_absent: false,
+};
 
 /// One configured CloudPay sub-merchant.
 #[derive(Clone)]
@@ -56,9 +63,8 @@ impl std::fmt::Debug for Account {
 impl Account {
     /// Reads the CloudPay keys of an `[[accounts]]` entry.
     pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
-        let sub_mch_id =
-            super::required(&a.sub_mch_id, "sub_mch_id", false, ProviderKind::Cloudpay)?;
-        let secret = super::required(&a.secret, "secret", true, ProviderKind::Cloudpay)?;
+        let sub_mch_id = required(&a.sub_mch_id, "sub_mch_id", false, ProviderKind::Cloudpay)?;
+        let secret = required(&a.secret, "secret", true, ProviderKind::Cloudpay)?;
         if secret.len() < 16 {
             return Err("`secret` must be at least 16 bytes (use a long random string)".into());
         }
@@ -105,29 +111,6 @@ impl Cloudpay {
     }
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-/// A string field that must be there.
-fn required_str<'a>(v: &'a Value, key: &str) -> Result<&'a str, Rejection> {
-    match v.get(key) {
-        None | Some(Value::Null) => Err(Rejection::Malformed(format!("no {key}"))),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(Rejection::Malformed(format!(
-            "{key} is {other}, not a string"
-        ))),
-    }
-}
-
-/// A string field that may be absent (then empty), but is a string when it is there.
-fn optional_str<'a>(v: &'a Value, key: &str) -> Result<&'a str, Rejection> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(""),
-        _ => required_str(v, key),
-    }
-}
-
 impl Provider for Cloudpay {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Cloudpay
@@ -137,30 +120,21 @@ impl Provider for Cloudpay {
         self.accounts.iter().map(|a| a.name.as_str()).collect()
     }
 
+    fn content_types(&self) -> ContentTypes {
+        CONTENT_TYPES
+    }
+
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection> {
-        let timestamp = inbound
-            .header(TIMESTAMP_HEADER)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+        let timestamp = nonblank_header(inbound, TIMESTAMP_HEADER)
             .ok_or_else(|| Rejection::BadSignature("no `X-Paynotify-Timestamp` header".into()))?;
-        let signature = inbound
-            .header(SIGNATURE_HEADER)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+        let signature = nonblank_header(inbound, SIGNATURE_HEADER)
             .ok_or_else(|| Rejection::BadSignature("no `X-Paynotify-Signature` header".into()))?;
-        if timestamp.len() > 12 || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Rejection::Malformed(format!(
-                "X-Paynotify-Timestamp `{timestamp}` is not unix seconds"
-            )));
-        }
-        let ts_secs: i64 = timestamp.parse().unwrap_or(i64::MAX);
-        let received_secs = inbound.received_at.div_euclid(1000);
-        let skew = ts_secs.saturating_sub(received_secs);
-        if skew.saturating_abs() > MAX_CLOCK_SKEW_SECS {
-            return Err(Rejection::Stale(format!(
-                "X-Paynotify-Timestamp {ts_secs} is {skew} s from the time of receipt {received_secs} (allowed ±{MAX_CLOCK_SKEW_SECS} s)"
-            )));
-        }
+        check_timestamp(
+            "X-Paynotify-Timestamp",
+            timestamp,
+            inbound.received_at,
+            MAX_CLOCK_SKEW_SECS,
+        )?;
         let hex_sig = signature.strip_prefix("v1=").ok_or_else(|| {
             Rejection::BadSignature("X-Paynotify-Signature must be `v1=<hex>`".into())
         })?;
@@ -178,7 +152,7 @@ impl Provider for Cloudpay {
         if !event.is_object() {
             return Err(Rejection::Malformed("body is not a JSON object".into()));
         }
-        let sub_mch_id = str_field(&event, "subMchId");
+        let sub_mch_id = str_or_empty(&event, "subMchId");
         let account = pick_account(
             &self.accounts,
             |a| &a.name,

@@ -1,17 +1,37 @@
 //! Payment providers: each parses and verifies its own notification format and answers
 //! in its own convention. Everything after verification is provider-agnostic: a
 //! provider turns raw bytes into a [`Notice`] or a [`Rejection`].
+//!
+//! ## Layout
+//!
+//! - this module: the [`Provider`] trait, what goes in and out of it ([`Inbound`],
+//!   [`Notice`], [`Rejection`], [`Answer`]) and the content-type rule every provider
+//!   states ([`ContentTypes`]);
+//! - [`registry`]: builds, in one pass over `[[accounts]]`, the verifiers ([`Providers`])
+//!   and the order-API clients ([`api::Apis`]);
+//! - [`api`]: the other direction, calling a provider (order query and close): the
+//!   [`api::OrderApi`] trait, the answer as received, the HTTP helpers;
+//! - one module per provider, each holding both halves (notification verify, and its
+//!   `api` client) over one account type, so parsing and signing are written once:
+//!   [`wechat_v2`], [`wechat_v3`], [`alipay`], [`cloudpay`] (no API);
+//! - `common` and `json`: the checks and JSON readers several providers share.
 
 use std::collections::BTreeMap;
 
 pub use crate::config::ProviderKind;
-use crate::config::AccountConfig;
 
 pub mod alipay;
 pub mod api;
 pub mod cloudpay;
+mod common;
+mod json;
+pub mod registry;
 pub mod wechat_v2;
 pub mod wechat_v3;
+
+// `ct_eq` is also the host's constant-time compare for admin tokens (`http::auth`).
+pub use common::ct_eq;
+pub use registry::{AccountError, Providers};
 
 /// A notification as it arrived, before any check.
 #[derive(Debug, Clone)]
@@ -147,6 +167,13 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
     /// The configured account names.
     fn accounts(&self) -> Vec<&str>;
+    /// The `Content-Type` this provider's notifications carry.
+    fn content_types(&self) -> ContentTypes;
+    /// Checks a request's `Content-Type` header values (every one, raw) before anything
+    /// is parsed; a refusal is stored as a rejection and answered 415.
+    fn check_content_type(&self, values: &[&[u8]]) -> Result<(), ContentTypeRefusal> {
+        self.content_types().check(self.kind(), values)
+    }
     /// Parses and verifies a notification on its raw bytes.
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection>;
     /// The answer that tells the provider to stop retrying.
@@ -155,218 +182,168 @@ pub trait Provider: Send + Sync {
     fn failure(&self, reason: &str) -> Answer;
 }
 
-/// A configuration error in an account.
-#[derive(Debug, thiserror::Error)]
-#[error("accounts[{index}] ({provider} `{name}`): {message}")]
-pub struct AccountError {
-    /// Position in `[[accounts]]`.
-    pub index: usize,
-    /// Provider name.
-    pub provider: String,
-    /// Account name.
-    pub name: String,
-    /// What is wrong.
-    pub message: String,
+/// The media types a provider sends its notifications with. Checked on the type alone
+/// (before any `;` parameter, case-insensitive); several `Content-Type` headers are
+/// refused, since which one a proxy would honour is anyone's guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentTypes {
+    /// The accepted media types, lower case, without parameters.
+    pub media_types: &'static [&'static str],
+    /// Whether a notification without the header is accepted too.
+    pub may_be_absent: bool,
 }
 
-/// The configured providers, by kind.
-pub struct Providers {
-    by_kind: BTreeMap<ProviderKind, Box<dyn Provider>>,
-}
-
-impl Providers {
-    /// Builds every provider that has at least one account.
-    pub fn from_config(accounts: &[AccountConfig]) -> Result<Providers, AccountError> {
-        let mut v2 = Vec::new();
-        let mut v3 = Vec::new();
-        let mut alipay_accounts = Vec::new();
-        let mut cloudpay_accounts = Vec::new();
-        for (index, a) in accounts.iter().enumerate() {
-            let err = |message: String| AccountError {
-                index,
-                provider: a.provider.clone(),
-                name: a.name.clone(),
-                message,
-            };
-            match ProviderKind::parse(&a.provider) {
-                Some(ProviderKind::WechatV2) => {
-                    v2.push(wechat_v2::Account::from_config(a).map_err(err)?)
+impl ContentTypes {
+    /// Whether a notification may carry these `Content-Type` values.
+    pub fn allows(&self, values: &[&[u8]]) -> bool {
+        match values {
+            [] => self.may_be_absent,
+            [one] => match std::str::from_utf8(one) {
+                Ok(v) => {
+                    let essence = v
+                        .split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase();
+                    self.media_types.contains(&essence.as_str())
                 }
-                Some(ProviderKind::WechatV3) => {
-                    v3.push(wechat_v3::Account::from_config(a).map_err(err)?)
-                }
-                Some(ProviderKind::Alipay) => {
-                    alipay_accounts.push(alipay::Account::from_config(a).map_err(err)?)
-                }
-                Some(ProviderKind::Cloudpay) => {
-                    cloudpay_accounts.push(cloudpay::Account::from_config(a).map_err(err)?)
-                }
-                None => return Err(err("unknown provider".into())),
-            }
+                Err(_) => false,
+            },
+            _ => false,
         }
-        let mut by_kind: BTreeMap<ProviderKind, Box<dyn Provider>> = BTreeMap::new();
-        if !v2.is_empty() {
-            by_kind.insert(
-                ProviderKind::WechatV2,
-                Box::new(wechat_v2::WechatV2::new(v2)),
-            );
-        }
-        if !v3.is_empty() {
-            by_kind.insert(
-                ProviderKind::WechatV3,
-                Box::new(wechat_v3::WechatV3::new(v3)),
-            );
-        }
-        if !alipay_accounts.is_empty() {
-            by_kind.insert(
-                ProviderKind::Alipay,
-                Box::new(alipay::Alipay::new(alipay_accounts)),
-            );
-        }
-        if !cloudpay_accounts.is_empty() {
-            by_kind.insert(
-                ProviderKind::Cloudpay,
-                Box::new(cloudpay::Cloudpay::new(cloudpay_accounts)),
-            );
-        }
-        Ok(Providers { by_kind })
     }
 
-    /// The provider, if configured.
-    pub fn get(&self, kind: ProviderKind) -> Option<&dyn Provider> {
-        self.by_kind.get(&kind).map(|p| p.as_ref())
-    }
-
-    /// Resolves the account an order names: the named one, or the only one.
-    pub fn resolve_account(
-        &self,
-        kind: ProviderKind,
-        name: Option<&str>,
-    ) -> Result<String, String> {
-        let Some(p) = self.get(kind) else {
-            return Err(format!("provider {kind} has no account configured"));
-        };
-        let names = p.accounts();
-        match name {
-            Some(n) if names.contains(&n) => Ok(n.to_owned()),
-            Some(n) => Err(format!("provider {kind} has no account named `{n}`")),
-            None if names.len() == 1 => Ok(names[0].to_owned()),
-            None => Err(format!(
-                "provider {kind} has several accounts ({}); name one with `account`",
-                names.join(", ")
-            )),
+    /// [`ContentTypes::allows`], or the refusal whose reason names what came and what
+    /// `kind` sends.
+    pub fn check(&self, kind: ProviderKind, values: &[&[u8]]) -> Result<(), ContentTypeRefusal> {
+        if self.allows(values) {
+            return Ok(());
         }
-    }
-}
-
-/// Picks the account that should verify a notification: the one named in the URL, else
-/// the one whose identifiers match `matches`, else the only one.
-pub(crate) fn pick_account<'a, A>(
-    accounts: &'a [A],
-    name_of: impl Fn(&A) -> &str,
-    url_account: Option<&str>,
-    matches: impl Fn(&A) -> bool,
-) -> Result<&'a A, Rejection> {
-    if let Some(name) = url_account {
-        return accounts
+        let shown: Vec<String> = values
             .iter()
-            .find(|a| name_of(a) == name)
-            .ok_or_else(|| Rejection::UnknownAccount(format!("no account named `{name}`")));
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let expected = self.media_types.join(" or ");
+        let reason = match shown.as_slice() {
+            [] => format!("unsupported content type: none given; {kind} sends {expected}"),
+            [one] => format!("unsupported content type `{one}`; {kind} sends {expected}"),
+            many => format!(
+                "unsupported content type: {} Content-Type headers ({})",
+                many.len(),
+                many.join(", ")
+            ),
+        };
+        Err(ContentTypeRefusal { reason })
     }
-    let mut found = accounts.iter().filter(|a| matches(a));
-    match (found.next(), found.next()) {
-        (Some(a), None) => Ok(a),
-        (Some(_), Some(_)) => Err(Rejection::UnknownAccount(
-            "several accounts match; use /notify/{provider}/{account}".into(),
-        )),
-        (None, _) => Err(Rejection::AccountMismatch(
-            "no configured account matches the notification's merchant ids".into(),
-        )),
+}
+
+/// A notification refused for its `Content-Type`, before it is parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ContentTypeRefusal {
+    /// What came and what the provider sends: stored with the notification and logged.
+    pub reason: String,
+}
+
+impl ContentTypeRefusal {
+    /// The HTTP status of the answer.
+    pub const STATUS: u16 = 415;
+    /// What the answer says: only the kind of refusal, the reason stays in the record.
+    pub const MESSAGE: &'static str = "unsupported content type";
+
+    /// The provider's failure answer saying [`Self::MESSAGE`], with [`Self::STATUS`].
+    pub fn answer(&self, provider: &dyn Provider) -> Answer {
+        let mut a = provider.failure(Self::MESSAGE);
+        a.status = Self::STATUS;
+        a
     }
 }
 
-/// A required, non-empty account key, or the message naming it (and its `_file` form
-/// when `file_key` says there is one).
-pub(crate) fn required(
-    value: &Option<String>,
-    key: &str,
-    file_key: bool,
-    provider: ProviderKind,
-) -> Result<String, String> {
-    value
-        .clone()
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            let alt = if file_key {
-                format!(" (or {key}_file)")
-            } else {
-                String::new()
-            };
-            format!("`{key}`{alt} is required for {provider}")
-        })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A provider timestamp in China Standard Time (`+08:00`, as WeChat and Alipay write
-/// them) in the given layout → unix ms.
-pub(crate) fn china_time_ms(
-    s: &str,
-    format: &[time::format_description::BorrowedFormatItem<'_>],
-) -> Option<i64> {
-    let dt = time::PrimitiveDateTime::parse(s, format).ok()?;
-    let cst = time::UtcOffset::from_hms(8, 0, 0).ok()?;
-    i64::try_from(dt.assume_offset(cst).unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// Parses a non-negative integer amount in fen, strictly (digits only).
-pub(crate) fn parse_fen(s: &str, what: &str) -> Result<i64, Rejection> {
-    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Rejection::Malformed(format!(
-            "{what} `{s}` is not an amount in fen"
-        )));
-    }
-    s.parse()
-        .map_err(|_| Rejection::Malformed(format!("{what} `{s}` is not an amount in fen")))
-}
-
-/// Refuses a notification whose signed fields (`signed`: name, value, in the order they
-/// were joined into the string to sign) would not split back into exactly themselves;
-/// the reason names the field that makes it ambiguous.
-///
-/// The split is one fixed parse of a signed `k=v&k=v…` string (WeChat Pay v2, Alipay):
-/// on `&`, then on the first `=` of each piece; a piece without `=` cannot be a field
-/// (every signed value is non-empty), so it is the rest of the previous value (`Tom &
-/// Jerry` survives, `x&out_trade_no=1` is two fields). Requiring that the string a
-/// notification was verified over splits back into exactly its fields leaves at most one
-/// field map per signed string, so a genuine signature cannot be re-split into other
-/// fields. (A parse that depended on the names a notification happens to carry would
-/// not: `attach=x&foo=1` would verify both as one field and as `attach` plus an extra
-/// `foo` a handler might read.)
-///
-/// Checked field by field instead of joining and splitting again (this runs for every
-/// v2 and Alipay notification): the split differs exactly when a name holds `&` or `=`,
-/// or a value holds `&` followed by a piece with `=`. The property tests split the signed
-/// string independently and compare.
-pub(crate) fn require_unambiguous(signed: &[(&str, &str)]) -> Result<(), Rejection> {
-    const WHY: &str = "the signed string `k=v&…` cannot tell it from separate fields, so one signature would verify other fields too";
-    for (k, v) in signed {
-        if k.contains(['&', '=']) {
-            return Err(Rejection::Ambiguous(format!(
-                "field name `{k}` contains `&` or `=`: {WHY}"
-            )));
-        }
-        for piece in v.split('&').skip(1) {
-            if let Some((name, _)) = piece.split_once('=') {
-                return Err(Rejection::Ambiguous(format!(
-                    "field `{k}` contains `&{name}=`: {WHY}"
-                )));
-            }
+    fn rule(kind: ProviderKind) -> ContentTypes {
+        match kind {
+            ProviderKind::WechatV2 => wechat_v2::CONTENT_TYPES,
+            ProviderKind::WechatV3 => wechat_v3::CONTENT_TYPES,
+            ProviderKind::Alipay => alipay::CONTENT_TYPES,
+            ProviderKind::Cloudpay => cloudpay::CONTENT_TYPES,
         }
     }
-    Ok(())
-}
 
-/// Constant-time equality of two byte strings.
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    #[test]
+    fn content_types_are_checked_per_provider() {
+        use ProviderKind::*;
+        let ok: &[(ProviderKind, &[&[u8]])] = &[
+            (WechatV2, &[]),
+            (WechatV2, &[b"text/xml"]),
+            (WechatV2, &[b"Text/XML; charset=UTF-8"]),
+            (WechatV2, &[b"application/xml"]),
+            (
+                Alipay,
+                &[b"application/x-www-form-urlencoded; charset=utf-8"],
+            ),
+            (WechatV3, &[b"application/json"]),
+            (Cloudpay, &[b" application/json ;charset=utf-8"]),
+        ];
+        for (kind, values) in ok {
+            assert!(
+                rule(*kind).check(*kind, values).is_ok(),
+                "{kind} {values:?}"
+            );
+        }
+        let refused: &[(ProviderKind, &[&[u8]])] = &[
+            (WechatV2, &[b""]),
+            (WechatV2, &[b"application/json"]),
+            (WechatV2, &[b"text/xml", b"text/xml"]),
+            (WechatV2, &[b"text/xml\xff"]),
+            (WechatV2, &[b"text/xmlx"]),
+            (Alipay, &[]),
+            (Alipay, &[b"multipart/form-data"]),
+            (WechatV3, &[]),
+            (WechatV3, &[b"text/json"]),
+            (Cloudpay, &[b"application/x-www-form-urlencoded"]),
+        ];
+        for (kind, values) in refused {
+            assert!(
+                rule(*kind).check(*kind, values).is_err(),
+                "{kind} {values:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_type_refusals_name_what_came_and_what_is_sent() {
+        let reason = |kind: ProviderKind, values: &[&[u8]]| {
+            rule(kind).check(kind, values).expect_err("refused").reason
+        };
+        assert_eq!(
+            reason(ProviderKind::Alipay, &[]),
+            "unsupported content type: none given; alipay sends application/x-www-form-urlencoded"
+        );
+        assert_eq!(
+            reason(ProviderKind::WechatV2, &[b"application/json"]),
+            "unsupported content type `application/json`; wechat-v2 sends text/xml or application/xml"
+        );
+        assert_eq!(
+            reason(ProviderKind::WechatV3, &[b"text/xml\xff"]),
+            "unsupported content type `text/xml\u{fffd}`; wechat-v3 sends application/json"
+        );
+        assert_eq!(
+            reason(ProviderKind::Cloudpay, &[b"a/b", b"application/json"]),
+            "unsupported content type: 2 Content-Type headers (a/b, application/json)"
+        );
+    }
+
+    #[test]
+    fn a_content_type_refusal_is_the_providers_failure_with_415() {
+        let p = wechat_v2::WechatV2::new(vec![wechat_v2::Account::new("a", "wx", "1", "k")]);
+        let refused = p.check_content_type(&[b"text/plain"]).expect_err("refused");
+        let a = refused.answer(&p);
+        let mut want = p.failure("unsupported content type");
+        want.status = 415;
+        assert_eq!(a, want);
+    }
 }

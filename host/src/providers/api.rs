@@ -14,7 +14,6 @@
 //! CloudPay has no query or close API reachable from here (it is relayed by a cloud
 //! function): its orders are skipped.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,12 +25,10 @@ use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use sha2::Sha256;
 
-use super::{AccountError, Inbound, Notice, ProviderKind, Rejection};
-use crate::config::AccountConfig;
+use super::{Inbound, Notice, ProviderKind, Rejection};
 
-pub mod alipay;
-pub mod wechat_v2;
-pub mod wechat_v3;
+// Built with the verifiers, in one pass over the accounts.
+pub use super::registry::Apis;
 
 /// The header that marks a stored notification as a provider's answer to our query
 /// rather than a notification the provider sent.
@@ -41,7 +38,7 @@ pub const SOURCE_HEADER: &str = "x-paynotify-source";
 pub const RECONCILE_SOURCE: &str = "reconcile";
 
 /// Longest a provider call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Largest answer read from a provider (real ones are a few KiB).
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
@@ -140,89 +137,6 @@ pub trait OrderApi: Send + Sync {
         http: &reqwest::Client,
         out_trade_no: &str,
     ) -> Result<CloseOutcome, ApiError>;
-}
-
-/// The order APIs of every configured account that has the keys to call them.
-pub struct Apis {
-    http: reqwest::Client,
-    by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>>,
-    /// Why an account has no API (missing keys, CloudPay), for the skip reason.
-    missing: BTreeMap<(ProviderKind, String), String>,
-}
-
-impl Apis {
-    /// Builds a client for every account that can call its provider.
-    pub fn from_config(accounts: &[AccountConfig]) -> Result<Apis, AccountError> {
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .build()
-            .map_err(|e| AccountError {
-                index: 0,
-                provider: String::new(),
-                name: String::new(),
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
-        let mut by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>> = BTreeMap::new();
-        let mut missing = BTreeMap::new();
-        for (index, a) in accounts.iter().enumerate() {
-            let err = |message: String| AccountError {
-                index,
-                provider: a.provider.clone(),
-                name: a.name.clone(),
-                message,
-            };
-            let Some(kind) = ProviderKind::parse(&a.provider) else {
-                return Err(err("unknown provider".into()));
-            };
-            let built: Result<Box<dyn OrderApi>, String> = match kind {
-                ProviderKind::WechatV2 => {
-                    wechat_v2::Api::from_config(a).map(|c| Box::new(c) as Box<dyn OrderApi>)
-                }
-                ProviderKind::WechatV3 => match wechat_v3::Api::from_config(a).map_err(err)? {
-                    Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
-                    None => Err("no `merchant_private_key_file` and `merchant_serial_no`".into()),
-                },
-                ProviderKind::Alipay => match alipay::Api::from_config(a).map_err(err)? {
-                    Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
-                    None => Err("no `app_private_key_file`".into()),
-                },
-                ProviderKind::Cloudpay => Err("CloudPay has no order query or close API".into()),
-            };
-            match built {
-                Ok(api) => {
-                    by_account.insert((kind, a.name.clone()), api);
-                }
-                Err(why) => {
-                    missing.insert((kind, a.name.clone()), why);
-                }
-            }
-        }
-        Ok(Apis {
-            http,
-            by_account,
-            missing,
-        })
-    }
-
-    /// The API of an order's account, or why there is none.
-    pub fn get(&self, provider: &str, account: &str) -> Result<&dyn OrderApi, String> {
-        let Some(kind) = ProviderKind::parse(provider) else {
-            return Err(format!("unknown provider `{provider}`"));
-        };
-        let key = (kind, account.to_owned());
-        if let Some(api) = self.by_account.get(&key) {
-            return Ok(api.as_ref());
-        }
-        Err(match self.missing.get(&key) {
-            Some(why) => format!("{provider} account `{account}`: {why}"),
-            None => format!("{provider} account `{account}` is not configured"),
-        })
-    }
-
-    /// The HTTP client the calls use.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
 }
 
 /// Sends a request and reads the answer (capped at [`MAX_ANSWER_BYTES`]), keeping the

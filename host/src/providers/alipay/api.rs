@@ -14,9 +14,11 @@ use rsa::pkcs1v15::SigningKey;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use super::{parse_gmt, yuan_to_fen, Account};
 use crate::config::AccountConfig;
-use crate::providers::alipay::{parse_gmt, yuan_to_fen, Account};
+use crate::providers::api::{
+    base, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi, ProviderAnswer,
+};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// Alipay's gateway host.
@@ -27,8 +29,6 @@ const CLOSE: &str = "alipay.trade.close";
 
 /// One Alipay app's order API.
 pub struct Api {
-    name: String,
-    app_id: String,
     signer: SigningKey<Sha256>,
     /// The notification side of the app: the Alipay public key.
     verifier: Account,
@@ -36,20 +36,19 @@ pub struct Api {
 }
 
 impl Api {
-    /// The API of an Alipay `[[accounts]]` entry, or `None` when it has no app private
-    /// key (then it can receive notifications but not query).
-    pub fn from_config(a: &AccountConfig) -> Result<Option<Api>, String> {
+    /// The API of an Alipay `[[accounts]]` entry whose notification side is `verifier`,
+    /// or `None` when it has no app private key (then it can receive notifications but
+    /// not query).
+    pub fn from_config(a: &AccountConfig, verifier: &Account) -> Result<Option<Api>, String> {
         let Some(key_text) = &a.app_private_key else {
             return Ok(None);
         };
-        let key = super::parse_private_key(key_text)
-            .map_err(|e| format!("`app_private_key_file`: {e}"))?;
+        let key =
+            parse_private_key(key_text).map_err(|e| format!("`app_private_key_file`: {e}"))?;
         Ok(Some(Api {
-            name: a.name.clone(),
-            app_id: a.app_id.clone().unwrap_or_default(),
             signer: SigningKey::new(key),
-            verifier: Account::from_config(a)?,
-            base: super::base(&a.api_base, DEFAULT_BASE),
+            verifier: verifier.clone(),
+            base: base(&a.api_base, DEFAULT_BASE),
         }))
     }
 
@@ -61,7 +60,7 @@ impl Api {
     ) -> Result<ProviderAnswer, ApiError> {
         let mut params = BTreeMap::new();
         for (k, v) in [
-            ("app_id", self.app_id.as_str()),
+            ("app_id", self.verifier.app_id.as_str()),
             ("method", method),
             ("format", "JSON"),
             ("charset", "utf-8"),
@@ -81,7 +80,7 @@ impl Api {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("&");
-        let sign = super::rsa_sign(&self.signer, text.as_bytes());
+        let sign = rsa_sign(&self.signer, text.as_bytes());
         // The serializer is not Send: it must be gone before the await below.
         let form = {
             let mut form = form_urlencoded::Serializer::new(String::new());
@@ -239,7 +238,7 @@ impl OrderApi for Api {
             }
         };
         Ok(Notice {
-            account: self.name.clone(),
+            account: self.verifier.name.clone(),
             out_trade_no,
             kind,
             fields,

@@ -16,9 +16,13 @@ use rsa::pkcs1v15::SigningKey;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use super::{fen, verify_signed, Account, SIGNATURE_TYPE};
 use crate::config::AccountConfig;
-use crate::providers::wechat_v3::{flatten, verify_signed, Account, SIGNATURE_TYPE};
+use crate::providers::api::{
+    base, nonce, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi,
+    ProviderAnswer,
+};
+use crate::providers::json::{flatten, str_or_empty};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// WeChat Pay's v3 API host.
@@ -26,9 +30,6 @@ pub const DEFAULT_BASE: &str = "https://api.mch.weixin.qq.com";
 
 /// One v3 account's order API.
 pub struct Api {
-    name: String,
-    appid: String,
-    mch_id: String,
     serial_no: String,
     signer: SigningKey<Sha256>,
     /// The notification side of the account: its WeChat Pay verifying keys.
@@ -37,9 +38,10 @@ pub struct Api {
 }
 
 impl Api {
-    /// The API of a v3 `[[accounts]]` entry, or `None` when it has no merchant key
-    /// (then it can receive notifications but not query).
-    pub fn from_config(a: &AccountConfig) -> Result<Option<Api>, String> {
+    /// The API of a v3 `[[accounts]]` entry whose notification side is `verifier`, or
+    /// `None` when it has no merchant key (then it can receive notifications but not
+    /// query).
+    pub fn from_config(a: &AccountConfig, verifier: &Account) -> Result<Option<Api>, String> {
         let (Some(key_text), Some(serial_no)) = (&a.merchant_private_key, &a.merchant_serial_no)
         else {
             if a.merchant_private_key.is_some() || a.merchant_serial_no.is_some() {
@@ -49,29 +51,25 @@ impl Api {
             }
             return Ok(None);
         };
-        let key = super::parse_private_key(key_text)
-            .map_err(|e| format!("`merchant_private_key_file`: {e}"))?;
-        let verifier = Account::from_config(a)?;
+        let key =
+            parse_private_key(key_text).map_err(|e| format!("`merchant_private_key_file`: {e}"))?;
         Ok(Some(Api {
-            name: a.name.clone(),
-            appid: a.appid.clone().unwrap_or_default(),
-            mch_id: a.mch_id.clone().unwrap_or_default(),
             serial_no: serial_no.clone(),
             signer: SigningKey::new(key),
-            verifier,
-            base: super::base(&a.api_base, DEFAULT_BASE),
+            verifier: verifier.clone(),
+            base: base(&a.api_base, DEFAULT_BASE),
         }))
     }
 
     /// The `Authorization` header for a request.
     fn authorization(&self, method: &str, path_and_query: &str, body: &str) -> String {
         let timestamp = crate::store::now_ms() / 1000;
-        let nonce = super::nonce();
+        let nonce = nonce();
         let message = format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body}\n");
-        let signature = super::rsa_sign(&self.signer, message.as_bytes());
+        let signature = rsa_sign(&self.signer, message.as_bytes());
         format!(
             "{SIGNATURE_TYPE} mchid=\"{}\",nonce_str=\"{nonce}\",signature=\"{signature}\",timestamp=\"{timestamp}\",serial_no=\"{}\"",
-            self.mch_id, self.serial_no
+            self.verifier.mch_id, self.serial_no
         )
     }
 
@@ -117,10 +115,6 @@ fn segment(s: &str) -> String {
         .replace('+', "%20")
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
 #[async_trait]
 impl OrderApi for Api {
     fn kind(&self) -> ProviderKind {
@@ -135,7 +129,7 @@ impl OrderApi for Api {
         let path = format!(
             "/v3/pay/transactions/out-trade-no/{}?mchid={}",
             segment(out_trade_no),
-            segment(&self.mch_id)
+            segment(&self.verifier.mch_id)
         );
         self.call(http, reqwest::Method::GET, &path, None).await
     }
@@ -149,15 +143,15 @@ impl OrderApi for Api {
         flatten(&tx, "", &mut fields);
         if tx.get("trade_state").is_none() {
             // An error answer (`{"code":"ORDER_NOT_EXIST","message":…}`), signed too.
-            let code = str_field(&tx, "code");
+            let code = str_or_empty(&tx, "code");
             if code != "ORDER_NOT_EXIST" {
                 return Err(Rejection::Unsupported(format!(
                     "query error `{code}`: {}",
-                    str_field(&tx, "message")
+                    str_or_empty(&tx, "message")
                 )));
             }
             return Ok(Notice {
-                account: self.name.clone(),
+                account: self.verifier.name.clone(),
                 out_trade_no: String::new(),
                 kind: NoticeKind::NotPaid {
                     state: code.to_owned(),
@@ -165,36 +159,31 @@ impl OrderApi for Api {
                 fields,
             });
         }
-        if str_field(&tx, "mchid") != self.mch_id || str_field(&tx, "appid") != self.appid {
+        if str_or_empty(&tx, "mchid") != self.verifier.mch_id
+            || str_or_empty(&tx, "appid") != self.verifier.appid
+        {
             return Err(Rejection::AccountMismatch(format!(
                 "appid/mchid {}/{} do not belong to account `{}`",
-                str_field(&tx, "appid"),
-                str_field(&tx, "mchid"),
-                self.name
+                str_or_empty(&tx, "appid"),
+                str_or_empty(&tx, "mchid"),
+                self.verifier.name
             )));
         }
-        let out_trade_no = str_field(&tx, "out_trade_no").to_owned();
-        let trade_state = str_field(&tx, "trade_state");
+        let out_trade_no = str_or_empty(&tx, "out_trade_no").to_owned();
+        let trade_state = str_or_empty(&tx, "trade_state");
         let kind = if trade_state == "SUCCESS" {
             if out_trade_no.is_empty() {
                 return Err(Rejection::Malformed("no out_trade_no".into()));
             }
-            let transaction_id = str_field(&tx, "transaction_id");
+            let transaction_id = str_or_empty(&tx, "transaction_id");
             if transaction_id.is_empty() {
                 return Err(Rejection::Malformed("no transaction_id".into()));
             }
-            let amount = tx
-                .get("amount")
-                .and_then(|a| a.get("total"))
-                .and_then(Value::as_i64)
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    Rejection::Malformed("amount.total is not an amount in fen".into())
-                })?;
+            let amount = fen(&tx, "total")?;
             NoticeKind::Paid(Payment {
                 transaction_id: transaction_id.to_owned(),
                 amount,
-                paid_at: crate::store::parse_time(str_field(&tx, "success_time")).ok(),
+                paid_at: crate::store::parse_time(str_or_empty(&tx, "success_time")).ok(),
             })
         } else {
             NoticeKind::NotPaid {
@@ -202,7 +191,7 @@ impl OrderApi for Api {
             }
         };
         Ok(Notice {
-            account: self.name.clone(),
+            account: self.verifier.name.clone(),
             out_trade_no,
             kind,
             fields,
@@ -218,23 +207,23 @@ impl OrderApi for Api {
             "/v3/pay/transactions/out-trade-no/{}/close",
             segment(out_trade_no)
         );
-        let body = serde_json::json!({ "mchid": self.mch_id }).to_string();
+        let body = serde_json::json!({ "mchid": self.verifier.mch_id }).to_string();
         let answer = self
             .call(http, reqwest::Method::POST, &path, Some(body))
             .await?;
-        let verified = self.verified_body(&answer.inbound(&self.name))?;
+        let verified = self.verified_body(&answer.inbound(&self.verifier.name))?;
         // Decided on the signed body, not the (unsigned) status: 204 has none.
         if verified.is_null() && (200..300).contains(&answer.status) {
             return Ok(CloseOutcome::Closed);
         }
-        let code = str_field(&verified, "code");
+        let code = str_or_empty(&verified, "code");
         match code {
             "ORDER_PAID" | "ORDERPAID" | "TRADE_PAID" => Ok(CloseOutcome::AlreadyPaid),
             "ORDER_CLOSED" | "ORDERCLOSED" | "ORDER_NOT_EXIST" => Ok(CloseOutcome::Closed),
             _ => Err(ApiError::Provider(format!(
                 "close: HTTP {} {code} {}",
                 answer.status,
-                str_field(&verified, "message")
+                str_or_empty(&verified, "message")
             ))),
         }
     }

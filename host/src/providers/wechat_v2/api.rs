@@ -9,42 +9,34 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::{send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use super::{
+    parse_time_end, parse_xml, require_return_success, sign_type_of, signed_xml, Account, SignType,
+};
 use crate::config::AccountConfig;
-use crate::providers::wechat_v2::{parse_time_end, parse_xml, sign, signed_xml, SignType};
+use crate::providers::api::{base, nonce, send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use crate::providers::common::parse_fen;
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// WeChat Pay's v2 API host.
 pub const DEFAULT_BASE: &str = "https://api.mch.weixin.qq.com";
 
-/// One v2 account's order API.
+/// One v2 account's order API: the notification account's keys, both ways.
 pub struct Api {
-    name: String,
-    appid: String,
-    mch_id: String,
-    api_key: String,
+    account: Account,
     sign_type: SignType,
     base: String,
 }
 
 impl Api {
-    /// The API of a v2 `[[accounts]]` entry (its notification keys are enough).
-    pub fn from_config(a: &AccountConfig) -> Result<Api, String> {
-        let required = |v: &Option<String>, key: &str| {
-            crate::providers::required(v, key, key == "api_key", ProviderKind::WechatV2)
-        };
-        let sign_type = match a.sign_type.as_deref() {
-            Some("HMAC-SHA256") => SignType::HmacSha256,
-            _ => SignType::Md5,
-        };
-        Ok(Api {
-            name: a.name.clone(),
-            appid: required(&a.appid, "appid")?,
-            mch_id: required(&a.mch_id, "mch_id")?,
-            api_key: required(&a.api_key, "api_key")?,
-            sign_type,
-            base: super::base(&a.api_base, DEFAULT_BASE),
-        })
+    /// The API of a v2 `[[accounts]]` entry whose notification side is `account` (its
+    /// notification keys are enough).
+    pub fn from_config(a: &AccountConfig, account: &Account) -> Api {
+        Api {
+            account: account.clone(),
+            // Requests are signed as the account's notifications must be.
+            sign_type: account.pinned.unwrap_or(SignType::Md5),
+            base: base(&a.api_base, DEFAULT_BASE),
+        }
     }
 
     async fn call(
@@ -54,10 +46,10 @@ impl Api {
         out_trade_no: &str,
     ) -> Result<ProviderAnswer, ApiError> {
         let mut fields = BTreeMap::new();
-        fields.insert("appid".to_owned(), self.appid.clone());
-        fields.insert("mch_id".to_owned(), self.mch_id.clone());
+        fields.insert("appid".to_owned(), self.account.appid.clone());
+        fields.insert("mch_id".to_owned(), self.account.mch_id.clone());
         fields.insert("out_trade_no".to_owned(), out_trade_no.to_owned());
-        fields.insert("nonce_str".to_owned(), super::nonce());
+        fields.insert("nonce_str".to_owned(), nonce());
         if self.sign_type == SignType::HmacSha256 {
             fields.insert("sign_type".to_owned(), "HMAC-SHA256".to_owned());
         }
@@ -65,44 +57,18 @@ impl Api {
         let request = http
             .post(&url)
             .header("content-type", "text/xml; charset=utf-8")
-            .body(signed_xml(&fields, &self.api_key, self.sign_type));
+            .body(signed_xml(&fields, &self.account.api_key, self.sign_type));
         send(request, format!("POST {url}"), |h| h == "content-type").await
     }
 
     /// Verifies an answer's signature and merchant ids; returns its fields.
     fn verified_fields(&self, body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
         let fields = parse_xml(body)?;
-        let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
-        if get("return_code") != "SUCCESS" {
-            // WeChat does not sign communication failures: nothing in it can be believed.
-            return Err(Rejection::Unsupported(format!(
-                "return_code `{}` ({})",
-                get("return_code"),
-                get("return_msg")
-            )));
-        }
-        let sign_type = match fields.get("sign_type").map(String::as_str) {
-            None => self.sign_type,
-            Some("MD5") => SignType::Md5,
-            Some("HMAC-SHA256") => SignType::HmacSha256,
-            Some(other) => return Err(Rejection::Unsupported(format!("sign_type `{other}`"))),
-        };
-        let received = get("sign").to_ascii_uppercase();
-        if received.is_empty() {
-            return Err(Rejection::BadSignature("no `sign` field".into()));
-        }
-        let expected = sign(&fields, &self.api_key, sign_type);
-        if !crate::providers::ct_eq(expected.as_bytes(), received.as_bytes()) {
-            return Err(Rejection::BadSignature("signature does not match".into()));
-        }
-        if get("appid") != self.appid || get("mch_id") != self.mch_id {
-            return Err(Rejection::AccountMismatch(format!(
-                "appid/mch_id {}/{} do not belong to account `{}`",
-                get("appid"),
-                get("mch_id"),
-                self.name
-            )));
-        }
+        require_return_success(&fields)?;
+        // An answer may name its own sign type; without one it is the request's.
+        let sign_type = sign_type_of(&fields, self.sign_type)?;
+        self.account.check_sign(&fields, sign_type)?;
+        self.account.check_ids(&fields)?;
         Ok(fields)
     }
 }
@@ -135,7 +101,7 @@ impl OrderApi for Api {
             }
             NoticeKind::Paid(Payment {
                 transaction_id: transaction_id.to_owned(),
-                amount: crate::providers::parse_fen(get("total_fee"), "total_fee")?,
+                amount: parse_fen(get("total_fee"), "total_fee")?,
                 paid_at: parse_time_end(get("time_end")),
             })
         } else if get("result_code") == "SUCCESS" {
@@ -155,7 +121,7 @@ impl OrderApi for Api {
             )));
         };
         Ok(Notice {
-            account: self.name.clone(),
+            account: self.account.name.clone(),
             out_trade_no,
             kind,
             fields,

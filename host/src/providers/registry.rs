@@ -1,0 +1,222 @@
+//! From `[[accounts]]` to the running providers: one pass over the configured accounts
+//! builds each account's verifier (grouped by provider into [`Providers`]) and, from the
+//! same parsed keys, its order-API client ([`Apis`]), so an account is read once and its
+//! two halves cannot disagree about its keys.
+
+use std::collections::BTreeMap;
+
+use super::api::{OrderApi, CALL_TIMEOUT};
+use super::{alipay, cloudpay, wechat_v2, wechat_v3, Provider, ProviderKind};
+use crate::config::AccountConfig;
+
+/// Everything built from the accounts: the verifiers and the API clients.
+pub struct Registry {
+    /// Verifiers of notifications, by provider.
+    pub providers: Providers,
+    /// Order query and close clients, by account.
+    pub apis: Apis,
+}
+
+impl Registry {
+    /// Reads every account once, building its verifier and, when it has the keys, its
+    /// API client. Every verifier error is reported before any API error, the HTTP
+    /// client's in between, as when they were built in two passes.
+    pub fn from_config(accounts: &[AccountConfig]) -> Result<Registry, AccountError> {
+        let mut v2 = Vec::new();
+        let mut v3 = Vec::new();
+        let mut alipay_accounts = Vec::new();
+        let mut cloudpay_accounts = Vec::new();
+        let mut by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>> = BTreeMap::new();
+        let mut missing = BTreeMap::new();
+        let mut api_error = None;
+        for (index, a) in accounts.iter().enumerate() {
+            let err = |message: String| AccountError {
+                index,
+                provider: a.provider.clone(),
+                name: a.name.clone(),
+                message,
+            };
+            let Some(kind) = ProviderKind::parse(&a.provider) else {
+                return Err(err("unknown provider".into()));
+            };
+            // Outer error: the keys are wrong; inner: why the account has no API.
+            let api: Result<Result<Box<dyn OrderApi>, String>, String> = match kind {
+                ProviderKind::WechatV2 => {
+                    let account = wechat_v2::Account::from_config(a).map_err(err)?;
+                    let api = wechat_v2::api::Api::from_config(a, &account);
+                    v2.push(account);
+                    Ok(Ok(Box::new(api)))
+                }
+                ProviderKind::WechatV3 => {
+                    let account = wechat_v3::Account::from_config(a).map_err(err)?;
+                    let api = wechat_v3::api::Api::from_config(a, &account);
+                    v3.push(account);
+                    api.map(|api| match api {
+                        Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
+                        None => {
+                            Err("no `merchant_private_key_file` and `merchant_serial_no`".into())
+                        }
+                    })
+                }
+                ProviderKind::Alipay => {
+                    let account = alipay::Account::from_config(a).map_err(err)?;
+                    let api = alipay::api::Api::from_config(a, &account);
+                    alipay_accounts.push(account);
+                    api.map(|api| match api {
+                        Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
+                        None => Err("no `app_private_key_file`".into()),
+                    })
+                }
+                ProviderKind::Cloudpay => {
+                    cloudpay_accounts.push(cloudpay::Account::from_config(a).map_err(err)?);
+                    Ok(Err("CloudPay has no order query or close API".into()))
+                }
+            };
+            match api {
+                Ok(Ok(api)) => {
+                    by_account.insert((kind, a.name.clone()), api);
+                }
+                Ok(Err(why)) => {
+                    missing.insert((kind, a.name.clone()), why);
+                }
+                Err(message) => {
+                    api_error.get_or_insert_with(|| err(message));
+                }
+            }
+        }
+        let mut by_kind: BTreeMap<ProviderKind, Box<dyn Provider>> = BTreeMap::new();
+        if !v2.is_empty() {
+            by_kind.insert(
+                ProviderKind::WechatV2,
+                Box::new(wechat_v2::WechatV2::new(v2)),
+            );
+        }
+        if !v3.is_empty() {
+            by_kind.insert(
+                ProviderKind::WechatV3,
+                Box::new(wechat_v3::WechatV3::new(v3)),
+            );
+        }
+        if !alipay_accounts.is_empty() {
+            by_kind.insert(
+                ProviderKind::Alipay,
+                Box::new(alipay::Alipay::new(alipay_accounts)),
+            );
+        }
+        if !cloudpay_accounts.is_empty() {
+            by_kind.insert(
+                ProviderKind::Cloudpay,
+                Box::new(cloudpay::Cloudpay::new(cloudpay_accounts)),
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .map_err(|e| AccountError {
+                index: 0,
+                provider: String::new(),
+                name: String::new(),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        if let Some(e) = api_error {
+            return Err(e);
+        }
+        Ok(Registry {
+            providers: Providers { by_kind },
+            apis: Apis {
+                http,
+                by_account,
+                missing,
+            },
+        })
+    }
+}
+
+/// A configuration error in an account.
+#[derive(Debug, thiserror::Error)]
+#[error("accounts[{index}] ({provider} `{name}`): {message}")]
+pub struct AccountError {
+    /// Position in `[[accounts]]`.
+    pub index: usize,
+    /// Provider name.
+    pub provider: String,
+    /// Account name.
+    pub name: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The configured providers, by kind.
+pub struct Providers {
+    by_kind: BTreeMap<ProviderKind, Box<dyn Provider>>,
+}
+
+impl Providers {
+    /// Builds every provider that has at least one account (and their API clients, which
+    /// it drops: [`Registry::from_config`] keeps both).
+    pub fn from_config(accounts: &[AccountConfig]) -> Result<Providers, AccountError> {
+        Registry::from_config(accounts).map(|r| r.providers)
+    }
+
+    /// The provider, if configured.
+    pub fn get(&self, kind: ProviderKind) -> Option<&dyn Provider> {
+        self.by_kind.get(&kind).map(|p| p.as_ref())
+    }
+
+    /// Resolves the account an order names: the named one, or the only one.
+    pub fn resolve_account(
+        &self,
+        kind: ProviderKind,
+        name: Option<&str>,
+    ) -> Result<String, String> {
+        let Some(p) = self.get(kind) else {
+            return Err(format!("provider {kind} has no account configured"));
+        };
+        let names = p.accounts();
+        match name {
+            Some(n) if names.contains(&n) => Ok(n.to_owned()),
+            Some(n) => Err(format!("provider {kind} has no account named `{n}`")),
+            None if names.len() == 1 => Ok(names[0].to_owned()),
+            None => Err(format!(
+                "provider {kind} has several accounts ({}); name one with `account`",
+                names.join(", ")
+            )),
+        }
+    }
+}
+
+/// The order APIs of every configured account that has the keys to call them.
+pub struct Apis {
+    http: reqwest::Client,
+    by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>>,
+    /// Why an account has no API (missing keys, CloudPay), for the skip reason.
+    missing: BTreeMap<(ProviderKind, String), String>,
+}
+
+impl Apis {
+    /// Builds a client for every account that can call its provider (and the verifiers,
+    /// which it drops: [`Registry::from_config`] keeps both).
+    pub fn from_config(accounts: &[AccountConfig]) -> Result<Apis, AccountError> {
+        Registry::from_config(accounts).map(|r| r.apis)
+    }
+
+    /// The API of an order's account, or why there is none.
+    pub fn get(&self, provider: &str, account: &str) -> Result<&dyn OrderApi, String> {
+        let Some(kind) = ProviderKind::parse(provider) else {
+            return Err(format!("unknown provider `{provider}`"));
+        };
+        let key = (kind, account.to_owned());
+        if let Some(api) = self.by_account.get(&key) {
+            return Ok(api.as_ref());
+        }
+        Err(match self.missing.get(&key) {
+            Some(why) => format!("{provider} account `{account}`: {why}"),
+            None => format!("{provider} account `{account}` is not configured"),
+        })
+    }
+
+    /// The HTTP client the calls use.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
