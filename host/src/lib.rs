@@ -5,7 +5,6 @@
 //! [`plugins`] (registry, runtime + limits, capabilities).
 
 pub mod app;
-pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod expiry;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::batch;
+mod batch;
 
 use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
