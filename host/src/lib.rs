@@ -16,7 +16,6 @@ pub mod pipeline;
 pub mod plugins;
 pub mod providers;
 pub mod reconcile;
-pub mod refunds;
 pub mod replay;
 pub mod retention;
 pub mod scaffold;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 mod batch;
+pub mod refund;
 
 use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
@@ -26,7 +27,7 @@ use crate::plugins::{HandlerFailure, Plugin, Registry};
 use crate::providers::{
     Answer, Inbound, Notice, NoticeKind, Payment, ProviderKind, Providers, Refund,
 };
-use crate::refunds::Refunder;
+use refund::Refunder;
 use crate::store::{
     status, NewNotification, NotificationRecord, NotificationVerdict, Order, PaidOrder, Store,
     StoreError, Tx, Verdict,
