@@ -12,7 +12,7 @@
 //!   acknowledged refund, and the payment arriving after it would credit the buyer whose
 //!   money has already gone back. Belt and braces, the payment's commit applies every
 //!   refund of its order still stored `refund_pending` at once (see
-//!   [`crate::pipeline::Pipeline::settle_verified`]), so no order of deliveries leaves
+//!   [`Pipeline::settle_verified`]), so no order of deliveries leaves
 //!   a refunded order credited.
 //! - A verified refund that can never apply (closed order, another transaction, a
 //!   mismatched total, more than remains) changes nothing and is stored as
@@ -30,13 +30,12 @@
 
 use std::sync::Arc;
 
-use crate::pipeline::{order_call_context, wit_order, NotifyKeys};
+use super::pay::{order_call_context, wit_order};
+use super::settle::with_retries;
+use super::{NotifyKeys, Outcome, Pipeline, Processed};
 use crate::plugins::{refund_bindings, HandlerFailure, Plugin, Registry};
 use crate::providers::{Notice, ProviderKind, Refund, RefundAmount};
 use crate::store::{status, NewRefund, Order, Store, StoreError, Tx, Verdict};
-
-/// How often a refund transaction is run again after a transient database failure.
-const ATTEMPTS: u32 = 5;
 
 /// The handler status recorded on a refund whose type's handler has no `handle-refunded`.
 pub const NO_REFUND_HANDLER: &str = "no refund handler";
@@ -73,6 +72,88 @@ enum Checked {
     Apply { order: Box<Order>, amount: i64 },
 }
 
+impl Pipeline {
+    /// The refund path: applies a verified refund (see [`Refunder`]) and answers.
+    pub(super) async fn refund(
+        &self,
+        id: i64,
+        provider: ProviderKind,
+        notice: &Notice,
+        refund: &Refund,
+    ) -> Processed {
+        let provider_name = provider.as_str();
+        let order = Some(notice.out_trade_no.as_str());
+        let applied = self
+            .refunder
+            .apply(self.store.as_ref(), id, provider, notice, refund)
+            .await;
+        match applied {
+            Ok(r) if r.verdict == Verdict::Failed => {
+                let outcome = Outcome::new(r.verdict, r.reason.unwrap_or_default(), 200);
+                self.finish_outside(id, provider_name, outcome.about(order, &notice.account))
+                    .await
+            }
+            Ok(r) => {
+                tracing::Span::current().record("verdict", r.verdict.as_str());
+                if r.verdict == Verdict::RefundUnapplied {
+                    crate::metrics::refund_unapplied(provider_name);
+                }
+                tracing::info!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "refund notification processed"
+                );
+                self.answer(provider_name, Some(id), r.verdict, r.reason, 200)
+            }
+            Err(e) => {
+                let reason = format!("transaction failed: {e}");
+                tracing::error!(error = %reason, "refund not applied");
+                let outcome = Outcome::new(Verdict::Failed, reason, 500);
+                self.finish_outside(id, provider_name, outcome.about(order, &notice.account))
+                    .await
+            }
+        }
+    }
+
+    /// Applies the refunds of `out_trade_no` that arrived before its payment (stored
+    /// `refund_pending`), oldest first, through the refund path as a replay of each: the
+    /// provider was told to retry them, but it may give up, and until it retries the order
+    /// would stand paid and credited for money already sent back. A refund that still
+    /// cannot apply keeps its verdict; the provider's own retry remains.
+    ///
+    /// Boxed, with `Send` spelled out: a replay settles payments, which come back here, and
+    /// the compiler cannot see through that cycle on its own.
+    pub(super) fn apply_waiting_refunds<'a>(
+        &'a self,
+        out_trade_no: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let filter = crate::store::NotificationFilter {
+                out_trade_no: Some(out_trade_no.to_owned()),
+                verdict: Some(Verdict::RefundPending),
+                limit: 100,
+                ..Default::default()
+            };
+            let waiting = match self.store.list_notifications(&filter).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // The provider still retries each of them (they got the failure answer).
+                    tracing::error!(error = %e, "cannot look for refunds waiting for this payment");
+                    return;
+                }
+            };
+            for record in waiting.iter().rev() {
+                let r = self.replay(record).await;
+                tracing::info!(
+                    refund_notification = record.id,
+                    verdict = r.verdict.as_str(),
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "refund that arrived before the payment, applied after it"
+                );
+            }
+        })
+    }
+}
+
 impl Refunder {
     /// A refunder running the handlers of `plugins`.
     pub fn new(plugins: Arc<Registry>, notify_keys: NotifyKeys) -> Refunder {
@@ -94,18 +175,7 @@ impl Refunder {
         notice: &Notice,
         refund: &Refund,
     ) -> Result<RefundOutcome, String> {
-        for attempt in 1..=ATTEMPTS {
-            match self.try_once(store, id, provider, notice, refund).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                    let pause = 5 * u64::from(attempt) + rand::random::<u64>() % 20;
-                    tracing::warn!(error = %e, attempt, "transient database failure; running the refund again");
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("gave up after repeated transient database failures".into())
+        with_retries("refund", || self.try_once(store, id, provider, notice, refund)).await
     }
 
     async fn try_once(
