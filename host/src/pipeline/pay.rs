@@ -284,4 +284,3 @@ pub(super) enum Paid {
     /// It failed (rolled back) or no handler is loaded: the verdict.
     No(Settled),
 }
-

@@ -41,7 +41,9 @@ impl Worker<Arc<NewNotification>, i64> for RawWriter {
                 for job in jobs {
                     let r = self.store.insert_notifications(&[job.item.as_ref()]).await;
                     let id = r.map_err(|e| e.to_string()).and_then(|ids| {
-                        ids.first().copied().ok_or_else(|| "no id stored".to_owned())
+                        ids.first()
+                            .copied()
+                            .ok_or_else(|| "no id stored".to_owned())
                     });
                     job.reply.send(id);
                 }

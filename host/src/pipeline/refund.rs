@@ -40,6 +40,19 @@ use crate::store::{status, NewRefund, Order, Store, StoreError, Tx, Verdict};
 /// The handler status recorded on a refund whose type's handler has no `handle-refunded`.
 pub const NO_REFUND_HANDLER: &str = "no refund handler";
 
+/// A verified refund, stored as notification `id`, to apply.
+#[derive(Clone, Copy)]
+pub struct ToRefund<'a> {
+    /// The stored notification.
+    pub id: i64,
+    /// The provider that verified it.
+    pub provider: ProviderKind,
+    /// The verified notification.
+    pub notice: &'a Notice,
+    /// The refund it reports.
+    pub refund: &'a Refund,
+}
+
 /// Applies verified refunds.
 pub struct Refunder {
     plugins: Arc<Registry>,
@@ -83,10 +96,13 @@ impl Pipeline {
     ) -> Processed {
         let provider_name = provider.as_str();
         let order = Some(notice.out_trade_no.as_str());
-        let applied = self
-            .refunder
-            .apply(self.store.as_ref(), id, provider, notice, refund)
-            .await;
+        let r = ToRefund {
+            id,
+            provider,
+            notice,
+            refund,
+        };
+        let applied = self.refunder.apply(self.store.as_ref(), r).await;
         match applied {
             Ok(r) if r.verdict == Verdict::Failed => {
                 let outcome = Outcome::new(r.verdict, r.reason.unwrap_or_default(), 200);
@@ -167,33 +183,21 @@ impl Refunder {
     /// while the database reports a deadlock or serialization failure. Every attempt
     /// rolled back completely, so running it again is safe. An `Err` means nothing was
     /// committed, not even the verdict.
-    pub async fn apply(
-        &self,
-        store: &dyn Store,
-        id: i64,
-        provider: ProviderKind,
-        notice: &Notice,
-        refund: &Refund,
-    ) -> Result<RefundOutcome, String> {
-        with_retries("refund", || self.try_once(store, id, provider, notice, refund)).await
+    pub async fn apply(&self, store: &dyn Store, r: ToRefund<'_>) -> Result<RefundOutcome, String> {
+        with_retries("refund", || self.try_once(store, r)).await
     }
 
+    /// One attempt: the whole refund transaction.
     async fn try_once(
         &self,
         store: &dyn Store,
-        id: i64,
-        provider: ProviderKind,
-        notice: &Notice,
-        refund: &Refund,
+        r: ToRefund<'_>,
     ) -> Result<RefundOutcome, StoreError> {
         let mut tx = store.begin().await?;
-        let (mut tx, outcome) = match check(tx.as_mut(), id, provider, notice, refund).await? {
+        let (mut tx, outcome) = match check(tx.as_mut(), r).await? {
             Checked::Done(outcome) => (tx, outcome),
             Checked::Apply { order, amount } => {
-                match self
-                    .apply_locked(tx, id, &order, notice, refund, amount)
-                    .await
-                {
+                match self.apply_locked(tx, r, &order, amount).await {
                     (Some(tx), Ok(outcome)) => (tx, outcome),
                     (Some(_), Err(e)) => return Err(e),
                     (None, _) => {
@@ -208,13 +212,13 @@ impl Refunder {
             // Dropping the transaction rolls back the refund and the handler's writes.
             return Ok(outcome);
         }
-        let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
+        let order = Some(r.notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
         tx.finish_notification(
-            id,
+            r.id,
             outcome.verdict,
             outcome.reason.as_deref(),
             order,
-            Some(&notice.account),
+            Some(&r.notice.account),
         )
         .await?;
         tx.commit().await?;
@@ -226,12 +230,11 @@ impl Refunder {
     async fn apply_locked(
         &self,
         mut tx: Box<dyn Tx>,
-        id: i64,
+        r: ToRefund<'_>,
         order: &Order,
-        notice: &Notice,
-        refund: &Refund,
         amount: i64,
     ) -> (Option<Box<dyn Tx>>, Result<RefundOutcome, StoreError>) {
+        let (notice, refund) = (r.notice, r.refund);
         let refunded_total = order.refund_fee + amount;
         let original_data = serde_json::to_value(&notice.fields).unwrap_or_default();
         let new = NewRefund {
@@ -248,7 +251,7 @@ impl Refunder {
                 status::PARTIALLY_REFUNDED
             },
             refunded_at: refund.refunded_at,
-            notification_id: id,
+            notification_id: r.id,
             original_data: &original_data,
         };
         match tx.apply_refund(&new).await {
@@ -293,18 +296,7 @@ impl Refunder {
                 Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
             );
         }
-        let (back, result) = self
-            .call_handler(
-                tx,
-                &plugin,
-                id,
-                order,
-                notice,
-                refund,
-                amount,
-                refunded_total,
-            )
-            .await;
+        let (back, result) = self.call_handler(tx, &plugin, r, order, amount).await;
         if plugin.breaker.record(&result) {
             crate::metrics::breaker_tripped(&plugin.plugin_type);
             tracing::error!(plugin = %plugin.plugin_type, "payment calls keep timing out: the type fails fast for a cool-down");
@@ -340,21 +332,20 @@ impl Refunder {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the type's `handle-refunded` inside the transaction.
     async fn call_handler(
         &self,
         tx: Box<dyn Tx>,
         plugin: &Plugin,
-        id: i64,
+        r: ToRefund<'_>,
         order: &Order,
-        notice: &Notice,
-        refund: &Refund,
         amount: i64,
-        refunded_total: i64,
     ) -> (
         Option<Box<dyn Tx>>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
+        let (id, notice, refund) = (r.id, r.notice, r.refund);
+        let refunded_total = order.refund_fee + amount;
         let ctx = order_call_context(&self.plugins, &self.notify_keys, plugin, order, id, tx);
         let wit_order = wit_order(order, order.transaction_id.as_deref().unwrap_or_default());
         let wit_refund = refund_bindings::Refund {
@@ -387,13 +378,8 @@ impl Refunder {
 }
 
 /// Everything that decides whether the refund applies, on the locked order.
-async fn check(
-    tx: &mut dyn Tx,
-    id: i64,
-    provider: ProviderKind,
-    notice: &Notice,
-    refund: &Refund,
-) -> Result<Checked, StoreError> {
+async fn check(tx: &mut dyn Tx, r: ToRefund<'_>) -> Result<Checked, StoreError> {
+    let (id, provider, notice, refund) = (r.id, r.provider, r.notice, r.refund);
     let unapplied = |why: String| {
         tracing::warn!(reason = %why, out_refund_no = %refund.out_refund_no, "verified refund not applied: listed for ops");
         Ok(Checked::Done(RefundOutcome::new(

@@ -209,10 +209,8 @@ impl Worker<ToSettle, Settled> for Settler {
     /// transaction, a failed commit), each job is retried alone, so one bad notification
     /// cannot keep failing the others.
     async fn run(&self, jobs: Vec<Job<ToSettle, Settled>>) {
-        let (items, replies): (Vec<ToSettle>, Vec<_>) = jobs
-            .into_iter()
-            .map(|j| (j.item, j.reply))
-            .unzip();
+        let (items, replies): (Vec<ToSettle>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
         // A lone payment gets its savepoint at once: running its failing handler twice
         // would cost more than the savepoint saves.
         let first = if items.len() > 1 {
@@ -334,7 +332,8 @@ impl Settler {
                         );
                     };
                     let known = known.get(&item.id);
-                    let (back, result) = self.pay(tx, item, order, prepared, isolation, known).await;
+                    let (back, result) =
+                        self.pay(tx, item, order, prepared, isolation, known).await;
                     tx = back.ok_or_else(|| {
                         StoreError::Invalid(
                             "the transaction was abandoned during a handler call".into(),
