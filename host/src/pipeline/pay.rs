@@ -5,15 +5,82 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::settle::{Abort, Isolation, Settled, Settler, ToSettle};
 use super::NotifyKeys;
 use crate::plugins::bindings;
 use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use crate::plugins::runtime::Prepared;
 use crate::plugins::{HandlerFailure, Plugin, Registry};
+use crate::providers::{Notice, Payment, ProviderKind};
 use crate::store::{status, Order, PaidOrder, StoreError, Tx, Verdict};
 
-impl Settler {
+/// A verified payment, stored as notification `id`, to settle.
+pub(super) struct ToSettle {
+    pub id: i64,
+    pub provider: ProviderKind,
+    pub notice: Notice,
+    pub payment: Payment,
+}
+
+/// What settling a verified payment decided.
+pub(super) struct Settled {
+    pub verdict: Verdict,
+    pub reason: Option<String>,
+}
+
+impl Settled {
+    pub fn new(verdict: Verdict, reason: impl Into<Option<String>>) -> Settled {
+        Settled {
+            verdict,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Whether each payment of a batch runs inside a savepoint of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isolation {
+    /// No savepoints: one statement less per payment, but a failing handler's writes
+    /// cannot be undone alone, so its failure aborts the batch ([`Abort::HandlerFailed`]).
+    Optimistic,
+    /// A savepoint per payment: a failing handler is rolled back to it and recorded.
+    Savepoints,
+}
+
+/// Why a batch transaction was given up (rolled back, nothing committed).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Abort {
+    /// The database failed, or asked for the transaction to be run again.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A handler failed in an [`Isolation::Optimistic`] batch: the failure of notification
+    /// `id`, which the rerun records without running the handler again.
+    #[error("a handler failed in a batch without savepoints")]
+    HandlerFailed {
+        /// The notification whose handler failed.
+        id: i64,
+        /// How.
+        failure: HandlerFailure,
+    },
+}
+
+impl From<Abort> for StoreError {
+    fn from(abort: Abort) -> StoreError {
+        match abort {
+            Abort::Store(e) => e,
+            // Only an optimistic attempt aborts this way, and it is always run again with
+            // savepoints; should one reach a caller, it is a failure to retry.
+            Abort::HandlerFailed { .. } => StoreError::Transient(abort.to_string()),
+        }
+    }
+}
+
+/// Runs payments' handlers inside the batch transaction.
+pub(super) struct Payer {
+    pub plugins: Arc<Registry>,
+    pub notify_keys: NotifyKeys,
+}
+
+impl Payer {
     /// Starts making handler instances for the next few payments of the batch on other
     /// workers, so that instantiation (tens of microseconds) happens while the current
     /// handler runs instead of inside the transaction's critical path. Only orders that

@@ -12,10 +12,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::batch::{Job, Queue, Worker};
-use super::pay::{Ahead, Paid};
+use super::pay::{Abort, Ahead, Isolation, Paid, Payer, Settled, ToSettle};
 use super::{Batching, NotifyKeys, Outcome, Pipeline, Processed};
 use crate::plugins::{HandlerFailure, Registry};
-use crate::providers::{Notice, NoticeKind, Payment, ProviderKind};
+use crate::providers::{Notice, NoticeKind, ProviderKind};
 use crate::store::{status, NotificationVerdict, Order, Store, StoreError, Verdict};
 
 /// The queue of verified payments waiting to be settled.
@@ -30,60 +30,12 @@ pub(super) fn spawn(
 ) -> SettleQueue {
     let settler = Settler {
         store,
-        plugins,
-        notify_keys,
+        payer: Payer {
+            plugins,
+            notify_keys,
+        },
     };
     Queue::spawn("settle", batching.settlers, batching.max, settler)
-}
-
-/// A verified payment, stored as notification `id`, to settle.
-pub(super) struct ToSettle {
-    pub id: i64,
-    pub provider: ProviderKind,
-    pub notice: Notice,
-    pub payment: Payment,
-}
-
-/// What settling a verified payment decided.
-pub(super) struct Settled {
-    pub verdict: Verdict,
-    pub reason: Option<String>,
-}
-
-impl Settled {
-    pub fn new(verdict: Verdict, reason: impl Into<Option<String>>) -> Settled {
-        Settled {
-            verdict,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Whether each payment of a batch runs inside a savepoint of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Isolation {
-    /// No savepoints: one statement less per payment, but a failing handler's writes
-    /// cannot be undone alone, so its failure aborts the batch ([`Abort::HandlerFailed`]).
-    Optimistic,
-    /// A savepoint per payment: a failing handler is rolled back to it and recorded.
-    Savepoints,
-}
-
-/// Why a batch transaction was given up (rolled back, nothing committed).
-#[derive(Debug, thiserror::Error)]
-pub(super) enum Abort {
-    /// The database failed, or asked for the transaction to be run again.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A handler failed in an [`Isolation::Optimistic`] batch: the failure of notification
-    /// `id`, which the rerun records without running the handler again.
-    #[error("a handler failed in a batch without savepoints")]
-    HandlerFailed {
-        /// The notification whose handler failed.
-        id: i64,
-        /// How.
-        failure: HandlerFailure,
-    },
 }
 
 /// Handler failures of an earlier attempt at the same batch, by notification id: the
@@ -91,17 +43,6 @@ pub(super) enum Abort {
 /// that looped to its limit would otherwise hold the transaction for its limit twice).
 /// Recording a failure is always safe: the order stays unpaid and the provider retries.
 type KnownFailures = HashMap<i64, HandlerFailure>;
-
-impl From<Abort> for StoreError {
-    fn from(abort: Abort) -> StoreError {
-        match abort {
-            Abort::Store(e) => e,
-            // Only an optimistic attempt aborts this way, and it is always run again with
-            // savepoints; should one reach a caller, it is a failure to retry.
-            Abort::HandlerFailed { .. } => StoreError::Transient(abort.to_string()),
-        }
-    }
-}
 
 /// How often a transaction is run again after a transient database failure.
 const ATTEMPTS: u32 = 5;
@@ -194,9 +135,8 @@ impl Pipeline {
 
 /// Settles batches of verified payments: the payment transaction.
 pub(super) struct Settler {
-    pub store: Arc<dyn Store>,
-    pub plugins: Arc<Registry>,
-    pub notify_keys: NotifyKeys,
+    store: Arc<dyn Store>,
+    payer: Payer,
 }
 
 impl Worker<ToSettle, Settled> for Settler {
@@ -320,7 +260,8 @@ impl Settler {
         let mut ahead = Ahead::new();
         for (p, &i) in seq.iter().enumerate() {
             let item = &items[i];
-            self.prepare_ahead(items, &seq[p..], &orders, &mut ahead);
+            self.payer
+                .prepare_ahead(items, &seq[p..], &orders, &mut ahead);
             let prepared = ahead.remove(&i).flatten();
             let order = orders.get_mut(&item.notice.out_trade_no);
             let settled = match check_order(order.as_deref(), item) {
@@ -332,8 +273,10 @@ impl Settler {
                         );
                     };
                     let known = known.get(&item.id);
-                    let (back, result) =
-                        self.pay(tx, item, order, prepared, isolation, known).await;
+                    let (back, result) = self
+                        .payer
+                        .pay(tx, item, order, prepared, isolation, known)
+                        .await;
                     tx = back.ok_or_else(|| {
                         StoreError::Invalid(
                             "the transaction was abandoned during a handler call".into(),
