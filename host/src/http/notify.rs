@@ -161,7 +161,7 @@ async fn handle(
     let processing = async move {
         let processed = pipeline.receive(received).await;
         // Counted here, in the spawned task, so a caller that hangs up is counted too.
-        crate::metrics::notification(kind.as_str(), processed.verdict);
+        crate::metrics::notification(kind.as_str(), processed.verdict.as_str());
         processed
     };
     // Dropping the handle at the deadline does not stop the task (see the module doc).
