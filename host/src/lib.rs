@@ -5,7 +5,6 @@
 //! [`plugins`] (registry, runtime + limits, capabilities).
 
 pub mod app;
-pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod expiry;
@@ -18,7 +17,6 @@ pub mod pipeline;
 pub mod plugins;
 pub mod providers;
 pub mod reconcile;
-pub mod refunds;
 pub mod replay;
 pub mod retention;
 pub mod scaffold;

@@ -40,8 +40,6 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::Verdict;
-
 const NOTIFICATIONS: &str = "paynotify_notifications_total";
 const HANDLER_DURATION: &str = "paynotify_handler_duration_seconds";
 const PLUGIN_LOADS: &str = "paynotify_plugin_loads_total";
@@ -283,10 +281,10 @@ pub fn notify_timeout(provider: &str) {
 }
 
 /// Counts a notification left `received` that the stuck-notification job processed
-/// again, with the verdict it reached.
-pub fn redriven(provider: &str, verdict: Verdict) {
+/// again, with the verdict it reached (`Verdict::as_str`: metrics names no domain type).
+pub fn redriven(provider: &str, verdict: &'static str) {
     let provider = provider_label(provider);
-    metrics::counter!(REDRIVEN, "provider" => provider, "verdict" => verdict.as_str()).increment(1);
+    metrics::counter!(REDRIVEN, "provider" => provider, "verdict" => verdict).increment(1);
 }
 
 /// Counts a verified refund stored `refund_unapplied` (labelled like [`notification`]).
@@ -307,10 +305,9 @@ pub fn breaker_fast_fail(plugin: &str) {
 /// Counts one notification received on `/notify/{provider}`. The provider label is one
 /// of the four known names or `unknown`: the path segment comes from the caller, and
 /// label values from callers would let anyone grow the series without bound.
-pub fn notification(provider: &str, verdict: Verdict) {
+pub fn notification(provider: &str, verdict: &'static str) {
     let provider = provider_label(provider);
-    metrics::counter!(NOTIFICATIONS, "provider" => provider, "verdict" => verdict.as_str())
-        .increment(1);
+    metrics::counter!(NOTIFICATIONS, "provider" => provider, "verdict" => verdict).increment(1);
 }
 
 /// One of the four known provider names, or `unknown` for anything a caller named.

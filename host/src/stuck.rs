@@ -83,7 +83,7 @@ pub async fn redrive_stuck(app: &App) -> Result<Vec<Redriven>, StoreError> {
 /// Re-drives one claimed notification.
 async fn redrive(app: &App, record: &NotificationRecord) -> Redriven {
     let p = crate::replay::replay(app, record).await;
-    crate::metrics::redriven(&record.provider, p.verdict);
+    crate::metrics::redriven(&record.provider, p.verdict.as_str());
     tracing::warn!(
         id = record.id,
         provider = %record.provider,

@@ -5,19 +5,12 @@
 //! address that has had too many notifications fail verification this minute has its
 //! next ones verified first and, if they fail too, answered 429 unstored ([`super::throttle`]).
 //!
-//! Two things happen here rather than in the pipeline:
-//!
-//! - The content type is checked against what the provider sends (see
-//!   [`content_type_allowed`]); a notification with another one is stored, recorded as
-//!   rejected and answered 415 with the provider's failure body, without being parsed.
-//!   This is a verification step and belongs with the others in `pipeline.rs`; it is
-//!   here, storing through the same `Store` calls the pipeline uses, because the
-//!   pipeline's `Received` carries no place for the verdict of a check made before it.
-//! - The pipeline runs in a task of its own. The request's own future is dropped when
-//!   [`super::REQUEST_TIMEOUT`] fires (and would be by any server that cancels requests
-//!   whose client hung up): the processing would stop at whatever await it had reached,
-//!   leaving the notification `received` until a retry or a replay. Spawned, it runs to
-//!   its verdict whoever is still listening.
+//! The pipeline runs in a task of its own. The request's own future is dropped when
+//! [`super::REQUEST_TIMEOUT`] fires (and would be by any server that cancels requests
+//! whose client hung up): the processing would stop at whatever await it had reached,
+//! leaving the notification `received` until a retry or a replay. Spawned, it runs to its
+//! verdict whoever is still listening. Every check of the notification itself (content
+//! type, size, signature) is the pipeline's.
 //!
 //! ## The deadline
 //!
@@ -45,8 +38,6 @@
 //!
 //! The failure answer is therefore never a lie about money: at worst it makes the provider
 //! retry a payment that was applied, and the retry is acknowledged as a duplicate.
-//!
-//! Content-type refusals run the same way (spawned, bounded): they store too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,7 +54,6 @@ use super::throttle::RejectionLimiter;
 use crate::app::App;
 use crate::pipeline::{Received, FAILED_VERIFICATION};
 use crate::providers::{Answer, Inbound, Provider, ProviderKind};
-use crate::store::{NewNotification, Verdict};
 
 /// Headers never stored with a notification: credentials, and the marker the host puts
 /// on provider query answers it stores itself (a caller must not be able to have its
@@ -154,12 +144,12 @@ async fn handle(
         account,
         remote_addr: Some(peer.to_string()),
         headers,
+        content_types,
         body,
         truncated,
     };
-    let content_types: Vec<&[u8]> = content_types.iter().map(Vec::as_slice).collect();
     let ip = peer.ip();
-    if limiter.exhausted(ip) && !verifies(configured, &received, &content_types) {
+    if limiter.exhausted(ip) && !verifies(configured, &received) {
         crate::metrics::throttled(kind.as_str());
         tracing::debug!(provider = %kind, %peer, "notification failing verification refused unstored: address over its limit");
         let mut a = configured.failure(FAILED_VERIFICATION);
@@ -167,29 +157,11 @@ async fn handle(
         return answer(a);
     }
     let deadline = Duration::from_secs(app.config.server.notify_timeout_secs.max(1));
-    if !content_type_allowed(kind, &content_types) {
-        limiter.record(ip);
-        let values: Vec<Vec<u8>> = content_types.iter().map(|v| v.to_vec()).collect();
-        let refusing = reject_content_type(app.clone(), kind, received, values);
-        return match tokio::time::timeout(deadline, tokio::spawn(refusing)).await {
-            Ok(Ok(refused)) => {
-                crate::metrics::notification(kind.as_str(), crate::store::Verdict::Rejected);
-                answer(refused)
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "storing a refused notification panicked");
-                let mut a = configured.failure("internal error");
-                a.status = 500;
-                answer(a)
-            }
-            Err(_) => timed_out(configured, deadline),
-        };
-    }
     let pipeline = app.pipeline.clone();
     let processing = async move {
         let processed = pipeline.receive(received).await;
         // Counted here, in the spawned task, so a caller that hangs up is counted too.
-        crate::metrics::notification(kind.as_str(), processed.verdict);
+        crate::metrics::notification(kind.as_str(), processed.verdict.as_str());
         processed
     };
     // Dropping the handle at the deadline does not stop the task (see the module doc).
@@ -231,9 +203,10 @@ fn timed_out(provider: &dyn Provider, deadline: Duration) -> Response {
 
 /// Whether a notification would pass verification, checked without storing it: for an
 /// address over its limit, whose failing notifications are no longer stored.
-fn verifies(provider: &dyn Provider, r: &Received, content_types: &[&[u8]]) -> bool {
+fn verifies(provider: &dyn Provider, r: &Received) -> bool {
+    let content_types: Vec<&[u8]> = r.content_types.iter().map(Vec::as_slice).collect();
     !r.truncated
-        && content_type_allowed(provider.kind(), content_types)
+        && provider.check_content_type(&content_types).is_ok()
         && provider
             .verify(&Inbound {
                 account: r.account.as_deref(),
@@ -259,124 +232,6 @@ fn answer(a: Answer) -> Response {
     response
 }
 
-/// Whether a notification for `kind` may carry these `Content-Type` values: the media
-/// type (before any `;` parameter, case-insensitive) must be what the provider sends.
-///
-/// - WeChat Pay v2: `text/xml` or `application/xml`, or no header (WeChat has sent both
-///   and some proxies drop it);
-/// - Alipay: `application/x-www-form-urlencoded`;
-/// - WeChat Pay v3 and CloudPay relays: `application/json`.
-///
-/// Several `Content-Type` headers are refused: which one a proxy would honour is anyone's
-/// guess.
-pub(crate) fn content_type_allowed(kind: ProviderKind, values: &[&[u8]]) -> bool {
-    let essence = match values {
-        [] => None,
-        [one] => match std::str::from_utf8(one) {
-            Ok(v) => Some(
-                v.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase(),
-            ),
-            Err(_) => return false,
-        },
-        _ => return false,
-    };
-    match kind {
-        ProviderKind::WechatV2 => {
-            matches!(
-                essence.as_deref(),
-                None | Some("text/xml" | "application/xml")
-            )
-        }
-        ProviderKind::Alipay => essence.as_deref() == Some("application/x-www-form-urlencoded"),
-        ProviderKind::WechatV3 | ProviderKind::Cloudpay => {
-            essence.as_deref() == Some("application/json")
-        }
-    }
-}
-
-/// Stores a notification whose content type `kind` never sends, records it as rejected,
-/// and answers 415 with the provider's failure body. If it cannot be stored, 500 (the
-/// provider retries). Owns its arguments: it runs in a task of its own.
-async fn reject_content_type(
-    app: App,
-    kind: ProviderKind,
-    r: Received,
-    values: Vec<Vec<u8>>,
-) -> Answer {
-    let Some(provider) = app.providers.get(kind) else {
-        // Routed here only for a configured provider; the configuration does not change.
-        return Answer {
-            status: 404,
-            content_type: Some("text/plain; charset=utf-8"),
-            body: b"unknown or unconfigured provider".to_vec(),
-        };
-    };
-    let shown: Vec<String> = values
-        .iter()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    let reason = match shown.as_slice() {
-        [] => format!(
-            "unsupported content type: none given; {kind} sends {}",
-            expected(kind)
-        ),
-        [one] => format!(
-            "unsupported content type `{one}`; {kind} sends {}",
-            expected(kind)
-        ),
-        many => format!(
-            "unsupported content type: {} Content-Type headers ({})",
-            many.len(),
-            many.join(", ")
-        ),
-    };
-    let stored = app
-        .store
-        .insert_notification(&NewNotification {
-            received_at: crate::store::now_ms(),
-            provider: r.provider.clone(),
-            account: r.account.clone(),
-            remote_addr: r.remote_addr.clone(),
-            headers: r.headers,
-            body: r.body,
-            truncated: r.truncated,
-        })
-        .await;
-    let status = match stored {
-        Ok(id) => {
-            tracing::warn!(provider = %kind, id, reason = %reason, "notification rejected");
-            if let Err(e) = app
-                .store
-                .finish_notification(id, Verdict::Rejected, Some(&reason), None, None)
-                .await
-            {
-                tracing::error!(id, error = %e, "cannot record verdict");
-            }
-            415
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store notification");
-            500
-        }
-    };
-    // The reason is stored and logged; the answer only says what kind of refusal it is.
-    let mut a = provider.failure("unsupported content type");
-    a.status = status;
-    a
-}
-
-fn expected(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::WechatV2 => "text/xml or application/xml",
-        ProviderKind::Alipay => "application/x-www-form-urlencoded",
-        ProviderKind::WechatV3 | ProviderKind::Cloudpay => "application/json",
-    }
-}
-
 /// Reads at most `limit` bytes; the flag says the body was longer (and the rest was not
 /// read, so an oversized body costs no more than `limit` of memory).
 async fn read_limited(body: Body, limit: usize) -> Result<(Vec<u8>, bool), axum::Error> {
@@ -392,44 +247,4 @@ async fn read_limited(body: Body, limit: usize) -> Result<(Vec<u8>, bool), axum:
         buf.extend_from_slice(&chunk);
     }
     Ok((buf, false))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types_are_checked_per_provider() {
-        use ProviderKind::*;
-        let ok: &[(ProviderKind, &[&[u8]])] = &[
-            (WechatV2, &[]),
-            (WechatV2, &[b"text/xml"]),
-            (WechatV2, &[b"Text/XML; charset=UTF-8"]),
-            (WechatV2, &[b"application/xml"]),
-            (
-                Alipay,
-                &[b"application/x-www-form-urlencoded; charset=utf-8"],
-            ),
-            (WechatV3, &[b"application/json"]),
-            (Cloudpay, &[b" application/json ;charset=utf-8"]),
-        ];
-        for (kind, values) in ok {
-            assert!(content_type_allowed(*kind, values), "{kind} {values:?}");
-        }
-        let refused: &[(ProviderKind, &[&[u8]])] = &[
-            (WechatV2, &[b""]),
-            (WechatV2, &[b"application/json"]),
-            (WechatV2, &[b"text/xml", b"text/xml"]),
-            (WechatV2, &[b"text/xml\xff"]),
-            (WechatV2, &[b"text/xmlx"]),
-            (Alipay, &[]),
-            (Alipay, &[b"multipart/form-data"]),
-            (WechatV3, &[]),
-            (WechatV3, &[b"text/json"]),
-            (Cloudpay, &[b"application/x-www-form-urlencoded"]),
-        ];
-        for (kind, values) in refused {
-            assert!(!content_type_allowed(*kind, values), "{kind} {values:?}");
-        }
-    }
 }

@@ -12,7 +12,7 @@
 //!   acknowledged refund, and the payment arriving after it would credit the buyer whose
 //!   money has already gone back. Belt and braces, the payment's commit applies every
 //!   refund of its order still stored `refund_pending` at once (see
-//!   [`crate::pipeline::Pipeline::settle_verified`]), so no order of deliveries leaves
+//!   [`Pipeline::settle_verified`]), so no order of deliveries leaves
 //!   a refunded order credited.
 //! - A verified refund that can never apply (closed order, another transaction, a
 //!   mismatched total, more than remains) changes nothing and is stored as
@@ -30,16 +30,28 @@
 
 use std::sync::Arc;
 
-use crate::pipeline::{order_call_context, wit_order, NotifyKeys};
+use super::pay::{order_call_context, wit_order};
+use super::settle::with_retries;
+use super::{NotifyKeys, Outcome, Pipeline, Processed};
 use crate::plugins::{refund_bindings, HandlerFailure, Plugin, Registry};
 use crate::providers::{Notice, ProviderKind, Refund, RefundAmount};
 use crate::store::{status, NewRefund, Order, Store, StoreError, Tx, Verdict};
 
-/// How often a refund transaction is run again after a transient database failure.
-const ATTEMPTS: u32 = 5;
-
 /// The handler status recorded on a refund whose type's handler has no `handle-refunded`.
 pub const NO_REFUND_HANDLER: &str = "no refund handler";
+
+/// A verified refund, stored as notification `id`, to apply.
+#[derive(Clone, Copy)]
+pub struct ToRefund<'a> {
+    /// The stored notification.
+    pub id: i64,
+    /// The provider that verified it.
+    pub provider: ProviderKind,
+    /// The verified notification.
+    pub notice: &'a Notice,
+    /// The refund it reports.
+    pub refund: &'a Refund,
+}
 
 /// Applies verified refunds.
 pub struct Refunder {
@@ -73,6 +85,91 @@ enum Checked {
     Apply { order: Box<Order>, amount: i64 },
 }
 
+impl Pipeline {
+    /// The refund path: applies a verified refund (see [`Refunder`]) and answers.
+    pub(super) async fn refund(
+        &self,
+        id: i64,
+        provider: ProviderKind,
+        notice: &Notice,
+        refund: &Refund,
+    ) -> Processed {
+        let provider_name = provider.as_str();
+        let order = Some(notice.out_trade_no.as_str());
+        let r = ToRefund {
+            id,
+            provider,
+            notice,
+            refund,
+        };
+        let applied = self.refunder.apply(self.store.as_ref(), r).await;
+        match applied {
+            Ok(r) if r.verdict == Verdict::Failed => {
+                let outcome = Outcome::new(r.verdict, r.reason.unwrap_or_default(), 200);
+                self.finish_outside(id, provider_name, outcome.about(order, &notice.account))
+                    .await
+            }
+            Ok(r) => {
+                tracing::Span::current().record("verdict", r.verdict.as_str());
+                if r.verdict == Verdict::RefundUnapplied {
+                    crate::metrics::refund_unapplied(provider_name);
+                }
+                tracing::info!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "refund notification processed"
+                );
+                self.answer(provider_name, Some(id), r.verdict, r.reason, 200)
+            }
+            Err(e) => {
+                let reason = format!("transaction failed: {e}");
+                tracing::error!(error = %reason, "refund not applied");
+                let outcome = Outcome::new(Verdict::Failed, reason, 500);
+                self.finish_outside(id, provider_name, outcome.about(order, &notice.account))
+                    .await
+            }
+        }
+    }
+
+    /// Applies the refunds of `out_trade_no` that arrived before its payment (stored
+    /// `refund_pending`), oldest first, through the refund path as a replay of each: the
+    /// provider was told to retry them, but it may give up, and until it retries the order
+    /// would stand paid and credited for money already sent back. A refund that still
+    /// cannot apply keeps its verdict; the provider's own retry remains.
+    ///
+    /// Boxed, with `Send` spelled out: a replay settles payments, which come back here, and
+    /// the compiler cannot see through that cycle on its own.
+    pub(super) fn apply_waiting_refunds<'a>(
+        &'a self,
+        out_trade_no: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let filter = crate::store::NotificationFilter {
+                out_trade_no: Some(out_trade_no.to_owned()),
+                verdict: Some(Verdict::RefundPending),
+                limit: 100,
+                ..Default::default()
+            };
+            let waiting = match self.store.list_notifications(&filter).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // The provider still retries each of them (they got the failure answer).
+                    tracing::error!(error = %e, "cannot look for refunds waiting for this payment");
+                    return;
+                }
+            };
+            for record in waiting.iter().rev() {
+                let r = self.replay(record).await;
+                tracing::info!(
+                    refund_notification = record.id,
+                    verdict = r.verdict.as_str(),
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "refund that arrived before the payment, applied after it"
+                );
+            }
+        })
+    }
+}
+
 impl Refunder {
     /// A refunder running the handlers of `plugins`.
     pub fn new(plugins: Arc<Registry>, notify_keys: NotifyKeys) -> Refunder {
@@ -86,44 +183,21 @@ impl Refunder {
     /// while the database reports a deadlock or serialization failure. Every attempt
     /// rolled back completely, so running it again is safe. An `Err` means nothing was
     /// committed, not even the verdict.
-    pub async fn apply(
-        &self,
-        store: &dyn Store,
-        id: i64,
-        provider: ProviderKind,
-        notice: &Notice,
-        refund: &Refund,
-    ) -> Result<RefundOutcome, String> {
-        for attempt in 1..=ATTEMPTS {
-            match self.try_once(store, id, provider, notice, refund).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                    let pause = 5 * u64::from(attempt) + rand::random::<u64>() % 20;
-                    tracing::warn!(error = %e, attempt, "transient database failure; running the refund again");
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("gave up after repeated transient database failures".into())
+    pub async fn apply(&self, store: &dyn Store, r: ToRefund<'_>) -> Result<RefundOutcome, String> {
+        with_retries("refund", || self.try_once(store, r)).await
     }
 
+    /// One attempt: the whole refund transaction.
     async fn try_once(
         &self,
         store: &dyn Store,
-        id: i64,
-        provider: ProviderKind,
-        notice: &Notice,
-        refund: &Refund,
+        r: ToRefund<'_>,
     ) -> Result<RefundOutcome, StoreError> {
         let mut tx = store.begin().await?;
-        let (mut tx, outcome) = match check(tx.as_mut(), id, provider, notice, refund).await? {
+        let (mut tx, outcome) = match check(tx.as_mut(), r).await? {
             Checked::Done(outcome) => (tx, outcome),
             Checked::Apply { order, amount } => {
-                match self
-                    .apply_locked(tx, id, &order, notice, refund, amount)
-                    .await
-                {
+                match self.apply_locked(tx, r, &order, amount).await {
                     (Some(tx), Ok(outcome)) => (tx, outcome),
                     (Some(_), Err(e)) => return Err(e),
                     (None, _) => {
@@ -138,13 +212,13 @@ impl Refunder {
             // Dropping the transaction rolls back the refund and the handler's writes.
             return Ok(outcome);
         }
-        let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
+        let order = Some(r.notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
         tx.finish_notification(
-            id,
+            r.id,
             outcome.verdict,
             outcome.reason.as_deref(),
             order,
-            Some(&notice.account),
+            Some(&r.notice.account),
         )
         .await?;
         tx.commit().await?;
@@ -156,12 +230,11 @@ impl Refunder {
     async fn apply_locked(
         &self,
         mut tx: Box<dyn Tx>,
-        id: i64,
+        r: ToRefund<'_>,
         order: &Order,
-        notice: &Notice,
-        refund: &Refund,
         amount: i64,
     ) -> (Option<Box<dyn Tx>>, Result<RefundOutcome, StoreError>) {
+        let (notice, refund) = (r.notice, r.refund);
         let refunded_total = order.refund_fee + amount;
         let original_data = serde_json::to_value(&notice.fields).unwrap_or_default();
         let new = NewRefund {
@@ -178,7 +251,7 @@ impl Refunder {
                 status::PARTIALLY_REFUNDED
             },
             refunded_at: refund.refunded_at,
-            notification_id: id,
+            notification_id: r.id,
             original_data: &original_data,
         };
         match tx.apply_refund(&new).await {
@@ -223,18 +296,7 @@ impl Refunder {
                 Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
             );
         }
-        let (back, result) = self
-            .call_handler(
-                tx,
-                &plugin,
-                id,
-                order,
-                notice,
-                refund,
-                amount,
-                refunded_total,
-            )
-            .await;
+        let (back, result) = self.call_handler(tx, &plugin, r, order, amount).await;
         if plugin.breaker.record(&result) {
             crate::metrics::breaker_tripped(&plugin.plugin_type);
             tracing::error!(plugin = %plugin.plugin_type, "payment calls keep timing out: the type fails fast for a cool-down");
@@ -270,21 +332,20 @@ impl Refunder {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the type's `handle-refunded` inside the transaction.
     async fn call_handler(
         &self,
         tx: Box<dyn Tx>,
         plugin: &Plugin,
-        id: i64,
+        r: ToRefund<'_>,
         order: &Order,
-        notice: &Notice,
-        refund: &Refund,
         amount: i64,
-        refunded_total: i64,
     ) -> (
         Option<Box<dyn Tx>>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
+        let (id, notice, refund) = (r.id, r.notice, r.refund);
+        let refunded_total = order.refund_fee + amount;
         let ctx = order_call_context(&self.plugins, &self.notify_keys, plugin, order, id, tx);
         let wit_order = wit_order(order, order.transaction_id.as_deref().unwrap_or_default());
         let wit_refund = refund_bindings::Refund {
@@ -317,13 +378,8 @@ impl Refunder {
 }
 
 /// Everything that decides whether the refund applies, on the locked order.
-async fn check(
-    tx: &mut dyn Tx,
-    id: i64,
-    provider: ProviderKind,
-    notice: &Notice,
-    refund: &Refund,
-) -> Result<Checked, StoreError> {
+async fn check(tx: &mut dyn Tx, r: ToRefund<'_>) -> Result<Checked, StoreError> {
+    let (id, provider, notice, refund) = (r.id, r.provider, r.notice, r.refund);
     let unapplied = |why: String| {
         tracing::warn!(reason = %why, out_refund_no = %refund.out_refund_no, "verified refund not applied: listed for ops");
         Ok(Checked::Done(RefundOutcome::new(
