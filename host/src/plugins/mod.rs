@@ -19,7 +19,7 @@ use crate::store::{now_ms, Millis};
 mod backstop;
 pub mod breaker;
 pub mod capabilities;
-pub mod inspect;
+pub mod world;
 pub mod manifest;
 pub mod runtime;
 pub mod watch;

@@ -353,7 +353,7 @@ impl Runtime {
         manifest: &Arc<Manifest>,
         limits: Limits,
     ) -> Result<Compiled, LoadError> {
-        super::inspect::shape(&component.component_type(), &self.engine)?;
+        super::world::shape(&component.component_type(), &self.engine)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -795,7 +795,7 @@ fn compile_or_load(
             }
         }
     }
-    super::inspect::header(bytes)?;
+    super::world::header(bytes)?;
     let component =
         Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
     if let Some(path) = cached {

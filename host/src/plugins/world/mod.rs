@@ -6,7 +6,7 @@
 use wasmtime::component::types::Component as ComponentType;
 use wasmtime::Engine;
 
-use super::runtime::{LoadError, WORLD_VERSION};
+use super::super::runtime::{LoadError, WORLD_VERSION};
 
 /// The exports of the `handler` world.
 pub const EXPORTS: &[&str] = &["metadata", "handle-paid", "run-task"];
