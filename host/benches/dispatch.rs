@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::config::{DatabaseConfig, PluginsConfig, SqliteSynchronous};
 use paynotify::plugins::bindings;
-use paynotify::plugins::capabilities::{CallContext, CallTags, DbAccess};
+use paynotify::plugins::capabilities::DbAccess;
 use paynotify::plugins::{watch, Registry, Runtime};
 use paynotify::store::{sqlite::SqliteStore, Store};
 
@@ -168,22 +168,14 @@ async fn main() {
     for i in 0..CALLS {
         let t = Instant::now();
         let tx = store.begin().await.expect("begin");
-        let ctx = CallContext {
-            manifest: plugin.manifest.clone(),
-            tags: CallTags {
-                plugin: "recharge".into(),
-                version: plugin.metadata.version.clone(),
-                out_trade_no: None,
-                notification_id: None,
-                task_id: None,
-            },
-            db: DbAccess::Tx(tx),
-            notify_key: None,
-            provider: None,
-            account: None,
-            http: runtime.http_client(),
-            poisoned: None,
-        };
+        let ctx = runtime
+            .call_context(
+                plugin.manifest.clone(),
+                "recharge",
+                &plugin.metadata.version,
+            )
+            .db(DbAccess::Tx(tx))
+            .build();
         let (ctx, r) = runtime
             .handle_paid(
                 &plugin.compiled,
@@ -208,22 +200,14 @@ async fn main() {
     let since = (context_switches(), cpu_micros());
     for i in 0..CALLS {
         let t = Instant::now();
-        let ctx = CallContext {
-            manifest: plugin.manifest.clone(),
-            tags: CallTags {
-                plugin: "recharge".into(),
-                version: plugin.metadata.version.clone(),
-                out_trade_no: None,
-                notification_id: None,
-                task_id: None,
-            },
-            db: DbAccess::None,
-            notify_key: None,
-            provider: None,
-            account: None,
-            http: runtime.http_client(),
-            poisoned: None,
-        };
+        let ctx = runtime
+            .call_context(
+                plugin.manifest.clone(),
+                "recharge",
+                &plugin.metadata.version,
+            )
+            .db(DbAccess::None)
+            .build();
         let task = bindings::Task {
             id: i64::from(i),
             name: "no-such-task".into(),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::config::TasksConfig;
 use crate::pipeline::NotifyKeys;
 use crate::plugins::bindings;
-use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
+use crate::plugins::capabilities::DbAccess;
 use crate::plugins::Registry;
 use crate::store::{now_ms, Store, StoreError, TaskEnd, TaskRecord};
 
@@ -201,22 +201,14 @@ impl Worker {
             (Some(p), Some(a)) => self.notify_keys.get(&(p.clone(), a.clone())).copied(),
             _ => None,
         };
-        let ctx = CallContext {
-            manifest: plugin.manifest.clone(),
-            tags: CallTags {
-                plugin: plugin.plugin_type.clone(),
-                version: plugin.metadata.version.clone(),
-                out_trade_no: task.out_trade_no.clone(),
-                notification_id: None,
-                task_id: Some(task.id),
-            },
-            db: DbAccess::Autocommit(self.store.clone()),
-            notify_key,
-            provider: task.provider.clone(),
-            account: task.account.clone(),
-            http: self.plugins.runtime().http_client(),
-            poisoned: None,
-        };
+        let ctx = self
+            .plugins
+            .call_context(&plugin)
+            .order(task.out_trade_no.clone())
+            .task(task.id)
+            .account(task.provider.clone(), task.account.clone(), notify_key)
+            .db(DbAccess::Autocommit(self.store.clone()))
+            .build();
         let wit_task = bindings::Task {
             id: task.id,
             name: task.name.clone(),

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::parse_notify_key;
 use crate::config::{DatabaseConfig, PluginsConfig};
 use crate::plugins::bindings;
-use crate::config::parse_notify_key;
-use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
+use crate::plugins::capabilities::DbAccess;
 use crate::plugins::{HandlerFailure, Manifest, Metadata, Runtime};
 
 /// `paynotify try` arguments.
@@ -385,22 +385,13 @@ pub async fn run(
         paid_at: notification.paid_at,
         fields: notification.fields.into_iter().collect(),
     };
-    let ctx = CallContext {
-        manifest: manifest.clone(),
-        tags: CallTags {
-            plugin: plugin_type.clone(),
-            version: compiled.metadata.version.clone(),
-            out_trade_no: Some(out_trade_no),
-            notification_id: Some(wit_notification.id),
-            task_id: None,
-        },
-        db: DbAccess::Tx(store.begin().await?),
-        notify_key,
-        provider: Some(order.provider),
-        account: Some(order.account),
-        http: runtime.http_client(),
-        poisoned: None,
-    };
+    let ctx = runtime
+        .call_context(manifest.clone(), &plugin_type, &compiled.metadata.version)
+        .order(out_trade_no)
+        .notification(wit_notification.id)
+        .account(order.provider, order.account, notify_key)
+        .db(DbAccess::Tx(store.begin().await?))
+        .build();
     logs.take();
     let started = std::time::Instant::now();
     let (ctx, result) = runtime

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::HandlerFailure;
+use super::world::HandlerFailure;
 use crate::store::{now_ms, Millis};
 
 /// One type's breaker.

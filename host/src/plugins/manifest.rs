@@ -62,6 +62,7 @@ impl Manifest {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let m: Manifest = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Every capability checks the keys it reads (`capabilities::configure`).
         m.check().map_err(|e| format!("{}: {e}", path.display()))?;
         if m.http_in_payment {
             tracing::warn!(manifest = %path.display(), "{HTTP_IN_PAYMENT_WARNING}");
@@ -69,47 +70,22 @@ impl Manifest {
         Ok(m)
     }
 
-    fn check(&self) -> Result<(), String> {
-        for c in &self.collections {
-            if !crate::store::valid_collection(c) {
-                return Err(format!(
-                    "key `collections`: `{c}` is not a valid collection name (letters, digits, - and _)"
-                ));
-            }
-        }
-        for o in &self.http_origins {
-            if normalise_origin(o).is_none() {
-                return Err(format!(
-                    "key `http_origins`: `{o}` is not an origin like https://example.com[:port]"
-                ));
-            }
-        }
-        if self.http_in_payment && self.http_origins.is_empty() {
-            return Err(
-                "key `http_in_payment`: true, but `http_origins` is empty, so there is nothing \
-                 it could call"
-                    .into(),
-            );
-        }
-        Ok(())
-    }
-
     /// The limits for a call, or an error naming the key over the global cap.
     pub fn limits(&self, global: &PluginsConfig) -> Result<Limits, String> {
         let timeout_ms = self.timeout_ms.unwrap_or(global.timeout_ms);
-        if timeout_ms == 0 || timeout_ms > global.max_timeout_ms {
-            return Err(format!(
-                "key `timeout_ms`: {timeout_ms} is outside 1..={} (plugins.max_timeout_ms)",
-                global.max_timeout_ms
-            ));
-        }
         let memory_mb = self.memory_mb.unwrap_or(global.memory_mb);
-        if memory_mb == 0 || memory_mb > global.max_memory_mb {
-            return Err(format!(
-                "key `memory_mb`: {memory_mb} is outside 1..={} (plugins.max_memory_mb)",
-                global.max_memory_mb
-            ));
-        }
+        within(
+            "timeout_ms",
+            timeout_ms,
+            "max_timeout_ms",
+            global.max_timeout_ms,
+        )?;
+        within(
+            "memory_mb",
+            memory_mb,
+            "max_memory_mb",
+            global.max_memory_mb,
+        )?;
         Ok(Limits {
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: usize::try_from(memory_mb.saturating_mul(1024 * 1024))
@@ -128,12 +104,12 @@ impl Manifest {
         let Some(ms) = self.payment_timeout_ms.or(global_default) else {
             return Ok(limits);
         };
-        if ms == 0 || ms > global.max_timeout_ms {
-            return Err(format!(
-                "key `payment_timeout_ms`: {ms} is outside 1..={} (plugins.max_timeout_ms)",
-                global.max_timeout_ms
-            ));
-        }
+        within(
+            "payment_timeout_ms",
+            ms,
+            "max_timeout_ms",
+            global.max_timeout_ms,
+        )?;
         Ok(Limits {
             timeout: Duration::from_millis(ms),
             ..limits
@@ -153,6 +129,17 @@ impl Manifest {
             .filter_map(|o| normalise_origin(o))
             .any(|o| o == origin)
     }
+}
+
+/// Checks that manifest key `key`'s `value` is in `1..=max`, naming the `[plugins]`
+/// setting `cap` that sets `max` if it is not.
+fn within(key: &str, value: u64, cap: &str, max: u64) -> Result<(), String> {
+    if value == 0 || value > max {
+        return Err(format!(
+            "key `{key}`: {value} is outside 1..={max} (plugins.{cap})"
+        ));
+    }
+    Ok(())
 }
 
 /// `https://Example.com:443/` → `https://example.com`; None if not an http(s) origin.

@@ -18,47 +18,18 @@ use crate::store::{now_ms, Millis};
 
 mod backstop;
 pub mod breaker;
+mod cache;
 pub mod capabilities;
-pub mod inspect;
 pub mod manifest;
 pub mod runtime;
 pub mod watch;
+pub mod world;
 
+pub use capabilities::{CallBuilder, CallContext};
 pub use manifest::{Limits, Manifest};
-pub use runtime::{Compiled, HandlerFailure, LoadError, Metadata, Runtime};
-
-/// Host bindings generated from `wit/`.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "handler",
-        imports: { default: async },
-        exports: { default: async },
-    });
-}
-
-/// Host bindings of world `handler-with-refunds`: the `handler` world plus the optional
-/// `refunds` export. Its imports are [`bindings`]' own, so one linker serves both.
-pub mod refund_bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "handler-with-refunds",
-        imports: { default: async },
-        exports: { default: async },
-        with: {
-            "paynotify:plugin/types": crate::plugins::bindings::paynotify::plugin::types,
-            "paynotify:plugin/db": crate::plugins::bindings::paynotify::plugin::db,
-            "paynotify:plugin/log": crate::plugins::bindings::paynotify::plugin::log,
-            "paynotify:plugin/http": crate::plugins::bindings::paynotify::plugin::http,
-            "paynotify:plugin/crypto": crate::plugins::bindings::paynotify::plugin::crypto,
-            "paynotify:plugin/tasks": crate::plugins::bindings::paynotify::plugin::tasks,
-            "paynotify:plugin/config": crate::plugins::bindings::paynotify::plugin::config,
-        },
-    });
-
-    /// What `handle-refunded` is given about the refund.
-    pub use exports::paynotify::plugin::refunds::Refund;
-}
+pub use runtime::{Compiled, Runtime};
+pub use world::since_v0_1::{bindings, refund_bindings};
+pub use world::{HandlerFailure, LoadError, Metadata};
 
 /// A loaded handler.
 pub struct Plugin {
@@ -182,6 +153,15 @@ impl Registry {
     /// The runtime the plugins run on.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// The context of a call of `plugin`'s handler, to be completed per call.
+    pub fn call_context(&self, plugin: &Plugin) -> CallBuilder {
+        self.runtime.call_context(
+            plugin.manifest.clone(),
+            &plugin.plugin_type,
+            &plugin.metadata.version,
+        )
     }
 
     /// The handler for `plugin_type`, if one is loaded.

@@ -8,10 +8,10 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
 };
@@ -19,14 +19,15 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::backstop::Watchdog;
-use super::bindings::{self, Handler, HandlerPre};
-use super::capabilities::{CallContext, CallTags};
+use super::capabilities::{self, CallBuilder, CallContext, CallTags};
 use super::manifest::{Limits, Manifest};
-use super::refund_bindings::{self, HandlerWithRefunds, HandlerWithRefundsPre};
+use super::world::since_v0_1::{
+    self, bindings, refund_bindings, GetMetadata, HandlePaid, HandleRefunded, RunTask,
+};
+use super::world::{
+    outcome, Export, HandlerFailure, Instantiate, LoadError, Metadata, WORLD_VERSION,
+};
 use crate::config::PluginsConfig;
-
-/// The WIT package version this host implements.
-pub const WORLD_VERSION: &str = "0.1.0";
 
 /// How often the epoch ticks; wall-time limits are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -38,108 +39,18 @@ const MAX_STDIO_BYTES: usize = 16 * 1024;
 /// Time allowed for the `metadata` call at load.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why a plugin file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Not a valid component, or compilation failed.
-    #[error("not a valid WebAssembly component: {0}")]
-    Compile(String),
-    /// Built against another version of `paynotify:plugin`.
-    #[error("built for paynotify:plugin@{found}, this host implements @{WORLD_VERSION}; rebuild it against paynotify-plugin-sdk {WORLD_VERSION}")]
-    WorldVersion {
-        /// The version the component asked for.
-        found: String,
-    },
-    /// It imports something the host does not provide (or does not grant).
-    #[error("forbidden or unknown import {0}")]
-    Imports(String),
-    /// A required export is missing or has the wrong type.
-    #[error("does not fit the handler world: {0}")]
-    Exports(String),
-    /// The `metadata` call failed.
-    #[error("metadata() failed: {0}")]
-    Metadata(String),
-    /// The manifest is invalid.
-    #[error("manifest: {0}")]
-    Manifest(String),
-}
-
-/// What a handler build says about itself.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
-pub struct Metadata {
-    /// The handler's name.
-    pub name: String,
-    /// The handler's own version.
-    pub version: String,
-    /// The WIT version it was built against.
-    pub world_version: String,
-}
-
 /// A compiled, validated handler, ready to instantiate.
 pub struct Compiled {
-    pub(crate) pre: HandlerPre<HostState>,
-    /// The same component seen through world `handler-with-refunds`, when it exports
-    /// `refunds`.
-    pub(crate) refunds: Option<HandlerWithRefundsPre<HostState>>,
+    /// The component seen through the worlds of the version it was built for.
+    pub(crate) pre: since_v0_1::Pre<HostState>,
     /// What it reported.
     pub metadata: Metadata,
 }
 
-/// Why a call failed. Any of these rolls the payment back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerFailure {
-    /// The handler returned an error.
-    #[error("handler error [{code}]: {message}")]
-    Error {
-        /// Its code.
-        code: String,
-        /// Its message.
-        message: String,
-    },
-    /// The handler trapped (panic, unreachable, bad memory access...).
-    #[error("handler trapped: {0}")]
-    Trap(String),
-    /// The handler ran past its wall-time limit.
-    #[error("handler ran past its {0:?} time limit")]
-    Timeout(Duration),
-    /// The handler asked for more memory than its limit.
-    #[error("handler went over its memory limit of {0} MiB")]
-    Memory(usize),
-    /// A host capability failed underneath the handler (e.g. the database).
-    #[error("host failure during the call: {0}")]
-    Host(String),
-    /// The database asked for the transaction to be run again (deadlock, serialization
-    /// failure): not the handler's fault, and not an answer to give the provider yet.
-    #[error("transient database failure during the call: {0}")]
-    Transient(String),
-    /// No handler is loaded for the order's type.
-    #[error("no handler is loaded for type `{0}`")]
-    NotLoaded(String),
-    /// The type's payment calls timed out repeatedly: it is not run until the cool-down
-    /// is over (see [`super::breaker`]).
-    #[error("handler not run: its last {timeouts} payment calls timed out; failing fast until {}", crate::store::iso_time(*until))]
-    FailingFast {
-        /// Timeouts in a row.
-        timeouts: u32,
-        /// Until when (unix ms).
-        until: crate::store::Millis,
-    },
-}
-
-impl HandlerFailure {
-    /// The failure as JSON, stored as the order's `handler_result`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let kind = match self {
-            HandlerFailure::Error { code, .. } => code.as_str(),
-            HandlerFailure::Trap(_) => "trap",
-            HandlerFailure::Timeout(_) => "timeout",
-            HandlerFailure::Memory(_) => "memory",
-            HandlerFailure::Host(_) => "host",
-            HandlerFailure::Transient(_) => "transient",
-            HandlerFailure::NotLoaded(_) => "not-loaded",
-            HandlerFailure::FailingFast { .. } => "failing-fast",
-        };
-        serde_json::json!({ "error": kind, "message": self.to_string() })
+impl Compiled {
+    /// The build exports `handle-refunded`.
+    pub fn handles_refunds(&self) -> bool {
+        self.pre.refunds.is_some()
     }
 }
 
@@ -271,7 +182,7 @@ impl Runtime {
         // sockets, stdin closed, stdout/stderr captured into the host log.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| LoadError::Compile(format!("linking WASI: {e}")))?;
-        Handler::add_to_linker::<HostState, HasSelf<CallContext>>(&mut linker, |s| &mut s.caps)
+        capabilities::link(&mut linker, |s: &mut HostState| &mut s.caps)
             .map_err(|e| LoadError::Compile(format!("linking paynotify imports: {e}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -314,6 +225,17 @@ impl Runtime {
         self.http.clone()
     }
 
+    /// The context of a call of `plugin_type`'s handler (`version` names its build),
+    /// going out through the shared HTTP client; to be completed per call.
+    pub fn call_context(
+        &self,
+        manifest: Arc<Manifest>,
+        plugin_type: &str,
+        version: &str,
+    ) -> CallBuilder {
+        CallContext::builder(manifest, plugin_type, version, self.http.clone())
+    }
+
     /// Compiles and validates a component: world version, imports, exports, metadata.
     /// Compilation runs on a blocking thread, off the async workers serving requests.
     /// With a `cache_dir`, the compiled artefact is kept under the file's hash and this
@@ -330,7 +252,7 @@ impl Runtime {
         let engine = self.engine.clone();
         let cached = cache_dir.map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash())));
         let component = tokio::task::spawn_blocking(move || {
-            compile_or_load(&engine, &bytes, cached.as_deref())
+            super::cache::compile_or_load(&engine, &bytes, cached.as_deref())
         })
         .await
         .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))??;
@@ -353,45 +275,32 @@ impl Runtime {
         manifest: &Arc<Manifest>,
         limits: Limits,
     ) -> Result<Compiled, LoadError> {
-        super::inspect::shape(&component.component_type(), &self.engine)?;
-        let pre = self
+        super::world::shape(&component.component_type(), &self.engine)?;
+        let linked = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
-        let pre = HandlerPre::new(pre).map_err(|e| LoadError::Exports(format!("{e:#}")))?;
-        let refunds = refunds_pre(&self.engine, &component, &pre)?;
-        let tags = CallTags {
-            plugin: plugin_type.to_owned(),
-            version: String::new(),
-            out_trade_no: None,
-            notification_id: None,
-            task_id: None,
-        };
-        let ctx = CallContext::detached(manifest.clone(), tags, self.http.clone());
+        let pre = since_v0_1::Pre::new(&self.engine, &component, linked)?;
+        let ctx = CallContext::detached(
+            manifest.clone(),
+            CallTags::plugin(plugin_type),
+            self.http.clone(),
+        );
         let limits = Limits {
             timeout: METADATA_TIMEOUT.min(limits.timeout),
             ..limits
         };
-        let (_, result) = self
-            .call(&pre, ctx, limits, |h, s| {
-                Box::pin(async move { h.call_metadata(s).await })
-            })
-            .await;
-        let m = result.map_err(|e| LoadError::Metadata(e.to_string()))?;
-        if m.world_version != WORLD_VERSION {
+        let metadata = match self.instantiate(&pre.handler, ctx, limits).await {
+            Ok(prepared) => self.run(prepared, None, GetMetadata).await.1,
+            Err((_, failure)) => Err(failure),
+        };
+        let metadata = metadata.map_err(|e| LoadError::Metadata(e.to_string()))?;
+        if metadata.world_version != WORLD_VERSION {
             return Err(LoadError::WorldVersion {
-                found: m.world_version,
+                found: metadata.world_version,
             });
         }
-        Ok(Compiled {
-            pre,
-            refunds,
-            metadata: Metadata {
-                name: m.name,
-                version: m.version,
-                world_version: m.world_version,
-            },
-        })
+        Ok(Compiled { pre, metadata })
     }
 
     /// Makes a fresh, limited instance of a handler ahead of its call, so that the
@@ -406,7 +315,7 @@ impl Runtime {
         limits: Limits,
     ) -> Result<Prepared, HandlerFailure> {
         let ctx = CallContext::detached(manifest, tags, self.http.clone());
-        self.instantiate(&compiled.pre, ctx, limits)
+        self.instantiate(&compiled.pre.handler, ctx, limits)
             .await
             .map_err(|(_, failure)| failure)
     }
@@ -424,9 +333,12 @@ impl Runtime {
         Option<CallContext>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
-        match self.instantiate(&compiled.pre, ctx, limits).await {
+        // Timed from the call, not from instantiation, as a call on an instance made
+        // ahead is.
+        match self.instantiate(&compiled.pre.handler, ctx, limits).await {
             Ok(prepared) => {
-                self.run_handle_paid(prepared, None, order, notification)
+                let export = HandlePaid(order, notification);
+                self.export(Ok(prepared), None, export, Instant::now())
                     .await
             }
             Err((ctx, failure)) => (Some(ctx), Err(failure)),
@@ -445,40 +357,9 @@ impl Runtime {
         Option<CallContext>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
-        self.run_handle_paid(prepared, Some(ctx), order, notification)
+        let export = HandlePaid(order, notification);
+        self.export(Ok(prepared), Some(ctx), export, Instant::now())
             .await
-    }
-
-    async fn run_handle_paid(
-        &self,
-        prepared: Prepared,
-        ctx: Option<CallContext>,
-        order: bindings::Order,
-        notification: bindings::Notification,
-    ) -> (
-        Option<CallContext>,
-        Result<serde_json::Value, HandlerFailure>,
-    ) {
-        let plugin = ctx
-            .as_ref()
-            .map(|c| c.tags.plugin.clone())
-            .unwrap_or_else(|| prepared.store.data().caps.tags.plugin.clone());
-        let started = std::time::Instant::now();
-        let (ctx, result) = self
-            .run(prepared, ctx, move |h, s| {
-                Box::pin(async move { h.call_handle_paid(s, &order, &notification).await })
-            })
-            .await;
-        let result = result.and_then(|r| match r {
-            Ok(outcome) => Ok(outcome_json(&outcome.result)),
-            Err(e) => Err(HandlerFailure::Error {
-                code: e.code,
-                message: e.message,
-            }),
-        });
-        let outcome = outcome(&result);
-        crate::metrics::handler_call(&plugin, "handle_paid", outcome, started.elapsed());
-        (ctx, result)
     }
 
     /// Runs `run-task`.
@@ -489,22 +370,9 @@ impl Runtime {
         limits: Limits,
         task: bindings::Task,
     ) -> (Option<CallContext>, Result<(), HandlerFailure>) {
-        let plugin = ctx.tags.plugin.clone();
-        let started = std::time::Instant::now();
-        let (ctx, result) = self
-            .call(&compiled.pre, ctx, limits, move |h, s| {
-                Box::pin(async move { h.call_run_task(s, &task).await })
-            })
-            .await;
-        let result = result.and_then(|r| {
-            r.map_err(|e| HandlerFailure::Error {
-                code: e.code,
-                message: e.message,
-            })
-        });
-        let outcome = outcome(&result);
-        crate::metrics::handler_call(&plugin, "run_task", outcome, started.elapsed());
-        (ctx, result)
+        let started = Instant::now();
+        let made = self.instantiate(&compiled.pre.handler, ctx, limits).await;
+        self.export(made, None, RunTask(task), started).await
     }
 
     /// Runs `handle-refunded`, which the component must export (see
@@ -520,60 +388,41 @@ impl Runtime {
         Option<CallContext>,
         Result<serde_json::Value, HandlerFailure>,
     ) {
-        let Some(pre) = &compiled.refunds else {
+        let Some(pre) = &compiled.pre.refunds else {
             let failure = HandlerFailure::Host("the handler does not export `refunds`".into());
             return (Some(ctx), Err(failure));
         };
-        let plugin = ctx.tags.plugin.clone();
-        let started = std::time::Instant::now();
-        let (ctx, result) = self
-            .call(pre, ctx, limits, move |h, s| {
-                Box::pin(async move {
-                    h.paynotify_plugin_refunds()
-                        .call_handle_refunded(s, &order, &refund)
-                        .await
-                })
-            })
-            .await;
-        let result = result.and_then(|r| match r {
-            Ok(outcome) => Ok(outcome_json(&outcome.result)),
-            Err(e) => Err(HandlerFailure::Error {
-                code: e.code,
-                message: e.message,
-            }),
-        });
-        let outcome = outcome(&result);
-        crate::metrics::handler_call(&plugin, "handle_refunded", outcome, started.elapsed());
-        (ctx, result)
+        let started = Instant::now();
+        let made = self.instantiate(pre, ctx, limits).await;
+        self.export(made, None, HandleRefunded(order, refund), started)
+            .await
     }
 
-    /// One call in a fresh store.
-    async fn call<P, R, F>(
+    /// Calls `export` on `instance` (with `ctx` swapped in when given) and records the
+    /// call in the metrics, timed from `started`. An instance that could not be made is
+    /// the call's failure.
+    async fn export<I: Send + Sync, E: Export<HostState, I>>(
         &self,
-        pre: &P,
-        ctx: CallContext,
-        limits: Limits,
-        f: F,
-    ) -> (Option<CallContext>, Result<R, HandlerFailure>)
-    where
-        P: Instantiate,
-        F: for<'a> FnOnce(
-            &'a P::Instance,
-            &'a mut Store<HostState>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
-        >,
-        R: Send,
-    {
-        match self.instantiate(pre, ctx, limits).await {
-            Ok(prepared) => self.run(prepared, None, f).await,
+        instance: Result<Prepared<I>, (CallContext, HandlerFailure)>,
+        ctx: Option<CallContext>,
+        export: E,
+        started: Instant,
+    ) -> (Option<CallContext>, Result<E::Output, HandlerFailure>) {
+        let plugin = match (&ctx, &instance) {
+            (Some(ctx), _) | (None, Err((ctx, _))) => ctx.tags.plugin.clone(),
+            (None, Ok(prepared)) => prepared.store.data().caps.tags.plugin.clone(),
+        };
+        let (ctx, result) = match instance {
+            Ok(prepared) => self.run(prepared, ctx, export).await,
             Err((ctx, failure)) => (Some(ctx), Err(failure)),
-        }
+        };
+        crate::metrics::handler_call(&plugin, E::NAME, outcome(&result), started.elapsed());
+        (ctx, result)
     }
 
     /// A fresh store and instance: limits, epoch deadline, stdio capture, and a host-side
     /// backstop timeout. Gives the context back if instantiation fails.
-    async fn instantiate<P: Instantiate>(
+    async fn instantiate<P: Instantiate<HostState>>(
         &self,
         pre: &P,
         ctx: CallContext,
@@ -610,7 +459,7 @@ impl Runtime {
         set_deadline(&mut store, limits.timeout);
         let made = self
             .watchdog
-            .within(backstop(limits), pre.instantiate_async(&mut store))
+            .within(backstop(limits), pre.instantiate(&mut store))
             .await;
         match made {
             Ok(Ok(handler)) => Ok(Prepared {
@@ -632,22 +481,12 @@ impl Runtime {
 
     /// Runs one export on a prepared instance (with `ctx` swapped in when given), then
     /// drops the store: nothing of this call survives into the next.
-    async fn run<I, R, F>(
+    async fn run<I: Send + Sync, E: Export<HostState, I>>(
         &self,
         prepared: Prepared<I>,
         ctx: Option<CallContext>,
-        f: F,
-    ) -> (Option<CallContext>, Result<R, HandlerFailure>)
-    where
-        I: Send + Sync,
-        F: for<'a> FnOnce(
-            &'a I,
-            &'a mut Store<HostState>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
-        >,
-        R: Send,
-    {
+        export: E,
+    ) -> (Option<CallContext>, Result<E::Output, HandlerFailure>) {
         let Prepared {
             mut store,
             handler,
@@ -661,7 +500,7 @@ impl Runtime {
         set_deadline(&mut store, limits.timeout);
         let outcome = self
             .watchdog
-            .within(backstop(limits), f(&handler, &mut store))
+            .within(backstop(limits), export.call(&handler, &mut store))
             .await;
 
         let result = match outcome {
@@ -670,7 +509,7 @@ impl Runtime {
                 tracing::error!(timeout = ?limits.timeout, "handler call abandoned: a host function did not return");
                 return (None, Err(HandlerFailure::Timeout(limits.timeout)));
             }
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(answer)) => answer,
             Ok(Err(e)) => Err(classify(&e, store.data(), limits)),
         };
         let state = store.into_data();
@@ -687,7 +526,7 @@ impl Runtime {
 
 /// A fresh instance of a handler, made by [`Runtime::prepare`] and not yet called. It
 /// holds one of the runtime's instance permits (and a pooled slot) until dropped.
-pub struct Prepared<I = Handler> {
+pub struct Prepared<I = bindings::Handler> {
     store: Store<HostState>,
     handler: I,
     limits: Limits,
@@ -712,113 +551,6 @@ fn set_deadline(store: &mut Store<HostState>, timeout: Duration) {
             Ok(wasmtime::UpdateDeadline::Yield(1))
         }
     });
-}
-
-/// The name under which a component exports the optional `refunds` interface.
-pub const REFUNDS_EXPORT: &str = "paynotify:plugin/refunds@0.1.0";
-
-impl Compiled {
-    /// The build exports `handle-refunded`.
-    pub fn handles_refunds(&self) -> bool {
-        self.refunds.is_some()
-    }
-}
-
-/// World `handler-with-refunds` bindings of a component that exports `refunds` (`None`
-/// for one that does not: it is a plain `handler`, and still loads).
-fn refunds_pre(
-    engine: &Engine,
-    component: &Component,
-    pre: &HandlerPre<HostState>,
-) -> Result<Option<HandlerWithRefundsPre<HostState>>, LoadError> {
-    let exported = component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name == REFUNDS_EXPORT);
-    if !exported {
-        return Ok(None);
-    }
-    HandlerWithRefundsPre::new(pre.instance_pre().clone())
-        .map(Some)
-        .map_err(|e| LoadError::Exports(format!("its `{REFUNDS_EXPORT}` export: {e:#}")))
-}
-
-/// A pre-instantiated component seen through one of the worlds, so one call path serves
-/// `handler` and `handler-with-refunds`.
-trait Instantiate: Sync {
-    /// The instance's bindings.
-    type Instance: Send + Sync;
-    /// Instantiates it in `store`.
-    fn instantiate_async(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl std::future::Future<Output = wasmtime::Result<Self::Instance>> + Send;
-}
-
-impl Instantiate for HandlerPre<HostState> {
-    type Instance = Handler;
-    fn instantiate_async(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl std::future::Future<Output = wasmtime::Result<Handler>> + Send {
-        HandlerPre::instantiate_async(self, store)
-    }
-}
-
-impl Instantiate for HandlerWithRefundsPre<HostState> {
-    type Instance = HandlerWithRefunds;
-    fn instantiate_async(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl std::future::Future<Output = wasmtime::Result<HandlerWithRefunds>> + Send {
-        HandlerWithRefundsPre::instantiate_async(self, store)
-    }
-}
-
-/// Loads the cached artefact at `cached` if there is one, else compiles `bytes` and
-/// writes the artefact there (atomically; a failure to cache is only logged).
-fn compile_or_load(
-    engine: &Engine,
-    bytes: &[u8],
-    cached: Option<&Path>,
-) -> Result<Component, LoadError> {
-    if let Some(path) = cached {
-        if path.exists() {
-            // SAFETY: the cache directory is created private to the host (0700) and its
-            // files are written only by `Component::serialize` below, under a name that
-            // includes the source's SHA-256 and the engine's compatibility hash.
-            match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled cache entry")
-                }
-            }
-        }
-    }
-    super::inspect::header(bytes)?;
-    let component =
-        Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-    if let Some(path) = cached {
-        if let Err(e) = write_cache(path, &component) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot cache compiled plugin");
-        }
-    }
-    Ok(component)
-}
-
-fn write_cache(path: &Path, component: &Component) -> Result<(), String> {
-    let dir = path.parent().ok_or("cache path has no directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
-    }
-    let bytes = component.serialize().map_err(|e| e.to_string())?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 fn classify(e: &wasmtime::Error, state: &HostState, limits: Limits) -> HandlerFailure {
@@ -854,29 +586,5 @@ fn log_stdio(state: &HostState) {
                 "{line}"
             );
         }
-    }
-}
-
-/// A handler's outcome text as JSON: empty is null; text that is not JSON is kept as a
-/// JSON string rather than failing a payment that succeeded.
-fn outcome_json(text: &str) -> serde_json::Value {
-    if text.trim().is_empty() {
-        return serde_json::Value::Null;
-    }
-    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
-}
-
-/// The `outcome` label of a handler call.
-pub(crate) fn outcome<T>(result: &Result<T, HandlerFailure>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(HandlerFailure::Error { .. }) => "error",
-        Err(HandlerFailure::Trap(_)) => "trap",
-        Err(HandlerFailure::Timeout(_)) => "timeout",
-        Err(HandlerFailure::Memory(_)) => "memory",
-        Err(HandlerFailure::Host(_)) => "host",
-        Err(HandlerFailure::Transient(_)) => "transient",
-        Err(HandlerFailure::NotLoaded(_)) => "not_loaded",
-        Err(HandlerFailure::FailingFast { .. }) => "failing_fast",
     }
 }

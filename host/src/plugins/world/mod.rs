@@ -1,22 +1,177 @@
-//! Explains, in the handler world's terms, why a file is not a paynotify handler: not
-//! WebAssembly, a core module instead of a component, an import this host does not provide,
-//! a build for another world version, a missing export. `paynotify plugins check` and the
-//! registry's load errors both say what [`header`] and [`shape`] find.
+//! The handler world: what a component must be to load as a paynotify handler, and what
+//! a call of it can end in, whatever the world's version.
+//!
+//! Each supported version of `paynotify:plugin` is a module of its own ([`since_v0_1`]):
+//! its wasmtime bindings, its exports as [`Export`] values and the conversions between its
+//! records and the host's types. The runtime only sees [`Instantiate`] and [`Export`], so a
+//! `since_v0_2` comes as a new module here, its capability impls, and a line in
+//! `Runtime::validate` choosing the world by the version the component imports.
+//!
+//! The checks below explain, in the world's terms, why a file is not a handler: not
+//! WebAssembly, a core module instead of a component, an import this host does not
+//! provide, a build for another world version, a missing export. `paynotify plugins check`
+//! and the registry's load errors both say what [`header`] and [`shape`] find.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use wasmtime::component::types::Component as ComponentType;
-use wasmtime::Engine;
+use wasmtime::{Engine, Store};
 
-use super::runtime::{LoadError, WORLD_VERSION};
+pub mod since_v0_1;
 
-/// The exports of the `handler` world.
-pub const EXPORTS: &[&str] = &["metadata", "handle-paid", "run-task"];
+use since_v0_1::{EXPORTS, INTERFACES};
 
-/// Interfaces of `paynotify:plugin` a handler may import.
-const INTERFACES: &[&str] = &["types", "db", "log", "http", "crypto", "tasks", "config"];
+/// The WIT package version this host implements.
+pub const WORLD_VERSION: &str = since_v0_1::VERSION;
+
+/// Why a plugin file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a valid component, or compilation failed.
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// Built against another version of `paynotify:plugin`.
+    #[error("built for paynotify:plugin@{found}, this host implements @{WORLD_VERSION}; rebuild it against paynotify-plugin-sdk {WORLD_VERSION}")]
+    WorldVersion {
+        /// The version the component asked for.
+        found: String,
+    },
+    /// It imports something the host does not provide (or does not grant).
+    #[error("forbidden or unknown import {0}")]
+    Imports(String),
+    /// A required export is missing or has the wrong type.
+    #[error("does not fit the handler world: {0}")]
+    Exports(String),
+    /// The `metadata` call failed.
+    #[error("metadata() failed: {0}")]
+    Metadata(String),
+    /// The manifest is invalid.
+    #[error("manifest: {0}")]
+    Manifest(String),
+}
+
+/// What a handler build says about itself.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Metadata {
+    /// The handler's name.
+    pub name: String,
+    /// The handler's own version.
+    pub version: String,
+    /// The WIT version it was built against.
+    pub world_version: String,
+}
+
+/// Why a call failed. Any of these rolls the payment back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerFailure {
+    /// The handler returned an error.
+    #[error("handler error [{code}]: {message}")]
+    Error {
+        /// Its code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The handler trapped (panic, unreachable, bad memory access...).
+    #[error("handler trapped: {0}")]
+    Trap(String),
+    /// The handler ran past its wall-time limit.
+    #[error("handler ran past its {0:?} time limit")]
+    Timeout(Duration),
+    /// The handler asked for more memory than its limit.
+    #[error("handler went over its memory limit of {0} MiB")]
+    Memory(usize),
+    /// A host capability failed underneath the handler (e.g. the database).
+    #[error("host failure during the call: {0}")]
+    Host(String),
+    /// The database asked for the transaction to be run again (deadlock, serialization
+    /// failure): not the handler's fault, and not an answer to give the provider yet.
+    #[error("transient database failure during the call: {0}")]
+    Transient(String),
+    /// No handler is loaded for the order's type.
+    #[error("no handler is loaded for type `{0}`")]
+    NotLoaded(String),
+    /// The type's payment calls timed out repeatedly: it is not run until the cool-down
+    /// is over (see [`super::breaker`]).
+    #[error("handler not run: its last {timeouts} payment calls timed out; failing fast until {}", crate::store::iso_time(*until))]
+    FailingFast {
+        /// Timeouts in a row.
+        timeouts: u32,
+        /// Until when (unix ms).
+        until: crate::store::Millis,
+    },
+}
+
+impl HandlerFailure {
+    /// The failure as JSON, stored as the order's `handler_result`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let kind = match self {
+            HandlerFailure::Error { code, .. } => code.as_str(),
+            HandlerFailure::Trap(_) => "trap",
+            HandlerFailure::Timeout(_) => "timeout",
+            HandlerFailure::Memory(_) => "memory",
+            HandlerFailure::Host(_) => "host",
+            HandlerFailure::Transient(_) => "transient",
+            HandlerFailure::NotLoaded(_) => "not-loaded",
+            HandlerFailure::FailingFast { .. } => "failing-fast",
+        };
+        serde_json::json!({ "error": kind, "message": self.to_string() })
+    }
+}
+
+/// The `outcome` label of a handler call.
+pub(crate) fn outcome<T>(result: &Result<T, HandlerFailure>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(HandlerFailure::Error { .. }) => "error",
+        Err(HandlerFailure::Trap(_)) => "trap",
+        Err(HandlerFailure::Timeout(_)) => "timeout",
+        Err(HandlerFailure::Memory(_)) => "memory",
+        Err(HandlerFailure::Host(_)) => "host",
+        Err(HandlerFailure::Transient(_)) => "transient",
+        Err(HandlerFailure::NotLoaded(_)) => "not_loaded",
+        Err(HandlerFailure::FailingFast { .. }) => "failing_fast",
+    }
+}
+
+/// A pre-instantiated component seen through one world, so that one call path serves
+/// every world (and `handler` as well as `handler-with-refunds`).
+pub trait Instantiate<T>: Sync {
+    /// The instance's bindings.
+    type Instance: Send + Sync;
+    /// Instantiates it in `store`.
+    fn instantiate(
+        &self,
+        store: &mut Store<T>,
+    ) -> impl Future<Output = Made<Self::Instance>> + Send;
+}
+
+/// A new instance's bindings, or why it could not be made (a trap in an initialiser, a
+/// full pool).
+pub type Made<I> = wasmtime::Result<I>;
+
+/// How an export's call ends: the outer error is a trap or an interrupt, the inner one
+/// the handler's own answer.
+pub type Answer<O> = wasmtime::Result<Result<O, HandlerFailure>>;
+
+/// An export's call under way, borrowing the instance and its store.
+pub type Call<'a, O> = Pin<Box<dyn Future<Output = Answer<O>> + Send + 'a>>;
+
+/// One export of a world, called on an instance `I` of that world: the export's
+/// arguments, and how its answer becomes the host's.
+pub trait Export<T, I>: Send + 'static {
+    /// What it answers, in the host's terms.
+    type Output: Send;
+    /// The export's `call` label in the metrics.
+    const NAME: &'static str;
+    /// Calls it on `instance`.
+    fn call<'a>(self, instance: &'a I, store: &'a mut Store<T>) -> Call<'a, Self::Output>;
+}
 
 /// WASI packages the host links (so a Rust or JS standard library starts), granting nothing.
 const WASI: &[&str] = &["cli", "io", "clocks", "random", "filesystem", "sockets"];
-
 /// Checks the 8-byte header: WebAssembly at all, and a component rather than a core module.
 /// Text (`(component ...)`, WAT) is left to the compiler.
 pub fn header(bytes: &[u8]) -> Result<(), LoadError> {
