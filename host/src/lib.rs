@@ -24,7 +24,6 @@ pub mod scaffold;
 pub mod store;
 pub mod stuck;
 pub mod tasks;
-pub mod tryout;
 
 pub use app::App;
 pub use config::Config;

@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
         return new_plugin(name, *lang, dir.as_deref(), cli.json);
     }
     let log_capture = match cli.command {
-        Command::Try(_) => Some(paynotify::tryout::init_tracing(matches!(
+        Command::Try(_) => Some(paynotify::cli::tryout::init_tracing(matches!(
             cli.log_format,
             LogFormat::Json
         ))),
@@ -60,8 +60,8 @@ async fn main() -> anyhow::Result<()> {
         Command::NewPlugin { name, lang, dir } => new_plugin(&name, lang, dir.as_deref(), cli.json),
         Command::Try(args) => {
             let capture = log_capture.unwrap_or_default();
-            let report = paynotify::tryout::run(&config.plugins, &args, &capture).await?;
-            output(cli.json, &report, paynotify::tryout::report_text)?;
+            let report = paynotify::cli::tryout::run(&config.plugins, &args, &capture).await?;
+            output(cli.json, &report, paynotify::cli::tryout::report_text)?;
             if !report.ok {
                 std::process::exit(1);
             }

@@ -2,6 +2,8 @@
 //! go through its admin API so the one process serving notifications does the work;
 //! read-only ones read the database directly.
 
+pub mod tryout;
+
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -109,7 +111,7 @@ pub enum Command {
     },
     /// Run a handler's handle-paid once on a throwaway SQLite database and show the
     /// documents, tasks and logs it produced (no server, no payment provider).
-    Try(crate::tryout::TryArgs),
+    Try(tryout::TryArgs),
 }
 
 /// `paynotify config …`.
