@@ -20,7 +20,6 @@ pub mod reconcile;
 pub mod refunds;
 pub mod replay;
 pub mod retention;
-pub mod scaffold;
 pub mod store;
 pub mod stuck;
 pub mod tasks;

@@ -111,15 +111,15 @@ async fn main() -> anyhow::Result<()> {
 /// `paynotify new-plugin`: writes the project and says what to do next.
 fn new_plugin(
     name: &str,
-    lang: paynotify::scaffold::Lang,
+    lang: paynotify::cli::new_plugin::Lang,
     dir: Option<&std::path::Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let dir = paynotify::scaffold::new_plugin(name, lang, dir)?;
+    let dir = paynotify::cli::new_plugin::new_plugin(name, lang, dir)?;
     output(
         json,
         &serde_json::json!({ "name": name, "dir": dir.display().to_string() }),
-        |_| paynotify::scaffold::next_steps(name, lang, &dir),
+        |_| paynotify::cli::new_plugin::next_steps(name, lang, &dir),
     )
 }
 

@@ -2,6 +2,7 @@
 //! go through its admin API so the one process serving notifications does the work;
 //! read-only ones read the database directly.
 
+pub mod new_plugin;
 pub mod tryout;
 
 use std::path::{Path, PathBuf};
@@ -103,8 +104,8 @@ pub enum Command {
         /// The order type it handles: letters, digits, - and _, starting with a letter.
         name: String,
         /// The handler's language.
-        #[arg(long, value_enum, default_value_t = crate::scaffold::Lang::Rust)]
-        lang: crate::scaffold::Lang,
+        #[arg(long, value_enum, default_value_t = new_plugin::Lang::Rust)]
+        lang: new_plugin::Lang,
         /// Where to create the project (must not exist); default ./NAME.
         #[arg(long)]
         dir: Option<PathBuf>,
