@@ -6,7 +6,6 @@
 
 pub mod app;
 pub mod batch;
-pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;

@@ -2,8 +2,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use paynotify::cli::{
-    self, Cli, Command, ConfigCommand, LogFormat, NotificationsCommand, OrdersCommand,
+mod cli;
+
+use cli::{
+    Cli, Command, ConfigCommand, LogFormat, NotificationsCommand, OrdersCommand,
     PluginsCommand, TasksCommand,
 };
 use paynotify::store::{NotificationFilter, OrderCursor, OrderFilter};
@@ -37,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         return new_plugin(name, *lang, dir.as_deref(), cli.json);
     }
     let log_capture = match cli.command {
-        Command::Try(_) => Some(paynotify::cli::tryout::init_tracing(matches!(
+        Command::Try(_) => Some(cli::tryout::init_tracing(matches!(
             cli.log_format,
             LogFormat::Json
         ))),
@@ -60,8 +62,8 @@ async fn main() -> anyhow::Result<()> {
         Command::NewPlugin { name, lang, dir } => new_plugin(&name, lang, dir.as_deref(), cli.json),
         Command::Try(args) => {
             let capture = log_capture.unwrap_or_default();
-            let report = paynotify::cli::tryout::run(&config.plugins, &args, &capture).await?;
-            output(cli.json, &report, paynotify::cli::tryout::report_text)?;
+            let report = cli::tryout::run(&config.plugins, &args, &capture).await?;
+            output(cli.json, &report, cli::tryout::report_text)?;
             if !report.ok {
                 std::process::exit(1);
             }
@@ -111,15 +113,15 @@ async fn main() -> anyhow::Result<()> {
 /// `paynotify new-plugin`: writes the project and says what to do next.
 fn new_plugin(
     name: &str,
-    lang: paynotify::cli::new_plugin::Lang,
+    lang: cli::new_plugin::Lang,
     dir: Option<&std::path::Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let dir = paynotify::cli::new_plugin::new_plugin(name, lang, dir)?;
+    let dir = cli::new_plugin::new_plugin(name, lang, dir)?;
     output(
         json,
         &serde_json::json!({ "name": name, "dir": dir.display().to_string() }),
-        |_| paynotify::cli::new_plugin::next_steps(name, lang, &dir),
+        |_| cli::new_plugin::next_steps(name, lang, &dir),
     )
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::Config;
-use crate::store::{status, Millis, NotificationRecord, Order, OrderCursor, TaskRecord, Verdict};
+use paynotify::config::Config;
+use paynotify::store::{status, Millis, NotificationRecord, Order, OrderCursor, TaskRecord, Verdict};
 
 /// paynotify: verifies payment notifications, marks orders paid exactly once and runs
 /// WebAssembly business handlers.
@@ -206,10 +206,10 @@ pub enum NotificationsCommand {
         verdict: Option<Verdict>,
         /// Only those received at or after this time: RFC 3339 (2026-09-03T13:15:40Z,
         /// 2026-09-03T21:15:40+08:00) or unix milliseconds.
-        #[arg(long, value_parser = crate::store::parse_time)]
+        #[arg(long, value_parser = paynotify::store::parse_time)]
         since: Option<Millis>,
         /// Only those received before this time (same forms as --since).
-        #[arg(long, value_parser = crate::store::parse_time)]
+        #[arg(long, value_parser = paynotify::store::parse_time)]
         until: Option<Millis>,
         /// Only ids below this one (the next page after the last id shown).
         #[arg(long)]
@@ -239,7 +239,7 @@ pub enum NotificationsCommand {
         #[arg(long)]
         failed: bool,
         /// With --failed: only those received at or after this time (RFC 3339 or unix ms).
-        #[arg(long, requires = "failed", value_parser = crate::store::parse_time)]
+        #[arg(long, requires = "failed", value_parser = paynotify::store::parse_time)]
         since: Option<Millis>,
         /// With --failed: only those for orders of this handler type.
         #[arg(long = "type", value_name = "TYPE", requires = "failed")]
@@ -284,16 +284,16 @@ impl Cli {
 /// that does not exist is an error: a typo in a deploy must not serve an empty database
 /// on defaults. Without one, a missing `paynotify.toml` means the built-in defaults, and
 /// the log says so.
-pub fn load_config(path: &Path, named: bool) -> Result<Config, crate::config::ConfigError> {
+pub fn load_config(path: &Path, named: bool) -> Result<Config, paynotify::config::ConfigError> {
     if named && !path.exists() {
-        return Err(crate::config::ConfigError::Missing {
+        return Err(paynotify::config::ConfigError::Missing {
             path: path.to_owned(),
         });
     }
     let config = Config::load(path, std::env::vars())?;
     if !named && !path.exists() {
         tracing::warn!(
-            database = %crate::config::redact_url(&config.database.url),
+            database = %paynotify::config::redact_url(&config.database.url),
             plugins = %config.plugins.dir.display(),
             "no --config given and no {DEFAULT_CONFIG} here: running on built-in defaults"
         );
@@ -645,9 +645,9 @@ pub fn plugins_table(list: &Value) -> String {
 /// grants, the side-effect opt-ins spelled out.
 pub fn plugin_check_text(
     file: &Path,
-    metadata: &crate::plugins::Metadata,
+    metadata: &paynotify::plugins::Metadata,
     sha256: &str,
-    manifest: &crate::plugins::Manifest,
+    manifest: &paynotify::plugins::Manifest,
 ) -> String {
     let list_or_none = |items: &[String]| {
         if items.is_empty() {
@@ -678,7 +678,7 @@ pub fn plugin_check_text(
     });
     if manifest.http_in_payment {
         out.push_str("warning: ");
-        out.push_str(crate::plugins::manifest::HTTP_IN_PAYMENT_WARNING);
+        out.push_str(paynotify::plugins::manifest::HTTP_IN_PAYMENT_WARNING);
         out.push('\n');
     }
     out

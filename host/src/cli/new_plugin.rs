@@ -105,7 +105,7 @@ pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return bad(&format!("use 1 to {MAX_NAME} characters"));
     }
-    if !crate::config::is_simple_name(name) {
+    if !paynotify::config::is_simple_name(name) {
         return bad(
             "use only ASCII letters, digits, - and _ (it names the .wasm file and the order type)",
         );
@@ -314,7 +314,7 @@ mod tests {
         }
         assert!(check_name(&"a".repeat(MAX_NAME)).is_ok());
         assert!(check_name(&"a".repeat(MAX_NAME + 1)).is_err());
-        assert!(crate::config::is_simple_name(&format!(
+        assert!(paynotify::config::is_simple_name(&format!(
             "{}_orders",
             "a".repeat(MAX_NAME)
         )));
@@ -360,7 +360,7 @@ mod tests {
             .find(|(p, _)| p == "my-shop.toml")
             .expect("manifest")
             .1;
-        let parsed: crate::plugins::Manifest = toml::from_str(manifest).expect("manifest parses");
+        let parsed: paynotify::plugins::Manifest = toml::from_str(manifest).expect("manifest parses");
         assert_eq!(parsed.collections, ["users", "my-shop_orders"]);
     }
 
