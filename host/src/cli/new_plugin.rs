@@ -46,7 +46,10 @@ const WIT: &str = include_str!("../../../wit/plugin.wit");
 const MANIFEST: &str = include_str!("../../templates/manifest.toml");
 
 const RUST_FILES: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml")),
+    (
+        "Cargo.toml",
+        include_str!("../../templates/rust/Cargo.toml"),
+    ),
     ("src/lib.rs", include_str!("../../templates/rust/lib.rs")),
     ("README.md", include_str!("../../templates/rust/README.md")),
     (".gitignore", include_str!("../../templates/rust/gitignore")),
@@ -59,8 +62,14 @@ const RUST_FILES: &[(&str, &str)] = &[
 /// The SDK's sources, vendored as they are (its `path: "../wit"` finds the project's `wit/`).
 const SDK_SOURCES: &[(&str, &str)] = &[
     ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
-    ("config.rs", include_str!("../../../plugin-sdk/src/config.rs")),
-    ("crypto.rs", include_str!("../../../plugin-sdk/src/crypto.rs")),
+    (
+        "config.rs",
+        include_str!("../../../plugin-sdk/src/config.rs"),
+    ),
+    (
+        "crypto.rs",
+        include_str!("../../../plugin-sdk/src/crypto.rs"),
+    ),
     ("db.rs", include_str!("../../../plugin-sdk/src/db.rs")),
     ("error.rs", include_str!("../../../plugin-sdk/src/error.rs")),
     ("http.rs", include_str!("../../../plugin-sdk/src/http.rs")),
@@ -74,7 +83,10 @@ const SDK_SOURCES: &[(&str, &str)] = &[
 ];
 
 const JS_FILES: &[(&str, &str)] = &[
-    ("package.json", include_str!("../../templates/js/package.json")),
+    (
+        "package.json",
+        include_str!("../../templates/js/package.json"),
+    ),
     (
         "src/{{name}}.js",
         include_str!("../../templates/js/handler.js"),
@@ -360,7 +372,8 @@ mod tests {
             .find(|(p, _)| p == "my-shop.toml")
             .expect("manifest")
             .1;
-        let parsed: paynotify::plugins::Manifest = toml::from_str(manifest).expect("manifest parses");
+        let parsed: paynotify::plugins::Manifest =
+            toml::from_str(manifest).expect("manifest parses");
         assert_eq!(parsed.collections, ["users", "my-shop_orders"]);
     }
 
@@ -369,7 +382,7 @@ mod tests {
         let workspace = include_str!("../../../Cargo.toml");
         assert!(
             workspace.contains(&format!("wit-bindgen = \"{WIT_BINDGEN}\"")),
-            "update WIT_BINDGEN in scaffold.rs to the workspace's wit-bindgen"
+            "update WIT_BINDGEN in cli/new_plugin.rs to the workspace's wit-bindgen"
         );
     }
 

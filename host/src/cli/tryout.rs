@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use paynotify::config::parse_notify_key;
 use paynotify::config::{DatabaseConfig, PluginsConfig};
 use paynotify::plugins::bindings;
-use paynotify::config::parse_notify_key;
 use paynotify::plugins::capabilities::{CallContext, CallTags, DbAccess};
 use paynotify::plugins::{HandlerFailure, Manifest, Metadata, Runtime};
 
@@ -413,10 +413,9 @@ pub async fn run(
     let mut result = result;
     if let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) {
         for collection in &manifest.collections {
-            let docs = tx
-                .doc_query(collection, &[], 1000)
-                .await
-                .map_err(|e| TryError::Store(paynotify::store::StoreError::Invalid(e.to_string())))?;
+            let docs = tx.doc_query(collection, &[], 1000).await.map_err(|e| {
+                TryError::Store(paynotify::store::StoreError::Invalid(e.to_string()))
+            })?;
             if docs.is_empty() {
                 continue;
             }
