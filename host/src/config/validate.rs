@@ -23,142 +23,123 @@ impl Config {
                 ));
             }
         }
-        if self.server.max_rejections_per_minute == 0 {
-            return Err(err(
-                "server.max_rejections_per_minute".into(),
-                "must be at least 1 (verified notifications are never limited)".into(),
-            ));
-        }
-        if self.server.max_event_streams == 0 {
-            return Err(err(
-                "server.max_event_streams".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.server.max_event_streams_per_address == 0 {
-            return Err(err(
-                "server.max_event_streams_per_address".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.server.notify_timeout_secs == 0 {
-            return Err(err(
-                "server.notify_timeout_secs".into(),
-                "must be at least 1 (seconds a provider waits for its answer)".into(),
-            ));
-        }
-        if self.database.timeout_secs == 0 {
-            return Err(err(
-                "database.timeout_secs".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        let p = &self.plugins;
-        if p.timeout_ms == 0 || p.timeout_ms > p.max_timeout_ms {
-            return Err(err(
-                "plugins.timeout_ms".into(),
-                format!(
-                    "must be between 1 and plugins.max_timeout_ms ({})",
-                    p.max_timeout_ms
-                ),
-            ));
-        }
-        if p.memory_mb == 0 || p.memory_mb > p.max_memory_mb {
-            return Err(err(
-                "plugins.memory_mb".into(),
-                format!(
-                    "must be between 1 and plugins.max_memory_mb ({})",
-                    p.max_memory_mb
-                ),
-            ));
-        }
-        if let Some(ms) = p.payment_timeout_ms {
-            if ms == 0 || ms > p.max_timeout_ms {
-                return Err(err(
-                    "plugins.payment_timeout_ms".into(),
-                    format!(
-                        "must be between 1 and plugins.max_timeout_ms ({})",
-                        p.max_timeout_ms
-                    ),
-                ));
+        // One fixed order, so that with several bad keys the same one is always named.
+        let require = |ok: bool, key: &str, message: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(err(key.to_owned(), message.to_owned()))
             }
-        }
-        if p.breaker_timeouts == 0 {
-            return Err(err(
-                "plugins.breaker_timeouts".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if p.breaker_cooldown_secs == 0 {
-            return Err(err(
-                "plugins.breaker_cooldown_secs".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if p.max_instances == 0 {
-            return Err(err(
-                "plugins.max_instances".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.tasks.backoff_secs.is_empty() {
-            return Err(err(
-                "tasks.backoff_secs".into(),
-                "needs at least one delay".into(),
-            ));
-        }
-        if self.tasks.lease_secs == 0 {
-            return Err(err("tasks.lease_secs".into(), "must be at least 1".into()));
-        }
-        if self.orders.expire_check_secs == 0 {
-            return Err(err(
-                "orders.expire_check_secs".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.orders.close_batch == 0 {
-            return Err(err(
-                "orders.close_batch".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.reconcile.interval_secs == 0 || self.reconcile.batch == 0 {
-            return Err(err(
-                "reconcile.interval_secs".into(),
-                "interval_secs and batch must be at least 1".into(),
-            ));
-        }
+        };
+        const AT_LEAST_ONE: &str = "must be at least 1";
+        let s = &self.server;
+        require(
+            s.max_rejections_per_minute > 0,
+            "server.max_rejections_per_minute",
+            "must be at least 1 (verified notifications are never limited)",
+        )?;
+        require(
+            s.max_event_streams > 0,
+            "server.max_event_streams",
+            AT_LEAST_ONE,
+        )?;
+        require(
+            s.max_event_streams_per_address > 0,
+            "server.max_event_streams_per_address",
+            AT_LEAST_ONE,
+        )?;
+        require(
+            s.notify_timeout_secs > 0,
+            "server.notify_timeout_secs",
+            "must be at least 1 (seconds a provider waits for its answer)",
+        )?;
+        require(
+            self.database.timeout_secs > 0,
+            "database.timeout_secs",
+            AT_LEAST_ONE,
+        )?;
+        let p = &self.plugins;
+        let within_max_timeout = format!(
+            "must be between 1 and plugins.max_timeout_ms ({})",
+            p.max_timeout_ms
+        );
+        let valid_timeout = |ms: u64| ms > 0 && ms <= p.max_timeout_ms;
+        require(
+            valid_timeout(p.timeout_ms),
+            "plugins.timeout_ms",
+            &within_max_timeout,
+        )?;
+        require(
+            p.memory_mb > 0 && p.memory_mb <= p.max_memory_mb,
+            "plugins.memory_mb",
+            &format!(
+                "must be between 1 and plugins.max_memory_mb ({})",
+                p.max_memory_mb
+            ),
+        )?;
+        require(
+            p.payment_timeout_ms.is_none_or(valid_timeout),
+            "plugins.payment_timeout_ms",
+            &within_max_timeout,
+        )?;
+        require(
+            p.breaker_timeouts > 0,
+            "plugins.breaker_timeouts",
+            AT_LEAST_ONE,
+        )?;
+        require(
+            p.breaker_cooldown_secs > 0,
+            "plugins.breaker_cooldown_secs",
+            AT_LEAST_ONE,
+        )?;
+        require(p.max_instances > 0, "plugins.max_instances", AT_LEAST_ONE)?;
+        require(
+            !self.tasks.backoff_secs.is_empty(),
+            "tasks.backoff_secs",
+            "needs at least one delay",
+        )?;
+        require(self.tasks.lease_secs > 0, "tasks.lease_secs", AT_LEAST_ONE)?;
+        require(
+            self.orders.expire_check_secs > 0,
+            "orders.expire_check_secs",
+            AT_LEAST_ONE,
+        )?;
+        require(
+            self.orders.close_batch > 0,
+            "orders.close_batch",
+            AT_LEAST_ONE,
+        )?;
+        require(
+            self.reconcile.interval_secs > 0 && self.reconcile.batch > 0,
+            "reconcile.interval_secs",
+            "interval_secs and batch must be at least 1",
+        )?;
         let r = &self.retention;
-        if r.rejected_days == 0 || r.rejected_days > MAX_RETENTION_DAYS {
-            return Err(err(
-                "retention.rejected_days".into(),
-                format!("must be between 1 and {MAX_RETENTION_DAYS}"),
-            ));
-        }
-        if r.rejected_body_bytes > i32::MAX as usize {
-            return Err(err(
-                "retention.rejected_body_bytes".into(),
-                format!("must be at most {}", i32::MAX),
-            ));
-        }
-        if r.prune_interval_secs == 0 {
-            return Err(err(
-                "retention.prune_interval_secs".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.database.batch_max == 0 || self.database.settlers == Some(0) {
-            return Err(err(
-                "database.batch_max".into(),
-                "batch_max and settlers must be at least 1".into(),
-            ));
-        }
-        if self.database.max_connections == 0 {
-            return Err(err(
-                "database.max_connections".into(),
-                "must be at least 1".into(),
-            ));
-        }
+        require(
+            r.rejected_days > 0 && r.rejected_days <= MAX_RETENTION_DAYS,
+            "retention.rejected_days",
+            &format!("must be between 1 and {MAX_RETENTION_DAYS}"),
+        )?;
+        require(
+            r.rejected_body_bytes <= i32::MAX as usize,
+            "retention.rejected_body_bytes",
+            &format!("must be at most {}", i32::MAX),
+        )?;
+        require(
+            r.prune_interval_secs > 0,
+            "retention.prune_interval_secs",
+            AT_LEAST_ONE,
+        )?;
+        require(
+            self.database.batch_max > 0 && self.database.settlers != Some(0),
+            "database.batch_max",
+            "batch_max and settlers must be at least 1",
+        )?;
+        require(
+            self.database.max_connections > 0,
+            "database.max_connections",
+            AT_LEAST_ONE,
+        )?;
         let mut seen = std::collections::HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
             if !ProviderKind::ALL.iter().any(|k| k.as_str() == a.provider) {
