@@ -5,7 +5,6 @@
 //! [`plugins`] (registry, runtime + limits, capabilities).
 
 pub mod app;
-pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;
@@ -19,12 +18,10 @@ pub mod providers;
 pub mod reconcile;
 pub mod replay;
 pub mod retention;
-pub mod scaffold;
 pub mod store;
 pub mod stuck;
 pub mod tasks;
 pub mod time;
-pub mod tryout;
 
 pub use app::App;
 pub use config::Config;

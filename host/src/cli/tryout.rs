@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::parse_notify_key;
-use crate::config::{DatabaseConfig, PluginsConfig};
-use crate::plugins::bindings;
-use crate::plugins::capabilities::DbAccess;
-use crate::plugins::{HandlerFailure, Manifest, Metadata, Runtime};
+use paynotify::config::parse_notify_key;
+use paynotify::config::{DatabaseConfig, PluginsConfig};
+use paynotify::plugins::bindings;
+use paynotify::plugins::capabilities::DbAccess;
+use paynotify::plugins::{HandlerFailure, Manifest, Metadata, Runtime};
 
 /// `paynotify try` arguments.
 #[derive(Debug, clap::Args)]
@@ -57,11 +57,11 @@ pub enum TryError {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: crate::plugins::LoadError,
+        source: paynotify::plugins::LoadError,
     },
     /// The throwaway database failed.
     #[error("throwaway database: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] paynotify::store::StoreError),
     /// The temporary directory could not be made.
     #[error("temporary directory: {0}")]
     Io(#[from] std::io::Error),
@@ -226,11 +226,11 @@ pub fn init_tracing(json: bool) -> LogCapture {
     // The host's own lines as `serve` writes them: values escaped, colours on a terminal.
     if json {
         registry
-            .with(crate::logging::json_layer().with_filter(host_filter()))
+            .with(paynotify::logging::json_layer().with_filter(host_filter()))
             .init();
     } else {
         registry
-            .with(crate::logging::text_layer().with_filter(host_filter()))
+            .with(paynotify::logging::text_layer().with_filter(host_filter()))
             .init();
     }
     capture
@@ -324,7 +324,7 @@ pub async fn run(
     };
     let limits = manifest
         .limits(plugins)
-        .map_err(|e| load(crate::plugins::LoadError::Manifest(e)))?;
+        .map_err(|e| load(paynotify::plugins::LoadError::Manifest(e)))?;
     let bytes = std::fs::read(&args.wasm).map_err(|e| TryError::Input {
         path: args.wasm.clone(),
         why: e.to_string(),
@@ -347,7 +347,7 @@ pub async fn run(
         .map_err(load)?;
 
     let dir = TempDir::new()?;
-    let store = crate::store::connect(&DatabaseConfig {
+    let store = paynotify::store::connect(&DatabaseConfig {
         url: format!("sqlite://{}", dir.0.join("try.db").display()),
         ..DatabaseConfig::default()
     })
@@ -404,10 +404,9 @@ pub async fn run(
     let mut result = result;
     if let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) {
         for collection in &manifest.collections {
-            let docs = tx
-                .doc_query(collection, &[], 1000)
-                .await
-                .map_err(|e| TryError::Store(crate::store::StoreError::Invalid(e.to_string())))?;
+            let docs = tx.doc_query(collection, &[], 1000).await.map_err(|e| {
+                TryError::Store(paynotify::store::StoreError::Invalid(e.to_string()))
+            })?;
             if docs.is_empty() {
                 continue;
             }
@@ -424,7 +423,7 @@ pub async fn run(
             if let Err(e) = tx.commit().await {
                 result = Err(HandlerFailure::Host(format!("commit failed: {e}")));
             } else {
-                let now = crate::store::now_ms();
+                let now = paynotify::store::now_ms();
                 tasks = store
                     .list_tasks(None, 500)
                     .await?

@@ -42,53 +42,65 @@ pub enum ScaffoldError {
 /// Longest handler name: the template's `{name}_orders` collection must stay a valid name.
 const MAX_NAME: usize = 50;
 
-const WIT: &str = include_str!("../../wit/plugin.wit");
-const MANIFEST: &str = include_str!("../templates/manifest.toml");
+const WIT: &str = include_str!("../../../wit/plugin.wit");
+const MANIFEST: &str = include_str!("../../templates/manifest.toml");
 
 const RUST_FILES: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
-    ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
-    ("README.md", include_str!("../templates/rust/README.md")),
-    (".gitignore", include_str!("../templates/rust/gitignore")),
+    (
+        "Cargo.toml",
+        include_str!("../../templates/rust/Cargo.toml"),
+    ),
+    ("src/lib.rs", include_str!("../../templates/rust/lib.rs")),
+    ("README.md", include_str!("../../templates/rust/README.md")),
+    (".gitignore", include_str!("../../templates/rust/gitignore")),
     (
         "paynotify-plugin-sdk/Cargo.toml",
-        include_str!("../templates/rust/sdk-Cargo.toml"),
+        include_str!("../../templates/rust/sdk-Cargo.toml"),
     ),
 ];
 
 /// The SDK's sources, vendored as they are (its `path: "../wit"` finds the project's `wit/`).
 const SDK_SOURCES: &[(&str, &str)] = &[
-    ("lib.rs", include_str!("../../plugin-sdk/src/lib.rs")),
-    ("config.rs", include_str!("../../plugin-sdk/src/config.rs")),
-    ("crypto.rs", include_str!("../../plugin-sdk/src/crypto.rs")),
-    ("db.rs", include_str!("../../plugin-sdk/src/db.rs")),
-    ("error.rs", include_str!("../../plugin-sdk/src/error.rs")),
-    ("http.rs", include_str!("../../plugin-sdk/src/http.rs")),
-    ("log.rs", include_str!("../../plugin-sdk/src/log.rs")),
+    ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
+    (
+        "config.rs",
+        include_str!("../../../plugin-sdk/src/config.rs"),
+    ),
+    (
+        "crypto.rs",
+        include_str!("../../../plugin-sdk/src/crypto.rs"),
+    ),
+    ("db.rs", include_str!("../../../plugin-sdk/src/db.rs")),
+    ("error.rs", include_str!("../../../plugin-sdk/src/error.rs")),
+    ("http.rs", include_str!("../../../plugin-sdk/src/http.rs")),
+    ("log.rs", include_str!("../../../plugin-sdk/src/log.rs")),
     (
         "refunds.rs",
-        include_str!("../../plugin-sdk/src/refunds.rs"),
+        include_str!("../../../plugin-sdk/src/refunds.rs"),
     ),
-    ("tasks.rs", include_str!("../../plugin-sdk/src/tasks.rs")),
-    ("types.rs", include_str!("../../plugin-sdk/src/types.rs")),
+    ("tasks.rs", include_str!("../../../plugin-sdk/src/tasks.rs")),
+    ("types.rs", include_str!("../../../plugin-sdk/src/types.rs")),
 ];
 
 const JS_FILES: &[(&str, &str)] = &[
-    ("package.json", include_str!("../templates/js/package.json")),
+    (
+        "package.json",
+        include_str!("../../templates/js/package.json"),
+    ),
     (
         "src/{{name}}.js",
-        include_str!("../templates/js/handler.js"),
+        include_str!("../../templates/js/handler.js"),
     ),
     (
         "src/paynotify.js",
-        include_str!("../../plugins/recharge-js/src/paynotify.js"),
+        include_str!("../../../plugins/recharge-js/src/paynotify.js"),
     ),
     (
         "build.mjs",
-        include_str!("../../plugins/recharge-js/build.mjs"),
+        include_str!("../../../plugins/recharge-js/build.mjs"),
     ),
-    ("README.md", include_str!("../templates/js/README.md")),
-    (".gitignore", include_str!("../templates/js/gitignore")),
+    ("README.md", include_str!("../../templates/js/README.md")),
+    (".gitignore", include_str!("../../templates/js/gitignore")),
 ];
 
 /// The wit-bindgen the SDK is built with (the workspace's); checked by a unit test.
@@ -105,7 +117,7 @@ pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return bad(&format!("use 1 to {MAX_NAME} characters"));
     }
-    if !crate::config::is_simple_name(name) {
+    if !paynotify::config::is_simple_name(name) {
         return bad(
             "use only ASCII letters, digits, - and _ (it names the .wasm file and the order type)",
         );
@@ -314,7 +326,7 @@ mod tests {
         }
         assert!(check_name(&"a".repeat(MAX_NAME)).is_ok());
         assert!(check_name(&"a".repeat(MAX_NAME + 1)).is_err());
-        assert!(crate::config::is_simple_name(&format!(
+        assert!(paynotify::config::is_simple_name(&format!(
             "{}_orders",
             "a".repeat(MAX_NAME)
         )));
@@ -360,16 +372,17 @@ mod tests {
             .find(|(p, _)| p == "my-shop.toml")
             .expect("manifest")
             .1;
-        let parsed: crate::plugins::Manifest = toml::from_str(manifest).expect("manifest parses");
+        let parsed: paynotify::plugins::Manifest =
+            toml::from_str(manifest).expect("manifest parses");
         assert_eq!(parsed.collections, ["users", "my-shop_orders"]);
     }
 
     #[test]
     fn vendored_sdk_uses_the_workspace_wit_bindgen() {
-        let workspace = include_str!("../../Cargo.toml");
+        let workspace = include_str!("../../../Cargo.toml");
         assert!(
             workspace.contains(&format!("wit-bindgen = \"{WIT_BINDGEN}\"")),
-            "update WIT_BINDGEN in scaffold.rs to the workspace's wit-bindgen"
+            "update WIT_BINDGEN in cli/new_plugin.rs to the workspace's wit-bindgen"
         );
     }
 

@@ -1,0 +1,69 @@
+//! The `paynotify` command line, owned by the binary (the server library knows nothing of
+//! it). Commands that change a running host (reload, replay, reconcile) go through its
+//! admin API so the one process serving notifications does the work; read-only ones read
+//! the database directly.
+//!
+//! [`args`] holds the clap types, [`run`] picks the command, [`commands`] runs it and
+//! [`render`] prints its answer for people; [`admin`] is the admin API's client. `try`
+//! lives in [`tryout`], `new-plugin` in [`new_plugin`].
+
+mod admin;
+mod args;
+mod commands;
+mod new_plugin;
+mod render;
+pub mod tryout;
+
+use std::path::Path;
+
+use paynotify::config::{Config, ConfigError};
+
+pub use args::{Cli, Command, LogFormat};
+use args::{ConfigCommand, DEFAULT_CONFIG};
+
+/// Runs one parsed command line; `logs` collects a `try` run's handler lines (see
+/// [`tryout::init_tracing`]).
+pub async fn run(cli: Cli, logs: tryout::LogCapture) -> anyhow::Result<()> {
+    let json = cli.json;
+    let (path, named) = cli.config_file();
+    let path = path.to_owned();
+    // Loaded by the commands that need it only: `new-plugin` works in any folder, and
+    // `config check` reports a bad configuration instead of stopping on it.
+    let config = || load_config(&path, named);
+    match cli.command {
+        Command::Serve => commands::serve(config()?).await,
+        Command::Config(ConfigCommand::Check) => commands::config_check(&path, named, json),
+        Command::Plugins(c) => commands::plugins(&config()?, json, c).await,
+        Command::NewPlugin { name, lang, dir } => {
+            commands::new_plugin(&name, lang, dir.as_deref(), json)
+        }
+        Command::Try(args) => commands::try_handler(&config()?, json, &args, &logs).await,
+        Command::Orders(c) => commands::orders(&config()?, json, c).await,
+        Command::Notifications(c) => commands::notifications(&config()?, json, c).await,
+        Command::Reconcile { older_than, order } => {
+            commands::reconcile(&config()?, json, older_than, order).await
+        }
+        Command::Tasks(c) => commands::tasks(&config()?, json, c).await,
+    }
+}
+
+/// Loads the config for any command. A file named with `--config` / `PAYNOTIFY_CONFIG`
+/// that does not exist is an error: a typo in a deploy must not serve an empty database
+/// on defaults. Without one, a missing `paynotify.toml` means the built-in defaults, and
+/// the log says so.
+pub fn load_config(path: &Path, named: bool) -> Result<Config, ConfigError> {
+    if named && !path.exists() {
+        return Err(ConfigError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let config = Config::load(path, std::env::vars())?;
+    if !named && !path.exists() {
+        tracing::warn!(
+            database = %paynotify::config::redact_url(&config.database.url),
+            plugins = %config.plugins.dir.display(),
+            "no --config given and no {DEFAULT_CONFIG} here: running on built-in defaults"
+        );
+    }
+    Ok(config)
+}

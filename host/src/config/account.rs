@@ -1,0 +1,125 @@
+//! `[[accounts]]`: one merchant account of one provider, and the providers' names.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The providers paynotify speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderKind {
+    /// WeChat Pay API v2 (XML, MD5 / HMAC-SHA256).
+    WechatV2,
+    /// WeChat Pay API v3 (RSA signature, AES-GCM resource).
+    WechatV3,
+    /// Alipay (form body, RSA2).
+    Alipay,
+    /// WeChat CloudPay, relayed by a cloud function with a shared secret.
+    Cloudpay,
+}
+
+impl ProviderKind {
+    /// Every provider.
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::WechatV2,
+        ProviderKind::WechatV3,
+        ProviderKind::Alipay,
+        ProviderKind::Cloudpay,
+    ];
+
+    /// The name used in URLs, config and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::WechatV2 => "wechat-v2",
+            ProviderKind::WechatV3 => "wechat-v3",
+            ProviderKind::Alipay => "alipay",
+            ProviderKind::Cloudpay => "cloudpay",
+        }
+    }
+
+    /// Parses a provider name.
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads a notify key: 64 hex characters, or exactly 32 bytes of text.
+pub fn parse_notify_key(s: &str) -> Option<[u8; 32]> {
+    if s.len() == 64 {
+        if let Ok(bytes) = hex::decode(s) {
+            return bytes.try_into().ok();
+        }
+    }
+    s.as_bytes().try_into().ok()
+}
+
+/// One `[[accounts]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// `wechat-v2`, `wechat-v3`, `alipay` or `cloudpay`.
+    pub provider: String,
+    /// Account name, used in `/notify/{provider}/{name}` and by orders; default `default`.
+    #[serde(default = "default_account_name")]
+    pub name: String,
+    /// WeChat appid.
+    pub appid: Option<String>,
+    /// WeChat merchant id.
+    pub mch_id: Option<String>,
+    /// WeChat Pay v2 API key.
+    pub api_key: Option<String>,
+    /// File holding the v2 API key.
+    pub api_key_file: Option<PathBuf>,
+    /// WeChat Pay v2: pin the signature type (`MD5` or `HMAC-SHA256`); absent accepts either.
+    pub sign_type: Option<String>,
+    /// WeChat Pay v3 APIv3 key (32 bytes).
+    pub api_v3_key: Option<String>,
+    /// File holding the APIv3 key.
+    pub api_v3_key_file: Option<PathBuf>,
+    /// WeChat Pay public keys by id (`PUB_KEY_ID_…` → PEM file).
+    #[serde(default)]
+    pub public_keys: std::collections::BTreeMap<String, PathBuf>,
+    /// WeChat Pay platform certificates (PEM files).
+    #[serde(default)]
+    pub platform_certs: Vec<PathBuf>,
+    /// Alipay app id.
+    pub app_id: Option<String>,
+    /// Alipay seller id; checked when set.
+    pub seller_id: Option<String>,
+    /// Alipay public key (PEM or bare base64).
+    pub alipay_public_key: Option<String>,
+    /// File holding the Alipay public key.
+    pub alipay_public_key_file: Option<PathBuf>,
+    /// CloudPay sub-merchant id.
+    pub sub_mch_id: Option<String>,
+    /// CloudPay relay shared secret.
+    pub secret: Option<String>,
+    /// File holding the CloudPay secret.
+    pub secret_file: Option<PathBuf>,
+    /// AES key handed to handlers' `crypto` capability (32 bytes, or 64 hex chars).
+    pub notify_key: Option<String>,
+    /// File holding the notify key.
+    pub notify_key_file: Option<PathBuf>,
+    /// Base URL of the provider's API (order query and close); default the provider's
+    /// real one. Tests point it at a fake provider.
+    pub api_base: Option<String>,
+    /// WeChat Pay v3 merchant API private key (PEM), signing query and close requests.
+    pub merchant_private_key: Option<String>,
+    /// File holding the v3 merchant API private key (`apiclient_key.pem`).
+    pub merchant_private_key_file: Option<PathBuf>,
+    /// Serial number of the v3 merchant API certificate.
+    pub merchant_serial_no: Option<String>,
+    /// Alipay app private key (PEM or bare base64), signing query and close requests.
+    pub app_private_key: Option<String>,
+    /// File holding the Alipay app private key.
+    pub app_private_key_file: Option<PathBuf>,
+}
+
+fn default_account_name() -> String {
+    "default".into()
+}
