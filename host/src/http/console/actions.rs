@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 
 use super::session::{check_post, posted_csrf, CsrfForm};
-use super::{error_page, pages, store_failure, Session};
+use super::{error_page, store_failure, widgets, Session};
 use crate::app::App;
 
 /// `POST /console/notifications/{id}/replay`: runs the stored notification through the
@@ -50,7 +50,7 @@ pub async fn reload(
     }
     let report = app.plugins.scan().await;
     tracing::info!(loaded = ?report.loaded, failed = report.failed.len(), "plugins rescanned from the console");
-    pages::plugins_page(&app, &session, Some(&report)).into_response()
+    widgets::plugins_page(&app, &session, Some(&report)).into_response()
 }
 
 /// `POST /console/tasks/{id}/retry`: puts a dead or pending task back in the queue with

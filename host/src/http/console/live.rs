@@ -81,7 +81,7 @@ pub async fn view(State(app): State<App>, Extension(session): Extension<Session>
                         td { a href={"/console/notifications/" (n.id)} { (n.id) } }
                         td { (time(n.received_at)) }
                         td { (n.provider) }
-                        td { @if let Some(no) = &n.out_trade_no { a href={"/console/orders/" (super::pages::urlencode(no))} { (no) } } }
+                        td { @if let Some(no) = &n.out_trade_no { a href={"/console/orders/" (super::widgets::urlencode(no))} { (no) } } }
                         td { span class={"badge verdict-" (n.verdict.as_str())} { (n.verdict.as_str()) } }
                         td { (n.reason.as_deref().unwrap_or("")) }
                     }

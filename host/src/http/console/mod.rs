@@ -25,7 +25,7 @@ use crate::app::App;
 mod actions;
 pub mod format;
 mod live;
-mod pages;
+mod widgets;
 mod session;
 
 pub use session::{Session, COOKIE};
@@ -46,15 +46,15 @@ pub fn router(app: App) -> Router<App> {
             "/console/",
             get(|| async { Redirect::to("/console/orders") }),
         )
-        .route("/console/orders", get(pages::orders))
-        .route("/console/orders/{out_trade_no}", get(pages::order))
-        .route("/console/notifications", get(pages::notifications))
-        .route("/console/notifications/{id}", get(pages::notification))
-        .route("/console/attention", get(pages::attention))
+        .route("/console/orders", get(widgets::orders))
+        .route("/console/orders/{out_trade_no}", get(widgets::order))
+        .route("/console/notifications", get(widgets::notifications))
+        .route("/console/notifications/{id}", get(widgets::notification))
+        .route("/console/attention", get(widgets::attention))
         .route("/console/notifications/{id}/replay", post(actions::replay))
-        .route("/console/plugins", get(pages::plugins))
+        .route("/console/plugins", get(widgets::plugins))
         .route("/console/plugins/reload", post(actions::reload))
-        .route("/console/tasks", get(pages::tasks))
+        .route("/console/tasks", get(widgets::tasks))
         .route("/console/tasks/{id}/retry", post(actions::retry))
         .route("/console/live", get(live::view))
         .route("/console/live/events", get(live::events))
