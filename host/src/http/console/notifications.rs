@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::format::{text_opt, time, time_opt};
 use super::session::CheckedPost;
 use super::widgets::{
-    csrf_field, given, id_keyset, order_link, page_size, paged, verdict_badge, Paged,
+    choice, csrf_field, given, id_keyset, order_link, page_size, paged, verdict_badge, Paged,
 };
 use super::{page, Nav, PageError, PageQuery, Session};
 use crate::app::App;
@@ -18,9 +18,6 @@ use crate::store::{NotificationFilter, NotificationRecord, Verdict};
 
 /// Where the list is.
 const PATH: &str = "/console/notifications";
-
-/// Every verdict, for the filter.
-const VERDICTS: [Verdict; 10] = Verdict::ALL;
 
 /// Rows per section of the attention page.
 const ATTENTION_ROWS: u32 = 100;
@@ -88,22 +85,8 @@ fn list_body(q: &NotificationsQuery, p: &Paged<NotificationRecord>, session: &Se
     ];
     html! {
         form.filters method="get" action=(PATH) {
-            label { "Provider "
-                select name="provider" {
-                    option value="" { "any" }
-                    @for name in &providers {
-                        option value=(name) selected[given(&q.provider) == Some(*name)] { (name) }
-                    }
-                }
-            }
-            label { "Verdict "
-                select name="verdict" {
-                    option value="" { "any" }
-                    @for v in VERDICTS {
-                        option value=(v.as_str()) selected[verdict == Some(v)] { (v.as_str()) }
-                    }
-                }
-            }
+            (choice("Provider", "provider", providers, given(&q.provider)))
+            (choice("Verdict", "verdict", Verdict::ALL.map(Verdict::as_str), verdict.map(Verdict::as_str)))
             label { "Order " input name="order" value=(given(&q.order).unwrap_or("")) size="16"; }
             button type="submit" { "Filter" }
             " " a href=(PATH) { "clear" }

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use super::format::{pretty_json, text_opt, time, time_opt, yuan};
 use super::notifications::notifications_table;
 use super::tasks::tasks_table;
-use super::widgets::{given, handler_badge, order_link, page_size, paged, status_badge, Paged};
+use super::widgets::{
+    choice, given, handler_badge, order_link, page_size, paged, status_badge, Paged,
+};
 use super::{page, Nav, PageError, PageQuery, Session};
 use crate::app::App;
 use crate::store::console::{Keyset, TaskFilter};
@@ -105,14 +107,7 @@ fn list_body(q: &OrdersQuery, types: &[String], p: &Paged<Order>) -> Markup {
     ];
     html! {
         form.filters method="get" action=(PATH) {
-            label { "Status "
-                select name="status" {
-                    option value="" { "any" }
-                    @for (code, name) in status::ALL {
-                        option value=(name) selected[status_code == Some(code)] { (name) }
-                    }
-                }
-            }
+            (choice("Status", "status", status::ALL.map(|(_, name)| name), status_code.map(status::name)))
             label { "Type "
                 input name="type" list="order-types" value=(given(&q.order_type).unwrap_or("")) size="12";
                 datalist id="order-types" { @for t in types { option value=(t) {} } }

@@ -116,6 +116,25 @@ impl<T> Paged<T> {
     }
 }
 
+/// A filter's drop-down, `label` then "any" and each of `choices`, `chosen` selected.
+pub fn choice<const N: usize>(
+    label: &str,
+    name: &str,
+    choices: [&str; N],
+    chosen: Option<&str>,
+) -> Markup {
+    html! {
+        label { (label) " "
+            select name=(name) {
+                option value="" { "any" }
+                @for c in choices {
+                    option value=(c) selected[chosen == Some(c)] { (c) }
+                }
+            }
+        }
+    }
+}
+
 /// A hidden CSRF field for a form of this session.
 pub fn csrf_field(session: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf_token); }
@@ -173,6 +192,15 @@ mod tests {
         assert_eq!(
             (p.rows, p.has_older, p.has_newer),
             (vec![8, 7], true, false)
+        );
+    }
+
+    #[test]
+    fn a_choice_selects_the_chosen_one() {
+        let html = choice("Status", "status", ["paid", "unpaid"], Some("unpaid")).into_string();
+        assert_eq!(
+            html,
+            r#"<label>Status <select name="status"><option value="">any</option><option value="paid">paid</option><option value="unpaid" selected>unpaid</option></select></label>"#
         );
     }
 
