@@ -1,13 +1,15 @@
 //! `/api/admin`: what ops look at and re-drive.
 
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::{json, Value};
 
 use super::{read, ApiError};
 use crate::app::App;
-use crate::store::{parse_time, NotificationFilter, Verdict};
+use crate::store::{
+    parse_time, Millis, NotificationFilter, NotificationRecord, StoreError, Verdict,
+};
 
 /// Query of `GET /api/admin/notifications`.
 #[derive(Debug, Deserialize)]
@@ -24,100 +26,96 @@ pub struct NotificationQuery {
     limit: Option<u32>,
 }
 
+impl NotificationQuery {
+    /// The store's filter; 400 for a verdict or time that does not parse.
+    fn filter(self) -> Result<NotificationFilter, ApiError> {
+        let verdict = self
+            .verdict
+            .as_deref()
+            .map(|v| {
+                Verdict::parse(v)
+                    .ok_or_else(|| ApiError::BadRequest(format!("unknown verdict `{v}`")))
+            })
+            .transpose()?;
+        Ok(NotificationFilter {
+            provider: self.provider,
+            out_trade_no: self.order,
+            verdict,
+            before_id: self.before,
+            since: time("since", self.since.as_deref())?,
+            until: time("until", self.until.as_deref())?,
+            limit: self.limit.unwrap_or(50),
+        })
+    }
+}
+
+/// Query parameter `name`, a time: RFC 3339 or unix milliseconds; 400 if it is neither.
+fn time(name: &str, value: Option<&str>) -> Result<Option<Millis>, ApiError> {
+    value
+        .map(parse_time)
+        .transpose()
+        .map_err(|m| ApiError::BadRequest(format!("{name}: {m}")))
+}
+
+/// The stored notification `id`; 404 if there is none.
+async fn notification(app: &App, id: i64) -> Result<NotificationRecord, ApiError> {
+    read(app, app.store.get_notification(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))
+}
+
 /// Lists notifications, newest first.
 pub async fn list_notifications(
     State(app): State<App>,
     Query(q): Query<NotificationQuery>,
-) -> Response {
-    let verdict = match q.verdict.as_deref().map(|v| (v, Verdict::parse(v))) {
-        None => None,
-        Some((_, Some(v))) => Some(v),
-        Some((v, None)) => {
-            return ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                format!("unknown verdict `{v}`"),
-            )
-            .into_response()
-        }
-    };
-    let time = |name: &str, v: Option<&str>| {
-        v.map(parse_time)
-            .transpose()
-            .map_err(|m| ApiError::new(axum::http::StatusCode::BAD_REQUEST, format!("{name}: {m}")))
-    };
-    let (since, until) = match (
-        time("since", q.since.as_deref()),
-        time("until", q.until.as_deref()),
-    ) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(e), _) | (_, Err(e)) => return e.into_response(),
-    };
-    let filter = NotificationFilter {
-        provider: q.provider,
-        out_trade_no: q.order,
-        verdict,
-        before_id: q.before,
-        since,
-        until,
-        limit: q.limit.unwrap_or(50),
-    };
-    match read(&app, app.store.list_notifications(&filter)).await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+) -> Result<Json<Vec<NotificationRecord>>, ApiError> {
+    let filter = q.filter()?;
+    Ok(Json(
+        read(&app, app.store.list_notifications(&filter)).await?,
+    ))
 }
 
 /// One notification with its raw body.
-pub async fn show_notification(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    match read(&app, app.store.get_notification(id)).await {
-        Ok(Some(n)) => Json(n).into_response(),
-        Ok(None) => ApiError::not_found(format!("no notification {id}")).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+pub async fn show_notification(
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<Json<NotificationRecord>, ApiError> {
+    Ok(Json(notification(&app, id).await?))
 }
 
 /// Runs a stored notification through the pipeline again.
-pub async fn replay(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    let record = match read(&app, app.store.get_notification(id)).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return ApiError::not_found(format!("no notification {id}")).into_response(),
-        Err(e) => return ApiError::store(e).into_response(),
-    };
+pub async fn replay(State(app): State<App>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    let record = notification(&app, id).await?;
     let p = crate::replay::replay(&app, &record).await;
-    Json(serde_json::json!({
+    Ok(Json(json!({
         "id": id,
         "verdict": p.verdict,
         "reason": p.reason,
-    }))
-    .into_response()
+    })))
 }
 
 /// Loaded plugins and load errors.
-pub async fn plugins(State(app): State<App>) -> Response {
-    Json(app.plugins.status()).into_response()
+pub async fn plugins(State(app): State<App>) -> Json<Vec<crate::plugins::PluginStatus>> {
+    Json(app.plugins.status())
 }
 
 /// Rescans the plugins directory now.
-pub async fn reload_plugins(State(app): State<App>) -> Response {
+pub async fn reload_plugins(State(app): State<App>) -> Json<Value> {
     let report = app.plugins.scan().await;
-    Json(serde_json::json!({ "report": report, "plugins": app.plugins.status() })).into_response()
+    Json(json!({ "report": report, "plugins": app.plugins.status() }))
 }
 
 /// A handler document.
 pub async fn document(
     State(app): State<App>,
     Path((collection, id)): Path<(String, String)>,
-) -> Response {
-    match read(&app, app.store.get_document(&collection, &id)).await {
-        Ok(Some(text)) => match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(v) => Json(v).into_response(),
-            Err(e) => {
-                ApiError::internal(format!("stored document is corrupt: {e}")).into_response()
-            }
-        },
-        Ok(None) => ApiError::not_found(format!("no document {collection}/{id}")).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+) -> Result<Json<Value>, ApiError> {
+    let text = read(&app, app.store.get_document(&collection, &id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no document {collection}/{id}")))?;
+    serde_json::from_str(&text)
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("stored document is corrupt: {e}")))
 }
 
 /// Query of `GET /api/admin/tasks`.
@@ -129,23 +127,25 @@ pub struct TaskQuery {
 }
 
 /// Lists tasks, newest first.
-pub async fn tasks(State(app): State<App>, Query(q): Query<TaskQuery>) -> Response {
+pub async fn tasks(
+    State(app): State<App>,
+    Query(q): Query<TaskQuery>,
+) -> Result<Json<Vec<crate::store::TaskRecord>>, ApiError> {
     let listed = app
         .store
         .list_tasks(q.status.as_deref(), q.limit.unwrap_or(50));
-    match read(&app, listed).await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+    Ok(Json(read(&app, listed).await?))
 }
 
 /// Runs a dead (or waiting) task again now.
-pub async fn retry_task(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    match app.store.retry_task(id).await {
-        Ok(true) => Json(serde_json::json!({ "id": id, "status": "pending" })).into_response(),
-        Ok(false) => ApiError::not_found(format!("no dead or pending task {id}")).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
+pub async fn retry_task(
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    if !app.store.retry_task(id).await? {
+        return Err(ApiError::NotFound(format!("no dead or pending task {id}")));
     }
+    Ok(Json(json!({ "id": id, "status": "pending" })))
 }
 
 /// Query of `POST /api/admin/notifications/replay`.
@@ -162,25 +162,30 @@ pub struct ReplayQuery {
     limit: Option<u32>,
 }
 
+impl ReplayQuery {
+    /// The failed notifications to re-run; 400 without `failed=true` or with a bad time.
+    fn filter(self) -> Result<crate::replay::FailedFilter, ApiError> {
+        if self.failed != Some(true) {
+            return Err(ApiError::BadRequest(
+                "bulk replay takes failed notifications only: add failed=true".into(),
+            ));
+        }
+        Ok(crate::replay::FailedFilter {
+            since: time("since", self.since.as_deref())?,
+            order_type: self.order_type,
+            limit: self.limit,
+        })
+    }
+}
+
 /// Re-runs every notification whose handler failed and whose order is still unpaid.
-pub async fn replay_failed(State(app): State<App>, Query(q): Query<ReplayQuery>) -> Response {
-    let bad = |m: String| ApiError::new(axum::http::StatusCode::BAD_REQUEST, m).into_response();
-    if q.failed != Some(true) {
-        return bad("bulk replay takes failed notifications only: add failed=true".into());
-    }
-    let since = match q.since.as_deref().map(parse_time).transpose() {
-        Ok(s) => s,
-        Err(m) => return bad(format!("since: {m}")),
-    };
-    let filter = crate::replay::FailedFilter {
-        since,
-        order_type: q.order_type,
-        limit: q.limit,
-    };
-    match crate::replay::replay_failed(&app, &filter).await {
-        Ok(list) => Json(serde_json::json!({ "replayed": list })).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+pub async fn replay_failed(
+    State(app): State<App>,
+    Query(q): Query<ReplayQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = q.filter()?;
+    let list = crate::replay::replay_failed(&app, &filter).await?;
+    Ok(Json(json!({ "replayed": list })))
 }
 
 /// Query of `POST /api/admin/reconcile`.
@@ -194,19 +199,18 @@ pub struct ReconcileQuery {
 }
 
 /// Asks providers about unpaid orders now and settles those they report paid.
-pub async fn reconcile(State(app): State<App>, Query(q): Query<ReconcileQuery>) -> Response {
+pub async fn reconcile(
+    State(app): State<App>,
+    Query(q): Query<ReconcileQuery>,
+) -> Result<Json<crate::reconcile::Report>, ApiError> {
     let reconciler = crate::reconcile::Reconciler::new(&app);
     let report = match q.order.as_deref() {
-        Some(no) => match reconciler.run_order(no).await {
-            Err(crate::store::StoreError::Invalid(m)) => {
-                return ApiError::not_found(m).into_response()
-            }
-            r => r,
-        },
-        None => reconciler.run_once(q.older_than_secs, true).await,
+        // Invalid here means no such order.
+        Some(no) => reconciler.run_order(no).await.map_err(|e| match e {
+            StoreError::Invalid(m) => ApiError::NotFound(m),
+            e => e.into(),
+        })?,
+        None => reconciler.run_once(q.older_than_secs, true).await?,
     };
-    match report {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+    Ok(Json(report))
 }

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::hosts::AllowedHosts;
 use super::ApiError;
@@ -21,7 +21,7 @@ pub async fn require_api_auth(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
-) -> Response {
+) -> Result<Response, ApiError> {
     match app.config.api_token() {
         Some(token) => {
             let presented = request
@@ -30,47 +30,32 @@ pub async fn require_api_auth(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if same_secret(presented, token) {
-                next.run(request).await
-            } else {
-                let mut r =
-                    ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
-                        .into_response();
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-                r
+            if !same_secret(presented, token) {
+                return Err(ApiError::WrongToken);
             }
         }
         None if peer.ip().is_loopback() => {
             let hosts = AllowedHosts::of(&request, &app);
             if !hosts.request_host_ok(request.headers()) {
                 crate::metrics::front_door_refused("host");
-                return ApiError::new(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "this Host is not one of this server's names (loopback names on its port, \
-                     or server.allowed_hosts); without server.api_token nothing else is served",
-                )
-                .into_response();
+                return Err(ApiError::UnknownHost);
             }
             if hosts.request_origin_ok(request.headers()) == Some(false) {
                 crate::metrics::front_door_refused("origin");
-                return ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(ApiError::Forbidden(
                     "refused: a request from a page of another origin (cross-site); \
-                     nothing was changed",
-                )
-                .into_response();
+                     nothing was changed"
+                        .into(),
+                ));
             }
-            next.run(request).await
         }
-        None => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "no server.api_token is configured, so /api only serves loopback clients",
-        )
-        .into_response(),
+        None => {
+            return Err(ApiError::Forbidden(
+                "no server.api_token is configured, so /api only serves loopback clients".into(),
+            ))
+        }
     }
+    Ok(next.run(request).await)
 }
 
 /// Equal, in time that depends on neither value: both are hashed first, so not even their

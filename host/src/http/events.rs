@@ -6,7 +6,7 @@
 //! event's `data` is the order JSON of `GET /api/orders/{no}` (with
 //! `out_trade_no`, `status`, `handler_status`, …), on the default `message` event type,
 //! so a browser's `EventSource.onmessage` sees it. A keep-alive comment every
-//! [`KEEP_ALIVE`] keeps proxies from timing the stream out. The stream ends when the
+//! `sse::KEEP_ALIVE` keeps proxies from timing the stream out. The stream ends when the
 //! client disconnects, the server shuts down, or the order no longer exists; not when
 //! the order reaches a final state, since a paid order can still be refunded. While the
 //! database cannot be read the stream stays open and catches up once it can.
@@ -31,18 +31,17 @@
 //! It is under `/api`, so it needs the bearer token: a checkout page in a browser does
 //! not hold that token, so the merchant's backend proxies this stream to its own page.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::Event;
+use axum::response::Response;
 use axum::Extension;
 use tokio::sync::watch;
 
+use super::sse::{self, shutting_down, Shutdown};
 use super::ApiError;
 use crate::app::App;
 use crate::store::{Order, Store};
@@ -55,14 +54,6 @@ use slots::{Slot, Slots};
 
 /// How often the watched orders are read.
 pub const POLL: Duration = Duration::from_millis(250);
-
-/// How often a keep-alive comment is sent when nothing changed.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// Becomes `true` when the server starts shutting down: open streams end then, so that
-/// graceful shutdown does not wait for clients that would never leave.
-#[derive(Clone)]
-pub struct Shutdown(pub watch::Receiver<bool>);
 
 /// What the streams of one host share: its poller and its count of open streams.
 struct Shared {
@@ -98,58 +89,15 @@ pub async fn events(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(out_trade_no): Path<String>,
     shutdown: Option<Extension<Shutdown>>,
-) -> Response {
-    let (poller, slots) = shared(&app.store);
-    let server = &app.config.server;
-    let slot = match slots.take(
-        peer.ip(),
-        server.max_event_streams,
-        server.max_event_streams_per_address,
-    ) {
-        Ok(slot) => slot,
-        Err(refused) => {
-            crate::metrics::event_stream_refused(refused.reason());
-            // Debug-formatted: the order number is the caller's text.
-            tracing::debug!(%peer, order = ?out_trade_no, "{refused}");
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, refused.to_string())
-                .into_response();
-        }
-    };
-    let mut subscription = match poller.watch(&out_trade_no).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return ApiError::not_found(format!("no order `{out_trade_no}`")).into_response()
-        }
-        Err(e) => return ApiError::internal(e).into_response(),
-    };
-    let Some(order) = subscription.current() else {
-        // Only a subscription to an order that exists is handed out.
-        return ApiError::not_found(format!("no order `{out_trade_no}`")).into_response();
-    };
-    let watch = Watcher {
-        first: Some(order.clone()),
-        last: order,
-        subscription,
-        shutdown: shutdown.map(|Extension(s)| s.0),
-        _slot: slot,
-        _counted: crate::metrics::WatcherGuard::new(),
-    };
-    let stream = futures::stream::unfold(watch, |mut w| async move {
-        let event = w.next().await?;
-        Some((Ok::<Event, Infallible>(event), w))
-    });
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response();
-    // nginx buffers responses by default, which would hold events back; this tells it
-    // (and proxies that honour the same header) not to.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+) -> Result<Response, ApiError> {
+    let watcher = Watcher::open(&app, peer, &out_trade_no, shutdown).await?;
+    Ok(sse::response(futures::stream::unfold(
+        watcher,
+        |mut w| async move {
+            let event = w.next().await?;
+            Some((event, w))
+        },
+    )))
 }
 
 /// One stream's state. Dropped when the client goes away (axum drops the body), which
@@ -167,6 +115,46 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// A stream on `out_trade_no` for the client at `peer`: 429 when it may open no more
+    /// streams, 404 when there is no such order.
+    async fn open(
+        app: &App,
+        peer: SocketAddr,
+        out_trade_no: &str,
+        shutdown: Option<Extension<Shutdown>>,
+    ) -> Result<Watcher, ApiError> {
+        let (poller, slots) = shared(&app.store);
+        let server = &app.config.server;
+        let slot = slots
+            .take(
+                peer.ip(),
+                server.max_event_streams,
+                server.max_event_streams_per_address,
+            )
+            .map_err(|refused| {
+                crate::metrics::event_stream_refused(refused.reason());
+                // Debug-formatted: the order number is the caller's text.
+                tracing::debug!(%peer, order = ?out_trade_no, "{refused}");
+                ApiError::TooManyRequests(refused.to_string())
+            })?;
+        let no_order = || ApiError::NotFound(format!("no order `{out_trade_no}`"));
+        let mut subscription = poller
+            .watch(out_trade_no)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(no_order)?;
+        // Only a subscription to an order that exists is handed out.
+        let order = subscription.current().ok_or_else(no_order)?;
+        Ok(Watcher {
+            first: Some(order.clone()),
+            last: order,
+            subscription,
+            shutdown: shutdown.map(|Extension(s)| s.0),
+            _slot: slot,
+            _counted: crate::metrics::WatcherGuard::new(),
+        })
+    }
+
     /// The next event, or `None` to end the stream.
     async fn next(&mut self) -> Option<Event> {
         if let Some(order) = self.first.take() {
@@ -189,17 +177,7 @@ impl Watcher {
     }
 }
 
-/// Resolves when shutdown has begun (or the server is gone); never without a signal.
-async fn shutting_down(signal: &mut Option<watch::Receiver<bool>>) {
-    match signal {
-        Some(rx) => {
-            // An error means the sender is gone: the server has stopped.
-            let _ = rx.wait_for(|stopping| *stopping).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
+/// The order as an event: its JSON, as `GET /api/orders/{no}` answers it.
 fn event(order: &Order) -> Event {
     Event::default().json_data(order).unwrap_or_else(|e| {
         // An order always serialises; should it not, say so on the stream rather than

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{middleware, Json, Router};
+use axum::{middleware, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tower_http::timeout::TimeoutLayer;
 
@@ -17,13 +16,17 @@ use crate::app::App;
 mod admin;
 mod auth;
 pub mod console;
+mod error;
 pub mod events;
 mod health;
 pub mod hosts;
 mod notify;
 mod orders;
 mod refunds;
+mod sse;
 mod throttle;
+
+pub use error::ApiError;
 
 /// Largest JSON body `/api` accepts.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -152,7 +155,7 @@ pub async fn serve_with_limits(
     ));
     let router = router(app)
         .layer(axum::Extension(hosts))
-        .layer(axum::Extension(events::Shutdown(stop_signal)))
+        .layer(axum::Extension(sse::Shutdown(stop_signal)))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
@@ -205,62 +208,11 @@ pub async fn serve_with_limits(
     Ok(())
 }
 
-/// An `/api` error: a status and `{"error": "…"}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with this status and message.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    /// 404.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, message)
-    }
-
-    /// For a store failure: 503 when the database as a whole cannot serve now (down, out
-    /// of disk, read-only: nothing was stored, try again), else 500. Logged.
-    pub fn store(e: crate::store::StoreError) -> ApiError {
-        if e.is_unavailable() {
-            tracing::error!(error = %e, "api request failed: database unavailable");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the database cannot serve this now ({e}); nothing was changed, try again later"),
-            );
-        }
-        ApiError::internal(e)
-    }
-
-    /// 500, logged.
-    pub fn internal(e: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %e, "api request failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    }
-}
-
 /// A read of the store for an `/api` request, given up after `[database] timeout_secs`
-/// (then [`ApiError::store`] answers 503): a frozen database never ends a query.
+/// (then [`ApiError::Store`] answers 503): a frozen database never ends a query.
 pub(crate) async fn read<T>(
     app: &App,
     work: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
 ) -> Result<T, crate::store::StoreError> {
     crate::store::within(app.config.database.timeout(), work).await
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
-    }
 }

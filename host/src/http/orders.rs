@@ -1,42 +1,34 @@
 //! `/api/orders`.
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{read, ApiError};
 use crate::app::App;
-use crate::orders::{self, CreateOrder, OrderError};
-use crate::store::{status, OrderCursor, OrderFilter};
+use crate::orders::{self, CreateOrder};
+use crate::store::{status, Order, OrderCursor, OrderFilter};
 
 /// `POST /api/orders` → 201 with the order.
 pub async fn create(
     State(app): State<App>,
-    body: Result<Json<CreateOrder>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
-    };
-    match orders::create(&app, req).await {
-        Ok(order) => (StatusCode::CREATED, Json(order)).into_response(),
-        Err(OrderError::Invalid(m)) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m).into_response()
-        }
-        Err(OrderError::Conflict(m)) => ApiError::new(StatusCode::CONFLICT, m).into_response(),
-        Err(OrderError::Store(e)) => ApiError::store(e).into_response(),
-    }
+    body: Result<Json<CreateOrder>, JsonRejection>,
+) -> Result<(StatusCode, Json<Order>), ApiError> {
+    let Json(req) = body?;
+    let order = orders::create(&app, req).await?;
+    Ok((StatusCode::CREATED, Json(order)))
 }
 
 /// `GET /api/orders/{out_trade_no}`.
-pub async fn show(State(app): State<App>, Path(out_trade_no): Path<String>) -> Response {
-    match read(&app, app.store.get_order(&out_trade_no)).await {
-        Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => ApiError::not_found(format!("no order `{out_trade_no}`")).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+pub async fn show(
+    State(app): State<App>,
+    Path(out_trade_no): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    read(&app, app.store.get_order(&out_trade_no))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no order `{out_trade_no}`")))
 }
 
 /// Query of `GET /api/orders`.
@@ -56,43 +48,44 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
+impl ListQuery {
+    /// The store's filter; 400 for a status or cursor that does not parse.
+    fn filter(self) -> Result<OrderFilter, ApiError> {
+        let status = self
+            .status
+            .as_deref()
+            .map(|s| {
+                status::parse(s).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown status `{s}` (use -1/closed, 0/unpaid, 1/paid, 2/partially_refunded, 3/refunded)"
+                    ))
+                })
+            })
+            .transpose()?;
+        let before = self
+            .before
+            .as_deref()
+            .map(OrderCursor::parse)
+            .transpose()
+            .map_err(ApiError::BadRequest)?;
+        Ok(OrderFilter {
+            status,
+            order_type: self.order_type,
+            user_id: self.user,
+            before,
+            limit: self.limit.unwrap_or(50),
+        })
+    }
+}
+
 /// `GET /api/orders?status=&type=&user=&before=&limit=`: orders, newest first. The next
 /// page is `before={created_at}:{out_trade_no}` of the last order returned; a page
 /// shorter than `limit` is the last.
 pub async fn list(
     State(app): State<App>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
-    };
-    let status = match q.status.as_deref().map(|s| (s, status::parse(s))) {
-        None => None,
-        Some((_, Some(code))) => Some(code),
-        Some((s, None)) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown status `{s}` (use -1/closed, 0/unpaid, 1/paid, 2/partially_refunded, 3/refunded)"
-                ),
-            )
-            .into_response()
-        }
-    };
-    let before = match q.before.as_deref().map(OrderCursor::parse).transpose() {
-        Ok(b) => b,
-        Err(m) => return ApiError::new(StatusCode::BAD_REQUEST, m).into_response(),
-    };
-    let filter = OrderFilter {
-        status,
-        order_type: q.order_type,
-        user_id: q.user,
-        before,
-        limit: q.limit.unwrap_or(50),
-    };
-    match read(&app, app.store.list_orders(&filter)).await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => ApiError::store(e).into_response(),
-    }
+) -> Result<Json<Vec<Order>>, ApiError> {
+    let Query(q) = query?;
+    let filter = q.filter()?;
+    Ok(Json(read(&app, app.store.list_orders(&filter)).await?))
 }

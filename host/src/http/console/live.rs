@@ -11,14 +11,13 @@
 //! (`Last-Event-ID`) where it was.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::sse::Event;
+use axum::response::{Html, Response};
 use axum::Extension;
 use maud::html;
 use serde::Deserialize;
@@ -26,9 +25,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::format::{shanghai, time};
-use super::{page, store_failure, Nav, Session};
+use super::widgets::urlencode;
+use super::{page, Nav, PageError, Session};
 use crate::app::App;
-use crate::http::events::Shutdown;
+use crate::http::sse::{self, shutting_down, Shutdown};
 use crate::store::console::Keyset;
 use crate::store::{iso_time, NotificationFilter, NotificationRecord, Verdict};
 
@@ -48,8 +48,8 @@ const MAX_FOLLOWED: usize = 500;
 const INITIAL: u32 = 20;
 
 /// `GET /console/live`.
-pub async fn view(State(app): State<App>, Extension(session): Extension<Session>) -> Response {
-    let rows = match app
+pub async fn view(State(app): State<App>, session: Session) -> Result<Html<String>, PageError> {
+    let rows = app
         .store
         .console()
         .page_notifications(
@@ -59,13 +59,19 @@ pub async fn view(State(app): State<App>, Extension(session): Extension<Session>
             },
             &Keyset::Newest,
         )
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return store_failure(e),
-    };
+        .await?;
+    Ok(page(
+        "Live notifications",
+        Nav::Live,
+        &session,
+        view_body(&rows),
+    ))
+}
+
+/// The latest notifications, and the script that adds those that come.
+fn view_body(rows: &[NotificationRecord]) -> maud::Markup {
     let after = rows.first().map_or(0, |n| n.id);
-    let body = html! {
+    html! {
         // Empty until the script runs: with JavaScript off, the <noscript> line speaks.
         p.muted #live-status role="status" {}
         noscript {
@@ -77,12 +83,12 @@ pub async fn view(State(app): State<App>, Extension(session): Extension<Session>
                 th { "#" } th { "Received" } th { "Provider" } th { "Order" } th { "Verdict" } th { "Reason" }
             } }
             tbody #live-rows data-after=(after) {
-                @for n in &rows {
+                @for n in rows {
                     tr data-id=(n.id) {
                         td { a href={"/console/notifications/" (n.id)} { (n.id) } }
                         td { (time(n.received_at)) }
                         td { (n.provider) }
-                        td { @if let Some(no) = &n.out_trade_no { a href={"/console/orders/" (super::pages::urlencode(no))} { (no) } } }
+                        td { @if let Some(no) = &n.out_trade_no { a href={"/console/orders/" (urlencode(no))} { (no) } } }
                         td { span class={"badge verdict-" (n.verdict.as_str())} { (n.verdict.as_str()) } }
                         td { (n.reason.as_deref().unwrap_or("")) }
                     }
@@ -90,8 +96,7 @@ pub async fn view(State(app): State<App>, Extension(session): Extension<Session>
             }
         }
         script src="/console/static/live.js" {}
-    };
-    page("Live notifications", Nav::Live, &session, body).into_response()
+    }
 }
 
 /// Query of the stream.
@@ -124,17 +129,10 @@ pub async fn events(
         shutdown: shutdown.map(|Extension(s)| s.0),
         failing: false,
     };
-    let stream = futures::stream::unfold(feed, |mut f| async move {
+    sse::response(futures::stream::unfold(feed, |mut f| async move {
         let event = f.next().await?;
-        Some((Ok::<Event, Infallible>(event), f))
-    });
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(crate::http::events::KEEP_ALIVE))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+        Some((event, f))
+    }))
 }
 
 /// One stream's state; dropped (and its polling stopped) when the client goes away.
@@ -171,7 +169,7 @@ impl Feed {
             }
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
-                () = stopping(&mut self.shutdown) => return None,
+                () = shutting_down(&mut self.shutdown) => return None,
             }
         }
     }
@@ -225,16 +223,6 @@ impl Feed {
             self.ready.push_back(event(&n));
         }
         Ok(())
-    }
-}
-
-/// Resolves when shutdown has begun; never without a signal.
-async fn stopping(signal: &mut Option<watch::Receiver<bool>>) {
-    match signal {
-        Some(rx) => {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-        None => std::future::pending().await,
     }
 }
 

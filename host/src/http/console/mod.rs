@@ -8,26 +8,37 @@
 //! Sign-in ([`session`]) takes the API token once and sets a session cookie; the session
 //! lives in the database, so it works across host processes and signing out revokes it.
 //! Every button that changes something is a POST form carrying the session's CSRF token,
-//! and POSTs must also come from this origin ([`session::check_post`]); GETs change
-//! nothing. Actions call what the admin API calls: [`crate::pipeline::Pipeline::replay`],
-//! [`crate::plugins::Registry::scan`], [`crate::store::Store::retry_task`].
+//! and POSTs must also come from this origin (the [`session::CheckedPost`] extractor);
+//! GETs change nothing. Actions call what the admin API calls:
+//! [`crate::pipeline::Pipeline::replay`], [`crate::plugins::Registry::scan`],
+//! [`crate::store::Store::retry_task`], then answer with a page showing the result (a
+//! redirect to it where the result is in the database, so reloading the page does not
+//! repeat the action).
+//!
+//! One file per concern, each with its pages and its buttons: [`orders`],
+//! [`notifications`] (with the attention page), [`plugins`], [`tasks`]; the parts they
+//! share in [`widgets`], the frame in [`layout`].
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use maud::{html, Markup, DOCTYPE};
 
 use crate::app::App;
 
-mod actions;
 pub mod format;
+mod layout;
 mod live;
-mod pages;
+mod notifications;
+mod orders;
+mod plugins;
 mod session;
+mod tasks;
+mod widgets;
 
+pub use layout::{bare_page, page, Nav, PageError, PageQuery};
 pub use session::{Session, COOKIE};
 
 /// The console's stylesheet.
@@ -46,16 +57,19 @@ pub fn router(app: App) -> Router<App> {
             "/console/",
             get(|| async { Redirect::to("/console/orders") }),
         )
-        .route("/console/orders", get(pages::orders))
-        .route("/console/orders/{out_trade_no}", get(pages::order))
-        .route("/console/notifications", get(pages::notifications))
-        .route("/console/notifications/{id}", get(pages::notification))
-        .route("/console/attention", get(pages::attention))
-        .route("/console/notifications/{id}/replay", post(actions::replay))
-        .route("/console/plugins", get(pages::plugins))
-        .route("/console/plugins/reload", post(actions::reload))
-        .route("/console/tasks", get(pages::tasks))
-        .route("/console/tasks/{id}/retry", post(actions::retry))
+        .route("/console/orders", get(orders::list))
+        .route("/console/orders/{out_trade_no}", get(orders::show))
+        .route("/console/notifications", get(notifications::list))
+        .route("/console/notifications/{id}", get(notifications::show))
+        .route("/console/attention", get(notifications::attention))
+        .route(
+            "/console/notifications/{id}/replay",
+            post(notifications::replay),
+        )
+        .route("/console/plugins", get(plugins::show))
+        .route("/console/plugins/reload", post(plugins::reload))
+        .route("/console/tasks", get(tasks::list))
+        .route("/console/tasks/{id}/retry", post(tasks::retry))
         .route("/console/live", get(live::view))
         .route("/console/live/events", get(live::events))
         .route("/console/logout", post(session::logout))
@@ -108,131 +122,4 @@ async fn live_js() -> Response {
         LIVE_JS,
     )
         .into_response()
-}
-
-/// Which section of the navigation a page belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
-    /// Orders and an order.
-    Orders,
-    /// Notifications and one notification.
-    Notifications,
-    /// What needs attention: refunds that cannot apply, refunds waiting for payments.
-    Attention,
-    /// Plugins.
-    Plugins,
-    /// Tasks.
-    Tasks,
-    /// The live view.
-    Live,
-}
-
-/// A whole console page: navigation (with the sign-out form), a notice if any, and
-/// `body`.
-pub fn page(title: &str, nav: Nav, session: &Session, body: Markup) -> Html<String> {
-    let link = |href: &str, label: &str, this: Nav| {
-        html! {
-            @if nav == this {
-                a.active href=(href) aria-current="page" { (label) }
-            } @else {
-                a href=(href) { (label) }
-            }
-        }
-    };
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                (head(title))
-                body {
-                    header.top {
-                        span.brand { "paynotify" }
-                        nav {
-                            (link("/console/orders", "Orders", Nav::Orders))
-                            (link("/console/notifications", "Notifications", Nav::Notifications))
-                            (link("/console/attention", "Needs attention", Nav::Attention))
-                            (link("/console/plugins", "Plugins", Nav::Plugins))
-                            (link("/console/tasks", "Tasks", Nav::Tasks))
-                            (link("/console/live", "Live", Nav::Live))
-                        }
-                        form.signout method="post" action="/console/logout" {
-                            input type="hidden" name="csrf" value=(session.csrf_token);
-                            button type="submit" id="sign-out" { "Sign out" }
-                        }
-                    }
-                    main {
-                        h1 { (title) }
-                        (body)
-                    }
-                    footer { "Times are Asia/Shanghai (UTC+8); hover a time for UTC. Amounts in yuan." }
-                }
-            }
-        }
-        .into_string(),
-    )
-}
-
-/// The `<head>` every console page shares.
-fn head(title: &str) -> Markup {
-    html! {
-        head {
-            meta charset="utf-8";
-            meta name="viewport" content="width=device-width, initial-scale=1";
-            title { (title) " · paynotify" }
-            link rel="stylesheet" href="/console/static/console.css";
-        }
-    }
-}
-
-/// A page outside the signed-in area (sign-in, errors before a session exists).
-pub fn bare_page(title: &str, body: Markup) -> Html<String> {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                (head(title))
-                body.bare {
-                    main {
-                        h1 { (title) }
-                        (body)
-                    }
-                }
-            }
-        }
-        .into_string(),
-    )
-}
-
-/// An error answer as a page: the status, and what went wrong in words.
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    if status.is_server_error() {
-        tracing::error!(%status, error = %message, "console request failed");
-    }
-    let title = status.canonical_reason().unwrap_or("Error");
-    (
-        status,
-        bare_page(
-            title,
-            html! {
-                p.error role="alert" { (message) }
-                p { a href="/console/orders" { "Back to the console" } }
-            },
-        ),
-    )
-        .into_response()
-}
-
-/// A storage failure: 503 when the database as a whole cannot serve now (nothing was
-/// changed; try again), else 500.
-pub fn store_failure(e: crate::store::StoreError) -> Response {
-    tracing::error!(error = %e, "console request failed");
-    if e.is_unavailable() {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "The database cannot serve this now ({e}). Nothing was changed; try again later."
-            ),
-        );
-    }
-    error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}"))
 }

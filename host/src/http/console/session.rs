@@ -23,9 +23,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::rejection::{ExtensionRejection, FormRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -34,7 +34,7 @@ use maud::html;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{bare_page, error_page, store_failure};
+use super::{bare_page, PageError};
 use crate::app::App;
 use crate::http::auth::same_secret;
 use crate::http::hosts::AllowedHosts;
@@ -56,6 +56,18 @@ pub struct Session {
     pub csrf_token: String,
     /// The names this server answers to: where the session's POSTs must come from.
     pub hosts: Arc<AllowedHosts>,
+}
+
+/// The session is taken as an extractor, from the request extension that
+/// [`require_session`] puts there (a route outside it answers 500, as a missing
+/// [`Extension`] does).
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = ExtensionRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Extension(session) = Extension::<Session>::from_request_parts(parts, state).await?;
+        Ok(session)
+    }
 }
 
 /// SHA-256, lower-case hex.
@@ -109,30 +121,34 @@ pub async fn front_gate(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
     next: Next,
-) -> Response {
+) -> Result<Response, PageError> {
     if app.config.api_token().is_none() && !peer.ip().is_loopback() {
-        return error_page(
-            StatusCode::FORBIDDEN,
+        return Err(PageError::forbidden(
             "No server.api_token is configured, so the console only serves loopback clients.",
-        );
+        ));
     }
     let hosts = AllowedHosts::of(&request, &app);
     if !hosts.request_host_ok(request.headers()) {
         crate::metrics::front_door_refused("host");
-        return error_page(
+        return Err(PageError::Status(
             StatusCode::MISDIRECTED_REQUEST,
             "This address is not one of this console's names: open it at localhost or \
-             127.0.0.1 on its port, or add the name to server.allowed_hosts.",
-        );
+             127.0.0.1 on its port, or add the name to server.allowed_hosts."
+                .into(),
+        ));
     }
     request.extensions_mut().insert(hosts);
-    next.run(request).await
+    Ok(next.run(request).await)
 }
 
 /// Lets a request through with its [`Session`] if it carries a live session cookie. A
 /// page request without one is sent to the sign-in form (and back afterwards); anything
 /// else is refused.
-pub async fn require_session(State(app): State<App>, mut request: Request, next: Next) -> Response {
+pub async fn require_session(
+    State(app): State<App>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, PageError> {
     let hosts = AllowedHosts::of(&request, &app);
     let id = cookie(request.headers(), COOKIE).map(str::to_owned);
     let found = match &id {
@@ -151,7 +167,7 @@ pub async fn require_session(State(app): State<App>, mut request: Request, next:
                 }
                 bound
             }),
-            Err(e) => return store_failure(e),
+            Err(e) => return Err(e.into()),
         },
         None => None,
     };
@@ -162,7 +178,7 @@ pub async fn require_session(State(app): State<App>, mut request: Request, next:
                 csrf_token: s.csrf_token,
                 hosts,
             });
-            next.run(request).await
+            Ok(next.run(request).await)
         }
         None if request.method() == Method::GET => {
             let back = request
@@ -172,47 +188,61 @@ pub async fn require_session(State(app): State<App>, mut request: Request, next:
             let target: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair("next", back)
                 .finish();
-            Redirect::to(&format!("/console/login?{target}")).into_response()
+            Ok(Redirect::to(&format!("/console/login?{target}")).into_response())
         }
-        None => error_page(
-            StatusCode::FORBIDDEN,
+        None => Err(PageError::forbidden(
             "You are not signed in (or your session ended): sign in again. Nothing was changed.",
-        ),
+        )),
     }
 }
 
-/// The check every state-changing console POST passes before it does anything: it comes
-/// from a page of this server (its `Origin`, or `Referer`, is one of [`AllowedHosts`];
-/// a POST with neither is refused), and its form carries this session's CSRF token. On
-/// failure, the 403 answer to return instead.
-pub fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Option<Response> {
+/// A state-changing console POST that passed the checks, and its session: it comes from
+/// a page of this server (its `Origin`, or `Referer`, is one of [`AllowedHosts`]; a POST
+/// with neither is refused), and its form carries this session's CSRF token. Otherwise
+/// it is refused with 403 before the handler runs. Taken last: it reads the body.
+pub struct CheckedPost(pub Session);
+
+impl<S: Send + Sync> FromRequest<S> for CheckedPost {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let session = Session::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let form = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), state).await;
+        check_post(&headers, &session, &posted_csrf(form)).map_err(IntoResponse::into_response)?;
+        Ok(CheckedPost(session))
+    }
+}
+
+/// The checks of [`CheckedPost`].
+fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), PageError> {
     if session.hosts.request_origin_ok(headers) != Some(true) {
         crate::metrics::front_door_refused("origin");
-        return Some(error_page(
-            StatusCode::FORBIDDEN,
+        return Err(PageError::forbidden(
             "Refused: this request did not come from a console page (cross-site request). Nothing was changed.",
         ));
     }
     if !same_secret(csrf, &session.csrf_token) {
-        return Some(error_page(
-            StatusCode::FORBIDDEN,
+        return Err(PageError::forbidden(
             "Refused: the form's security token is missing or stale; reload the page and try again. Nothing was changed.",
         ));
     }
-    None
+    Ok(())
 }
 
 /// The form every console button posts: the CSRF token.
 #[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    /// This session's token.
+struct CsrfForm {
     #[serde(default)]
-    pub csrf: String,
+    csrf: String,
 }
 
 /// The CSRF token a POST carried: empty if its body is not a form at all (it is then
 /// refused by [`check_post`] with 403 like any other request without the token).
-pub fn posted_csrf(form: Result<Form<CsrfForm>, FormRejection>) -> String {
+fn posted_csrf(form: Result<Form<CsrfForm>, FormRejection>) -> String {
     form.map(|Form(f)| f.csrf).unwrap_or_default()
 }
 
@@ -288,30 +318,29 @@ pub async fn login(
     Extension(hosts): Extension<Arc<AllowedHosts>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
-) -> Response {
+) -> Result<Response, PageError> {
     // A sign-in from another site would sign the victim into the attacker's session.
     if hosts.request_origin_ok(&headers) != Some(true) {
         crate::metrics::front_door_refused("origin");
-        return error_page(
-            StatusCode::FORBIDDEN,
+        return Err(PageError::forbidden(
             "Refused: sign-in must be posted from the console's own sign-in page.",
-        );
+        ));
     }
     let Ok(Form(form)) = form else {
-        return error_page(StatusCode::BAD_REQUEST, "The sign-in form was malformed.");
+        return Err(PageError::bad_request("The sign-in form was malformed."));
     };
     let next = safe_next(form.next.as_deref()).to_owned();
     if let Some(token) = app.config.api_token() {
         if !same_secret(&form.token, token) {
             tracing::warn!("console sign-in with a wrong token");
-            return (
+            return Ok((
                 StatusCode::UNAUTHORIZED,
                 bare_page(
                     "Sign in",
                     login_markup(&app, &next, Some("Wrong token: not signed in."), None),
                 ),
             )
-                .into_response();
+                .into_response());
         }
     }
     let now = now_ms();
@@ -332,9 +361,7 @@ pub async fn login(
         created_at: now,
         expires_at: now + SESSION_TTL_MS,
     };
-    if let Err(e) = app.store.console().create_console_session(&session).await {
-        return store_failure(e);
-    }
+    app.store.console().create_console_session(&session).await?;
     tracing::info!("console sign-in");
     let secure = app.config.server.console_secure_cookie
         || headers
@@ -345,44 +372,25 @@ pub async fn login(
         SESSION_TTL_MS / 1000,
         if secure { "; Secure" } else { "" }
     );
-    let mut response = Redirect::to(&next).into_response();
-    match HeaderValue::from_str(&cookie) {
-        Ok(v) => {
-            response.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-    response
+    let cookie = HeaderValue::from_str(&cookie)
+        .map_err(|e| PageError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response())
 }
 
 /// `POST /console/logout`: deletes the session (everywhere: it is a database row) and
 /// clears the cookie.
 pub async fn logout(
     State(app): State<App>,
-    Extension(session): Extension<Session>,
-    headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
-) -> Response {
-    if let Some(refused) = check_post(&headers, &session, &posted_csrf(form)) {
-        return refused;
-    }
-    if let Err(e) = app
-        .store
-        .console()
-        .delete_console_session(&session.id_hash)
-        .await
-    {
-        return store_failure(e);
-    }
+    CheckedPost(session): CheckedPost,
+) -> Result<Response, PageError> {
+    app.store.console().delete_console_session(&session.id_hash).await?;
     tracing::info!("console sign-out");
-    let mut response = Redirect::to("/console/login?signed_out=1").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "paynotify_console=; HttpOnly; SameSite=Strict; Path=/console; Max-Age=0",
-        ),
-    );
-    response
+    let cleared = "paynotify_console=; HttpOnly; SameSite=Strict; Path=/console; Max-Age=0";
+    Ok((
+        [(header::SET_COOKIE, cleared)],
+        Redirect::to("/console/login?signed_out=1"),
+    )
+        .into_response())
 }
 
 #[cfg(test)]
