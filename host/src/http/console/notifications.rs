@@ -39,6 +39,7 @@ impl NotificationsQuery {
         let keyset = id_keyset(self.older, self.newer);
         let rows = app
             .store
+            .console()
             .page_notifications(&self.filter()?, &keyset)
             .await?;
         Ok(paged(rows, &keyset, page_size(self.limit)))

@@ -173,6 +173,7 @@ pub async fn show(
         .await?;
     let tasks = app
         .store
+        .console()
         .page_tasks(
             &TaskFilter {
                 out_trade_no: Some(no.clone()),
