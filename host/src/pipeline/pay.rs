@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::NotifyKeys;
 use crate::plugins::bindings;
-use crate::plugins::capabilities::{CallContext, CallTags, DbAccess};
+use crate::plugins::capabilities::{CallContext, DbAccess};
 use crate::plugins::runtime::Prepared;
 use crate::plugins::{HandlerFailure, Plugin, Registry};
 use crate::providers::{Notice, Payment, ProviderKind};
@@ -103,13 +103,12 @@ impl Payer {
                 .and_then(|o| self.plugins.get(&o.order_type));
             let task = plugin.map(|plugin| {
                 let runtime = self.plugins.runtime().clone();
-                let tags = CallTags {
-                    plugin: plugin.plugin_type.clone(),
-                    version: plugin.metadata.version.clone(),
-                    out_trade_no: Some(job.notice.out_trade_no.clone()),
-                    notification_id: Some(job.id),
-                    task_id: None,
-                };
+                let tags = self
+                    .plugins
+                    .call_context(&plugin)
+                    .order(job.notice.out_trade_no.clone())
+                    .notification(job.id)
+                    .into_tags();
                 tokio::spawn(async move {
                     let made = runtime
                         .prepare(
@@ -301,24 +300,16 @@ pub(crate) fn order_call_context(
     id: i64,
     tx: Box<dyn Tx>,
 ) -> CallContext {
-    CallContext {
-        manifest: plugin.manifest.clone(),
-        tags: CallTags {
-            plugin: plugin.plugin_type.clone(),
-            version: plugin.metadata.version.clone(),
-            out_trade_no: Some(order.out_trade_no.clone()),
-            notification_id: Some(id),
-            task_id: None,
-        },
-        db: DbAccess::Tx(tx),
-        notify_key: notify_keys
-            .get(&(order.provider.clone(), order.account.clone()))
-            .copied(),
-        provider: Some(order.provider.clone()),
-        account: Some(order.account.clone()),
-        http: plugins.runtime().http_client(),
-        poisoned: None,
-    }
+    let notify_key = notify_keys
+        .get(&(order.provider.clone(), order.account.clone()))
+        .copied();
+    plugins
+        .call_context(plugin)
+        .order(order.out_trade_no.clone())
+        .notification(id)
+        .account(order.provider.clone(), order.account.clone(), notify_key)
+        .db(DbAccess::Tx(tx))
+        .build()
 }
 
 /// The order as a handler sees it, paid by `transaction_id`.
