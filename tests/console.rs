@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use paynotify::store::now_ms;
+use paynotify::time::now_ms;
 use paynotify_tests::browser::{self, Browser};
 use paynotify_tests::bulk::{self, seeded_created_at, seeded_order_no, Db};
 use paynotify_tests::{
@@ -341,6 +341,7 @@ async fn sign_in_sessions_and_cross_site_posts() {
     let stored = s
         .app
         .store
+        .console()
         .console_session(&sha256_hex(&c.id), now_ms())
         .await
         .expect("db")
@@ -522,6 +523,7 @@ async fn sign_in_sessions_and_cross_site_posts() {
     assert!(s
         .app
         .store
+        .console()
         .console_session(&sha256_hex(&c.id), now_ms())
         .await
         .expect("db")
@@ -810,7 +812,7 @@ async fn console_in_a_real_browser() {
         .expect("a time");
     assert_eq!(
         created.attr("title").await.expect("title"),
-        Some(paynotify::store::iso_time(r1.created_at))
+        Some(paynotify::time::iso_time(r1.created_at))
     );
     assert_eq!(
         created.text().await.expect("time"),

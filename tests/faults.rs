@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use paynotify::store::{now_ms, status, NewNotification, NewOrder, Store, Verdict};
+use paynotify::store::{status, NewNotification, NewOrder, Store, Verdict};
+use paynotify::time::now_ms;
 use paynotify_tests::pg_cluster::PgCluster;
 use paynotify_tests::process::{all_notifications, connect_store, paynotify_bin, HostProcess};
 use paynotify_tests::small_disk::SmallDisk;

@@ -491,7 +491,7 @@ async fn notifications_list_by_time_in_the_api_and_the_cli() {
     let first = s.notifications().await.pop().expect("one");
     // The second arrives in a later millisecond than the first.
     wait_until(5, "the clock to move on", || async {
-        (paynotify::store::now_ms() > first.received_at).then_some(())
+        (paynotify::time::now_ms() > first.received_at).then_some(())
     })
     .await;
     pay(&s, "T000000001", 7).await; // a duplicate
@@ -506,7 +506,7 @@ async fn notifications_list_by_time_in_the_api_and_the_cli() {
             .map(|n| n["id"].as_i64().expect("id"))
             .collect()
     };
-    let at = |ms: i64| paynotify::store::iso_time(ms);
+    let at = |ms: i64| paynotify::time::iso_time(ms);
     let (st, since) = s
         .api(
             "GET",

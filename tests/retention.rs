@@ -4,7 +4,7 @@
 //! `/metrics`. On whichever backend `PAYNOTIFY_TEST_DATABASE` selects.
 
 use paynotify::retention::Retention;
-use paynotify::store::now_ms;
+use paynotify::time::now_ms;
 use paynotify_tests::process::HostProcess;
 use paynotify_tests::{
     fresh_database_url, v2_return_code, wait_until, wechat_v2, Options, TestServer,

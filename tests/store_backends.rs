@@ -11,9 +11,9 @@ use std::time::Duration;
 use paynotify::config::{DatabaseConfig, RetentionConfig};
 use paynotify::store::Verdict;
 use paynotify::store::{
-    self, now_ms, status, DocError, MarkPaid, NewNotification, NewOrder, NewTask, Store, TaskEnd,
-    Tx,
+    self, status, DocError, MarkPaid, NewNotification, NewOrder, NewTask, Store, TaskEnd, Tx,
 };
+use paynotify::time::now_ms;
 use paynotify_tests::{fresh_database_url, test_backend, wechat_v2, Options, TestServer};
 use serde_json::{json, Map, Value};
 

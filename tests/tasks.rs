@@ -9,7 +9,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use paynotify::store::{now_ms, NewTask, TaskEnd, TaskRecord};
+use paynotify::store::{NewTask, TaskEnd, TaskRecord};
+use paynotify::time::now_ms;
 use paynotify_tests::process::connect_store;
 use paynotify_tests::{
     fresh_database_url, install_plugin, wait_until, wechat_v2, Options, TestServer,
@@ -413,6 +414,7 @@ fn openssl_output_decrypts_with_the_host() {
     let mut framed = iv.to_vec();
     framed.extend_from_slice(&out.stdout);
     let b64 = base64::engine::general_purpose::STANDARD.encode(framed);
-    let plain = paynotify::plugins::capabilities::aes_decrypt(NOTIFY_KEY, &b64).expect("decrypts");
+    let plain =
+        paynotify::plugins::capabilities::crypto::aes_decrypt(NOTIFY_KEY, &b64).expect("decrypts");
     assert_eq!(plain, b"{\"code\":0}");
 }

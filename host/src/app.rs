@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
+use crate::config::parse_notify_key;
 use crate::config::Config;
 use crate::pipeline::{Batching, NotifyKeys, Pipeline};
-use crate::config::parse_notify_key;
 use crate::plugins::{Registry, Runtime};
-use crate::providers::api::Apis;
-use crate::providers::Providers;
+use crate::providers::registry::{AccountError, Apis, Providers, Registry as Accounts};
 use crate::store::{self, Store};
 
 /// Why the host could not start.
@@ -23,7 +22,7 @@ pub enum StartError {
     },
     /// A merchant account is misconfigured.
     #[error(transparent)]
-    Account(#[from] crate::providers::AccountError),
+    Account(#[from] AccountError),
     /// The wasm runtime could not be built.
     #[error("plugin runtime: {0}")]
     Runtime(#[from] crate::plugins::LoadError),
@@ -61,7 +60,7 @@ impl App {
                 source,
             })?;
         // One pass over the accounts builds both halves of every provider.
-        let accounts = crate::providers::registry::Registry::from_config(&config.accounts)?;
+        let accounts = Accounts::from_config(&config.accounts)?;
         let providers = Arc::new(accounts.providers);
         let apis = Arc::new(accounts.apis);
         let runtime = Arc::new(Runtime::new(&config.plugins)?);

@@ -28,7 +28,8 @@ use crate::app::App;
 use crate::config::OrdersConfig;
 use crate::providers::api::CloseOutcome;
 use crate::reconcile::{Outcome, Reconciler};
-use crate::store::{now_ms, Order, Store, StoreError};
+use crate::store::{Order, Store, StoreError};
+use crate::time::now_ms;
 
 /// Batches in a row before the job yields to its next tick, so that a backlog of
 /// millions is worked off without holding the (SQLite) writer for long stretches.

@@ -24,9 +24,11 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::config::ReconcileConfig;
 use crate::pipeline::{Pipeline, Processed};
-use crate::providers::api::{Apis, ProviderAnswer};
+use crate::providers::api::ProviderAnswer;
+use crate::providers::registry::Apis;
 use crate::providers::{NoticeKind, ProviderKind};
-use crate::store::{now_ms, status, NewNotification, Order, Store, StoreError, Verdict};
+use crate::store::{status, NewNotification, Order, Store, StoreError, Verdict};
+use crate::time::now_ms;
 
 /// What reconciling one order found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

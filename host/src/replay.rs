@@ -12,7 +12,8 @@ use crate::app::App;
 use crate::pipeline::Processed;
 use crate::providers::api::is_reconcile_record;
 use crate::providers::{Answer, ProviderKind};
-use crate::store::{Millis, NotificationRecord, StoreError, Verdict};
+use crate::store::{NotificationRecord, StoreError, Verdict};
+use crate::time::Millis;
 
 /// Runs one stored notification through the pipeline again.
 pub async fn replay(app: &App, record: &NotificationRecord) -> Processed {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use crate::app::App;
 use crate::config::RetentionConfig;
-use crate::store::{now_ms, Millis, Store, StoreError};
+use crate::store::{Store, StoreError};
+use crate::time::{now_ms, Millis};
 
 /// Rows deleted per statement.
 pub const PRUNE_BATCH: u32 = 1000;

@@ -25,7 +25,8 @@
 use std::time::Duration;
 
 use crate::app::App;
-use crate::store::{now_ms, Millis, NotificationRecord, StoreError, Verdict};
+use crate::store::{NotificationRecord, StoreError, Verdict};
+use crate::time::{now_ms, Millis};
 
 /// A notification still `received` this long after it arrived is stuck (ms).
 pub const STUCK_AFTER_MS: Millis = 60_000;

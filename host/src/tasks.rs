@@ -24,7 +24,8 @@ use crate::pipeline::NotifyKeys;
 use crate::plugins::bindings;
 use crate::plugins::capabilities::DbAccess;
 use crate::plugins::Registry;
-use crate::store::{now_ms, Store, StoreError, TaskEnd, TaskRecord};
+use crate::store::{Store, StoreError, TaskEnd, TaskRecord};
+use crate::time::now_ms;
 
 /// How long a task whose plugin is not loaded waits before it is looked at again.
 const UNLOADED_WAIT: Duration = Duration::from_secs(60);

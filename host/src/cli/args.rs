@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use paynotify::store::{status, Millis, OrderCursor, Verdict};
+use paynotify::store::{status, OrderCursor, Verdict};
+use paynotify::time::Millis;
 
 use super::new_plugin::Lang;
 use super::tryout::TryArgs;
@@ -202,10 +203,10 @@ pub enum NotificationsCommand {
         verdict: Option<Verdict>,
         /// Only those received at or after this time: RFC 3339 (2026-09-03T13:15:40Z,
         /// 2026-09-03T21:15:40+08:00) or unix milliseconds.
-        #[arg(long, value_parser = paynotify::store::parse_time)]
+        #[arg(long, value_parser = paynotify::time::parse_time)]
         since: Option<Millis>,
         /// Only those received before this time (same forms as --since).
-        #[arg(long, value_parser = paynotify::store::parse_time)]
+        #[arg(long, value_parser = paynotify::time::parse_time)]
         until: Option<Millis>,
         /// Only ids below this one (the next page after the last id shown).
         #[arg(long)]
@@ -235,7 +236,7 @@ pub enum NotificationsCommand {
         #[arg(long)]
         failed: bool,
         /// With --failed: only those received at or after this time (RFC 3339 or unix ms).
-        #[arg(long, requires = "failed", value_parser = paynotify::store::parse_time)]
+        #[arg(long, requires = "failed", value_parser = paynotify::time::parse_time)]
         since: Option<Millis>,
         /// With --failed: only those for orders of this handler type.
         #[arg(long = "type", value_name = "TYPE", requires = "failed")]

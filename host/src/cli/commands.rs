@@ -46,9 +46,7 @@ pub fn config_check(path: &Path, named: bool, json: bool) -> anyhow::Result<()> 
         .map_err(anyhow::Error::from)
         .and_then(|config| {
             // The merchant accounts as `serve` builds them: key files, PEM keys, ids.
-            paynotify::providers::Providers::from_config(&config.accounts)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            paynotify::providers::api::Apis::from_config(&config.accounts)
+            paynotify::providers::registry::Registry::from_config(&config.accounts)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Ok(config)
         });
@@ -235,7 +233,7 @@ pub async fn notifications(
             limit,
         } => {
             let (verdict, until) = if stuck {
-                let now = paynotify::store::now_ms();
+                let now = paynotify::time::now_ms();
                 let before = paynotify::stuck::stuck_before(now);
                 (Some(paynotify::store::Verdict::Received), Some(before))
             } else {

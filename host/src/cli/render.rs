@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use paynotify::store::{status, Millis, NotificationRecord, Order, TaskRecord};
+use paynotify::store::{status, NotificationRecord, Order, TaskRecord};
+use paynotify::time::Millis;
 
 /// A plain-text table: a header row and left-aligned columns two spaces apart.
 pub struct Table {

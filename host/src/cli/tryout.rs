@@ -423,7 +423,7 @@ pub async fn run(
             if let Err(e) = tx.commit().await {
                 result = Err(HandlerFailure::Host(format!("commit failed: {e}")));
             } else {
-                let now = paynotify::store::now_ms();
+                let now = paynotify::time::now_ms();
                 tasks = store
                     .list_tasks(None, 500)
                     .await?

@@ -7,9 +7,8 @@ use serde_json::{json, Value};
 
 use super::{read, ApiError};
 use crate::app::App;
-use crate::store::{
-    parse_time, Millis, NotificationFilter, NotificationRecord, StoreError, Verdict,
-};
+use crate::store::{NotificationFilter, NotificationRecord, StoreError, Verdict};
+use crate::time::{parse_time, Millis};
 
 /// Query of `GET /api/admin/notifications`.
 #[derive(Debug, Deserialize)]

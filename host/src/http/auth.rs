@@ -63,7 +63,7 @@ pub async fn require_api_auth(
 /// mismatch, telling an attacker the token's length).
 pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     use sha2::{Digest, Sha256};
-    crate::providers::ct_eq(&Sha256::digest(a), &Sha256::digest(b))
+    crate::providers::common::ct_eq(&Sha256::digest(a), &Sha256::digest(b))
 }
 
 #[cfg(test)]

@@ -212,7 +212,7 @@ fn verifies(provider: &dyn Provider, r: &Received) -> bool {
                 account: r.account.as_deref(),
                 headers: &r.headers,
                 body: &r.body,
-                received_at: crate::store::now_ms(),
+                received_at: crate::time::now_ms(),
             })
             .is_ok()
 }

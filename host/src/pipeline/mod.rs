@@ -25,9 +25,8 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::plugins::Registry;
-use crate::providers::{
-    Answer, ContentTypeRefusal, Inbound, NoticeKind, Provider, ProviderKind, Providers,
-};
+use crate::providers::registry::Providers;
+use crate::providers::{Answer, ContentTypeRefusal, Inbound, NoticeKind, Provider, ProviderKind};
 use crate::store::{NewNotification, NotificationRecord, Store, Verdict};
 use refund::Refunder;
 
@@ -170,7 +169,7 @@ impl Pipeline {
             verdict = tracing::field::Empty
         );
         async move {
-            let received_at = crate::store::now_ms();
+            let received_at = crate::time::now_ms();
             // Shared with the storage loop, so the body is not copied on its way there.
             let n = Arc::new(NewNotification {
                 received_at,

@@ -202,7 +202,7 @@ impl Payer {
             out_trade_no: notice.out_trade_no.clone(),
             transaction_id: payment.transaction_id.clone(),
             amount: payment.amount,
-            paid_at: payment.paid_at.map(crate::store::iso_time),
+            paid_at: payment.paid_at.map(crate::time::iso_time),
             fields: notice
                 .fields
                 .iter()
@@ -250,7 +250,7 @@ impl Payer {
                 let row = PaidOrder {
                     out_trade_no: order.out_trade_no.clone(),
                     transaction_id: payment.transaction_id.clone(),
-                    pay_date: payment.paid_at.unwrap_or_else(crate::store::now_ms),
+                    pay_date: payment.paid_at.unwrap_or_else(crate::time::now_ms),
                     notification_id: id,
                     original_data: serde_json::to_string(&notice.fields).unwrap_or_default(),
                     handler_result: outcome.to_string(),

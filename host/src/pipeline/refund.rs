@@ -355,7 +355,7 @@ impl Refunder {
             amount,
             refunded_total,
             full: refunded_total == order.total_fee,
-            refunded_at: refund.refunded_at.map(crate::store::iso_time),
+            refunded_at: refund.refunded_at.map(crate::time::iso_time),
             fields: notice
                 .fields
                 .iter()

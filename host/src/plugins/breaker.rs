@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::world::HandlerFailure;
-use crate::store::{now_ms, Millis};
+use crate::time::{now_ms, Millis};
 
 /// One type's breaker.
 #[derive(Debug)]

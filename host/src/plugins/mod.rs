@@ -14,7 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::PluginsConfig;
-use crate::store::{now_ms, Millis};
+use crate::time::{now_ms, Millis};
 
 mod backstop;
 pub mod breaker;

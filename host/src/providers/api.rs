@@ -28,7 +28,6 @@ use sha2::Sha256;
 use super::{Inbound, Notice, ProviderKind, Rejection};
 
 // Built with the verifiers, in one pass over the accounts.
-pub use super::registry::Apis;
 
 /// The header that marks a stored notification as a provider's answer to our query
 /// rather than a notification the provider sent.
@@ -172,7 +171,7 @@ pub(crate) async fn send(
         status,
         headers,
         body,
-        received_at: crate::store::now_ms(),
+        received_at: crate::time::now_ms(),
     })
 }
 

@@ -23,15 +23,13 @@ pub use crate::config::ProviderKind;
 pub mod alipay;
 pub mod api;
 pub mod cloudpay;
-mod common;
+pub mod common;
 mod json;
 pub mod registry;
 pub mod wechat_v2;
 pub mod wechat_v3;
 
 // `ct_eq` is also the host's constant-time compare for admin tokens (`http::auth`).
-pub use common::ct_eq;
-pub use registry::{AccountError, Providers};
 
 /// A notification as it arrived, before any check.
 #[derive(Debug, Clone)]

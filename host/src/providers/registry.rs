@@ -152,12 +152,6 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Builds every provider that has at least one account (and their API clients, which
-    /// it drops: [`Registry::from_config`] keeps both).
-    pub fn from_config(accounts: &[AccountConfig]) -> Result<Providers, AccountError> {
-        Registry::from_config(accounts).map(|r| r.providers)
-    }
-
     /// The provider, if configured.
     pub fn get(&self, kind: ProviderKind) -> Option<&dyn Provider> {
         self.by_kind.get(&kind).map(|p| p.as_ref())
@@ -194,12 +188,6 @@ pub struct Apis {
 }
 
 impl Apis {
-    /// Builds a client for every account that can call its provider (and the verifiers,
-    /// which it drops: [`Registry::from_config`] keeps both).
-    pub fn from_config(accounts: &[AccountConfig]) -> Result<Apis, AccountError> {
-        Registry::from_config(accounts).map(|r| r.apis)
-    }
-
     /// The API of an order's account, or why there is none.
     pub fn get(&self, provider: &str, account: &str) -> Result<&dyn OrderApi, String> {
         let Some(kind) = ProviderKind::parse(provider) else {

@@ -288,15 +288,3 @@ impl<S: Sql> ConsoleStore for S {
         ))
     }
 }
-
-impl dyn super::Store {
-    /// The session with this id hash, if unexpired at `now`: [`ConsoleStore::console_session`]
-    /// at its old path (`store.console_session`), until callers say `store.console()`.
-    pub async fn console_session(
-        &self,
-        id_hash: &str,
-        now: Millis,
-    ) -> Result<Option<ConsoleSession>, StoreError> {
-        self.console().console_session(id_hash, now).await
-    }
-}

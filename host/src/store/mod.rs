@@ -73,10 +73,6 @@ pub use types::{
     NotificationVerdict, Order, OrderCursor, OrderFilter, PaidOrder, TaskEnd, TaskRecord, Verdict,
 };
 
-// Old paths, kept until callers move to `crate::time` and `crate::names`.
-pub use crate::names::{valid_collection, valid_doc_id, valid_field};
-pub use crate::time::{iso_time, now_ms, parse_time, Millis};
-
 /// Opens the database named by the config URL and brings its schema up to date:
 /// `sqlite:…` or `postgres://…` / `postgresql://…` (see [`postgres::PgStore::connect`]
 /// for its `schema=NAME` parameter). Rejected bodies are cut at the default

@@ -9,7 +9,7 @@ use maud::{html, Markup};
 use time::macros::{format_description, offset};
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::store::{iso_time, Millis};
+use crate::time::{iso_time, Millis};
 
 /// Asia/Shanghai.
 pub const SHANGHAI: UtcOffset = offset!(+8);

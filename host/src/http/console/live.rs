@@ -30,7 +30,8 @@ use super::{page, Nav, PageError, Session};
 use crate::app::App;
 use crate::http::sse::{self, shutting_down, Shutdown};
 use crate::store::console::Keyset;
-use crate::store::{iso_time, NotificationFilter, NotificationRecord, Verdict};
+use crate::store::{NotificationFilter, NotificationRecord, Verdict};
+use crate::time::iso_time;
 
 /// How often the stream reads the table.
 pub const POLL: Duration = Duration::from_millis(250);

@@ -143,7 +143,7 @@ pub async fn attention(
     State(app): State<App>,
     session: Session,
 ) -> Result<Html<String>, PageError> {
-    let stuck_before = crate::stuck::stuck_before(crate::store::now_ms());
+    let stuck_before = crate::stuck::stuck_before(crate::time::now_ms());
     let mut sections = Vec::with_capacity(SECTIONS.len());
     for section in &SECTIONS {
         let filter = NotificationFilter {

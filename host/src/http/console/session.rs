@@ -39,7 +39,7 @@ use crate::app::App;
 use crate::http::auth::same_secret;
 use crate::http::hosts::AllowedHosts;
 use crate::store::console::ConsoleSession;
-use crate::store::now_ms;
+use crate::time::now_ms;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "paynotify_console";
@@ -383,7 +383,10 @@ pub async fn logout(
     State(app): State<App>,
     CheckedPost(session): CheckedPost,
 ) -> Result<Response, PageError> {
-    app.store.console().delete_console_session(&session.id_hash).await?;
+    app.store
+        .console()
+        .delete_console_session(&session.id_hash)
+        .await?;
     tracing::info!("console sign-out");
     let cleared = "paynotify_console=; HttpOnly; SameSite=Strict; Path=/console; Max-Age=0";
     Ok((

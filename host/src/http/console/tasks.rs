@@ -35,7 +35,11 @@ impl TasksQuery {
     /// The page of tasks asked for; 400 for an unknown status.
     async fn read(&self, app: &App) -> Result<Paged<TaskRecord>, PageError> {
         let keyset = id_keyset(self.older, self.newer);
-        let rows = app.store.console().page_tasks(&self.filter()?, &keyset).await?;
+        let rows = app
+            .store
+            .console()
+            .page_tasks(&self.filter()?, &keyset)
+            .await?;
         Ok(paged(rows, &keyset, page_size(self.limit)))
     }
 

@@ -9,7 +9,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::{CallContext, Capability, Getter};
 use crate::plugins::manifest::Manifest;
 use crate::plugins::world::since_v0_1::bindings::paynotify::plugin::db as wit;
-use crate::store::{self, DocError};
+use crate::store::DocError;
 
 /// Largest JSON document (or task payload) a handler may write.
 pub(super) const MAX_JSON_BYTES: usize = 256 * 1024;
@@ -22,7 +22,7 @@ pub(super) struct Db;
 impl Capability for Db {
     fn configure(manifest: &Manifest) -> Result<(), String> {
         for c in &manifest.collections {
-            if !store::valid_collection(c) {
+            if !crate::names::valid_collection(c) {
                 return Err(format!(
                     "key `collections`: `{c}` is not a valid collection name (letters, digits, - and _)"
                 ));
@@ -56,7 +56,11 @@ macro_rules! doc_op {
 
 impl CallContext {
     fn collection(&self, name: &str) -> Result<(), wit::DbError> {
-        valid(store::valid_collection(name), name, "collection name")?;
+        valid(
+            crate::names::valid_collection(name),
+            name,
+            "collection name",
+        )?;
         if !self.manifest.grants_collection(name) {
             return Err(wit::DbError::Denied(format!(
                 "collection `{name}` is not granted to plugin `{}` (add it to `collections` in {}.toml)",
@@ -109,11 +113,11 @@ fn json_object(
 }
 
 fn doc_id(id: &str) -> Result<(), wit::DbError> {
-    valid(store::valid_doc_id(id), id, "document id")
+    valid(crate::names::valid_doc_id(id), id, "document id")
 }
 
 fn field(name: &str) -> Result<(), wit::DbError> {
-    valid(store::valid_field(name), name, "field name")
+    valid(crate::names::valid_field(name), name, "field name")
 }
 
 /// `name` refused as `invalid` unless it is `valid`.

@@ -29,9 +29,6 @@ pub mod http;
 pub mod log;
 pub mod tasks;
 
-pub use crypto::{aes_decrypt, aes_encrypt, hmac_sha256, CRYPTO_DENIED_PREFIX};
-pub use http::{is_connection_header, HttpPolicy, ManifestPolicy};
-
 /// How the runtime reaches a call's context in its store's data.
 pub type Getter<T> = fn(&mut T) -> &mut CallContext;
 

@@ -10,7 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::db::MAX_JSON_BYTES;
 use super::{CallContext, Capability, Getter};
 use crate::plugins::world::since_v0_1::bindings::paynotify::plugin::tasks as wit;
-use crate::store::{self, NewTask};
+use crate::store::NewTask;
 
 /// The `tasks` capability.
 pub(super) struct Tasks;
@@ -44,7 +44,7 @@ impl wit::Host for CallContext {
             out_trade_no: self.tags.out_trade_no.clone(),
             provider: self.provider.clone(),
             account: self.account.clone(),
-            run_at: store::now_ms() + i64::from(delay_secs) * 1000,
+            run_at: crate::time::now_ms() + i64::from(delay_secs) * 1000,
         };
         let result = match self.op_tx().await {
             Ok(mut op) => {

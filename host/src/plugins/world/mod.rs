@@ -95,12 +95,12 @@ pub enum HandlerFailure {
     NotLoaded(String),
     /// The type's payment calls timed out repeatedly: it is not run until the cool-down
     /// is over (see [`super::breaker`]).
-    #[error("handler not run: its last {timeouts} payment calls timed out; failing fast until {}", crate::store::iso_time(*until))]
+    #[error("handler not run: its last {timeouts} payment calls timed out; failing fast until {}", crate::time::iso_time(*until))]
     FailingFast {
         /// Timeouts in a row.
         timeouts: u32,
         /// Until when (unix ms).
-        until: crate::store::Millis,
+        until: crate::time::Millis,
     },
 }
 

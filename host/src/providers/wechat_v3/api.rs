@@ -63,7 +63,7 @@ impl Api {
 
     /// The `Authorization` header for a request.
     fn authorization(&self, method: &str, path_and_query: &str, body: &str) -> String {
-        let timestamp = crate::store::now_ms() / 1000;
+        let timestamp = crate::time::now_ms() / 1000;
         let nonce = nonce();
         let message = format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body}\n");
         let signature = rsa_sign(&self.signer, message.as_bytes());
@@ -183,7 +183,7 @@ impl OrderApi for Api {
             NoticeKind::Paid(Payment {
                 transaction_id: transaction_id.to_owned(),
                 amount,
-                paid_at: crate::store::parse_time(str_or_empty(&tx, "success_time")).ok(),
+                paid_at: crate::time::parse_time(str_or_empty(&tx, "success_time")).ok(),
             })
         } else {
             NoticeKind::NotPaid {
