@@ -1,8 +1,34 @@
-//! paynotify: the host payment providers call when an order is paid.
+//! paynotify: the host payment providers call when an order is paid. It verifies the
+//! call, marks the order paid exactly once and runs that order type's WebAssembly handler.
 //!
-//! Reading order for newcomers: [`http`] (routes) → [`pipeline`] (the one transaction)
-//! → [`providers`] (parse + verify + answer) → [`store`] (SQLite / PostgreSQL) →
-//! [`plugins`] (registry, runtime + limits, capabilities).
+//! # Layout
+//!
+//! One paid notification passes through these modules, in this order (SPEC §5):
+//!
+//! 1. [`http`] (`http/notify.rs`): `POST /notify/{provider}[/{account}]`; unknown names answered 404
+//!    unread, the body read up to its limit, the pipeline spawned under a deadline.
+//! 2. [`pipeline`]: [`pipeline::Pipeline::receive`] stores the notification as received
+//!    (`pipeline/raw.rs`, group commit in `pipeline/batch.rs`), checks its content type
+//!    and verifies it with its provider.
+//! 3. [`providers`]: the [`providers::Provider`] trait; one folder per provider parses,
+//!    verifies and answers (`wechat_v2/`, `wechat_v3/`, `alipay/`, `cloudpay.rs`), its
+//!    `api.rs` half queries and closes orders; [`providers::registry`] builds both.
+//! 4. `pipeline/settle.rs`: in one transaction, lock the order, check amount and
+//!    account, mark it paid only if unpaid, record the verdict; `pipeline/pay.rs` runs the
+//!    handler inside that transaction; `pipeline/refund.rs` is the refund path.
+//! 5. [`plugins`]: the registry of loaded handlers (hot reload in `watch.rs`), the wasmtime
+//!    runtime and its limits, the capabilities a handler may import (one module each under
+//!    `capabilities/`), and the WIT worlds it may be built against (`world/`).
+//! 6. [`store`]: the [`store::Store`] and [`store::Tx`] traits, with `sqlite/` and
+//!    `postgres/` behind them; statements are text plus parameters beside their row mapping.
+//!
+//! Around that path: [`app`] wires the parts from the [`config`]; [`tasks`] runs the
+//! handlers' outbox after commit; [`orders`] creates orders; [`replay`], [`reconcile`],
+//! [`expiry`], [`stuck`] and [`retention`] are the ops entry points and background jobs;
+//! [`metrics`] and [`logging`] are what ops see; [`time`](mod@crate::time) and [`names`] are the small
+//! shared rules. The command line (`cli/`) belongs to the binary, not to this library.
+
+#![deny(missing_docs)]
 
 pub mod app;
 pub mod config;

@@ -1,16 +1,16 @@
 //! Processing one notification (SPEC §5):
 //!
 //! 1. store it as received, committed before anything else: nothing received is lost
-//!    ([`raw`]);
+//!    (`raw.rs`);
 //! 2. check its content type and verify it with its provider ([`Pipeline::receive`],
 //!    [`crate::providers`]);
 //! 3. find its order, 4. check amount and account;
 //! 5. in ONE transaction: mark the order paid only if unpaid, run the type's handler with
 //!    its writes and tasks in the same transaction, record the result; commit
-//!    ([`settle`], the handler call in [`pay`]); a refund takes [`refund`] instead;
-//! 6. answer the provider in its own convention ([`Pipeline::answer`]).
+//!    (`settle.rs`, the handler call in `pay.rs`); a refund takes [`refund`] instead;
+//! 6. answer the provider in its own convention (`Pipeline::answer`).
 //!
-//! Steps 1 and 5 are group commits ([`batch`]): notifications arriving together share
+//! Steps 1 and 5 are group commits (`batch.rs`): notifications arriving together share
 //! one transaction and one commit.
 
 mod batch;

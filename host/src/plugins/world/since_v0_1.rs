@@ -24,6 +24,8 @@ pub const INTERFACES: &[&str] = &["types", "db", "log", "http", "crypto", "tasks
 const REFUNDS_INTERFACE: &str = "paynotify:plugin/refunds";
 
 /// Host bindings of world `handler`.
+// Generated from wit/plugin.wit, where every item is documented.
+#[allow(missing_docs)]
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -35,6 +37,7 @@ pub mod bindings {
 
 /// Host bindings of world `handler-with-refunds`: the `handler` world plus the optional
 /// `refunds` export. Its imports are [`bindings`]' own, so one linker serves both.
+#[allow(missing_docs)]
 pub mod refund_bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
