@@ -28,10 +28,11 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
-use super::console::ConsoleStore;
 use super::notifications::{id_row, ids_in_order, insert_notifications};
-use super::orders::{insert_order, order_row};
+use super::orders::insert_order;
+use super::rows::order_row;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::traits::ConsoleStore;
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::DatabaseConfig;

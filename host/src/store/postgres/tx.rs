@@ -10,7 +10,7 @@ use super::{execute, fetch, POSTGRES};
 use crate::store::refunds::{self, NewRefund, RefundRecord};
 use crate::store::statement::{required, savepoint, Statement};
 use crate::store::types::{MarkPaid, NewTask, NotificationVerdict, Order, PaidOrder, Verdict};
-use crate::store::{documents, notifications, orders, tasks, DocError, StoreError, Tx};
+use crate::store::{documents, notifications, orders, rows, tasks, DocError, StoreError, Tx};
 use crate::time::now_ms;
 
 /// An open PostgreSQL transaction.
@@ -74,7 +74,7 @@ impl Tx for PgTx {
         let Some(st) = orders::select_order(out_trade_no, POSTGRES.for_update) else {
             return Ok(None);
         };
-        Ok(fetch(&mut self.tx, &st, orders::order_row).await?.pop())
+        Ok(fetch(&mut self.tx, &st, rows::order_row).await?.pop())
     }
 
     async fn mark_paid(&mut self, paid: &MarkPaid<'_>) -> Result<bool, StoreError> {
@@ -83,7 +83,7 @@ impl Tx for PgTx {
 
     async fn lock_orders(&mut self, out_trade_nos: &[&str]) -> Result<Vec<Order>, StoreError> {
         match orders::lock_orders(out_trade_nos, POSTGRES.for_update) {
-            Some(st) => fetch(&mut self.tx, &st, orders::order_row).await,
+            Some(st) => fetch(&mut self.tx, &st, rows::order_row).await,
             None => Ok(Vec::new()),
         }
     }

@@ -9,7 +9,7 @@ use super::{json_path, DOC_INC, SQLITE};
 use crate::store::refunds::{self, NewRefund, RefundRecord};
 use crate::store::statement::{required, savepoint, Statement};
 use crate::store::types::{MarkPaid, NewTask, NotificationVerdict, Order, PaidOrder, Verdict};
-use crate::store::{documents, notifications, orders, tasks, DocError, StoreError, Tx};
+use crate::store::{documents, notifications, orders, rows, tasks, DocError, StoreError, Tx};
 use crate::time::now_ms;
 
 /// An open write transaction on the writer. Dropping it without [`Tx::commit`] rolls
@@ -86,7 +86,7 @@ impl Tx for SqliteTx {
     async fn lock_order(&mut self, out_trade_no: &str) -> Result<Option<Order>, StoreError> {
         // BEGIN IMMEDIATE already holds the database write lock.
         match orders::select_order(out_trade_no, SQLITE.for_update) {
-            Some(st) => Ok(fetch(&self.conn, &st, orders::order_row)?.pop()),
+            Some(st) => Ok(fetch(&self.conn, &st, rows::order_row)?.pop()),
             None => Ok(None),
         }
     }
@@ -99,7 +99,7 @@ impl Tx for SqliteTx {
         let Some(st) = orders::lock_orders(out_trade_nos, SQLITE.for_update) else {
             return Ok(Vec::new());
         };
-        fetch(&self.conn, &st, orders::order_row)
+        fetch(&self.conn, &st, rows::order_row)
     }
 
     async fn settle_paid(&mut self, paid: &[PaidOrder]) -> Result<u64, StoreError> {
