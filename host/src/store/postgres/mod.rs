@@ -46,7 +46,7 @@ mod tx;
 pub struct PgStore {
     /// Reads and single writes.
     pool: PgPool,
-    /// Transactions and the raw-notification insert (see `pg_kept`).
+    /// Transactions and the raw-notification insert (see `kept.rs`).
     kept: Arc<KeptConns>,
     /// Bodies of notifications rejected without verifying are cut to this many bytes.
     cut_rejected_at: i32,
