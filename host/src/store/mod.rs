@@ -63,6 +63,7 @@ pub mod sqlite;
 mod statement;
 mod tasks;
 pub mod traits;
+mod tx;
 pub mod types;
 
 pub use error::{within, DocError, StoreError};
