@@ -125,7 +125,7 @@ fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
         }
     }
     if let Some(name) = &schema {
-        if !valid_schema(name) {
+        if !crate::names::valid_schema(name) {
             return Err(StoreError::Invalid(format!(
                 "database url: schema `{name}` must be 1-63 lower-case letters, digits or `_`, \
                  not starting with a digit"
@@ -138,14 +138,6 @@ fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
         format!("{base}?{}", kept.join("&"))
     };
     Ok((url, schema))
-}
-
-/// A schema name that needs no quoting anywhere (`search_path`, SQL).
-fn valid_schema(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
 }
 
 /// Creates `schema` if it does not exist, on a connection of its own (the pool's
