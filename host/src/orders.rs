@@ -42,13 +42,6 @@ pub enum OrderError {
     Store(StoreError),
 }
 
-/// WeChat and Alipay both accept 6–32 of these characters as a merchant order number.
-fn valid_out_trade_no(s: &str) -> bool {
-    (6..=32).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
-}
-
 /// A fresh order number: time-ordered and unguessable enough to be unique.
 fn generate_out_trade_no() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -100,7 +93,7 @@ pub async fn create(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
         Some(_) => return invalid("custom must be a JSON object".into()),
     };
     let out_trade_no = match req.out_trade_no {
-        Some(n) if valid_out_trade_no(&n) => n,
+        Some(n) if crate::names::valid_out_trade_no(&n) => n,
         Some(n) => {
             return invalid(format!(
                 "out_trade_no `{n}` must be 6-32 letters, digits or _-|*"
@@ -133,9 +126,9 @@ mod tests {
     fn generated_numbers_are_valid_and_distinct() {
         let a = generate_out_trade_no();
         let b = generate_out_trade_no();
-        assert!(valid_out_trade_no(&a), "{a}");
+        assert!(crate::names::valid_out_trade_no(&a), "{a}");
         assert_ne!(a, b);
-        assert!(!valid_out_trade_no("abc"));
-        assert!(!valid_out_trade_no("has space 123"));
+        assert!(!crate::names::valid_out_trade_no("abc"));
+        assert!(!crate::names::valid_out_trade_no("has space 123"));
     }
 }

@@ -117,7 +117,7 @@ pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return bad(&format!("use 1 to {MAX_NAME} characters"));
     }
-    if !paynotify::config::is_simple_name(name) {
+    if !paynotify::names::is_simple_name(name) {
         return bad(
             "use only ASCII letters, digits, - and _ (it names the .wasm file and the order type)",
         );
@@ -326,7 +326,7 @@ mod tests {
         }
         assert!(check_name(&"a".repeat(MAX_NAME)).is_ok());
         assert!(check_name(&"a".repeat(MAX_NAME + 1)).is_err());
-        assert!(paynotify::config::is_simple_name(&format!(
+        assert!(paynotify::names::is_simple_name(&format!(
             "{}_orders",
             "a".repeat(MAX_NAME)
         )));

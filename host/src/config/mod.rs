@@ -25,7 +25,6 @@ pub use sections::{
     DatabaseConfig, OrdersConfig, PluginsConfig, ReconcileConfig, RetentionConfig, ServerConfig,
     SqliteSynchronous, TasksConfig, SQLITE_PAYMENT_TIMEOUT_MS,
 };
-pub use validate::is_simple_name;
 pub(crate) use validate::split_authority;
 
 /// A configuration problem, always naming the key and its source.

@@ -151,7 +151,7 @@ impl Config {
                     ),
                 ));
             }
-            if !is_simple_name(&a.name) {
+            if !crate::names::is_simple_name(&a.name) {
                 return Err(err(
                     format!("accounts[{i}].name"),
                     "use letters, digits, `-` and `_` only".into(),
@@ -216,14 +216,6 @@ pub(crate) fn split_authority(text: &str) -> Option<(String, Option<u16>)> {
         _ => None,
     };
     Some((a.host().to_ascii_lowercase(), port))
-}
-
-/// Letters, digits, `-` and `_`: safe in URLs, file names and log lines.
-pub fn is_simple_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

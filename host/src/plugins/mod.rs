@@ -412,7 +412,7 @@ fn plugin_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if stem.starts_with('.') || !crate::config::is_simple_name(stem) {
+        if stem.starts_with('.') || !crate::names::is_simple_name(stem) {
             continue;
         }
         files.insert(stem.to_owned(), path);

@@ -10,8 +10,7 @@
 //! Notifications left `received` are claimed the same way, with their own lease column
 //! (`notifications.redrive_after`), by [`crate::stuck`].
 
-use super::notifications::NOTIFICATION_COLUMNS;
-use super::orders::ORDER_COLUMNS;
+use super::rows::{NOTIFICATION_COLUMNS, ORDER_COLUMNS};
 use super::statement::{Dialect, Statement};
 use super::types::{NotificationRecord, Order};
 use super::StoreError;

@@ -9,90 +9,17 @@
 
 use async_trait::async_trait;
 
-use super::notifications::{notification_row, NOTIFICATION_COLUMNS};
-use super::orders::{order_row, ORDER_COLUMNS};
+use super::rows::{
+    notification_row, order_row, task_row, NOTIFICATION_COLUMNS, ORDER_COLUMNS, TASK_COLUMNS,
+};
 use super::statement::{required, storable, Columns, On, Sql, Statement};
-use super::tasks::{task_row, TASK_COLUMNS};
+use super::traits::ConsoleStore;
 use super::types::{
-    NotificationFilter, NotificationRecord, Order, OrderCursor, OrderFilter, TaskRecord,
+    ConsoleSession, Keyset, NotificationFilter, NotificationRecord, Order, OrderCursor,
+    OrderFilter, TaskFilter, TaskRecord,
 };
 use super::StoreError;
 use crate::time::Millis;
-
-/// A console session as stored: the SHA-256 (hex) of the random id in the cookie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsoleSession {
-    /// SHA-256 of the session id, lower-case hex.
-    pub id_hash: String,
-    /// What the session is bound to: an HMAC keyed with the session id over the
-    /// credential it was made with (see `http/console/session.rs`), hex.
-    pub credential: String,
-    /// The token every console form posts back.
-    pub csrf_token: String,
-    /// When it was created.
-    pub created_at: Millis,
-    /// When it stops being accepted.
-    pub expires_at: Millis,
-}
-
-/// Where a page of a newest-first listing starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Keyset<C> {
-    /// The newest rows.
-    Newest,
-    /// The rows just older than this key (the "next" page).
-    Older(C),
-    /// The rows just newer than this key (the "previous" page).
-    Newer(C),
-}
-
-/// Filters for a page of tasks.
-#[derive(Debug, Clone, Default)]
-pub struct TaskFilter {
-    /// Only this status (`pending`, `running`, `done`, `dead`).
-    pub status: Option<String>,
-    /// Only the tasks of this order.
-    pub out_trade_no: Option<String>,
-    /// At most this many (capped at 500).
-    pub limit: u32,
-}
-
-/// The console's own queries (every backend's, reached through [`super::Store::console`]).
-#[async_trait]
-pub trait ConsoleStore: Send + Sync {
-    /// Stores a new session.
-    async fn create_console_session(&self, session: &ConsoleSession) -> Result<(), StoreError>;
-    /// The session with this id hash, if it exists and has not expired at `now`.
-    async fn console_session(
-        &self,
-        id_hash: &str,
-        now: Millis,
-    ) -> Result<Option<ConsoleSession>, StoreError>;
-    /// Deletes a session (sign-out); true if it existed.
-    async fn delete_console_session(&self, id_hash: &str) -> Result<bool, StoreError>;
-    /// Deletes sessions expired at `now`; how many.
-    async fn delete_expired_console_sessions(&self, now: Millis) -> Result<u64, StoreError>;
-    /// A page of orders matching `filter` (its `before` is ignored: `page` says where),
-    /// newest first.
-    async fn page_orders(
-        &self,
-        filter: &OrderFilter,
-        page: &Keyset<OrderCursor>,
-    ) -> Result<Vec<Order>, StoreError>;
-    /// A page of notifications matching `filter` (its `before_id` is ignored: `page` by
-    /// id says where), newest first.
-    async fn page_notifications(
-        &self,
-        filter: &NotificationFilter,
-        page: &Keyset<i64>,
-    ) -> Result<Vec<NotificationRecord>, StoreError>;
-    /// A page of tasks matching `filter`, newest first.
-    async fn page_tasks(
-        &self,
-        filter: &TaskFilter,
-        page: &Keyset<i64>,
-    ) -> Result<Vec<TaskRecord>, StoreError>;
-}
 
 /// A row of `console_sessions`.
 fn session_row(r: &dyn Columns) -> Result<ConsoleSession, StoreError> {

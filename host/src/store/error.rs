@@ -7,7 +7,7 @@ pub enum StoreError {
     /// The database said no (connection, constraint, syntax...).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// SQLite said no, on the writer connection (see `sqlite_writer`).
+    /// SQLite said no, on the writer connection (see `sqlite/writer.rs`).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// Schema migration failed at start-up.

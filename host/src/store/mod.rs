@@ -57,20 +57,22 @@ mod orders;
 pub mod postgres;
 pub mod ready;
 pub mod refunds;
-pub(crate) mod retention;
+mod retention;
+mod rows;
 pub mod sqlite;
 mod statement;
 mod tasks;
 pub mod traits;
+mod tx;
 pub mod types;
 
-pub use console::ConsoleStore;
 pub use error::{within, DocError, StoreError};
 pub use refunds::{NewRefund, RefundRecord};
-pub use traits::{NotificationStore, OrderStore, Store, TaskStore, Tx};
+pub use traits::{ConsoleStore, NotificationStore, OrderStore, Store, TaskStore, Tx};
 pub use types::{
-    status, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter, NotificationRecord,
-    NotificationVerdict, Order, OrderCursor, OrderFilter, PaidOrder, TaskEnd, TaskRecord, Verdict,
+    status, ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask,
+    NotificationFilter, NotificationRecord, NotificationVerdict, Order, OrderCursor, OrderFilter,
+    PaidOrder, TaskEnd, TaskFilter, TaskRecord, Verdict,
 };
 
 /// Opens the database named by the config URL and brings its schema up to date:

@@ -6,38 +6,14 @@ use async_trait::async_trait;
 
 use super::claims;
 use super::retention;
-use super::statement::{json, required, storable, storable_opt, Columns, On, Sql, Statement};
+use super::rows::{notification_row, NOTIFICATION_COLUMNS};
+use super::statement::{required, storable, storable_opt, Columns, On, Sql, Statement};
 use super::traits::NotificationStore;
 use super::types::{
     NewNotification, NotificationFilter, NotificationRecord, NotificationVerdict, Verdict,
 };
 use super::StoreError;
 use crate::time::{now_ms, Millis};
-
-/// Every column of `notifications` that [`notification_row`] reads.
-pub(crate) const NOTIFICATION_COLUMNS: &str =
-    "id, provider, account, received_at, remote_addr, headers, \
-     body, truncated, verdict, reason, out_trade_no, processed_at";
-
-/// A row of [`NOTIFICATION_COLUMNS`] as a [`NotificationRecord`].
-pub(crate) fn notification_row(r: &dyn Columns) -> Result<NotificationRecord, StoreError> {
-    let verdict = required(r.text("verdict")?, "verdict")?;
-    Ok(NotificationRecord {
-        id: required(r.int8("id")?, "id")?,
-        provider: required(r.text("provider")?, "provider")?,
-        account: r.text("account")?,
-        received_at: required(r.int8("received_at")?, "received_at")?,
-        remote_addr: r.text("remote_addr")?,
-        headers: required(json(r, "headers")?, "headers")?,
-        body: r.bytes("body")?,
-        truncated: r.boolean("truncated")?,
-        verdict: Verdict::parse(&verdict)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown verdict `{verdict}`")))?,
-        reason: r.text("reason")?,
-        out_trade_no: r.text("out_trade_no")?,
-        processed_at: r.int8("processed_at")?,
-    })
-}
 
 /// Stores a batch of raw notifications with one multi-row `INSERT … RETURNING id`;
 /// `None` for an empty batch (an empty `VALUES` list is not SQL). Rows take their ids in
@@ -138,6 +114,32 @@ pub(crate) fn push_finish_notifications<'a>(
     .push(") AS v WHERE notifications.id = v.column1");
 }
 
+/// The verdict statement of [`crate::store::NotificationStore::finish_notification`]:
+/// the payment transaction's (the same parameters), and in the same `UPDATE`, when
+/// `cut_at` (`$7`) is given (the caller gives it for the `rejected` verdict only), a
+/// body longer than `cut_at` bytes of a row left without an order is cut to that and
+/// marked `truncated`. (`length` and `substr` count bytes of a BLOB on SQLite, of a
+/// `bytea` on PostgreSQL.)
+pub(crate) fn finish_notification_cut<'a>(
+    id: i64,
+    verdict: Verdict,
+    reason: Option<&'a str>,
+    out_trade_no: Option<&'a str>,
+    account: Option<&'a str>,
+    cut_at: Option<i32>,
+) -> Statement<'a> {
+    let mut st = finish_notification(id, verdict, reason, out_trade_no, account);
+    st.text = "UPDATE notifications SET verdict = $2, reason = $3, \
+         out_trade_no = COALESCE($4, out_trade_no), account = COALESCE($5, account), processed_at = $6, \
+         body = CASE WHEN COALESCE($4, out_trade_no) IS NULL AND length(body) > $7 \
+                     THEN substr(body, 1, $7) ELSE body END, \
+         truncated = CASE WHEN COALESCE($4, out_trade_no) IS NULL AND length(body) > $7 \
+                          THEN TRUE ELSE truncated END \
+         WHERE id = $1"
+        .into();
+    st.bind(cut_at)
+}
+
 /// One stored notification.
 fn get_notification(id: i64) -> Statement<'static> {
     Statement::new(format!(
@@ -175,8 +177,7 @@ impl<S: Sql> NotificationStore for S {
         account: Option<&str>,
     ) -> Result<(), StoreError> {
         let cut_at = (verdict == Verdict::Rejected).then_some(self.cut_rejected_at());
-        let st =
-            retention::finish_notification_cut(id, verdict, reason, out_trade_no, account, cut_at);
+        let st = finish_notification_cut(id, verdict, reason, out_trade_no, account, cut_at);
         self.execute(On::Write, &st).await?;
         Ok(())
     }

@@ -8,44 +8,12 @@ use async_trait::async_trait;
 
 use super::claims;
 use super::refunds::{self, RefundRecord};
-use super::statement::{
-    json, required, storable, storable_opt, Columns, Dialect, On, Sql, Statement,
-};
+use super::rows::{order_row, ORDER_COLUMNS};
+use super::statement::{required, storable, storable_opt, Dialect, On, Sql, Statement};
 use super::traits::OrderStore;
 use super::types::{MarkPaid, NewOrder, Order, OrderFilter, PaidOrder};
 use super::StoreError;
 use crate::time::{now_ms, Millis};
-
-/// Every column of `orders` that [`order_row`] reads.
-pub(crate) const ORDER_COLUMNS: &str =
-    "out_trade_no, type, provider, account, total_fee, user_id, custom, \
-     status, refund_fee, transaction_id, pay_date, notify_date, handler_status, handler_result, \
-     handler_version, original_data, paid_notification_id, created_at, updated_at";
-
-/// A row of [`ORDER_COLUMNS`] as an [`Order`].
-pub(crate) fn order_row(r: &dyn Columns) -> Result<Order, StoreError> {
-    Ok(Order {
-        out_trade_no: required(r.text("out_trade_no")?, "out_trade_no")?,
-        order_type: required(r.text("type")?, "type")?,
-        provider: required(r.text("provider")?, "provider")?,
-        account: required(r.text("account")?, "account")?,
-        total_fee: required(r.int8("total_fee")?, "total_fee")?,
-        user_id: required(r.text("user_id")?, "user_id")?,
-        custom: json(r, "custom")?.unwrap_or(serde_json::Value::Null),
-        status: required(r.int4("status")?, "status")?,
-        refund_fee: required(r.int8("refund_fee")?, "refund_fee")?,
-        transaction_id: r.text("transaction_id")?,
-        pay_date: r.int8("pay_date")?,
-        notify_date: r.int8("notify_date")?,
-        handler_status: required(r.text("handler_status")?, "handler_status")?,
-        handler_result: json(r, "handler_result")?,
-        handler_version: r.text("handler_version")?,
-        original_data: json(r, "original_data")?,
-        paid_notification_id: r.int8("paid_notification_id")?,
-        created_at: required(r.int8("created_at")?, "created_at")?,
-        updated_at: required(r.int8("updated_at")?, "updated_at")?,
-    })
-}
 
 /// Inserts an order, returning it.
 pub(crate) fn insert_order(o: &NewOrder) -> Statement<'_> {

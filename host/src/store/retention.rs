@@ -13,36 +13,8 @@
 //! verified once and is rejected by a later replay (say, after a key rotation): the
 //! verdict statements only ever add an order number, never clear it.
 
-use super::notifications;
 use super::statement::{Dialect, Statement};
-use super::types::Verdict;
 use crate::time::Millis;
-
-/// The verdict statement of [`crate::store::NotificationStore::finish_notification`]:
-/// the payment transaction's (the same parameters), and in the same `UPDATE`, when
-/// `cut_at` (`$7`) is given (the caller gives it for the `rejected` verdict only), a
-/// body longer than `cut_at` bytes of a row left without an order is cut to that and
-/// marked `truncated`. (`length` and `substr` count bytes of a BLOB on SQLite, of a
-/// `bytea` on PostgreSQL.)
-pub(crate) fn finish_notification_cut<'a>(
-    id: i64,
-    verdict: Verdict,
-    reason: Option<&'a str>,
-    out_trade_no: Option<&'a str>,
-    account: Option<&'a str>,
-    cut_at: Option<i32>,
-) -> Statement<'a> {
-    let mut st = notifications::finish_notification(id, verdict, reason, out_trade_no, account);
-    st.text = "UPDATE notifications SET verdict = $2, reason = $3, \
-         out_trade_no = COALESCE($4, out_trade_no), account = COALESCE($5, account), processed_at = $6, \
-         body = CASE WHEN COALESCE($4, out_trade_no) IS NULL AND length(body) > $7 \
-                     THEN substr(body, 1, $7) ELSE body END, \
-         truncated = CASE WHEN COALESCE($4, out_trade_no) IS NULL AND length(body) > $7 \
-                          THEN TRUE ELSE truncated END \
-         WHERE id = $1"
-        .into();
-    st.bind(cut_at)
-}
 
 /// Deletes up to `limit` of the oldest notifications rejected without an order that
 /// arrived before `received_before`, in one statement. On PostgreSQL rows another

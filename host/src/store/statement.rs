@@ -369,7 +369,7 @@ pub fn storable_opt(text: Option<&str>) -> Option<Cow<'_, str>> {
 
 /// Savepoint names are spliced into SQL: plain names only.
 pub fn savepoint(verb: &str, name: &str) -> Result<String, StoreError> {
-    if crate::config::is_simple_name(name) && !name.contains('-') {
+    if crate::names::is_simple_name(name) && !name.contains('-') {
         Ok(format!("{verb} {name}"))
     } else {
         Err(StoreError::Invalid(format!("bad savepoint name `{name}`")))

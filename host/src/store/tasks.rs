@@ -5,35 +5,12 @@
 use async_trait::async_trait;
 
 use super::documents;
-use super::statement::{json, required, storable, storable_opt, Columns, On, Sql, Statement};
+use super::rows::{task_row, TASK_COLUMNS};
+use super::statement::{required, storable, storable_opt, On, Sql, Statement};
 use super::traits::TaskStore;
 use super::types::{NewTask, TaskEnd, TaskRecord};
 use super::StoreError;
 use crate::time::{iso_time, now_ms, Millis};
-
-/// Every column of `tasks` that [`task_row`] reads.
-pub(crate) const TASK_COLUMNS: &str =
-    "id, plugin, name, payload, out_trade_no, provider, account, status, \
-     attempts, run_at, last_error, errors, created_at";
-
-/// A row of [`TASK_COLUMNS`] as a [`TaskRecord`].
-pub(crate) fn task_row(r: &dyn Columns) -> Result<TaskRecord, StoreError> {
-    Ok(TaskRecord {
-        id: required(r.int8("id")?, "id")?,
-        plugin: required(r.text("plugin")?, "plugin")?,
-        name: required(r.text("name")?, "name")?,
-        payload: required(r.text("payload")?, "payload")?,
-        out_trade_no: r.text("out_trade_no")?,
-        provider: r.text("provider")?,
-        account: r.text("account")?,
-        status: required(r.text("status")?, "status")?,
-        attempts: required(r.int4("attempts")?, "attempts")?,
-        run_at: required(r.int8("run_at")?, "run_at")?,
-        last_error: r.text("last_error")?,
-        errors: required(json(r, "errors")?, "task errors")?,
-        created_at: required(r.int8("created_at")?, "created_at")?,
-    })
-}
 
 /// Inserts a task (the outbox), returning its id.
 pub(crate) fn enqueue_task(t: &NewTask) -> Statement<'_> {

@@ -10,11 +10,11 @@
 
 use async_trait::async_trait;
 
-use super::console::ConsoleStore;
 use super::refunds::{NewRefund, RefundRecord};
 use super::types::{
-    MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter, NotificationRecord,
-    NotificationVerdict, Order, OrderFilter, PaidOrder, TaskEnd, TaskRecord, Verdict,
+    ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
+    NotificationRecord, NotificationVerdict, Order, OrderCursor, OrderFilter, PaidOrder, TaskEnd,
+    TaskFilter, TaskRecord, Verdict,
 };
 use super::{DocError, StoreError};
 use crate::time::Millis;
@@ -310,4 +310,41 @@ pub trait Tx: Send {
         result: &serde_json::Value,
         handler_version: Option<&str>,
     ) -> Result<(), StoreError>;
+}
+
+/// The console's own queries (every backend's, reached through [`Store::console`]).
+#[async_trait]
+pub trait ConsoleStore: Send + Sync {
+    /// Stores a new session.
+    async fn create_console_session(&self, session: &ConsoleSession) -> Result<(), StoreError>;
+    /// The session with this id hash, if it exists and has not expired at `now`.
+    async fn console_session(
+        &self,
+        id_hash: &str,
+        now: Millis,
+    ) -> Result<Option<ConsoleSession>, StoreError>;
+    /// Deletes a session (sign-out); true if it existed.
+    async fn delete_console_session(&self, id_hash: &str) -> Result<bool, StoreError>;
+    /// Deletes sessions expired at `now`; how many.
+    async fn delete_expired_console_sessions(&self, now: Millis) -> Result<u64, StoreError>;
+    /// A page of orders matching `filter` (its `before` is ignored: `page` says where),
+    /// newest first.
+    async fn page_orders(
+        &self,
+        filter: &OrderFilter,
+        page: &Keyset<OrderCursor>,
+    ) -> Result<Vec<Order>, StoreError>;
+    /// A page of notifications matching `filter` (its `before_id` is ignored: `page` by
+    /// id says where), newest first.
+    async fn page_notifications(
+        &self,
+        filter: &NotificationFilter,
+        page: &Keyset<i64>,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// A page of tasks matching `filter`, newest first.
+    async fn page_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &Keyset<i64>,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
 }

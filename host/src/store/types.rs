@@ -430,6 +430,44 @@ pub struct NotificationVerdict<'a> {
     pub account: Option<&'a str>,
 }
 
+/// A console session as stored: the SHA-256 (hex) of the random id in the cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 of the session id, lower-case hex.
+    pub id_hash: String,
+    /// What the session is bound to: an HMAC keyed with the session id over the
+    /// credential it was made with (see `http/console/session.rs`), hex.
+    pub credential: String,
+    /// The token every console form posts back.
+    pub csrf_token: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it stops being accepted.
+    pub expires_at: Millis,
+}
+
+/// Where a page of a newest-first listing starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keyset<C> {
+    /// The newest rows.
+    Newest,
+    /// The rows just older than this key (the "next" page).
+    Older(C),
+    /// The rows just newer than this key (the "previous" page).
+    Newer(C),
+}
+
+/// Filters for a page of tasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only this status (`pending`, `running`, `done`, `dead`).
+    pub status: Option<String>,
+    /// Only the tasks of this order.
+    pub out_trade_no: Option<String>,
+    /// At most this many (capped at 500).
+    pub limit: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

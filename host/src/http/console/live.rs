@@ -29,7 +29,7 @@ use super::widgets::urlencode;
 use super::{page, Nav, PageError, Session};
 use crate::app::App;
 use crate::http::sse::{self, shutting_down, Shutdown};
-use crate::store::console::Keyset;
+use crate::store::Keyset;
 use crate::store::{NotificationFilter, NotificationRecord, Verdict};
 use crate::time::iso_time;
 

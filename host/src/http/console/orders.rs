@@ -14,10 +14,10 @@ use super::widgets::{
 };
 use super::{page, Nav, PageError, PageQuery, Session};
 use crate::app::App;
-use crate::store::console::{Keyset, TaskFilter};
 use crate::store::{
     status, NotificationFilter, NotificationRecord, Order, OrderCursor, OrderFilter, TaskRecord,
 };
+use crate::store::{Keyset, TaskFilter};
 
 /// Where the list is.
 const PATH: &str = "/console/orders";

@@ -38,7 +38,7 @@ use super::{bare_page, PageError};
 use crate::app::App;
 use crate::http::auth::same_secret;
 use crate::http::hosts::AllowedHosts;
-use crate::store::console::ConsoleSession;
+use crate::store::ConsoleSession;
 use crate::time::now_ms;
 
 /// The session cookie's name.

@@ -11,7 +11,7 @@ use super::session::CheckedPost;
 use super::widgets::{csrf_field, given, id_keyset, order_link, page_size, paged, Paged};
 use super::{page, Nav, PageError, PageQuery, Session};
 use crate::app::App;
-use crate::store::console::TaskFilter;
+use crate::store::TaskFilter;
 use crate::store::TaskRecord;
 
 /// Where the list is.

@@ -8,7 +8,7 @@
 use maud::{html, Markup};
 
 use super::Session;
-use crate::store::console::Keyset;
+use crate::store::Keyset;
 use crate::store::{status, Verdict};
 
 /// Rows per page unless `limit` says otherwise.

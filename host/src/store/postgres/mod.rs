@@ -28,10 +28,11 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
-use super::console::ConsoleStore;
 use super::notifications::{id_row, ids_in_order, insert_notifications};
-use super::orders::{insert_order, order_row};
+use super::orders::insert_order;
+use super::rows::order_row;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::traits::ConsoleStore;
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::DatabaseConfig;
@@ -45,7 +46,7 @@ mod tx;
 pub struct PgStore {
     /// Reads and single writes.
     pool: PgPool,
-    /// Transactions and the raw-notification insert (see `pg_kept`).
+    /// Transactions and the raw-notification insert (see `kept.rs`).
     kept: Arc<KeptConns>,
     /// Bodies of notifications rejected without verifying are cut to this many bytes.
     cut_rejected_at: i32,
@@ -124,7 +125,7 @@ fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
         }
     }
     if let Some(name) = &schema {
-        if !valid_schema(name) {
+        if !crate::names::valid_schema(name) {
             return Err(StoreError::Invalid(format!(
                 "database url: schema `{name}` must be 1-63 lower-case letters, digits or `_`, \
                  not starting with a digit"
@@ -137,14 +138,6 @@ fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
         format!("{base}?{}", kept.join("&"))
     };
     Ok((url, schema))
-}
-
-/// A schema name that needs no quoting anywhere (`search_path`, SQL).
-fn valid_schema(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
 }
 
 /// Creates `schema` if it does not exist, on a connection of its own (the pool's

@@ -1,16 +1,17 @@
-//! PostgreSQL's payment transaction: [`Tx`] on a kept connection (see `kept`), every
-//! statement the shared one of its concern, except the two that need PostgreSQL's own
-//! SQL: the atomic increment (`doc_inc`) and the merge lock (`doc_get_for_update`).
+//! PostgreSQL's payment transaction: the [`TxConn`] seam on a kept connection (see
+//! `kept.rs`), so [`Tx`](crate::store::Tx) is the shared one, plus what needs
+//! PostgreSQL's own SQL: the end of a batch in one statement, the atomic increment
+//! (`doc_inc`) and the merge lock (`doc_get_for_update`).
 
 use async_trait::async_trait;
 use sqlx::Executor;
 
 use super::kept::Kept;
 use super::{execute, fetch, POSTGRES};
-use crate::store::refunds::{self, NewRefund, RefundRecord};
-use crate::store::statement::{required, savepoint, Statement};
-use crate::store::types::{MarkPaid, NewTask, NotificationVerdict, Order, PaidOrder, Verdict};
-use crate::store::{documents, notifications, orders, tasks, DocError, StoreError, Tx};
+use crate::store::statement::{required, savepoint, Dialect, RowMap, Statement};
+use crate::store::tx::{select_doc, write_doc, TxConn};
+use crate::store::types::{NotificationVerdict, PaidOrder};
+use crate::store::{documents, notifications, orders, DocError, StoreError};
 use crate::time::now_ms;
 
 /// An open PostgreSQL transaction.
@@ -23,27 +24,6 @@ impl PgTx {
     pub(super) fn new(tx: Kept) -> Self {
         PgTx { tx }
     }
-
-    /// Runs `SAVEPOINT`, `RELEASE SAVEPOINT` or `ROLLBACK TO SAVEPOINT` (`verb`).
-    async fn savepoint_op(&mut self, verb: &str, name: &str) -> Result<(), StoreError> {
-        (&mut *self.tx)
-            .execute(savepoint(verb, name)?.as_str())
-            .await?;
-        Ok(())
-    }
-
-    /// The `INSERT` of a document, refused up front if PostgreSQL cannot store it; true
-    /// if a row was written.
-    async fn write_document(
-        &mut self,
-        collection: &str,
-        id: &str,
-        data: &str,
-        on_conflict: &str,
-    ) -> Result<u64, DocError> {
-        let st = documents::write(&POSTGRES, collection, id, data, on_conflict)?;
-        Ok(execute(&mut self.tx, &st).await?)
-    }
 }
 
 /// How often `doc_get_for_update` retries when the document is deleted between its two
@@ -51,62 +31,32 @@ impl PgTx {
 const LOCK_ATTEMPTS: usize = 3;
 
 #[async_trait]
-impl Tx for PgTx {
-    async fn savepoint(&mut self, name: &str) -> Result<(), StoreError> {
-        self.savepoint_op("SAVEPOINT", name).await
+impl TxConn for PgTx {
+    fn dialect(&self) -> &'static Dialect {
+        &POSTGRES
     }
 
-    async fn release(&mut self, name: &str) -> Result<(), StoreError> {
-        self.savepoint_op("RELEASE SAVEPOINT", name).await
+    async fn fetch<T: Send + 'static>(
+        &mut self,
+        st: &Statement<'_>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        fetch(&mut self.tx, st, map).await
     }
 
-    async fn rollback_to(&mut self, name: &str) -> Result<(), StoreError> {
-        self.savepoint_op("ROLLBACK TO SAVEPOINT", name).await?;
-        self.savepoint_op("RELEASE SAVEPOINT", name).await
+    async fn execute(&mut self, st: &Statement<'_>) -> Result<u64, StoreError> {
+        execute(&mut self.tx, st).await
+    }
+
+    async fn savepoint_op(&mut self, verb: &str, name: &str) -> Result<(), StoreError> {
+        (&mut *self.tx)
+            .execute(savepoint(verb, name)?.as_str())
+            .await?;
+        Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.tx.commit().await?;
-        Ok(())
-    }
-
-    async fn lock_order(&mut self, out_trade_no: &str) -> Result<Option<Order>, StoreError> {
-        let Some(st) = orders::select_order(out_trade_no, POSTGRES.for_update) else {
-            return Ok(None);
-        };
-        Ok(fetch(&mut self.tx, &st, orders::order_row).await?.pop())
-    }
-
-    async fn mark_paid(&mut self, paid: &MarkPaid<'_>) -> Result<bool, StoreError> {
-        Ok(execute(&mut self.tx, &orders::mark_paid(paid)).await? == 1)
-    }
-
-    async fn lock_orders(&mut self, out_trade_nos: &[&str]) -> Result<Vec<Order>, StoreError> {
-        match orders::lock_orders(out_trade_nos, POSTGRES.for_update) {
-            Some(st) => fetch(&mut self.tx, &st, orders::order_row).await,
-            None => Ok(Vec::new()),
-        }
-    }
-
-    async fn settle_paid(&mut self, paid: &[PaidOrder]) -> Result<u64, StoreError> {
-        if paid.is_empty() {
-            return Ok(0);
-        }
-        let mut st = Statement::build();
-        orders::push_settle_paid(&mut st, paid);
-        execute(&mut self.tx, &st).await
-    }
-
-    async fn finish_notifications(
-        &mut self,
-        rows: &[NotificationVerdict<'_>],
-    ) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut st = Statement::build();
-        notifications::push_finish_notifications(&mut st, rows);
-        execute(&mut self.tx, &st).await?;
         Ok(())
     }
 
@@ -120,8 +70,8 @@ impl Tx for PgTx {
         if paid.is_empty() || rows.is_empty() {
             // An empty `VALUES` list is not SQL; each of these skips its statement when
             // its list is empty (a batch with no payment still records its verdicts).
-            let marked = self.settle_paid(paid).await?;
-            self.finish_notifications(rows).await?;
+            let marked = crate::store::tx::settle_paid(self, paid).await?;
+            crate::store::tx::finish_notifications(self, rows).await?;
             return Ok(marked);
         }
         let mut st = Statement::build();
@@ -130,39 +80,8 @@ impl Tx for PgTx {
         st.push(" RETURNING 1), done AS (");
         notifications::push_finish_notifications(&mut st, rows);
         st.push(") SELECT count(*) AS n FROM paid");
-        let marked = fetch(&mut self.tx, &st, |r| required(r.int8("n")?, "n")).await?;
+        let marked = TxConn::fetch(self, &st, |r| required(r.int8("n")?, "n")).await?;
         Ok(u64::try_from(marked.into_iter().next().unwrap_or_default()).unwrap_or_default())
-    }
-
-    async fn set_handler_result(
-        &mut self,
-        out_trade_no: &str,
-        handler_status: &str,
-        result: &serde_json::Value,
-        handler_version: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let st = orders::set_handler_result(out_trade_no, handler_status, result, handler_version);
-        execute(&mut self.tx, &st).await?;
-        Ok(())
-    }
-
-    async fn finish_notification(
-        &mut self,
-        id: i64,
-        verdict: Verdict,
-        reason: Option<&str>,
-        out_trade_no: Option<&str>,
-        account: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let st = notifications::finish_notification(id, verdict, reason, out_trade_no, account);
-        execute(&mut self.tx, &st).await?;
-        Ok(())
-    }
-
-    async fn doc_get(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError> {
-        let st = documents::select(&POSTGRES, collection, id, "");
-        let found = fetch(&mut self.tx, &st, |r| r.text("data")).await?;
-        Ok(found.into_iter().next().flatten())
     }
 
     /// Locks the document for a read-modify-write (`set` with merge) until the
@@ -187,16 +106,10 @@ impl Tx for PgTx {
         id: &str,
     ) -> Result<Option<String>, DocError> {
         for _ in 0..LOCK_ATTEMPTS {
-            if self
-                .write_document(collection, id, "{}", documents::KEEP)
-                .await?
-                == 1
-            {
+            if write_doc(self, collection, id, "{}", documents::KEEP).await? == 1 {
                 return Ok(None);
             }
-            let st = documents::select(&POSTGRES, collection, id, POSTGRES.for_update);
-            let found = fetch(&mut self.tx, &st, |r| r.text("data")).await?;
-            if let Some(text) = found.into_iter().next().flatten() {
+            if let Some(text) = select_doc(self, collection, id, POSTGRES.for_update).await? {
                 return Ok(Some(text));
             }
             // Deleted (and committed) between the two statements: make it exist again.
@@ -204,19 +117,6 @@ impl Tx for PgTx {
         Err(DocError::Invalid(format!(
             "document {collection}/{id} is being deleted and re-created concurrently; try again"
         )))
-    }
-
-    async fn doc_insert(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError> {
-        let changed = self
-            .write_document(collection, id, data, documents::KEEP)
-            .await?;
-        documents::inserted(changed, collection, id)
-    }
-
-    async fn doc_put(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError> {
-        self.write_document(collection, id, data, documents::REPLACE)
-            .await?;
-        Ok(())
     }
 
     /// One statement: create the document with the field, or add to the field if it is
@@ -251,74 +151,11 @@ impl Tx for PgTx {
         .bind(field)
         .bind(delta)
         .bind(now_ms());
-        let value = fetch(&mut self.tx, &st, |r| r.int8("value")).await?;
+        let value = TxConn::fetch(self, &st, |r| r.int8("value")).await?;
         value
             .into_iter()
             .next()
             .flatten()
             .ok_or_else(|| DocError::NotANumber(field.to_owned()))
-    }
-
-    async fn doc_delete(&mut self, collection: &str, id: &str) -> Result<bool, DocError> {
-        Ok(execute(&mut self.tx, &documents::delete(collection, id)).await? == 1)
-    }
-
-    async fn doc_query(
-        &mut self,
-        collection: &str,
-        filters: &[(String, serde_json::Value)],
-        limit: u32,
-    ) -> Result<Vec<(String, String)>, DocError> {
-        match documents::query(&POSTGRES, collection, filters, limit) {
-            Some(st) => Ok(fetch(&mut self.tx, &st, documents::id_and_data).await?),
-            // No stored document can hold that value.
-            None => Ok(Vec::new()),
-        }
-    }
-
-    async fn enqueue_task(&mut self, task: &NewTask) -> Result<i64, StoreError> {
-        let id = fetch(&mut self.tx, &tasks::enqueue_task(task), |r| {
-            required(r.int8("id")?, "id")
-        })
-        .await?;
-        id.into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Invalid("task insert returned no id".into()))
-    }
-
-    async fn get_refund(
-        &mut self,
-        out_trade_no: &str,
-        out_refund_no: &str,
-    ) -> Result<Option<RefundRecord>, StoreError> {
-        let st = refunds::select_refund(out_trade_no, out_refund_no);
-        Ok(fetch(&mut self.tx, &st, refunds::refund_row).await?.pop())
-    }
-
-    async fn apply_refund(&mut self, refund: &NewRefund<'_>) -> Result<bool, StoreError> {
-        if execute(&mut self.tx, &refunds::insert_refund(refund)).await? != 1 {
-            return Ok(false);
-        }
-        let changed = execute(&mut self.tx, &refunds::add_to_order(refund)).await?;
-        refunds::added(changed, refund)
-    }
-
-    async fn set_refund_handler_result(
-        &mut self,
-        out_trade_no: &str,
-        out_refund_no: &str,
-        handler_status: &str,
-        result: &serde_json::Value,
-        handler_version: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let st = refunds::set_refund_handler_result(
-            out_trade_no,
-            out_refund_no,
-            handler_status,
-            result,
-            handler_version,
-        );
-        execute(&mut self.tx, &st).await?;
-        Ok(())
     }
 }

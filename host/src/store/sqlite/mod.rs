@@ -17,8 +17,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use super::console::ConsoleStore;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::traits::ConsoleStore;
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
@@ -314,7 +314,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        Ok(Box::new(self.tx_writer.begin().await?))
+        Ok(Box::new(tx::SqliteTx::new(self.tx_writer.begin().await?)))
     }
 
     async fn ready(&self) -> Result<(), String> {

@@ -26,10 +26,10 @@ use std::time::Duration;
 use rusqlite::{CachedStatement, Connection, OpenFlags};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::tx::SqliteTx;
 use crate::config::SqliteSynchronous;
 use crate::store::notifications::{id_row, ids_in_order, insert_notifications};
-use crate::store::orders::{insert_order, order_row};
+use crate::store::orders::insert_order;
+use crate::store::rows::order_row;
 use crate::store::statement::{Columns, RowMap, Statement};
 use crate::store::types::{NewNotification, NewOrder, Order};
 use crate::store::StoreError;
@@ -116,11 +116,12 @@ impl Writer {
         })
     }
 
-    /// `BEGIN IMMEDIATE`: a transaction holding the database write lock until it ends.
-    pub(super) async fn begin(&self) -> Result<SqliteTx, StoreError> {
+    /// `BEGIN IMMEDIATE`: the writer, held, in a transaction holding the database write
+    /// lock until it ends (the caller wraps it in a `SqliteTx`, which ends it).
+    pub(super) async fn begin(&self) -> Result<Held, StoreError> {
         let held = self.lock().await;
         self.run_waiting(&held, |c| c.execute_batch("BEGIN IMMEDIATE"))?;
-        Ok(SqliteTx::new(held))
+        Ok(held)
     }
 
     /// Runs `f` in `BEGIN IMMEDIATE … COMMIT` on the held writer: when this returns

@@ -1,0 +1,286 @@
+//! The payment transaction, written once: [`Tx`] for every backend's open transaction
+//! through the small [`TxConn`] seam (run one statement, run a savepoint verb, commit),
+//! as [`Sql`](super::statement::Sql) does outside transactions. What a backend does its
+//! own way stays with it: the atomic increment, the locked read of a document, and
+//! (PostgreSQL) the end of a batch in one statement.
+
+use async_trait::async_trait;
+
+use super::refunds::{self, NewRefund, RefundRecord};
+use super::rows::order_row;
+use super::statement::{required, Dialect, RowMap, Statement};
+use super::traits::Tx;
+use super::types::{MarkPaid, NewTask, NotificationVerdict, Order, PaidOrder, Verdict};
+use super::{documents, notifications, orders, tasks, DocError, StoreError};
+
+/// An open transaction as the shared statements see it.
+#[async_trait]
+pub(crate) trait TxConn: Send {
+    /// The fragments in which its SQL differs.
+    fn dialect(&self) -> &'static Dialect;
+    /// Runs a statement that returns rows, mapping each with `map`.
+    async fn fetch<T: Send + 'static>(
+        &mut self,
+        st: &Statement<'_>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>, StoreError>;
+    /// Runs a statement; how many rows it changed.
+    async fn execute(&mut self, st: &Statement<'_>) -> Result<u64, StoreError>;
+    /// Runs `SAVEPOINT`, `RELEASE SAVEPOINT` or `ROLLBACK TO SAVEPOINT` (`verb`) `name`.
+    async fn savepoint_op(&mut self, verb: &str, name: &str) -> Result<(), StoreError>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// [`Tx::settle`]: marks the batch's orders paid, then records its verdicts.
+    async fn settle(
+        &mut self,
+        paid: &[PaidOrder],
+        rows: &[NotificationVerdict<'_>],
+    ) -> Result<u64, StoreError> {
+        let marked = settle_paid(self, paid).await?;
+        finish_notifications(self, rows).await?;
+        Ok(marked)
+    }
+    /// [`Tx::doc_get_for_update`].
+    async fn doc_get_for_update(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, DocError>;
+    /// [`Tx::doc_inc`].
+    async fn doc_inc(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<i64, DocError>;
+}
+
+/// [`Tx::settle_paid`] on any backend.
+pub(crate) async fn settle_paid<C: TxConn + ?Sized>(
+    conn: &mut C,
+    paid: &[PaidOrder],
+) -> Result<u64, StoreError> {
+    if paid.is_empty() {
+        return Ok(0);
+    }
+    let mut st = Statement::build();
+    orders::push_settle_paid(&mut st, paid);
+    conn.execute(&st).await
+}
+
+/// [`Tx::finish_notifications`] on any backend.
+pub(crate) async fn finish_notifications<C: TxConn + ?Sized>(
+    conn: &mut C,
+    rows: &[NotificationVerdict<'_>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut st = Statement::build();
+    notifications::push_finish_notifications(&mut st, rows);
+    conn.execute(&st).await?;
+    Ok(())
+}
+
+/// A document's JSON text, read with `lock` (empty, or the dialect's `FOR UPDATE`).
+pub(crate) async fn select_doc<C: TxConn + ?Sized>(
+    conn: &mut C,
+    collection: &str,
+    id: &str,
+    lock: &str,
+) -> Result<Option<String>, DocError> {
+    let st = documents::select(conn.dialect(), collection, id, lock);
+    let found = conn.fetch(&st, |r| r.text("data")).await?;
+    Ok(found.into_iter().next().flatten())
+}
+
+/// The `INSERT` of a document with `on_conflict`, refused up front if the backend
+/// cannot store it; how many rows it wrote.
+pub(crate) async fn write_doc<C: TxConn + ?Sized>(
+    conn: &mut C,
+    collection: &str,
+    id: &str,
+    data: &str,
+    on_conflict: &str,
+) -> Result<u64, DocError> {
+    let st = documents::write(conn.dialect(), collection, id, data, on_conflict)?;
+    Ok(conn.execute(&st).await?)
+}
+
+#[async_trait]
+impl<C: TxConn> Tx for C {
+    async fn savepoint(&mut self, name: &str) -> Result<(), StoreError> {
+        self.savepoint_op("SAVEPOINT", name).await
+    }
+
+    async fn release(&mut self, name: &str) -> Result<(), StoreError> {
+        self.savepoint_op("RELEASE SAVEPOINT", name).await
+    }
+
+    async fn rollback_to(&mut self, name: &str) -> Result<(), StoreError> {
+        self.savepoint_op("ROLLBACK TO SAVEPOINT", name).await?;
+        self.savepoint_op("RELEASE SAVEPOINT", name).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        TxConn::commit(self).await
+    }
+
+    async fn lock_order(&mut self, out_trade_no: &str) -> Result<Option<Order>, StoreError> {
+        // On SQLite the lock fragment is empty: `BEGIN IMMEDIATE` already holds the
+        // database write lock.
+        match orders::select_order(out_trade_no, self.dialect().for_update) {
+            Some(st) => Ok(self.fetch(&st, order_row).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn mark_paid(&mut self, paid: &MarkPaid<'_>) -> Result<bool, StoreError> {
+        Ok(self.execute(&orders::mark_paid(paid)).await? == 1)
+    }
+
+    async fn lock_orders(&mut self, out_trade_nos: &[&str]) -> Result<Vec<Order>, StoreError> {
+        match orders::lock_orders(out_trade_nos, self.dialect().for_update) {
+            Some(st) => self.fetch(&st, order_row).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn settle_paid(&mut self, paid: &[PaidOrder]) -> Result<u64, StoreError> {
+        settle_paid(self, paid).await
+    }
+
+    async fn finish_notifications(
+        &mut self,
+        rows: &[NotificationVerdict<'_>],
+    ) -> Result<(), StoreError> {
+        finish_notifications(self, rows).await
+    }
+
+    async fn settle(
+        &mut self,
+        paid: &[PaidOrder],
+        rows: &[NotificationVerdict<'_>],
+    ) -> Result<u64, StoreError> {
+        TxConn::settle(self, paid, rows).await
+    }
+
+    async fn set_handler_result(
+        &mut self,
+        out_trade_no: &str,
+        handler_status: &str,
+        result: &serde_json::Value,
+        handler_version: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let st = orders::set_handler_result(out_trade_no, handler_status, result, handler_version);
+        self.execute(&st).await?;
+        Ok(())
+    }
+
+    async fn finish_notification(
+        &mut self,
+        id: i64,
+        verdict: Verdict,
+        reason: Option<&str>,
+        out_trade_no: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let st = notifications::finish_notification(id, verdict, reason, out_trade_no, account);
+        self.execute(&st).await?;
+        Ok(())
+    }
+
+    async fn doc_get(&mut self, collection: &str, id: &str) -> Result<Option<String>, DocError> {
+        select_doc(self, collection, id, "").await
+    }
+
+    async fn doc_get_for_update(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, DocError> {
+        TxConn::doc_get_for_update(self, collection, id).await
+    }
+
+    async fn doc_insert(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError> {
+        let changed = write_doc(self, collection, id, data, documents::KEEP).await?;
+        documents::inserted(changed, collection, id)
+    }
+
+    async fn doc_put(&mut self, collection: &str, id: &str, data: &str) -> Result<(), DocError> {
+        write_doc(self, collection, id, data, documents::REPLACE).await?;
+        Ok(())
+    }
+
+    async fn doc_inc(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<i64, DocError> {
+        TxConn::doc_inc(self, collection, id, field, delta).await
+    }
+
+    async fn doc_delete(&mut self, collection: &str, id: &str) -> Result<bool, DocError> {
+        Ok(self.execute(&documents::delete(collection, id)).await? == 1)
+    }
+
+    async fn doc_query(
+        &mut self,
+        collection: &str,
+        filters: &[(String, serde_json::Value)],
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, DocError> {
+        match documents::query(self.dialect(), collection, filters, limit) {
+            Some(st) => Ok(self.fetch(&st, documents::id_and_data).await?),
+            // No stored document can hold that value.
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn enqueue_task(&mut self, task: &NewTask) -> Result<i64, StoreError> {
+        let st = tasks::enqueue_task(task);
+        let mut id = self.fetch(&st, |r| required(r.int8("id")?, "id")).await?;
+        id.pop()
+            .ok_or_else(|| StoreError::Invalid("task insert returned no id".into()))
+    }
+
+    async fn get_refund(
+        &mut self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        let st = refunds::select_refund(out_trade_no, out_refund_no);
+        Ok(self.fetch(&st, refunds::refund_row).await?.pop())
+    }
+
+    async fn apply_refund(&mut self, refund: &NewRefund<'_>) -> Result<bool, StoreError> {
+        if self.execute(&refunds::insert_refund(refund)).await? != 1 {
+            return Ok(false);
+        }
+        let changed = self.execute(&refunds::add_to_order(refund)).await?;
+        refunds::added(changed, refund)
+    }
+
+    async fn set_refund_handler_result(
+        &mut self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+        handler_status: &str,
+        result: &serde_json::Value,
+        handler_version: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let st = refunds::set_refund_handler_result(
+            out_trade_no,
+            out_refund_no,
+            handler_status,
+            result,
+            handler_version,
+        );
+        self.execute(&st).await?;
+        Ok(())
+    }
+}
