@@ -11,7 +11,7 @@
 //!    (`pipeline/raw.rs`, group commit in `pipeline/batch.rs`), checks its content type
 //!    and verifies it with its provider.
 //! 3. [`providers`]: the [`providers::Provider`] trait; one folder per provider parses,
-//!    verifies and answers (`wechat_v2/`, `wechat_v3/`, `alipay/`, `cloudpay.rs`), its
+//!    verifies and answers (`wechat_v2/`, `wechat_v3/`, `alipay/`, `cloudpay/`), its
 //!    `api.rs` half queries and closes orders; [`providers::registry`] builds both.
 //! 4. `pipeline/settle.rs`: in one transaction, lock the order, check amount and
 //!    account, mark it paid only if unpaid, record the verdict; `pipeline/pay.rs` runs the

@@ -335,19 +335,31 @@ impl TestServer {
             .map(|t| serde_json::from_str(&t).expect("document JSON"))
     }
 
-    /// Every stored notification, oldest first.
+    /// Every stored notification, oldest first: paged, since one listing returns at most
+    /// 500 (a run under load can store more).
     pub async fn notifications(&self) -> Vec<paynotify::store::NotificationRecord> {
-        let mut v = self
-            .app
-            .store
-            .list_notifications(&paynotify::store::NotificationFilter {
-                limit: 500,
-                ..Default::default()
-            })
-            .await
-            .expect("db");
-        v.reverse();
-        v
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .app
+                .store
+                .list_notifications(&paynotify::store::NotificationFilter {
+                    limit: 500,
+                    before_id: all
+                        .last()
+                        .map(|n: &paynotify::store::NotificationRecord| n.id),
+                    ..Default::default()
+                })
+                .await
+                .expect("db");
+            let last_page = page.len() < 500;
+            all.extend(page);
+            if last_page {
+                break;
+            }
+        }
+        all.reverse();
+        all
     }
 
     /// POSTs a raw body to `/notify/{provider}`; returns status and body text.
