@@ -7,7 +7,7 @@
 //! 3. find its order, 4. check amount and account;
 //! 5. in ONE transaction: mark the order paid only if unpaid, run the type's handler with
 //!    its writes and tasks in the same transaction, record the result; commit
-//!    (`settle.rs`, the handler call in `pay.rs`); a refund takes [`refund`] instead;
+//!    (`settle.rs`, the handler call in `pay.rs`); a refund takes `refund.rs` instead;
 //! 6. answer the provider in its own convention (`Pipeline::answer`).
 //!
 //! Steps 1 and 5 are group commits (`batch.rs`): notifications arriving together share
@@ -16,7 +16,7 @@
 mod batch;
 mod pay;
 mod raw;
-pub mod refund;
+mod refund;
 mod settle;
 
 use std::collections::HashMap;
