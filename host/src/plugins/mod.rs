@@ -22,12 +22,14 @@ mod cache;
 pub mod capabilities;
 pub mod manifest;
 pub mod runtime;
+pub mod signing;
 pub mod watch;
 pub mod world;
 
 pub use capabilities::{CallBuilder, CallContext};
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, Runtime};
+pub use signing::Signer;
 pub use world::since_v0_1::{bindings, refund_bindings};
 pub use world::{HandlerFailure, LoadError, Metadata};
 
@@ -39,6 +41,8 @@ pub struct Plugin {
     pub metadata: Metadata,
     /// SHA-256 of the `.wasm` file.
     pub sha256: String,
+    /// Who signed the `.wasm` and its manifest (`None` when `allowed_signers` is not set).
+    pub signer: Option<Signer>,
     /// SHA-256 of the `.wasm` and the manifest together: a change of either reloads.
     fingerprint: String,
     /// Size and mtime of both files when loaded: if neither changed, the file is not
@@ -88,6 +92,8 @@ pub struct PluginStatus {
     pub world_version: Option<String>,
     /// SHA-256 of the serving file.
     pub sha256: Option<String>,
+    /// Who signed the serving build (`None` when `allowed_signers` is not set).
+    pub signer: Option<Signer>,
     /// Size of the serving file.
     pub size: Option<usize>,
     /// When the serving version was loaded.
@@ -192,6 +198,7 @@ impl Registry {
                     version: p.map(|p| p.metadata.version.clone()),
                     world_version: p.map(|p| p.metadata.world_version.clone()),
                     sha256: p.map(|p| p.sha256.clone()),
+                    signer: p.and_then(|p| p.signer.clone()),
                     size: p.map(|p| p.size),
                     loaded_at: p.map(|p| p.loaded_at),
                     collections: p
@@ -334,6 +341,7 @@ impl Registry {
             plugin_type: plugin_type.to_owned(),
             metadata: compiled.metadata.clone(),
             sha256,
+            signer: None,
             fingerprint,
             stamp,
             size,
