@@ -446,7 +446,8 @@ async fn measure_js_and_rust_recharge() {
             Manifest::load(&plugin_manifest(manifest_of).expect("manifest")).expect("manifest"),
         );
         let limits = manifest.limits(&cfg).expect("limits");
-        let cache = tmp.path().join(format!("cache-{name}"));
+        let cache = paynotify::plugins::Cache::open(&tmp.path().join(format!("cache-{name}")))
+            .expect("cache");
         let sha = format!("{name}-measure");
         let t = Instant::now();
         runtime
@@ -454,7 +455,7 @@ async fn measure_js_and_rust_recharge() {
                 "recharge",
                 bytes.clone(),
                 &sha,
-                Some(cache.as_path()),
+                Some(&cache),
                 &manifest,
                 limits,
             )
@@ -463,14 +464,7 @@ async fn measure_js_and_rust_recharge() {
         let cold = t.elapsed();
         let t = Instant::now();
         let compiled = runtime
-            .compile(
-                "recharge",
-                bytes,
-                &sha,
-                Some(cache.as_path()),
-                &manifest,
-                limits,
-            )
+            .compile("recharge", bytes, &sha, Some(&cache), &manifest, limits)
             .await
             .expect("warm load");
         let warm = t.elapsed();

@@ -4,23 +4,11 @@
 use std::path::Path;
 
 use paynotify_tests::{
-    install_plugin, plugin_wasm, v2_return_code, wait_until, wechat_v2, Options, TestServer,
+    install_plugin, plugin_wasm, rebuilt_plugin, v2_return_code, wait_until, wechat_v2, Options,
+    TestServer,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-/// The same component with a custom section appended: identical behaviour, another file
-/// (another SHA-256), as a rebuilt handler would be.
-fn rebuilt(name: &str, marker: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(plugin_wasm(name)).expect("read plugin");
-    let mut payload = vec![marker.len() as u8];
-    payload.extend_from_slice(marker.as_bytes());
-    payload.extend_from_slice(b"rebuilt");
-    bytes.push(0); // custom section id
-    bytes.push(payload.len() as u8); // size (LEB128, < 128)
-    bytes.extend_from_slice(&payload);
-    bytes
-}
 
 /// Writes `bytes` as `{type}.wasm` the way a deploy tool should: temp file, then rename.
 fn deploy(dir: &Path, plugin_type: &str, bytes: &[u8]) {
@@ -69,7 +57,11 @@ async fn replacing_a_handler_under_load_drops_nothing_and_runs_each_payment_once
             (next.load(Ordering::Relaxed) >= 50).then_some(())
         })
         .await;
-        deploy(&s.plugins_dir(), "recharge", &rebuilt("recharge", "v2"));
+        deploy(
+            &s.plugins_dir(),
+            "recharge",
+            &rebuilt_plugin("recharge", "v2"),
+        );
         let new_sha = wait_until(10, "the new version to serve", || async {
             serving_sha(&s, "recharge")
                 .await
@@ -183,7 +175,7 @@ async fn corrupt_half_written_and_wrong_version_files_leave_the_old_version_serv
         "names the version it needs: {wrong}"
     );
     // Putting the good file back clears the error.
-    deploy(&dir, "recharge", &rebuilt("recharge", "fixed"));
+    deploy(&dir, "recharge", &rebuilt_plugin("recharge", "fixed"));
     wait_until(10, "the error to clear", || async {
         let st = plugin_status(&s, "recharge").await;
         (st["last_error"].is_null() && st["sha256"] != json!(old_sha)).then_some(())

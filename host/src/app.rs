@@ -26,6 +26,9 @@ pub enum StartError {
     /// The wasm runtime could not be built.
     #[error("plugin runtime: {0}")]
     Runtime(#[from] crate::plugins::LoadError),
+    /// The compiled-plugin cache is not private to this host.
+    #[error(transparent)]
+    Cache(#[from] crate::plugins::cache::CacheError),
 }
 
 /// Everything a running host shares.
@@ -64,7 +67,10 @@ impl App {
         let providers = Arc::new(accounts.providers);
         let apis = Arc::new(accounts.apis);
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
-        let plugins = Arc::new(Registry::new(runtime, config.plugins.clone()));
+        let plugins = Arc::new(match open_cache(&config)? {
+            Some(cache) => Registry::new(runtime, config.plugins.clone()).with_cache(cache),
+            None => Registry::new(runtime, config.plugins.clone()),
+        });
         if let Err(e) = std::fs::create_dir_all(&config.plugins.dir) {
             tracing::warn!(dir = %config.plugins.dir.display(), error = %e, "cannot create plugins directory");
         }
@@ -121,4 +127,24 @@ impl App {
         );
         Some(tokio::spawn(worker.run()))
     }
+}
+
+/// The compiled-plugin cache `serve` uses: `[plugins] cache_dir`, else beside the SQLite
+/// file, else the user's cache folder; `None` (compile at every start) if there is none.
+pub fn open_cache(
+    config: &Config,
+) -> Result<Option<crate::plugins::Cache>, crate::plugins::cache::CacheError> {
+    use crate::plugins::Cache;
+    let legacy = config.plugins.dir.join(".cache");
+    if legacy.is_dir() {
+        tracing::warn!(dir = %legacy.display(), "compiled artefacts are no longer kept in the plugins folder (anyone who can write it could plant native code); this old cache is unused and can be deleted");
+    }
+    let database_dir = crate::store::database_dir(&config.database.url);
+    let Some(dir) =
+        Cache::default_dir(config.plugins.cache_dir.as_deref(), database_dir.as_deref())
+    else {
+        tracing::warn!("no folder for the compiled-plugin cache (set [plugins] cache_dir): every start compiles every handler");
+        return Ok(None);
+    };
+    Cache::open(&dir).map(Some)
 }

@@ -11,7 +11,8 @@
 //! | `paynotify_notifications_total` | counter | `provider`, `verdict` |
 //! | `paynotify_handler_duration_seconds` | histogram | `plugin`, `call` (`handle_paid`, `run_task`), `outcome` |
 //! | `paynotify_plugin_loads_total` | counter | `plugin` |
-//! | `paynotify_plugin_load_failures_total` | counter | `plugin` |
+//! | `paynotify_plugin_load_failures_total` | counter | `plugin`, `reason` (`signature`, `manifest`, `compile`, `world`, `metadata`, `revoked`) |
+//! | `paynotify_plugin_cache_rejected_total` | counter | |
 //! | `paynotify_plugins_loaded`, `paynotify_plugins_failing` | gauge | |
 //! | `paynotify_tasks` | gauge | `status` (`pending`, `running`, `dead`) |
 //! | `paynotify_orders_expired_total` | counter | |
@@ -44,6 +45,7 @@ const NOTIFICATIONS: &str = "paynotify_notifications_total";
 const HANDLER_DURATION: &str = "paynotify_handler_duration_seconds";
 const PLUGIN_LOADS: &str = "paynotify_plugin_loads_total";
 const PLUGIN_LOAD_FAILURES: &str = "paynotify_plugin_load_failures_total";
+const PLUGIN_CACHE_REJECTED: &str = "paynotify_plugin_cache_rejected_total";
 const PLUGINS_LOADED: &str = "paynotify_plugins_loaded";
 const PLUGINS_FAILING: &str = "paynotify_plugins_failing";
 const TASKS: &str = "paynotify_tasks";
@@ -144,7 +146,11 @@ fn describe() {
     );
     describe_counter!(
         PLUGIN_LOAD_FAILURES,
-        "Plugin files that failed to load, by type (the previous version keeps serving)."
+        "Plugin files that failed to load, by type and reason (the previous version keeps serving)."
+    );
+    describe_counter!(
+        PLUGIN_CACHE_REJECTED,
+        "Compiled artefacts discarded because this host did not make them from that file (planted, edited or foreign)."
     );
     describe_gauge!(PLUGINS_LOADED, "Plugin types with a version serving.");
     describe_gauge!(
@@ -333,8 +339,14 @@ pub fn plugin_loaded(plugin: &str) {
 }
 
 /// Counts a plugin file that failed to load.
-pub fn plugin_load_failed(plugin: &str) {
-    metrics::counter!(PLUGIN_LOAD_FAILURES, "plugin" => plugin.to_owned()).increment(1);
+pub fn plugin_load_failed(plugin: &str, reason: &'static str) {
+    metrics::counter!(PLUGIN_LOAD_FAILURES, "plugin" => plugin.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a compiled artefact discarded because its MAC did not verify.
+pub fn plugin_cache_rejected() {
+    metrics::counter!(PLUGIN_CACHE_REJECTED).increment(1);
 }
 
 /// Counts a settle batch run a second time, with savepoints, after a handler failed.

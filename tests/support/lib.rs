@@ -445,6 +445,20 @@ impl Drop for TestServer {
     }
 }
 
+/// The same component with a custom section appended: identical behaviour, another file
+/// (another SHA-256), as a rebuilt handler would be; markers of one length give files of
+/// one size.
+pub fn rebuilt_plugin(name: &str, marker: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(plugin_wasm(name)).expect("read plugin");
+    let mut payload = vec![marker.len() as u8];
+    payload.extend_from_slice(marker.as_bytes());
+    payload.extend_from_slice(b"rebuilt");
+    bytes.push(0); // custom section id
+    bytes.push(payload.len() as u8); // size (LEB128, < 128)
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
 /// Copies built plugin `name` into `dir` as `{plugin_type}.wasm`, with its manifest
 /// (or `manifest` text instead).
 pub fn install_plugin(dir: &Path, plugin_type: &str, name: &str, manifest: Option<&str>) {

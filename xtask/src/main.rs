@@ -175,6 +175,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let build = build_tests(root)?;
     let skip = std::env::var_os("PAYNOTIFY_TEST_SKIP_POSTGRES").is_some_and(|v| v == "1");
     let in_ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+    ensure_debian_packages(
+        "the signed-handler tests",
+        &[(SSH_KEYGEN, "openssh-client")],
+    )?;
     if let Err(e) = ensure_browser() {
         if in_ci {
             return Err(e.context("CI=true: the console's browser tests need Chromium"));
@@ -265,10 +269,21 @@ fn postgres_pass(
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Installs `chromium` and `chromium-driver` with apt-get if either binary is missing
-/// (with `sudo` unless already root; `apt-get update` first if the install fails).
+/// Installs `chromium` and `chromium-driver` if either binary is missing.
 fn ensure_browser() -> Result<()> {
-    let missing = || !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists();
+    ensure_debian_packages(
+        "the console's browser tests",
+        &[(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")],
+    )
+}
+
+/// `ssh-keygen`, with which the signed-handler tests make keys and sign files.
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+
+/// Installs Debian `packages` with apt-get if any of their `(binary, package)` binaries is
+/// missing (with `sudo` unless already root; `apt-get update` first if the install fails).
+fn ensure_debian_packages(why: &str, needs: &[(&str, &str)]) -> Result<()> {
+    let missing = || needs.iter().any(|(bin, _)| !Path::new(bin).exists());
     if !missing() {
         return Ok(());
     }
@@ -287,14 +302,19 @@ fn ensure_browser() -> Result<()> {
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
-    let install = ["install", "-y", "chromium", "chromium-driver"];
-    eprintln!("xtask: installing chromium and chromium-driver for the console's browser tests");
+    let packages: Vec<&str> = needs.iter().map(|(_, p)| *p).collect();
+    let install: Vec<&str> = ["install", "-y"]
+        .into_iter()
+        .chain(packages.iter().copied())
+        .collect();
+    eprintln!("xtask: installing {} for {why}", packages.join(" and "));
     if run_cmd(&mut apt(&install)).is_err() {
         run_cmd(&mut apt(&["update"]))?;
         run_cmd(&mut apt(&install))?;
     }
     if missing() {
-        bail!("{CHROMIUM} or {CHROMEDRIVER} is still missing after apt-get install");
+        let bins: Vec<&str> = needs.iter().map(|(b, _)| *b).collect();
+        bail!("{} still missing after apt-get install", bins.join(" or "));
     }
     Ok(())
 }

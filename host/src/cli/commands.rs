@@ -57,6 +57,11 @@ pub fn config_check(path: &Path, named: bool, json: bool) -> anyhow::Result<()> 
             std::process::exit(1);
         }
     };
+    if config.plugins.allowed_signers.is_none() {
+        eprintln!(
+            "note: plugins.allowed_signers is not set: unsigned handlers are accepted (whoever can write plugins.dir chooses what runs on payments)"
+        );
+    }
     if !config.plugins.dir.is_dir() {
         eprintln!(
             "note: plugins.dir {} does not exist yet (`paynotify serve` creates it)",
@@ -194,6 +199,11 @@ pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::
         PluginsCommand::Check { file } => {
             let runtime = std::sync::Arc::new(paynotify::plugins::Runtime::new(&config.plugins)?);
             let registry = paynotify::plugins::Registry::new(runtime, config.plugins.clone());
+            // The server's cache, when this user may use it: a big handler compiles once.
+            let registry = match paynotify::app::open_cache(config) {
+                Ok(Some(cache)) => registry.with_cache(cache),
+                _ => registry,
+            };
             match registry.check_file(&file).await {
                 Ok(p) => output(
                     json,
@@ -202,12 +212,14 @@ pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::
                         "ok": true,
                         "metadata": p.metadata,
                         "sha256": p.sha256,
+                        "signer": p.signer,
+                        "signatures_checked": config.plugins.allowed_signers.is_some(),
                         "collections": p.manifest.collections,
                         "http_origins": p.manifest.http_origins,
                         "http_in_payment": p.manifest.http_in_payment,
                         "crypto": p.manifest.crypto,
                     }),
-                    |_| render::plugin_check_text(&file, &p.metadata, &p.sha256, &p.manifest),
+                    |_| render::plugin_check_text(&file, &p),
                 ),
                 Err(e) => bail!("{}: {e}", file.display()),
             }

@@ -263,6 +263,7 @@ pub fn plugins_table(list: &Value) -> String {
         "SERVING",
         "VERSION",
         "SHA256",
+        "SIGNED BY",
         "REFUNDS",
         "LOADED (UTC)",
         "FAILING FAST UNTIL",
@@ -274,6 +275,13 @@ pub fn plugins_table(list: &Value) -> String {
             if p["loaded"] == true { "yes" } else { "NO" }.into(),
             or_dash(text(p, "version").as_deref()),
             text(p, "sha256").map_or("-".into(), |h| h.chars().take(12).collect()),
+            match (
+                p["signer"]["principal"].as_str(),
+                p["signer"]["fingerprint"].as_str(),
+            ) {
+                (Some(who), Some(key)) => format!("{who} {key}"),
+                _ => "-".into(),
+            },
             if p["handles_refunds"] == true {
                 "yes"
             } else {
@@ -297,12 +305,8 @@ pub fn plugins_table(list: &Value) -> String {
 
 /// `paynotify plugins check FILE` for a file that loads: what it is and what its manifest
 /// grants, the side-effect opt-ins spelled out.
-pub fn plugin_check_text(
-    file: &Path,
-    metadata: &paynotify::plugins::Metadata,
-    sha256: &str,
-    manifest: &paynotify::plugins::Manifest,
-) -> String {
+pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> String {
+    let (metadata, sha256, manifest) = (&plugin.metadata, &plugin.sha256, &plugin.manifest);
     let list_or_none = |items: &[String]| {
         if items.is_empty() {
             "none".to_owned()
@@ -320,6 +324,10 @@ pub fn plugin_check_text(
         list_or_none(&manifest.collections),
         list_or_none(&manifest.http_origins),
     );
+    match &plugin.signer {
+        Some(signer) => out.push_str(&format!("signed by: {signer}\n")),
+        None => out.push_str("signed by: not checked (plugins.allowed_signers is not set)\n"),
+    }
     out.push_str(if manifest.http_in_payment {
         "http in payment: yes (http_in_payment = true)\n"
     } else {

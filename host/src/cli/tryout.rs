@@ -14,7 +14,7 @@ use paynotify::config::parse_notify_key;
 use paynotify::config::{DatabaseConfig, PluginsConfig};
 use paynotify::plugins::bindings;
 use paynotify::plugins::capabilities::DbAccess;
-use paynotify::plugins::{HandlerFailure, Manifest, Metadata, Runtime};
+use paynotify::plugins::{Cache, HandlerFailure, Manifest, Metadata, Runtime};
 
 /// `paynotify try` arguments.
 #[derive(Debug, clap::Args)]
@@ -247,15 +247,17 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TryError>
 
 /// Where `try` keeps compiled components between runs: `[plugins] cache_dir` when the
 /// configuration sets one, else under the user's cache directory (private to the user;
-/// never a shared temporary directory, since artefacts are loaded as native code).
-fn cache_dir(plugins: &PluginsConfig) -> Option<PathBuf> {
-    if let Some(dir) = &plugins.cache_dir {
-        return Some(dir.clone());
+/// never a shared temporary directory, since artefacts are loaded as native code). A
+/// cache that cannot be used is skipped with a note: `try` then compiles every run.
+fn cache(plugins: &PluginsConfig) -> Option<Cache> {
+    let dir = Cache::default_dir(plugins.cache_dir.as_deref(), None)?;
+    match Cache::open(&dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("note: not caching the compiled handler: {e}");
+            None
+        }
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("paynotify").join("compiled"))
 }
 
 /// A directory removed when dropped.
@@ -339,7 +341,7 @@ pub async fn run(
             &plugin_type,
             bytes,
             &sha256,
-            cache_dir(plugins).as_deref(),
+            cache(plugins).as_ref(),
             &manifest,
             limits,
         )

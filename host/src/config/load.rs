@@ -25,6 +25,7 @@ const STRING_KEYS: &[&str] = &[
     "sqlite_synchronous",
     "dir",
     "cache_dir",
+    "allowed_signers",
 ];
 
 impl Config {
@@ -97,6 +98,22 @@ impl Config {
                     message: format!("cannot read {}: {e}", full.display()),
                 })
         };
+        if let Some(f) = &self.plugins.allowed_signers {
+            let full = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            // Read now, so a bad line stops the start (and `config check`) with its number;
+            // the registry reads the file again at every scan, so ops can add or revoke a
+            // key without a restart.
+            crate::plugins::signing::AllowedSigners::load(&full).map_err(|e| ConfigError::Key {
+                source_name: source_name.to_owned(),
+                key: "plugins.allowed_signers".into(),
+                message: e.to_string(),
+            })?;
+            self.plugins.allowed_signers = Some(full);
+        }
         if let Some(f) = &self.server.api_token_file {
             self.server.api_token = Some(read("server.api_token_file".into(), f)?);
         }

@@ -157,8 +157,14 @@ pub struct PluginsConfig {
     pub breaker_cooldown_secs: u64,
     /// Handler instances that may run at once (the pooling allocator's size).
     pub max_instances: u32,
-    /// Where compiled plugins are cached; default `{dir}/.cache`.
+    /// Where compiled plugins are cached: a folder private to the host's user. Default:
+    /// `compiled/` beside the SQLite database, else `$XDG_CACHE_HOME/paynotify/compiled`
+    /// (or `~/.cache/…`); never inside `dir`.
     pub cache_dir: Option<PathBuf>,
+    /// An OpenSSH `allowed_signers` file (relative to the config file). When set, a
+    /// handler loads only if its `.wasm` and manifest carry `paynotify-plugin` signatures
+    /// (`{file}.sig`, `ssh-keygen -Y sign -n paynotify-plugin`) by a key listed there.
+    pub allowed_signers: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -174,6 +180,7 @@ impl Default for PluginsConfig {
             breaker_cooldown_secs: 30,
             max_instances: 64,
             cache_dir: None,
+            allowed_signers: None,
         }
     }
 }

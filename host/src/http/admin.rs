@@ -100,7 +100,7 @@ pub async fn plugins(State(app): State<App>) -> Json<Vec<crate::plugins::PluginS
 
 /// Rescans the plugins directory now.
 pub async fn reload_plugins(State(app): State<App>) -> Json<Value> {
-    let report = app.plugins.scan().await;
+    let report = app.plugins.rescan().await;
     Json(json!({ "report": report, "plugins": app.plugins.status() }))
 }
 

@@ -11,6 +11,11 @@ use crate::config::PluginsConfig;
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The order type these grants are for. When set it must equal the file's stem; with
+    /// `allowed_signers` it is required, so a signed manifest cannot be copied onto
+    /// another type to hand it these grants.
+    #[serde(default, rename = "type")]
+    pub plugin_type: Option<String>,
     /// Collections the `db` capability may touch.
     #[serde(default)]
     pub collections: Vec<String>,
@@ -56,12 +61,19 @@ pub struct Limits {
 impl Manifest {
     /// Reads `path`; a missing file is an empty manifest (no grants, default limits).
     pub fn load(path: &Path) -> Result<Manifest, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        let m: Manifest = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        match std::fs::read(path) {
+            Ok(bytes) => Manifest::parse(&bytes, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Parses the manifest text read from `path` (the bytes whose signature was checked,
+    /// not the file read again).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest, String> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
+        let m: Manifest = toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
         // Every capability checks the keys it reads (`capabilities::configure`).
         m.check().map_err(|e| format!("{}: {e}", path.display()))?;
         if m.http_in_payment {

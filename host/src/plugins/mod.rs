@@ -6,30 +6,32 @@
 //! that started on one version finishes on it while new calls get the next.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::PluginsConfig;
 use crate::time::{now_ms, Millis};
+use files::{FileStamp, Files};
 
 mod backstop;
 pub mod breaker;
-mod cache;
+pub mod cache;
 pub mod capabilities;
+mod files;
 pub mod manifest;
 pub mod runtime;
 pub mod signing;
 pub mod watch;
 pub mod world;
 
+pub use cache::Cache;
 pub use capabilities::{CallBuilder, CallContext};
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, Runtime};
-pub use signing::Signer;
+pub use signing::{AllowedSigners, Signer};
 pub use world::since_v0_1::{bindings, refund_bindings};
 pub use world::{HandlerFailure, LoadError, Metadata};
 
@@ -43,10 +45,10 @@ pub struct Plugin {
     pub sha256: String,
     /// Who signed the `.wasm` and its manifest (`None` when `allowed_signers` is not set).
     pub signer: Option<Signer>,
-    /// SHA-256 of the `.wasm` and the manifest together: a change of either reloads.
+    /// SHA-256 over the `.wasm`, the manifest and both signatures: a change of any reloads.
     fingerprint: String,
-    /// Size and mtime of both files when loaded: if neither changed, the file is not
-    /// even read again on a rescan.
+    /// What the filesystem said about those files when loaded: while it says the same,
+    /// a rescan does not even read them (a forced one does).
     stamp: FileStamp,
     /// Size of the `.wasm` file in bytes.
     pub size: usize,
@@ -65,14 +67,19 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// `{type}@{version} sha256:{prefix}`: names the exact build, for orders and logs.
+    /// `{type}@{version} sha256:{prefix}`, then ` signed {principal} {fingerprint}` for a
+    /// signed build: names the exact build and who vouched for it, for orders and logs.
     pub fn build_id(&self) -> String {
-        format!(
+        let mut id = format!(
             "{}@{} sha256:{}",
             self.plugin_type,
             self.metadata.version,
             &self.sha256[..12]
-        )
+        );
+        if let Some(signer) = &self.signer {
+            id.push_str(&format!(" signed {signer}"));
+        }
+        id
     }
 }
 
@@ -137,23 +144,45 @@ pub struct ScanReport {
 pub struct Registry {
     runtime: Arc<Runtime>,
     config: PluginsConfig,
+    /// Where compiled artefacts are kept (`None`: compile every load).
+    cache: Option<Cache>,
     loaded: ArcSwap<BTreeMap<String, Arc<Plugin>>>,
-    /// Last load failure per type: message, time, and the files' stamp (not retried
-    /// until the files change).
-    errors: Mutex<BTreeMap<String, (String, Millis, FileStamp)>>,
+    /// Last load failure per type (not retried until the files change).
+    errors: Mutex<BTreeMap<String, Failure>>,
     scanning: tokio::sync::Mutex<()>,
 }
 
+/// A type's last load failure.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    at: Millis,
+    /// The files' stamp when they failed: an unforced scan skips them while it holds.
+    stamp: FileStamp,
+    /// Their fingerprint, when they could be read: a forced scan skips them while it holds.
+    fingerprint: Option<String>,
+}
+
+/// The signers a scan checks against: `None` without `allowed_signers`.
+type Signers = Option<Result<AllowedSigners, String>>;
+
 impl Registry {
-    /// An empty registry over `config.dir`.
+    /// An empty registry over `config.dir`, compiling without a cache.
     pub fn new(runtime: Arc<Runtime>, config: PluginsConfig) -> Registry {
         Registry {
             runtime,
             config,
+            cache: None,
             loaded: ArcSwap::from_pointee(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             scanning: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Keeps compiled artefacts in `cache`.
+    pub fn with_cache(mut self, cache: Cache) -> Registry {
+        self.cache = Some(cache);
+        self
     }
 
     /// The runtime the plugins run on.
@@ -213,19 +242,30 @@ impl Registry {
                     timeout_ms: p.map(|p| duration_ms(p.limits.timeout)),
                     payment_timeout_ms: p.map(|p| duration_ms(p.payment_limits.timeout)),
                     breaker: p.map(|p| p.breaker.status()).unwrap_or_default(),
-                    last_error: err.map(|e| e.0.clone()),
-                    last_error_at: err.map(|e| e.1),
+                    last_error: err.map(|e| e.message.clone()),
+                    last_error_at: err.map(|e| e.at),
                 }
             })
             .collect()
     }
 
-    /// Loads every `{type}.wasm` in the directory that is new or changed, keeps the
-    /// serving version of any that fails, and unloads types whose file is gone.
+    /// Loads every `{type}.wasm` in the directory whose files changed (by what the
+    /// filesystem says of them), keeps the serving version of any that fails, and
+    /// unloads types whose file is gone or whose signer is no longer allowed.
     pub async fn scan(&self) -> ScanReport {
+        self.scan_with(false).await
+    }
+
+    /// [`Registry::scan`], but reading and hashing every file, so a replacement that
+    /// the filesystem's stamps cannot show is still found (`plugins reload`).
+    pub async fn rescan(&self) -> ScanReport {
+        self.scan_with(true).await
+    }
+
+    async fn scan_with(&self, force: bool) -> ScanReport {
         let _one_at_a_time = self.scanning.lock().await;
         let mut report = ScanReport::default();
-        let files = match plugin_files(&self.config.dir) {
+        let files = match files::plugin_files(&self.config.dir) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(dir = %self.config.dir.display(), error = %e, "cannot read plugins directory");
@@ -233,41 +273,52 @@ impl Registry {
                 return report;
             }
         };
+        let signers = self.signers();
+        let now = now_ms();
         let current = self.loaded.load_full();
         let mut next: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
         for (plugin_type, wasm_path) in &files {
-            let previous = current.get(plugin_type);
-            let stamp = FileStamp::of(wasm_path, &wasm_path.with_extension("toml"));
-            if self.failed_with(plugin_type, &stamp) {
-                if let Some(p) = previous {
-                    next.insert(plugin_type.clone(), p.clone());
+            let mut previous = current.get(plugin_type);
+            if let (Some(p), Some(Ok(allowed))) = (previous, &signers) {
+                if p.signer
+                    .as_ref()
+                    .is_some_and(|s| !allowed.still_allows(s, now))
+                {
+                    // Loading it again below fails on the signature and says why.
+                    tracing::warn!(plugin = %plugin_type, signer = ?p.signer, "the serving build's signer is no longer allowed: unloading it");
+                    previous = None;
                 }
-                continue;
             }
-            match self.load(plugin_type, wasm_path, previous).await {
-                Ok(Some(plugin)) => {
+            let paths = files::Paths::of(wasm_path);
+            let stamp = FileStamp::of(&paths);
+            let outcome = self
+                .reload(plugin_type, &paths, &stamp, previous, &signers, force)
+                .await;
+            match outcome {
+                Reload::Loaded(plugin) => {
                     tracing::info!(
                         plugin = %plugin_type,
                         version = %plugin.metadata.version,
                         sha256 = %plugin.sha256,
+                        signer = ?plugin.signer,
                         "plugin loaded"
                     );
                     self.clear_error(plugin_type);
                     crate::metrics::plugin_loaded(plugin_type);
                     report.loaded.push(plugin_type.clone());
-                    next.insert(plugin_type.clone(), Arc::new(plugin));
+                    next.insert(plugin_type.clone(), Arc::from(plugin));
                 }
-                Ok(None) => {
+                Reload::Unchanged => {
                     report.unchanged.push(plugin_type.clone());
                     if let Some(p) = previous {
                         next.insert(plugin_type.clone(), p.clone());
                     }
                 }
-                Err(e) => {
+                Reload::Failed(e, fingerprint) => {
                     let msg = format!("{}: {e}", wasm_path.display());
                     tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
-                    self.set_error(plugin_type, msg.clone(), stamp);
-                    crate::metrics::plugin_load_failed(plugin_type);
+                    self.set_error(plugin_type, msg.clone(), stamp, fingerprint);
+                    crate::metrics::plugin_load_failed(plugin_type, e.kind());
                     report.failed.push((plugin_type.clone(), msg));
                     if let Some(p) = previous {
                         next.insert(plugin_type.clone(), p.clone());
@@ -291,57 +342,119 @@ impl Registry {
         report
     }
 
-    /// Loads one file; `Ok(None)` if it is the same as `previous`.
+    /// The signers file read now, so that ops can add or revoke a key without a restart.
+    fn signers(&self) -> Signers {
+        let path = self.config.allowed_signers.as_ref()?;
+        let read = AllowedSigners::load(path).map_err(|e| e.to_string());
+        if let Err(e) = &read {
+            tracing::error!(error = %e, "cannot read allowed_signers: no handler loads or changes until it is fixed");
+        }
+        Some(read)
+    }
+
+    /// Decides what to do with one type's files: skip them if they did not change (or
+    /// failed before as they are), else read, check and load them.
+    async fn reload(
+        &self,
+        plugin_type: &str,
+        paths: &files::Paths,
+        stamp: &FileStamp,
+        previous: Option<&Arc<Plugin>>,
+        signers: &Signers,
+        force: bool,
+    ) -> Reload {
+        let failed = self.failure(plugin_type);
+        if !force {
+            if previous.is_some_and(|p| &p.stamp == stamp) {
+                return Reload::Unchanged;
+            }
+            if failed.as_ref().is_some_and(|f| &f.stamp == stamp) {
+                return Reload::Unchanged;
+            }
+        }
+        let read = match Files::read(paths) {
+            Ok(r) => r,
+            Err(e) => return Reload::Failed(e, None),
+        };
+        let fingerprint = read.fingerprint();
+        if previous.is_some_and(|p| p.fingerprint == fingerprint) {
+            // The files are back to the build serving: whatever failed in between is gone.
+            self.clear_error(plugin_type);
+            return Reload::Unchanged;
+        }
+        if failed.is_some_and(|f| f.fingerprint.as_ref() == Some(&fingerprint)) {
+            return Reload::Unchanged;
+        }
+        let allowed = match signers {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                return Reload::Failed(LoadError::Signers(e.clone()), Some(fingerprint))
+            }
+        };
+        match self.load(plugin_type, read, stamp.clone(), allowed).await {
+            Ok(plugin) => Reload::Loaded(Box::new(plugin)),
+            Err(e) => Reload::Failed(e, Some(fingerprint)),
+        }
+    }
+
+    /// Checks and loads one handler's files. With `signers`, nothing is compiled or
+    /// parsed before both signatures verify.
     async fn load(
         &self,
         plugin_type: &str,
-        wasm_path: &Path,
-        previous: Option<&Arc<Plugin>>,
-    ) -> Result<Option<Plugin>, LoadError> {
-        let manifest_path = wasm_path.with_extension("toml");
-        let stamp = FileStamp::of(wasm_path, &manifest_path);
-        if previous.is_some_and(|p| p.stamp == stamp) {
-            return Ok(None);
-        }
-        let bytes = std::fs::read(wasm_path)
-            .map_err(|e| LoadError::Compile(format!("cannot read: {e}")))?;
-        let manifest_text = std::fs::read(&manifest_path).unwrap_or_default();
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let fingerprint = hex::encode(
-            Sha256::new()
-                .chain_update(&bytes)
-                .chain_update(&manifest_text)
-                .finalize(),
-        );
-        if previous.is_some_and(|p| p.fingerprint == fingerprint) {
-            return Ok(None);
-        }
-        let manifest = Arc::new(Manifest::load(&manifest_path).map_err(LoadError::Manifest)?);
+        files: Files,
+        stamp: FileStamp,
+        signers: Option<&AllowedSigners>,
+    ) -> Result<Plugin, LoadError> {
+        let signer = match signers {
+            Some(allowed) => Some(verify_signatures(allowed, &files)?),
+            None => None,
+        };
+        let manifest_path = &files.paths.manifest;
+        let manifest = match &files.manifest {
+            Some(bytes) => Manifest::parse(bytes, manifest_path).map_err(LoadError::Manifest)?,
+            None => Manifest::default(),
+        };
+        check_manifest_type(
+            &manifest,
+            plugin_type,
+            manifest_path,
+            signers.is_some() && files.manifest.is_some(),
+        )?;
+        let manifest = Arc::new(manifest);
         let in_file = |e: String| LoadError::Manifest(format!("{}: {e}", manifest_path.display()));
         let limits = manifest.limits(&self.config).map_err(in_file)?;
         let payment_limits = manifest.payment_limits(&self.config).map_err(in_file)?;
-        let size = bytes.len();
-        let cache_dir = self
-            .config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| self.config.dir.join(".cache"));
+        let sha256 = files.wasm_sha256();
+        let fingerprint = files.fingerprint();
+        let size = files.wasm.len();
         let compiled = self
             .runtime
             .compile(
                 plugin_type,
-                bytes,
+                files.wasm,
                 &sha256,
-                Some(&cache_dir),
+                self.cache.as_ref(),
                 &manifest,
                 limits,
             )
             .await?;
-        Ok(Some(Plugin {
+        if signers.is_some() && compiled.metadata.name != plugin_type {
+            // The signature covers the build, not its file name: without this, a signed
+            // handler of one type could be dropped in as another's and pay its orders.
+            return Err(signing::SignatureError::WrongType {
+                file: files::name(&files.paths.wasm),
+                found: compiled.metadata.name.clone(),
+                expected: plugin_type.to_owned(),
+            }
+            .into());
+        }
+        Ok(Plugin {
             plugin_type: plugin_type.to_owned(),
             metadata: compiled.metadata.clone(),
             sha256,
-            signer: None,
+            signer,
             fingerprint,
             stamp,
             size,
@@ -354,29 +467,50 @@ impl Registry {
             ),
             loaded_at: now_ms(),
             compiled,
-        }))
+        })
     }
 
-    /// Validates a file without loading it (`paynotify plugins check`).
+    /// Validates a file the way a scan would, without loading it (`paynotify plugins
+    /// check`): signatures against the configured `allowed_signers` included.
     pub async fn check_file(&self, wasm_path: &Path) -> Result<Plugin, LoadError> {
         let plugin_type = wasm_path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("plugin")
             .to_owned();
-        self.load(&plugin_type, wasm_path, None)
-            .await?
-            .ok_or_else(|| LoadError::Compile("unreachable: no previous version".into()))
+        let paths = files::Paths::of(wasm_path);
+        let stamp = FileStamp::of(&paths);
+        let read = Files::read(&paths)?;
+        let signers = match self.signers() {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return Err(LoadError::Signers(e)),
+        };
+        self.load(&plugin_type, read, stamp, signers.as_ref()).await
     }
 
-    fn set_error(&self, plugin_type: &str, msg: String, stamp: FileStamp) {
+    fn set_error(
+        &self,
+        plugin_type: &str,
+        message: String,
+        stamp: FileStamp,
+        fingerprint: Option<String>,
+    ) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.insert(plugin_type.to_owned(), (msg, now_ms(), stamp));
+        errors.insert(
+            plugin_type.to_owned(),
+            Failure {
+                message,
+                at: now_ms(),
+                stamp,
+                fingerprint,
+            },
+        );
     }
 
-    fn failed_with(&self, plugin_type: &str, stamp: &FileStamp) -> bool {
+    fn failure(&self, plugin_type: &str) -> Option<Failure> {
         let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.get(plugin_type).is_some_and(|e| &e.2 == stamp)
+        errors.get(plugin_type).cloned()
     }
 
     fn clear_error(&self, plugin_type: &str) {
@@ -385,45 +519,62 @@ impl Registry {
     }
 }
 
+/// What a scan does with one type's files.
+enum Reload {
+    Loaded(Box<Plugin>),
+    Unchanged,
+    /// With the files' fingerprint when they could be read.
+    Failed(LoadError, Option<String>),
+}
+
+/// Both signatures: the `.wasm`'s always, the manifest's whenever there is a manifest
+/// (it grants the capabilities), and no orphan manifest signature (a signed manifest
+/// that was removed would drop the grants, and the limits, ops vouched for).
+fn verify_signatures(allowed: &AllowedSigners, files: &Files) -> Result<Signer, LoadError> {
+    let now = now_ms();
+    let check = |path: &Path, bytes: &[u8], sig: &Option<Vec<u8>>| {
+        let file = files::name(path);
+        let sig = sig
+            .as_ref()
+            .ok_or_else(|| signing::SignatureError::Missing { file: file.clone() })?;
+        allowed.verify(&file, bytes, sig, now)
+    };
+    let signer = check(&files.paths.wasm, &files.wasm, &files.wasm_sig)?;
+    match &files.manifest {
+        Some(manifest) => {
+            check(&files.paths.manifest, manifest, &files.manifest_sig)?;
+        }
+        None if files.manifest_sig.is_some() => {
+            return Err(signing::SignatureError::Orphan {
+                file: files::name(&files.paths.manifest),
+            }
+            .into())
+        }
+        None => {}
+    }
+    Ok(signer)
+}
+
+/// A manifest's `type`, when set, must be its own; with signatures it must be set.
+fn check_manifest_type(
+    manifest: &Manifest,
+    plugin_type: &str,
+    path: &Path,
+    required: bool,
+) -> Result<(), LoadError> {
+    match &manifest.plugin_type {
+        Some(t) if t != plugin_type => Err(LoadError::Manifest(format!(
+            "{}: type = \"{t}\", but the file is the manifest of `{plugin_type}`",
+            path.display()
+        ))),
+        None if required => Err(LoadError::Manifest(format!(
+            "{}: add `type = \"{plugin_type}\"` and sign it again: with plugins.allowed_signers a manifest must name its type, so a signed manifest cannot be copied onto another type",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Size and modification time of a plugin's `.wasm` and manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp(Vec<Option<(u64, std::time::SystemTime)>>);
-
-impl FileStamp {
-    fn of(wasm: &Path, manifest: &Path) -> FileStamp {
-        FileStamp(
-            [wasm, manifest]
-                .iter()
-                .map(|p| {
-                    let m = std::fs::metadata(p).ok()?;
-                    Some((m.len(), m.modified().ok()?))
-                })
-                .collect(),
-        )
-    }
-}
-
-/// `{type}.wasm` files in `dir`, by type. Hidden and editor temporary files are skipped.
-fn plugin_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut files = BTreeMap::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
-            continue;
-        }
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        if stem.starts_with('.') || !crate::names::is_simple_name(stem) {
-            continue;
-        }
-        files.insert(stem.to_owned(), path);
-    }
-    Ok(files)
 }

@@ -5,7 +5,6 @@
 //! the pooling allocator), so nothing a handler did in one call leaks into the next, and
 //! a store that trapped or timed out is simply dropped.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::backstop::Watchdog;
+use super::cache::Cache;
 use super::capabilities::{self, CallBuilder, CallContext, CallTags};
 use super::manifest::{Limits, Manifest};
 use super::world::since_v0_1::{
@@ -238,21 +238,23 @@ impl Runtime {
 
     /// Compiles and validates a component: world version, imports, exports, metadata.
     /// Compilation runs on a blocking thread, off the async workers serving requests.
-    /// With a `cache_dir`, the compiled artefact is kept under the file's hash and this
+    /// With a `cache`, the compiled artefact is kept under the file's hash and this
     /// engine's configuration hash, so a restart does not recompile unchanged plugins.
     pub async fn compile(
         &self,
         plugin_type: &str,
         bytes: Vec<u8>,
         sha256: &str,
-        cache_dir: Option<&Path>,
+        cache: Option<&Cache>,
         manifest: &Arc<Manifest>,
         limits: Limits,
     ) -> Result<Compiled, LoadError> {
         let engine = self.engine.clone();
-        let cached = cache_dir.map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash())));
-        let component = tokio::task::spawn_blocking(move || {
-            super::cache::compile_or_load(&engine, &bytes, cached.as_deref())
+        let cache = cache.cloned();
+        let (sha256, engine_hash) = (sha256.to_owned(), self.engine_hash());
+        let component = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.compile_or_load(&engine, &bytes, &sha256, &engine_hash),
+            None => super::cache::compile(&engine, &bytes),
         })
         .await
         .map_err(|e| LoadError::Compile(format!("compiler thread failed: {e}")))??;

@@ -113,6 +113,6 @@ fn touches_plugin_file(paths: &[PathBuf]) -> bool {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
         let ext = p.extension().and_then(|e| e.to_str());
-        !hidden && matches!(ext, Some("wasm") | Some("toml"))
+        !hidden && matches!(ext, Some("wasm") | Some("toml") | Some("sig"))
     })
 }

@@ -50,6 +50,30 @@ pub enum LoadError {
     /// The manifest is invalid.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// `allowed_signers` is set and a file's signature does not let it load.
+    #[error("signature: {0}")]
+    Signature(#[from] crate::plugins::signing::SignatureError),
+    /// `allowed_signers` is set and cannot be read: nothing new loads until it can.
+    #[error("allowed_signers: {0}")]
+    Signers(String),
+    /// The signer of the serving build is no longer allowed: the type is unloaded.
+    #[error("revoked: {0}")]
+    Revoked(String),
+}
+
+impl LoadError {
+    /// A short word for the kind of failure (the `reason` label of the metric).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Compile(_) => "compile",
+            LoadError::WorldVersion { .. } => "world",
+            LoadError::Imports(_) | LoadError::Exports(_) => "world",
+            LoadError::Metadata(_) => "metadata",
+            LoadError::Manifest(_) => "manifest",
+            LoadError::Signature(_) | LoadError::Signers(_) => "signature",
+            LoadError::Revoked(_) => "revoked",
+        }
+    }
 }
 
 /// What a handler build says about itself.
