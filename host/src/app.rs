@@ -64,7 +64,10 @@ impl App {
         let providers = Arc::new(accounts.providers);
         let apis = Arc::new(accounts.apis);
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
-        let plugins = Arc::new(Registry::new(runtime, config.plugins.clone()));
+        let plugins = Arc::new(
+            Registry::new(runtime, config.plugins.clone())
+                .with_history(store.clone(), config.database.timeout()),
+        );
         if let Err(e) = std::fs::create_dir_all(&config.plugins.dir) {
             tracing::warn!(dir = %config.plugins.dir.display(), error = %e, "cannot create plugins directory");
         }

@@ -14,12 +14,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::PluginsConfig;
+use crate::store::PluginEventKind;
 use crate::time::{now_ms, Millis};
 
 mod backstop;
 pub mod breaker;
 mod cache;
 pub mod capabilities;
+mod history;
 pub mod manifest;
 pub mod runtime;
 pub mod signing;
@@ -142,6 +144,9 @@ pub struct Registry {
     /// until the files change).
     errors: Mutex<BTreeMap<String, (String, Millis, FileStamp)>>,
     scanning: tokio::sync::Mutex<()>,
+    /// Where loads, replacements, unloads and refusals are recorded; `None` records
+    /// nothing (`plugins check`).
+    history: Option<history::History>,
 }
 
 impl Registry {
@@ -153,7 +158,19 @@ impl Registry {
             loaded: ArcSwap::from_pointee(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             scanning: tokio::sync::Mutex::new(()),
+            history: None,
         }
+    }
+
+    /// Records every load, replacement, unload and refusal in `store`'s plugin history,
+    /// each write given up after `timeout` (a failed write is logged, the scan goes on).
+    pub fn with_history(
+        mut self,
+        store: Arc<dyn crate::store::Store>,
+        timeout: std::time::Duration,
+    ) -> Registry {
+        self.history = Some(history::History::new(store, timeout));
+        self
     }
 
     /// The runtime the plugins run on.
@@ -252,6 +269,11 @@ impl Registry {
                         sha256 = %plugin.sha256,
                         "plugin loaded"
                     );
+                    let kind = match previous {
+                        Some(_) => PluginEventKind::Replaced,
+                        None => PluginEventKind::Loaded,
+                    };
+                    self.record(kind, plugin_type, Some(&plugin), None).await;
                     self.clear_error(plugin_type);
                     crate::metrics::plugin_loaded(plugin_type);
                     report.loaded.push(plugin_type.clone());
@@ -266,6 +288,8 @@ impl Registry {
                 Err(e) => {
                     let msg = format!("{}: {e}", wasm_path.display());
                     tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
+                    self.record(PluginEventKind::Refused, plugin_type, None, Some(&msg))
+                        .await;
                     self.set_error(plugin_type, msg.clone(), stamp);
                     crate::metrics::plugin_load_failed(plugin_type);
                     report.failed.push((plugin_type.clone(), msg));
@@ -275,9 +299,11 @@ impl Registry {
                 }
             }
         }
-        for t in current.keys() {
+        for (t, gone) in current.iter() {
             if !files.contains_key(t) {
                 tracing::warn!(plugin = %t, "plugin file removed; type unloaded");
+                self.record(PluginEventKind::Unloaded, t, Some(gone), None)
+                    .await;
                 report.removed.push(t.clone());
             }
         }
@@ -367,6 +393,19 @@ impl Registry {
         self.load(&plugin_type, wasm_path, None)
             .await?
             .ok_or_else(|| LoadError::Compile("unreachable: no previous version".into()))
+    }
+
+    /// Records an event in the history, if this registry keeps one.
+    async fn record(
+        &self,
+        kind: PluginEventKind,
+        plugin_type: &str,
+        plugin: Option<&Plugin>,
+        reason: Option<&str>,
+    ) {
+        if let Some(h) = &self.history {
+            h.record(kind, plugin_type, plugin, reason).await;
+        }
     }
 
     fn set_error(&self, plugin_type: &str, msg: String, stamp: FileStamp) {
