@@ -9,8 +9,8 @@
 //!   queries' plans use an index (EXPLAIN), pages join without gap or overlap both ways,
 //!   filters page too; page times are printed.
 //! - `console_in_a_real_browser`: headless Chromium signs in, loads every page, clicks
-//!   replay, reload, retry, Older/Newer, watches the live view, is refused a cross-site
-//!   POST, signs out; then again with JavaScript off. Screenshots go to
+//!   replay, reload (and the type's history), retry, Older/Newer, watches the live view,
+//!   is refused a cross-site POST, signs out; then again with JavaScript off. Screenshots go to
 //!   `target/console-screenshots/`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -903,6 +903,24 @@ async fn console_in_a_real_browser() {
         .expect("title");
     assert_eq!(hash, flaky.sha256);
     b.screenshot("plugins").await;
+
+    // Its history: the failing build loaded at start, then replaced by this one.
+    b.click(r#"tr[data-plugin="flaky"] a.history"#).await;
+    b.wait_for_url("/console/plugins/flaky/history").await;
+    let newest = "#plugin-history tbody tr:first-child";
+    assert_eq!(b.text(&format!("{newest} td.event")).await, "replaced");
+    let replaced_by = b
+        .find(&format!("{newest} td.hash code"))
+        .await
+        .attr("title")
+        .await
+        .expect("title");
+    assert_eq!(replaced_by, flaky.sha256);
+    assert_eq!(
+        b.text("#plugin-history tbody tr:last-child td.event").await,
+        "loaded"
+    );
+    b.screenshot("plugin-history").await;
 
     // A cross-site form posting to the console: refused, nothing replayed.
     let evil = evil_site(s.url(&format!(

@@ -1,21 +1,12 @@
 //! Hot reload under load: handlers are replaced, broken, removed and put back while the
 //! server runs and the watcher picks the changes up.
 
-use std::path::Path;
-
 use paynotify_tests::{
-    install_plugin, plugin_wasm, rebuilt_plugin, v2_return_code, wait_until, wechat_v2, Options,
-    TestServer,
+    deploy_wasm, install_plugin, plugin_wasm, rebuilt_plugin, v2_return_code, wait_until,
+    wechat_v2, Options, TestServer,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-/// Writes `bytes` as `{type}.wasm` the way a deploy tool should: temp file, then rename.
-fn deploy(dir: &Path, plugin_type: &str, bytes: &[u8]) {
-    let tmp = dir.join(format!(".{plugin_type}.wasm.part"));
-    std::fs::write(&tmp, bytes).expect("write");
-    std::fs::rename(&tmp, dir.join(format!("{plugin_type}.wasm"))).expect("rename");
-}
 
 async fn plugin_status(s: &TestServer, plugin_type: &str) -> Value {
     let (_, list) = s.api("GET", "/api/admin/plugins", None).await;
@@ -57,7 +48,7 @@ async fn replacing_a_handler_under_load_drops_nothing_and_runs_each_payment_once
             (next.load(Ordering::Relaxed) >= 50).then_some(())
         })
         .await;
-        deploy(
+        deploy_wasm(
             &s.plugins_dir(),
             "recharge",
             &rebuilt_plugin("recharge", "v2"),
@@ -175,7 +166,7 @@ async fn corrupt_half_written_and_wrong_version_files_leave_the_old_version_serv
         "names the version it needs: {wrong}"
     );
     // Putting the good file back clears the error.
-    deploy(&dir, "recharge", &rebuilt_plugin("recharge", "fixed"));
+    deploy_wasm(&dir, "recharge", &rebuilt_plugin("recharge", "fixed"));
     wait_until(10, "the error to clear", || async {
         let st = plugin_status(&s, "recharge").await;
         (st["last_error"].is_null() && st["sha256"] != json!(old_sha)).then_some(())

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paynotify_tests::{
-    plugin_manifest, plugin_wasm, process::paynotify_bin, rebuilt_plugin, v2_return_code,
-    wechat_v2, Options, TestServer,
+    plugin_manifest, plugin_wasm, process::paynotify_bin, rebuilt_plugin, sha256_hex,
+    v2_return_code, wechat_v2, Options, TestServer,
 };
 use serde_json::Value;
 
@@ -676,11 +676,6 @@ fn same_stamp_replace(path: &Path, bytes: &[u8], in_place: bool) {
         (after.len(), after.modified().unwrap()),
         (before.len(), mtime)
     );
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 #[tokio::test]

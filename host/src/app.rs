@@ -67,9 +67,11 @@ impl App {
         let providers = Arc::new(accounts.providers);
         let apis = Arc::new(accounts.apis);
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
+        let registry = Registry::new(runtime, config.plugins.clone())
+            .with_history(store.clone(), config.database.timeout());
         let plugins = Arc::new(match open_cache(&config)? {
-            Some(cache) => Registry::new(runtime, config.plugins.clone()).with_cache(cache),
-            None => Registry::new(runtime, config.plugins.clone()),
+            Some(cache) => registry.with_cache(cache),
+            None => registry,
         });
         if let Err(e) = std::fs::create_dir_all(&config.plugins.dir) {
             tracing::warn!(dir = %config.plugins.dir.display(), error = %e, "cannot create plugins directory");

@@ -459,6 +459,20 @@ pub fn rebuilt_plugin(name: &str, marker: &str) -> Vec<u8> {
     bytes
 }
 
+/// Writes `bytes` as `{type}.wasm` the way a deploy tool should (temp file, then rename),
+/// so the watcher never sees half a file.
+pub fn deploy_wasm(dir: &Path, plugin_type: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{plugin_type}.wasm.part"));
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, dir.join(format!("{plugin_type}.wasm"))).expect("rename");
+}
+
+/// Lower-case hex SHA-256 of `bytes`, as the host reports a file's hash.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// Copies built plugin `name` into `dir` as `{plugin_type}.wasm`, with its manifest
 /// (or `manifest` text instead).
 pub fn install_plugin(dir: &Path, plugin_type: &str, name: &str, manifest: Option<&str>) {

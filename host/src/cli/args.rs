@@ -46,6 +46,7 @@ Examples:
   paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
+  paynotify plugins history goods            which builds of goods served when, who signed them
   paynotify reconcile --older-than 600       ask providers about orders unpaid for 10 minutes
   paynotify notifications replay --failed    re-drive failed handlers once the plugin is fixed
   paynotify new-plugin points --lang js      a new JavaScript handler project in ./points
@@ -152,6 +153,20 @@ pub enum PluginsCommand {
     Check {
         /// The `.wasm` file; its `.toml` manifest beside it is checked too.
         file: PathBuf,
+    },
+    /// Every load, replacement, unload and refusal of a handler build, newest first, by
+    /// every host and across restarts (read from the database): which build served when,
+    /// its SHA-256 and who signed it. The last line tells how to get the next page.
+    History {
+        /// Only this type (e.g. goods).
+        #[arg(value_name = "TYPE", value_parser = parse_plugin_type)]
+        plugin_type: Option<String>,
+        /// Only events with an id below this one (the next page after the last id shown).
+        #[arg(long)]
+        before: Option<i64>,
+        /// How many (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
 }
 
@@ -264,6 +279,17 @@ fn parse_verdict(text: &str) -> Result<Verdict, String> {
     })
 }
 
+/// `TYPE` of `plugins history`: a plugin type is a file stem of letters, digits, - and _.
+fn parse_plugin_type(text: &str) -> Result<String, String> {
+    if paynotify::names::is_simple_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a plugin type: letters, digits, - and _ (the file's name without .wasm)"
+        ))
+    }
+}
+
 /// The file read when no `--config` (or `PAYNOTIFY_CONFIG`) names one.
 pub const DEFAULT_CONFIG: &str = "paynotify.toml";
 
@@ -314,6 +340,7 @@ mod tests {
             vec!["paynotify", "orders", "list", "--status", "lost"],
             vec!["paynotify", "notifications", "list", "--since", "soon"],
             vec!["paynotify", "notifications", "list", "--verdict", "nope"],
+            vec!["paynotify", "plugins", "history", "../goods"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} accepted");
         }

@@ -184,7 +184,8 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// `paynotify plugins …`: asks the running server, or checks a file here.
+/// `paynotify plugins …`: asks the running server, checks a file here, or reads the
+/// history in the database.
 pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Result<()> {
     let client = AdminClient::new(config);
     match c {
@@ -195,6 +196,31 @@ pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::
         PluginsCommand::Reload => {
             let v = client.post("/api/admin/plugins/reload").await?;
             output(json, &v, render::reload_text)
+        }
+        PluginsCommand::History {
+            plugin_type,
+            before,
+            limit,
+        } => {
+            let store = paynotify::store::connect(&config.database).await?;
+            let list = store
+                .plugin_history()
+                .plugin_history(plugin_type.as_deref(), before, limit)
+                .await?;
+            output(json, &list, |l| {
+                if l.is_empty() {
+                    return "no plugin history matches\n".into();
+                }
+                let mut text = render::plugin_history_table(l);
+                if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {
+                    text.push_str(&format!(
+                        "\n{} shown; the next page: --before {}\n",
+                        l.len(),
+                        last.id
+                    ));
+                }
+                text
+            })
         }
         PluginsCommand::Check { file } => {
             let runtime = std::sync::Arc::new(paynotify::plugins::Runtime::new(&config.plugins)?);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use paynotify::store::{status, NotificationRecord, Order, TaskRecord};
+use paynotify::store::{status, NotificationRecord, Order, PluginEventRecord, TaskRecord};
 use paynotify::time::Millis;
 
 /// A plain-text table: a header row and left-aligned columns two spaces apart.
@@ -298,6 +298,29 @@ pub fn plugins_table(list: &Value) -> String {
                 None => "-".into(),
             },
             or_dash(text(p, "last_error").as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `paynotify plugins history`.
+pub fn plugin_history_table(list: &[PluginEventRecord]) -> String {
+    let mut t = Table::new(&[
+        "ID", "AT (UTC)", "TYPE", "EVENT", "VERSION", "SHA256", "SIGNER", "HOST", "REASON",
+    ]);
+    for e in list {
+        t.row(vec![
+            e.id.to_string(),
+            short_time(Some(e.at)),
+            e.plugin_type.clone(),
+            e.event.as_str().into(),
+            or_dash(e.version.as_deref()),
+            e.sha256
+                .as_deref()
+                .map_or("-".into(), |h| h.chars().take(12).collect()),
+            or_dash(e.signer.as_deref()),
+            e.host.clone(),
+            or_dash(e.reason.as_deref()),
         ]);
     }
     t.render()

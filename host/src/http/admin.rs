@@ -1,5 +1,6 @@
 //! `/api/admin`: what ops look at and re-drive.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
@@ -7,7 +8,9 @@ use serde_json::{json, Value};
 
 use super::{read, ApiError};
 use crate::app::App;
-use crate::store::{NotificationFilter, NotificationRecord, StoreError, Verdict};
+use crate::store::{
+    NotificationFilter, NotificationRecord, PluginEventRecord, StoreError, Verdict,
+};
 use crate::time::{parse_time, Millis};
 
 /// Query of `GET /api/admin/notifications`.
@@ -102,6 +105,41 @@ pub async fn plugins(State(app): State<App>) -> Json<Vec<crate::plugins::PluginS
 pub async fn reload_plugins(State(app): State<App>) -> Json<Value> {
     let report = app.plugins.rescan().await;
     Json(json!({ "report": report, "plugins": app.plugins.status() }))
+}
+
+/// Query of `GET /api/admin/plugins/history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Only this plugin type.
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    /// Only events with a smaller id (the next page after the last id shown).
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/admin/plugins/history?type=&before=&limit=`: every load, replacement, unload
+/// and refusal of a handler build, newest first; 400 for a type that cannot be a
+/// plugin's name.
+pub async fn plugin_history(
+    State(app): State<App>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<PluginEventRecord>>, ApiError> {
+    let Query(q) = query?;
+    if let Some(t) = q.plugin_type.as_deref() {
+        if !crate::names::is_simple_name(t) {
+            return Err(ApiError::BadRequest(format!(
+                "type `{t}`: a plugin type is letters, digits, - and _"
+            )));
+        }
+    }
+    let listed = app.store.plugin_history().plugin_history(
+        q.plugin_type.as_deref(),
+        q.before,
+        q.limit.unwrap_or(50),
+    );
+    Ok(Json(read(&app, listed).await?))
 }
 
 /// A handler document.

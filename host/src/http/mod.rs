@@ -92,6 +92,7 @@ pub fn router(app: App) -> Router {
         .route("/admin/reconcile", post(admin::reconcile))
         .route("/admin/plugins", get(admin::plugins))
         .route("/admin/plugins/reload", post(admin::reload_plugins))
+        .route("/admin/plugins/history", get(admin::plugin_history))
         .route("/admin/collections/{collection}/{id}", get(admin::document))
         .route("/admin/tasks", get(admin::tasks))
         .route("/admin/tasks/{id}/retry", post(admin::retry_task))

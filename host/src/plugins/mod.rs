@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::PluginsConfig;
+use crate::store::PluginEventKind;
 use crate::time::{now_ms, Millis};
 use files::{FileStamp, Files};
 
@@ -21,6 +22,7 @@ pub mod breaker;
 pub mod cache;
 pub mod capabilities;
 mod files;
+mod history;
 pub mod manifest;
 pub mod runtime;
 pub mod signing;
@@ -150,6 +152,9 @@ pub struct Registry {
     /// Last load failure per type (not retried until the files change).
     errors: Mutex<BTreeMap<String, Failure>>,
     scanning: tokio::sync::Mutex<()>,
+    /// Where loads, replacements, unloads and refusals are recorded; `None` records
+    /// nothing (`plugins check`).
+    history: Option<history::History>,
 }
 
 /// A type's last load failure.
@@ -176,12 +181,24 @@ impl Registry {
             loaded: ArcSwap::from_pointee(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             scanning: tokio::sync::Mutex::new(()),
+            history: None,
         }
     }
 
     /// Keeps compiled artefacts in `cache`.
     pub fn with_cache(mut self, cache: Cache) -> Registry {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Records every load, replacement, unload and refusal in `store`'s plugin history,
+    /// each write given up after `timeout` (a failed write is logged, the scan goes on).
+    pub fn with_history(
+        mut self,
+        store: Arc<dyn crate::store::Store>,
+        timeout: std::time::Duration,
+    ) -> Registry {
+        self.history = Some(history::History::new(store, timeout));
         self
     }
 
@@ -303,6 +320,12 @@ impl Registry {
                         signer = ?plugin.signer,
                         "plugin loaded"
                     );
+                    let kind = match previous {
+                        Some(_) => PluginEventKind::Replaced,
+                        None => PluginEventKind::Loaded,
+                    };
+                    self.record(kind, plugin_type, Some(&plugin), None, None)
+                        .await;
                     self.clear_error(plugin_type);
                     crate::metrics::plugin_loaded(plugin_type);
                     report.loaded.push(plugin_type.clone());
@@ -314,9 +337,18 @@ impl Registry {
                         next.insert(plugin_type.clone(), p.clone());
                     }
                 }
-                Reload::Failed(e, fingerprint) => {
+                Reload::Failed(e, read) => {
                     let msg = format!("{}: {e}", wasm_path.display());
                     tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
+                    let (fingerprint, sha256) = read.unzip();
+                    self.record(
+                        PluginEventKind::Refused,
+                        plugin_type,
+                        None,
+                        sha256.as_deref(),
+                        Some(&msg),
+                    )
+                    .await;
                     self.set_error(plugin_type, msg.clone(), stamp, fingerprint);
                     crate::metrics::plugin_load_failed(plugin_type, e.kind());
                     report.failed.push((plugin_type.clone(), msg));
@@ -326,9 +358,11 @@ impl Registry {
                 }
             }
         }
-        for t in current.keys() {
+        for (t, gone) in current.iter() {
             if !files.contains_key(t) {
                 tracing::warn!(plugin = %t, "plugin file removed; type unloaded");
+                self.record(PluginEventKind::Unloaded, t, Some(gone), None, None)
+                    .await;
                 report.removed.push(t.clone());
             }
         }
@@ -377,6 +411,7 @@ impl Registry {
             Err(e) => return Reload::Failed(e, None),
         };
         let fingerprint = read.fingerprint();
+        let sha256 = read.wasm_sha256();
         if previous.is_some_and(|p| p.fingerprint == fingerprint) {
             // The files are back to the build serving: whatever failed in between is gone.
             self.clear_error(plugin_type);
@@ -389,12 +424,12 @@ impl Registry {
             None => None,
             Some(Ok(s)) => Some(s),
             Some(Err(e)) => {
-                return Reload::Failed(LoadError::Signers(e.clone()), Some(fingerprint))
+                return Reload::Failed(LoadError::Signers(e.clone()), Some((fingerprint, sha256)))
             }
         };
         match self.load(plugin_type, read, stamp.clone(), allowed).await {
             Ok(plugin) => Reload::Loaded(Box::new(plugin)),
-            Err(e) => Reload::Failed(e, Some(fingerprint)),
+            Err(e) => Reload::Failed(e, Some((fingerprint, sha256))),
         }
     }
 
@@ -489,6 +524,21 @@ impl Registry {
         self.load(&plugin_type, read, stamp, signers.as_ref()).await
     }
 
+    /// Records an event in the history, if this registry keeps one.
+    async fn record(
+        &self,
+        kind: PluginEventKind,
+        plugin_type: &str,
+        plugin: Option<&Plugin>,
+        file_sha256: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        if let Some(h) = &self.history {
+            h.record(kind, plugin_type, plugin, file_sha256, reason)
+                .await;
+        }
+    }
+
     fn set_error(
         &self,
         plugin_type: &str,
@@ -523,8 +573,8 @@ impl Registry {
 enum Reload {
     Loaded(Box<Plugin>),
     Unchanged,
-    /// With the files' fingerprint when they could be read.
-    Failed(LoadError, Option<String>),
+    /// With the files' fingerprint and the `.wasm`'s SHA-256, when they could be read.
+    Failed(LoadError, Option<(String, String)>),
 }
 
 /// Both signatures: the `.wasm`'s always, the manifest's whenever there is a manifest

@@ -117,7 +117,7 @@ fn page_tasks<'a>(f: &'a TaskFilter, page: &Keyset<i64>) -> (Statement<'a>, bool
 
 /// Appends the id cursor, `ORDER BY id …` and `LIMIT ` (the caller adds the limit) to a
 /// listing keyed by `id`; true if the rows come newest first.
-fn push_id_page(st: &mut Statement<'_>, page: &Keyset<i64>) -> bool {
+pub(super) fn push_id_page(st: &mut Statement<'_>, page: &Keyset<i64>) -> bool {
     let (cursor, older) = direction(page);
     if let Some(id) = cursor {
         st.push(if older { " AND id < " } else { " AND id > " })
@@ -132,7 +132,7 @@ fn push_id_page(st: &mut Statement<'_>, page: &Keyset<i64>) -> bool {
 }
 
 /// A page read oldest first, put newest first.
-fn newest_first<T>(mut rows: Vec<T>, older: bool) -> Vec<T> {
+pub(super) fn newest_first<T>(mut rows: Vec<T>, older: bool) -> Vec<T> {
     if !older {
         rows.reverse();
     }

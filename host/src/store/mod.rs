@@ -11,12 +11,14 @@
 //! - [`traits`]: what callers ask, by concern ([`OrderStore`], [`NotificationStore`],
 //!   [`TaskStore`]), what each backend does its own way ([`Store`]), the payment
 //!   transaction ([`Tx`]); the console's reads are [`console::ConsoleStore`], reached
-//!   through [`Store::console`].
+//!   through [`Store::console`]; the plugin history is [`PluginHistoryStore`], reached
+//!   through [`Store::plugin_history`].
 //! - `statement`: statements as data (text + parameters) and the one seam each backend
 //!   implements to run them (`Sql`).
 //! - SQL text beside its row mapping, by concern: `orders`, `notifications`, `tasks`,
-//!   `documents`, `claims`, [`refunds`], `retention`, [`console`], [`ready`]. Each
-//!   statement is written once and serves both backends (and SQLite's writer).
+//!   `documents`, `claims`, [`refunds`], `retention`, [`console`], [`plugin_history`],
+//!   [`ready`]. Each statement is written once and serves both backends (and SQLite's
+//!   writer).
 //! - [`sqlite`] (`mod`: the store; `writer`: its synchronous write connection; `tx`:
 //!   its payment transaction) and [`postgres`] (`mod`: the store; `tx`: its payment
 //!   transaction; `kept`: the connections transactions run on).
@@ -54,6 +56,7 @@ mod documents;
 pub mod error;
 mod notifications;
 mod orders;
+pub mod plugin_history;
 pub mod postgres;
 pub mod ready;
 pub mod refunds;
@@ -68,11 +71,14 @@ pub mod types;
 
 pub use error::{within, DocError, StoreError};
 pub use refunds::{NewRefund, RefundRecord};
-pub use traits::{ConsoleStore, NotificationStore, OrderStore, Store, TaskStore, Tx};
+pub use traits::{
+    ConsoleStore, NotificationStore, OrderStore, PluginHistoryStore, Store, TaskStore, Tx,
+};
 pub use types::{
     status, ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask,
     NotificationFilter, NotificationRecord, NotificationVerdict, Order, OrderCursor, OrderFilter,
-    PaidOrder, TaskEnd, TaskFilter, TaskRecord, Verdict,
+    PaidOrder, PluginEvent, PluginEventKind, PluginEventRecord, TaskEnd, TaskFilter, TaskRecord,
+    Verdict,
 };
 
 /// Opens the database named by the config URL and brings its schema up to date:

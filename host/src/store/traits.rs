@@ -6,15 +6,16 @@
 //! [`Store`] adds what each backend does its own way: the writes whose answer waits for
 //! a commit, beginning a payment transaction ([`Tx`]), readiness and size. The console's
 //! reads are behind [`Store::console`], not part of `Store` itself: only the console uses
-//! them.
+//! them. The plugin history is behind [`Store::plugin_history`] for the same reason: only
+//! the plugin registry writes it, and only ops' views read it.
 
 use async_trait::async_trait;
 
 use super::refunds::{NewRefund, RefundRecord};
 use super::types::{
     ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
-    NotificationRecord, NotificationVerdict, Order, OrderCursor, OrderFilter, PaidOrder, TaskEnd,
-    TaskFilter, TaskRecord, Verdict,
+    NotificationRecord, NotificationVerdict, Order, OrderCursor, OrderFilter, PaidOrder,
+    PluginEvent, PluginEventRecord, TaskEnd, TaskFilter, TaskRecord, Verdict,
 };
 use super::{DocError, StoreError};
 use crate::time::Millis;
@@ -199,6 +200,8 @@ pub trait Store: OrderStore + NotificationStore + TaskStore + Send + Sync + 'sta
     }
     /// The console's sign-in sessions and paged listings.
     fn console(&self) -> &dyn ConsoleStore;
+    /// Every load, replacement, unload and refusal of a handler build.
+    fn plugin_history(&self) -> &dyn PluginHistoryStore;
 }
 
 /// One open transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -347,4 +350,31 @@ pub trait ConsoleStore: Send + Sync {
         filter: &TaskFilter,
         page: &Keyset<i64>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
+}
+
+/// The plugin history: what every host did with every handler build, and when (every
+/// backend's, reached through [`Store::plugin_history`]).
+#[async_trait]
+pub trait PluginHistoryStore: Send + Sync {
+    /// Appends an event; its id. Long texts are cut (the reason at 2000 characters).
+    async fn record_plugin_event(&self, event: &PluginEvent) -> Result<i64, StoreError>;
+    /// A page of the history of `plugin_type` (of every type if `None`), newest first, at
+    /// most `limit` rows (capped at 500).
+    async fn page_plugin_history(
+        &self,
+        plugin_type: Option<&str>,
+        page: &Keyset<i64>,
+        limit: u32,
+    ) -> Result<Vec<PluginEventRecord>, StoreError>;
+    /// The history of `plugin_type` (of every type if `None`), newest first: the events
+    /// with an id below `before_id` if given, at most `limit` (capped at 500).
+    async fn plugin_history(
+        &self,
+        plugin_type: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<PluginEventRecord>, StoreError> {
+        let page = before_id.map_or(Keyset::Newest, Keyset::Older);
+        self.page_plugin_history(plugin_type, &page, limit).await
+    }
 }

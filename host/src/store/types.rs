@@ -468,6 +468,90 @@ pub struct TaskFilter {
     pub limit: u32,
 }
 
+/// What happened to a plugin type's build (the `plugin_history` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginEventKind {
+    /// A build of a type that was not serving started serving.
+    Loaded,
+    /// Another build replaced the serving one.
+    Replaced,
+    /// The type's file went away and the type stopped serving.
+    Unloaded,
+    /// A file was refused (the serving build, if any, keeps serving).
+    Refused,
+}
+
+impl PluginEventKind {
+    /// Every kind, in the order help texts show them.
+    pub const ALL: [PluginEventKind; 4] = [
+        PluginEventKind::Loaded,
+        PluginEventKind::Replaced,
+        PluginEventKind::Unloaded,
+        PluginEventKind::Refused,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginEventKind::Loaded => "loaded",
+            PluginEventKind::Replaced => "replaced",
+            PluginEventKind::Unloaded => "unloaded",
+            PluginEventKind::Refused => "refused",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(s: &str) -> Option<PluginEventKind> {
+        PluginEventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One event of a plugin type's history, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEvent {
+    /// When it happened.
+    pub at: Millis,
+    /// The order type (the file's stem).
+    pub plugin_type: String,
+    /// What happened.
+    pub event: PluginEventKind,
+    /// SHA-256 of the build's `.wasm` (the one loaded, or the one unloaded).
+    pub sha256: Option<String>,
+    /// Who signed the build (`principal SHA256:…`), when signatures are checked.
+    pub signer: Option<String>,
+    /// The version the build reports.
+    pub version: Option<String>,
+    /// Why a file was refused.
+    pub reason: Option<String>,
+    /// Which host process did it: `{hostname}:{pid}`.
+    pub host: String,
+}
+
+/// A recorded [`PluginEvent`], with its id (ids grow with time: the paging key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginEventRecord {
+    /// Id.
+    pub id: i64,
+    /// When it happened.
+    pub at: Millis,
+    /// The order type.
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// What happened.
+    pub event: PluginEventKind,
+    /// SHA-256 of the build's `.wasm`.
+    pub sha256: Option<String>,
+    /// Who signed the build.
+    pub signer: Option<String>,
+    /// The version the build reports.
+    pub version: Option<String>,
+    /// Why a file was refused.
+    pub reason: Option<String>,
+    /// Which host process did it.
+    pub host: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +574,17 @@ mod tests {
         for bad in ["", "R1", "x:R1", "17:", ":R1"] {
             assert!(OrderCursor::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn plugin_events_round_trip_their_stored_text() {
+        for k in PluginEventKind::ALL {
+            assert_eq!(PluginEventKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_value(k).expect("json"),
+                serde_json::json!(k.as_str())
+            );
+        }
+        assert_eq!(PluginEventKind::parse("Loaded"), None);
     }
 }

@@ -68,6 +68,10 @@ pub fn router(app: App) -> Router<App> {
         )
         .route("/console/plugins", get(plugins::show))
         .route("/console/plugins/reload", post(plugins::reload))
+        .route(
+            "/console/plugins/{plugin_type}/history",
+            get(plugins::history),
+        )
         .route("/console/tasks", get(tasks::list))
         .route("/console/tasks/{id}/retry", post(tasks::retry))
         .route("/console/live", get(live::view))

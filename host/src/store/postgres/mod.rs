@@ -32,7 +32,7 @@ use super::notifications::{id_row, ids_in_order, insert_notifications};
 use super::orders::insert_order;
 use super::rows::order_row;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
-use super::traits::ConsoleStore;
+use super::traits::{ConsoleStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::DatabaseConfig;
@@ -337,6 +337,10 @@ impl Store for PgStore {
     }
 
     fn console(&self) -> &dyn ConsoleStore {
+        self
+    }
+
+    fn plugin_history(&self) -> &dyn PluginHistoryStore {
         self
     }
 }

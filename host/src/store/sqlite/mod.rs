@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
-use super::traits::ConsoleStore;
+use super::traits::{ConsoleStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
@@ -361,6 +361,10 @@ impl Store for SqliteStore {
     }
 
     fn console(&self) -> &dyn ConsoleStore {
+        self
+    }
+
+    fn plugin_history(&self) -> &dyn PluginHistoryStore {
         self
     }
 }
