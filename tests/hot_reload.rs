@@ -217,11 +217,14 @@ async fn deleting_a_handler_unloads_its_type_until_it_is_put_back() {
 
 #[tokio::test]
 async fn a_restart_reuses_the_compiled_cache() {
-    let s = TestServer::start(Options::with_plugins(&["recharge"])).await;
-    let cache = s.plugins_dir().join(".cache");
-    let entries: Vec<_> = std::fs::read_dir(&cache)
+    let cache = tempfile::tempdir().expect("tmp");
+    let mut options = Options::with_plugins(&["recharge"]);
+    options.plugins_cache_dir = Some(cache.path().join("compiled"));
+    let s = TestServer::start(options).await;
+    let entries: Vec<_> = std::fs::read_dir(cache.path().join("compiled"))
         .expect("cache dir")
         .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
         .collect();
     assert_eq!(entries.len(), 1, "one compiled artefact");
     let sha = serving_sha(&s, "recharge").await.expect("loaded");
@@ -246,4 +249,56 @@ async fn a_restart_reuses_the_compiled_cache() {
     assert!(report["report"]["loaded"]
         .as_array()
         .is_some_and(|l| l.is_empty()));
+}
+
+/// A large component (the JavaScript recharge) takes seconds to compile: meanwhile ops and
+/// API clients are told it is loading, not that the type does not exist; a file that
+/// failed to load is named with its error.
+#[tokio::test]
+async fn a_handler_being_compiled_shows_as_loading_and_a_failed_one_says_why() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let mut options = Options::with_plugins(&[]);
+    // A cache of its own, empty: the component is compiled, not loaded from an artefact.
+    options.plugins_cache_dir = Some(cache.path().join("compiled"));
+    let s = TestServer::start(options).await;
+    let dir = s.plugins_dir();
+    install_plugin(&dir, "recharge", "recharge-js", None);
+    std::fs::copy(
+        paynotify_tests::plugin_manifest("recharge-js").expect("manifest"),
+        dir.join("recharge.toml"),
+    )
+    .expect("manifest");
+    std::fs::write(dir.join("vip.wasm"), b"\0asm\x01\0\0\0 cut short").expect("write");
+    let registry = s.app.plugins.clone();
+    let scan = tokio::spawn(async move { registry.rescan().await });
+    let order = |order_type: &str| json!({ "type": order_type, "total_fee": 100, "user_id": "u1", "provider": "wechat-v2" });
+
+    let since = wait_until(60, "recharge to show as loading", || async {
+        plugin_status(&s, "recharge").await["loading_since"].as_i64()
+    })
+    .await;
+    assert!(since > 0);
+    let (status, body) = s.api("POST", "/api/orders", Some(order("recharge"))).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("is loading (compiling for"),
+        "the client learns it is loading: {body}"
+    );
+
+    let report = scan.await.expect("scan");
+    assert!(report.loaded.contains(&"recharge".to_owned()), "{report:?}");
+    let st = plugin_status(&s, "recharge").await;
+    assert_eq!(
+        (st["loaded"].clone(), st["loading_since"].clone()),
+        (json!(true), Value::Null),
+        "{st}"
+    );
+
+    let (status, body) = s.api("POST", "/api/orders", Some(order("vip"))).await;
+    assert_eq!(status, 422, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("has no loaded handler") && text.contains("vip.wasm"),
+        "the client learns the file failed, and which: {body}"
+    );
 }

@@ -61,12 +61,7 @@ fn generate_out_trade_no() -> String {
 pub async fn create(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
     let invalid = |m: String| Err(OrderError::Invalid(m));
     if app.plugins.get(&req.order_type).is_none() {
-        return invalid(format!(
-            "type `{}` has no loaded handler (expected {}/{}.wasm)",
-            req.order_type,
-            app.config.plugins.dir.display(),
-            req.order_type
-        ));
+        return invalid(app.plugins.why_missing(&req.order_type));
     }
     if req.total_fee <= 0 {
         return invalid(format!(

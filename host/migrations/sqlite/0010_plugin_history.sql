@@ -8,7 +8,7 @@ CREATE TABLE plugin_history (
     plugin_type TEXT    NOT NULL,
     -- loaded, replaced, unloaded, refused
     event       TEXT    NOT NULL,
-    -- the `.wasm` file's SHA-256 (NULL for a refusal: the file may not even be readable)
+    -- the `.wasm` file's SHA-256 (NULL for a refusal of a file that could not be read)
     sha256      TEXT,
     -- `principal SHA256:…` when signatures are checked
     signer      TEXT,

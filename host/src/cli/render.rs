@@ -272,7 +272,13 @@ pub fn plugins_table(list: &Value) -> String {
     for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
         t.row(vec![
             text(p, "type").unwrap_or_default(),
-            if p["loaded"] == true { "yes" } else { "NO" }.into(),
+            match (p["loaded"] == true, p["loading_since"].is_i64()) {
+                (true, false) => "yes",
+                (true, true) => "yes (new build loading)",
+                (false, true) => "loading",
+                (false, false) => "NO",
+            }
+            .into(),
             or_dash(text(p, "version").as_deref()),
             text(p, "sha256").map_or("-".into(), |h| h.chars().take(12).collect()),
             match (

@@ -132,6 +132,15 @@ impl Cache {
         &self.dir
     }
 
+    /// True if an artefact for this source and engine is on disk (not yet checked).
+    pub(super) fn contains(&self, sha256: &str, engine_hash: &str) -> bool {
+        self.artefact_path(sha256, engine_hash).is_file()
+    }
+
+    fn artefact_path(&self, sha256: &str, engine_hash: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{engine_hash}.cwasm"))
+    }
+
     /// The artefact of `bytes` (whose SHA-256 is `sha256`) for an engine whose
     /// compatibility hash is `engine_hash`: loaded if a valid one is cached, else
     /// compiled and cached (a failure to cache is only logged).
@@ -142,7 +151,7 @@ impl Cache {
         sha256: &str,
         engine_hash: &str,
     ) -> Result<Component, LoadError> {
-        let path = self.dir.join(format!("{sha256}-{engine_hash}.cwasm"));
+        let path = self.artefact_path(sha256, engine_hash);
         match std::fs::read(&path) {
             Ok(file) => match self.open_artefact(&file, sha256, engine_hash) {
                 // SAFETY: the bytes carry this host's MAC over the source's hash, the

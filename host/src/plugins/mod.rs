@@ -93,6 +93,8 @@ pub struct PluginStatus {
     pub plugin_type: String,
     /// A version is serving.
     pub loaded: bool,
+    /// A new version is being compiled, since when (the serving one, if any, serves meanwhile).
+    pub loading_since: Option<Millis>,
     /// Name the build reports.
     pub name: Option<String>,
     /// Version the build reports.
@@ -151,6 +153,9 @@ pub struct Registry {
     loaded: ArcSwap<BTreeMap<String, Arc<Plugin>>>,
     /// Last load failure per type (not retried until the files change).
     errors: Mutex<BTreeMap<String, Failure>>,
+    /// Types being compiled now, since when: a large component (a JavaScript one) takes
+    /// seconds, and ops and API clients should see it coming rather than a missing type.
+    loading: Mutex<BTreeMap<String, Millis>>,
     scanning: tokio::sync::Mutex<()>,
     /// Where loads, replacements, unloads and refusals are recorded; `None` records
     /// nothing (`plugins check`).
@@ -180,6 +185,7 @@ impl Registry {
             cache: None,
             loaded: ArcSwap::from_pointee(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
+            loading: Mutex::new(BTreeMap::new()),
             scanning: tokio::sync::Mutex::new(()),
             history: None,
         }
@@ -229,7 +235,16 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut types: Vec<&String> = loaded.keys().chain(errors.keys()).collect();
+        let loading = self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut types: Vec<&String> = loaded
+            .keys()
+            .chain(errors.keys())
+            .chain(loading.keys())
+            .collect();
         types.sort();
         types.dedup();
         types
@@ -240,6 +255,7 @@ impl Registry {
                 PluginStatus {
                     plugin_type: t.clone(),
                     loaded: p.is_some(),
+                    loading_since: loading.get(t).copied(),
                     name: p.map(|p| p.metadata.name.clone()),
                     version: p.map(|p| p.metadata.version.clone()),
                     world_version: p.map(|p| p.metadata.world_version.clone()),
@@ -464,6 +480,7 @@ impl Registry {
         let sha256 = files.wasm_sha256();
         let fingerprint = files.fingerprint();
         let size = files.wasm.len();
+        let _loading = self.mark_loading(plugin_type, size, &sha256);
         let compiled = self
             .runtime
             .compile(
@@ -524,6 +541,53 @@ impl Registry {
         self.load(&plugin_type, read, stamp, signers.as_ref()).await
     }
 
+    /// Why there is no handler for `plugin_type`, for an API client that asked for one:
+    /// it is being compiled, its file failed to load, or there is no file.
+    pub fn why_missing(&self, plugin_type: &str) -> String {
+        let since = self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(plugin_type)
+            .copied();
+        if let Some(since) = since {
+            let secs = (now_ms() - since).max(0) / 1000;
+            return format!(
+                "the handler of type `{plugin_type}` is loading (compiling for {secs} s; a large component takes a while): try again shortly"
+            );
+        }
+        if let Some(f) = self.failure(plugin_type) {
+            return format!("type `{plugin_type}` has no loaded handler: {}", f.message);
+        }
+        format!(
+            "type `{plugin_type}` has no loaded handler (expected {}/{plugin_type}.wasm)",
+            self.config.dir.display()
+        )
+    }
+
+    /// Shows `plugin_type` as loading until the guard is dropped, and says so in the log
+    /// at once (a compile can take seconds; a cached artefact loads in milliseconds).
+    fn mark_loading(&self, plugin_type: &str, size: usize, sha256: &str) -> LoadingGuard<'_> {
+        let cached = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| self.runtime.is_cached(c, sha256));
+        if cached {
+            tracing::debug!(plugin = %plugin_type, "loading plugin from the compiled cache");
+        } else {
+            tracing::info!(plugin = %plugin_type, bytes = size, "compiling plugin (the first load of a file; a large component takes seconds)");
+        }
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plugin_type.to_owned(), now_ms());
+        LoadingGuard {
+            registry: self,
+            plugin_type: plugin_type.to_owned(),
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Records an event in the history, if this registry keeps one.
     async fn record(
         &self,
@@ -566,6 +630,27 @@ impl Registry {
     fn clear_error(&self, plugin_type: &str) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         errors.remove(plugin_type);
+    }
+}
+
+/// Clears a type's loading mark however its load ends.
+struct LoadingGuard<'a> {
+    registry: &'a Registry,
+    plugin_type: String,
+    started: std::time::Instant,
+}
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        self.registry
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.plugin_type);
+        let took = self.started.elapsed();
+        if took > std::time::Duration::from_secs(1) {
+            tracing::info!(plugin = %self.plugin_type, ms = took.as_millis() as u64, "plugin compiled");
+        }
     }
 }
 

@@ -262,6 +262,12 @@ impl Runtime {
             .await
     }
 
+    /// True if `cache` holds an artefact of the file whose SHA-256 is `sha256` for this
+    /// engine (it is still checked when loaded).
+    pub fn is_cached(&self, cache: &Cache, sha256: &str) -> bool {
+        cache.contains(sha256, &self.engine_hash())
+    }
+
     /// A short hash of everything about this engine that a compiled artefact depends on.
     fn engine_hash(&self) -> String {
         use std::hash::{Hash, Hasher};

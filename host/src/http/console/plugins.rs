@@ -57,7 +57,10 @@ fn plugins_page(app: &App, session: &Session, report: Option<&ScanReport>) -> Ht
                     @for p in &list {
                         tr data-plugin=(p.plugin_type) {
                             td { (p.plugin_type) }
-                            td { @if p.loaded { span.badge.ok { "yes" } } @else { span.badge.bad { "no" } } }
+                            td {
+                                @if p.loaded { span.badge.ok { "yes" } } @else { span.badge.bad { "no" } }
+                                @if let Some(since) = p.loading_since { br; span.badge.warn.loading { "loading" } " since " (time(since)) }
+                            }
                             td { (text_opt(p.name.as_deref())) }
                             td.version { (text_opt(p.version.as_deref())) }
                             td.hash { (short_hash(p.sha256.as_deref())) }
@@ -74,7 +77,7 @@ fn plugins_page(app: &App, session: &Session, report: Option<&ScanReport>) -> Ht
                                 }
                             }
                             td.grants {
-                                "db: " (p.collections.join(", "))
+                                "db: " @if p.collections.is_empty() { span.muted { "none" } } @else { (p.collections.join(", ")) }
                                 @if !p.http_origins.is_empty() { br; "http: " (p.http_origins.join(", ")) }
                                 @if p.http_in_payment { br; span.badge.warn.http-in-payment title=(HTTP_IN_PAYMENT_WARNING) { "http in payment" } }
                                 @if p.crypto { br; "crypto: notify key" }
