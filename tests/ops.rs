@@ -3,10 +3,9 @@
 //! `cargo xtask test` builds, or `target/debug/paynotify`).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::{Output, Stdio};
 
-use paynotify_tests::process::{paynotify_bin, HostProcess};
+use paynotify_tests::process::{ok_stdout, paynotify_bin, paynotify_cli, HostProcess};
 use paynotify_tests::{
     metric, v2_return_code, wait_until, wechat_v2, EventStream, Options, TestServer, TOKEN,
 };
@@ -15,39 +14,9 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// Runs `paynotify --config CONFIG ARGS…` with `env` set (and no PAYNOTIFY_… variables of
-/// the test run's own environment).
-async fn cli_with_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(paynotify_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PAYNOTIFY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd.output().await.expect("run paynotify")
-}
-
 /// Runs the CLI against a test server's configuration (and so its database).
 async fn cli(s: &TestServer, args: &[&str]) -> Output {
-    cli_with_env(&s.dir.path().join("paynotify.toml"), args, &[]).await
-}
-
-/// Stdout of a command that must succeed.
-fn ok_stdout(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+    paynotify_cli(&s.dir.path().join("paynotify.toml"), args, &[]).await
 }
 
 /// Stdout of a `--json` command, parsed.
@@ -681,7 +650,7 @@ async fn unpaid_orders_expire_and_a_late_payment_is_acknowledged_as_paid_after_c
     );
     // The CLI finds it too.
     let listed = ok_json(
-        &cli_with_env(
+        &paynotify_cli(
             &dir.path().join("paynotify.toml"),
             &[
                 "notifications",
@@ -736,7 +705,7 @@ async fn config_check_prints_the_effective_config_with_every_secret_masked() {
         }
     };
 
-    let out = cli_with_env(&config, &["config", "check"], &env).await;
+    let out = paynotify_cli(&config, &["config", "check"], &env).await;
     no_secrets(&out);
     let text = ok_stdout(&out, "config check");
     assert!(text.contains("valid"), "{text}");
@@ -751,7 +720,7 @@ async fn config_check_prints_the_effective_config_with_every_secret_masked() {
         "{text}"
     );
 
-    let out = cli_with_env(&config, &["config", "check", "--json"], &env).await;
+    let out = paynotify_cli(&config, &["config", "check", "--json"], &env).await;
     no_secrets(&out);
     let v = ok_json(&out, "config check --json");
     assert_eq!(v["server"]["api_token"], "***");
@@ -789,7 +758,7 @@ async fn config_check_prints_the_effective_config_with_every_secret_masked() {
         let bad = dir.path().join("bad").join("paynotify.toml");
         std::fs::create_dir_all(bad.parent().expect("dir")).expect("dir");
         std::fs::write(&bad, text).expect("write");
-        let out = cli_with_env(&bad, &["config", "check"], env).await;
+        let out = paynotify_cli(&bad, &["config", "check"], env).await;
         assert!(!out.status.success(), "{text:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         for needle in needles {
@@ -798,7 +767,7 @@ async fn config_check_prints_the_effective_config_with_every_secret_masked() {
     }
     // A missing secret file is named with its key.
     std::fs::remove_file(dir.path().join("cloud.secret")).expect("rm");
-    let out = cli_with_env(&config, &["config", "check"], &env).await;
+    let out = paynotify_cli(&config, &["config", "check"], &env).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -10,12 +10,9 @@
 //! - `the_console_shows_each_types_history_and_check_records_nothing`: the plugins page's
 //!   signer column and history link, the history page, and `plugins check`.
 
-use std::path::Path;
-use std::process::{Output, Stdio};
-
 use paynotify::store::{Keyset, PluginEvent, PluginEventKind};
 use paynotify::time::now_ms;
-use paynotify_tests::process::{connect_store, paynotify_bin, HostProcess};
+use paynotify_tests::process::{connect_store, ok_stdout, paynotify_cli, HostProcess};
 use paynotify_tests::{
     deploy_wasm, fresh_database_url, plugin_wasm, rebuilt_plugin, sha256_hex, test_backend,
     Options, TestServer, TOKEN,
@@ -68,34 +65,6 @@ async fn reload(h: &HostProcess) -> Value {
     let (st, v) = h.api("POST", "/api/admin/plugins/reload", None).await;
     assert_eq!(st, 200, "reload: {v}");
     v
-}
-
-/// `paynotify --config CONFIG ARGS…`, without the test run's own PAYNOTIFY_… variables.
-async fn cli(config: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(paynotify_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PAYNOTIFY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd.output().await.expect("run paynotify")
-}
-
-/// Stdout of a command that must succeed.
-fn ok_stdout(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -239,7 +208,7 @@ async fn every_event_is_kept_across_a_restart() {
     // The CLI reads the same from the database.
     let config = dir.path().join("paynotify.toml");
     let text = ok_stdout(
-        &cli(&config, &["plugins", "history", "goods"]).await,
+        &paynotify_cli(&config, &["plugins", "history", "goods"], &[]).await,
         "plugins history goods",
     );
     for word in [
@@ -251,7 +220,12 @@ async fn every_event_is_kept_across_a_restart() {
     assert!(!text.contains("vip"), "{text}");
     let json: Value = serde_json::from_str(
         ok_stdout(
-            &cli(&config, &["plugins", "history", "--limit", "1", "--json"]).await,
+            &paynotify_cli(
+                &config,
+                &["plugins", "history", "--limit", "1", "--json"],
+                &[],
+            )
+            .await,
             "plugins history --json",
         )
         .trim(),
@@ -260,14 +234,14 @@ async fn every_event_is_kept_across_a_restart() {
     assert_eq!(json.as_array().map(Vec::len), Some(1), "{json}");
     assert_eq!(json[0], all[0]);
     let paged = ok_stdout(
-        &cli(&config, &["plugins", "history", "vip", "--limit", "1"]).await,
+        &paynotify_cli(&config, &["plugins", "history", "vip", "--limit", "1"], &[]).await,
         "plugins history vip --limit 1",
     );
     assert!(
         paged.contains(&format!("--before {}", all[0]["id"])),
         "{paged}"
     );
-    let bad = cli(&config, &["plugins", "history", "../goods"]).await;
+    let bad = paynotify_cli(&config, &["plugins", "history", "../goods"], &[]).await;
     assert!(!bad.status.success(), "a bad type is refused");
 }
 
@@ -438,7 +412,12 @@ async fn the_console_shows_each_types_history_and_check_records_nothing() {
     let config = s.dir.path().join("paynotify.toml");
     let wasm = plugin_wasm("vip");
     ok_stdout(
-        &cli(&config, &["plugins", "check", wasm.to_str().expect("path")]).await,
+        &paynotify_cli(
+            &config,
+            &["plugins", "check", wasm.to_str().expect("path")],
+            &[],
+        )
+        .await,
         "plugins check",
     );
     let all = s

@@ -129,6 +129,20 @@ async fn signed_server(signers: &Path, prepare: impl FnOnce(&Path)) -> TestServe
     s
 }
 
+/// Reloads `s` (forced) and checks that recharge's new files were refused with a reason
+/// containing `expect`, while the `serving` build (its SHA-256) kept serving.
+async fn refused(s: &TestServer, serving: &Value, what: &str, expect: &str) {
+    s.reload_plugins().await;
+    let st = status(s, "recharge").await;
+    assert_eq!(st["loaded"], true, "{what}: {st}");
+    assert_eq!(
+        &st["sha256"], serving,
+        "{what}: the signed build keeps serving"
+    );
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains(expect), "{what}: expected `{expect}` in {err}");
+}
+
 /// Pays a new recharge order on `s`; its `handler_version` once paid.
 async fn pay_recharge(s: &TestServer, no: &str) -> String {
     s.recharge_order(no, "u1", 100).await;
@@ -197,15 +211,6 @@ async fn every_bad_signature_is_refused_and_the_serving_build_keeps_serving() {
 
     // Each case replaces the serving recharge build; a forced reload must refuse it,
     // say why, and leave the signed build serving.
-    let check = |what: &str, expect: &str, st: &Value, serving: &Value| {
-        assert_eq!(st["loaded"], true, "{what}: {st}");
-        assert_eq!(
-            &st["sha256"], serving,
-            "{what}: the signed build keeps serving"
-        );
-        let err = st["last_error"].as_str().unwrap_or_default();
-        assert!(err.contains(expect), "{what}: expected `{expect}` in {err}");
-    };
 
     // 1. Unsigned (no .sig at all).
     for f in ["recharge.wasm.sig", "recharge.toml.sig"] {
@@ -216,13 +221,7 @@ async fn every_bad_signature_is_refused_and_the_serving_build_keeps_serving() {
         manifest_for("recharge", "recharge") + "\n# edited\n",
     )
     .unwrap();
-    s.reload_plugins().await;
-    check(
-        "unsigned",
-        "recharge.wasm is not signed",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    refused(&s, &serving, "unsigned", "recharge.wasm is not signed").await;
 
     // 2. A signature file that is not a signature.
     std::fs::write(
@@ -230,58 +229,46 @@ async fn every_bad_signature_is_refused_and_the_serving_build_keeps_serving() {
         "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n",
     )
     .unwrap();
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "garbage",
         "recharge.wasm.sig is not a readable SSH signature",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 3. Signed by a key nobody listed.
     sign(&stranger, &dir.join("recharge.wasm"));
     sign(&stranger, &dir.join("recharge.toml"));
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "stranger",
         &format!("key {} is not an allowed signer", stranger.fingerprint),
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 4. A listed key, but the signature made for git.
     sign_as(&deployer, &dir.join("recharge.wasm"), "git");
     sign_as(&deployer, &dir.join("recharge.toml"), "git");
-    s.reload_plugins().await;
-    check(
-        "namespace",
-        "made for namespace `git`",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    refused(&s, &serving, "namespace", "made for namespace `git`").await;
 
     // 5. A key whose line allows it to sign for git only.
     sign(&git_only, &dir.join("recharge.wasm"));
     sign(&git_only, &dir.join("recharge.toml"));
-    s.reload_plugins().await;
-    check(
-        "git-only key",
-        "namespaces=\"git\" only",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    refused(&s, &serving, "git-only key", "namespaces=\"git\" only").await;
 
     // 6. Signed, then the component changed (another build copied over it).
     sign(&deployer, &dir.join("recharge.wasm"));
     sign(&deployer, &dir.join("recharge.toml"));
     std::fs::copy(plugin_wasm("goods"), dir.join("recharge.wasm")).unwrap();
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "edited wasm",
         "recharge.wasm.sig does not match recharge.wasm",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 7. The component signed, the manifest not (it grants the capabilities).
     std::fs::copy(plugin_wasm("recharge"), dir.join("recharge.wasm")).unwrap();
@@ -292,13 +279,13 @@ async fn every_bad_signature_is_refused_and_the_serving_build_keeps_serving() {
     )
     .unwrap();
     std::fs::remove_file(dir.join("recharge.toml.sig")).unwrap();
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "unsigned manifest",
         "recharge.toml is not signed",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 8. The manifest signed, then given more grants.
     std::fs::write(
@@ -314,48 +301,48 @@ async fn every_bad_signature_is_refused_and_the_serving_build_keeps_serving() {
             "http_origins = [\"https://evil.example\"]",
         );
     std::fs::write(dir.join("recharge.toml"), granted).unwrap();
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "edited manifest",
         "recharge.toml.sig does not match recharge.toml",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 9. A signed manifest removed, its signature left behind.
     std::fs::remove_file(dir.join("recharge.toml")).unwrap();
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "removed manifest",
         "a signed manifest was removed",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 10. A genuinely signed build of another type, dropped in as recharge.
     deploy(&dir, "recharge", "goods", Some(&deployer));
     std::fs::write(dir.join("recharge.toml"), manifest_for("recharge", "goods")).unwrap();
     sign(&deployer, &dir.join("recharge.toml"));
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "other type's build",
         "signed as a handler of type `goods`, not `recharge`",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 11. A genuinely signed manifest of another type, dropped in as recharge's.
     std::fs::copy(plugin_wasm("recharge"), dir.join("recharge.wasm")).unwrap();
     sign(&deployer, &dir.join("recharge.wasm"));
     std::fs::write(dir.join("recharge.toml"), manifest_for("goods", "goods")).unwrap();
     sign(&deployer, &dir.join("recharge.toml"));
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "other type's manifest",
         "type = \"goods\", but the file is the manifest of `recharge`",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // 12. A signed manifest without `type` (it could be copied onto any type).
     std::fs::write(
@@ -364,13 +351,13 @@ async fn every_bad_signature_is_refused_and_the_serving_build_keeps_serving() {
     )
     .unwrap();
     sign(&deployer, &dir.join("recharge.toml"));
-    s.reload_plugins().await;
-    check(
+    refused(
+        &s,
+        &serving,
         "manifest without type",
         "add `type = \"recharge\"`",
-        &status(&s, "recharge").await,
-        &serving,
-    );
+    )
+    .await;
 
     // Still the signed build paying orders; refusals are counted by reason.
     let build = pay_recharge(&s, "SIGNED-2").await;

@@ -36,6 +36,40 @@ pub fn paynotify_bin() -> PathBuf {
     path
 }
 
+/// Runs `paynotify --config CONFIG ARGS…` with `env` set, quiet logs, and none of the test
+/// run's own `PAYNOTIFY_…` variables.
+pub async fn paynotify_cli(
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(paynotify_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PAYNOTIFY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd.output().await.expect("run paynotify")
+}
+
+/// Stdout of a command that must succeed (`what` names it if it did not).
+pub fn ok_stdout(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+}
+
 /// A port nothing listens on right now (bound to 127.0.0.1:0, read, released), for a child
 /// process's `server.listen`.
 pub fn free_port() -> u16 {

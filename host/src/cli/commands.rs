@@ -105,15 +105,9 @@ pub async fn orders(config: &Config, json: bool, c: OrdersCommand) -> anyhow::Re
                 if l.is_empty() {
                     return "no orders match\n".into();
                 }
-                let mut text = render::orders_table(l);
-                if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {
-                    text.push_str(&format!(
-                        "\n{} shown; the next page: --before {}\n",
-                        l.len(),
-                        OrderCursor::after(last)
-                    ));
-                }
-                text
+                render::with_next_page(render::orders_table(l), l, limit, |o| {
+                    OrderCursor::after(o).to_string()
+                })
             })
         }
     }
@@ -211,15 +205,9 @@ pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::
                 if l.is_empty() {
                     return "no plugin history matches\n".into();
                 }
-                let mut text = render::plugin_history_table(l);
-                if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {
-                    text.push_str(&format!(
-                        "\n{} shown; the next page: --before {}\n",
-                        l.len(),
-                        last.id
-                    ));
-                }
-                text
+                render::with_next_page(render::plugin_history_table(l), l, limit, |e| {
+                    e.id.to_string()
+                })
             })
         }
         PluginsCommand::Check { file } => {
@@ -297,15 +285,9 @@ pub async fn notifications(
                         "no notifications match\n".into()
                     };
                 }
-                let mut text = render::notifications_table(l);
-                if let Some(last) = l.last().filter(|_| l.len() as u32 >= limit.min(500)) {
-                    text.push_str(&format!(
-                        "\n{} shown; the next page: --before {}\n",
-                        l.len(),
-                        last.id
-                    ));
-                }
-                text
+                render::with_next_page(render::notifications_table(l), l, limit, |e| {
+                    e.id.to_string()
+                })
             })
         }
         NotificationsCommand::Show { id } => {

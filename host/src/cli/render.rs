@@ -255,6 +255,24 @@ pub fn tasks_table(list: &[TaskRecord]) -> String {
     t.render()
 }
 
+/// `table`, then, when `list` filled a whole page of `limit`, how to ask for the next one
+/// (`--before` the cursor of its last row).
+pub fn with_next_page<T>(
+    mut table: String,
+    list: &[T],
+    limit: u32,
+    cursor: impl Fn(&T) -> String,
+) -> String {
+    if let Some(last) = list.last().filter(|_| list.len() as u32 >= limit.min(500)) {
+        table.push_str(&format!(
+            "\n{} shown; the next page: --before {}\n",
+            list.len(),
+            cursor(last)
+        ));
+    }
+    table
+}
+
 /// `paynotify plugins list`, from `GET /api/admin/plugins`.
 pub fn plugins_table(list: &Value) -> String {
     let text = |p: &Value, k: &str| p[k].as_str().map(str::to_owned);
