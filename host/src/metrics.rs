@@ -11,7 +11,7 @@
 //! | `paynotify_notifications_total` | counter | `provider`, `verdict` |
 //! | `paynotify_handler_duration_seconds` | histogram | `plugin`, `call` (`handle_paid`, `run_task`), `outcome` |
 //! | `paynotify_plugin_loads_total` | counter | `plugin` |
-//! | `paynotify_plugin_load_failures_total` | counter | `plugin`, `reason` (`signature`, `manifest`, `compile`, `world`, `metadata`, `revoked`) |
+//! | `paynotify_plugin_load_failures_total` | counter | `plugin`, `reason` (`signature`, `manifest`, `file`, `compile`, `world`, `metadata`, `revoked`) |
 //! | `paynotify_plugin_cache_rejected_total` | counter | |
 //! | `paynotify_plugins_loaded`, `paynotify_plugins_failing` | gauge | |
 //! | `paynotify_tasks` | gauge | `status` (`pending`, `running`, `dead`) |

@@ -106,23 +106,30 @@ pub(super) struct Files {
     pub manifest_sig: Option<Vec<u8>>,
 }
 
+/// Largest `.wasm` read (a JavaScript component is ~12 MB): a bigger file is refused
+/// rather than read whole into memory.
+pub(super) const MAX_WASM_BYTES: u64 = 128 * 1024 * 1024;
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+/// Largest signature read (an SSHSIG of an RSA-4096 key is under 2 KiB).
+const MAX_SIG_BYTES: u64 = 64 * 1024;
+
 impl Files {
-    /// Reads the files; only the `.wasm` must exist.
+    /// Reads the files; only the `.wasm` must exist. Whoever can write the folder chooses
+    /// these files, so each is read only if it is a regular file of bounded size, and
+    /// opened without blocking: a FIFO named `goods.wasm.sig` must not hang the scan.
     pub fn read(paths: &Paths) -> Result<Files, LoadError> {
-        let optional = |p: &Path| match std::fs::read(p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(LoadError::Compile(format!(
-                "cannot read {}: {e}",
-                p.display()
-            ))),
+        let read = |p: &Path, max: u64| {
+            read_capped(p, max)
+                .map_err(|e| LoadError::Unreadable(format!("cannot read {}: {e}", p.display())))
         };
         Ok(Files {
-            wasm: std::fs::read(&paths.wasm)
-                .map_err(|e| LoadError::Compile(format!("cannot read: {e}")))?,
-            manifest: optional(&paths.manifest)?,
-            wasm_sig: optional(&paths.wasm_sig)?,
-            manifest_sig: optional(&paths.manifest_sig)?,
+            wasm: read(&paths.wasm, MAX_WASM_BYTES)?.ok_or_else(|| {
+                LoadError::Unreadable(format!("cannot read {}: it is gone", paths.wasm.display()))
+            })?,
+            manifest: read(&paths.manifest, MAX_MANIFEST_BYTES)?,
+            wasm_sig: read(&paths.wasm_sig, MAX_SIG_BYTES)?,
+            manifest_sig: read(&paths.manifest_sig, MAX_SIG_BYTES)?,
             paths: paths.clone(),
         })
     }
@@ -153,6 +160,43 @@ impl Files {
         }
         hex::encode(h.finalize())
     }
+}
+
+/// The bytes of `path`, `None` if there is no such file; an error if it is not a regular
+/// file or is larger than `max` bytes.
+fn read_capped(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        rustix::fs::OFlags::NONBLOCK.bits() as i32,
+    );
+    let file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Checked on the open handle, so the file cannot be swapped after the check.
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than the {max} a plugin file may have",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "grew past the {max} bytes a plugin file may have while being read"
+        )));
+    }
+    Ok(Some(bytes))
 }
 
 /// The file name of `path`, for messages.
@@ -215,6 +259,42 @@ mod tests {
         let m = std::fs::metadata(&wasm).unwrap();
         assert_eq!((m.len(), m.modified().unwrap()), (4, mtime));
         assert_ne!(FileStamp::of(&paths), before);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn fifos_and_oversized_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!(
+            "paynotify-read-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wasm = dir.join("goods.wasm");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        let paths = Paths::of(&wasm);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &paths.wasm_sig,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = Files::read(&paths)
+            .expect_err("a FIFO is not read")
+            .to_string();
+        assert!(e.contains("goods.wasm.sig: not a regular file"), "{e}");
+        std::fs::remove_file(&paths.wasm_sig).unwrap();
+        std::fs::write(&paths.manifest_sig, vec![b'x'; 64 * 1024 + 1]).unwrap();
+        let e = Files::read(&paths).expect_err("too big").to_string();
+        assert!(e.contains("65537 bytes, more than the 65536"), "{e}");
+        std::fs::remove_file(&paths.manifest_sig).unwrap();
+        let files = Files::read(&paths).expect("reads");
+        assert_eq!(
+            (files.wasm.as_slice(), files.manifest.is_none()),
+            (&b"\0asm"[..], true)
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

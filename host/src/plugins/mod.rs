@@ -318,7 +318,7 @@ impl Registry {
                     .is_some_and(|s| !allowed.still_allows(s, now))
                 {
                     // Loading it again below fails on the signature and says why.
-                    tracing::warn!(plugin = %plugin_type, signer = ?p.signer, "the serving build's signer is no longer allowed: unloading it");
+                    tracing::warn!(plugin = %plugin_type, signer = %signer_text(p.signer.as_ref()), "the serving build's signer is no longer allowed: unloading it");
                     previous = None;
                 }
             }
@@ -333,7 +333,7 @@ impl Registry {
                         plugin = %plugin_type,
                         version = %plugin.metadata.version,
                         sha256 = %plugin.sha256,
-                        signer = ?plugin.signer,
+                        signer = %signer_text(plugin.signer.as_ref()),
                         "plugin loaded"
                     );
                     let kind = match previous {
@@ -708,6 +708,11 @@ fn check_manifest_type(
         ))),
         _ => Ok(()),
     }
+}
+
+/// A signer for the log: `principal SHA256:…`, or `-` for an unsigned build.
+fn signer_text(signer: Option<&Signer>) -> String {
+    signer.map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 fn duration_ms(d: std::time::Duration) -> u64 {

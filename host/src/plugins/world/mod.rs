@@ -50,6 +50,9 @@ pub enum LoadError {
     /// The manifest is invalid.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// One of the handler's files cannot be read (gone, not a regular file, too large).
+    #[error("{0}")]
+    Unreadable(String),
     /// `allowed_signers` is set and a file's signature does not let it load.
     #[error("signature: {0}")]
     Signature(#[from] crate::plugins::signing::SignatureError),
@@ -70,6 +73,7 @@ impl LoadError {
             LoadError::Imports(_) | LoadError::Exports(_) => "world",
             LoadError::Metadata(_) => "metadata",
             LoadError::Manifest(_) => "manifest",
+            LoadError::Unreadable(_) => "file",
             LoadError::Signature(_) | LoadError::Signers(_) => "signature",
             LoadError::Revoked(_) => "revoked",
         }
