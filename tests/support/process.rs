@@ -3,8 +3,9 @@
 //!
 //! The binary is `PAYNOTIFY_BIN` (what `cargo xtask test` builds and passes), else
 //! `<workspace>/target/debug/paynotify`. `cargo test` alone does not rebuild that binary:
-//! after changing the host, run `cargo build -p paynotify` (or `cargo xtask test`) before
-//! these tests, or they test the previous build.
+//! after changing the host, run `cargo build --bin paynotify` (or `cargo xtask test`) before
+//! these tests, or they test the previous build (`cargo build -p paynotify` resolves other
+//! features and compiles the host and its dependencies a second time).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,7 +31,7 @@ pub fn paynotify_bin() -> PathBuf {
     assert!(
         path.is_file(),
         "the paynotify binary {} is missing: run the tests with `cargo xtask test` (it builds \
-         it), or `cargo build -p paynotify` first, or point PAYNOTIFY_BIN at it",
+         it), or `cargo build --bin paynotify` first, or point PAYNOTIFY_BIN at it",
         path.display()
     );
     path

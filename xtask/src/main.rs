@@ -68,17 +68,57 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A `cargo` command without the variables the outer `cargo run` (the `cargo xtask` alias)
+/// set for this process. Cargo compares build scripts' `rerun-if-env-changed` variables
+/// with its own environment: `ring`'s names `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`, so with
+/// them inherited, every switch between `cargo xtask test` and a plain `cargo test` or
+/// `cargo build` rebuilt ring, rustls, reqwest and the host.
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
+/// A command as a shell would run it: its folder, the variables it sets, the program and
+/// its arguments (not the variables it removes, see [`cargo`]).
+fn shown(cmd: &Command) -> String {
+    let mut s = String::new();
+    if let Some(dir) = cmd.get_current_dir() {
+        s += &format!("cd {dir:?} && ");
+    }
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            s += &format!("{}={value:?} ", key.to_string_lossy());
+        }
+    }
+    s += &format!("{:?}", cmd.get_program());
+    for arg in cmd.get_args() {
+        s += &format!(" {arg:?}");
+    }
+    s
 }
 
 fn run_cmd(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
+    eprintln!("xtask: {}", shown(cmd));
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+        .with_context(|| format!("cannot start {}", shown(cmd)))?;
     if !status.success() {
-        bail!("{cmd:?} failed with {status}");
+        bail!("{} failed with {status}", shown(cmd));
     }
     Ok(())
 }
@@ -151,16 +191,123 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Builds the example plugins and the `paynotify` binary, then runs it with ARGS (default
+/// `--config paynotify.example.toml serve`) in the workspace root.
+///
+/// The binary is built by [`build_bin`], which resolves the same features as the tests'
+/// build, so `run` after `test` (or the reverse) compiles nothing again; `cargo run -p
+/// paynotify` would resolve others and compile wasmtime, sqlx and the host a second time.
 fn run(root: &Path, args: &[String]) -> Result<()> {
     build_plugins(root)?;
-    let mut cmd = cargo();
-    cmd.current_dir(root).args(["run", "-p", "paynotify", "--"]);
+    let bin = build_bin(root)?;
+    let mut cmd = Command::new(&bin);
+    cmd.current_dir(root);
+    // `cargo xtask run -- --help`: cargo passes the `--` on.
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
     if args.is_empty() {
         cmd.args(["--config", "paynotify.example.toml", "serve"]);
     } else {
         cmd.args(args);
     }
-    run_cmd(&mut cmd)
+    eprintln!("xtask: {}", shown(&cmd));
+    #[cfg(unix)]
+    {
+        // The server replaces this process: Ctrl-C and the exit status are its own.
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        Err(e).with_context(|| format!("cannot start {}", bin.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+/// The `cargo build` that makes the `paynotify` binary `run` starts: the whole workspace
+/// selected, as `cargo test --workspace` selects it, so both resolve one feature set and
+/// share every compiled dependency. (Dev-dependencies count only in the test build; the
+/// `tests` package's normal dependencies carry the features they add, which
+/// `tests::run_and_test_builds_resolve_the_same_features` checks.)
+const BUILD_BIN: &[&str] = &["build", "--workspace", "--bin", "paynotify"];
+
+/// Builds the `paynotify` binary with [`BUILD_BIN`]; returns its path, from cargo's JSON
+/// messages.
+fn build_bin(root: &Path) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(BUILD_BIN)
+        .arg("--message-format=json-render-diagnostics");
+    let artifacts = cargo_artifacts(&mut cmd)?;
+    artifacts
+        .into_iter()
+        .find(|a| a.is("bin") && a.name == "paynotify" && !a.test)
+        .map(|a| a.executable)
+        .context("cargo built no `paynotify` binary")
+}
+
+/// An executable cargo reported building (`compiler-artifact` with an `executable`).
+struct Artifact {
+    name: String,
+    kinds: Vec<String>,
+    /// Built as a test harness (`profile.test`).
+    test: bool,
+    manifest: PathBuf,
+    executable: PathBuf,
+}
+
+impl Artifact {
+    fn is(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|k| k == kind)
+    }
+}
+
+/// Runs a cargo build with `--message-format=json…` (diagnostics to the terminal) and
+/// returns the executables it reported.
+fn cargo_artifacts(cmd: &mut Command) -> Result<Vec<Artifact>> {
+    eprintln!("xtask: {}", shown(cmd));
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {}", shown(cmd)))?;
+    if !out.status.success() {
+        bail!("{} failed with {}", shown(cmd), out.status);
+    }
+    let mut artifacts = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(executable) = msg["executable"].as_str().map(PathBuf::from) else {
+            continue;
+        };
+        artifacts.push(Artifact {
+            name: msg["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            kinds: msg["target"]["kind"]
+                .as_array()
+                .map(|k| {
+                    k.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            test: msg["profile"]["test"] == true,
+            manifest: msg["manifest_path"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            executable,
+        });
+    }
+    Ok(artifacts)
 }
 
 /// Every test on SQLite, then the end-to-end suite again on PostgreSQL and without an API
@@ -179,6 +326,12 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         "the signed-handler tests",
         &[(SSH_KEYGEN, "openssh-client")],
     )?;
+    if let Err(e) = ensure_debian_packages(
+        "the deploying tests",
+        &[(SQLITE3, "sqlite3"), (PSQL, "postgresql-client")],
+    ) {
+        eprintln!("xtask: {e:#}; the deploying tests will skip what needs them");
+    }
     if let Err(e) = ensure_browser() {
         if in_ci {
             return Err(e.context("CI=true: the console's browser tests need Chromium"));
@@ -280,6 +433,11 @@ fn ensure_browser() -> Result<()> {
 /// `ssh-keygen`, with which the signed-handler tests make keys and sign files.
 const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 
+/// The `sqlite3` CLI that `deploy/backup-sqlite.sh` uses, and `psql`, which runs
+/// `deploy/postgres-setup.sql` (tests/deploying.rs) and drops old test schemas.
+const SQLITE3: &str = "/usr/bin/sqlite3";
+const PSQL: &str = "/usr/bin/psql";
+
 /// Installs Debian `packages` with apt-get if any of their `(binary, package)` binaries is
 /// missing (with `sudo` unless already root; `apt-get update` first if the install fails).
 fn ensure_debian_packages(why: &str, needs: &[(&str, &str)]) -> Result<()> {
@@ -330,7 +488,8 @@ struct TestBuild {
 
 /// Builds every test, and the binary with them, in the one build `cargo test --workspace`
 /// uses (a `cargo build -p paynotify` would resolve other features and compile the host
-/// a second time), and lists the executables from cargo's JSON messages.
+/// a second time; [`BUILD_BIN`] resolves the same ones), and lists the executables from
+/// cargo's JSON messages.
 fn build_tests(root: &Path) -> Result<TestBuild> {
     let mut cmd = cargo();
     cmd.current_dir(root).args([
@@ -339,44 +498,16 @@ fn build_tests(root: &Path) -> Result<TestBuild> {
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
-    eprintln!("xtask: {cmd:?}");
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed with {}", out.status);
-    }
     let e2e_manifest = root.join("tests").join("Cargo.toml");
     let mut bin = None;
     let mut e2e = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let Some(exe) = msg["executable"].as_str().map(PathBuf::from) else {
-            continue;
-        };
-        let name = msg["target"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let kinds = &msg["target"]["kind"];
-        let is = |kind: &str| {
-            kinds
-                .as_array()
-                .is_some_and(|k| k.iter().any(|v| v == kind))
-        };
-        let manifest = msg["manifest_path"].as_str().map(Path::new);
+    for a in cargo_artifacts(&mut cmd)? {
         // The bin target is reported twice: its unit-test harness (`profile.test`) and
         // the program itself.
-        if is("bin") && name == "paynotify" && msg["profile"]["test"] == false {
-            bin = Some(exe);
-        } else if is("test") && manifest == Some(e2e_manifest.as_path()) {
-            e2e.push((name, exe));
+        if a.is("bin") && a.name == "paynotify" && !a.test {
+            bin = Some(a.executable);
+        } else if a.is("test") && a.manifest == e2e_manifest {
+            e2e.push((a.name, a.executable));
         }
     }
     e2e.sort();
@@ -425,11 +556,11 @@ struct Totals {
 /// adds up its result lines.
 fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
-    eprintln!("xtask: {cmd:?}");
+    eprintln!("xtask: {}", shown(cmd));
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+        .with_context(|| format!("cannot start {}", shown(cmd)))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(stdout).lines() {
@@ -455,7 +586,7 @@ fn run_counted(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!("{cmd:?} failed with {status}");
+        bail!("{} failed with {status}", shown(cmd));
     }
     Ok(())
 }
@@ -527,4 +658,54 @@ fn bench(root: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Every package's features as `cargo tree` resolves them for the workspace, with or
+    /// without dev-dependencies: `package version (path)` → `[features]`.
+    fn features(edges: &str) -> BTreeMap<String, String> {
+        let out = cargo()
+            .current_dir(workspace_root())
+            .args(["tree", "--workspace", "--prefix", "none", "--no-dedupe"])
+            .args(["-e", edges, "-f", "{p}|{f}"])
+            .output()
+            .expect("run cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo tree: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(p, f)| (p.trim_end_matches(" (*)").to_owned(), f.to_owned()))
+            .collect()
+    }
+
+    /// `cargo xtask run` builds the binary without dev-dependencies ([`BUILD_BIN`]), the
+    /// tests with them: every package the binary uses must get the same features in both,
+    /// or `run` after `test` compiles the host (and whatever differs) a second time.
+    #[test]
+    fn run_and_test_builds_resolve_the_same_features() {
+        assert_eq!(&BUILD_BIN[..2], ["build", "--workspace"]);
+        let test_build = features("normal,build,dev");
+        let run_build = features("normal,build");
+        let differ: Vec<String> = run_build
+            .iter()
+            .filter(|(p, f)| test_build.get(*p) != Some(f))
+            .map(|(p, f)| format!("{p}: run [{f}], test [{:?}]", test_build.get(p)))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "features differ between `cargo build --workspace` and `cargo test --workspace` \
+             (a dev-dependency turns them on: add the same dependency with those features to \
+             tests/Cargo.toml's [dependencies]):\n{}",
+            differ.join("\n")
+        );
+    }
 }
