@@ -32,6 +32,10 @@ pub struct Cli {
     /// Print machine-readable JSON (one line) instead of tables and text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// On an error, print where it happened (a backtrace) after the message; also
+    /// PAYNOTIFY_BACKTRACE=1. RUST_BACKTRACE alone does not: it is for panics.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

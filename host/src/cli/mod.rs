@@ -47,6 +47,29 @@ pub async fn run(cli: Cli, logs: tryout::LogCapture) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `PAYNOTIFY_BACKTRACE` asks for error backtraces: set to anything but empty,
+/// `0` or `false`.
+pub fn backtrace_requested(value: Option<std::ffi::OsString>) -> bool {
+    value.is_some_and(|v| !matches!(v.to_str(), Some("" | "0" | "false")))
+}
+
+/// A command's error as printed on stderr: the message and its causes, as anyhow's
+/// report shows them, with the backtrace (when one was captured) only if `backtraces`.
+pub fn error_text(error: &anyhow::Error, backtraces: bool) -> String {
+    if backtraces {
+        return format!("Error: {error:?}\n");
+    }
+    let mut text = format!("Error: {error}\n");
+    let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        text.push_str("\nCaused by:\n");
+        for (i, cause) in causes.iter().enumerate() {
+            text.push_str(&format!("    {i}: {cause}\n"));
+        }
+    }
+    text
+}
+
 /// Loads the config for any command. A file named with `--config` / `PAYNOTIFY_CONFIG`
 /// that does not exist is an error: a typo in a deploy must not serve an empty database
 /// on defaults. Without one, a missing `paynotify.toml` means the built-in defaults, and
