@@ -353,9 +353,14 @@ pub fn plugin_history_table(list: &[PluginEventRecord]) -> String {
     t.render()
 }
 
-/// `paynotify plugins check FILE` for a file that loads: what it is and what its manifest
-/// grants, the side-effect opt-ins spelled out.
-pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> String {
+/// `paynotify plugins check FILE` for a file that loads: what it is, which manifest
+/// (`manifest`, a line) and what it grants, the side-effect opt-ins spelled out, and the
+/// limits of its calls.
+pub fn plugin_check_text(
+    file: &Path,
+    manifest_line: &str,
+    plugin: &paynotify::plugins::Plugin,
+) -> String {
     let (metadata, sha256, manifest) = (&plugin.metadata, &plugin.sha256, &plugin.manifest);
     let list_or_none = |items: &[String]| {
         if items.is_empty() {
@@ -365,12 +370,13 @@ pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> St
         }
     };
     let mut out = format!(
-        "{}: ok, {} {} (paynotify:plugin@{}), sha256 {sha256}\n\
+        "{}: ok, {} {} (paynotify:plugin@{}), sha256 {sha256}\n{}\n\
          collections: {}\nhttp origins: {}\n",
         file.display(),
         metadata.name,
         metadata.version,
         metadata.world_version,
+        clean_block(manifest_line),
         list_or_none(&manifest.collections),
         list_or_none(&manifest.http_origins),
     );
@@ -388,6 +394,12 @@ pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> St
     } else {
         "crypto (notify key): no\n"
     });
+    out.push_str(&format!(
+        "limits: timeout {} ms, payment timeout {} ms, memory {} MiB\n",
+        plugin.limits.timeout.as_millis(),
+        plugin.payment_limits.timeout.as_millis(),
+        plugin.limits.memory_bytes / (1024 * 1024)
+    ));
     if manifest.http_in_payment {
         out.push_str("warning: ");
         out.push_str(paynotify::plugins::manifest::HTTP_IN_PAYMENT_WARNING);
