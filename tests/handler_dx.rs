@@ -152,13 +152,16 @@ async fn new_plugin_rust_project_builds_outside_the_repository_and_pays_an_order
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("cargo build --release --target wasm32-wasip2"),
+        said.contains("cargo build --release --target wasm32-wasip2")
+            && said.contains("--order order.json")
+            && said.contains("cargo install --path host --locked"),
         "{said}"
     );
     for f in [
         "Cargo.toml",
         "src/lib.rs",
         "points.toml",
+        "order.json",
         "README.md",
         "wit/plugin.wit",
     ] {
@@ -181,6 +184,28 @@ async fn new_plugin_rust_project_builds_outside_the_repository_and_pays_an_order
         started.elapsed().as_secs_f64()
     );
     let wasm = target_dir().join("scaffold/wasm32-wasip2/release/points.wasm");
+
+    // The "next:" steps as printed, in the project, where the build would be without the
+    // shared target dir: `try` finds points.toml and pays the scaffolded order.json.
+    let release = project.join("target/wasm32-wasip2/release");
+    std::fs::create_dir_all(&release).expect("mkdir");
+    std::fs::copy(&wasm, release.join("points.wasm")).expect("copy wasm");
+    let out = run_ok(paynotify(&project).args([
+        "try",
+        "target/wasm32-wasip2/release/points.wasm",
+        "--order",
+        "order.json",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "manifest: {}",
+            project.join("points.toml").display()
+        )) && text.contains("handle-paid: ok")
+            && text.contains(r#"users/u1  {"points":10}"#),
+        "{text}"
+    );
+
     scaffolded_handler_pays_an_order("points", &wasm, &project.join("points.toml")).await;
 
     // Again: the directory exists, so nothing is overwritten.
@@ -669,6 +694,144 @@ fn try_shows_the_writes_tasks_and_logs_of_a_handler() {
         err.contains("bad.json") && err.contains("total_fee"),
         "{err}"
     );
+}
+
+/// `try` and `plugins check` without `--manifest`, on a build output inside a project, use
+/// the project's `{type}.toml` and say so; `--manifest` names another, whose grants and
+/// limits `check` prints.
+#[test]
+fn try_and_check_find_the_manifest_in_the_project() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let project = tmp.path().join("shop");
+    let release = project.join("target/wasm32-wasip2/release");
+    std::fs::create_dir_all(&release).expect("mkdir");
+    std::fs::write(
+        project.join("Cargo.toml"),
+        "[package]\nname = \"recharge\"\n",
+    )
+    .expect("write");
+    std::fs::copy(
+        plugin_manifest("recharge").expect("manifest"),
+        project.join("recharge.toml"),
+    )
+    .expect("copy manifest");
+    std::fs::copy(plugin_wasm("recharge"), release.join("recharge.wasm")).expect("copy wasm");
+    std::fs::write(
+        project.join("order.json"),
+        r#"{"user_id": "u1", "total_fee": 500, "custom": {"recharge_balance": 500}}"#,
+    )
+    .expect("write");
+    let wasm = "target/wasm32-wasip2/release/recharge.wasm";
+    let used = format!("manifest: {}", project.join("recharge.toml").display());
+
+    let out = run_ok(paynotify(&project).args(["try", wasm, "--order", "order.json"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&used)
+            && text.contains("handle-paid: ok")
+            && text.contains(r#"users/u1  {"balance":500}"#),
+        "{text}"
+    );
+
+    let out = run_ok(paynotify(&project).args(["plugins", "check", wasm]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&used)
+            && text.contains("collections: users\n")
+            && text.contains("limits: timeout 4000 ms, payment timeout ")
+            && text.contains("memory 64 MiB"),
+        "{text}"
+    );
+
+    // Named: its grants and limits, as text and JSON.
+    let other = tmp.path().join("other.toml");
+    std::fs::write(
+        &other,
+        "collections = [\"wallets\"]\ntimeout_ms = 1500\npayment_timeout_ms = 100\nmemory_mb = 32\n",
+    )
+    .expect("write");
+    let out = run_ok(
+        paynotify(&project)
+            .args(["plugins", "check", wasm, "--manifest"])
+            .arg(&other),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("manifest: {}", other.display()))
+            && text.contains("collections: wallets\n")
+            && text.contains("limits: timeout 1500 ms, payment timeout 100 ms, memory 32 MiB"),
+        "{text}"
+    );
+    let out = run_ok(
+        paynotify(&project)
+            .args(["--json", "plugins", "check", wasm, "--manifest"])
+            .arg(&other),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (&v["timeout_ms"], &v["payment_timeout_ms"], &v["memory_mb"]),
+        (&json!(1500), &json!(100), &json!(32)),
+        "{v}"
+    );
+    assert_eq!(v["manifest"], json!(other.display().to_string()), "{v}");
+
+    // A named manifest that is not there is an error, for both.
+    for command in [
+        &["plugins", "check", wasm][..],
+        &["try", wasm, "--order", "order.json"],
+    ] {
+        let out = paynotify(&project)
+            .args(command)
+            .args(["--manifest", "missing.toml"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("missing.toml"),
+            "{command:?}: {err}"
+        );
+    }
+}
+
+/// `plugins check` in a folder without a configuration file writes nothing into it (the
+/// compiled component, 37 MB for the JS one, goes to the user's cache folder), and says
+/// what it compiles while the first compile takes seconds.
+#[test]
+fn check_without_a_config_caches_outside_the_folder_and_says_it_compiles() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let here = tmp.path().join("here");
+    let cache_home = tmp.path().join("cache-home");
+    std::fs::create_dir_all(&here).expect("mkdir");
+    let out = run_ok(
+        Command::new(paynotify_bin())
+            .current_dir(&here)
+            .env_remove("PAYNOTIFY_CONFIG")
+            .env("XDG_CACHE_HOME", &cache_home)
+            .args(["plugins", "check"])
+            .arg(plugin_wasm("recharge-js")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok, recharge"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("compiling recharge-js.wasm (first time, ~"),
+        "{err}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&here)
+        .expect("read")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "written into the current folder: {written:?}"
+    );
+    let cached = std::fs::read_dir(cache_home.join("paynotify/compiled"))
+        .expect("the user cache")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .count();
+    assert_eq!(cached, 1);
 }
 
 /// `plugins check FILE`: its non-zero exit and stderr message.

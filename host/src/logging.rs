@@ -66,7 +66,15 @@ where
 /// Whether the text log may use colours: only on a terminal (a file, a pipe or journald
 /// would keep the escape codes), and not when `NO_COLOR` is set (<https://no-color.org>).
 pub fn stderr_colours() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// The rule of [`stderr_colours`]: a terminal, and `NO_COLOR` unset or empty.
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Formats the fields of events and spans like tracing-subscriber's default, with every
@@ -252,6 +260,15 @@ mod tests {
         assert!(out.contains('\x1b'), "the level is coloured: {out:?}");
         assert!(!out.contains("\x1b[31m"), "{out:?}");
         assert!(out.contains("\\u{1b}[31mred"), "{out:?}");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 
@@ -13,9 +15,36 @@ use cli::{Cli, Command, LogFormat};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Cli::parse();
+    let backtraces =
+        args.verbose || cli::backtrace_requested(std::env::var_os("PAYNOTIFY_BACKTRACE"));
+    // Error backtraces are captured (std's `Backtrace::capture`, which anyhow and wasmtime
+    // use) when RUST_LIB_BACKTRACE, else RUST_BACKTRACE, says so. Many Rust developers
+    // keep RUST_BACKTRACE=1 set: a plain user error then printed ~30 frames, and every
+    // handler error in the server paid for a capture. Ours is the one switch; panics
+    // still follow RUST_BACKTRACE. Set before the runtime starts any thread.
+    std::env::set_var("RUST_LIB_BACKTRACE", if backtraces { "1" } else { "0" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", cli::error_text(&e, backtraces));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Cli) -> anyhow::Result<()> {
     let json_logs = matches!(args.log_format, LogFormat::Json);
     let logs = match args.command {
         // It writes a project and says what to do next: nothing to log.

@@ -32,6 +32,10 @@ pub struct Cli {
     /// Print machine-readable JSON (one line) instead of tables and text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// On an error, print where it happened (a backtrace) after the message; also
+    /// PAYNOTIFY_BACKTRACE=1. RUST_BACKTRACE alone does not: it is for panics.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -149,10 +153,16 @@ pub enum PluginsCommand {
     List,
     /// Make the running server rescan its plugins directory now.
     Reload,
-    /// Validate a handler file (world version, exports, manifest) without loading it.
+    /// Validate a handler file (world version, exports, signatures, manifest) as the
+    /// server would load it, without loading it; print its grants and limits.
     Check {
-        /// The `.wasm` file; its `.toml` manifest beside it is checked too.
+        /// The `.wasm` file.
         file: PathBuf,
+        /// Its manifest; default `{type}.toml` beside the file, else in the project that
+        /// built it (from the file's folder up to the one holding `Cargo.toml` or
+        /// `package.json`). The output says which was checked.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
     /// Every load, replacement, unload and refusal of a handler build, newest first, by
     /// every host and across restarts (read from the database): which build served when,

@@ -9,7 +9,7 @@ use paynotify::{App, Config};
 
 use super::admin::{query_string, AdminClient};
 use super::args::{NotificationsCommand, OrdersCommand, PluginsCommand, TasksCommand};
-use super::{new_plugin, render, tryout};
+use super::{develop, new_plugin, render, tryout};
 
 /// Prints `value` as one line of JSON with `--json`, else as `text` renders it.
 fn output<T: serde::Serialize + ?Sized>(
@@ -179,8 +179,14 @@ async fn shutdown_signal() {
 }
 
 /// `paynotify plugins …`: asks the running server, checks a file here, or reads the
-/// history in the database.
-pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::Result<()> {
+/// history in the database. `config_file`: a configuration file was read (then `check`
+/// may use the server's compiled cache).
+pub async fn plugins(
+    config: &Config,
+    config_file: bool,
+    json: bool,
+    c: PluginsCommand,
+) -> anyhow::Result<()> {
     let client = AdminClient::new(config);
     match c {
         PluginsCommand::List => {
@@ -210,20 +216,33 @@ pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::
                 })
             })
         }
-        PluginsCommand::Check { file } => {
+        PluginsCommand::Check { file, manifest } => {
+            let found = develop::find_manifest(&file, manifest.as_deref())?;
             let runtime = std::sync::Arc::new(paynotify::plugins::Runtime::new(&config.plugins)?);
             let registry = paynotify::plugins::Registry::new(runtime, config.plugins.clone());
-            // The server's cache, when this user may use it: a big handler compiles once.
-            let registry = match paynotify::app::open_cache(config) {
-                Ok(Some(cache)) => registry.with_cache(cache),
-                _ => registry,
+            let cache = develop::compiled_cache(config, config_file);
+            let registry = match cache.clone() {
+                Some(cache) => registry.with_cache(cache),
+                None => registry,
             };
-            match registry.check_file(&file).await {
+            let staged = develop::Staged::new(&file, &found)
+                .with_context(|| format!("cannot stage {} with its manifest", file.display()))?;
+            let size = std::fs::metadata(&file).map_or(0, |m| m.len());
+            let checked = develop::say_slow_compile(
+                &file,
+                size,
+                cache.as_ref(),
+                registry.check_file(&staged.wasm),
+            )
+            .await;
+            match checked {
                 Ok(p) => output(
                     json,
                     &serde_json::json!({
                         "file": file.display().to_string(),
                         "ok": true,
+                        "type": p.plugin_type,
+                        "manifest": found.path.as_ref().map(|m| m.display().to_string()),
                         "metadata": p.metadata,
                         "sha256": p.sha256,
                         "signer": p.signer,
@@ -232,10 +251,24 @@ pub async fn plugins(config: &Config, json: bool, c: PluginsCommand) -> anyhow::
                         "http_origins": p.manifest.http_origins,
                         "http_in_payment": p.manifest.http_in_payment,
                         "crypto": p.manifest.crypto,
+                        "timeout_ms": p.limits.timeout.as_millis() as u64,
+                        "payment_timeout_ms": p.payment_limits.timeout.as_millis() as u64,
+                        "memory_mb": p.limits.memory_bytes / (1024 * 1024),
                     }),
-                    |_| render::plugin_check_text(&file, &p),
+                    |_| render::plugin_check_text(&file, &found.describe(), &p),
                 ),
-                Err(e) => bail!("{}: {e}", file.display()),
+                Err(e) => {
+                    // Which manifest a manifest error is about, when one was found.
+                    let manifest = found
+                        .path
+                        .as_ref()
+                        .map_or(String::new(), |_| format!("\n({})", found.describe()));
+                    bail!(
+                        "{}: {}{manifest}",
+                        file.display(),
+                        staged.unstage(&e.to_string())
+                    )
+                }
             }
         }
     }
@@ -371,14 +404,17 @@ pub async fn reconcile(
     output(json, &v, render::reconcile_text)
 }
 
-/// `paynotify try`: runs the handler once and exits 1 when it failed.
+/// `paynotify try`: runs the handler once and exits 1 when it failed. `config_file`: a
+/// configuration file was read (then the server's compiled cache may be used).
 pub async fn try_handler(
     config: &Config,
+    config_file: bool,
     json: bool,
     args: &tryout::TryArgs,
     logs: &tryout::LogCapture,
 ) -> anyhow::Result<()> {
-    let report = tryout::run(&config.plugins, args, logs).await?;
+    let cache = develop::compiled_cache(config, config_file);
+    let report = tryout::run(&config.plugins, args, logs, cache.as_ref()).await?;
     output(json, &report, tryout::report_text)?;
     if !report.ok {
         std::process::exit(1);

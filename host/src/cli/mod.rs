@@ -5,11 +5,13 @@
 //!
 //! [`args`] holds the clap types, [`run`] picks the command, [`commands`] runs it and
 //! [`render`] prints its answer for people; [`admin`] is the admin API's client. `try`
-//! lives in [`tryout`], `new-plugin` in [`new_plugin`].
+//! lives in [`tryout`], `new-plugin` in [`new_plugin`], and what `try` and `plugins
+//! check` share (compiled cache, manifest lookup, the compile notice) in [`develop`].
 
 mod admin;
 mod args;
 mod commands;
+mod develop;
 mod new_plugin;
 mod render;
 pub mod tryout;
@@ -30,14 +32,19 @@ pub async fn run(cli: Cli, logs: tryout::LogCapture) -> anyhow::Result<()> {
     // Loaded by the commands that need it only: `new-plugin` works in any folder, and
     // `config check` reports a bad configuration instead of stopping on it.
     let config = || load_config(&path, named);
+    // `try` and `plugins check` use the server's compiled cache only when a configuration
+    // file says where the server is (see `develop::compiled_cache`).
+    let config_file = path.is_file();
     match cli.command {
         Command::Serve => commands::serve(config()?).await,
         Command::Config(ConfigCommand::Check) => commands::config_check(&path, named, json),
-        Command::Plugins(c) => commands::plugins(&config()?, json, c).await,
+        Command::Plugins(c) => commands::plugins(&config()?, config_file, json, c).await,
         Command::NewPlugin { name, lang, dir } => {
             commands::new_plugin(&name, lang, dir.as_deref(), json)
         }
-        Command::Try(args) => commands::try_handler(&config()?, json, &args, &logs).await,
+        Command::Try(args) => {
+            commands::try_handler(&config()?, config_file, json, &args, &logs).await
+        }
         Command::Orders(c) => commands::orders(&config()?, json, c).await,
         Command::Notifications(c) => commands::notifications(&config()?, json, c).await,
         Command::Reconcile { older_than, order } => {
@@ -45,6 +52,29 @@ pub async fn run(cli: Cli, logs: tryout::LogCapture) -> anyhow::Result<()> {
         }
         Command::Tasks(c) => commands::tasks(&config()?, json, c).await,
     }
+}
+
+/// Whether `PAYNOTIFY_BACKTRACE` asks for error backtraces: set to anything but empty,
+/// `0` or `false`.
+pub fn backtrace_requested(value: Option<std::ffi::OsString>) -> bool {
+    value.is_some_and(|v| !matches!(v.to_str(), Some("" | "0" | "false")))
+}
+
+/// A command's error as printed on stderr: the message and its causes, as anyhow's
+/// report shows them, with the backtrace (when one was captured) only if `backtraces`.
+pub fn error_text(error: &anyhow::Error, backtraces: bool) -> String {
+    if backtraces {
+        return format!("Error: {error:?}\n");
+    }
+    let mut text = format!("Error: {error}\n");
+    let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        text.push_str("\nCaused by:\n");
+        for (i, cause) in causes.iter().enumerate() {
+            text.push_str(&format!("    {i}: {cause}\n"));
+        }
+    }
+    text
 }
 
 /// Loads the config for any command. A file named with `--config` / `PAYNOTIFY_CONFIG`

@@ -44,6 +44,8 @@ const MAX_NAME: usize = 50;
 
 const WIT: &str = include_str!("../../../wit/plugin.wit");
 const MANIFEST: &str = include_str!("../../templates/manifest.toml");
+/// An order the template's handler pays (`paynotify try … --order order.json`).
+const ORDER: &str = include_str!("../../templates/order.json");
 
 const RUST_FILES: &[(&str, &str)] = &[
     (
@@ -238,6 +240,7 @@ fn files(name: &str, lang: Lang) -> Vec<(String, String)> {
     let mut out = vec![
         ("wit/plugin.wit".to_owned(), WIT.to_owned()),
         (format!("{name}.toml"), fill(MANIFEST)),
+        ("order.json".to_owned(), ORDER.to_owned()),
     ];
     match lang {
         Lang::Rust => {
@@ -266,20 +269,27 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-/// What to do next, printed after the project is written.
+/// How to get `paynotify` on PATH, for a scaffold's user (who may be outside the repo).
+const INSTALL_HINT: &str =
+    "(no `paynotify` on your PATH? from a paynotify checkout: cargo install --path host --locked)";
+
+/// What to do next, printed after the project is written. `try` finds `{name}.toml` in
+/// the project by itself (and says so).
 pub fn next_steps(name: &str, lang: Lang, dir: &Path) -> String {
     let d = dir.display();
     match lang {
         Lang::Rust => format!(
             "created {d} (Rust handler `{name}`)\n\nnext:\n  cd {d}\n  rustup target add wasm32-wasip2\n  \
              cargo build --release --target wasm32-wasip2\n  \
-             paynotify try target/wasm32-wasip2/release/{}.wasm --manifest {name}.toml --order order.json\n\n\
+             paynotify try target/wasm32-wasip2/release/{}.wasm --order order.json\n  \
+             {INSTALL_HINT}\n\n\
              then copy {name}.toml and the .wasm (as {name}.wasm) into the plugins directory; see {d}/README.md\n",
             name.replace('-', "_")
         ),
         Lang::Js => format!(
             "created {d} (JavaScript handler `{name}`)\n\nnext:\n  cd {d}\n  npm install\n  npm run build\n  \
-             paynotify try dist/{name}.wasm --manifest {name}.toml --order order.json\n\n\
+             paynotify try dist/{name}.wasm --order order.json\n  \
+             {INSTALL_HINT}\n\n\
              then copy {name}.toml and dist/{name}.wasm into the plugins directory; see {d}/README.md\n"
         ),
     }
@@ -375,6 +385,19 @@ mod tests {
         let parsed: paynotify::plugins::Manifest =
             toml::from_str(manifest).expect("manifest parses");
         assert_eq!(parsed.collections, ["users", "my-shop_orders"]);
+        for lang in [Lang::Rust, Lang::Js] {
+            let files = files("my-shop", lang);
+            let order = &files
+                .iter()
+                .find(|(p, _)| p == "order.json")
+                .expect("order.json")
+                .1;
+            let order: serde_json::Value = serde_json::from_str(order).expect("order parses");
+            // What the template's handler reads: a user and an integer `custom.points`.
+            assert!(order["user_id"].as_str().is_some_and(|u| !u.is_empty()));
+            assert!(order["total_fee"].as_i64().is_some_and(|f| f > 0));
+            assert!(order["custom"]["points"].is_i64());
+        }
     }
 
     #[test]

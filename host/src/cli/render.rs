@@ -101,6 +101,33 @@ pub fn short_time(ms: Option<Millis>) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// A time shown on its own (not under a `(UTC)` header): `2026-09-03 13:15:40 UTC`.
+pub fn utc_time(ms: Option<Millis>) -> String {
+    match ms {
+        Some(_) => format!("{} UTC", short_time(ms)),
+        None => "-".into(),
+    }
+}
+
+/// China Standard Time (UTC+8, no daylight saving since 1991): the zone WeChat Pay and
+/// Alipay state their times in.
+const SHANGHAI_OFFSET_MS: i64 = 8 * 3600 * 1000;
+
+/// A time a provider gave (in Shanghai time), in UTC and as the provider said it:
+/// `2026-09-03 05:15:40 UTC (13:15:40 Asia/Shanghai)`, the date repeated when it differs.
+pub fn provider_time(ms: Option<Millis>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let utc = short_time(Some(ms));
+    let local = short_time(Some(ms.saturating_add(SHANGHAI_OFFSET_MS)));
+    let local = match (utc.split_once(' '), local.split_once(' ')) {
+        (Some((utc_day, _)), Some((day, clock))) if utc_day == day => clock.to_owned(),
+        _ => local,
+    };
+    format!("{utc} UTC ({local} Asia/Shanghai)")
+}
+
 fn or_dash(v: Option<&str>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
 }
@@ -151,8 +178,8 @@ pub fn order_text(o: &Order) -> String {
             format!("{} (account {})", o.provider, o.account),
         ),
         ("transaction_id", or_dash(o.transaction_id.as_deref())),
-        ("pay_date", short_time(o.pay_date)),
-        ("notify_date", short_time(o.notify_date)),
+        ("pay_date", provider_time(o.pay_date)),
+        ("notify_date", utc_time(o.notify_date)),
         ("handler_status", o.handler_status.clone()),
         ("handler_version", or_dash(o.handler_version.as_deref())),
         ("handler_result", json(&o.handler_result)),
@@ -162,8 +189,8 @@ pub fn order_text(o: &Order) -> String {
             o.paid_notification_id
                 .map_or("-".into(), |id| format!("notification {id}")),
         ),
-        ("created_at", short_time(Some(o.created_at))),
-        ("updated_at", short_time(Some(o.updated_at))),
+        ("created_at", utc_time(Some(o.created_at))),
+        ("updated_at", utc_time(Some(o.updated_at))),
     ];
     key_values(&lines)
 }
@@ -207,12 +234,12 @@ pub fn notification_text(n: &NotificationRecord) -> String {
         ("id", n.id.to_string()),
         ("provider", n.provider.clone()),
         ("account", or_dash(n.account.as_deref())),
-        ("received_at", short_time(Some(n.received_at))),
+        ("received_at", utc_time(Some(n.received_at))),
         ("remote_addr", or_dash(n.remote_addr.as_deref())),
         ("order", or_dash(n.out_trade_no.as_deref())),
         ("verdict", n.verdict.as_str().to_owned()),
         ("reason", or_dash(n.reason.as_deref())),
-        ("processed_at", short_time(n.processed_at)),
+        ("processed_at", utc_time(n.processed_at)),
     ]);
     out.push_str("\nheaders:\n");
     for (k, v) in &n.headers {
@@ -284,7 +311,7 @@ pub fn plugins_table(list: &Value) -> String {
         "SIGNED BY",
         "REFUNDS",
         "LOADED (UTC)",
-        "FAILING FAST UNTIL",
+        "FAILING FAST UNTIL (UTC)",
         "LAST LOAD ERROR",
     ]);
     for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -350,9 +377,14 @@ pub fn plugin_history_table(list: &[PluginEventRecord]) -> String {
     t.render()
 }
 
-/// `paynotify plugins check FILE` for a file that loads: what it is and what its manifest
-/// grants, the side-effect opt-ins spelled out.
-pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> String {
+/// `paynotify plugins check FILE` for a file that loads: what it is, which manifest
+/// (`manifest`, a line) and what it grants, the side-effect opt-ins spelled out, and the
+/// limits of its calls.
+pub fn plugin_check_text(
+    file: &Path,
+    manifest_line: &str,
+    plugin: &paynotify::plugins::Plugin,
+) -> String {
     let (metadata, sha256, manifest) = (&plugin.metadata, &plugin.sha256, &plugin.manifest);
     let list_or_none = |items: &[String]| {
         if items.is_empty() {
@@ -362,12 +394,13 @@ pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> St
         }
     };
     let mut out = format!(
-        "{}: ok, {} {} (paynotify:plugin@{}), sha256 {sha256}\n\
+        "{}: ok, {} {} (paynotify:plugin@{}), sha256 {sha256}\n{}\n\
          collections: {}\nhttp origins: {}\n",
         file.display(),
         metadata.name,
         metadata.version,
         metadata.world_version,
+        clean_block(manifest_line),
         list_or_none(&manifest.collections),
         list_or_none(&manifest.http_origins),
     );
@@ -385,6 +418,12 @@ pub fn plugin_check_text(file: &Path, plugin: &paynotify::plugins::Plugin) -> St
     } else {
         "crypto (notify key): no\n"
     });
+    out.push_str(&format!(
+        "limits: timeout {} ms, payment timeout {} ms, memory {} MiB\n",
+        plugin.limits.timeout.as_millis(),
+        plugin.payment_limits.timeout.as_millis(),
+        plugin.limits.memory_bytes / (1024 * 1024)
+    ));
     if manifest.http_in_payment {
         out.push_str("warning: ");
         out.push_str(paynotify::plugins::manifest::HTTP_IN_PAYMENT_WARNING);
@@ -539,5 +578,67 @@ mod tests {
     fn times_are_shown_in_utc_to_the_second() {
         assert_eq!(short_time(Some(1_788_441_340_999)), "2026-09-03 13:15:40");
         assert_eq!(short_time(None), "-");
+        assert_eq!(utc_time(Some(1_788_441_340_999)), "2026-09-03 13:15:40 UTC");
+        assert_eq!(utc_time(None), "-");
+    }
+
+    #[test]
+    fn provider_times_are_shown_in_utc_and_in_shanghai_time() {
+        // WeChat's time_end 20260903131540 (Shanghai) is 05:15:40 UTC.
+        assert_eq!(
+            provider_time(Some(1_788_412_540_000)),
+            "2026-09-03 05:15:40 UTC (13:15:40 Asia/Shanghai)"
+        );
+        assert_eq!(
+            provider_time(Some(1_788_441_340_000)),
+            "2026-09-03 13:15:40 UTC (21:15:40 Asia/Shanghai)"
+        );
+        // From 16:00 UTC it is the next day in Shanghai: the date is shown.
+        assert_eq!(
+            provider_time(Some(1_788_454_800_000)),
+            "2026-09-03 17:00:00 UTC (2026-09-04 01:00:00 Asia/Shanghai)"
+        );
+        assert_eq!(provider_time(None), "-");
+    }
+
+    #[test]
+    fn orders_show_labels_every_time() {
+        let order = Order {
+            out_trade_no: "R1".into(),
+            order_type: "recharge".into(),
+            provider: "wechat-v2".into(),
+            account: "default".into(),
+            total_fee: 1,
+            user_id: "u1".into(),
+            custom: serde_json::json!({}),
+            status: 1,
+            refund_fee: 0,
+            transaction_id: Some("T1".into()),
+            pay_date: Some(1_788_412_540_000),
+            notify_date: Some(1_788_412_541_000),
+            handler_status: "succeeded".into(),
+            handler_result: None,
+            handler_version: None,
+            original_data: None,
+            paid_notification_id: Some(1),
+            created_at: 1_788_412_000_000,
+            updated_at: 1_788_412_541_000,
+        };
+        let text = order_text(&order);
+        assert!(
+            text.lines().any(|l| l.starts_with("pay_date ")
+                && l.ends_with(" 2026-09-03 05:15:40 UTC (13:15:40 Asia/Shanghai)")),
+            "{text}"
+        );
+        for key in ["pay_date", "notify_date", "created_at", "updated_at"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("{key}: {text}"));
+            assert!(
+                line.contains("2026-09-03 05:") && line.contains(" UTC"),
+                "{line}"
+            );
+        }
     }
 }

@@ -16,6 +16,8 @@ use paynotify::plugins::bindings;
 use paynotify::plugins::capabilities::DbAccess;
 use paynotify::plugins::{Cache, HandlerFailure, Manifest, Metadata, Runtime};
 
+use super::develop;
+
 /// `paynotify try` arguments.
 #[derive(Debug, clap::Args)]
 pub struct TryArgs {
@@ -29,7 +31,9 @@ pub struct TryArgs {
     /// default: one that pays the order in full.
     #[arg(long)]
     pub notification: Option<PathBuf>,
-    /// The manifest (grants, limits, `[config]`); default `{type}.toml` beside the `.wasm`.
+    /// The manifest (grants, limits, `[config]`); default `{type}.toml` beside the `.wasm`,
+    /// else in the project that built it (from the file's folder up to the one holding
+    /// `Cargo.toml` or `package.json`). The report says which was used.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// The merchant account's notify key for `crypto` (64 hex digits); default none.
@@ -137,6 +141,11 @@ pub struct QueuedTask {
 pub struct TryReport {
     /// The component.
     pub file: String,
+    /// The manifest it ran with; `None`: none found (nothing granted, default limits).
+    pub manifest: Option<String>,
+    /// Where the manifest was looked for, or why there is none, for people.
+    #[serde(skip)]
+    pub manifest_note: String,
     /// What it says about itself.
     pub metadata: Metadata,
     /// `handle-paid` returned `Ok` (the writes would commit with the payment).
@@ -233,6 +242,12 @@ pub fn init_tracing(json: bool) -> LogCapture {
             .with(paynotify::logging::text_layer().with_filter(host_filter()))
             .init();
     }
+    // `init` bridges the `log` crate with the subscriber's most verbose level, which the
+    // capture's target filter makes `trace`: cranelift then built a `log` record for each
+    // of its debug lines and the bridge turned every one into an event to be dropped
+    // (~60 % of a compile's CPU, 4x `serve`'s compile time for a JS component). No
+    // handler line comes through `log`, and the host's own lines shown are warnings.
+    log::set_max_level(log::LevelFilter::Warn);
     capture
 }
 
@@ -245,54 +260,21 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TryError>
     serde_json::from_str(&text).map_err(|e| input(e.to_string()))
 }
 
-/// Where `try` keeps compiled components between runs: `[plugins] cache_dir` when the
-/// configuration sets one, else under the user's cache directory (private to the user;
-/// never a shared temporary directory, since artefacts are loaded as native code). A
-/// cache that cannot be used is skipped with a note: `try` then compiles every run.
-fn cache(plugins: &PluginsConfig) -> Option<Cache> {
-    let dir = Cache::default_dir(plugins.cache_dir.as_deref(), None)?;
-    match Cache::open(&dir) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("note: not caching the compiled handler: {e}");
-            None
-        }
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!(
-            "paynotify-try-{}-{}",
-            std::process::id(),
-            hex::encode(rand::random::<[u8; 6]>())
-        ));
-        std::fs::create_dir(&dir)?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `handle-paid` of `args.wasm` once on a fresh SQLite database and reports what it did.
+/// Runs `handle-paid` of `args.wasm` once on a fresh SQLite database and reports what it
+/// did; the compiled component is kept in `cache` (see [`develop::compiled_cache`]).
 pub async fn run(
     plugins: &PluginsConfig,
     args: &TryArgs,
     logs: &LogCapture,
+    cache: Option<&Cache>,
 ) -> Result<TryReport, TryError> {
-    let plugin_type = args
-        .wasm
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_owned();
+    let found = develop::find_manifest(&args.wasm, args.manifest.as_deref()).map_err(|e| {
+        TryError::Input {
+            path: e.0,
+            why: "no such file".into(),
+        }
+    })?;
+    let plugin_type = found.plugin_type.clone();
     let order: OrderInput = read_json(&args.order)?;
     let notification: NotificationInput = match &args.notification {
         Some(p) => read_json(p)?,
@@ -304,22 +286,14 @@ pub async fn run(
         })?),
         None => None,
     };
-    let manifest_path = args
-        .manifest
-        .clone()
-        .unwrap_or_else(|| args.wasm.with_extension("toml"));
-    if args.manifest.is_some() && !manifest_path.exists() {
-        return Err(TryError::Input {
-            path: manifest_path,
-            why: "no such file".into(),
-        });
-    }
-    let manifest = Arc::new(
-        Manifest::load(&manifest_path).map_err(|why| TryError::Input {
-            path: manifest_path.clone(),
+    let manifest = match &found.path {
+        Some(path) => Manifest::load(path).map_err(|why| TryError::Input {
+            path: path.clone(),
             why,
         })?,
-    );
+        None => Manifest::default(),
+    };
+    let manifest = Arc::new(manifest);
     let load = |source| TryError::Load {
         path: args.wasm.clone(),
         source,
@@ -336,19 +310,17 @@ pub async fn run(
         hex::encode(sha2::Sha256::digest(&bytes))
     };
     let runtime = Runtime::new(plugins).map_err(load)?;
-    let compiled = runtime
-        .compile(
-            &plugin_type,
-            bytes,
-            &sha256,
-            cache(plugins).as_ref(),
-            &manifest,
-            limits,
-        )
-        .await
-        .map_err(load)?;
+    let size = bytes.len() as u64;
+    let compiled = develop::say_slow_compile(
+        &args.wasm,
+        size,
+        cache,
+        runtime.compile(&plugin_type, bytes, &sha256, cache, &manifest, limits),
+    )
+    .await
+    .map_err(load)?;
 
-    let dir = TempDir::new()?;
+    let dir = develop::TempDir::new("try")?;
     let store = paynotify::store::connect(&DatabaseConfig {
         url: format!("sqlite://{}", dir.0.join("try.db").display()),
         ..DatabaseConfig::default()
@@ -448,6 +420,8 @@ pub async fn run(
     };
     Ok(TryReport {
         file: args.wasm.display().to_string(),
+        manifest: found.path.as_ref().map(|p| p.display().to_string()),
+        manifest_note: found.describe(),
         metadata: compiled.metadata.clone(),
         ok,
         result,
@@ -465,6 +439,8 @@ pub fn report_text(r: &TryReport) -> String {
         "{}: {} {} (paynotify:plugin@{})\n",
         r.file, r.metadata.name, r.metadata.version, r.metadata.world_version
     );
+    s.push_str(&r.manifest_note);
+    s.push('\n');
     match (&r.result, &r.error) {
         (Some(v), _) => s.push_str(&format!(
             "handle-paid: ok in {:.1} ms, result {v}\n",
