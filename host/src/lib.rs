@@ -16,9 +16,11 @@
 //! 4. `pipeline/settle.rs`: in one transaction, lock the order, check amount and
 //!    account, mark it paid only if unpaid, record the verdict; `pipeline/pay.rs` runs the
 //!    handler inside that transaction; `pipeline/refund.rs` is the refund path.
-//! 5. [`plugins`]: the registry of loaded handlers (hot reload in `watch.rs`), the wasmtime
-//!    runtime and its limits, the capabilities a handler may import (one module each under
-//!    `capabilities/`), and the WIT worlds it may be built against (`world/`).
+//! 5. [`plugins`]: the registry of loaded handlers (hot reload in `watch.rs`; a handler's
+//!    files read once in `files.rs`, their signatures checked in `signing.rs`, every load
+//!    recorded in `history.rs`), the wasmtime runtime and its limits, the authenticated
+//!    compile cache (`cache.rs`), the capabilities a handler may import (one module each
+//!    under `capabilities/`), and the WIT worlds it may be built against (`world/`).
 //! 6. [`store`]: the [`store::Store`] and [`store::Tx`] traits, with `sqlite/` and
 //!    `postgres/` behind them; statements are text plus parameters beside their row mapping.
 //!
