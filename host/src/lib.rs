@@ -17,7 +17,7 @@
 //!    account, mark it paid only if unpaid, record the verdict; `pipeline/pay.rs` runs the
 //!    handler inside that transaction; `pipeline/refund.rs` is the refund path.
 //! 5. [`plugins`]: the registry of loaded handlers (hot reload in `watch.rs`; a handler's
-//!    files read once in `files.rs`, their signatures checked in `signing.rs`, every load
+//!    files read once in `files.rs`, their signatures checked against [`signers`], every load
 //!    recorded in `history.rs`), the wasmtime runtime and its limits, the authenticated
 //!    compile cache (`cache.rs`), the capabilities a handler may import (one module each
 //!    under `capabilities/`), and the WIT worlds it may be built against (`world/`).
@@ -28,7 +28,7 @@
 //! handlers' outbox after commit; [`orders`] creates orders; [`replay`], [`reconcile`],
 //! [`expiry`], [`stuck`] and [`retention`] are the ops entry points and background jobs;
 //! [`metrics`] and [`logging`] are what ops see; [`time`](mod@crate::time) and [`names`] are the small
-//! shared rules. The command line (`cli/`) belongs to the binary, not to this library.
+//! shared rules; [`signers`] reads `allowed_signers` and checks handler signatures. The command line (`cli/`) belongs to the binary, not to this library.
 
 #![deny(missing_docs)]
 
@@ -46,6 +46,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod replay;
 pub mod retention;
+pub mod signers;
 pub mod store;
 pub mod stuck;
 pub mod tasks;

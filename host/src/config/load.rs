@@ -107,7 +107,7 @@ impl Config {
             // Read now, so a bad line stops the start (and `config check`) with its number;
             // the registry reads the file again at every scan, so ops can add or revoke a
             // key without a restart.
-            crate::plugins::signing::AllowedSigners::load(&full).map_err(|e| ConfigError::Key {
+            crate::signers::AllowedSigners::load(&full).map_err(|e| ConfigError::Key {
                 source_name: source_name.to_owned(),
                 key: "plugins.allowed_signers".into(),
                 message: e.to_string(),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::world::LoadError;
+use crate::signers::{AllowedSigners, SignatureError, Signer};
 
 /// The four paths of one handler.
 #[derive(Debug, Clone)]
@@ -132,6 +133,34 @@ impl Files {
             manifest_sig: read(&paths.manifest_sig, MAX_SIG_BYTES)?,
             paths: paths.clone(),
         })
+    }
+
+    /// Checks both signatures against `allowed` and says who signed the `.wasm`: its
+    /// signature always, the manifest's whenever there is a manifest (it grants the
+    /// capabilities), and no orphan manifest signature (a signed manifest that was removed
+    /// would drop the grants, and the limits, ops vouched for).
+    pub fn verify(&self, allowed: &AllowedSigners) -> Result<Signer, SignatureError> {
+        let now = crate::time::now_ms();
+        let check = |path: &Path, bytes: &[u8], sig: &Option<Vec<u8>>| {
+            let file = name(path);
+            let sig = sig
+                .as_ref()
+                .ok_or_else(|| SignatureError::Missing { file: file.clone() })?;
+            allowed.verify(&file, bytes, sig, now)
+        };
+        let signer = check(&self.paths.wasm, &self.wasm, &self.wasm_sig)?;
+        match &self.manifest {
+            Some(manifest) => {
+                check(&self.paths.manifest, manifest, &self.manifest_sig)?;
+            }
+            None if self.manifest_sig.is_some() => {
+                return Err(SignatureError::Orphan {
+                    file: name(&self.paths.manifest),
+                })
+            }
+            None => {}
+        }
+        Ok(signer)
     }
 
     /// SHA-256 of the `.wasm`.

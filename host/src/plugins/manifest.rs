@@ -82,6 +82,20 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Checks `type`: when set it must be `plugin_type`; when `required` (signatures are
+    /// checked) it must be set, so a signed manifest cannot be copied onto another type.
+    pub fn check_type(&self, plugin_type: &str, required: bool) -> Result<(), String> {
+        match &self.plugin_type {
+            Some(t) if t != plugin_type => Err(format!(
+                "type = \"{t}\", but the file is the manifest of `{plugin_type}`"
+            )),
+            None if required => Err(format!(
+                "add `type = \"{plugin_type}\"` and sign it again: with plugins.allowed_signers a manifest must name its type, so a signed manifest cannot be copied onto another type"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The limits for a call, or an error naming the key over the global cap.
     pub fn limits(&self, global: &PluginsConfig) -> Result<Limits, String> {
         let timeout_ms = self.timeout_ms.unwrap_or(global.timeout_ms);

@@ -25,15 +25,16 @@ mod files;
 mod history;
 pub mod manifest;
 pub mod runtime;
-pub mod signing;
+mod status;
 pub mod watch;
 pub mod world;
 
+pub use crate::signers::{AllowedSigners, Signer};
 pub use cache::Cache;
 pub use capabilities::{CallBuilder, CallContext};
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, Runtime};
-pub use signing::{AllowedSigners, Signer};
+pub use status::PluginStatus;
 pub use world::since_v0_1::{bindings, refund_bindings};
 pub use world::{HandlerFailure, LoadError, Metadata};
 
@@ -83,52 +84,6 @@ impl Plugin {
         }
         id
     }
-}
-
-/// What ops see for one type: the version serving and the last load error.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginStatus {
-    /// Order type.
-    #[serde(rename = "type")]
-    pub plugin_type: String,
-    /// A version is serving.
-    pub loaded: bool,
-    /// A new version is being compiled, since when (the serving one, if any, serves meanwhile).
-    pub loading_since: Option<Millis>,
-    /// Name the build reports.
-    pub name: Option<String>,
-    /// Version the build reports.
-    pub version: Option<String>,
-    /// WIT version it was built against.
-    pub world_version: Option<String>,
-    /// SHA-256 of the serving file.
-    pub sha256: Option<String>,
-    /// Who signed the serving build (`None` when `allowed_signers` is not set).
-    pub signer: Option<Signer>,
-    /// Size of the serving file.
-    pub size: Option<usize>,
-    /// When the serving version was loaded.
-    pub loaded_at: Option<Millis>,
-    /// Collections granted.
-    pub collections: Vec<String>,
-    /// HTTP origins granted.
-    pub http_origins: Vec<String>,
-    /// The manifest lets `http` run inside the payment transaction (`http_in_payment`).
-    pub http_in_payment: bool,
-    /// The manifest grants the notify-key `crypto` operations (`crypto = true`).
-    pub crypto: bool,
-    /// The serving build exports `handle-refunded` (world `handler-with-refunds`).
-    pub handles_refunds: bool,
-    /// Wall-time limit of `run-task` calls, in ms.
-    pub timeout_ms: Option<u64>,
-    /// Wall-time limit of payment and refund calls, in ms.
-    pub payment_timeout_ms: Option<u64>,
-    /// Payment calls that timed out in a row, and until when the type fails fast.
-    pub breaker: breaker::BreakerStatus,
-    /// The last load failure for this type (the previous version keeps serving).
-    pub last_error: Option<String>,
-    /// When it failed.
-    pub last_error_at: Option<Millis>,
 }
 
 /// What one scan of the directory did.
@@ -225,61 +180,6 @@ impl Registry {
     /// The handler for `plugin_type`, if one is loaded.
     pub fn get(&self, plugin_type: &str) -> Option<Arc<Plugin>> {
         self.loaded.load().get(plugin_type).cloned()
-    }
-
-    /// Status of every type that is loaded or failed to load.
-    pub fn status(&self) -> Vec<PluginStatus> {
-        let loaded = self.loaded.load();
-        let errors = self
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let loading = self
-            .loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut types: Vec<&String> = loaded
-            .keys()
-            .chain(errors.keys())
-            .chain(loading.keys())
-            .collect();
-        types.sort();
-        types.dedup();
-        types
-            .into_iter()
-            .map(|t| {
-                let p = loaded.get(t);
-                let err = errors.get(t);
-                PluginStatus {
-                    plugin_type: t.clone(),
-                    loaded: p.is_some(),
-                    loading_since: loading.get(t).copied(),
-                    name: p.map(|p| p.metadata.name.clone()),
-                    version: p.map(|p| p.metadata.version.clone()),
-                    world_version: p.map(|p| p.metadata.world_version.clone()),
-                    sha256: p.map(|p| p.sha256.clone()),
-                    signer: p.and_then(|p| p.signer.clone()),
-                    size: p.map(|p| p.size),
-                    loaded_at: p.map(|p| p.loaded_at),
-                    collections: p
-                        .map(|p| p.manifest.collections.clone())
-                        .unwrap_or_default(),
-                    http_origins: p
-                        .map(|p| p.manifest.http_origins.clone())
-                        .unwrap_or_default(),
-                    http_in_payment: p.is_some_and(|p| p.manifest.http_in_payment),
-                    crypto: p.is_some_and(|p| p.manifest.crypto),
-                    handles_refunds: p.is_some_and(|p| p.compiled.handles_refunds()),
-                    timeout_ms: p.map(|p| duration_ms(p.limits.timeout)),
-                    payment_timeout_ms: p.map(|p| duration_ms(p.payment_limits.timeout)),
-                    breaker: p.map(|p| p.breaker.status()).unwrap_or_default(),
-                    last_error: err.map(|e| e.message.clone()),
-                    last_error_at: err.map(|e| e.at),
-                }
-            })
-            .collect()
     }
 
     /// Loads every `{type}.wasm` in the directory whose files changed (by what the
@@ -459,7 +359,7 @@ impl Registry {
         signers: Option<&AllowedSigners>,
     ) -> Result<Plugin, LoadError> {
         let signer = match signers {
-            Some(allowed) => Some(verify_signatures(allowed, &files)?),
+            Some(allowed) => Some(files.verify(allowed)?),
             None => None,
         };
         let manifest_path = &files.paths.manifest;
@@ -467,12 +367,9 @@ impl Registry {
             Some(bytes) => Manifest::parse(bytes, manifest_path).map_err(LoadError::Manifest)?,
             None => Manifest::default(),
         };
-        check_manifest_type(
-            &manifest,
-            plugin_type,
-            manifest_path,
-            signers.is_some() && files.manifest.is_some(),
-        )?;
+        manifest
+            .check_type(plugin_type, signers.is_some() && files.manifest.is_some())
+            .map_err(|e| LoadError::Manifest(format!("{}: {e}", manifest_path.display())))?;
         let manifest = Arc::new(manifest);
         let in_file = |e: String| LoadError::Manifest(format!("{}: {e}", manifest_path.display()));
         let limits = manifest.limits(&self.config).map_err(in_file)?;
@@ -495,7 +392,7 @@ impl Registry {
         if signers.is_some() && compiled.metadata.name != plugin_type {
             // The signature covers the build, not its file name: without this, a signed
             // handler of one type could be dropped in as another's and pay its orders.
-            return Err(signing::SignatureError::WrongType {
+            return Err(crate::signers::SignatureError::WrongType {
                 file: files::name(&files.paths.wasm),
                 found: compiled.metadata.name.clone(),
                 expected: plugin_type.to_owned(),
@@ -660,54 +557,6 @@ enum Reload {
     Unchanged,
     /// With the files' fingerprint and the `.wasm`'s SHA-256, when they could be read.
     Failed(LoadError, Option<(String, String)>),
-}
-
-/// Both signatures: the `.wasm`'s always, the manifest's whenever there is a manifest
-/// (it grants the capabilities), and no orphan manifest signature (a signed manifest
-/// that was removed would drop the grants, and the limits, ops vouched for).
-fn verify_signatures(allowed: &AllowedSigners, files: &Files) -> Result<Signer, LoadError> {
-    let now = now_ms();
-    let check = |path: &Path, bytes: &[u8], sig: &Option<Vec<u8>>| {
-        let file = files::name(path);
-        let sig = sig
-            .as_ref()
-            .ok_or_else(|| signing::SignatureError::Missing { file: file.clone() })?;
-        allowed.verify(&file, bytes, sig, now)
-    };
-    let signer = check(&files.paths.wasm, &files.wasm, &files.wasm_sig)?;
-    match &files.manifest {
-        Some(manifest) => {
-            check(&files.paths.manifest, manifest, &files.manifest_sig)?;
-        }
-        None if files.manifest_sig.is_some() => {
-            return Err(signing::SignatureError::Orphan {
-                file: files::name(&files.paths.manifest),
-            }
-            .into())
-        }
-        None => {}
-    }
-    Ok(signer)
-}
-
-/// A manifest's `type`, when set, must be its own; with signatures it must be set.
-fn check_manifest_type(
-    manifest: &Manifest,
-    plugin_type: &str,
-    path: &Path,
-    required: bool,
-) -> Result<(), LoadError> {
-    match &manifest.plugin_type {
-        Some(t) if t != plugin_type => Err(LoadError::Manifest(format!(
-            "{}: type = \"{t}\", but the file is the manifest of `{plugin_type}`",
-            path.display()
-        ))),
-        None if required => Err(LoadError::Manifest(format!(
-            "{}: add `type = \"{plugin_type}\"` and sign it again: with plugins.allowed_signers a manifest must name its type, so a signed manifest cannot be copied onto another type",
-            path.display()
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// A signer for the log: `principal SHA256:…`, or `-` for an unsigned build.

@@ -55,7 +55,7 @@ pub enum LoadError {
     Unreadable(String),
     /// `allowed_signers` is set and a file's signature does not let it load.
     #[error("signature: {0}")]
-    Signature(#[from] crate::plugins::signing::SignatureError),
+    Signature(#[from] crate::signers::SignatureError),
     /// `allowed_signers` is set and cannot be read: nothing new loads until it can.
     #[error("allowed_signers: {0}")]
     Signers(String),
