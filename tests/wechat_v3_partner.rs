@@ -382,3 +382,47 @@ async fn closing_an_expired_order_names_its_sub_merchant() {
     );
     assert_eq!(stand_in.lock().bad_requests, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_for_another_sub_merchant_never_touches_the_order() {
+    let stand_in = PartnerProvider::start().await;
+    let keys = tempfile::tempdir().expect("keys dir");
+    let s = server(&stand_in, &keys, "").await;
+    let (code, v) = create(&s, "sp", Some(SUB_A), "FA-0001", "fa", 500).await;
+    assert_eq!(code, 201, "{v}");
+    let tx = partner::transaction(SP_MCHID, SUB_A, "FA-0001", 500, "4200000201");
+    let (code, body) = notify(&s, "/notify/wechat-v3/sp", &tx).await;
+    assert_eq!(code, 204, "{body}");
+
+    let refund = |sub: &str, out_refund_no: &str| {
+        let r = json!({
+            "sp_mchid": SP_MCHID,
+            "sub_mchid": sub,
+            "out_trade_no": "FA-0001",
+            "transaction_id": "4200000201",
+            "out_refund_no": out_refund_no,
+            "refund_id": format!("5000000038201905270973267{}", out_refund_no.len()),
+            "refund_status": "SUCCESS",
+            "success_time": "2026-01-02T10:00:00+08:00",
+            "amount": { "total": 500, "refund": 200, "payer_total": 500, "payer_refund": 200 }
+        });
+        wechat_v3::refund_body("REFUND.SUCCESS", &r, wechat_v3::API_V3_KEY)
+    };
+    let send = |body: String| async {
+        let k = wechat_v3::keys();
+        let h = wechat_v3::headers(&k[0], wechat_v3::PUB_KEY_ID_A, wechat_v3::now(), &body);
+        s.notify_with_headers("/notify/wechat-v3/sp", "application/json", &h, body)
+            .await
+    };
+    // B's genuine refund numbered like A's order: refused, nothing refunded.
+    let (code, body) = send(refund(SUB_B, "RF-B-1")).await;
+    assert_eq!(code, 400, "{body}");
+    last_stored(&s, Verdict::Rejected, "refund is for sub-merchant").await;
+    let o = s.order("FA-0001").await;
+    assert_eq!((o.status, o.refund_fee), (status::PAID, 0));
+    // A's own refund applies.
+    let (code, body) = send(refund(SUB_A, "RF-A-1")).await;
+    assert_eq!(code, 204, "{body}");
+    let o = s.order("FA-0001").await;
+    assert_eq!((o.status, o.refund_fee), (status::PARTIALLY_REFUNDED, 200));
+}
