@@ -250,6 +250,7 @@ async fn the_batched_order_reads_return_each_existing_order_across_chunks() {
                 order_type: "recharge".into(),
                 provider: "wechat-v2".into(),
                 account: "default".into(),
+                sub_mchid: None,
                 total_fee: i + 1,
                 user_id: "bulk".into(),
                 custom: json!({ "i": i }),

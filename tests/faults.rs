@@ -652,6 +652,7 @@ async fn two_hosts_on_one_postgres_re_drive_each_stuck_notification_once() {
                 order_type: "recharge".into(),
                 provider: "wechat-v2".into(),
                 account: "default".into(),
+                sub_mchid: None,
                 total_fee: fee,
                 user_id: user.clone(),
                 custom: json!({ "recharge_balance": fee }),

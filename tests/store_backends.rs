@@ -65,6 +65,7 @@ async fn create_recharge(store: &dyn Store, out_trade_no: &str) {
             order_type: "recharge".into(),
             provider: "wechat-v2".into(),
             account: "default".into(),
+            sub_mchid: None,
             total_fee: 100,
             user_id: "u1".into(),
             custom: json!({ "recharge_balance": 100 }),

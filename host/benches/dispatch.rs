@@ -344,6 +344,7 @@ async fn orders(app: &paynotify::App, prefix: &str, n: u32) -> Vec<String> {
                 order_type: "recharge".into(),
                 provider: "wechat-v2".into(),
                 account: "default".into(),
+                sub_mchid: None,
                 total_fee: 100,
                 user_id: format!("u{}", i % USERS),
                 custom: serde_json::json!({ "recharge_balance": 100 }),

@@ -163,7 +163,7 @@ impl Expirer {
             }
         };
         match api
-            .close(reconciler.apis().http(), &order.out_trade_no)
+            .close(reconciler.apis().http(), crate::reconcile::order_ref(order))
             .await
             .map_err(|e| e.to_string())?
         {

@@ -21,6 +21,10 @@ pub struct CreateOrder {
     pub provider: String,
     /// Account name; may be left out when the provider has one account.
     pub account: Option<String>,
+    /// The sub-merchant (子商户号) the order is for: required for a WeChat Pay v3
+    /// partner account, one of its `sub_merchants`; refused for any other account.
+    #[serde(default)]
+    pub sub_mchid: Option<String>,
     /// Merchant JSON object handed to the handler.
     #[serde(default)]
     pub custom: Option<serde_json::Value>,
@@ -82,6 +86,10 @@ pub async fn create(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
         .providers
         .resolve_account(kind, req.account.as_deref())
         .map_err(OrderError::Invalid)?;
+    let sub_mchid = app
+        .providers
+        .resolve_sub_mchid(kind, &account, req.sub_mchid.as_deref())
+        .map_err(OrderError::Invalid)?;
     let custom = match req.custom {
         None | Some(serde_json::Value::Null) => serde_json::json!({}),
         Some(v @ serde_json::Value::Object(_)) => v,
@@ -102,6 +110,7 @@ pub async fn create(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
             order_type: req.order_type,
             provider: req.provider,
             account,
+            sub_mchid,
             total_fee: req.total_fee,
             user_id: req.user_id,
             custom,

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::config::ReconcileConfig;
 use crate::pipeline::{Pipeline, Processed};
-use crate::providers::api::ProviderAnswer;
+use crate::providers::api::{OrderRef, ProviderAnswer};
 use crate::providers::registry::Apis;
 use crate::providers::{NoticeKind, ProviderKind};
 use crate::store::{status, NewNotification, Order, Store, StoreError, Verdict};
@@ -223,7 +223,7 @@ impl Reconciler {
         };
         let kind = api.kind();
         r.outcome = Outcome::Error;
-        let answer = match api.query(self.apis.http(), &order.out_trade_no).await {
+        let answer = match api.query(self.apis.http(), order_ref(order)).await {
             Ok(a) => a,
             Err(e) => {
                 r.reason = Some(e.to_string());
@@ -335,4 +335,12 @@ pub fn start(app: &App) -> Option<tokio::task::JoinHandle<()>> {
         return None;
     }
     Some(tokio::spawn(Reconciler::new(app).run()))
+}
+
+/// What a provider call needs to know about `order`.
+pub(crate) fn order_ref(order: &Order) -> OrderRef<'_> {
+    OrderRef {
+        out_trade_no: &order.out_trade_no,
+        sub_mchid: order.sub_mchid.as_deref(),
+    }
 }

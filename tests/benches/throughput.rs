@@ -806,6 +806,7 @@ async fn create_orders(store: &Arc<dyn Store>, provider: Provider, batches: &[Ba
                         order_type: "recharge".into(),
                         provider: provider.name().into(),
                         account: "default".into(),
+                        sub_mchid: None,
                         total_fee: note.fee,
                         user_id: note.user_id.clone(),
                         custom: json!({ "recharge_balance": note.fee }),

@@ -17,6 +17,7 @@ pub mod process;
 pub mod small_disk;
 pub mod wechat_v2;
 pub mod wechat_v3;
+pub mod wechat_v3_partner;
 
 /// The API token the test servers use.
 pub const TOKEN: &str = "test-token";

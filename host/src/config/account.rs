@@ -67,6 +67,9 @@ pub struct AccountConfig {
     /// Account name, used in `/notify/{provider}/{name}` and by orders; default `default`.
     #[serde(default = "default_account_name")]
     pub name: String,
+    /// WeChat Pay v3: `direct` (the default: the merchant's own payments) or `partner`
+    /// (a service provider, 服务商, receiving its sub-merchants' payments).
+    pub mode: Option<String>,
     /// WeChat appid.
     pub appid: Option<String>,
     /// WeChat merchant id.
@@ -77,6 +80,13 @@ pub struct AccountConfig {
     pub api_key_file: Option<PathBuf>,
     /// WeChat Pay v2: pin the signature type (`MD5` or `HMAC-SHA256`); absent accepts either.
     pub sign_type: Option<String>,
+    /// WeChat Pay v3 partner mode: the service provider's merchant id (服务商户号).
+    pub sp_mchid: Option<String>,
+    /// WeChat Pay v3 partner mode: the service provider's appid.
+    pub sp_appid: Option<String>,
+    /// WeChat Pay v3 partner mode: the sub-merchants the service provider serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_merchants: Vec<SubMerchantConfig>,
     /// WeChat Pay v3 APIv3 key (32 bytes).
     pub api_v3_key: Option<String>,
     /// File holding the APIv3 key.
@@ -118,6 +128,17 @@ pub struct AccountConfig {
     pub app_private_key: Option<String>,
     /// File holding the Alipay app private key.
     pub app_private_key_file: Option<PathBuf>,
+}
+
+/// One `[[accounts.sub_merchants]]` entry of a WeChat Pay v3 partner account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubMerchantConfig {
+    /// The sub-merchant's merchant id (子商户号); orders of the account name one.
+    pub sub_mchid: String,
+    /// The sub-merchant's own appid, when its payments go through one: then a
+    /// transaction must name it.
+    pub sub_appid: Option<String>,
 }
 
 fn default_account_name() -> String {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use account::{parse_notify_key, AccountConfig, ProviderKind};
+pub use account::{parse_notify_key, AccountConfig, ProviderKind, SubMerchantConfig};
 pub use mask::{redact_url, SECRET_KEYS};
 pub use sections::{
     DatabaseConfig, OrdersConfig, PluginsConfig, ReconcileConfig, RetentionConfig, ServerConfig,

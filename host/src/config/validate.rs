@@ -1,7 +1,7 @@
 //! The checks run after loading: each refuses a value that parses but makes no sense,
 //! naming the key and where it came from.
 
-use super::{parse_notify_key, Config, ConfigError, ProviderKind};
+use super::{parse_notify_key, AccountConfig, Config, ConfigError, ProviderKind};
 
 /// Most days `retention.rejected_days` may say: a hundred years, so that the age in
 /// milliseconds can never overflow.
@@ -176,6 +176,9 @@ impl Config {
                     ));
                 }
             }
+            if let Err((key, message)) = check_mode(a) {
+                return Err(err(format!("accounts[{i}].{key}"), message));
+            }
             if let Some(k) = &a.notify_key {
                 if parse_notify_key(k).is_none() {
                     return Err(err(
@@ -187,6 +190,94 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The keys of a WeChat Pay v3 account's `mode`: a partner account (服务商) names the
+/// service provider's ids and its sub-merchants, and none of direct mode's ids; a direct
+/// one none of partner mode's. `Err` names the key (after `accounts[i].`) and what is wrong.
+fn check_mode(a: &AccountConfig) -> Result<(), (String, String)> {
+    let bad = |key: &str, message: String| Err((key.to_owned(), message));
+    let partner_keys = [
+        ("sp_mchid", a.sp_mchid.is_some()),
+        ("sp_appid", a.sp_appid.is_some()),
+        ("sub_merchants", !a.sub_merchants.is_empty()),
+    ];
+    let partner = match a.mode.as_deref() {
+        None | Some("direct") => false,
+        Some("partner") if a.provider == ProviderKind::WechatV3.as_str() => true,
+        Some("partner") => {
+            return bad(
+                "mode",
+                format!(
+                    "only wechat-v3 accounts have a partner mode, not {}",
+                    a.provider
+                ),
+            )
+        }
+        Some(other) => {
+            return bad(
+                "mode",
+                format!("`{other}` is not a mode: use \"direct\" (the default) or \"partner\""),
+            )
+        }
+    };
+    if !partner {
+        if let Some((key, _)) = partner_keys.iter().find(|(_, set)| *set) {
+            return bad(
+                key,
+                "is a partner (服务商) key: set `mode = \"partner\"` on this account, or remove it"
+                    .into(),
+            );
+        }
+        return Ok(());
+    }
+    for (key, set) in [("appid", a.appid.is_some()), ("mch_id", a.mch_id.is_some())] {
+        if set {
+            return bad(
+                key,
+                format!("is direct mode's: a partner account has the service provider's `sp_appid` and `sp_mchid` instead (and `sub_merchants`), not `{key}`"),
+            );
+        }
+    }
+    for (key, value) in [("sp_mchid", &a.sp_mchid), ("sp_appid", &a.sp_appid)] {
+        if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+            return bad(key, "is required in partner mode".into());
+        }
+    }
+    if a.sub_merchants.is_empty() {
+        return bad(
+            "sub_merchants",
+            "a partner account needs at least one `[[accounts.sub_merchants]]` (sub_mchid, optional sub_appid)".into(),
+        );
+    }
+    for (j, sub) in a.sub_merchants.iter().enumerate() {
+        if sub.sub_mchid.trim().is_empty() {
+            return bad(&format!("sub_merchants[{j}].sub_mchid"), "is empty".into());
+        }
+        if sub
+            .sub_appid
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            return bad(
+                &format!("sub_merchants[{j}].sub_appid"),
+                "is empty: leave it out when the sub-merchant has no appid of its own".into(),
+            );
+        }
+        if let Some(first) = a.sub_merchants[..j]
+            .iter()
+            .position(|s| s.sub_mchid == sub.sub_mchid)
+        {
+            return bad(
+                &format!("sub_merchants[{j}].sub_mchid"),
+                format!(
+                    "`{}` is listed twice (also sub_merchants[{first}])",
+                    sub.sub_mchid
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Why `h` is not a `host` or `host:port` as a `Host` header carries it, if it is not.
@@ -364,5 +455,85 @@ mod tests {
         .expect("loads")
         .masked();
         assert_eq!(masked["accounts"][0]["merchant_private_key"], "***");
+    }
+
+    #[test]
+    fn partner_accounts_load_and_each_mistake_is_named_with_its_key() {
+        const PARTNER: &str =
+            "[[accounts]]\nprovider = \"wechat-v3\"\nname = \"sp\"\nmode = \"partner\"\n\
+             sp_mchid = \"1900000100\"\nsp_appid = \"wx8888888888888888\"\n";
+        const SUB_A: &str =
+            "[[accounts.sub_merchants]]\nsub_mchid = \"1900000109\"\nsub_appid = \"wxd678efh567hg6999\"\n";
+        const SUB_B: &str = "[[accounts.sub_merchants]]\nsub_mchid = \"1900000110\"\n";
+        let c = load_str(&format!("{PARTNER}{SUB_A}{SUB_B}"), &[]).expect("loads");
+        let subs = &c.accounts[0].sub_merchants;
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs[0].sub_appid.as_deref(), Some("wxd678efh567hg6999"));
+        assert_eq!(subs[1].sub_appid, None);
+        // The sub-merchants can come from the environment too, as an inline array.
+        let c = load_str(
+            PARTNER,
+            &[(
+                "PAYNOTIFY_ACCOUNTS_0_SUB_MERCHANTS",
+                "[{ sub_mchid = \"1900000111\" }]",
+            )],
+        )
+        .expect("loads");
+        assert_eq!(c.accounts[0].sub_merchants[0].sub_mchid, "1900000111");
+        // Direct accounts are as before.
+        load_str(
+            "[[accounts]]\nprovider = \"wechat-v3\"\nmode = \"direct\"\nmch_id = \"1\"\n",
+            &[],
+        )
+        .expect("direct loads");
+        let cases = [
+            (PARTNER.to_owned(), "accounts[0].sub_merchants"),
+            (
+                format!("{PARTNER}{SUB_B}{SUB_A}{SUB_B}"),
+                "accounts[0].sub_merchants[2].sub_mchid",
+            ),
+            (
+                format!("{PARTNER}mch_id = \"1\"\n{SUB_A}"),
+                "accounts[0].mch_id",
+            ),
+            (
+                format!("{PARTNER}appid = \"wx1\"\n{SUB_A}"),
+                "accounts[0].appid",
+            ),
+            (
+                format!(
+                    "{}{SUB_A}",
+                    PARTNER.replace("sp_appid = \"wx8888888888888888\"\n", "")
+                ),
+                "accounts[0].sp_appid",
+            ),
+            (
+                format!("{}{SUB_A}", PARTNER.replace("\"partner\"", "\"agent\"")),
+                "accounts[0].mode",
+            ),
+            (
+                format!("{PARTNER}[[accounts.sub_merchants]]\nsub_mchid = \"\"\n"),
+                "accounts[0].sub_merchants[0].sub_mchid",
+            ),
+            (
+                "[[accounts]]\nprovider = \"wechat-v3\"\nsp_mchid = \"1900000100\"\n".to_owned(),
+                "accounts[0].sp_mchid",
+            ),
+            (
+                "[[accounts]]\nprovider = \"alipay\"\nmode = \"partner\"\n".to_owned(),
+                "accounts[0].mode",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = load_str(&text, &[]).expect_err(key).to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains("paynotify.toml"),
+                "{key}: {e}"
+            );
+        }
+        let e = load_str(&format!("{PARTNER}{SUB_A}{SUB_A}"), &[])
+            .expect_err("twice")
+            .to_string();
+        assert!(e.contains("listed twice (also sub_merchants[0])"), "{e}");
     }
 }

@@ -14,6 +14,7 @@
 //! one transaction and one commit.
 
 mod batch;
+mod owner;
 mod pay;
 mod raw;
 mod refund;

@@ -402,14 +402,8 @@ async fn check(tx: &mut dyn Tx, r: ToRefund<'_>) -> Result<Checked, StoreError> 
             notice.out_trade_no
         ));
     };
-    if order.provider != provider.as_str() || order.account != notice.account {
-        return Ok(Checked::Done(RefundOutcome::new(
-            Verdict::Rejected,
-            format!(
-                "order belongs to {} account `{}`, refund was verified for {} account `{}`",
-                order.provider, order.account, provider, notice.account
-            ),
-        )));
+    if let Some(why) = super::owner::mismatch(&order, provider, notice, "refund") {
+        return Ok(Checked::Done(RefundOutcome::new(Verdict::Rejected, why)));
     }
     if let Some(applied) = tx
         .get_refund(&order.out_trade_no, &refund.out_refund_no)

@@ -338,8 +338,8 @@ enum Checked {
     Pay,
 }
 
-/// Steps 3–4, decided on the locked order: it exists, belongs to the verified account,
-/// the amount is right, and it is still unpaid.
+/// Steps 3–4, decided on the locked order: it exists, belongs to the verified account
+/// (and sub-merchant), the amount is right, and it is still unpaid.
 fn check_order(order: Option<&Order>, item: &ToSettle) -> Checked {
     let (id, notice, payment) = (item.id, &item.notice, &item.payment);
     let Some(order) = order else {
@@ -348,14 +348,8 @@ fn check_order(order: Option<&Order>, item: &ToSettle) -> Checked {
             format!("unknown order `{}`", notice.out_trade_no),
         ));
     };
-    if order.provider != item.provider.as_str() || order.account != notice.account {
-        return Checked::Done(Settled::new(
-            Verdict::Rejected,
-            format!(
-                "order belongs to {} account `{}`, notification was verified for {} account `{}`",
-                order.provider, order.account, item.provider, notice.account
-            ),
-        ));
+    if let Some(why) = super::owner::mismatch(order, item.provider, notice, "notification") {
+        return Checked::Done(Settled::new(Verdict::Rejected, why));
     }
     if payment.amount != order.total_fee {
         return Checked::Done(Settled::new(

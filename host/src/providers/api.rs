@@ -114,6 +114,20 @@ pub enum ApiError {
     /// A verified answer reporting an error.
     #[error("provider error: {0}")]
     Provider(String),
+    /// The order cannot be asked about with its account as configured (a partner
+    /// account's order without one of its sub-merchants); nothing was sent.
+    #[error("cannot call the provider about this order: {0}")]
+    Order(String),
+}
+
+/// The order a provider call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRef<'a> {
+    /// The merchant order number.
+    pub out_trade_no: &'a str,
+    /// Its sub-merchant, for an order of a WeChat Pay v3 partner account (whose calls
+    /// name it); `None` otherwise.
+    pub sub_mchid: Option<&'a str>,
 }
 
 /// One merchant account's order API.
@@ -125,7 +139,7 @@ pub trait OrderApi: Send + Sync {
     async fn query(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<ProviderAnswer, ApiError>;
     /// Verifies a query answer (fresh, or stored and replayed) and reads what it says.
     /// An answer about no trade, or a trade not paid, is [`super::NoticeKind::NotPaid`].
@@ -134,7 +148,7 @@ pub trait OrderApi: Send + Sync {
     async fn close(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<CloseOutcome, ApiError>;
 }
 

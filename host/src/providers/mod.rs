@@ -66,6 +66,9 @@ pub struct Notice {
     pub kind: NoticeKind,
     /// Every verified field as received, for the handler and `original_data`.
     pub fields: BTreeMap<String, String>,
+    /// The sub-merchant it is for, when a service provider's account verified it (WeChat
+    /// Pay v3 partner mode); `None` for a merchant's own. The order must name the same.
+    pub sub_mchid: Option<String>,
 }
 
 /// What a verified notification reports.
@@ -171,6 +174,11 @@ pub trait Provider: Send + Sync {
     /// is parsed; a refusal is stored as a rejection and answered 415.
     fn check_content_type(&self, values: &[&[u8]]) -> Result<(), ContentTypeRefusal> {
         self.content_types().check(self.kind(), values)
+    }
+    /// The sub-merchants an account receives payments for (WeChat Pay v3 partner mode),
+    /// one of which each of its orders must name; `None` for a merchant's own account.
+    fn sub_merchants(&self, _account: &str) -> Option<Vec<&str>> {
+        None
     }
     /// Parses and verifies a notification on its raw bytes.
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection>;

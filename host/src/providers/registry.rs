@@ -48,9 +48,9 @@ impl Registry {
                     Ok(Ok(Box::new(api)))
                 }
                 ProviderKind::WechatV3 => {
-                    let account = wechat_v3::Account::from_config(a).map_err(err)?;
-                    let api = wechat_v3::api::Api::from_config(a, &account);
-                    v3.push(account);
+                    let (account, mode) = wechat_v3::partner::from_config(a).map_err(err)?;
+                    let api = wechat_v3::api::Api::from_config(a, &account, &mode);
+                    v3.push((a.name.clone(), account, mode));
                     api.map(|api| match api {
                         Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
                         None => {
@@ -92,10 +92,18 @@ impl Registry {
             );
         }
         if !v3.is_empty() {
-            by_kind.insert(
-                ProviderKind::WechatV3,
-                Box::new(wechat_v3::WechatV3::new(v3)),
-            );
+            let mut modes = Vec::new();
+            let mut accounts = Vec::new();
+            for (name, account, mode) in v3 {
+                accounts.push(account);
+                modes.push((name, mode));
+            }
+            let provider = modes
+                .into_iter()
+                .fold(wechat_v3::WechatV3::new(accounts), |p, (name, mode)| {
+                    p.with_mode(&name, mode)
+                });
+            by_kind.insert(ProviderKind::WechatV3, Box::new(provider));
         }
         if !alipay_accounts.is_empty() {
             by_kind.insert(
@@ -155,6 +163,32 @@ impl Providers {
     /// The provider, if configured.
     pub fn get(&self, kind: ProviderKind) -> Option<&dyn Provider> {
         self.by_kind.get(&kind).map(|p| p.as_ref())
+    }
+
+    /// The sub-merchant an order of `kind`'s `account` names: required, and one of the
+    /// account's, for a partner account (WeChat Pay v3 服务商); refused for any other.
+    pub fn resolve_sub_mchid(
+        &self,
+        kind: ProviderKind,
+        account: &str,
+        sub_mchid: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let subs = self.get(kind).and_then(|p| p.sub_merchants(account));
+        match (subs, sub_mchid) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(format!(
+                "sub_mchid: {kind} account `{account}` is not a partner (服务商) account; leave sub_mchid out"
+            )),
+            (Some(subs), None) => Err(format!(
+                "sub_mchid is required: {kind} account `{account}` is a partner account (sub-merchants {})",
+                subs.join(", ")
+            )),
+            (Some(subs), Some(s)) if subs.contains(&s) => Ok(Some(s.to_owned())),
+            (Some(subs), Some(s)) => Err(format!(
+                "sub_mchid `{s}` is not a sub-merchant of {kind} account `{account}` (it serves {})",
+                subs.join(", ")
+            )),
+        }
     }
 
     /// Resolves the account an order names: the named one, or the only one.

@@ -19,7 +19,8 @@ use crate::time::{now_ms, Millis};
 pub(crate) fn insert_order(o: &NewOrder) -> Statement<'_> {
     Statement::new(format!(
         "INSERT INTO orders (out_trade_no, type, provider, account, total_fee, user_id, custom, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {ORDER_COLUMNS}"
+         created_at, updated_at, sub_mchid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
+         RETURNING {ORDER_COLUMNS}"
     ))
     .bind(&o.out_trade_no)
     .bind(&o.order_type)
@@ -29,6 +30,7 @@ pub(crate) fn insert_order(o: &NewOrder) -> Statement<'_> {
     .bind(&o.user_id)
     .bind(o.custom.to_string())
     .bind(now_ms())
+    .bind(storable_opt(o.sub_mchid.as_deref()))
 }
 
 /// One order, with the row lock `lock` (`""`, or the dialect's `for_update`); `None`

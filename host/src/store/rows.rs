@@ -8,7 +8,7 @@ use super::StoreError;
 
 /// Every column of `orders` that [`order_row`] reads.
 pub(crate) const ORDER_COLUMNS: &str =
-    "out_trade_no, type, provider, account, total_fee, user_id, custom, \
+    "out_trade_no, type, provider, account, sub_mchid, total_fee, user_id, custom, \
      status, refund_fee, transaction_id, pay_date, notify_date, handler_status, handler_result, \
      handler_version, original_data, paid_notification_id, created_at, updated_at";
 
@@ -19,6 +19,7 @@ pub(crate) fn order_row(r: &dyn Columns) -> Result<Order, StoreError> {
         order_type: required(r.text("type")?, "type")?,
         provider: required(r.text("provider")?, "provider")?,
         account: required(r.text("account")?, "account")?,
+        sub_mchid: r.text("sub_mchid")?,
         total_fee: required(r.int8("total_fee")?, "total_fee")?,
         user_id: required(r.text("user_id")?, "user_id")?,
         custom: json(r, "custom")?.unwrap_or(serde_json::Value::Null),

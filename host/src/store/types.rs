@@ -55,6 +55,9 @@ pub struct Order {
     pub provider: String,
     /// Merchant account name.
     pub account: String,
+    /// The sub-merchant it is for, for an order of a WeChat Pay v3 partner account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_mchid: Option<String>,
     /// Amount due in fen.
     pub total_fee: i64,
     /// The paying user.
@@ -98,6 +101,8 @@ pub struct NewOrder {
     pub provider: String,
     /// Account name.
     pub account: String,
+    /// The sub-merchant, for a WeChat Pay v3 partner account's order.
+    pub sub_mchid: Option<String>,
     /// Amount in fen, > 0.
     pub total_fee: i64,
     /// Paying user.

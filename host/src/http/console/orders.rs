@@ -201,6 +201,9 @@ fn order_body(
             tr { th { "Amount" } td #amount { (yuan(o.total_fee)) } }
             tr { th { "User" } td { (o.user_id) } }
             tr { th { "Provider / account" } td { (o.provider) " / " (o.account) } }
+            @if let Some(sub) = &o.sub_mchid {
+                tr { th { "Sub-merchant" } td #sub-mchid { (sub) } }
+            }
             tr { th { "Status" } td #status { (status_badge(o.status)) } }
             tr { th { "Transaction" } td { (text_opt(o.transaction_id.as_deref())) } }
             tr { th { "Paid (provider)" } td { (time_opt(o.pay_date)) } }

@@ -336,6 +336,7 @@ mod tests {
                 order_type: "recharge".into(),
                 provider: "wechat-v2".into(),
                 account: "default".into(),
+                sub_mchid: None,
                 total_fee: 1,
                 user_id: "u".into(),
                 custom: serde_json::json!({}),

@@ -17,7 +17,8 @@ use sha2::Sha256;
 use super::{parse_gmt, yuan_to_fen, Account};
 use crate::config::AccountConfig;
 use crate::providers::api::{
-    base, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi, ProviderAnswer,
+    base, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi, OrderRef,
+    ProviderAnswer,
 };
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
@@ -185,9 +186,9 @@ impl OrderApi for Api {
     async fn query(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<ProviderAnswer, ApiError> {
-        self.call(http, QUERY, out_trade_no).await
+        self.call(http, QUERY, order.out_trade_no).await
     }
 
     fn verify_query(&self, answer: &Inbound<'_>) -> Result<Notice, Rejection> {
@@ -242,15 +243,16 @@ impl OrderApi for Api {
             out_trade_no,
             kind,
             fields,
+            sub_mchid: None,
         })
     }
 
     async fn close(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<CloseOutcome, ApiError> {
-        let answer = self.call(http, CLOSE, out_trade_no).await?;
+        let answer = self.call(http, CLOSE, order.out_trade_no).await?;
         let r = self.verified_response(&answer.body, CLOSE)?;
         let code = text(&r, "code");
         let sub_code = text(&r, "sub_code");

@@ -385,6 +385,7 @@ impl Provider for Alipay {
             out_trade_no,
             kind,
             fields,
+            sub_mchid: None,
         })
     }
 

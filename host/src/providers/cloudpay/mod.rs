@@ -234,6 +234,7 @@ impl Provider for Cloudpay {
             out_trade_no,
             kind,
             fields,
+            sub_mchid: None,
         })
     }
 

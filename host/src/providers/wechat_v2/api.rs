@@ -13,7 +13,9 @@ use super::{
     parse_time_end, parse_xml, require_return_success, sign_type_of, signed_xml, Account, SignType,
 };
 use crate::config::AccountConfig;
-use crate::providers::api::{base, nonce, send, ApiError, CloseOutcome, OrderApi, ProviderAnswer};
+use crate::providers::api::{
+    base, nonce, send, ApiError, CloseOutcome, OrderApi, OrderRef, ProviderAnswer,
+};
 use crate::providers::common::parse_fen;
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
@@ -82,9 +84,9 @@ impl OrderApi for Api {
     async fn query(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<ProviderAnswer, ApiError> {
-        self.call(http, "/pay/orderquery", out_trade_no).await
+        self.call(http, "/pay/orderquery", order.out_trade_no).await
     }
 
     fn verify_query(&self, answer: &Inbound<'_>) -> Result<Notice, Rejection> {
@@ -125,15 +127,18 @@ impl OrderApi for Api {
             out_trade_no,
             kind,
             fields,
+            sub_mchid: None,
         })
     }
 
     async fn close(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<CloseOutcome, ApiError> {
-        let answer = self.call(http, "/pay/closeorder", out_trade_no).await?;
+        let answer = self
+            .call(http, "/pay/closeorder", order.out_trade_no)
+            .await?;
         let fields = self.verified_fields(&answer.body)?;
         let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
         if get("result_code") == "SUCCESS" {

@@ -320,6 +320,7 @@ impl Provider for WechatV2 {
             out_trade_no,
             kind,
             fields,
+            sub_mchid: None,
         })
     }
 
@@ -443,5 +444,6 @@ fn verify_refund(
         out_trade_no,
         kind,
         fields: verified,
+        sub_mchid: None,
     })
 }

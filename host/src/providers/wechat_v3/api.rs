@@ -1,13 +1,15 @@
 //! WeChat Pay v3 order query (`GET /v3/pay/transactions/out-trade-no/{no}?mchid=…`) and
-//! close (`POST …/{no}/close`).
+//! close (`POST …/{no}/close`); for a partner account (服务商) their partner forms,
+//! `GET /v3/pay/partner/transactions/out-trade-no/{no}?sp_mchid=…&sub_mchid=…` and
+//! `POST …/{no}/close` with `{"sp_mchid","sub_mchid"}`, naming the order's sub-merchant.
 //!
 //! Requests carry `Authorization: WECHATPAY2-SHA256-RSA2048 mchid=…,nonce_str=…,
 //! signature=…,timestamp=…,serial_no=…`, the signature being SHA256withRSA with the
 //! merchant API private key over `METHOD\nPATH?QUERY\nTIMESTAMP\nNONCE\nBODY\n`.
 //! Answers are signed by WeChat Pay exactly as notifications are and are verified by the
 //! notification code ([`verify_signed`]): same keys, same timestamp window. The query
-//! answer is the transaction in clear (notifications encrypt it); its `mchid` and `appid`
-//! must be this account's.
+//! answer is the transaction in clear (notifications encrypt it); its merchant and app
+//! ids must be this account's, checked as a notification's are ([`Mode`]).
 
 use std::collections::BTreeMap;
 
@@ -16,10 +18,10 @@ use rsa::pkcs1v15::SigningKey;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{fen, verify_signed, Account, SIGNATURE_TYPE};
+use super::{fen, verify_signed, Account, Mode, SIGNATURE_TYPE};
 use crate::config::AccountConfig;
 use crate::providers::api::{
-    base, nonce, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi,
+    base, nonce, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi, OrderRef,
     ProviderAnswer,
 };
 use crate::providers::json::{flatten, str_or_empty};
@@ -34,14 +36,20 @@ pub struct Api {
     signer: SigningKey<Sha256>,
     /// The notification side of the account: its WeChat Pay verifying keys.
     verifier: Account,
+    /// Direct, or partner with the sub-merchants whose orders it may call about.
+    mode: Mode,
     base: String,
 }
 
 impl Api {
-    /// The API of a v3 `[[accounts]]` entry whose notification side is `verifier`, or
-    /// `None` when it has no merchant key (then it can receive notifications but not
-    /// query).
-    pub fn from_config(a: &AccountConfig, verifier: &Account) -> Result<Option<Api>, String> {
+    /// The API of a v3 `[[accounts]]` entry whose notification side is `verifier` in
+    /// `mode`, or `None` when it has no merchant key (then it can receive notifications
+    /// but not query).
+    pub fn from_config(
+        a: &AccountConfig,
+        verifier: &Account,
+        mode: &Mode,
+    ) -> Result<Option<Api>, String> {
         let (Some(key_text), Some(serial_no)) = (&a.merchant_private_key, &a.merchant_serial_no)
         else {
             if a.merchant_private_key.is_some() || a.merchant_serial_no.is_some() {
@@ -57,6 +65,7 @@ impl Api {
             serial_no: serial_no.clone(),
             signer: SigningKey::new(key),
             verifier: verifier.clone(),
+            mode: mode.clone(),
             base: base(&a.api_base, DEFAULT_BASE),
         }))
     }
@@ -107,6 +116,27 @@ impl Api {
     }
 }
 
+impl Api {
+    /// The sub-merchant a call about `order` names: none for a direct account; for a
+    /// partner account the order's, which must be one of the account's (an order made
+    /// before the account became a partner, or whose sub-merchant was removed from the
+    /// configuration, cannot be asked about).
+    fn sub_mchid<'a>(&self, order: OrderRef<'a>) -> Result<Option<&'a str>, ApiError> {
+        let Some(subs) = self.mode.sub_merchants() else {
+            return Ok(None);
+        };
+        match order.sub_mchid {
+            Some(sub) if subs.contains(&sub) => Ok(Some(sub)),
+            other => Err(ApiError::Order(format!(
+                "order {} names sub-merchant `{}`, which is not one of partner account `{}`'s",
+                order.out_trade_no,
+                other.unwrap_or(""),
+                self.verifier.name
+            ))),
+        }
+    }
+}
+
 /// Percent-encodes an order number for a path segment (they are usually plain, but a
 /// `/` or `?` must not change the path that is signed).
 fn segment(s: &str) -> String {
@@ -124,13 +154,17 @@ impl OrderApi for Api {
     async fn query(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<ProviderAnswer, ApiError> {
-        let path = format!(
-            "/v3/pay/transactions/out-trade-no/{}?mchid={}",
-            segment(out_trade_no),
-            segment(&self.verifier.mch_id)
-        );
+        let no = segment(order.out_trade_no);
+        let mchid = segment(&self.verifier.mch_id);
+        let path = match self.sub_mchid(order)? {
+            None => format!("/v3/pay/transactions/out-trade-no/{no}?mchid={mchid}"),
+            Some(sub) => format!(
+                "/v3/pay/partner/transactions/out-trade-no/{no}?sp_mchid={mchid}&sub_mchid={}",
+                segment(sub)
+            ),
+        };
         self.call(http, reqwest::Method::GET, &path, None).await
     }
 
@@ -157,18 +191,10 @@ impl OrderApi for Api {
                     state: code.to_owned(),
                 },
                 fields,
+                sub_mchid: None,
             });
         }
-        if str_or_empty(&tx, "mchid") != self.verifier.mch_id
-            || str_or_empty(&tx, "appid") != self.verifier.appid
-        {
-            return Err(Rejection::AccountMismatch(format!(
-                "appid/mchid {}/{} do not belong to account `{}`",
-                str_or_empty(&tx, "appid"),
-                str_or_empty(&tx, "mchid"),
-                self.verifier.name
-            )));
-        }
+        let sub_mchid = self.mode.check_owner(&self.verifier, &tx, true)?;
         let out_trade_no = str_or_empty(&tx, "out_trade_no").to_owned();
         let trade_state = str_or_empty(&tx, "trade_state");
         let kind = if trade_state == "SUCCESS" {
@@ -195,19 +221,28 @@ impl OrderApi for Api {
             out_trade_no,
             kind,
             fields,
+            sub_mchid,
         })
     }
 
     async fn close(
         &self,
         http: &reqwest::Client,
-        out_trade_no: &str,
+        order: OrderRef<'_>,
     ) -> Result<CloseOutcome, ApiError> {
-        let path = format!(
-            "/v3/pay/transactions/out-trade-no/{}/close",
-            segment(out_trade_no)
-        );
-        let body = serde_json::json!({ "mchid": self.verifier.mch_id }).to_string();
+        let no = segment(order.out_trade_no);
+        let mchid = &self.verifier.mch_id;
+        let (path, body) = match self.sub_mchid(order)? {
+            None => (
+                format!("/v3/pay/transactions/out-trade-no/{no}/close"),
+                serde_json::json!({ "mchid": mchid }),
+            ),
+            Some(sub) => (
+                format!("/v3/pay/partner/transactions/out-trade-no/{no}/close"),
+                serde_json::json!({ "sp_mchid": mchid, "sub_mchid": sub }),
+            ),
+        };
+        let body = body.to_string();
         let answer = self
             .call(http, reqwest::Method::POST, &path, Some(body))
             .await?;

@@ -14,7 +14,9 @@
 //! (`WECHATPAY/SIGNTEST/…`) to check that merchants do verify; they are refused.
 //!
 //! Only then is the body parsed and `resource` decrypted with the APIv3 key. The
-//! plaintext (the transaction) is what carries the order, amount, appid and mchid.
+//! plaintext (the transaction) is what carries the order, amount, appid and mchid (for a
+//! service provider's account, `sp_appid`, `sp_mchid` and the sub-merchant's ids:
+//! [`partner`] checks either shape).
 //!
 //! Here: the notification verifier (envelope, decryption, transaction or refund).
 //! `keys.rs` holds the account's keys and the signature check that [`api`] (order query
@@ -22,6 +24,7 @@
 
 pub mod api;
 mod keys;
+pub mod partner;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +36,7 @@ pub(crate) use keys::verify_signed;
 pub use keys::{
     decrypt_resource, message, parse_certificate_pem, parse_public_key_pem, serial_hex, Account,
 };
+pub use partner::{Mode, Partner};
 
 use super::json::{flatten_unique, parse_json_unique, required_text, str_field};
 use super::{
@@ -122,12 +126,28 @@ pub(super) fn fen(v: &Value, key: &str) -> Result<i64, Rejection> {
 /// The WeChat Pay v3 provider.
 pub struct WechatV3 {
     accounts: Vec<Account>,
+    /// Partner accounts' modes by account name; an account not here is direct.
+    modes: BTreeMap<String, Mode>,
 }
 
 impl WechatV3 {
-    /// A provider over these accounts.
+    /// A provider over these (direct) accounts.
     pub fn new(accounts: Vec<Account>) -> WechatV3 {
-        WechatV3 { accounts }
+        WechatV3 {
+            accounts,
+            modes: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the mode of the account named `account` (direct unless set).
+    pub fn with_mode(mut self, account: &str, mode: Mode) -> WechatV3 {
+        self.modes.insert(account.to_owned(), mode);
+        self
+    }
+
+    fn mode(&self, account: &str) -> &Mode {
+        static DIRECT: Mode = Mode::Direct;
+        self.modes.get(account).unwrap_or(&DIRECT)
     }
 }
 
@@ -142,6 +162,10 @@ impl Provider for WechatV3 {
 
     fn content_types(&self) -> ContentTypes {
         CONTENT_TYPES
+    }
+
+    fn sub_merchants(&self, account: &str) -> Option<Vec<&str>> {
+        self.mode(account).sub_merchants()
     }
 
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection> {
@@ -194,24 +218,12 @@ impl Provider for WechatV3 {
             ));
         }
 
-        let mchid = str_field(&transaction, "mchid").unwrap_or("");
-        if mchid != account.mch_id {
-            return Err(Rejection::AccountMismatch(format!(
-                "mchid `{mchid}` does not belong to account `{}`",
-                account.name
-            )));
-        }
         // Refund and other non-transaction resources carry no appid; a transaction must.
-        let appid = str_field(&transaction, "appid");
-        if event_type.starts_with("TRANSACTION.") || appid.is_some() {
-            let appid = appid.unwrap_or("");
-            if appid != account.appid {
-                return Err(Rejection::AccountMismatch(format!(
-                    "appid `{appid}` does not belong to account `{}`",
-                    account.name
-                )));
-            }
-        }
+        let sub_mchid = self.mode(&account.name).check_owner(
+            account,
+            &transaction,
+            event_type.starts_with("TRANSACTION."),
+        )?;
 
         let mut fields = BTreeMap::new();
         flatten_unique(&transaction, "", &mut fields)?;
@@ -257,6 +269,7 @@ impl Provider for WechatV3 {
             out_trade_no,
             kind,
             fields,
+            sub_mchid,
         })
     }
 
