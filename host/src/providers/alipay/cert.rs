@@ -17,12 +17,13 @@
 //! other non-RSA certificates take no part. Alipay compares these strings byte for byte, so
 //! every detail of the DN format matters.
 
+use base64::Engine as _;
 use md5::{Digest, Md5};
 use rsa::pkcs1v15::VerifyingKey;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{BigUint, RsaPublicKey};
 use sha2::Sha256;
-use x509_cert::der::{Encode, Tag, Tagged};
+use x509_cert::der::{Decode, Encode, Tag, Tagged};
 use x509_cert::name::Name;
 use x509_cert::Certificate;
 
@@ -156,15 +157,38 @@ impl CertMode {
 }
 
 /// Every certificate of a PEM text, in order.
+///
+/// Read leniently as to line length: certificates Alipay hands out wrap their base64 at
+/// 76 columns (Java's MIME encoder), which strict RFC 7468 readers refuse.
 pub fn load(text: &str) -> Result<Vec<Certificate>, CertError> {
-    // `load_pem_chain` wants at least one block; say so plainly instead of its parse error.
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(CertError::NotACertificate(
-            "no -----BEGIN CERTIFICATE----- block".into(),
-        ));
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start + BEGIN.len()..];
+        let end = after.find(END).ok_or_else(|| {
+            CertError::NotACertificate(format!("certificate {} has no {END} line", certs.len() + 1))
+        })?;
+        let b64: String = after[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| {
+                CertError::NotACertificate(format!("certificate {}: {e}", certs.len() + 1))
+            })?;
+        let cert = Certificate::from_der(&der).map_err(|e| {
+            CertError::NotACertificate(format!("certificate {}: {e}", certs.len() + 1))
+        })?;
+        certs.push(cert);
+        rest = &after[end + END.len()..];
     }
-    Certificate::load_pem_chain(text.trim().as_bytes())
-        .map_err(|e| CertError::NotACertificate(e.to_string()))
+    if certs.is_empty() {
+        return Err(CertError::NotACertificate(format!("no {BEGIN} block")));
+    }
+    Ok(certs)
 }
 
 fn rsa_key(cert: &Certificate, sn: &str) -> Result<RsaPublicKey, CertError> {

@@ -468,3 +468,25 @@ fn cert_mode_config_names_what_is_missing_or_wrong() {
     let e = api::Api::from_config(&a, &account).err().expect("mismatch");
     assert!(e.contains("app_cert_file"), "{e}");
 }
+
+/// The SDKs' own vectors (see `testdata/README.md`): Alipay's real root bundle, whose SM2
+/// and ECDSA roots take no part and whose sha256WithRSA and sha1WithRSA roots do, and a
+/// sandbox app certificate.
+#[test]
+fn sns_match_the_alipay_sdks_known_answers() {
+    let roots = cert::load(include_str!("testdata/alipayRootCert.crt")).expect("root bundle");
+    assert_eq!(roots.len(), 4);
+    assert_eq!(
+        cert::root_cert_sn(&roots).expect("sn"),
+        "687b59193f3f462dd5336e5abf83c5d8_02941eef3187dddf3d3b83462e1dfcf6"
+    );
+    assert_eq!(
+        cert::issuer_dn(&roots[1].tbs_certificate.issuer).expect("dn"),
+        "CN=Ant Financial Certification Authority R1,OU=Certification Authority,O=Ant Financial,C=CN"
+    );
+    let app = cert::load(include_str!("testdata/appCertPublicKey_sandbox.crt")).expect("app");
+    assert_eq!(
+        cert::cert_sn(&app[0]).expect("sn"),
+        "e90dd23a37c5c7b616e003970817ff82"
+    );
+}
