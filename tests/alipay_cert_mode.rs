@@ -4,8 +4,21 @@
 //! certificate the account does not hold, a forged one, a tampered one, a re-encoded one
 //! and one in an unknown charset are refused with their reason and change nothing.
 //! `config check` names the key and file of a missing or unreadable certificate.
+//! Reconciliation queries a local stand-in gateway that, like Alipay, wants
+//! `app_cert_sn` and `alipay_root_cert_sn` and answers with `alipay_cert_sn` beside `sign`.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use base64::Engine as _;
+use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::RsaPrivateKey;
+use sha2::Sha256;
 
 use paynotify::store::{status, Verdict};
 use paynotify_tests::alipay_cert::{self, APP_ID};
@@ -297,4 +310,148 @@ async fn config_check_names_the_key_and_file_of_a_bad_certificate() {
     let (ok, text) = check(without_root).await;
     assert!(!ok, "{text}");
     assert!(text.contains("alipay_root_cert"), "{text}");
+}
+
+/// What the stand-in gateway answers with, and what it saw.
+struct Gateway {
+    /// The key that signs answers, and the `alipay_cert_sn` put beside them.
+    signer: RsaPrivateKey,
+    cert_sn: String,
+    /// Requests whose signature or SNs were wrong.
+    refused: Vec<String>,
+    queries: usize,
+}
+
+type Shared = Arc<Mutex<Gateway>>;
+
+/// `alipay.trade.query` as Alipay answers it for a certificate-mode app: the request must
+/// be signed with the app key over every parameter but `sign` and carry the app's and the
+/// root's SNs; the answer (every order paid, 0.01) is signed over the response node's
+/// text, `alipay_cert_sn` beside it.
+async fn gateway(State(g): State<Shared>, body: Bytes) -> String {
+    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    let text = params
+        .iter()
+        .filter(|(k, v)| k.as_str() != "sign" && !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let signed = base64::engine::general_purpose::STANDARD
+        .decode(get("sign"))
+        .ok()
+        .and_then(|b| Signature::try_from(b.as_slice()).ok())
+        .is_some_and(|sig| {
+            VerifyingKey::<Sha256>::new(alipay_cert::keys()[2].to_public_key())
+                .verify(text.as_bytes(), &sig)
+                .is_ok()
+        });
+    let biz: serde_json::Value = serde_json::from_str(&get("biz_content")).unwrap_or_default();
+    let no = biz["out_trade_no"].as_str().unwrap_or_default().to_owned();
+    let mut g = g.lock().expect("gateway");
+    let inner = if !signed
+        || get("app_cert_sn") != alipay_cert::app_cert_sn()
+        || get("alipay_root_cert_sn") != alipay_cert::root_cert_sn()
+    {
+        g.refused.push(text.clone());
+        json!({"code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-signature"})
+    } else {
+        g.queries += 1;
+        json!({
+            "code": "10000", "msg": "Success", "out_trade_no": no, "trade_no": format!("Q{no}"),
+            "trade_status": "TRADE_SUCCESS", "total_amount": "0.01",
+            "send_pay_date": "2026-01-01 08:00:05"
+        })
+    }
+    .to_string();
+    let sign = base64::engine::general_purpose::STANDARD.encode(
+        SigningKey::<Sha256>::new(g.signer.clone())
+            .sign(inner.as_bytes())
+            .to_bytes(),
+    );
+    format!(
+        r#"{{"alipay_trade_query_response":{inner},"alipay_cert_sn":"{}","sign":"{sign}"}}"#,
+        g.cert_sn
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconcile_queries_with_the_sns_and_trusts_only_the_certificate_held() {
+    let k = alipay_cert::keys();
+    let g: Shared = Arc::new(Mutex::new(Gateway {
+        signer: k[1].clone(),
+        cert_sn: alipay_cert::alipay_cert_sn(),
+        refused: Vec::new(),
+        queries: 0,
+    }));
+    let router = axum::Router::new()
+        .route("/gateway.do", post(gateway))
+        .with_state(g.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, alipay_pem, _) = alipay_cert::cert_files();
+    let key = dir.path().join("app_private_key.pem");
+    std::fs::write(
+        &key,
+        k[2].to_pkcs8_pem(LineEnding::LF).expect("pem").as_bytes(),
+    )
+    .expect("key");
+    let mut options = Options::with_plugins(&["recharge"]);
+    options.extra_config = format!(
+        "{}app_private_key_file = \"{}\"\napi_base = \"{base}\"\n",
+        account_toml(dir.path(), &alipay_pem),
+        key.display()
+    );
+    let s = TestServer::start(options).await;
+    let reconcile = |no: &'static str| {
+        let s = &s;
+        async move {
+            let (status, v) = s
+                .api(
+                    "POST",
+                    &format!("/api/admin/reconcile?older_than_secs=0&order={no}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+            v
+        }
+    };
+
+    // Signed by Alipay's certificate, which the answer names: paid.
+    recharge(&s, "RQ0001", "rq1", 1).await;
+    let v = reconcile("RQ0001").await;
+    assert_eq!(s.order("RQ0001").await.status, status::PAID, "{v}");
+
+    // The answer names a certificate the account does not hold: not trusted.
+    recharge(&s, "RQ0002", "rq2", 1).await;
+    g.lock().expect("gateway").cert_sn = alipay_cert::new_alipay_cert_sn();
+    let v = reconcile("RQ0002").await;
+    assert!(v.to_string().contains("does not hold"), "{v}");
+    unchanged(&s, "RQ0002", "rq2").await;
+
+    // Signed by someone else under the right SN: not trusted.
+    {
+        let mut g = g.lock().expect("gateway");
+        g.cert_sn = alipay_cert::alipay_cert_sn();
+        g.signer = k[3].clone();
+    }
+    let v = reconcile("RQ0002").await;
+    assert!(v.to_string().contains("signature"), "{v}");
+    unchanged(&s, "RQ0002", "rq2").await;
+
+    let g = g.lock().expect("gateway");
+    assert_eq!(
+        g.refused,
+        Vec::<String>::new(),
+        "requests the gateway refused"
+    );
+    assert_eq!(g.queries, 3);
 }
