@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 pub mod alipay;
+pub mod alipay_cert;
 pub mod browser;
 pub mod bulk;
 pub mod cloudpay;

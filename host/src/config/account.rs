@@ -105,6 +105,18 @@ pub struct AccountConfig {
     pub alipay_public_key: Option<String>,
     /// File holding the Alipay public key.
     pub alipay_public_key_file: Option<PathBuf>,
+    /// Alipay certificate mode: the app's certificate (`appCertPublicKey_{app_id}.crt`, PEM).
+    pub app_cert: Option<String>,
+    /// File holding the app's certificate.
+    pub app_cert_file: Option<PathBuf>,
+    /// Alipay certificate mode: Alipay's certificate (`alipayCertPublicKey_RSA2.crt`, PEM).
+    pub alipay_cert: Option<String>,
+    /// File holding Alipay's certificate.
+    pub alipay_cert_file: Option<PathBuf>,
+    /// Alipay certificate mode: Alipay's root bundle (`alipayRootCert.crt`, PEM).
+    pub alipay_root_cert: Option<String>,
+    /// File holding Alipay's root bundle.
+    pub alipay_root_cert_file: Option<PathBuf>,
     /// CloudPay sub-merchant id.
     pub sub_mch_id: Option<String>,
     /// CloudPay relay shared secret.

@@ -118,13 +118,20 @@ impl Config {
             self.server.api_token = Some(read("server.api_token_file".into(), f)?);
         }
         for (i, a) in self.accounts.iter_mut().enumerate() {
-            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 7] = [
+            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 10] = [
                 ("api_key_file", &a.api_key_file, &mut a.api_key),
                 ("api_v3_key_file", &a.api_v3_key_file, &mut a.api_v3_key),
                 (
                     "alipay_public_key_file",
                     &a.alipay_public_key_file,
                     &mut a.alipay_public_key,
+                ),
+                ("app_cert_file", &a.app_cert_file, &mut a.app_cert),
+                ("alipay_cert_file", &a.alipay_cert_file, &mut a.alipay_cert),
+                (
+                    "alipay_root_cert_file",
+                    &a.alipay_root_cert_file,
+                    &mut a.alipay_root_cert,
                 ),
                 ("secret_file", &a.secret_file, &mut a.secret),
                 ("notify_key_file", &a.notify_key_file, &mut a.notify_key),

@@ -6,6 +6,9 @@
 //! signature over the raw text of the `…_response` value exactly as sent: that text is
 //! cut out of the body, never re-serialised. `TRADE_SUCCESS` and `TRADE_FINISHED` are a
 //! payment; `WAIT_BUYER_PAY`, `TRADE_CLOSED` and `ACQ.TRADE_NOT_EXIST` are not.
+//!
+//! A certificate-mode account also sends `app_cert_sn` and `alipay_root_cert_sn`, and its
+//! answers carry `alipay_cert_sn` beside `sign`, naming the certificate that signed them.
 
 use std::collections::BTreeMap;
 
@@ -31,7 +34,7 @@ const CLOSE: &str = "alipay.trade.close";
 /// One Alipay app's order API.
 pub struct Api {
     signer: SigningKey<Sha256>,
-    /// The notification side of the app: the Alipay public key.
+    /// The notification side of the app: Alipay's public key or certificate.
     verifier: Account,
     base: String,
 }
@@ -46,6 +49,15 @@ impl Api {
         };
         let key =
             parse_private_key(key_text).map_err(|e| format!("`app_private_key_file`: {e}"))?;
+        if let Some(app_key) = verifier.cert_mode().and_then(|c| c.app_key()) {
+            // Alipay refuses a request whose signature the app certificate does not verify;
+            // say which files disagree now rather than in every query's error.
+            if *app_key != key.to_public_key() {
+                return Err(
+                    "`app_cert_file` is not the certificate of `app_private_key_file`".into(),
+                );
+            }
+        }
         Ok(Some(Api {
             signer: SigningKey::new(key),
             verifier: verifier.clone(),
@@ -53,12 +65,8 @@ impl Api {
         }))
     }
 
-    async fn call(
-        &self,
-        http: &reqwest::Client,
-        method: &str,
-        out_trade_no: &str,
-    ) -> Result<ProviderAnswer, ApiError> {
+    /// The signed form of a `method` request about `out_trade_no`, sent at `timestamp`.
+    pub(super) fn signed_form(&self, method: &str, out_trade_no: &str, timestamp: &str) -> String {
         let mut params = BTreeMap::new();
         for (k, v) in [
             ("app_id", self.verifier.app_id.as_str()),
@@ -67,10 +75,19 @@ impl Api {
             ("charset", "utf-8"),
             ("sign_type", "RSA2"),
             ("version", "1.0"),
+            ("timestamp", timestamp),
         ] {
             params.insert(k.to_owned(), v.to_owned());
         }
-        params.insert("timestamp".to_owned(), china_now());
+        if let Some(certs) = self.verifier.cert_mode() {
+            // Certificate mode: Alipay finds the app's certificate and the root it trusts
+            // by these, and both are signed with the rest.
+            params.insert("app_cert_sn".to_owned(), certs.app_cert_sn().to_owned());
+            params.insert(
+                "alipay_root_cert_sn".to_owned(),
+                certs.root_cert_sn().to_owned(),
+            );
+        }
         params.insert(
             "biz_content".to_owned(),
             serde_json::json!({ "out_trade_no": out_trade_no }).to_string(),
@@ -82,15 +99,23 @@ impl Api {
             .collect::<Vec<_>>()
             .join("&");
         let sign = rsa_sign(&self.signer, text.as_bytes());
-        // The serializer is not Send: it must be gone before the await below.
-        let form = {
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &params {
-                form.append_pair(k, v);
-            }
-            form.append_pair("sign", &sign);
-            form.finish()
-        };
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &params {
+            form.append_pair(k, v);
+        }
+        form.append_pair("sign", &sign);
+        form.finish()
+    }
+
+    async fn call(
+        &self,
+        http: &reqwest::Client,
+        method: &str,
+        out_trade_no: &str,
+    ) -> Result<ProviderAnswer, ApiError> {
+        // Built in a function of its own: the serializer is not Send and must be gone
+        // before the await below.
+        let form = self.signed_form(method, out_trade_no, &china_now());
         let url = format!("{}/gateway.do", self.base);
         let request = http
             .post(&url)
@@ -107,7 +132,7 @@ impl Api {
 
     /// Verifies an answer's signature over the raw text of its `…_response` value and
     /// returns that value.
-    fn verified_response(&self, body: &[u8], method: &str) -> Result<Value, Rejection> {
+    pub(super) fn verified_response(&self, body: &[u8], method: &str) -> Result<Value, Rejection> {
         let whole: Value = serde_json::from_slice(body)
             .map_err(|e| Rejection::Malformed(format!("answer is not JSON: {e}")))?;
         let own = format!("{}_response", method.replace('.', "_"));
@@ -121,7 +146,10 @@ impl Api {
         let raw = raw_member(body, &key, &whole[&key])
             .ok_or_else(|| Rejection::Malformed(format!("cannot locate `{key}` in the answer")))?;
         let sign = whole.get("sign").and_then(Value::as_str).unwrap_or("");
-        self.verifier.verify_rsa2(raw, sign)?;
+        // Beside the response, unsigned: it can only pick among the certificates the
+        // account holds, and one it does not hold is refused.
+        let cert_sn = whole.get("alipay_cert_sn").and_then(Value::as_str);
+        self.verifier.verify_rsa2(raw, sign, cert_sn)?;
         Ok(whole[&key].clone())
     }
 }

@@ -26,11 +26,19 @@
 //!
 //! The answer is the bare word `success`; anything else makes Alipay retry.
 //!
+//! The body is read in the charset its `charset` parameter declares (UTF-8 when absent;
+//! GBK and GB2312 for older apps), and the signature is checked over the bytes as received
+//! ([`form`]). An account holds Alipay's key either as the bare public key (public-key
+//! mode) or as Alipay's certificate ([`cert`], certificate mode); in certificate mode a
+//! notification's `alipay_cert_sn` must name the certificate the account holds.
+//!
 //! [`api`] calls `alipay.trade.query` and `alipay.trade.close` with the same account,
-//! verifying answers with its Alipay public key ([`Account::verify_rsa2`]) and reading
+//! verifying answers with the same key (`Account::verify_rsa2`) and reading
 //! amounts and times with the same parsers.
 
 pub mod api;
+pub mod cert;
+pub mod form;
 
 use std::collections::BTreeMap;
 
@@ -48,6 +56,8 @@ use super::{
     RefundAmount, Rejection,
 };
 use crate::config::AccountConfig;
+use cert::CertMode;
+use form::Form;
 
 /// Alipay posts its notifications as a form.
 pub const CONTENT_TYPES: ContentTypes = ContentTypes {
@@ -55,57 +65,146 @@ pub const CONTENT_TYPES: ContentTypes = ContentTypes {
     may_be_absent: false,
 };
 
-/// Most parameters a notification may carry; real ones have about 25.
-const MAX_FIELDS: usize = 256;
-
 /// One configured Alipay app.
 #[derive(Clone)]
 pub struct Account {
     name: String,
     app_id: String,
     seller_id: Option<String>,
-    key: VerifyingKey<Sha256>,
+    keys: Keys,
+}
+
+/// How an account knows Alipay's key.
+#[derive(Clone)]
+enum Keys {
+    /// Public-key mode: the Alipay public key, as the console shows it.
+    PublicKey(VerifyingKey<Sha256>),
+    /// Certificate mode: Alipay's certificate, and the SNs requests carry.
+    Cert(Box<CertMode>),
 }
 
 impl std::fmt::Debug for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Account")
-            .field("name", &self.name)
+        let mut d = f.debug_struct("Account");
+        d.field("name", &self.name)
             .field("app_id", &self.app_id)
-            .field("seller_id", &self.seller_id)
-            .finish_non_exhaustive()
+            .field("seller_id", &self.seller_id);
+        if let Keys::Cert(c) = &self.keys {
+            d.field("cert_mode", c);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
 impl Account {
-    /// Reads the Alipay keys of an `[[accounts]]` entry.
+    /// Reads the Alipay keys of an `[[accounts]]` entry: the Alipay public key, or the
+    /// three certificates of certificate mode.
     pub fn from_config(a: &AccountConfig) -> Result<Account, String> {
         let app_id = required(&a.app_id, "app_id", false, ProviderKind::Alipay)?;
-        let key_text = required(
-            &a.alipay_public_key,
-            "alipay_public_key",
-            true,
-            ProviderKind::Alipay,
-        )?;
-        let key = parse_public_key(&key_text).map_err(|e| format!("`alipay_public_key`: {e}"))?;
-        let mut account = Account::new(&a.name, &app_id, key);
-        account.seller_id = a.seller_id.clone().filter(|s| !s.is_empty());
-        Ok(account)
+        let certs = [&a.app_cert, &a.alipay_cert, &a.alipay_root_cert];
+        let keys = if certs.iter().any(|c| c.is_some()) {
+            if a.alipay_public_key.is_some() {
+                return Err("set either `alipay_public_key_file` (public-key mode) or \
+                     `app_cert_file`, `alipay_cert_file` and `alipay_root_cert_file` \
+                     (certificate mode), not both"
+                    .into());
+            }
+            let app = required(&a.app_cert, "app_cert", true, ProviderKind::Alipay)?;
+            let alipay = required(&a.alipay_cert, "alipay_cert", true, ProviderKind::Alipay)?;
+            let root = required(
+                &a.alipay_root_cert,
+                "alipay_root_cert",
+                true,
+                ProviderKind::Alipay,
+            )?;
+            let mode = CertMode::from_pem(&app, &alipay, &root).map_err(|(which, e)| {
+                let file = match which {
+                    cert::CertKey::App => &a.app_cert_file,
+                    cert::CertKey::Alipay => &a.alipay_cert_file,
+                    cert::CertKey::Root => &a.alipay_root_cert_file,
+                };
+                match file {
+                    Some(f) => format!("`{}` ({}): {e}", which.key(), f.display()),
+                    None => format!("`{}`: {e}", which.key().trim_end_matches("_file")),
+                }
+            })?;
+            Keys::Cert(Box::new(mode))
+        } else {
+            let key_text = required(
+                &a.alipay_public_key,
+                "alipay_public_key",
+                true,
+                ProviderKind::Alipay,
+            )
+            .map_err(|e| {
+                format!("{e} (or, in certificate mode, `app_cert_file`, `alipay_cert_file` and `alipay_root_cert_file`)")
+            })?;
+            let key =
+                parse_public_key(&key_text).map_err(|e| format!("`alipay_public_key`: {e}"))?;
+            Keys::PublicKey(VerifyingKey::new(key))
+        };
+        Ok(Account {
+            name: a.name.clone(),
+            app_id,
+            seller_id: a.seller_id.clone().filter(|s| !s.is_empty()),
+            keys,
+        })
     }
 
-    /// Builds an account directly (tests, tools).
+    /// Builds a public-key-mode account directly (tests, tools).
     pub fn new(name: &str, app_id: &str, alipay_public_key: RsaPublicKey) -> Account {
         Account {
             name: name.into(),
             app_id: app_id.into(),
             seller_id: None,
-            key: VerifyingKey::new(alipay_public_key),
+            keys: Keys::PublicKey(VerifyingKey::new(alipay_public_key)),
+        }
+    }
+
+    /// Builds a certificate-mode account directly (tests, tools).
+    pub fn with_certs(name: &str, app_id: &str, certs: CertMode) -> Account {
+        Account {
+            name: name.into(),
+            app_id: app_id.into(),
+            seller_id: None,
+            keys: Keys::Cert(Box::new(certs)),
+        }
+    }
+
+    /// The certificates of a certificate-mode account.
+    pub fn cert_mode(&self) -> Option<&CertMode> {
+        match &self.keys {
+            Keys::Cert(c) => Some(c),
+            Keys::PublicKey(_) => None,
         }
     }
 
     /// Checks an RSA2 (SHA256withRSA) base64 signature by Alipay over `message`: a
-    /// notification's sign string, or the raw JSON of an API answer.
-    pub(crate) fn verify_rsa2(&self, message: &[u8], sign: &str) -> Result<(), Rejection> {
+    /// notification's signed bytes, or the raw JSON of an API answer. In certificate mode
+    /// `alipay_cert_sn` (of the notification, or beside the answer) picks the certificate;
+    /// one the account does not hold is refused, saying so.
+    pub(crate) fn verify_rsa2(
+        &self,
+        message: &[u8],
+        sign: &str,
+        alipay_cert_sn: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let key = match &self.keys {
+            Keys::PublicKey(key) => key,
+            Keys::Cert(certs) => {
+                let sn = alipay_cert_sn.filter(|s| !s.is_empty());
+                certs.alipay_key(sn).ok_or_else(|| {
+                    Rejection::BadSignature(format!(
+                        "alipay_cert_sn `{}` names an Alipay certificate account `{}` does not hold \
+                         (it holds `{}`): Alipay has a new certificate; download it and set it as \
+                         `alipay_cert_file`",
+                        sn.unwrap_or_default().escape_debug(),
+                        self.name,
+                        certs.alipay_cert_sn()
+                    ))
+                })?
+            }
+        };
         if sign.is_empty() {
             return Err(Rejection::BadSignature("no `sign` parameter".into()));
         }
@@ -114,8 +213,7 @@ impl Account {
             .map_err(|_| Rejection::BadSignature("`sign` is not base64".into()))?;
         let sig = Signature::try_from(sig_bytes.as_slice())
             .map_err(|_| Rejection::BadSignature("`sign` is not an RSA signature".into()))?;
-        self.key
-            .verify(message, &sig)
+        key.verify(message, &sig)
             .map_err(|_| Rejection::BadSignature("signature does not match".into()))
     }
 
@@ -147,29 +245,9 @@ pub fn parse_public_key(text: &str) -> Result<RsaPublicKey, String> {
         .map_err(|e| format!("not an RSA public key (SubjectPublicKeyInfo): {e}"))
 }
 
-/// Parses a form body into a map, refusing duplicate keys, empty keys and oversized maps.
+/// Parses a form body into a map, decoded by its declared `charset` ([`form::Form`]).
 pub fn parse_form(body: &[u8]) -> Result<BTreeMap<String, String>, Rejection> {
-    let mut fields = BTreeMap::new();
-    for (k, v) in form_urlencoded::parse(body) {
-        if k.is_empty() {
-            return Err(Rejection::Malformed("a parameter has an empty name".into()));
-        }
-        if fields.len() >= MAX_FIELDS {
-            return Err(Rejection::Malformed(format!(
-                "more than {MAX_FIELDS} parameters"
-            )));
-        }
-        if fields.contains_key(k.as_ref()) {
-            return Err(Rejection::Malformed(format!(
-                "parameter `{k}` appears twice"
-            )));
-        }
-        fields.insert(k.into_owned(), v.into_owned());
-    }
-    if fields.is_empty() {
-        return Err(Rejection::Malformed("empty form body".into()));
-    }
-    Ok(fields)
+    Form::parse(body).map(|f| f.fields)
 }
 
 /// The string Alipay signs: every non-empty parameter except `sign` and `sign_type`,
@@ -293,16 +371,10 @@ impl Provider for Alipay {
     }
 
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection> {
-        let fields = parse_form(inbound.body)?;
+        // Decoded by its declared charset (UTF-8, GBK); an unknown one is refused.
+        let form = Form::parse(inbound.body)?;
+        let fields = &form.fields;
         let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
-        if let Some(charset) = fields.get("charset") {
-            // Values of a GBK app arrive as GBK bytes; this host verifies UTF-8 only.
-            if !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("utf8") {
-                return Err(Rejection::Unsupported(format!(
-                    "charset `{charset}`: set the app's charset to UTF-8"
-                )));
-            }
-        }
         match fields.get("sign_type").map(String::as_str) {
             None | Some("RSA2") => {}
             Some(other) => {
@@ -317,12 +389,17 @@ impl Provider for Alipay {
             inbound.account,
             |a| a.app_id == get("app_id"),
         )?;
-        account.verify_rsa2(string_to_sign(&fields).as_bytes(), get("sign"))?;
+        // `alipay_cert_sn` is itself signed: it only picks which held certificate to try.
+        account.verify_rsa2(
+            &form.signed_bytes(),
+            get("sign"),
+            fields.get("alipay_cert_sn").map(String::as_str),
+        )?;
         // The signature covers a string, not the parameters: it means these parameters
         // only if that string cannot be split into others (`body` = `x&out_trade_no=…`).
         // A value may still hold `&` not followed by `name=` (`Tom & Jerry`); URL-encoded
         // text in `passback_params` arrives decoded once, its own `%26` intact.
-        require_unambiguous(&signed_fields(&fields))?;
+        require_unambiguous(&signed_fields(fields))?;
 
         // Verified: now the identifiers mean something.
         if get("app_id") != account.app_id {
@@ -347,7 +424,7 @@ impl Provider for Alipay {
         if out_trade_no.is_empty() {
             return Err(Rejection::Malformed("no out_trade_no".into()));
         }
-        let yuan = |k: &str| yuan_field(&fields, k);
+        let yuan = |k: &str| yuan_field(fields, k);
         if fields.contains_key("total_amount") {
             yuan("total_amount")?;
         }
@@ -355,7 +432,7 @@ impl Provider for Alipay {
         let is_refund = (!get("out_biz_no").is_empty() || !get("gmt_refund").is_empty())
             && matches!(trade_status, "TRADE_SUCCESS" | "TRADE_CLOSED");
         let kind = match trade_status {
-            _ if is_refund => refund_kind(&fields)?,
+            _ if is_refund => refund_kind(fields)?,
             "TRADE_SUCCESS" | "TRADE_FINISHED" => {
                 let trade_no = get("trade_no");
                 if trade_no.is_empty() {
@@ -384,7 +461,7 @@ impl Provider for Alipay {
             account: account.name.clone(),
             out_trade_no,
             kind,
-            fields,
+            fields: form.fields,
             sub_mchid: None,
         })
     }
@@ -410,3 +487,6 @@ impl Provider for Alipay {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod cert_tests;
