@@ -31,6 +31,7 @@ pub mod world;
 
 pub use cache::Cache;
 pub use capabilities::{CallBuilder, CallContext};
+pub(crate) use history::host_label;
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, Runtime};
 pub use signing::{AllowedSigners, Signer};

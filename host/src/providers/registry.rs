@@ -50,6 +50,9 @@ impl Registry {
                 ProviderKind::WechatV3 => {
                     let account = wechat_v3::Account::from_config(a).map_err(err)?;
                     let api = wechat_v3::api::Api::from_config(a, &account);
+                    if let Ok(Some(api)) = &api {
+                        wechat_v3::certs::wire_client(&account, api);
+                    }
                     v3.push(account);
                     api.map(|api| match api {
                         Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
@@ -84,6 +87,7 @@ impl Registry {
                 }
             }
         }
+        let platform_certs = wechat_v3::certs::downloading(&v3);
         let mut by_kind: BTreeMap<ProviderKind, Box<dyn Provider>> = BTreeMap::new();
         if !v2.is_empty() {
             by_kind.insert(
@@ -127,6 +131,7 @@ impl Registry {
                 http,
                 by_account,
                 missing,
+                platform_certs,
             },
         })
     }
@@ -185,6 +190,8 @@ pub struct Apis {
     by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>>,
     /// Why an account has no API (missing keys, CloudPay), for the skip reason.
     missing: BTreeMap<(ProviderKind, String), String>,
+    /// The WeChat Pay v3 accounts that download their platform certificates.
+    platform_certs: Vec<wechat_v3::Account>,
 }
 
 impl Apis {
@@ -201,6 +208,12 @@ impl Apis {
             Some(why) => format!("{provider} account `{account}`: {why}"),
             None => format!("{provider} account `{account}` is not configured"),
         })
+    }
+
+    /// The WeChat Pay v3 accounts that download their platform certificates
+    /// ([`wechat_v3::certs`]).
+    pub fn platform_certs(&self) -> &[wechat_v3::Account] {
+        &self.platform_certs
     }
 
     /// The HTTP client the calls use.
