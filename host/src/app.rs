@@ -66,6 +66,13 @@ impl App {
         let accounts = Accounts::from_config(&config.accounts)?;
         let providers = Arc::new(accounts.providers);
         let apis = Arc::new(accounts.apis);
+        // Before anything verifies: the stored certificates, without the network.
+        crate::providers::wechat_v3::certs::attach(
+            apis.platform_certs(),
+            store.clone(),
+            apis.http().clone(),
+        )
+        .await;
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
         let registry = Registry::new(runtime, config.plugins.clone())
             .with_history(store.clone(), config.database.timeout());
@@ -114,6 +121,18 @@ impl App {
     /// Starts hot reload of the plugins directory; it stops when the handle is dropped.
     pub fn watch_plugins(&self) -> Result<crate::plugins::watch::WatchHandle, notify::Error> {
         crate::plugins::watch::watch(self.plugins.clone(), self.config.plugins.dir.clone())
+    }
+
+    /// Starts the platform certificate refresh job, if an account downloads its
+    /// certificates (`download_platform_certs`).
+    pub fn start_platform_certs(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let accounts = self.apis.platform_certs().to_vec();
+        if accounts.is_empty() {
+            return None;
+        }
+        Some(tokio::spawn(crate::providers::wechat_v3::certs::run(
+            accounts,
+        )))
     }
 
     /// Starts the task worker in the background, if `[tasks] enabled`.

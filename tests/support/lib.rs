@@ -16,6 +16,7 @@ pub mod fake_provider;
 pub mod pg_cluster;
 pub mod process;
 pub mod small_disk;
+pub mod wechat_certs;
 pub mod wechat_v2;
 pub mod wechat_v3;
 pub mod wechat_v3_partner;

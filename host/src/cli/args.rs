@@ -86,6 +86,9 @@ pub enum Command {
     /// Look at received notifications and re-drive them.
     #[command(subcommand)]
     Notifications(NotificationsCommand),
+    /// Look at the providers' keys.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Look at the task queue (handlers' after-payment side effects) and re-drive dead tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
@@ -125,6 +128,14 @@ pub enum ConfigCommand {
     /// Exits non-zero with the error, naming the key and the file or variable, when it is
     /// invalid. Does not connect to the database.
     Check,
+}
+
+/// `paynotify providers …`.
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// The WeChat Pay v3 platform certificates of every account: serial, validity and
+    /// where each came from (a configured file, or a download stored in the database).
+    Certs,
 }
 
 /// `paynotify tasks …`.

@@ -8,7 +8,9 @@ use paynotify::store::{NotificationFilter, OrderCursor, OrderFilter};
 use paynotify::{App, Config};
 
 use super::admin::{query_string, AdminClient};
-use super::args::{NotificationsCommand, OrdersCommand, PluginsCommand, TasksCommand};
+use super::args::{
+    NotificationsCommand, OrdersCommand, PluginsCommand, ProvidersCommand, TasksCommand,
+};
 use super::{develop, new_plugin, render, tryout};
 
 /// Prints `value` as one line of JSON with `--json`, else as `text` renders it.
@@ -128,6 +130,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let reconcile = paynotify::reconcile::start(&app);
     let retention = Some(paynotify::retention::start(&app));
     let stuck = Some(paynotify::stuck::start(&app));
+    let certs = app.start_platform_certs();
     // The bound address, not the configured one: with port 0 the OS picks it.
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, database = app.store.backend(), "paynotify serving");
@@ -146,7 +149,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     paynotify::http::serve(app.clone(), listener, shutdown_signal()).await?;
-    for job in [worker, expiry, reconcile, retention, stuck]
+    for job in [worker, expiry, reconcile, retention, stuck, certs]
         .into_iter()
         .flatten()
     {
@@ -356,6 +359,25 @@ pub async fn notifications(
                 .post(&format!("/api/admin/notifications/{id}/replay"))
                 .await?;
             output(json, &v, |v| render::replayed_one_text(id, v))
+        }
+    }
+}
+
+/// `paynotify providers …`: reads the configured key files and the database.
+pub async fn providers(config: &Config, json: bool, c: ProvidersCommand) -> anyhow::Result<()> {
+    match c {
+        ProvidersCommand::Certs => {
+            let store = paynotify::store::connect(&config.database).await?;
+            let list = paynotify::providers::wechat_v3::certs::list(&config.accounts, &*store)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            output(json, &list, |l| {
+                if l.is_empty() {
+                    "no WeChat Pay v3 platform certificates (configured or downloaded)\n".into()
+                } else {
+                    render::certs_table(l, paynotify::time::now_ms())
+                }
+            })
         }
     }
 }

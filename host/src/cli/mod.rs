@@ -51,6 +51,7 @@ pub async fn run(cli: Cli, logs: tryout::LogCapture) -> anyhow::Result<()> {
             commands::reconcile(&config()?, json, older_than, order).await
         }
         Command::Tasks(c) => commands::tasks(&config()?, json, c).await,
+        Command::Providers(c) => commands::providers(&config()?, json, c).await,
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use paynotify::providers::wechat_v3::certs::CertListing;
 use paynotify::store::{status, NotificationRecord, Order, PluginEventRecord, TaskRecord};
 use paynotify::time::Millis;
 
@@ -278,6 +279,37 @@ pub fn tasks_table(list: &[TaskRecord]) -> String {
             short_time(Some(task.run_at)),
             or_dash(task.out_trade_no.as_deref()),
             or_dash(task.last_error.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `paynotify providers certs`: one row a certificate, expired ones marked.
+pub fn certs_table(list: &[CertListing], now: Millis) -> String {
+    let mut t = Table::new(&[
+        "ACCOUNT",
+        "MCH_ID",
+        "SERIAL",
+        "EFFECTIVE (UTC)",
+        "EXPIRES (UTC)",
+        "SOURCE",
+    ]);
+    for c in list {
+        let mut expires = short_time(Some(c.expire_at));
+        if c.expire_at <= now {
+            expires.push_str(" (expired)");
+        }
+        let source = match c.fetched_at {
+            Some(at) => format!("{}, last at {}", c.source, short_time(Some(at))),
+            None => c.source.clone(),
+        };
+        t.row(vec![
+            c.account.clone(),
+            c.mch_id.clone(),
+            c.serial.clone(),
+            short_time(Some(c.effective_at)),
+            expires,
+            clean(&source, 120),
         ]);
     }
     t.render()

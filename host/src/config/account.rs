@@ -97,6 +97,11 @@ pub struct AccountConfig {
     /// WeChat Pay platform certificates (PEM files).
     #[serde(default)]
     pub platform_certs: Vec<PathBuf>,
+    /// WeChat Pay v3: download the platform certificates from `/v3/certificates` (with
+    /// the merchant key), keep them in the database and refresh them as WeChat rotates
+    /// them. Needs `api_v3_key`, `merchant_private_key_file` and `merchant_serial_no`.
+    #[serde(default)]
+    pub download_platform_certs: bool,
     /// Alipay app id.
     pub app_id: Option<String>,
     /// Alipay seller id; checked when set.

@@ -280,6 +280,7 @@ impl Pipeline {
             body: n.body,
             received_at: n.received_at,
         };
+        provider.fetch_missing_keys(&inbound).await;
         let notice = match provider.verify(&inbound) {
             Ok(notice) => notice,
             Err(rejection) => {

@@ -71,7 +71,7 @@ impl History {
 }
 
 /// `{hostname}:{pid}`; the hostname from the kernel, else `$HOSTNAME`, else `unknown`.
-fn host_label() -> String {
+pub(crate) fn host_label() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

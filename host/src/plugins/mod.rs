@@ -32,6 +32,7 @@ pub mod world;
 pub use crate::signers::{AllowedSigners, Signer};
 pub use cache::Cache;
 pub use capabilities::{CallBuilder, CallContext};
+pub(crate) use history::host_label;
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, Runtime};
 pub use status::PluginStatus;

@@ -17,6 +17,8 @@
 //! - `common` and `json`: the checks and JSON readers several providers share.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
 pub use crate::config::ProviderKind;
 
@@ -180,6 +182,12 @@ pub trait Provider: Send + Sync {
     fn sub_merchants(&self, _account: &str) -> Option<Vec<&str>> {
         None
     }
+    /// Before [`Provider::verify`]: fetches a key the notification names that this host
+    /// may not hold yet (WeChat Pay v3 platform certificates that rotate), within a
+    /// bounded time. Nothing by default.
+    fn fetch_missing_keys<'a>(&'a self, _inbound: &'a Inbound<'_>) -> KeyFetch<'a> {
+        Box::pin(std::future::ready(()))
+    }
     /// Parses and verifies a notification on its raw bytes.
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection>;
     /// The answer that tells the provider to stop retrying.
@@ -187,6 +195,10 @@ pub trait Provider: Send + Sync {
     /// The answer that tells the provider the notification was not accepted.
     fn failure(&self, reason: &str) -> Answer;
 }
+
+/// What [`Provider::fetch_missing_keys`] returns: done when the keys are as good as
+/// they will get for this notification.
+pub type KeyFetch<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// The media types a provider sends its notifications with. Checked on the type alone
 /// (before any `;` parameter, case-insensitive); several `Content-Type` headers are

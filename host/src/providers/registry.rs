@@ -50,6 +50,9 @@ impl Registry {
                 ProviderKind::WechatV3 => {
                     let (account, mode) = wechat_v3::partner::from_config(a).map_err(err)?;
                     let api = wechat_v3::api::Api::from_config(a, &account, &mode);
+                    if let Ok(Some(api)) = &api {
+                        wechat_v3::certs::wire_client(&account, api);
+                    }
                     v3.push((a.name.clone(), account, mode));
                     api.map(|api| match api {
                         Some(c) => Ok(Box::new(c) as Box<dyn OrderApi>),
@@ -84,6 +87,9 @@ impl Registry {
                 }
             }
         }
+        let platform_certs = wechat_v3::certs::downloading(
+            &v3.iter().map(|(_, a, _)| a.clone()).collect::<Vec<_>>(),
+        );
         let mut by_kind: BTreeMap<ProviderKind, Box<dyn Provider>> = BTreeMap::new();
         if !v2.is_empty() {
             by_kind.insert(
@@ -135,6 +141,7 @@ impl Registry {
                 http,
                 by_account,
                 missing,
+                platform_certs,
             },
         })
     }
@@ -219,6 +226,8 @@ pub struct Apis {
     by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>>,
     /// Why an account has no API (missing keys, CloudPay), for the skip reason.
     missing: BTreeMap<(ProviderKind, String), String>,
+    /// The WeChat Pay v3 accounts that download their platform certificates.
+    platform_certs: Vec<wechat_v3::Account>,
 }
 
 impl Apis {
@@ -235,6 +244,12 @@ impl Apis {
             Some(why) => format!("{provider} account `{account}`: {why}"),
             None => format!("{provider} account `{account}` is not configured"),
         })
+    }
+
+    /// The WeChat Pay v3 accounts that download their platform certificates
+    /// ([`wechat_v3::certs`]).
+    pub fn platform_certs(&self) -> &[wechat_v3::Account] {
+        &self.platform_certs
     }
 
     /// The HTTP client the calls use.

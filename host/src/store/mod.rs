@@ -12,12 +12,13 @@
 //!   [`TaskStore`]), what each backend does its own way ([`Store`]), the payment
 //!   transaction ([`Tx`]); the console's reads are [`console::ConsoleStore`], reached
 //!   through [`Store::console`]; the plugin history is [`PluginHistoryStore`], reached
-//!   through [`Store::plugin_history`].
+//!   through [`Store::plugin_history`]; the downloaded WeChat Pay platform certificates
+//!   are [`PlatformCertStore`], reached through [`Store::platform_certs`].
 //! - `statement`: statements as data (text + parameters) and the one seam each backend
 //!   implements to run them (`Sql`).
 //! - SQL text beside its row mapping, by concern: `orders`, `notifications`, `tasks`,
 //!   `documents`, `claims`, [`refunds`], `retention`, [`console`], [`plugin_history`],
-//!   [`ready`]. Each statement is written once and serves both backends (and SQLite's
+//!   [`platform_certs`], [`ready`]. Each statement is written once and serves both backends (and SQLite's
 //!   writer).
 //! - [`sqlite`] (`mod`: the store; `writer`: its synchronous write connection; `tx`:
 //!   its payment transaction) and [`postgres`] (`mod`: the store; `tx`: its payment
@@ -56,6 +57,7 @@ mod documents;
 pub mod error;
 mod notifications;
 mod orders;
+pub mod platform_certs;
 pub mod plugin_history;
 pub mod postgres;
 pub mod ready;
@@ -70,9 +72,11 @@ mod tx;
 pub mod types;
 
 pub use error::{within, DocError, StoreError};
+pub use platform_certs::PlatformCertRecord;
 pub use refunds::{NewRefund, RefundRecord};
 pub use traits::{
-    ConsoleStore, NotificationStore, OrderStore, PluginHistoryStore, Store, TaskStore, Tx,
+    ConsoleStore, NotificationStore, OrderStore, PlatformCertStore, PluginHistoryStore, Store,
+    TaskStore, Tx,
 };
 pub use types::{
     status, ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask,

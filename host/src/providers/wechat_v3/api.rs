@@ -32,12 +32,21 @@ pub const DEFAULT_BASE: &str = "https://api.mch.weixin.qq.com";
 
 /// One v3 account's order API.
 pub struct Api {
-    serial_no: String,
-    signer: SigningKey<Sha256>,
+    client: Client,
     /// The notification side of the account: its WeChat Pay verifying keys.
     verifier: Account,
     /// Direct, or partner with the sub-merchants whose orders it may call about.
     mode: Mode,
+}
+
+/// What calls WeChat Pay v3 as the merchant: the merchant API key that signs each
+/// request, and where to send it. The one place v3 requests are signed, for the order
+/// API and the platform certificate download (`certs.rs`) alike.
+#[derive(Clone)]
+pub(crate) struct Client {
+    mch_id: String,
+    serial_no: String,
+    signer: SigningKey<Sha256>,
     base: String,
 }
 
@@ -62,14 +71,44 @@ impl Api {
         let key =
             parse_private_key(key_text).map_err(|e| format!("`merchant_private_key_file`: {e}"))?;
         Ok(Some(Api {
-            serial_no: serial_no.clone(),
-            signer: SigningKey::new(key),
+            client: Client {
+                mch_id: verifier.mch_id.clone(),
+                serial_no: serial_no.clone(),
+                signer: SigningKey::new(key),
+                base: base(&a.api_base, DEFAULT_BASE),
+            },
             verifier: verifier.clone(),
             mode: mode.clone(),
-            base: base(&a.api_base, DEFAULT_BASE),
         }))
     }
 
+    /// The signing client, for the platform certificate download.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn call(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> Result<ProviderAnswer, ApiError> {
+        self.client.call(http, method, path_and_query, body).await
+    }
+
+    /// Verifies an answer's signature; returns its JSON body (`null` when empty).
+    fn verified_body(&self, answer: &Inbound<'_>) -> Result<Value, Rejection> {
+        verify_signed(std::slice::from_ref(&self.verifier), answer)?;
+        if answer.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(answer.body)
+            .map_err(|e| Rejection::Malformed(format!("answer is not JSON: {e}")))
+    }
+}
+
+impl Client {
     /// The `Authorization` header for a request.
     fn authorization(&self, method: &str, path_and_query: &str, body: &str) -> String {
         let timestamp = crate::time::now_ms() / 1000;
@@ -78,11 +117,12 @@ impl Api {
         let signature = rsa_sign(&self.signer, message.as_bytes());
         format!(
             "{SIGNATURE_TYPE} mchid=\"{}\",nonce_str=\"{nonce}\",signature=\"{signature}\",timestamp=\"{timestamp}\",serial_no=\"{}\"",
-            self.verifier.mch_id, self.serial_no
+            self.mch_id, self.serial_no
         )
     }
 
-    async fn call(
+    /// Sends a request signed as the merchant; the answer is not verified yet.
+    pub(crate) async fn call(
         &self,
         http: &reqwest::Client,
         method: reqwest::Method,
@@ -103,16 +143,6 @@ impl Api {
             h.starts_with("wechatpay-") || h == "content-type" || h == "request-id"
         })
         .await
-    }
-
-    /// Verifies an answer's signature; returns its JSON body (`null` when empty).
-    fn verified_body(&self, answer: &Inbound<'_>) -> Result<Value, Rejection> {
-        verify_signed(std::slice::from_ref(&self.verifier), answer)?;
-        if answer.body.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(answer.body)
-            .map_err(|e| Rejection::Malformed(format!("answer is not JSON: {e}")))
     }
 }
 

@@ -4,7 +4,7 @@
 //! notification or an answer to our query ([`verify_signed`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -15,8 +15,10 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::Sha256;
-use x509_cert::der::Encode;
 
+use super::certs::{Held, KeyMiss, PlatformCerts};
+use super::x509::{certificate_key, certificate_validity, normalise_serial, read_platform_certs};
+pub use super::x509::{parse_certificate_pem, serial_hex};
 use super::{MAX_CLOCK_SKEW_SECS, SIGNATURE_PROBE_PREFIX, SIGNATURE_TYPE};
 use crate::config::AccountConfig;
 use crate::providers::common::{check_timestamp, nonblank_header, pick_account, required};
@@ -31,8 +33,11 @@ pub struct Account {
     pub(super) api_v3_key: [u8; 32],
     /// Verifying keys by `Wechatpay-Serial`: public key ids as given, certificate serials
     /// normalised with [`normalise_serial`].
-    public_keys: BTreeMap<String, VerifyingKey<Sha256>>,
-    cert_serials: BTreeMap<String, VerifyingKey<Sha256>>,
+    pub(super) public_keys: BTreeMap<String, VerifyingKey<Sha256>>,
+    /// The configured platform certificates.
+    pub(super) cert_serials: BTreeMap<String, Held>,
+    /// The downloaded ones (`download_platform_certs`), shared with the refresh job.
+    pub(super) downloaded: Option<Arc<PlatformCerts>>,
 }
 
 impl std::fmt::Debug for Account {
@@ -46,6 +51,7 @@ impl std::fmt::Debug for Account {
                 "cert_serials",
                 &self.cert_serials.keys().collect::<Vec<_>>(),
             )
+            .field("downloads_certs", &self.downloaded.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -75,13 +81,20 @@ impl Account {
         }
         for path in &a.platform_certs {
             let certs = read_platform_certs(path)?;
-            for (serial, key) in certs {
-                account.cert_serials.insert(serial, VerifyingKey::new(key));
+            for (serial, held) in certs {
+                account.cert_serials.insert(serial, held);
             }
         }
-        if account.public_keys.is_empty() && account.cert_serials.is_empty() {
+        if a.download_platform_certs {
+            super::certs::check_download_config(a)?;
+            account.downloaded = Some(Arc::new(PlatformCerts::new(
+                &account.name,
+                &account.mch_id,
+                account.api_v3_key,
+            )));
+        } else if account.public_keys.is_empty() && account.cert_serials.is_empty() {
             return Err(
-                "wechat-v3 needs `public_keys` (WeChat Pay public key ids → PEM files) or `platform_certs` (PEM files)"
+                "wechat-v3 needs `public_keys` (WeChat Pay public key ids → PEM files), `platform_certs` (PEM files) or `download_platform_certs = true`"
                     .into(),
             );
         }
@@ -104,6 +117,7 @@ impl Account {
             api_v3_key,
             public_keys: BTreeMap::new(),
             cert_serials: BTreeMap::new(),
+            downloaded: None,
         })
     }
 
@@ -115,17 +129,37 @@ impl Account {
 
     /// Adds the key of a platform certificate (PEM); returns its serial as WeChat names it.
     pub fn with_platform_cert(mut self, pem: &str) -> Result<(Account, String), String> {
-        let (serial, key) = parse_certificate_pem(pem)?;
-        self.cert_serials
-            .insert(normalise_serial(&serial), VerifyingKey::new(key));
+        use x509_cert::der::DecodePem;
+        let cert = x509_cert::Certificate::from_pem(pem.trim().as_bytes())
+            .map_err(|e| format!("not a PEM X.509 certificate: {e}"))?;
+        let (serial, key) = certificate_key(&cert)?;
+        let (_, expire_ms) = certificate_validity(&cert);
+        self.cert_serials.insert(
+            normalise_serial(&serial),
+            Held {
+                key: VerifyingKey::new(key),
+                expire_ms,
+            },
+        );
         Ok((self, serial))
     }
 
-    /// The key `Wechatpay-Serial` names, if this account has it.
-    pub(super) fn key_for(&self, serial: &str) -> Option<&VerifyingKey<Sha256>> {
-        self.public_keys
-            .get(serial)
-            .or_else(|| self.cert_serials.get(&normalise_serial(serial)))
+    /// The key `Wechatpay-Serial` names, if this account has it and, for a certificate,
+    /// it has not expired at `at_ms`.
+    pub(super) fn key_at(&self, serial: &str, at_ms: i64) -> Result<VerifyingKey<Sha256>, KeyMiss> {
+        if let Some(key) = self.public_keys.get(serial) {
+            return Ok(key.clone());
+        }
+        let serial = normalise_serial(serial);
+        let held = match self.cert_serials.get(&serial) {
+            Some(h) => Some(h.clone()),
+            None => self.downloaded.as_ref().and_then(|d| d.get(&serial)),
+        };
+        match held {
+            None => Err(KeyMiss::Unknown),
+            Some(h) if h.expire_ms <= at_ms => Err(KeyMiss::Expired(h.expire_ms)),
+            Some(h) => Ok(h.key),
+        }
     }
 }
 
@@ -140,67 +174,6 @@ pub fn parse_public_key_pem(pem: &str) -> Result<RsaPublicKey, String> {
     } else {
         RsaPublicKey::from_public_key_pem(pem)
             .map_err(|e| format!("not a PEM RSA public key (-----BEGIN PUBLIC KEY-----): {e}"))
-    }
-}
-
-/// Parses one PEM certificate: its serial number (upper-case hex, as WeChat writes it in
-/// `Wechatpay-Serial`) and its RSA public key.
-pub fn parse_certificate_pem(pem: &str) -> Result<(String, RsaPublicKey), String> {
-    use x509_cert::der::DecodePem;
-    let cert = x509_cert::Certificate::from_pem(pem.trim().as_bytes())
-        .map_err(|e| format!("not a PEM X.509 certificate: {e}"))?;
-    certificate_key(&cert)
-}
-
-fn certificate_key(cert: &x509_cert::Certificate) -> Result<(String, RsaPublicKey), String> {
-    let tbs = &cert.tbs_certificate;
-    let serial = serial_hex(tbs.serial_number.as_bytes());
-    let spki = tbs
-        .subject_public_key_info
-        .to_der()
-        .map_err(|e| format!("certificate {serial}: cannot encode its public key: {e}"))?;
-    let key = RsaPublicKey::from_public_key_der(&spki)
-        .map_err(|e| format!("certificate {serial}: not an RSA public key: {e}"))?;
-    Ok((serial, key))
-}
-
-/// Reads every certificate in a PEM file: (normalised serial, key) pairs.
-fn read_platform_certs(path: &Path) -> Result<Vec<(String, RsaPublicKey)>, String> {
-    let text = std::fs::read(path)
-        .map_err(|e| format!("cannot read platform certificate {}: {e}", path.display()))?;
-    let bad = |e: String| format!("cannot read platform certificate {}: {e}", path.display());
-    // `load_pem_chain` expects at least one certificate; say so plainly instead.
-    if !text
-        .windows(27)
-        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-    {
-        return Err(bad("no -----BEGIN CERTIFICATE----- block".into()));
-    }
-    let certs = x509_cert::Certificate::load_pem_chain(&text).map_err(|e| bad(e.to_string()))?;
-    certs
-        .iter()
-        .map(|c| {
-            let (serial, key) = certificate_key(c).map_err(bad)?;
-            Ok((normalise_serial(&serial), key))
-        })
-        .collect()
-}
-
-/// A certificate serial (DER integer content) as upper-case hex without leading zeros:
-/// `Wechatpay-Serial` carries the serial as Java's `BigInteger.toString(16)` prints it.
-pub fn serial_hex(bytes: &[u8]) -> String {
-    normalise_serial(&hex::encode_upper(bytes))
-}
-
-/// Upper case, leading zeros dropped, so a serial written with or without its sign byte
-/// (`00…`) or with a leading `0` nibble names the same certificate.
-fn normalise_serial(s: &str) -> String {
-    let upper = s.trim().to_ascii_uppercase();
-    let trimmed = upper.trim_start_matches('0');
-    if trimmed.is_empty() {
-        "0".into()
-    } else {
-        trimmed.into()
     }
 }
 
@@ -255,22 +228,35 @@ pub(crate) fn verify_signed<'a>(
         MAX_CLOCK_SKEW_SECS,
     )?;
 
-    if inbound.account.is_none() && !accounts.iter().any(|a| a.key_for(serial).is_some()) {
-        return Err(Rejection::BadSignature(format!(
-            "unknown Wechatpay-Serial `{serial}`: no configured public key id or platform certificate has it"
-        )));
+    let at = inbound.received_at;
+    if inbound.account.is_none() && !accounts.iter().any(|a| a.key_at(serial, at).is_ok()) {
+        let expired = accounts
+            .iter()
+            .find_map(|a| a.key_at(serial, at).err()?.expired());
+        return Err(Rejection::BadSignature(match expired {
+            Some(reason) => format!("Wechatpay-Serial `{serial}`: {reason}"),
+            None => format!(
+                "unknown Wechatpay-Serial `{serial}`: no configured public key id or platform certificate has it"
+            ),
+        }));
     }
     let account = pick_account(
         accounts,
         |a| &a.name,
         inbound.account,
-        |a| a.key_for(serial).is_some(),
+        |a| a.key_at(serial, at).is_ok(),
     )?;
-    let key = account.key_for(serial).ok_or_else(|| {
-        Rejection::BadSignature(format!(
-            "unknown Wechatpay-Serial `{serial}` for account `{}`",
-            account.name
-        ))
+    let key = account.key_at(serial, at).map_err(|miss| {
+        Rejection::BadSignature(match miss.expired() {
+            Some(reason) => format!(
+                "Wechatpay-Serial `{serial}` of account `{}`: {reason}",
+                account.name
+            ),
+            None => format!(
+                "unknown Wechatpay-Serial `{serial}` for account `{}`",
+                account.name
+            ),
+        })
     })?;
     let sig_bytes = base64::engine::general_purpose::STANDARD
         .decode(signature)

@@ -20,13 +20,17 @@
 //!
 //! Here: the notification verifier (envelope, decryption, transaction or refund).
 //! `keys.rs` holds the account's keys and the signature check that [`api`] (order query
-//! and close, whose answers WeChat Pay signs the same way) shares with it.
+//! and close, whose answers WeChat Pay signs the same way) shares with it; [`certs`]
+//! downloads and refreshes the platform certificates of accounts that opt in.
 
 pub mod api;
+pub mod certs;
+mod download;
 mod keys;
 pub mod partner;
 #[cfg(test)]
 mod tests;
+mod x509;
 
 use std::collections::BTreeMap;
 
@@ -40,8 +44,8 @@ pub use partner::{Mode, Partner};
 
 use super::json::{flatten_unique, parse_json_unique, required_text, str_field};
 use super::{
-    Answer, ContentTypes, Inbound, Notice, NoticeKind, Payment, Provider, ProviderKind, Refund,
-    RefundAmount, Rejection,
+    Answer, ContentTypes, Inbound, KeyFetch, Notice, NoticeKind, Payment, Provider, ProviderKind,
+    Refund, RefundAmount, Rejection,
 };
 
 /// Largest allowed difference between `Wechatpay-Timestamp` and the time of receipt.
@@ -166,6 +170,11 @@ impl Provider for WechatV3 {
 
     fn sub_merchants(&self, account: &str) -> Option<Vec<&str>> {
         self.mode(account).sub_merchants()
+    }
+
+    fn fetch_missing_keys<'a>(&'a self, inbound: &'a Inbound<'_>) -> KeyFetch<'a> {
+        let serial = inbound.header("wechatpay-serial");
+        certs::fetch_missing(&self.accounts, inbound.account, serial, inbound.received_at)
     }
 
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection> {

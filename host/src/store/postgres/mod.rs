@@ -32,7 +32,7 @@ use super::notifications::{id_row, ids_in_order, insert_notifications};
 use super::orders::insert_order;
 use super::rows::order_row;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
-use super::traits::{ConsoleStore, PluginHistoryStore};
+use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::DatabaseConfig;
@@ -341,6 +341,10 @@ impl Store for PgStore {
     }
 
     fn plugin_history(&self) -> &dyn PluginHistoryStore {
+        self
+    }
+
+    fn platform_certs(&self) -> &dyn PlatformCertStore {
         self
     }
 }

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
-use super::traits::{ConsoleStore, PluginHistoryStore};
+use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
 use crate::config::{DatabaseConfig, SqliteSynchronous as Sync};
@@ -365,6 +365,10 @@ impl Store for SqliteStore {
     }
 
     fn plugin_history(&self) -> &dyn PluginHistoryStore {
+        self
+    }
+
+    fn platform_certs(&self) -> &dyn PlatformCertStore {
         self
     }
 }
