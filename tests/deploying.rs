@@ -20,8 +20,8 @@ use std::time::Duration;
 use paynotify::store::status;
 use paynotify_tests::process::{connect_store, free_port, paynotify_bin, HostProcess};
 use paynotify_tests::{
-    plugin_manifest, plugin_wasm, postgres_only_test_deferred, test_backend, v2_return_code,
-    wechat_v2, TOKEN,
+    plugin_manifest, plugin_wasm, postgres_only_test_deferred, signing, test_backend,
+    v2_return_code, wechat_v2, TOKEN,
 };
 use serde_json::json;
 
@@ -179,20 +179,6 @@ fn the_unit_gives_the_config_what_it_reads() {
     assert!(exec.contains("--config /etc/paynotify/paynotify.toml"));
 }
 
-/// Runs `ssh-keygen` with `args`; panics on failure.
-fn ssh_keygen(args: &[&str]) -> String {
-    let out = Command::new("ssh-keygen")
-        .args(args)
-        .output()
-        .expect("run ssh-keygen (package openssh-client; `cargo xtask test` installs it)");
-    assert!(
-        out.status.success(),
-        "ssh-keygen {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The host the deploy files describe, moved into `root`: `deploy/paynotify.toml` with
 /// `/etc/paynotify`, `/var/lib/paynotify`, `/srv/paynotify/plugins.d` and the credentials
 /// folder under `root`, started with the unit's `ExecStart` arguments.
@@ -223,13 +209,10 @@ impl DeployedHost {
         std::fs::write(creds.join("wechat_api_key"), wechat_v2::API_KEY).expect("key");
 
         // Signed handlers, the way README's "Signed handlers" says.
-        let key = root.join("deploy_ed25519");
-        let k = key.to_str().expect("utf-8");
-        ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", k]);
-        let public = std::fs::read_to_string(format!("{k}.pub")).expect("public key");
+        let key = signing::key(root, "deploy_ed25519");
         std::fs::write(
             etc.join("allowed_signers"),
-            format!("deploy@example.com {}", public.trim()),
+            format!("deploy@example.com {}", key.public_line),
         )
         .expect("allowed_signers");
         let shipped = plugin_manifest("recharge")
@@ -244,16 +227,7 @@ impl DeployedHost {
         .expect("manifest");
         std::fs::copy(plugin_wasm("recharge"), staged.join("recharge.wasm")).expect("copy");
         for f in ["recharge.toml", "recharge.wasm"] {
-            let file = staged.join(f);
-            ssh_keygen(&[
-                "-Y",
-                "sign",
-                "-n",
-                "paynotify-plugin",
-                "-f",
-                k,
-                file.to_str().expect("utf-8"),
-            ]);
+            signing::sign(&key, &staged.join(f));
         }
         for f in [
             "recharge.toml",

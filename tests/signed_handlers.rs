@@ -10,69 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paynotify_tests::{
-    plugin_manifest, plugin_wasm, process::paynotify_bin, rebuilt_plugin, sha256_hex,
+    plugin_manifest, plugin_wasm,
+    process::paynotify_bin,
+    rebuilt_plugin, sha256_hex,
+    signing::{key, sign, sign_as, Key},
     v2_return_code, wechat_v2, Options, TestServer,
 };
 use serde_json::Value;
-
-/// An ed25519 key pair made by ssh-keygen in `dir`.
-struct Key {
-    private: PathBuf,
-    public_line: String,
-    fingerprint: String,
-}
-
-fn ssh_keygen(args: &[&str]) -> std::process::Output {
-    let out = Command::new("ssh-keygen")
-        .args(args)
-        .output()
-        .expect("run ssh-keygen (package openssh-client; `cargo xtask test` installs it)");
-    assert!(
-        out.status.success(),
-        "ssh-keygen {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn key(dir: &Path, name: &str) -> Key {
-    let private = dir.join(name);
-    let p = private.to_str().expect("utf-8 path");
-    ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p]);
-    let public_line = std::fs::read_to_string(format!("{p}.pub")).expect("public key");
-    let listed =
-        String::from_utf8(ssh_keygen(&["-l", "-E", "sha256", "-f", p]).stdout).expect("utf-8");
-    // `256 SHA256:… comment (ED25519)`
-    let fingerprint = listed
-        .split_whitespace()
-        .nth(1)
-        .expect("fingerprint")
-        .to_owned();
-    Key {
-        private,
-        public_line: public_line.trim().to_owned(),
-        fingerprint,
-    }
-}
-
-/// Signs `file` into `{file}.sig` under `namespace`.
-fn sign_as(key: &Key, file: &Path, namespace: &str) {
-    let sig = PathBuf::from(format!("{}.sig", file.display()));
-    let _ = std::fs::remove_file(&sig);
-    ssh_keygen(&[
-        "-Y",
-        "sign",
-        "-n",
-        namespace,
-        "-f",
-        key.private.to_str().expect("utf-8"),
-        file.to_str().expect("utf-8"),
-    ]);
-}
-
-fn sign(key: &Key, file: &Path) {
-    sign_as(key, file, "paynotify-plugin");
-}
 
 /// The shipped manifest of built plugin `name`, naming `plugin_type` as its type.
 fn manifest_for(plugin_type: &str, name: &str) -> String {

@@ -130,20 +130,9 @@ impl FakeProvider {
             )
             .route("/gateway.do", post(alipay_gateway))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake provider");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (base, tx) = serve_stand_in(router).await;
         FakeProvider {
-            base: format!("http://{addr}"),
+            base,
             state: shared.state,
             shutdown: Some(tx),
         }
@@ -406,17 +395,25 @@ fn v3_authorized(
 
 fn v3_answer(shared: &Shared, no: &str, status: StatusCode, body: String) -> Response {
     let key = shared.signer(no, &shared.keys.wechatpay);
-    let headers = wechat_v3::headers(&key, wechat_v3::PUB_KEY_ID_A, wechat_v3::now(), &body);
-    let mut resp = (status, body).into_response();
-    for (k, v) in headers {
-        resp.headers_mut().insert(
-            axum::http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"),
-            v.parse().expect("value"),
-        );
-    }
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().expect("value"));
-    resp
+    wechat_v3::signed_answer(&key, wechat_v3::PUB_KEY_ID_A, status, body)
+}
+
+/// Serves `router` on a free loopback port, as a provider's stand-in: its base URL, and
+/// the sender that stops it.
+pub async fn serve_stand_in(router: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a provider stand-in");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (format!("http://{addr}"), tx)
 }
 
 async fn v3_query(

@@ -15,6 +15,7 @@ pub mod cloudpay;
 pub mod fake_provider;
 pub mod pg_cluster;
 pub mod process;
+pub mod signing;
 pub mod small_disk;
 pub mod wechat_certs;
 pub mod wechat_v2;

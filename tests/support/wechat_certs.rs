@@ -137,19 +137,7 @@ impl CertsStandIn {
         let app = Router::new()
             .route("/v3/certificates", get(certificates))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("stand-in serves");
-        });
+        let (base, tx) = crate::fake_provider::serve_stand_in(app).await;
         CertsStandIn {
             base,
             state,
@@ -264,15 +252,5 @@ async fn certificates(
         Tamper::BadSignature => &wechat_v3::keys()[3],
         _ => &s.signer.key,
     };
-    let signed = wechat_v3::headers(key, &s.signer.serial, wechat_v3::now(), &body);
-    let mut resp = (StatusCode::OK, body).into_response();
-    for (k, v) in signed {
-        resp.headers_mut().insert(
-            axum::http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"),
-            v.parse().expect("value"),
-        );
-    }
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().expect("value"));
-    resp
+    wechat_v3::signed_answer(key, &s.signer.serial, StatusCode::OK, body)
 }

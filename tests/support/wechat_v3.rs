@@ -219,3 +219,25 @@ pub fn refund_body(event_type: &str, refund: &Value, api_v3_key: &str) -> String
     })
     .to_string()
 }
+
+/// An answer of WeChat Pay's API: `body` as JSON with `status`, signed by `key` under
+/// `serial` as WeChat Pay signs its answers.
+pub fn signed_answer(
+    key: &RsaPrivateKey,
+    serial: &str,
+    status: axum::http::StatusCode,
+    body: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = headers(key, serial, now(), &body);
+    let mut resp = (status, body).into_response();
+    for (k, v) in headers {
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("value"));
+    resp
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
@@ -101,20 +101,9 @@ impl PartnerProvider {
                 post(close),
             )
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind partner stand-in");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (base, tx) = crate::fake_provider::serve_stand_in(router).await;
         PartnerProvider {
-            base: format!("http://{addr}"),
+            base,
             state,
             shutdown: Some(tx),
         }
@@ -184,18 +173,7 @@ fn authorized(state: &Shared, method: &str, uri: &Uri, headers: &HeaderMap, body
 
 /// An answer signed by WeChat Pay (its public key is `PUB_KEY_ID_A` at the host).
 fn answer(status: StatusCode, body: String) -> Response {
-    let key = &wechat_v3::keys()[0];
-    let headers = wechat_v3::headers(key, wechat_v3::PUB_KEY_ID_A, wechat_v3::now(), &body);
-    let mut resp = (status, body).into_response();
-    for (k, v) in headers {
-        resp.headers_mut().insert(
-            axum::http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"),
-            v.parse().expect("value"),
-        );
-    }
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().expect("value"));
-    resp
+    wechat_v3::signed_answer(&wechat_v3::keys()[0], wechat_v3::PUB_KEY_ID_A, status, body)
 }
 
 fn refused(why: &str) -> Response {
