@@ -230,18 +230,23 @@ async fn a_restart_reuses_the_compiled_cache() {
     let sha = serving_sha(&s, "recharge").await.expect("loaded");
     let name = entries[0].file_name().to_string_lossy().into_owned();
     assert!(name.starts_with(&sha), "{name} is keyed by the file hash");
-    let written = entries[0]
-        .metadata()
-        .and_then(|m| m.modified())
-        .expect("mtime");
+    // A rewrite goes through a temporary file and a rename: a new inode. (A load from the
+    // cache touches the file's mtime, marking it in use, so the mtime cannot tell.)
+    let written = {
+        use std::os::unix::fs::MetadataExt;
+        entries[0].metadata().expect("metadata").ino()
+    };
     // A second host on the same directory loads from the cache: the artefact is not rewritten.
     let config =
         paynotify::Config::load(&s.dir.path().join("paynotify.toml"), Vec::new()).expect("config");
     let again = paynotify::App::start(config).await.expect("second start");
     assert!(again.plugins.get("recharge").is_some());
-    let after = std::fs::metadata(entries[0].path())
-        .and_then(|m| m.modified())
-        .expect("mtime");
+    let after = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(entries[0].path())
+            .expect("metadata")
+            .ino()
+    };
     assert_eq!(written, after, "compiled artefact reused, not recompiled");
     // A rescan of the unchanged directory recompiles nothing.
     let report = s.reload_plugins().await;

@@ -158,7 +158,14 @@ impl Cache {
                 // engine's hash and themselves: they are what `Component::serialize`
                 // produced here from this very source, on an engine of this shape.
                 Some(artefact) => match unsafe { Component::deserialize(engine, artefact) } {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        // Marks it as in use, for `sweep` (a failure only shortens its life).
+                        let _ = std::fs::File::options()
+                            .write(true)
+                            .open(&path)
+                            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                        return Ok(c);
+                    }
                     Err(e) => {
                         tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled cache entry")
                     }
@@ -184,6 +191,44 @@ impl Cache {
             tracing::warn!(file = %path.display(), error = %e, "cannot cache compiled plugin");
         }
         Ok(component)
+    }
+
+    /// Deletes artefacts no build in `keep` (SHA-256s of the `.wasm` files serving) was
+    /// made from and that no host has loaded or written for `unused_for`, and temporary
+    /// files a crashed write left behind: without it every build ever deployed stays on
+    /// disk. Another host on the same folder may still serve a deleted one; it then
+    /// compiles it again at its next start, nothing worse. Returns how many went.
+    pub fn sweep(&self, keep: &[&str], unused_for: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let artefact = name.ends_with(".cwasm");
+            let leftover = name.contains(".tmp");
+            if !(artefact || leftover) || keep.iter().any(|k| name.starts_with(k)) {
+                continue;
+            }
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok());
+            let limit = if artefact {
+                unused_for
+            } else {
+                std::time::Duration::from_secs(3600)
+            };
+            if age.is_some_and(|a| a > limit) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(dir = %self.dir.display(), removed, "compiled cache swept of artefacts no build uses");
+        }
+        removed
     }
 
     /// The artefact inside `file` if its tag is this host's, for this source and engine.
@@ -376,6 +421,37 @@ mod tests {
         std::fs::write(dir.join(KEY_FILE), b"short").unwrap();
         let e = Cache::open(&dir).expect_err("short key").to_string();
         assert!(e.contains("5 bytes"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_sweep_keeps_what_serves_and_what_was_used_lately() {
+        let dir = temp_dir("sweep");
+        let cache = Cache::open(&dir).expect("opens");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 86_400);
+        let file = |name: &str, when: std::time::SystemTime| {
+            let p = dir.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        };
+        file("aaaa-e.cwasm", old);
+        file("bbbb-e.cwasm", old);
+        file("cccc-e.cwasm", std::time::SystemTime::now());
+        file("dddd-e.tmp123", old);
+        let month = std::time::Duration::from_secs(30 * 86_400);
+        assert_eq!(cache.sweep(&["aaaa"], month), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["aaaa-e.cwasm", "cache.key", "cccc-e.cwasm"]);
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -100,6 +100,10 @@ pub struct ScanReport {
     pub removed: Vec<String>,
 }
 
+/// How long a compiled artefact no serving build uses is kept: a rollback to a build of
+/// the last month loads without compiling.
+const CACHE_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// The loaded handlers, by type.
 pub struct Registry {
     runtime: Arc<Runtime>,
@@ -289,6 +293,10 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|t, _| files.contains_key(t));
+        if let Some(cache) = &self.cache {
+            let serving: Vec<&str> = next.values().map(|p| p.sha256.as_str()).collect();
+            cache.sweep(&serving, CACHE_UNUSED_FOR);
+        }
         self.loaded.store(Arc::new(next));
         report
     }
