@@ -817,6 +817,8 @@ fn check_without_a_config_caches_outside_the_folder_and_says_it_compiles() {
         err.contains("compiling recharge-js.wasm (first time, ~"),
         "{err}"
     );
+    // It opens no database and watches no folder: the defaults' are nothing to warn of.
+    assert!(!err.contains("built-in defaults"), "{err}");
     let written: Vec<_> = std::fs::read_dir(&here)
         .expect("read")
         .flatten()

@@ -21,7 +21,7 @@ use std::path::Path;
 use paynotify::config::{Config, ConfigError};
 
 pub use args::{Cli, Command, LogFormat};
-use args::{ConfigCommand, DEFAULT_CONFIG};
+use args::{ConfigCommand, PluginsCommand, DEFAULT_CONFIG};
 
 /// Runs one parsed command line; `logs` collects a `try` run's handler lines (see
 /// [`tryout::init_tracing`]).
@@ -32,18 +32,27 @@ pub async fn run(cli: Cli, logs: tryout::LogCapture) -> anyhow::Result<()> {
     // Loaded by the commands that need it only: `new-plugin` works in any folder, and
     // `config check` reports a bad configuration instead of stopping on it.
     let config = || load_config(&path, named);
+    // `try` and `plugins check` open no database and watch no folder: the defaults'
+    // database and plugins folder are nothing to warn about there.
+    let config_for_a_file = || read_config(&path, named, false);
     // `try` and `plugins check` use the server's compiled cache only when a configuration
     // file says where the server is (see `develop::compiled_cache`).
     let config_file = path.is_file();
     match cli.command {
         Command::Serve => commands::serve(config()?).await,
         Command::Config(ConfigCommand::Check) => commands::config_check(&path, named, json),
-        Command::Plugins(c) => commands::plugins(&config()?, config_file, json, c).await,
+        Command::Plugins(c) => {
+            let config = match c {
+                PluginsCommand::Check { .. } => config_for_a_file()?,
+                _ => config()?,
+            };
+            commands::plugins(&config, config_file, json, c).await
+        }
         Command::NewPlugin { name, lang, dir } => {
             commands::new_plugin(&name, lang, dir.as_deref(), json)
         }
         Command::Try(args) => {
-            commands::try_handler(&config()?, config_file, json, &args, &logs).await
+            commands::try_handler(&config_for_a_file()?, config_file, json, &args, &logs).await
         }
         Command::Orders(c) => commands::orders(&config()?, json, c).await,
         Command::Notifications(c) => commands::notifications(&config()?, json, c).await,
@@ -83,13 +92,18 @@ pub fn error_text(error: &anyhow::Error, backtraces: bool) -> String {
 /// on defaults. Without one, a missing `paynotify.toml` means the built-in defaults, and
 /// the log says so.
 pub fn load_config(path: &Path, named: bool) -> Result<Config, ConfigError> {
+    read_config(path, named, true)
+}
+
+/// [`load_config`], saying when built-in defaults are in effect only if `note_defaults`.
+fn read_config(path: &Path, named: bool, note_defaults: bool) -> Result<Config, ConfigError> {
     if named && !path.exists() {
         return Err(ConfigError::Missing {
             path: path.to_owned(),
         });
     }
     let config = Config::load(path, std::env::vars())?;
-    if !named && !path.exists() {
+    if note_defaults && !named && !path.exists() {
         tracing::warn!(
             database = %paynotify::config::redact_url(&config.database.url),
             plugins = %config.plugins.dir.display(),
