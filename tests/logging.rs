@@ -179,7 +179,7 @@ fn command_logs_are_coloured_only_on_a_terminal_without_no_color() {
     let dir = tempfile::tempdir().expect("temp dir");
     // No configuration file here: `config check`'s loader warns that it runs on defaults.
     let out = bare(dir.path())
-        .args(["plugins", "check", "absent.wasm"])
+        .args(["config", "check"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -194,7 +194,7 @@ fn command_logs_are_coloured_only_on_a_terminal_without_no_color() {
         return;
     }
     let on_terminal = |no_color: Option<&str>| {
-        let command = format!("'{}' plugins check absent.wasm", paynotify_bin().display());
+        let command = format!("'{}' config check", paynotify_bin().display());
         let mut cmd = Command::new(script);
         scrub(&mut cmd)
             .args(["-qec", &command, "/dev/null"])
