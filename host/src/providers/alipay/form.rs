@@ -126,26 +126,12 @@ fn decode(encoding: &'static Encoding, bytes: &[u8], what: &str) -> Result<Strin
 /// a `%` not followed by two hex digits stays as it is (as browsers and `form_urlencoded`
 /// do).
 fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = input.get(i + 1).and_then(|b| (*b as char).to_digit(16));
-                let lo = input.get(i + 2).and_then(|b| (*b as char).to_digit(16));
-                if let (Some(hi), Some(lo)) = (hi, lo) {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
+    // A form's `+` is a space; an encoded plus (`%2B`) is decoded after, so stays a plus.
+    let plus_as_space: Vec<u8> = input
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&plus_as_space).collect()
 }
 
 #[cfg(test)]
