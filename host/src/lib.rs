@@ -25,7 +25,7 @@
 //!    `postgres/` behind them; statements are text plus parameters beside their row mapping.
 //!
 //! Around that path: [`app`] wires the parts from the [`config`]; [`tasks`] runs the
-//! handlers' outbox after commit; [`orders`] creates orders; [`replay`], [`reconcile`],
+//! handlers' outbox after commit; [`orders`] creates orders; [`payments`] places them, refunds and closes them at the provider; [`replay`], [`reconcile`],
 //! [`expiry`], [`stuck`] and [`retention`] are the ops entry points and background jobs;
 //! [`metrics`] and [`logging`] are what ops see; [`time`](mod@crate::time) and [`names`] are the small
 //! shared rules; [`signers`] reads `allowed_signers` and checks handler signatures. The command line (`cli/`) belongs to the binary, not to this library.
@@ -40,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod orders;
+pub mod payments;
 pub mod pipeline;
 pub mod plugins;
 pub mod providers;

@@ -1,10 +1,13 @@
-//! Creating orders: the checks that make an order payable later.
+//! Creating orders: the checks that make an order payable later, and, with `pay`,
+//! placing its payment at the provider in the same call (`payments::place`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::payments::{self, PayError};
+use crate::providers::pay::PayRequest;
 use crate::providers::ProviderKind;
-use crate::store::{NewOrder, Order, StoreError};
+use crate::store::{status, NewOrder, Order, StoreError};
 
 /// `POST /api/orders` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +33,21 @@ pub struct CreateOrder {
     pub custom: Option<serde_json::Value>,
     /// Order number; generated when absent.
     pub out_trade_no: Option<String>,
+    /// Place the payment at the provider now, this way; the answer then carries
+    /// `payment`, what the client needs to pay.
+    #[serde(default)]
+    pub pay: Option<PayRequest>,
+}
+
+/// A created order, and what its client needs to pay when it was placed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    /// The order.
+    #[serde(flatten)]
+    pub order: Order,
+    /// The client's payment parameters (`pay` given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<serde_json::Value>,
 }
 
 /// Why an order was not created.
@@ -44,10 +62,18 @@ pub enum OrderError {
     /// The database failed.
     #[error("database error: {0}")]
     Store(StoreError),
+    /// The order is stored but its payment was not placed (`pay`).
+    #[error("{source}")]
+    NotPlaced {
+        /// The stored, unplaced order.
+        order: Box<Order>,
+        /// Why.
+        source: PayError,
+    },
 }
 
 /// A fresh order number: time-ordered and unguessable enough to be unique.
-fn generate_out_trade_no() -> String {
+pub(crate) fn generate_out_trade_no() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}{}",
@@ -61,8 +87,70 @@ fn generate_out_trade_no() -> String {
     )
 }
 
+/// Validates and inserts a new unpaid order; with `pay`, places its payment too. An
+/// order number that exists is refused, except with `pay` for the same unpaid order
+/// (same type, amount, user, provider, account and sub-merchant): then it is placed
+/// again, so a client may retry a placement that failed or whose answer it lost.
+pub async fn create(app: &App, req: CreateOrder) -> Result<Created, OrderError> {
+    let Some(pay) = req.pay.clone() else {
+        let order = insert(app, req).await?;
+        return Ok(Created {
+            order,
+            payment: None,
+        });
+    };
+    let to_order_error = |e: PayError| match e {
+        PayError::Invalid(m) => OrderError::Invalid(m),
+        PayError::Conflict(m) | PayError::NotFound(m) => OrderError::Conflict(m),
+        PayError::Store(e) => OrderError::Store(e),
+        PayError::Provider { .. } => OrderError::Invalid(e.to_string()),
+    };
+    // Everything that needs no order is checked before one is stored.
+    let account = ProviderKind::parse(&req.provider)
+        .and_then(|k| app.providers.resolve_account(k, req.account.as_deref()).ok());
+    if let Some(account) = &account {
+        payments::place::check(app, &req.provider, account, &pay).map_err(to_order_error)?;
+    }
+    let order = match insert(app, req.clone()).await {
+        Ok(order) => order,
+        Err(OrderError::Conflict(m)) => same_unpaid_order(app, &req)
+            .await?
+            .ok_or(OrderError::Conflict(m))?,
+        Err(e) => return Err(e),
+    };
+    match payments::place::place(app, &order, &pay).await {
+        Ok(payment) => Ok(Created {
+            order,
+            payment: Some(payment),
+        }),
+        Err(source @ PayError::Provider { .. }) => Err(OrderError::NotPlaced {
+            order: Box::new(order),
+            source,
+        }),
+        Err(e) => Err(to_order_error(e)),
+    }
+}
+
+/// The stored order `req` names, if it is unpaid and the same as `req` asks for.
+async fn same_unpaid_order(app: &App, req: &CreateOrder) -> Result<Option<Order>, OrderError> {
+    let Some(no) = &req.out_trade_no else {
+        return Ok(None);
+    };
+    let Some(o) = app.store.get_order(no).await.map_err(OrderError::Store)? else {
+        return Ok(None);
+    };
+    let same = o.status == status::UNPAID
+        && o.order_type == req.order_type
+        && o.total_fee == req.total_fee
+        && o.user_id == req.user_id
+        && o.provider == req.provider
+        && req.account.as_ref().is_none_or(|a| *a == o.account)
+        && o.sub_mchid == req.sub_mchid;
+    Ok(same.then_some(o))
+}
+
 /// Validates and inserts a new unpaid order.
-pub async fn create(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
+async fn insert(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
     let invalid = |m: String| Err(OrderError::Invalid(m));
     if app.plugins.get(&req.order_type).is_none() {
         return invalid(app.plugins.why_missing(&req.order_type));

@@ -2,22 +2,25 @@
 //! (bulk, once the plugin is fixed).
 //!
 //! A notification is replayed from its stored bytes and verified again, exactly as on
-//! arrival; a stored provider answer to an order query (reconciliation) is verified
-//! again as such. Exactly-once holds as for any notification: one whose order is paid
+//! arrival; a stored provider answer to an order query (reconciliation), or to a refund
+//! request that settled it (Alipay), is verified again as such. Exactly-once holds as for any notification: one whose order is paid
 //! meanwhile changes nothing (`duplicate`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::pipeline::Processed;
-use crate::providers::api::is_reconcile_record;
+use crate::providers::api::{
+    record_source, OUT_REFUND_NO_HEADER, RECONCILE_SOURCE, REFUND_SOURCE,
+};
 use crate::providers::{Answer, ProviderKind};
 use crate::store::{NotificationRecord, StoreError, Verdict};
 use crate::time::Millis;
 
 /// Runs one stored notification through the pipeline again.
 pub async fn replay(app: &App, record: &NotificationRecord) -> Processed {
-    if !is_reconcile_record(&record.headers) {
+    let source = record_source(&record.headers);
+    if !matches!(source, Some(RECONCILE_SOURCE | REFUND_SOURCE)) {
         return app.pipeline.replay(record).await;
     }
     let refused = |reason: String| Processed {
@@ -46,7 +49,13 @@ pub async fn replay(app: &App, record: &NotificationRecord) -> Processed {
         body: &record.body,
         received_at: record.received_at,
     };
-    match api.verify_query(&inbound) {
+    let verified = if source == Some(REFUND_SOURCE) {
+        let out_refund_no = inbound.header(OUT_REFUND_NO_HEADER).unwrap_or("");
+        api.verify_refund_answer(&inbound, out_refund_no)
+    } else {
+        api.verify_query(&inbound)
+    };
+    match verified {
         Ok(notice) => app.pipeline.settle_verified(record.id, kind, notice).await,
         Err(rejection) => {
             app.pipeline

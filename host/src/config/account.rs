@@ -145,6 +145,15 @@ pub struct AccountConfig {
     pub app_private_key: Option<String>,
     /// File holding the Alipay app private key.
     pub app_private_key_file: Option<PathBuf>,
+    /// WeChat Pay v2: the merchant API client certificate (`apiclient_cert.pem`), for the
+    /// calls WeChat makes over mutual TLS (refunds, `secapi/pay/refund`).
+    pub client_cert: Option<String>,
+    /// File holding the client certificate.
+    pub client_cert_file: Option<PathBuf>,
+    /// WeChat Pay v2: the client certificate's private key (`apiclient_key.pem`).
+    pub client_key: Option<String>,
+    /// File holding the client certificate's private key.
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// One `[[accounts.sub_merchants]]` entry of a WeChat Pay v3 partner account.

@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// doing, the provider gets its failure answer (503) and retries; the notification
     /// stays stored (see `http/notify.rs` for why finishing it late is still safe).
     pub notify_timeout_secs: u64,
+    /// The host's address as providers reach it (`https://pay.example.com`, no trailing
+    /// `/`): the `notify_url` of every payment and refund placed with `pay` is this plus
+    /// `/notify/{provider}/{account}`. Placing a payment needs it.
+    pub public_base_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             // every stream of the host.
             max_event_streams_per_address: 256,
             notify_timeout_secs: 10,
+            public_base_url: None,
         }
     }
 }
@@ -229,6 +234,23 @@ pub struct OrdersConfig {
     /// Also close expired orders with the provider's close API (WeChat `closeorder`, v3
     /// close, `alipay.trade.close`), before closing them locally; see `expiry.rs`.
     pub close_at_provider: bool,
+    /// The lifetime given to the provider when a payment is placed (WeChat `time_expire`,
+    /// Alipay `timeout_express`), counted from the order's creation; absent: the same as
+    /// `expire_after_secs` (nothing is sent when that is 0 too, and the provider's own
+    /// default applies). Never longer than `expire_after_secs` (config check refuses it):
+    /// a buyer who could pay after the local close would pay for nothing.
+    pub pay_expire_secs: Option<u64>,
+}
+
+impl OrdersConfig {
+    /// The lifetime to give the provider, in seconds, if any.
+    pub fn provider_lifetime_secs(&self) -> Option<u64> {
+        match (self.pay_expire_secs, self.expire_after_secs) {
+            (Some(s), _) => Some(s),
+            (None, 0) => None,
+            (None, local) => Some(local),
+        }
+    }
 }
 
 impl Default for OrdersConfig {
@@ -240,6 +262,7 @@ impl Default for OrdersConfig {
             expire_check_secs: 60,
             close_batch: 500,
             close_at_provider: false,
+            pay_expire_secs: None,
         }
     }
 }

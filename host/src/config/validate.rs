@@ -104,6 +104,28 @@ impl Config {
             "orders.expire_check_secs",
             AT_LEAST_ONE,
         )?;
+        if let Some(url) = &s.public_base_url {
+            require(
+                (url.starts_with("https://") || url.starts_with("http://"))
+                    && !url.ends_with('/')
+                    && !url.contains(['?', '#', ' '])
+                    && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty()),
+                "server.public_base_url",
+                "must be an http(s) URL without a trailing `/`, query or fragment, e.g. `https://pay.example.com`",
+            )?;
+        }
+        let o = &self.orders;
+        if let Some(pay) = o.pay_expire_secs {
+            require(pay > 0, "orders.pay_expire_secs", AT_LEAST_ONE)?;
+            require(
+                o.expire_after_secs == 0 || pay <= o.expire_after_secs,
+                "orders.pay_expire_secs",
+                &format!(
+                    "is longer than orders.expire_after_secs ({}): a buyer could pay at the provider after the order was closed here",
+                    o.expire_after_secs
+                ),
+            )?;
+        }
         require(
             self.orders.close_batch > 0,
             "orders.close_batch",
@@ -352,6 +374,54 @@ mod tests {
                 && msg.contains("PAYNOTIFY_SERVER_MAX_EVENT_STREAMS"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_provider_lifetime_follows_the_local_one_and_may_not_exceed_it() {
+        let d = load_str("", &[]).expect("defaults");
+        assert_eq!(d.orders.provider_lifetime_secs(), None);
+        let c = load_str("[orders]\nexpire_after_secs = 1800\n", &[]).expect("loads");
+        assert_eq!(c.orders.provider_lifetime_secs(), Some(1800));
+        let c = load_str(
+            "[orders]\nexpire_after_secs = 1800\npay_expire_secs = 900\n",
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(c.orders.provider_lifetime_secs(), Some(900));
+        let c = load_str("[orders]\npay_expire_secs = 900\n", &[]).expect("no local expiry");
+        assert_eq!(c.orders.provider_lifetime_secs(), Some(900));
+        for text in [
+            "[orders]\nexpire_after_secs = 600\npay_expire_secs = 900\n",
+            "[orders]\npay_expire_secs = 0\n",
+        ] {
+            let e = load_str(text, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("orders.pay_expire_secs") && e.contains("paynotify.toml"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_public_base_url_must_be_a_plain_http_url() {
+        let c = load_str("[server]\npublic_base_url = \"https://pay.example.com\"\n", &[])
+            .expect("loads");
+        assert_eq!(
+            c.server.public_base_url.as_deref(),
+            Some("https://pay.example.com")
+        );
+        for bad in [
+            "pay.example.com",
+            "https://pay.example.com/",
+            "https://pay.example.com/?a=1",
+            "ftp://x",
+            "https://",
+        ] {
+            let e = load_str(&format!("[server]\npublic_base_url = \"{bad}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("server.public_base_url"), "{bad}: {e}");
+        }
     }
 
     #[test]

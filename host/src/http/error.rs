@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::orders::OrderError;
+use crate::payments::PayError;
 use crate::store::StoreError;
 
 /// An `/api` error: each variant is one status; the text is the answer's `error`.
@@ -48,6 +49,16 @@ pub enum ApiError {
     /// 500, logged.
     #[error("{0}")]
     Internal(String),
+    /// 502: the provider refused the call, or its answer did not come or did not verify.
+    /// The answer adds the provider's `code` and `message` when it gave them, and the
+    /// stored order (`order`) when one was stored without being placed.
+    #[error("{source}")]
+    Provider {
+        /// What failed.
+        source: PayError,
+        /// The order stored unplaced, if any.
+        order: Option<Box<crate::store::Order>>,
+    },
 }
 
 impl ApiError {
@@ -68,6 +79,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Provider { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -78,6 +90,25 @@ impl From<OrderError> for ApiError {
             OrderError::Invalid(m) => ApiError::Unprocessable(m),
             OrderError::Conflict(m) => ApiError::Conflict(m),
             OrderError::Store(e) => ApiError::Store(e),
+            OrderError::NotPlaced { order, source } => ApiError::Provider {
+                source,
+                order: Some(order),
+            },
+        }
+    }
+}
+
+impl From<PayError> for ApiError {
+    fn from(e: PayError) -> ApiError {
+        match e {
+            PayError::Invalid(m) => ApiError::Unprocessable(m),
+            PayError::NotFound(m) => ApiError::NotFound(m),
+            PayError::Conflict(m) => ApiError::Conflict(m),
+            PayError::Store(e) => ApiError::Store(e),
+            source @ PayError::Provider { .. } => ApiError::Provider {
+                source,
+                order: None,
+            },
         }
     }
 }
@@ -107,7 +138,17 @@ impl IntoResponse for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %message, "api request failed");
         }
-        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        let mut body = serde_json::json!({ "error": message });
+        if let ApiError::Provider { source, order } = &self {
+            if let Some((code, text)) = source.provider_code() {
+                body["code"] = code.into();
+                body["message"] = text.into();
+            }
+            if let Some(order) = order {
+                body["order"] = serde_json::to_value(order).unwrap_or_default();
+            }
+        }
+        let mut response = (status, Json(body)).into_response();
         if let ApiError::WrongToken = self {
             response
                 .headers_mut()

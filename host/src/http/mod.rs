@@ -84,7 +84,12 @@ pub fn router(app: App) -> Router {
         .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{out_trade_no}", get(orders::show))
         .route("/orders/{out_trade_no}/events", get(events::events))
-        .route("/orders/{out_trade_no}/refunds", get(refunds::list))
+        .route(
+            "/orders/{out_trade_no}/refunds",
+            get(refunds::list).post(refunds::create),
+        )
+        .route("/orders/{out_trade_no}/pay", post(orders::pay))
+        .route("/orders/{out_trade_no}/close", post(orders::close))
         .route("/admin/notifications", get(admin::list_notifications))
         .route("/admin/notifications/{id}", get(admin::show_notification))
         .route("/admin/notifications/{id}/replay", post(admin::replay))

@@ -7,17 +7,56 @@ use axum::Json;
 
 use super::{read, ApiError};
 use crate::app::App;
-use crate::orders::{self, CreateOrder};
+use crate::orders::{self, CreateOrder, Created};
+use crate::payments::close::Closed;
+use crate::providers::pay::PayRequest;
 use crate::store::{status, Order, OrderCursor, OrderFilter};
 
-/// `POST /api/orders` → 201 with the order.
+/// `POST /api/orders` → 201 with the order (and `payment` when placed with `pay`); 502
+/// with the provider's `code`, `message` and the stored `order` when the provider
+/// refused it.
 pub async fn create(
     State(app): State<App>,
     body: Result<Json<CreateOrder>, JsonRejection>,
-) -> Result<(StatusCode, Json<Order>), ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     let Json(req) = body?;
-    let order = orders::create(&app, req).await?;
-    Ok((StatusCode::CREATED, Json(order)))
+    let created = orders::create(&app, req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Body of `POST /api/orders/{no}/pay`: the `pay` object, or nothing to place it as it
+/// was last placed.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayBody {
+    /// How to pay; absent: as last placed.
+    #[serde(default)]
+    pay: Option<PayRequest>,
+}
+
+/// `POST /api/orders/{no}/pay` → `{out_trade_no, payment}`: places an existing unpaid
+/// order (again), for clients whose payment parameters expired or were lost.
+pub async fn pay(
+    State(app): State<App>,
+    Path(out_trade_no): Path<String>,
+    body: Option<Json<PayBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pay = body.and_then(|Json(b)| b.pay);
+    let payment = crate::payments::place::place_again(&app, &out_trade_no, pay).await?;
+    Ok(Json(
+        serde_json::json!({ "out_trade_no": out_trade_no, "payment": payment }),
+    ))
+}
+
+/// `POST /api/orders/{no}/close`: closes an unpaid order at its provider, then here;
+/// 409 for a paid one.
+pub async fn close(
+    State(app): State<App>,
+    Path(out_trade_no): Path<String>,
+) -> Result<Json<Closed>, ApiError> {
+    Ok(Json(
+        crate::payments::close::close(&app, &out_trade_no).await?,
+    ))
 }
 
 /// `GET /api/orders/{out_trade_no}`.

@@ -1,13 +1,36 @@
-//! `GET /api/orders/{out_trade_no}/refunds`: the refunds applied to an order.
+//! `/api/orders/{out_trade_no}/refunds`: starting a refund, and the refunds of an order.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::app::App;
+use crate::payments::refund::{RefundBody, Requested};
 
-/// The order's applied refunds, oldest first; 404 if there is no such order.
+/// `POST`: starts a refund → 201 when recorded now, 200 when the same `out_refund_no`
+/// was asked before (its state as it is now); 422 for more than remains refundable, 409
+/// for an order that is not paid, 502 when the provider refused or did not answer.
+pub async fn create(
+    State(app): State<App>,
+    Path(out_trade_no): Path<String>,
+    body: Result<Json<RefundBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Requested>), ApiError> {
+    let Json(body) = body?;
+    let r = crate::payments::refund::refund(&app, &out_trade_no, body).await?;
+    let status = if r.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(r)))
+}
+
+/// `GET`: `refunds`, the refunds applied to the order, and `requests`, the refunds
+/// started here with their state (`requested`, `accepted`, `failed`, `settled`), oldest
+/// first; 404 if there is no such order.
 pub async fn list(
     State(app): State<App>,
     Path(out_trade_no): Path<String>,
@@ -28,5 +51,11 @@ pub async fn list(
         .list_refunds(&out_trade_no)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "refunds": refunds })))
+    let requests = app
+        .store
+        .payments()
+        .refund_requests(&out_trade_no)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "refunds": refunds, "requests": requests })))
 }

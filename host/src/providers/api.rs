@@ -1,4 +1,5 @@
-//! Calling the providers: order query (reconciliation) and order close (expiry).
+//! Calling the providers: order query (reconciliation), order close (expiry and
+//! `POST /api/orders/{no}/close`), placing a payment and starting a refund (`pay.rs`).
 //!
 //! Notifications come to us; these go the other way. Every answer is verified exactly
 //! as a notification is (WeChat v2 `sign` with the API key, WeChat v3
@@ -25,6 +26,7 @@ use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use sha2::Sha256;
 
+use super::pay::{PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted};
 use super::{Inbound, Notice, ProviderKind, Rejection};
 
 // Built with the verifiers, in one pass over the accounts.
@@ -35,6 +37,13 @@ pub const SOURCE_HEADER: &str = "x-paynotify-source";
 
 /// The value of [`SOURCE_HEADER`] on stored query answers.
 pub const RECONCILE_SOURCE: &str = "reconcile";
+
+/// The value of [`SOURCE_HEADER`] on stored refund answers that settled a refund (Alipay).
+pub const REFUND_SOURCE: &str = "refund";
+
+/// The header of a stored refund answer naming the merchant refund number it answers
+/// (Alipay's answer does not repeat it).
+pub const OUT_REFUND_NO_HEADER: &str = "x-paynotify-out-refund-no";
 
 /// Longest a provider call may take.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -68,11 +77,17 @@ impl ProviderAnswer {
         }
     }
 
-    /// Headers to store with it: the source marker, the request and status, then the
-    /// provider's own headers.
+    /// Headers to store with a query answer: the source marker, the request and status,
+    /// then the provider's own headers.
     pub fn stored_headers(&self) -> Vec<(String, String)> {
+        self.stored_headers_as(RECONCILE_SOURCE)
+    }
+
+    /// Headers to store with an answer from `source` ([`RECONCILE_SOURCE`],
+    /// [`REFUND_SOURCE`]).
+    pub fn stored_headers_as(&self, source: &str) -> Vec<(String, String)> {
         let mut h = vec![
-            (SOURCE_HEADER.to_owned(), RECONCILE_SOURCE.to_owned()),
+            (SOURCE_HEADER.to_owned(), source.to_owned()),
             ("x-paynotify-request".to_owned(), self.request.clone()),
             ("x-paynotify-status".to_owned(), self.status.to_string()),
         ];
@@ -83,9 +98,15 @@ impl ProviderAnswer {
 
 /// Whether stored headers mark a provider's query answer (see [`SOURCE_HEADER`]).
 pub fn is_reconcile_record(headers: &[(String, String)]) -> bool {
+    record_source(headers) == Some(RECONCILE_SOURCE)
+}
+
+/// The [`SOURCE_HEADER`] of a stored record: `None` for a notification the provider sent.
+pub fn record_source(headers: &[(String, String)]) -> Option<&str> {
     headers
         .iter()
-        .any(|(k, v)| k == SOURCE_HEADER && v == RECONCILE_SOURCE)
+        .find(|(k, _)| k == SOURCE_HEADER)
+        .map(|(_, v)| v.as_str())
 }
 
 /// How closing an order at the provider ended.
@@ -114,6 +135,17 @@ pub enum ApiError {
     /// A verified answer reporting an error.
     #[error("provider error: {0}")]
     Provider(String),
+    /// A verified answer refusing a payment or refund, with the provider's own code and
+    /// message (WeChat `code`/`err_code`, Alipay `sub_code`).
+    #[error("{provider} refused: {code}: {message}")]
+    Declined {
+        /// The provider.
+        provider: ProviderKind,
+        /// Its error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// The order cannot be asked about with its account as configured (a partner
     /// account's order without one of its sub-merchants); nothing was sent.
     #[error("cannot call the provider about this order: {0}")]
@@ -150,6 +182,51 @@ pub trait OrderApi: Send + Sync {
         http: &reqwest::Client,
         order: OrderRef<'_>,
     ) -> Result<CloseOutcome, ApiError>;
+    /// Checks a `pay` request against what this account can place, before anything is
+    /// sent (the method is known, the fields it needs are there).
+    fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError> {
+        Err(PayFieldError::new(
+            "method",
+            format!("{} cannot place payments yet", self.kind()),
+        ))
+    }
+    /// Places a payment (checked with [`OrderApi::check_pay`]) and returns, from the
+    /// verified answer, what the client needs to pay.
+    async fn place(
+        &self,
+        _http: &reqwest::Client,
+        p: &Placement<'_>,
+    ) -> Result<Placed, ApiError> {
+        Err(ApiError::Order(format!(
+            "{} cannot place payments yet ({})",
+            self.kind(),
+            p.order.out_trade_no
+        )))
+    }
+    /// Starts a refund of a paid order; the answer is verified before it is believed.
+    async fn refund(
+        &self,
+        _http: &reqwest::Client,
+        r: &RefundStart<'_>,
+    ) -> Result<RefundStarted, ApiError> {
+        Err(ApiError::Order(format!(
+            "{} cannot start refunds yet ({})",
+            self.kind(),
+            r.order.out_trade_no
+        )))
+    }
+    /// Verifies a stored refund answer that settled a refund ([`RefundStarted::Settled`])
+    /// again, for a replay: the refund it reports, for `out_refund_no`.
+    fn verify_refund_answer(
+        &self,
+        _answer: &Inbound<'_>,
+        _out_refund_no: &str,
+    ) -> Result<Notice, Rejection> {
+        Err(Rejection::Unsupported(format!(
+            "{} refund answers are not settlements; its refund notification settles the refund",
+            self.kind()
+        )))
+    }
 }
 
 /// Sends a request and reads the answer (capped at [`MAX_ANSWER_BYTES`]), keeping the

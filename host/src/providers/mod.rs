@@ -10,7 +10,8 @@
 //! - [`registry`]: builds, in one pass over `[[accounts]]`, the verifiers ([`Providers`])
 //!   and the order-API clients ([`api::Apis`]);
 //! - [`api`]: the other direction, calling a provider (order query and close): the
-//!   [`api::OrderApi`] trait, the answer as received, the HTTP helpers;
+//!   [`api::OrderApi`] trait, the answer as received, the HTTP helpers; [`pay`], what
+//!   placing a payment and starting a refund send and get back;
 //! - one module per provider, each holding both halves (notification verify, and its
 //!   `api` client) over one account type, so parsing and signing are written once:
 //!   [`wechat_v2`], [`wechat_v3`], [`alipay`], [`cloudpay`] (no API);
@@ -27,6 +28,7 @@ pub mod api;
 pub mod cloudpay;
 pub mod common;
 mod json;
+pub mod pay;
 pub mod registry;
 pub mod wechat_v2;
 pub mod wechat_v3;

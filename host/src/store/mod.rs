@@ -13,12 +13,13 @@
 //!   transaction ([`Tx`]); the console's reads are [`console::ConsoleStore`], reached
 //!   through [`Store::console`]; the plugin history is [`PluginHistoryStore`], reached
 //!   through [`Store::plugin_history`]; the downloaded WeChat Pay platform certificates
-//!   are [`PlatformCertStore`], reached through [`Store::platform_certs`].
+//!   are [`PlatformCertStore`], reached through [`Store::platform_certs`]; placements and
+//!   refund requests are [`PaymentStore`], reached through [`Store::payments`].
 //! - `statement`: statements as data (text + parameters) and the one seam each backend
 //!   implements to run them (`Sql`).
 //! - SQL text beside its row mapping, by concern: `orders`, `notifications`, `tasks`,
 //!   `documents`, `claims`, [`refunds`], `retention`, [`console`], [`plugin_history`],
-//!   [`platform_certs`], [`ready`]. Each statement is written once and serves both backends (and SQLite's
+//!   [`platform_certs`], [`payments`], [`ready`]. Each statement is written once and serves both backends (and SQLite's
 //!   writer).
 //! - [`sqlite`] (`mod`: the store; `writer`: its synchronous write connection; `tx`:
 //!   its payment transaction) and [`postgres`] (`mod`: the store; `tx`: its payment
@@ -57,6 +58,7 @@ mod documents;
 pub mod error;
 mod notifications;
 mod orders;
+pub mod payments;
 pub mod platform_certs;
 pub mod plugin_history;
 pub mod postgres;
@@ -74,6 +76,7 @@ pub mod types;
 pub use error::{within, DocError, StoreError};
 pub use platform_certs::PlatformCertRecord;
 pub use refunds::{NewRefund, RefundRecord};
+pub use payments::{PaymentStore, Placement, RefundRequest, Reservation};
 pub use traits::{
     ConsoleStore, NotificationStore, OrderStore, PlatformCertStore, PluginHistoryStore, Store,
     TaskStore, Tx,

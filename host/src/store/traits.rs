@@ -11,6 +11,7 @@
 
 use async_trait::async_trait;
 
+use super::payments::{NewRefundRequest, PaymentStore, Reservation};
 use super::platform_certs::PlatformCertRecord;
 use super::refunds::{NewRefund, RefundRecord};
 use super::types::{
@@ -205,6 +206,8 @@ pub trait Store: OrderStore + NotificationStore + TaskStore + Send + Sync + 'sta
     fn plugin_history(&self) -> &dyn PluginHistoryStore;
     /// The WeChat Pay v3 platform certificates hosts downloaded.
     fn platform_certs(&self) -> &dyn PlatformCertStore;
+    /// Payments placed and refunds started at the providers.
+    fn payments(&self) -> &dyn PaymentStore;
 }
 
 /// One open transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -307,6 +310,12 @@ pub trait Tx: Send {
     /// refund with its number exists: true if this call applied it. Call with the order
     /// locked ([`Tx::lock_order`]).
     async fn apply_refund(&mut self, refund: &NewRefund<'_>) -> Result<bool, StoreError>;
+    /// Reserves a refund on an order before it is sent, under the order's row lock:
+    /// refused when the order is not paid or the amount is more than remains once
+    /// refunds applied and requests in flight are counted (see `store::payments`).
+    /// Commit to keep it.
+    async fn reserve_refund(&mut self, r: &NewRefundRequest<'_>)
+        -> Result<Reservation, StoreError>;
     /// Records the refund handler's result, and which build produced it, on the refund.
     async fn set_refund_handler_result(
         &mut self,

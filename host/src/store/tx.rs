@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 
+use super::payments::{self, NewRefundRequest, Reservation};
 use super::refunds::{self, NewRefund, RefundRecord};
 use super::rows::order_row;
 use super::statement::{required, Dialect, RowMap, Statement};
@@ -263,6 +264,51 @@ impl<C: TxConn> Tx for C {
         }
         let changed = self.execute(&refunds::add_to_order(refund)).await?;
         refunds::added(changed, refund)
+    }
+
+    async fn reserve_refund(
+        &mut self,
+        r: &NewRefundRequest<'_>,
+    ) -> Result<Reservation, StoreError> {
+        let Some(order) = self.lock_order(r.out_trade_no).await? else {
+            return Ok(Reservation::NoOrder);
+        };
+        let select = payments::select_request(r.out_trade_no, r.out_refund_no);
+        let existing = self.fetch(&select, payments::request_row).await?.pop();
+        if let Some(e) = existing.clone() {
+            if e.amount != r.amount {
+                return Ok(Reservation::OtherAmount(e));
+            }
+            if e.state == payments::refund_state::SETTLED {
+                return Ok(Reservation::Settled(e));
+            }
+            if e.state != payments::refund_state::FAILED {
+                return Ok(Reservation::Existing(e));
+            }
+        }
+        if !matches!(
+            order.status,
+            super::types::status::PAID | super::types::status::PARTIALLY_REFUNDED
+        ) {
+            return Ok(Reservation::NotRefundable(order.status));
+        }
+        let st = payments::in_flight(r.out_trade_no, r.out_refund_no);
+        let waiting = self
+            .fetch(&st, |row| required(row.int8("total")?, "total"))
+            .await?
+            .pop()
+            .unwrap_or(0);
+        let remaining = order.total_fee - order.refund_fee - waiting;
+        if r.amount > remaining {
+            return Ok(Reservation::TooMuch {
+                remaining: remaining.max(0),
+            });
+        }
+        self.execute(&payments::upsert_request(r)).await?;
+        let reserved = self.fetch(&select, payments::request_row).await?.pop();
+        reserved
+            .map(Reservation::New)
+            .ok_or_else(|| StoreError::Invalid("refund request vanished after its insert".into()))
     }
 
     async fn set_refund_handler_result(

@@ -32,6 +32,7 @@ use super::notifications::{id_row, ids_in_order, insert_notifications};
 use super::orders::insert_order;
 use super::rows::order_row;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::payments::PaymentStore;
 use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
@@ -345,6 +346,10 @@ impl Store for PgStore {
     }
 
     fn platform_certs(&self) -> &dyn PlatformCertStore {
+        self
+    }
+
+    fn payments(&self) -> &dyn PaymentStore {
         self
     }
 }

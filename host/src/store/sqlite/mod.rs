@@ -18,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
+use super::payments::PaymentStore;
 use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
@@ -369,6 +370,10 @@ impl Store for SqliteStore {
     }
 
     fn platform_certs(&self) -> &dyn PlatformCertStore {
+        self
+    }
+
+    fn payments(&self) -> &dyn PaymentStore {
         self
     }
 }
