@@ -219,6 +219,50 @@ pub enum OrdersCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// What the buyer's client needs to pay an unpaid order: places it at the provider
+    /// (again) on the running server, as it was last placed or as the options say.
+    PayParams {
+        /// The merchant order number.
+        out_trade_no: String,
+        /// How to pay (WeChat jsapi, native, h5, app; Alipay page, wap, app, precreate);
+        /// absent: as the order was last placed.
+        #[arg(long)]
+        method: Option<String>,
+        /// The buyer's openid (WeChat jsapi).
+        #[arg(long, requires = "method")]
+        openid: Option<String>,
+        /// The buyer's openid under the sub-merchant's appid (partner accounts).
+        #[arg(long, requires = "method")]
+        sub_openid: Option<String>,
+        /// The buyer's IP address (WeChat h5).
+        #[arg(long, requires = "method")]
+        client_ip: Option<String>,
+        /// What the buyer sees on the cashier.
+        #[arg(long, requires = "method")]
+        description: Option<String>,
+        /// Alipay page / wap: where the buyer returns after paying.
+        #[arg(long, requires = "method")]
+        return_url: Option<String>,
+    },
+    /// Starts a refund of a paid order at its provider (on the running server).
+    Refund {
+        /// The merchant order number.
+        out_trade_no: String,
+        /// Fen to refund.
+        #[arg(long)]
+        amount: i64,
+        /// The refund number; generated when absent. Give the same one to retry.
+        #[arg(long)]
+        out_refund_no: Option<String>,
+        /// Why (shown to the buyer where the provider shows it).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Closes an unpaid order at its provider, then here (on the running server).
+    Close {
+        /// The merchant order number.
+        out_trade_no: String,
+    },
 }
 
 /// `paynotify notifications …`.
