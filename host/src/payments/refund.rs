@@ -157,6 +157,7 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
     let mut notification_id = None;
     match api.refund(app.apis.http(), &start).await {
         Ok(RefundStarted::Accepted { refund_id, state }) => {
+            crate::metrics::refund_started(&order.provider, "accepted");
             tracing::info!(order = %out_trade_no, refund = %out_refund_no, %state, "refund accepted by the provider");
             payments
                 .finish_refund_request(
@@ -169,6 +170,7 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
                 .await?;
         }
         Ok(RefundStarted::Settled { notice, answer }) => {
+            crate::metrics::refund_started(&order.provider, "settled");
             let (id, problem) = settle(app, api.kind(), &order.account, &out_refund_no, *notice, &answer).await;
             notification_id = id;
             payments
@@ -189,6 +191,14 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
                 | crate::providers::api::ApiError::Order(_) => refund_state::FAILED,
                 _ => refund_state::REQUESTED,
             };
+            crate::metrics::refund_started(
+                &order.provider,
+                if state == refund_state::FAILED {
+                    "refused"
+                } else {
+                    "unknown"
+                },
+            );
             let error = source.to_string();
             payments
                 .finish_refund_request(out_trade_no, &out_refund_no, state, None, Some(&error))
