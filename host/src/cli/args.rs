@@ -47,6 +47,7 @@ Examples:
   paynotify config check                     is the configuration valid, and what is in effect?
   paynotify orders list --status unpaid      the newest unpaid orders
   paynotify orders show R20260001            one order and what its handler returned
+  paynotify orders refund R20260001 --amount 500  refund 5 yuan of it at the provider
   paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
