@@ -58,7 +58,8 @@ Examples:
   paynotify try points.wasm --order order.json   run a handler once, show its writes
 
 Read-only commands read the database named by the configuration; reload, replay,
-reconcile and plugins list ask the running server (server.listen, with server.api_token).";
+reconcile, plugins list and orders pay-params|refund|close ask the running server
+(server.listen, with server.api_token).";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
