@@ -1106,6 +1106,7 @@ async fn the_order_page_refunds_and_closes_only_when_confirmed() {
     assert_eq!(st, 200, "{page}");
     assert!(page.contains("Close order") && !page.contains(r#"id="refund""#), "{page}");
     let (st, page) = c.get(&s, "/console/orders/P0000001").await;
+    assert_eq!(st, 200, "{page}");
     assert!(page.contains(r#"id="refund""#) && page.contains(r#"max="100""#), "{page}");
     assert!(!page.contains("Close order"), "a paid order has no Close: {page}");
 

@@ -167,7 +167,7 @@ pub async fn show(
     State(app): State<App>,
     session: Session,
     Path(no): Path<String>,
-    query: Option<axum::extract::Query<OrderQuery>>,
+    query: Result<axum::extract::Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Html<String>, PageError> {
     let q = query.map(|axum::extract::Query(q)| q).unwrap_or_default();
     let order = app

@@ -388,7 +388,7 @@ pub async fn login(
 /// clears the cookie.
 pub async fn logout(
     State(app): State<App>,
-    CheckedPost(session): CheckedPost,
+    CheckedPost(session, _): CheckedPost,
 ) -> Result<Response, PageError> {
     app.store
         .console()
