@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::pipeline::Processed;
-use crate::providers::api::{
-    record_source, OUT_REFUND_NO_HEADER, RECONCILE_SOURCE, REFUND_SOURCE,
-};
+use crate::providers::api::{record_source, OUT_REFUND_NO_HEADER, RECONCILE_SOURCE, REFUND_SOURCE};
 use crate::providers::{Answer, ProviderKind};
 use crate::store::{NotificationRecord, StoreError, Verdict};
 use crate::time::Millis;
