@@ -121,7 +121,12 @@ pub async fn refund(
             tx.commit().await?;
             (r, true)
         }
-        Reservation::Existing(r) => (r, false),
+        Reservation::Existing(r) => {
+            // Nothing to write: roll back now, so the order's lock (SQLite: the writer)
+            // is not held across the provider call and `finish_refund_request` below.
+            drop(tx);
+            (r, false)
+        }
         Reservation::Settled(r) => {
             return Ok(Requested {
                 request: r,
