@@ -535,17 +535,17 @@ fn placed(
     answer(state, no, StatusCode::OK, body.to_string())
 }
 
-/// Verifies the signature and parses the body; records it.
+/// Verifies the signature and parses the body; records it. The error is the answer.
 fn receive(
     state: &Shared,
     uri: &Uri,
     headers: &HeaderMap,
     body: &str,
-) -> Result<(String, Value), Response> {
+) -> Result<(String, Value), Box<Response>> {
     let mchid = signer(uri, headers, body)
-        .map_err(|why| bad(state, format!("{}: {why}", uri.path()), true))?;
+        .map_err(|why| Box::new(bad(state, format!("{}: {why}", uri.path()), true)))?;
     let v: Value = serde_json::from_str(body)
-        .map_err(|e| bad(state, format!("{}: not JSON: {e}", uri.path()), false))?;
+        .map_err(|e| Box::new(bad(state, format!("{}: not JSON: {e}", uri.path()), false)))?;
     state.lock().expect("state").received.push(Received {
         path: uri.path().to_owned(),
         mchid: mchid.clone(),
@@ -565,7 +565,7 @@ async fn place_direct(
 ) -> Response {
     let (mchid, v) = match receive(&state, &uri, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if !METHODS.contains(&method.as_str()) {
         return bad(&state, format!("no such method {method}"), false);
@@ -585,7 +585,7 @@ async fn place_partner(
 ) -> Response {
     let (mchid, v) = match receive(&state, &uri, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if !METHODS.contains(&method.as_str()) {
         return bad(&state, format!("no such method {method}"), false);
@@ -604,7 +604,7 @@ async fn refund(
 ) -> Response {
     let (mchid, v) = match receive(&state, &uri, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let checked = (|| -> Result<(String, String, i64, i64, Option<String>), String> {
         let allowed = [
@@ -760,7 +760,7 @@ async fn close(
 ) -> Response {
     let (mchid, v) = match receive(&state, &uri, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let partner = uri.path().starts_with("/v3/pay/partner/");
     let expected = if partner {
