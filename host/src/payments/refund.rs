@@ -115,7 +115,12 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
             tx.commit().await?;
             (r, true)
         }
-        Reservation::Existing(r) => (r, false),
+        Reservation::Existing(r) => {
+            // Nothing written; the order's row lock must not be held across the provider
+            // call, or settling the answer (which locks the order) waits for it for ever.
+            drop(tx);
+            (r, false)
+        }
         Reservation::Settled(r) => {
             return Ok(Requested {
                 request: r,
