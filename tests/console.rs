@@ -1097,7 +1097,11 @@ async fn the_order_page_refunds_and_closes_only_when_confirmed() {
     }))
     .await;
     fake.set("C0000001", Trade::Unpaid);
-    order_of(&s, "recharge", "P0000001", "u-paid", 100).await;
+    s.create_order(json!({
+        "type": "recharge", "total_fee": 100, "user_id": "u-paid", "provider": "wechat-v2",
+        "account": "default", "out_trade_no": "P0000001", "custom": { "recharge_balance": 100 }
+    }))
+    .await;
     assert_eq!(pay(&s, "P0000001", 100).await, "SUCCESS");
     let c = Console::sign_in(&s).await;
     let csrf = c.csrf(&s).await;
