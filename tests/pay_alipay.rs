@@ -134,12 +134,7 @@ pay_expire_secs = {PAY_EXPIRE_SECS}
     options.extra_config = config;
     options.server_config = format!("public_base_url = \"{PUBLIC_BASE}\"");
     let s = TestServer::start(options).await;
-    Rig {
-        s,
-        a,
-        c,
-        _dir: dir,
-    }
+    Rig { s, a, c, _dir: dir }
 }
 
 /// The body of `POST /api/orders` for a recharge of `fen` at `account`, with `pay`.
@@ -157,7 +152,9 @@ fn order_body(account: &Account, no: &str, user: &str, fen: i64, pay: Option<Val
 
 /// The parameters of a URL-encoded form or query.
 fn params(form: &str) -> BTreeMap<String, String> {
-    form_urlencoded::parse(form.as_bytes()).into_owned().collect()
+    form_urlencoded::parse(form.as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// Checks what the host signed for the buyer's client: the app's signature (verified
@@ -276,7 +273,13 @@ async fn page_wap_and_app_are_signed_for_the_buyer_and_nothing_is_sent() {
 
         let no = format!("AP{}0001", acc.name);
         let v = s
-            .create_order(order_body(acc, &no, "u1", 100, Some(json!({"method": "app"}))))
+            .create_order(order_body(
+                acc,
+                &no,
+                "u1",
+                100,
+                Some(json!({"method": "app"})),
+            ))
             .await;
         let order_string = v["payment"]["order_string"].as_str().expect("string");
         let p = params(order_string);
@@ -286,9 +289,7 @@ async fn page_wap_and_app_are_signed_for_the_buyer_and_nothing_is_sent() {
         assert!(!p.contains_key("return_url"));
 
         // Placed again (`/pay`, as stored): a fresh, valid signature.
-        let (code, again) = s
-            .api("POST", &format!("/api/orders/{no}/pay"), None)
-            .await;
+        let (code, again) = s.api("POST", &format!("/api/orders/{no}/pay"), None).await;
         assert_eq!(code, 200, "{again}");
         let p = params(again["payment"]["order_string"].as_str().expect("string"));
         check_client_params(acc, &p, "alipay.trade.app.pay", &v);
@@ -296,14 +297,27 @@ async fn page_wap_and_app_are_signed_for_the_buyer_and_nothing_is_sent() {
         // Bad input: 422 naming the field, no order stored.
         for (pay, field) in [
             (json!({"method": "jsapi"}), "pay.method"),
-            (json!({"method": "page", "return_url": "ftp://shop.example/"}), "pay.return_url"),
-            (json!({"method": "app", "return_url": "https://shop.example/"}), "pay.return_url"),
+            (
+                json!({"method": "page", "return_url": "ftp://shop.example/"}),
+                "pay.return_url",
+            ),
+            (
+                json!({"method": "app", "return_url": "https://shop.example/"}),
+                "pay.return_url",
+            ),
             (json!({"method": "precreate", "openid": "o1"}), "pay.openid"),
-            (json!({"method": "page", "description": "a&b"}), "pay.description"),
+            (
+                json!({"method": "page", "description": "a&b"}),
+                "pay.description",
+            ),
         ] {
             let no = format!("BAD{}{}", acc.name, rand::random::<u32>());
             let (code, v) = s
-                .api("POST", "/api/orders", Some(order_body(acc, &no, "u1", 1, Some(pay.clone()))))
+                .api(
+                    "POST",
+                    "/api/orders",
+                    Some(order_body(acc, &no, "u1", 1, Some(pay.clone()))),
+                )
                 .await;
             assert_eq!(code, 422, "{pay}: {v}");
             let error = v["error"].as_str().unwrap_or_default();
@@ -335,6 +349,16 @@ async fn precreate_refusals_and_forged_answers_leave_the_order_unplaced_then_it_
         assert_eq!(v["message"], "无权限使用接口");
         assert_eq!(v["order"]["out_trade_no"], no.as_str());
         assert_eq!(s.order(&no).await.status, status::UNPAID);
+        let placement = s.app.store.payments().placement(&no).await.expect("db");
+        let placement = placement.expect("the attempt is recorded");
+        assert_eq!(placement.placed_at, None, "not placed");
+        assert!(
+            placement
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("ACQ.ACCESS_FORBIDDEN")),
+            "{placement:?}"
+        );
 
         // An answer not signed by Alipay: refused, nothing in it used.
         g.accept("alipay.trade.precreate");
@@ -343,7 +367,10 @@ async fn precreate_refusals_and_forged_answers_leave_the_order_unplaced_then_it_
         assert_eq!(code, 502, "{v}");
         assert!(v.get("payment").is_none(), "{v}");
         assert!(
-            v["error"].as_str().unwrap_or_default().contains("signature"),
+            v["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("signature"),
             "{v}"
         );
         assert_eq!(s.order(&no).await.status, status::UNPAID);
@@ -352,7 +379,16 @@ async fn precreate_refusals_and_forged_answers_leave_the_order_unplaced_then_it_
         g.bad_signature(false);
         let (code, v) = s.api("POST", "/api/orders", Some(body.clone())).await;
         assert_eq!(code, 201, "{v}");
-        let qr = v["payment"]["qr_code"].as_str().expect("qr_code").to_owned();
+        let placement = s.app.store.payments().placement(&no).await.expect("db");
+        let placement = placement.expect("recorded");
+        assert!(
+            placement.placed_at.is_some() && placement.error.is_none(),
+            "{placement:?}"
+        );
+        let qr = v["payment"]["qr_code"]
+            .as_str()
+            .expect("qr_code")
+            .to_owned();
         assert!(qr.starts_with("https://qr.alipay.com/"), "{qr}");
         assert_eq!(v["payment"]["out_trade_no"], no.as_str());
         let sent = g.received("alipay.trade.precreate");
@@ -363,16 +399,20 @@ async fn precreate_refusals_and_forged_answers_leave_the_order_unplaced_then_it_
         assert_eq!(biz["subject"], "recharge");
 
         // Placed again as stored: Alipay answers the same order with the same code.
-        let (code, again) = s
-            .api("POST", &format!("/api/orders/{no}/pay"), None)
-            .await;
+        let (code, again) = s.api("POST", &format!("/api/orders/{no}/pay"), None).await;
         assert_eq!(code, 200, "{again}");
         assert_eq!(again["payment"]["qr_code"], qr.as_str());
 
         // Close: an unpaid one at Alipay and here; a paid one is refused (409), unsent.
         let open = format!("QR{}0002", acc.name);
-        s.create_order(order_body(acc, &open, "qr", 10, Some(json!({"method": "precreate"}))))
-            .await;
+        s.create_order(order_body(
+            acc,
+            &open,
+            "qr",
+            10,
+            Some(json!({"method": "precreate"})),
+        ))
+        .await;
         let (code, v) = s
             .api("POST", &format!("/api/orders/{open}/close"), None)
             .await;
@@ -388,7 +428,11 @@ async fn precreate_refusals_and_forged_answers_leave_the_order_unplaced_then_it_
         assert_eq!(code, 409, "{v}");
         assert_eq!(g.received("alipay.trade.close").len(), 1);
         assert_eq!(s.order(&no).await.status, status::PAID);
-        assert!(g.lock().bad_requests.is_empty(), "{:?}", g.lock().bad_requests);
+        assert!(
+            g.lock().bad_requests.is_empty(),
+            "{:?}",
+            g.lock().bad_requests
+        );
     }
 }
 
@@ -453,7 +497,10 @@ async fn refunds_settle_once(s: &TestServer, acc: &Account) {
     // The same refund number again: 200, the same settled request, nothing sent or run.
     let (code, v) = start_refund(s, &no, json!({"amount": 3_000, "out_refund_no": "R1"})).await;
     assert_eq!(code, 200, "{v}");
-    assert_eq!((v["state"].as_str(), v["created"].as_bool()), (Some("settled"), Some(false)));
+    assert_eq!(
+        (v["state"].as_str(), v["created"].as_bool()),
+        (Some("settled"), Some(false))
+    );
     assert_eq!(sent(), 1);
     assert_eq!(balance(s, &user).await, Some(7_000));
 
@@ -479,14 +526,20 @@ async fn refunds_settle_once(s: &TestServer, acc: &Account) {
     let (code, v) = start_refund(s, &no, json!({"amount": 2_000, "out_refund_no": "R2"})).await;
     assert_eq!(code, 502, "{v}");
     let (_, requests) = refund_lists(s, &no).await;
-    let r2 = requests.iter().find(|r| r["out_refund_no"] == "R2").expect("R2");
+    let r2 = requests
+        .iter()
+        .find(|r| r["out_refund_no"] == "R2")
+        .expect("R2");
     assert_eq!(r2["state"], "requested", "{r2}");
     g.accept("alipay.trade.refund");
     let (code, v) = start_refund(s, &no, json!({"amount": 2_000, "out_refund_no": "R2"})).await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["state"], "settled", "{v}");
     let o = s.order(&no).await;
-    assert_eq!((o.status, o.refund_fee), (status::PARTIALLY_REFUNDED, 5_000));
+    assert_eq!(
+        (o.status, o.refund_fee),
+        (status::PARTIALLY_REFUNDED, 5_000)
+    );
     assert_eq!(balance(s, &user).await, Some(5_000));
 
     // The rest, answered with a bad signature: Alipay refunded it, but the answer is not
@@ -511,11 +564,20 @@ async fn refunds_settle_once(s: &TestServer, acc: &Account) {
 
     let (refunds, requests) = refund_lists(s, &no).await;
     assert_eq!(refunds.len(), 3, "{refunds:?}");
-    let amounts: Vec<i64> = refunds.iter().map(|r| r["amount"].as_i64().unwrap_or(0)).collect();
+    let amounts: Vec<i64> = refunds
+        .iter()
+        .map(|r| r["amount"].as_i64().unwrap_or(0))
+        .collect();
     assert_eq!(amounts, [3_000, 2_000, 5_000]);
-    assert!(refunds.iter().all(|r| r["handler_status"] == "succeeded"), "{refunds:?}");
+    assert!(
+        refunds.iter().all(|r| r["handler_status"] == "succeeded"),
+        "{refunds:?}"
+    );
     assert_eq!(refunds[2]["original_data"]["fund_change"], "N");
-    assert!(requests.iter().all(|r| r["state"] == "settled"), "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r["state"] == "settled"),
+        "{requests:?}"
+    );
 
     // Alipay's refund notification for R1 (when the merchant enabled them): the same
     // refund, a duplicate.
@@ -559,14 +621,21 @@ async fn refunds_settle_once(s: &TestServer, acc: &Account) {
     );
     assert!(
         v["verdict"] == "duplicate"
-            || v["reason"].as_str().unwrap_or_default().contains("applied by it"),
+            || v["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("applied by it"),
         "{v}"
     );
     let o = s.order(&no).await;
     assert_eq!((o.status, o.refund_fee), (status::REFUNDED, 10_000));
     assert_eq!(balance(s, &user).await, Some(0));
     assert_eq!(refund_lists(s, &no).await.0.len(), 3);
-    assert!(g.lock().bad_requests.is_empty(), "{:?}", g.lock().bad_requests);
+    assert!(
+        g.lock().bad_requests.is_empty(),
+        "{:?}",
+        g.lock().bad_requests
+    );
 }
 
 #[tokio::test]

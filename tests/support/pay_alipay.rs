@@ -239,7 +239,11 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
         return None;
     }
     let frac_fen: i64 = format!("{frac:0<2}").parse().ok()?;
-    whole.parse::<i64>().ok()?.checked_mul(100)?.checked_add(frac_fen)
+    whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(100)?
+        .checked_add(frac_fen)
 }
 
 /// Fen as yuan with two decimals.
@@ -273,7 +277,14 @@ pub fn china_time_to_unix(s: &str) -> Option<i64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 {
         return None;
     }
@@ -444,7 +455,8 @@ fn s<'a>(biz: &'a Value, k: &str) -> &'a str {
 
 fn precreate(state: &mut StandInState, params: &BTreeMap<String, String>, biz: &Value) -> Value {
     let no = s(biz, "out_trade_no");
-    let Some(fen) = yuan_to_fen(s(biz, "total_amount")).filter(|f| (1..=10_000_000_000).contains(f))
+    let Some(fen) =
+        yuan_to_fen(s(biz, "total_amount")).filter(|f| (1..=10_000_000_000).contains(f))
     else {
         return business_failed("ACQ.INVALID_PARAMETER", "total_amount");
     };
@@ -463,7 +475,10 @@ fn precreate(state: &mut StandInState, params: &BTreeMap<String, String>, biz: &
     }
     let trade = state.trades.entry(no.into()).or_insert_with(|| Trade {
         fen,
-        qr_code: format!("https://qr.alipay.com/bax0{}", hex::encode(rand::random::<[u8; 8]>())),
+        qr_code: format!(
+            "https://qr.alipay.com/bax0{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ),
         ..Default::default()
     });
     if trade.trade_no.is_some() {

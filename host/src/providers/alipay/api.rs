@@ -24,7 +24,9 @@ use crate::providers::api::{
     base, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi, OrderRef,
     ProviderAnswer,
 };
-use crate::providers::pay::{PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted};
+use crate::providers::pay::{
+    PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted,
+};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// Alipay's gateway host.
@@ -176,9 +178,11 @@ impl Api {
                 "application/x-www-form-urlencoded;charset=utf-8",
             )
             .body(form);
-        send(http_request, format!("POST {url} {}", request.method), |h| {
-            h == "content-type"
-        })
+        send(
+            http_request,
+            format!("POST {url} {}", request.method),
+            |h| h == "content-type",
+        )
         .await
     }
 

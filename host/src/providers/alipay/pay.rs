@@ -146,7 +146,9 @@ fn check_subject(s: &str) -> Result<(), String> {
     if n == 0 || n > MAX_SUBJECT_CHARS {
         return Err(format!("must be 1 to {MAX_SUBJECT_CHARS} characters"));
     }
-    if s.chars().any(|c| c.is_control() || matches!(c, '/' | '=' | '&')) {
+    if s.chars()
+        .any(|c| c.is_control() || matches!(c, '/' | '=' | '&'))
+    {
         return Err("must not contain control characters, `/`, `=` or `&` (Alipay refuses them in a subject)".into());
     }
     Ok(())
@@ -331,7 +333,9 @@ fn settled_refund(api: &Api, resp: &Value, out_refund_no: &str) -> Result<Notice
     }
     let out_trade_no = text(resp, "out_trade_no");
     if out_trade_no.is_empty() {
-        return Err(Rejection::Malformed("refund answer has no out_trade_no".into()));
+        return Err(Rejection::Malformed(
+            "refund answer has no out_trade_no".into(),
+        ));
     }
     let (trade_no, refund_fee, gmt) = (
         text(resp, "trade_no"),
@@ -449,7 +453,10 @@ mod tests {
         for bad in ["ftp://shop.example/", "javascript:alert(1)", "/done", ""] {
             assert_eq!(field(with_url("page", bad)), "return_url", "{bad}");
         }
-        assert_eq!(field(with_url("app", "https://shop.example/")), "return_url");
+        assert_eq!(
+            field(with_url("app", "https://shop.example/")),
+            "return_url"
+        );
         assert_eq!(
             field(with_url("precreate", "https://shop.example/")),
             "return_url"
@@ -590,7 +597,10 @@ mod tests {
         let resp: Value = serde_json::from_str(refused).expect("json");
         match declined(&resp) {
             ApiError::Declined { code, message, .. } => {
-                assert_eq!((code.as_str(), message.as_str()), ("ACQ.TRADE_NOT_EXIST", "交易不存在"));
+                assert_eq!(
+                    (code.as_str(), message.as_str()),
+                    ("ACQ.TRADE_NOT_EXIST", "交易不存在")
+                );
             }
             other => panic!("{other}"),
         }
