@@ -37,7 +37,7 @@
 //! amounts and times with the same parsers; `pay.rs` places payments (`page`, `wap`,
 //! `app`, `precreate`) and starts refunds through the same signed gateway call, and
 //! reads a refund answer into the same [`Refund`] as a refund notification
-//! ([`refund_of`]).
+//! (`refund_of`).
 
 pub mod api;
 pub mod cert;

@@ -17,7 +17,9 @@
 //!   [`Notice`] read by the same [`refund_of`] as a refund notification, so a later refund
 //!   notification for the same refund (`out_biz_no` = our `out_request_no`) is the same
 //!   refund and changes nothing. The answer is stored and can be verified again
-//!   ([`verify_refund_answer`]) from its bytes.
+//!   ([`verify_refund_answer`]) from its bytes. (The payments layer then books the fen
+//!   the request asked for rather than the running total, `payments::refund::as_requested`,
+//!   so two refunds of one order in flight each settle their own amount.)
 
 use std::collections::BTreeMap;
 
