@@ -1,4 +1,5 @@
-//! Alipay `alipay.trade.query` and `alipay.trade.close` through `{api_base}/gateway.do`.
+//! Alipay `alipay.trade.query` and `alipay.trade.close` through `{api_base}/gateway.do`;
+//! placing payments and starting refunds (`pay.rs`) sign and verify here too.
 //!
 //! Requests are RSA2-signed with the app private key over every non-empty parameter
 //! except `sign`, sorted, `k=v&…`. Answers are JSON,
@@ -23,6 +24,9 @@ use crate::providers::api::{
     base, parse_private_key, rsa_sign, send, ApiError, CloseOutcome, OrderApi, OrderRef,
     ProviderAnswer,
 };
+use crate::providers::pay::{
+    PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted,
+};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// Alipay's gateway host.
@@ -37,6 +41,28 @@ pub struct Api {
     /// The notification side of the app: Alipay's public key or certificate.
     verifier: Account,
     base: String,
+}
+
+/// One gateway request: its `method`, its `biz_content`, and the common parameters it
+/// takes beyond those every request has (`notify_url`, `return_url`).
+pub(super) struct Request<'a> {
+    /// `alipay.trade.query`, `alipay.trade.page.pay`, …
+    pub method: &'a str,
+    /// The business parameters, sent as one JSON text.
+    pub biz_content: Value,
+    /// More common parameters; empty ones are left out.
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl<'a> Request<'a> {
+    /// `method` with `biz_content` and no other parameter.
+    pub(super) fn new(method: &'a str, biz_content: Value) -> Request<'a> {
+        Request {
+            method,
+            biz_content,
+            extra: Vec::new(),
+        }
+    }
 }
 
 impl Api {
@@ -65,12 +91,20 @@ impl Api {
         }))
     }
 
-    /// The signed form of a `method` request about `out_trade_no`, sent at `timestamp`.
-    pub(super) fn signed_form(&self, method: &str, out_trade_no: &str, timestamp: &str) -> String {
+    /// Every parameter of `request`, sent at `timestamp`, and its `sign`: RSA2 with the
+    /// app private key over every non-empty parameter but `sign` (`sign_type` included),
+    /// sorted by name, `k=v` joined by `&`, values as they are (not URL-encoded). The one
+    /// place requests are signed: calls to the gateway, and the URLs and order strings
+    /// the buyer's browser or app sends to Alipay itself (`pay.rs`).
+    pub(super) fn signed_params(
+        &self,
+        request: &Request<'_>,
+        timestamp: &str,
+    ) -> BTreeMap<String, String> {
         let mut params = BTreeMap::new();
         for (k, v) in [
             ("app_id", self.verifier.app_id.as_str()),
-            ("method", method),
+            ("method", request.method),
             ("format", "JSON"),
             ("charset", "utf-8"),
             ("sign_type", "RSA2"),
@@ -88,10 +122,13 @@ impl Api {
                 certs.root_cert_sn().to_owned(),
             );
         }
-        params.insert(
-            "biz_content".to_owned(),
-            serde_json::json!({ "out_trade_no": out_trade_no }).to_string(),
-        );
+        for (k, v) in &request.extra {
+            // Left out when empty, as Alipay's SDKs do: an empty parameter is not signed.
+            if !v.is_empty() {
+                params.insert((*k).to_owned(), v.clone());
+            }
+        }
+        params.insert("biz_content".to_owned(), request.biz_content.to_string());
         let text = params
             .iter()
             .filter(|(_, v)| !v.is_empty())
@@ -99,35 +136,65 @@ impl Api {
             .collect::<Vec<_>>()
             .join("&");
         let sign = rsa_sign(&self.signer, text.as_bytes());
+        params.insert("sign".to_owned(), sign);
+        params
+    }
+
+    /// The signed parameters of `request` ([`Api::signed_params`]) as a URL-encoded form:
+    /// the body of a gateway call, the query of a `page` / `wap` URL, an `app` order
+    /// string.
+    pub(super) fn signed_form(&self, request: &Request<'_>, timestamp: &str) -> String {
         let mut form = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &params {
+        for (k, v) in &self.signed_params(request, timestamp) {
             form.append_pair(k, v);
         }
-        form.append_pair("sign", &sign);
         form.finish()
     }
 
-    async fn call(
+    /// The account's name.
+    pub(super) fn account_name(&self) -> &str {
+        &self.verifier.name
+    }
+
+    /// `{api_base}/gateway.do`.
+    pub(super) fn gateway(&self) -> String {
+        format!("{}/gateway.do", self.base)
+    }
+
+    /// Sends `request` to the gateway, signed now; the answer is not verified yet.
+    pub(super) async fn call(
         &self,
         http: &reqwest::Client,
-        method: &str,
-        out_trade_no: &str,
+        request: &Request<'_>,
     ) -> Result<ProviderAnswer, ApiError> {
         // Built in a function of its own: the serializer is not Send and must be gone
         // before the await below.
-        let form = self.signed_form(method, out_trade_no, &china_now());
-        let url = format!("{}/gateway.do", self.base);
-        let request = http
+        let form = self.signed_form(request, &china_now());
+        let url = self.gateway();
+        let http_request = http
             .post(&url)
             .header(
                 "content-type",
                 "application/x-www-form-urlencoded;charset=utf-8",
             )
             .body(form);
-        send(request, format!("POST {url} {method}"), |h| {
-            h == "content-type"
-        })
+        send(
+            http_request,
+            format!("POST {url} {}", request.method),
+            |h| h == "content-type",
+        )
         .await
+    }
+
+    /// Asks `method` about `out_trade_no` alone (query, close).
+    async fn call_about(
+        &self,
+        http: &reqwest::Client,
+        method: &str,
+        out_trade_no: &str,
+    ) -> Result<ProviderAnswer, ApiError> {
+        let request = Request::new(method, serde_json::json!({ "out_trade_no": out_trade_no }));
+        self.call(http, &request).await
     }
 
     /// Verifies an answer's signature over the raw text of its `…_response` value and
@@ -187,17 +254,23 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Now as Alipay's `timestamp` wants it: `yyyy-MM-dd HH:mm:ss` in China Standard Time.
-fn china_now() -> String {
+pub(super) fn china_now() -> String {
+    china_time(time::OffsetDateTime::now_utc())
+}
+
+/// `at` as Alipay writes times (`timestamp`, `time_expire`): `yyyy-MM-dd HH:mm:ss` in
+/// China Standard Time, seconds truncated.
+pub(super) fn china_time(at: time::OffsetDateTime) -> String {
     let cst = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
-    time::OffsetDateTime::now_utc()
-        .to_offset(cst)
+    at.to_offset(cst)
         .format(time::macros::format_description!(
             "[year]-[month]-[day] [hour]:[minute]:[second]"
         ))
         .unwrap_or_default()
 }
 
-fn text(v: &Value, key: &str) -> String {
+/// Member `key` of an answer as text (numbers as written, absent as empty).
+pub(super) fn text(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
@@ -216,7 +289,7 @@ impl OrderApi for Api {
         http: &reqwest::Client,
         order: OrderRef<'_>,
     ) -> Result<ProviderAnswer, ApiError> {
-        self.call(http, QUERY, order.out_trade_no).await
+        self.call_about(http, QUERY, order.out_trade_no).await
     }
 
     fn verify_query(&self, answer: &Inbound<'_>) -> Result<Notice, Rejection> {
@@ -280,7 +353,7 @@ impl OrderApi for Api {
         http: &reqwest::Client,
         order: OrderRef<'_>,
     ) -> Result<CloseOutcome, ApiError> {
-        let answer = self.call(http, CLOSE, order.out_trade_no).await?;
+        let answer = self.call_about(http, CLOSE, order.out_trade_no).await?;
         let r = self.verified_response(&answer.body, CLOSE)?;
         let code = text(&r, "code");
         let sub_code = text(&r, "sub_code");
@@ -295,6 +368,30 @@ impl OrderApi for Api {
                 text(&r, "sub_msg")
             ))),
         }
+    }
+
+    fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError> {
+        super::pay::check(pay).map(|_| ())
+    }
+
+    async fn place(&self, http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError> {
+        super::pay::place(self, http, p).await
+    }
+
+    async fn refund(
+        &self,
+        http: &reqwest::Client,
+        r: &RefundStart<'_>,
+    ) -> Result<RefundStarted, ApiError> {
+        super::pay::refund(self, http, r).await
+    }
+
+    fn verify_refund_answer(
+        &self,
+        answer: &Inbound<'_>,
+        out_refund_no: &str,
+    ) -> Result<Notice, Rejection> {
+        super::pay::verify_refund_answer(self, answer, out_refund_no)
     }
 }
 

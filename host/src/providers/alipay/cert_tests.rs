@@ -402,7 +402,11 @@ fn cert_mode_requests_carry_the_sns_and_answers_verify_by_their_alipay_cert_sn()
         .expect("has a key");
 
     // The request: both SNs, signed with the app key along with everything but `sign`.
-    let form = api.signed_form("alipay.trade.query", "Q-1", "2026-01-01 08:00:00");
+    let request = api::Request::new(
+        "alipay.trade.query",
+        serde_json::json!({ "out_trade_no": "Q-1" }),
+    );
+    let form = api.signed_form(&request, "2026-01-01 08:00:00");
     let fields = parse_form(form.as_bytes()).expect("form");
     assert_eq!(fields["app_cert_sn"], certs().app_cert_sn());
     assert_eq!(fields["alipay_root_cert_sn"], certs().root_cert_sn());

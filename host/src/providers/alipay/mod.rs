@@ -34,11 +34,15 @@
 //!
 //! [`api`] calls `alipay.trade.query` and `alipay.trade.close` with the same account,
 //! verifying answers with the same key (`Account::verify_rsa2`) and reading
-//! amounts and times with the same parsers.
+//! amounts and times with the same parsers; `pay.rs` places payments (`page`, `wap`,
+//! `app`, `precreate`) and starts refunds through the same signed gateway call, and
+//! reads a refund answer into the same [`Refund`] as a refund notification
+//! (`refund_of`).
 
 pub mod api;
 pub mod cert;
 pub mod form;
+mod pay;
 
 use std::collections::BTreeMap;
 
@@ -318,27 +322,66 @@ pub(crate) fn parse_gmt(s: &str) -> Option<i64> {
 /// refund's share of it.
 fn refund_kind(fields: &BTreeMap<String, String>) -> Result<NoticeKind, Rejection> {
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
-    for k in ["out_trade_no", "trade_no", "out_biz_no"] {
-        if get(k).is_empty() {
+    if get("out_trade_no").is_empty() {
+        return Err(Rejection::Malformed("refund has no out_trade_no".into()));
+    }
+    refund_of(&RefundFacts {
+        out_refund_no: ("out_biz_no", get("out_biz_no")),
+        trade_no: get("trade_no"),
+        refund_fee: get("refund_fee"),
+        total_amount: fields.get("total_amount").map(String::as_str),
+        refunded_at: get("gmt_refund"),
+    })
+}
+
+/// What Alipay states about a refund: in its refund notification, or in its answer to
+/// `alipay.trade.refund` (`pay.rs`), which name some of it differently.
+pub(crate) struct RefundFacts<'a> {
+    /// The merchant's refund number, and what it is called where it came from
+    /// (`out_biz_no` in a notification; the answer does not repeat `out_request_no`).
+    pub out_refund_no: (&'static str, &'a str),
+    /// Alipay's transaction number of the refunded payment.
+    pub trade_no: &'a str,
+    /// `refund_fee`: yuan refunded on the trade so far, this refund included.
+    pub refund_fee: &'a str,
+    /// The trade's total in yuan, when stated.
+    pub total_amount: Option<&'a str>,
+    /// When the refund happened (`gmt_refund`, `gmt_refund_pay`), China time.
+    pub refunded_at: &'a str,
+}
+
+/// The refund `f` states, read one way wherever it comes from: the amount is
+/// [`RefundAmount::Cumulative`] (the refund path applies what it adds to the order's
+/// refunded total, so a later refund's report covering an earlier one applies once).
+pub(crate) fn refund_of(f: &RefundFacts<'_>) -> Result<NoticeKind, Rejection> {
+    let (no_name, out_refund_no) = f.out_refund_no;
+    for (k, v) in [(no_name, out_refund_no), ("trade_no", f.trade_no)] {
+        if v.is_empty() {
             return Err(Rejection::Malformed(format!("refund has no {k}")));
         }
     }
-    let yuan = |k: &str| yuan_field(fields, k);
-    let refunded = yuan("refund_fee")?;
+    let yuan = |k: &str, v: &str| {
+        yuan_to_fen(v).ok_or_else(|| {
+            Rejection::Malformed(format!(
+                "{k} `{v}` is not an amount in yuan with at most two decimals"
+            ))
+        })
+    };
+    let refunded = yuan("refund_fee", f.refund_fee)?;
     if refunded == 0 {
         return Err(Rejection::Malformed("refund_fee is 0".into()));
     }
-    let total_fee = match get("total_amount") {
-        "" => None,
-        _ => Some(yuan("total_amount")?),
+    let total_fee = match f.total_amount {
+        None | Some("") => None,
+        Some(t) => Some(yuan("total_amount", t)?),
     };
     // `gmt_refund` carries milliseconds (`2026-01-01 10:00:00.320`); seconds suffice.
-    let gmt_refund = get("gmt_refund");
-    let refunded_at = parse_gmt(gmt_refund.split('.').next().unwrap_or(gmt_refund));
+    let at = f.refunded_at;
+    let refunded_at = parse_gmt(at.split('.').next().unwrap_or(at));
     Ok(NoticeKind::Refunded(Refund {
-        out_refund_no: get("out_biz_no").to_owned(),
+        out_refund_no: out_refund_no.to_owned(),
         refund_id: String::new(),
-        transaction_id: get("trade_no").to_owned(),
+        transaction_id: f.trade_no.to_owned(),
         amount: RefundAmount::Cumulative(refunded),
         total_fee,
         refunded_at,
