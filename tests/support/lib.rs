@@ -13,6 +13,7 @@ pub mod browser;
 pub mod bulk;
 pub mod cloudpay;
 pub mod fake_provider;
+pub mod pay_wechat_v2;
 pub mod pg_cluster;
 pub mod process;
 pub mod signing;

@@ -184,7 +184,7 @@ pub trait OrderApi: Send + Sync {
     ) -> Result<CloseOutcome, ApiError>;
     /// Checks a `pay` request against what this account can place, before anything is
     /// sent (the method is known, the fields it needs are there).
-    fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError> {
+    fn check_pay(&self, _pay: &PayRequest) -> Result<(), PayFieldError> {
         Err(PayFieldError::new(
             "method",
             format!("{} cannot place payments yet", self.kind()),
