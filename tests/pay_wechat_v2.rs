@@ -368,14 +368,13 @@ async fn each_method_is_placed_signed_and_its_client_parameters_verify_independe
         assert_eq!(p["sign"], sign_as(sign_type, &signed, m.api_key));
     }
     e.no_bad_requests();
-    // Every request over the stand-in's HTTPS; unified order needs no client certificate
-    // but these accounts present theirs on every call.
+    // The client certificate goes only where WeChat asks for it (refunds).
     assert!(e
         .w
         .lock()
         .received_at(UNIFIEDORDER)
         .iter()
-        .all(|r| r.client_cert.is_some()));
+        .all(|r| r.client_cert.is_none()));
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@
 //! account's. `trade_state` `SUCCESS` is a payment; every other state (`NOTPAY`,
 //! `CLOSED`, `USERPAYING`, …) and `ORDERNOTEXIST` is not.
 //!
-//! An account with a client certificate or extra CAs (`tls.rs`) makes every call with
-//! its own HTTP client; the others use the host's.
+//! An account with extra CAs (`tls.rs`) makes its calls with its own HTTP client, and
+//! its refunds with one that presents its client certificate; the others use the host's.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +33,7 @@ pub struct Api {
     pub(super) account: Account,
     pub(super) sign_type: SignType,
     base: String,
-    /// The account's own client (client certificate, extra CAs), when it has one.
+    /// The account's own clients (client certificate, extra CAs), when it has them.
     own_http: Option<AccountHttp>,
 }
 
@@ -51,17 +51,18 @@ impl Api {
         })
     }
 
-    /// The client calls go through: the account's own, else the host's `shared` one.
+    /// The client calls other than refunds go through: the account's own (extra CAs),
+    /// else the host's `shared` one.
     pub(super) fn http<'a>(&'a self, shared: &'a reqwest::Client) -> &'a reqwest::Client {
-        self.own_http.as_ref().map_or(shared, |h| &h.client)
+        self.own_http
+            .as_ref()
+            .and_then(|h| h.plain.as_ref())
+            .unwrap_or(shared)
     }
 
     /// The account's client that presents its client certificate, if it has one.
     pub(super) fn client_cert_http(&self) -> Option<&reqwest::Client> {
-        self.own_http
-            .as_ref()
-            .filter(|h| h.client_cert)
-            .map(|h| &h.client)
+        self.own_http.as_ref().and_then(|h| h.mtls.as_ref())
     }
 
     /// POSTs `fields` to `path`, with `appid`, `mch_id`, `nonce_str` (and `sign_type`

@@ -1,22 +1,26 @@
-//! A v2 account's own HTTP client, built once with the account: it presents the
+//! A v2 account's own HTTP clients, built once with the account: one that presents the
 //! merchant's API client certificate (`apiclient_cert.pem` + `apiclient_key.pem`), which
-//! WeChat requires on `secapi/pay/refund` (mutual TLS), and trusts extra CAs for
-//! `api_base` (`api_ca_cert`: a TLS-inspecting proxy, a test stand-in).
+//! WeChat requires on `secapi/pay/refund` (mutual TLS), and, when the account names
+//! extra CAs for `api_base` (`api_ca_cert`: a TLS-inspecting proxy, a test stand-in), one
+//! that trusts them for its other calls.
 //!
-//! An account with neither uses the host's shared client. Everything that can be wrong
-//! with the files is found here, at start (and by `paynotify config check`), naming the
-//! key, never at the first refund: a certificate that is not PEM, a key that is not one,
-//! a key that is not the certificate's.
+//! The certificate goes only where WeChat asks for it: the other calls (unified order,
+//! query, close) do not present it. An account with neither certificate nor CAs uses
+//! the host's shared client. Everything that can be wrong with the files is found here,
+//! at start (and by `paynotify config check`), naming the key, never at the first
+//! refund: a certificate that is not PEM, a key that is not one, a key that is not the
+//! certificate's.
 
 use crate::config::AccountConfig;
 use crate::providers::api::CALL_TIMEOUT;
 
-/// The account's own client, and whether it presents a client certificate.
+/// The account's own clients.
 pub(super) struct AccountHttp {
-    /// The client every call of the account goes through.
-    pub client: reqwest::Client,
-    /// Whether it presents the merchant's client certificate (refunds need it).
-    pub client_cert: bool,
+    /// For every call but refunds, when the account trusts extra CAs; else the shared
+    /// client serves them.
+    pub plain: Option<reqwest::Client>,
+    /// For refunds: presents the client certificate (and trusts the extra CAs).
+    pub mtls: Option<reqwest::Client>,
 }
 
 /// A value that is set and not blank.
@@ -36,7 +40,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Builds the account's client when it has a client certificate or extra CAs; `None`
+/// Builds the account's clients when it has a client certificate or extra CAs; `None`
 /// when it has neither (the shared client serves it). `Err` names the key at fault.
 pub(super) fn account_http(a: &AccountConfig) -> Result<Option<AccountHttp>, String> {
     let cert = set(&a.client_cert);
@@ -78,30 +82,34 @@ pub(super) fn account_http(a: &AccountConfig) -> Result<Option<AccountHttp>, Str
     if identity.is_none() && roots.is_empty() {
         return Ok(None);
     }
-    let client_cert = identity.is_some();
-    let mut builder = reqwest::Client::builder().timeout(CALL_TIMEOUT);
-    if let Some(id) = identity {
-        builder = builder.identity(id);
-    }
-    for root in roots {
-        builder = builder.add_root_certificate(root);
-    }
-    // rustls checks here that the key is the certificate's (and that each CA loads).
-    let client = builder.build().map_err(|e| {
-        if client_cert {
+    let builder = || {
+        roots
+            .iter()
+            .fold(reqwest::Client::builder().timeout(CALL_TIMEOUT), |b, root| {
+                b.add_root_certificate(root.clone())
+            })
+    };
+    let plain = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            builder()
+                .build()
+                .map_err(|e| format!("`api_ca_cert` (api_ca_cert_file): {}", chain(&e)))?,
+        )
+    };
+    let mtls = match identity {
+        None => None,
+        // rustls checks here that the key is the certificate's.
+        Some(id) => Some(builder().identity(id).build().map_err(|e| {
             format!(
                 "`client_cert` / `client_key` (or their _file keys) do not make a client \
                  certificate (is the key this certificate's?): {}",
                 chain(&e)
             )
-        } else {
-            format!("`api_ca_cert` (api_ca_cert_file): {}", chain(&e))
-        }
-    })?;
-    Ok(Some(AccountHttp {
-        client,
-        client_cert,
-    }))
+        })?),
+    };
+    Ok(Some(AccountHttp { plain, mtls }))
 }
 
 /// The client identity: the certificate (checked to be PEM X.509 first, for a message
@@ -182,12 +190,12 @@ mod tests {
         let http = account_http(&account(&[("client_cert", &cert), ("client_key", &key)]))
             .expect("builds")
             .expect("own client");
-        assert!(http.client_cert);
-        // A CA alone gives an own client without a certificate.
+        assert!(http.mtls.is_some() && http.plain.is_none());
+        // A CA alone: its own client for the calls, none for refunds.
         let http = account_http(&account(&[("api_ca_cert", &cert)]))
             .expect("builds")
             .expect("own client");
-        assert!(!http.client_cert);
+        assert!(http.mtls.is_none() && http.plain.is_some());
     }
 
     #[test]
