@@ -1,7 +1,7 @@
 //! The merchant API: auth, validation, and what ops can read.
 
 use paynotify_tests::{wechat_v2, Options, TestServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn orders_need_the_bearer_token() {
@@ -95,6 +95,61 @@ async fn bad_orders_are_refused_with_a_reason() {
     s.create_order(body.clone()).await;
     let (st, _) = s.api("POST", "/api/orders", Some(body)).await;
     assert_eq!(st, 409);
+}
+
+#[tokio::test]
+async fn payments_that_cannot_be_placed_are_refused_before_anything_is_stored() {
+    // No server.public_base_url, and a CloudPay account (no API from here).
+    let mut options = Options::with_plugins(&["recharge"]);
+    options.extra_config = format!(
+        "[[accounts]]\nprovider = \"cloudpay\"\nname = \"a\"\nsub_mch_id = \"{}\"\nsecret = \"{}\"\n",
+        paynotify_tests::cloudpay::SUB_MCH_ID_A,
+        paynotify_tests::cloudpay::SECRET_A
+    );
+    let s = TestServer::start(options).await;
+    let order = |no: &str, provider: &str, pay: Value| {
+        json!({ "type": "recharge", "total_fee": 100, "user_id": "u", "provider": provider,
+                "out_trade_no": no, "pay": pay })
+    };
+    let cases = [
+        (order("NOPLACE01", "wechat-v2", json!({ "method": "native" })), 422, "server.public_base_url"),
+        (order("NOPLACE02", "wechat-v2", json!({ "method": "swipe" })), 422, "pay.method"),
+        (order("NOPLACE03", "wechat-v2", json!({ "method": "jsapi" })), 422, "pay.openid"),
+        (order("NOPLACE04", "cloudpay", json!({ "method": "jsapi", "openid": "o" })), 422, "CloudPay"),
+        (order("NOPLACE05", "wechat-v2", json!({ "method": "native", "amount": 1 })), 400, "amount"),
+        (order("NOPLACE06", "wechat-v2", json!("native")), 400, "pay"),
+    ];
+    for (body, status, needle) in cases {
+        let (st, v) = s.api("POST", "/api/orders", Some(body.clone())).await;
+        assert_eq!(st, status, "{body}: {v}");
+        let msg = v["error"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{body}: `{msg}` lacks `{needle}`");
+        let no = body["out_trade_no"].as_str().unwrap_or("");
+        let (st, _) = s.api("GET", &format!("/api/orders/{no}"), None).await;
+        assert_eq!(st, 404, "{no} was stored");
+    }
+    // An existing order placed again needs a `pay`, the first time.
+    s.create_order(json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "out_trade_no": "NEVERPLACED" })).await;
+    let (st, v) = s.api("POST", "/api/orders/NEVERPLACED/pay", Some(json!({}))).await;
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("never placed"), "{v}");
+    let (st, _) = s.api("POST", "/api/orders/NO-SUCH-ORDER/pay", Some(json!({}))).await;
+    assert_eq!(st, 404);
+    // Refunds: unknown order, unpaid order, bad amounts; nothing recorded.
+    let (st, _) = s.api("POST", "/api/orders/NO-SUCH-ORDER/refunds", Some(json!({ "amount": 1 }))).await;
+    assert_eq!(st, 404);
+    for (body, status) in [
+        (json!({ "amount": 1 }), 409),
+        (json!({ "amount": 0 }), 422),
+        (json!({ "amount": 1, "out_refund_no": "has space" }), 422),
+        (json!({ "amount": 1, "reason": "x".repeat(81) }), 422),
+        (json!({ "amount": "1" }), 400),
+    ] {
+        let (st, v) = s.api("POST", "/api/orders/NEVERPLACED/refunds", Some(body.clone())).await;
+        assert_eq!(st, status, "{body}: {v}");
+    }
+    let (_, v) = s.api("GET", "/api/orders/NEVERPLACED/refunds", None).await;
+    assert_eq!(v, json!({ "refunds": [], "requests": [] }));
 }
 
 #[tokio::test]

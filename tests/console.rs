@@ -1057,3 +1057,106 @@ async fn console_in_a_real_browser() {
     b.close().await;
     println!("screenshots in {}", browser::screenshot_dir().display());
 }
+
+// ---------------------------------------------------------------------------------------
+// The order page's Refund and Close (no browser)
+
+impl Console {
+    /// POSTs a console form (with the page's Origin); status and `Location`.
+    async fn post(&self, s: &TestServer, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let r = self
+            .http
+            .post(s.url(path))
+            .header("cookie", &self.cookie)
+            .header("origin", origin(s))
+            .form(form)
+            .send()
+            .await
+            .expect("post");
+        (r.status().as_u16(), header(&r, "location"))
+    }
+}
+
+#[tokio::test]
+async fn the_order_page_refunds_and_closes_only_when_confirmed() {
+    use paynotify::store::status;
+    use paynotify_tests::fake_provider::{self, FakeProvider, Trade};
+    let fake = FakeProvider::start().await;
+    let mut options = Options::with_plugins(&["recharge"]).with_token();
+    options.extra_config = format!(
+        "[[accounts]]\nprovider = \"wechat-v2\"\nname = \"fake\"\nappid = \"{}\"\nmch_id = \"{}\"\napi_key = \"{}\"\napi_base = \"{}\"\n",
+        fake_provider::V2_APPID,
+        fake_provider::V2_MCH_ID,
+        fake_provider::V2_API_KEY,
+        fake.base
+    );
+    let s = TestServer::start(options).await;
+    s.create_order(json!({
+        "type": "recharge", "total_fee": 300, "user_id": "u-close", "provider": "wechat-v2",
+        "account": "fake", "out_trade_no": "C0000001", "custom": { "recharge_balance": 300 }
+    }))
+    .await;
+    fake.set("C0000001", Trade::Unpaid);
+    s.create_order(json!({
+        "type": "recharge", "total_fee": 100, "user_id": "u-paid", "provider": "wechat-v2",
+        "account": "default", "out_trade_no": "P0000001", "custom": { "recharge_balance": 100 }
+    }))
+    .await;
+    assert_eq!(pay(&s, "P0000001", 100).await, "SUCCESS");
+    let c = Console::sign_in(&s).await;
+    let csrf = c.csrf(&s).await;
+
+    let (st, page) = c.get(&s, "/console/orders/C0000001").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("Close order") && !page.contains(r#"id="refund""#), "{page}");
+    let (st, page) = c.get(&s, "/console/orders/P0000001").await;
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains(r#"id="refund""#) && page.contains(r#"max="100""#), "{page}");
+    assert!(!page.contains("Close order"), "a paid order has no Close: {page}");
+
+    // Not confirmed, or not from this session: nothing is done.
+    let close = "/console/orders/C0000001/close";
+    let (st, _) = c.post(&s, close, &[("csrf", &csrf)]).await;
+    assert_eq!(st, 422);
+    let (st, _) = c
+        .post(&s, close, &[("csrf", "0000"), ("confirm", "yes")])
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(s.order("C0000001").await.status, status::UNPAID);
+    assert!(fake.lock().closes.is_empty(), "no provider call");
+
+    let (st, location) = c
+        .post(&s, close, &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
+    assert_eq!(
+        (st, location.as_str()),
+        (303, "/console/orders/C0000001?closed=1")
+    );
+    assert_eq!(s.order("C0000001").await.status, status::CLOSED);
+    assert_eq!(
+        fake.lock().closes,
+        [("wechat-v2".to_owned(), "C0000001".to_owned())]
+    );
+    let (_, page) = c.get(&s, &location).await;
+    assert!(page.contains(r#"id="action-result""#) && page.contains("Order closed"), "{page}");
+    // Closed: no more Close.
+    assert!(!page.contains("Close order"), "{page}");
+
+    // A refund of more than was paid is refused before anything is recorded or sent.
+    let refund = "/console/orders/P0000001/refund";
+    let (st, _) = c
+        .post(&s, refund, &[("csrf", &csrf), ("confirm", "yes"), ("amount", "101")])
+        .await;
+    assert_eq!(st, 422);
+    let (st, _) = c
+        .post(&s, refund, &[("csrf", &csrf), ("confirm", "yes"), ("amount", "ten")])
+        .await;
+    assert_eq!(st, 422);
+    let (st, _) = c
+        .post(&s, refund, &[("csrf", &csrf), ("amount", "50")])
+        .await;
+    assert_eq!(st, 422, "not confirmed");
+    let (_, v) = s.api("GET", "/api/orders/P0000001/refunds", None).await;
+    assert_eq!(v["requests"], json!([]), "{v}");
+    assert_eq!(s.order("P0000001").await.status, status::PAID);
+}

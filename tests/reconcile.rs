@@ -859,3 +859,89 @@ async fn a_reconciled_payment_whose_handler_failed_is_re_driven_from_the_stored_
     assert_eq!(p.verdict, Verdict::Rejected, "{:?}", p.reason);
     assert_eq!(balance(&s, "redrive-v3").await, Some(321));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_on_request_closes_at_the_provider_first_and_never_a_paid_order() {
+    let fake = FakeProvider::start().await;
+    let keys = tempfile::tempdir().expect("keys dir");
+    let s = server(&fake, &keys, "", Options::with_plugins(&["recharge"])).await;
+    order(&s, "CLOSE-V2", "wechat-v2", "fake", "c1", 100).await;
+    order(&s, "CLOSE-V3-PAID", "wechat-v3", "a", "c2", 200).await;
+    order(&s, "CLOSE-ALI-FAIL", "alipay", "a", "c3", 300).await;
+    order(&s, "CLOSE-CP", "cloudpay", "a", "c4", 400).await;
+    fake.set("CLOSE-V2", Trade::Unpaid);
+    // Paid at the provider, its notification lost: the close is refused and the order
+    // is reconciled (paid, credited) instead.
+    fake.set(
+        "CLOSE-V3-PAID",
+        Trade::Paid {
+            fen: 200,
+            transaction_id: "4200000200".into(),
+        },
+    );
+    fake.failing_close("CLOSE-ALI-FAIL", true);
+
+    let (code, v) = s.api("POST", "/api/orders/CLOSE-V2/close", None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (&v["closed_at_provider"], &v["already_closed"]),
+        (&json!(true), &json!(false)),
+        "{v}"
+    );
+    assert_eq!(s.order("CLOSE-V2").await.status, status::CLOSED);
+    let (code, v) = s.api("POST", "/api/orders/CLOSE-V2/close", None).await;
+    assert_eq!((code, &v["already_closed"]), (200, &json!(true)), "{v}");
+
+    let (code, v) = s.api("POST", "/api/orders/CLOSE-V3-PAID/close", None).await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("paid"), "{v}");
+    assert_eq!(s.order("CLOSE-V3-PAID").await.status, status::PAID);
+    assert_eq!(balance(&s, "c2").await, Some(200));
+    // Paid here now: refused before any provider call.
+    let closes_before = fake.lock().closes.len();
+    let (code, _) = s.api("POST", "/api/orders/CLOSE-V3-PAID/close", None).await;
+    assert_eq!(code, 409);
+    assert_eq!(fake.lock().closes.len(), closes_before, "no call for a paid order");
+
+    // The provider's close failed: 502 and still open here (a buyer could still pay it).
+    let (code, v) = s.api("POST", "/api/orders/CLOSE-ALI-FAIL/close", None).await;
+    assert_eq!(code, 502, "{v}");
+    assert_eq!(s.order("CLOSE-ALI-FAIL").await.status, status::UNPAID);
+
+    // No close API (CloudPay): closed here only, and said so.
+    let (code, v) = s.api("POST", "/api/orders/CLOSE-CP/close", None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["closed_at_provider"], json!(false), "{v}");
+    assert!(v["note"].as_str().unwrap_or("").contains("CloudPay"), "{v}");
+    assert_eq!(s.order("CLOSE-CP").await.status, status::CLOSED);
+
+    let (code, _) = s.api("POST", "/api/orders/NO-SUCH-ORDER/close", None).await;
+    assert_eq!(code, 404);
+    let calls = fake.lock().closes.clone();
+    assert_eq!(
+        calls,
+        [
+            ("wechat-v2".to_owned(), "CLOSE-V2".to_owned()),
+            ("wechat-v3".to_owned(), "CLOSE-V3-PAID".to_owned()),
+            ("alipay".to_owned(), "CLOSE-ALI-FAIL".to_owned()),
+        ],
+        "one provider close per order that needed one"
+    );
+
+    // The same from the command line, through the running server.
+    order(&s, "CLOSE-CLI", "wechat-v2", "fake", "c5", 500).await;
+    fake.set("CLOSE-CLI", Trade::Unpaid);
+    let text = std::fs::read_to_string(s.dir.path().join("paynotify.toml")).expect("config");
+    let text = text.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", s.addr),
+    );
+    let config = s.dir.path().join("cli.toml");
+    std::fs::write(&config, text).expect("write config");
+    let out = run(&config, &["orders", "close", "CLOSE-CLI"]).await;
+    assert_eq!(out, "order CLOSE-CLI closed at the provider and here\n");
+    assert_eq!(s.order("CLOSE-CLI").await.status, status::CLOSED);
+    let out = run(&config, &["orders", "close", "CLOSE-CLI", "--json"]).await;
+    let v: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["already_closed"], json!(true), "{v}");
+}

@@ -796,3 +796,119 @@ async fn pruning_deletes_only_old_notifications_rejected_without_verifying() {
     assert!(store.get_notification(recent).await.expect("db").is_none());
     assert!(store.database_bytes().await.expect("size") > 0);
 }
+
+/// Marks `out_trade_no` paid (100 fen) in a transaction of its own.
+async fn pay_order(store: &dyn Store, out_trade_no: &str) {
+    let id = store_raw(store, now_ms(), b"paid", false).await;
+    let mut tx = store.begin().await.expect("begin");
+    tx.lock_order(out_trade_no).await.expect("lock");
+    assert!(tx
+        .mark_paid(&MarkPaid {
+            out_trade_no,
+            transaction_id: "tx-refund",
+            pay_date: now_ms(),
+            notification_id: id,
+            original_data: &json!({}),
+        })
+        .await
+        .expect("mark paid"));
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refund_requests_at_once_never_reserve_more_than_was_paid() {
+    use paynotify::store::payments::{refund_state, NewRefundRequest};
+    use paynotify::store::Reservation;
+    let (store, _url, _dir) = open().await;
+    create_recharge(store.as_ref(), "refund-order").await;
+    let reserve = |no: String, amount: i64| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.expect("begin");
+            let r = tx
+                .reserve_refund(&NewRefundRequest {
+                    out_trade_no: "refund-order",
+                    out_refund_no: &no,
+                    amount,
+                    reason: None,
+                })
+                .await
+                .expect("reserve");
+            // Hold the order while the others arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.commit().await.expect("commit");
+            r
+        }
+    };
+    // Unpaid: nothing to refund.
+    assert_eq!(
+        reserve("R-early".into(), 10).await,
+        Reservation::NotRefundable(status::UNPAID)
+    );
+    pay_order(store.as_ref(), "refund-order").await;
+
+    // Five requests of 30 fen at once on a 100-fen order: three fit, two are refused.
+    let mut racers = Vec::new();
+    for n in 0..5 {
+        racers.push(tokio::spawn(reserve(format!("R-{n}"), 30)));
+    }
+    let mut reserved = 0;
+    let mut refused = Vec::new();
+    for r in racers {
+        match r.await.expect("racer") {
+            Reservation::New(req) => {
+                assert_eq!(req.state, refund_state::REQUESTED);
+                reserved += 1;
+            }
+            Reservation::TooMuch { remaining } => refused.push(remaining),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((reserved, refused), (3, vec![10, 10]));
+
+    // The same number again is the same request; with another amount it is refused.
+    assert!(matches!(
+        reserve("R-0".into(), 30).await,
+        Reservation::Existing(_) | Reservation::TooMuch { .. }
+    ));
+    let requests = store
+        .payments()
+        .refund_requests("refund-order")
+        .await
+        .expect("list");
+    let first = requests
+        .iter()
+        .find(|r| r.state == refund_state::REQUESTED)
+        .expect("a reserved request")
+        .out_refund_no
+        .clone();
+    assert!(matches!(
+        reserve(first.clone(), 30).await,
+        Reservation::Existing(_)
+    ));
+    assert!(matches!(
+        reserve(first.clone(), 31).await,
+        Reservation::OtherAmount(_)
+    ));
+
+    // A refused one frees its amount: 10 + 30 fit again.
+    store
+        .payments()
+        .finish_refund_request("refund-order", &first, refund_state::FAILED, None, Some("NOTENOUGH"))
+        .await
+        .expect("finish");
+    assert!(matches!(reserve("R-after".into(), 40).await, Reservation::New(_)));
+    assert!(matches!(
+        reserve("R-more".into(), 1).await,
+        Reservation::TooMuch { remaining: 0 }
+    ));
+    // The failed request taken up again no longer fits.
+    assert!(matches!(
+        reserve(first, 30).await,
+        Reservation::TooMuch { remaining: 0 }
+    ));
+    assert_eq!(
+        reserve("R-ghost".into(), 1).await,
+        Reservation::TooMuch { remaining: 0 }
+    );
+}

@@ -53,6 +53,8 @@ const ORDERS_EXPIRED: &str = "paynotify_orders_expired_total";
 const RECONCILE: &str = "paynotify_reconcile_total";
 const BATCH_RERUNS: &str = "paynotify_settle_batch_reruns_total";
 const PROVIDER_CLOSES: &str = "paynotify_provider_closes_total";
+const PLACEMENTS: &str = "paynotify_payments_placed_total";
+const REFUNDS_STARTED: &str = "paynotify_refunds_started_total";
 const ORDER_WATCHERS: &str = "paynotify_order_watchers";
 const EVENT_STREAMS_REFUSED: &str = "paynotify_event_streams_refused_total";
 const UPTIME: &str = "paynotify_uptime_seconds";
@@ -172,6 +174,14 @@ fn describe() {
     describe_counter!(
         RECONCILE,
         "Orders this process asked their provider about, by provider and outcome (paid, unpaid, error, skipped)."
+    );
+    describe_counter!(
+        PLACEMENTS,
+        "Payments this process placed at their provider (pay), by provider and outcome (placed, refused, error)."
+    );
+    describe_counter!(
+        REFUNDS_STARTED,
+        "Refunds this process sent to their provider, by provider and outcome (accepted, settled, refused, unknown)."
     );
     describe_counter!(
         PROVIDER_CLOSES,
@@ -371,6 +381,20 @@ pub fn reconciled(provider: &str, outcome: &'static str) {
 pub fn provider_close(provider: &str, outcome: &'static str) {
     let provider = provider_label(provider);
     metrics::counter!(PROVIDER_CLOSES, "provider" => provider, "outcome" => outcome).increment(1);
+}
+
+/// Counts one attempt to place a payment: `outcome` is `placed`, `refused` (a verified
+/// refusal) or `error` (no answer, or one that did not verify).
+pub fn placement(provider: &str, outcome: &'static str) {
+    let provider = provider_label(provider);
+    metrics::counter!(PLACEMENTS, "provider" => provider, "outcome" => outcome).increment(1);
+}
+
+/// Counts one refund sent: `outcome` is `accepted`, `settled` (Alipay's final answer),
+/// `refused` or `unknown` (no answer: it may have gone through).
+pub fn refund_started(provider: &str, outcome: &'static str) {
+    let provider = provider_label(provider);
+    metrics::counter!(REFUNDS_STARTED, "provider" => provider, "outcome" => outcome).increment(1);
 }
 
 /// Counts an order-event stream refused because too many were open: `reason` is

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::pipeline::Processed;
 use crate::providers::api::{
-    record_source, OUT_REFUND_NO_HEADER, RECONCILE_SOURCE, REFUND_SOURCE,
+    record_source, OUT_REFUND_NO_HEADER, RECONCILE_SOURCE, REFUND_AMOUNT_HEADER, REFUND_SOURCE,
 };
+use crate::providers::Rejection;
 use crate::providers::{Answer, ProviderKind};
 use crate::store::{NotificationRecord, StoreError, Verdict};
 use crate::time::Millis;
@@ -51,7 +52,19 @@ pub async fn replay(app: &App, record: &NotificationRecord) -> Processed {
     };
     let verified = if source == Some(REFUND_SOURCE) {
         let out_refund_no = inbound.header(OUT_REFUND_NO_HEADER).unwrap_or("");
-        api.verify_refund_answer(&inbound, out_refund_no)
+        // Written by this host beside the answer (never taken from a request: see
+        // `http/notify.rs`), so a stored record says what its request asked for.
+        match inbound
+            .header(REFUND_AMOUNT_HEADER)
+            .and_then(|a| a.parse::<i64>().ok())
+        {
+            Some(amount) => api
+                .verify_refund_answer(&inbound, out_refund_no)
+                .map(|n| crate::payments::refund::as_requested(n, amount)),
+            None => Err(Rejection::Malformed(format!(
+                "stored refund answer has no `{REFUND_AMOUNT_HEADER}`"
+            ))),
+        }
     } else {
         api.verify_query(&inbound)
     };

@@ -34,11 +34,33 @@ impl AdminClient {
         self.call(reqwest::Method::POST, path).await
     }
 
-    /// One request with the token; an answer other than 2xx becomes an error with its `error` text.
+    /// `POST path` with a JSON body: the JSON answer, or an error with the server's
+    /// message (and the provider's code and message, when it gave them).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(method, path, None).await
+    }
+
+    /// One request with the token; an answer other than 2xx becomes an error with its `error` text.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| {
             anyhow::anyhow!(

@@ -47,6 +47,7 @@ Examples:
   paynotify config check                     is the configuration valid, and what is in effect?
   paynotify orders list --status unpaid      the newest unpaid orders
   paynotify orders show R20260001            one order and what its handler returned
+  paynotify orders refund R20260001 --amount 500  refund 5 yuan of it at the provider
   paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
@@ -57,7 +58,8 @@ Examples:
   paynotify try points.wasm --order order.json   run a handler once, show its writes
 
 Read-only commands read the database named by the configuration; reload, replay,
-reconcile and plugins list ask the running server (server.listen, with server.api_token).";
+reconcile, plugins list and orders pay-params|refund|close ask the running server
+(server.listen, with server.api_token).";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -218,6 +220,50 @@ pub enum OrdersCommand {
         /// How many (at most 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// What the buyer's client needs to pay an unpaid order: places it at the provider
+    /// (again) on the running server, as it was last placed or as the options say.
+    PayParams {
+        /// The merchant order number.
+        out_trade_no: String,
+        /// How to pay (WeChat jsapi, native, h5, app; Alipay page, wap, app, precreate);
+        /// absent: as the order was last placed.
+        #[arg(long)]
+        method: Option<String>,
+        /// The buyer's openid (WeChat jsapi).
+        #[arg(long, requires = "method")]
+        openid: Option<String>,
+        /// The buyer's openid under the sub-merchant's appid (partner accounts).
+        #[arg(long, requires = "method")]
+        sub_openid: Option<String>,
+        /// The buyer's IP address (WeChat h5).
+        #[arg(long, requires = "method")]
+        client_ip: Option<String>,
+        /// What the buyer sees on the cashier.
+        #[arg(long, requires = "method")]
+        description: Option<String>,
+        /// Alipay page / wap: where the buyer returns after paying.
+        #[arg(long, requires = "method")]
+        return_url: Option<String>,
+    },
+    /// Starts a refund of a paid order at its provider (on the running server).
+    Refund {
+        /// The merchant order number.
+        out_trade_no: String,
+        /// Fen to refund.
+        #[arg(long)]
+        amount: i64,
+        /// The refund number; generated when absent. Give the same one to retry.
+        #[arg(long)]
+        out_refund_no: Option<String>,
+        /// Why (shown to the buyer where the provider shows it).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Closes an unpaid order at its provider, then here (on the running server).
+    Close {
+        /// The merchant order number.
+        out_trade_no: String,
     },
 }
 

@@ -79,8 +79,12 @@ pub fn config_check(path: &Path, named: bool, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `paynotify orders …`: reads the database.
+/// `paynotify orders …`: `show` and `list` read the database; `pay-params`, `refund` and
+/// `close` go through the running server.
 pub async fn orders(config: &Config, json: bool, c: OrdersCommand) -> anyhow::Result<()> {
+    if !matches!(c, OrdersCommand::Show { .. } | OrdersCommand::List { .. }) {
+        return super::payments::run(config, json, &c).await;
+    }
     let store = paynotify::store::connect(&config.database).await?;
     match c {
         OrdersCommand::Show { out_trade_no } => match store.get_order(&out_trade_no).await? {
@@ -112,6 +116,7 @@ pub async fn orders(config: &Config, json: bool, c: OrdersCommand) -> anyhow::Re
                 })
             })
         }
+        other => super::payments::run(config, json, &other).await,
     }
 }
 

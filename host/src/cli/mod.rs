@@ -4,7 +4,8 @@
 //! the database directly.
 //!
 //! [`args`] holds the clap types, [`run`] picks the command, [`commands`] runs it and
-//! [`render`] prints its answer for people; [`admin`] is the admin API's client. `try`
+//! [`render`] prints its answer for people; [`admin`] is the admin API's client;
+//! [`payments`] places, refunds and closes orders through it. `try`
 //! lives in [`tryout`], `new-plugin` in [`new_plugin`], and what `try` and `plugins
 //! check` share (compiled cache, manifest lookup, the compile notice) in [`develop`].
 
@@ -13,6 +14,7 @@ mod args;
 mod commands;
 mod develop;
 mod new_plugin;
+mod payments;
 mod render;
 pub mod tryout;
 

@@ -11,7 +11,7 @@
 
 use super::{notify_url, PayError};
 use crate::app::App;
-use crate::providers::api::OrderApi;
+use crate::providers::api::{ApiError as ProviderError, OrderApi};
 use crate::providers::pay::{PayRequest, Placement};
 use crate::reconcile::order_ref;
 use crate::store::{status, Order};
@@ -53,7 +53,10 @@ pub async fn place(
         .config
         .orders
         .provider_lifetime_secs()
-        .map(|s| order.created_at.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000));
+        .map(|s| {
+            let ms = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+            order.created_at.saturating_add(ms)
+        });
     if let Some(at) = expire_at {
         // A minute's margin: the provider refuses an expiry already (nearly) past.
         if at <= now_ms() + 60_000 {
@@ -79,6 +82,7 @@ pub async fn place(
     let pay_json = serde_json::to_value(pay).unwrap_or_default();
     match api.place(app.apis.http(), &placement).await {
         Ok(placed) => {
+            crate::metrics::placement(&order.provider, "placed");
             app.store
                 .payments()
                 .record_placement(&order.out_trade_no, &pay_json, None)
@@ -87,6 +91,12 @@ pub async fn place(
             Ok(placed.payment)
         }
         Err(source) => {
+            let outcome = if matches!(source, ProviderError::Declined { .. }) {
+                "refused"
+            } else {
+                "error"
+            };
+            crate::metrics::placement(&order.provider, outcome);
             let error = source.to_string();
             if let Err(e) = app
                 .store

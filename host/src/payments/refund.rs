@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{notify_url, PayError};
 use crate::app::App;
-use crate::providers::api::{ProviderAnswer, OUT_REFUND_NO_HEADER, REFUND_SOURCE};
+use crate::providers::api::{
+    ProviderAnswer, OUT_REFUND_NO_HEADER, REFUND_AMOUNT_HEADER, REFUND_SOURCE,
+};
 use crate::providers::pay::{RefundStart, RefundStarted};
-use crate::providers::{Notice, ProviderKind};
+use crate::providers::{Notice, NoticeKind, ProviderKind, RefundAmount};
 use crate::reconcile::order_ref;
 use crate::store::payments::{refund_state, NewRefundRequest};
 use crate::store::{status, NewNotification, RefundRequest, Reservation, Verdict};
@@ -113,7 +115,12 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
             tx.commit().await?;
             (r, true)
         }
-        Reservation::Existing(r) => (r, false),
+        Reservation::Existing(r) => {
+            // Nothing written; the order's row lock must not be held across the provider
+            // call, or settling the answer (which locks the order) waits for it for ever.
+            drop(tx);
+            (r, false)
+        }
         Reservation::Settled(r) => {
             return Ok(Requested {
                 request: r,
@@ -157,6 +164,7 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
     let mut notification_id = None;
     match api.refund(app.apis.http(), &start).await {
         Ok(RefundStarted::Accepted { refund_id, state }) => {
+            crate::metrics::refund_started(&order.provider, "accepted");
             tracing::info!(order = %out_trade_no, refund = %out_refund_no, %state, "refund accepted by the provider");
             payments
                 .finish_refund_request(
@@ -169,7 +177,9 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
                 .await?;
         }
         Ok(RefundStarted::Settled { notice, answer }) => {
-            let (id, problem) = settle(app, api.kind(), &order.account, &out_refund_no, *notice, &answer).await;
+            crate::metrics::refund_started(&order.provider, "settled");
+            let notice = as_requested(*notice, body.amount);
+            let (id, problem) = settle(app, api.kind(), &order.account, &out_refund_no, body.amount, notice, &answer).await;
             notification_id = id;
             payments
                 .finish_refund_request(
@@ -189,6 +199,14 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
                 | crate::providers::api::ApiError::Order(_) => refund_state::FAILED,
                 _ => refund_state::REQUESTED,
             };
+            crate::metrics::refund_started(
+                &order.provider,
+                if state == refund_state::FAILED {
+                    "refused"
+                } else {
+                    "unknown"
+                },
+            );
             let error = source.to_string();
             payments
                 .finish_refund_request(out_trade_no, &out_refund_no, state, None, Some(&error))
@@ -215,18 +233,33 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
     })
 }
 
-/// Stores a final refund answer as a notification and settles it through the refund
-/// path; its id, and what to tell ops when it did not settle.
+/// A final refund answer settles exactly the fen its request asked for. Alipay's
+/// `refund_fee` is the order's running total: with two refunds in flight, one answer's
+/// total would also cover the other, apply both amounts under one refund number, and
+/// leave the other request never settled (its amount reserved for ever). A verified
+/// success of `out_request_no` means that request's `refund_amount` went back.
+pub fn as_requested(mut notice: Notice, amount: i64) -> Notice {
+    if let NoticeKind::Refunded(r) = &mut notice.kind {
+        r.amount = RefundAmount::This(amount);
+    }
+    notice
+}
+
+/// Stores a final refund answer as a notification (with the refund number and amount it
+/// answers) and settles it through the refund path; its id, and what to tell ops when it
+/// did not settle.
 async fn settle(
     app: &App,
     kind: ProviderKind,
     account: &str,
     out_refund_no: &str,
+    amount: i64,
     notice: Notice,
     answer: &ProviderAnswer,
 ) -> (Option<i64>, Option<String>) {
     let mut headers = answer.stored_headers_as(REFUND_SOURCE);
     headers.push((OUT_REFUND_NO_HEADER.to_owned(), out_refund_no.to_owned()));
+    headers.push((REFUND_AMOUNT_HEADER.to_owned(), amount.to_string()));
     let n = NewNotification {
         received_at: answer.received_at,
         provider: kind.as_str().to_owned(),

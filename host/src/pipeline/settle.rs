@@ -84,13 +84,13 @@ impl Pipeline {
         let order = Some(notice.out_trade_no.as_str()).filter(|s| !s.is_empty());
         let payment = match &notice.kind {
             NoticeKind::Paid(p) => p.clone(),
-            // An order query answers about the payment; it never reports a refund.
-            NoticeKind::Refunded(_) => {
-                let reason = "a query answer reported a refund, not a payment".to_owned();
-                let outcome = Outcome::new(Verdict::Rejected, reason, 200);
-                return self
-                    .finish_outside(id, provider_name, outcome.about(order, &notice.account))
-                    .await;
+            // A provider's final answer to a refund request (Alipay), stored and verified
+            // like a refund notification: it goes the refund notification's way, so the
+            // refund applies once whichever of the two comes first. (An order query
+            // answers about the payment and never reports a refund.)
+            NoticeKind::Refunded(refund) => {
+                let refund = refund.clone();
+                return self.refund(id, provider, &notice, &refund).await;
             }
             NoticeKind::NotPaid { state } => {
                 let reason = format!("not a payment: {state}");

@@ -45,6 +45,10 @@ pub const REFUND_SOURCE: &str = "refund";
 /// (Alipay's answer does not repeat it).
 pub const OUT_REFUND_NO_HEADER: &str = "x-paynotify-out-refund-no";
 
+/// The header of a stored refund answer naming the fen its request asked for (what the
+/// answer settles: see `payments::refund::as_requested`).
+pub const REFUND_AMOUNT_HEADER: &str = "x-paynotify-refund-amount";
+
 /// Longest a provider call may take.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -169,7 +169,7 @@ fn list_requests(out_trade_no: &str) -> Statement<'_> {
 /// or accepted, and not applied yet.
 pub(crate) fn in_flight<'a>(out_trade_no: &'a str, out_refund_no: &'a str) -> Statement<'a> {
     Statement::new(
-        "SELECT COALESCE(SUM(r.amount), 0) AS total FROM refund_requests r \
+        "SELECT CAST(COALESCE(SUM(r.amount), 0) AS BIGINT) AS total FROM refund_requests r \
          WHERE r.out_trade_no = $1 AND r.out_refund_no <> $2 \
            AND r.state IN ('requested', 'accepted') \
            AND NOT EXISTS (SELECT 1 FROM refunds f WHERE f.out_trade_no = r.out_trade_no \

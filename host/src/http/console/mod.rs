@@ -33,6 +33,7 @@ mod layout;
 mod live;
 mod notifications;
 mod orders;
+mod payments;
 mod plugins;
 mod session;
 mod tasks;
@@ -59,6 +60,11 @@ pub fn router(app: App) -> Router<App> {
         )
         .route("/console/orders", get(orders::list))
         .route("/console/orders/{out_trade_no}", get(orders::show))
+        .route(
+            "/console/orders/{out_trade_no}/refund",
+            post(payments::refund),
+        )
+        .route("/console/orders/{out_trade_no}/close", post(payments::close))
         .route("/console/notifications", get(notifications::list))
         .route("/console/notifications/{id}", get(notifications::show))
         .route("/console/attention", get(notifications::attention))

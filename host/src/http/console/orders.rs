@@ -1,5 +1,5 @@
 //! The console's orders: the list (`/console/orders`) and one order with its
-//! notifications and tasks. Read-only.
+//! notifications, tasks and refunds; its Refund and Close forms are `payments.rs`.
 
 use axum::extract::{Path, State};
 use axum::response::Html;
@@ -153,11 +153,23 @@ fn orders_table(rows: &[Order]) -> Markup {
 }
 
 /// `GET /console/orders/{out_trade_no}`: the order, its notifications and its tasks.
+/// Query of an order's page: set after a Refund or Close from it.
+#[derive(Debug, Deserialize, Default)]
+pub struct OrderQuery {
+    /// The refund number just started.
+    refund: Option<String>,
+    /// Set after the order was closed.
+    closed: Option<String>,
+}
+
+/// `GET /console/orders/{no}`: one order; after a Refund or Close, what came of it.
 pub async fn show(
     State(app): State<App>,
     session: Session,
     Path(no): Path<String>,
+    query: Result<axum::extract::Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Html<String>, PageError> {
+    let q = query.map(|axum::extract::Query(q)| q).unwrap_or_default();
     let order = app
         .store
         .get_order(&no)
@@ -183,7 +195,24 @@ pub async fn show(
             &Keyset::Newest,
         )
         .await?;
-    let body = order_body(&order, &history, &tasks, &session);
+    let requests = app.store.payments().refund_requests(&no).await?;
+    let notice = match (&q.refund, &q.closed) {
+        (Some(r), _) => requests.iter().find(|x| &x.out_refund_no == r).map(|x| {
+            html! { p.notice role="status" id="action-result" {
+                "Refund " (x.out_refund_no) ": " (x.state)
+                @if let Some(e) = &x.error { " — " (e) }
+            } }
+        }),
+        (None, Some(_)) => Some(html! { p.notice role="status" id="action-result" {
+            "Order closed: " (status_badge(order.status))
+        } }),
+        (None, None) => None,
+    };
+    let body = html! {
+        @if let Some(n) = notice { (n) }
+        (order_body(&order, &history, &tasks, &session))
+        (super::payments::actions(&order, &requests, &session))
+    };
     Ok(page(&format!("Order {no}"), Nav::Orders, &session, body))
 }
 

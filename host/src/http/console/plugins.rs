@@ -21,7 +21,7 @@ pub async fn show(State(app): State<App>, session: Session) -> Html<String> {
 
 /// `POST /console/plugins/reload`: rescans the plugins directory now (as
 /// `POST /api/admin/plugins/reload` does) and shows what the scan did.
-pub async fn reload(State(app): State<App>, CheckedPost(session): CheckedPost) -> Html<String> {
+pub async fn reload(State(app): State<App>, CheckedPost(session, _): CheckedPost) -> Html<String> {
     let report = app.plugins.rescan().await;
     tracing::info!(loaded = ?report.loaded, failed = report.failed.len(), "plugins rescanned from the console");
     plugins_page(&app, &session, Some(&report))

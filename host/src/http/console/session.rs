@@ -199,8 +199,9 @@ pub async fn require_session(
 /// A state-changing console POST that passed the checks, and its session: it comes from
 /// a page of this server (its `Origin`, or `Referer`, is one of [`AllowedHosts`]; a POST
 /// with neither is refused), and its form carries this session's CSRF token. Otherwise
-/// it is refused with 403 before the handler runs. Taken last: it reads the body.
-pub struct CheckedPost(pub Session);
+/// it is refused with 403 before the handler runs. Taken last: it reads the body. The
+/// form's other fields come with it.
+pub struct CheckedPost(pub Session, pub std::collections::BTreeMap<String, String>);
 
 impl<S: Send + Sync> FromRequest<S> for CheckedPost {
     type Rejection = Response;
@@ -212,8 +213,9 @@ impl<S: Send + Sync> FromRequest<S> for CheckedPost {
             .map_err(IntoResponse::into_response)?;
         let headers = parts.headers.clone();
         let form = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), state).await;
-        check_post(&headers, &session, &posted_csrf(form)).map_err(IntoResponse::into_response)?;
-        Ok(CheckedPost(session))
+        let (csrf, fields) = posted_form(form);
+        check_post(&headers, &session, &csrf).map_err(IntoResponse::into_response)?;
+        Ok(CheckedPost(session, fields))
     }
 }
 
@@ -233,17 +235,22 @@ fn check_post(headers: &HeaderMap, session: &Session, csrf: &str) -> Result<(), 
     Ok(())
 }
 
-/// The form every console button posts: the CSRF token.
+/// The form every console button posts: the CSRF token, and the button's own fields.
 #[derive(Debug, Deserialize)]
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
+    #[serde(flatten)]
+    fields: std::collections::BTreeMap<String, String>,
 }
 
-/// The CSRF token a POST carried: empty if its body is not a form at all (it is then
-/// refused by [`check_post`] with 403 like any other request without the token).
-fn posted_csrf(form: Result<Form<CsrfForm>, FormRejection>) -> String {
-    form.map(|Form(f)| f.csrf).unwrap_or_default()
+/// The CSRF token a POST carried and its other fields: an empty token if its body is not
+/// a form at all (it is then refused by [`check_post`] with 403 like any other request
+/// without the token).
+fn posted_form(
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> (String, std::collections::BTreeMap<String, String>) {
+    form.map(|Form(f)| (f.csrf, f.fields)).unwrap_or_default()
 }
 
 /// Query of the sign-in page.
@@ -381,7 +388,7 @@ pub async fn login(
 /// clears the cookie.
 pub async fn logout(
     State(app): State<App>,
-    CheckedPost(session): CheckedPost,
+    CheckedPost(session, _): CheckedPost,
 ) -> Result<Response, PageError> {
     app.store
         .console()
