@@ -155,7 +155,15 @@ impl Env {
     }
 
     /// A placed (native) order of `fen`, paid by notification and at the stand-in.
-    async fn paid(&self, account: &str, m: Merchant, sign_type: &str, no: &str, fen: i64, tx: &str) {
+    async fn paid(
+        &self,
+        account: &str,
+        m: Merchant,
+        sign_type: &str,
+        no: &str,
+        fen: i64,
+        tx: &str,
+    ) {
         let (code, v) = self
             .create(account, no, fen, Some(json!({ "method": "native" })))
             .await;
@@ -214,7 +222,9 @@ fn now_secs() -> i64 {
 fn strings(v: &Value, keys: &[&str]) -> BTreeMap<String, String> {
     let obj = v.as_object().expect("an object");
     assert_eq!(
-        obj.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(),
+        obj.keys()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
         keys.iter().copied().collect(),
         "exactly these parameters: {v}"
     );
@@ -271,7 +281,14 @@ async fn each_method_is_placed_signed_and_its_client_parameters_verify_independe
         assert_eq!(sent["spbill_create_ip"], "203.0.113.7");
         let p = strings(
             &v["payment"],
-            &["appId", "timeStamp", "nonceStr", "package", "signType", "paySign"],
+            &[
+                "appId",
+                "timeStamp",
+                "nonceStr",
+                "package",
+                "signType",
+                "paySign",
+            ],
         );
         assert_eq!(p["appId"], m.appid);
         assert_eq!(p["package"], format!("prepay_id={}", e.prepay_id(&no)));
@@ -292,10 +309,9 @@ async fn each_method_is_placed_signed_and_its_client_parameters_verify_independe
         assert_ne!(sign_as(sign_type, &forged, m.api_key), p["paySign"]);
 
         // Placed again (`/pay`, as last placed): the same prepayment, a new signature.
-        let (code, again) = e
-            .s
-            .api("POST", &format!("/api/orders/{no}/pay"), None)
-            .await;
+        let (code, again) =
+            e.s.api("POST", &format!("/api/orders/{no}/pay"), None)
+                .await;
         assert_eq!(code, 200, "{again}");
         assert_eq!(again["payment"]["package"], p["package"].as_str());
 
@@ -308,11 +324,17 @@ async fn each_method_is_placed_signed_and_its_client_parameters_verify_independe
         let sent = e.last(UNIFIEDORDER);
         check_common(&sent, &no, e.s.order(&no).await.created_at);
         assert_eq!(sent["trade_type"], "NATIVE");
-        assert_eq!(sent["body"], "recharge", "the order type without a description");
+        assert_eq!(
+            sent["body"], "recharge",
+            "the order type without a description"
+        );
         assert_eq!(sent["spbill_create_ip"], "127.0.0.1");
         assert!(!sent.contains_key("openid"));
         let code_url = v["payment"]["code_url"].as_str().expect("code_url");
-        assert!(code_url.starts_with("weixin://wxpay/bizpayurl?pr="), "{code_url}");
+        assert!(
+            code_url.starts_with("weixin://wxpay/bizpayurl?pr="),
+            "{code_url}"
+        );
         assert_eq!(v["payment"].as_object().expect("object").len(), 1);
 
         // MWEB (h5): the buyer's IP, scene_info, and the return page as redirect_url.
@@ -357,7 +379,15 @@ async fn each_method_is_placed_signed_and_its_client_parameters_verify_independe
         assert_eq!(sent["trade_type"], "APP");
         let p = strings(
             &v["payment"],
-            &["appid", "partnerid", "prepayid", "package", "noncestr", "timestamp", "sign"],
+            &[
+                "appid",
+                "partnerid",
+                "prepayid",
+                "package",
+                "noncestr",
+                "timestamp",
+                "sign",
+            ],
         );
         assert_eq!(p["appid"], m.appid);
         assert_eq!(p["partnerid"], m.mch_id);
@@ -381,11 +411,19 @@ async fn each_method_is_placed_signed_and_its_client_parameters_verify_independe
 async fn an_account_without_a_client_certificate_still_places_payments() {
     let e = env().await;
     let (code, v) = e
-        .create("nocert", "NC0000001", 500, Some(json!({ "method": "native" })))
+        .create(
+            "nocert",
+            "NC0000001",
+            500,
+            Some(json!({ "method": "native" })),
+        )
         .await;
     assert_eq!(code, 201, "{v}");
     assert!(v["payment"]["code_url"].is_string());
-    assert_eq!(e.w.lock().received_at(UNIFIEDORDER)[0].client_cert.clone(), None);
+    assert_eq!(
+        e.w.lock().received_at(UNIFIEDORDER)[0].client_cert.clone(),
+        None
+    );
     e.no_bad_requests();
 }
 
@@ -397,10 +435,22 @@ async fn bad_pay_input_is_422_naming_the_field_and_nothing_is_sent() {
         (json!({ "method": "Jsapi", "openid": "o" }), "pay.method"),
         (json!({ "method": "jsapi" }), "pay.openid"),
         (json!({ "method": "h5" }), "pay.client_ip"),
-        (json!({ "method": "MWEB", "client_ip": "not-an-ip" }), "pay.client_ip"),
-        (json!({ "method": "native", "sub_openid": "o" }), "pay.sub_openid"),
-        (json!({ "method": "native", "return_url": "https://x.example/" }), "pay.return_url"),
-        (json!({ "method": "native", "description": "a\u{7}b" }), "pay.description"),
+        (
+            json!({ "method": "MWEB", "client_ip": "not-an-ip" }),
+            "pay.client_ip",
+        ),
+        (
+            json!({ "method": "native", "sub_openid": "o" }),
+            "pay.sub_openid",
+        ),
+        (
+            json!({ "method": "native", "return_url": "https://x.example/" }),
+            "pay.return_url",
+        ),
+        (
+            json!({ "method": "native", "description": "a\u{7}b" }),
+            "pay.description",
+        ),
     ];
     for (i, (pay, field)) in cases.into_iter().enumerate() {
         let no = format!("BAD00000{i}");
@@ -414,16 +464,18 @@ async fn bad_pay_input_is_422_naming_the_field_and_nothing_is_sent() {
     // The same through `/pay` on a stored order.
     let (code, v) = e.create("md5", "BADPAY0001", 100, None).await;
     assert_eq!(code, 201, "{v}");
-    let (code, v) = e
-        .s
-        .api(
+    let (code, v) =
+        e.s.api(
             "POST",
             "/api/orders/BADPAY0001/pay",
             Some(json!({ "pay": { "method": "jsapi" } })),
         )
         .await;
     assert_eq!(code, 422, "{v}");
-    assert!(v["error"].as_str().expect("error").contains("pay.openid"), "{v}");
+    assert!(
+        v["error"].as_str().expect("error").contains("pay.openid"),
+        "{v}"
+    );
     assert_eq!(e.count(UNIFIEDORDER), 0, "nothing reached WeChat");
     e.no_bad_requests();
 }
@@ -457,7 +509,12 @@ async fn an_answer_with_a_bad_signature_is_502_and_nothing_in_it_is_believed() {
     let e = env().await;
     e.w.bad_signature(true);
     let (code, v) = e
-        .create("md5", "BADSIG0001", 600, Some(json!({ "method": "native" })))
+        .create(
+            "md5",
+            "BADSIG0001",
+            600,
+            Some(json!({ "method": "native" })),
+        )
         .await;
     assert_eq!(code, 502, "{v}");
     assert!(v.get("payment").is_none() && v.get("code").is_none(), "{v}");
@@ -465,16 +522,10 @@ async fn an_answer_with_a_bad_signature_is_502_and_nothing_in_it_is_believed() {
     assert!(error.contains("signature"), "{error}");
     assert_eq!(v["order"]["status"], status::UNPAID);
     // Through `/pay` too; then a good answer places it.
-    let (code, v) = e
-        .s
-        .api("POST", "/api/orders/BADSIG0001/pay", None)
-        .await;
+    let (code, v) = e.s.api("POST", "/api/orders/BADSIG0001/pay", None).await;
     assert_eq!(code, 502, "{v}");
     e.w.bad_signature(false);
-    let (code, v) = e
-        .s
-        .api("POST", "/api/orders/BADSIG0001/pay", None)
-        .await;
+    let (code, v) = e.s.api("POST", "/api/orders/BADSIG0001/pay", None).await;
     assert_eq!(code, 200, "{v}");
     assert!(v["payment"]["code_url"].is_string(), "{v}");
     e.no_bad_requests();
@@ -493,7 +544,10 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
         // More than was paid: refused before anything is sent.
         let (code, v) = e.refund(&no, json!({ "amount": 1001 })).await;
         assert_eq!(code, 422, "{v}");
-        assert_eq!(e.w.lock().refunds.len(), if account == "md5" { 0 } else { 2 });
+        assert_eq!(
+            e.w.lock().refunds.len(),
+            if account == "md5" { 0 } else { 2 }
+        );
 
         let refund_no = format!("R{account}1");
         let body = json!({ "amount": 300, "out_refund_no": refund_no, "reason": "商品破损" });
@@ -501,14 +555,13 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
         assert_eq!(code, 201, "{v}");
         assert_eq!(v["state"], "accepted");
         assert_eq!(v["out_refund_no"], refund_no.as_str());
-        let refund_id = e
-            .w
-            .lock()
-            .refunds
-            .iter()
-            .find(|r| r.out_refund_no == refund_no)
-            .map(|r| r.refund_id.clone())
-            .expect("refunded at the stand-in");
+        let refund_id =
+            e.w.lock()
+                .refunds
+                .iter()
+                .find(|r| r.out_refund_no == refund_no)
+                .map(|r| r.refund_id.clone())
+                .expect("refunded at the stand-in");
         assert_eq!(v["refund_id"], refund_id.as_str());
         let sent = e.last(REFUND);
         assert_eq!(sent["transaction_id"], tx);
@@ -524,9 +577,15 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
             sent.get("sign_type").map(String::as_str),
             (sign_type != "MD5").then_some(sign_type)
         );
-        let subject = e.w.lock().received_at(REFUND).last().and_then(|r| r.client_cert.clone());
+        let subject =
+            e.w.lock()
+                .received_at(REFUND)
+                .last()
+                .and_then(|r| r.client_cert.clone());
         assert!(
-            subject.as_deref().is_some_and(|s| s.contains(&format!("CN={}", m.mch_id))),
+            subject
+                .as_deref()
+                .is_some_and(|s| s.contains(&format!("CN={}", m.mch_id))),
             "the merchant's client certificate: {subject:?}"
         );
         // Accepted is not refunded: nothing applied yet.
@@ -537,13 +596,12 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
         let (code, again) = e.refund(&no, body).await;
         assert_eq!(code, 200, "{again}");
         assert_eq!(again["created"], false);
-        let at_wechat = e
-            .w
-            .lock()
-            .refunds
-            .iter()
-            .filter(|r| r.out_refund_no == refund_no)
-            .count();
+        let at_wechat =
+            e.w.lock()
+                .refunds
+                .iter()
+                .filter(|r| r.out_refund_no == refund_no)
+                .count();
         assert_eq!(at_wechat, 1);
 
         let listed = e.refunds(&no).await;
@@ -554,12 +612,20 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
         let notification = e.w.refund_notification(&refund_no);
         let path = format!("/notify/wechat-v2/{account}");
         let (code, answer) = e.s.notify(&path, "text/xml", notification.clone()).await;
-        assert_eq!((code, v2_return_code(&answer)), (200, "SUCCESS"), "{answer}");
+        assert_eq!(
+            (code, v2_return_code(&answer)),
+            (200, "SUCCESS"),
+            "{answer}"
+        );
         let o = e.s.order(&no).await;
         assert_eq!((o.status, o.refund_fee), (status::PARTIALLY_REFUNDED, 300));
         assert_eq!(e.balance(&user).await, Some(700));
         let (code, answer) = e.s.notify(&path, "text/xml", notification).await;
-        assert_eq!((code, v2_return_code(&answer)), (200, "SUCCESS"), "{answer}");
+        assert_eq!(
+            (code, v2_return_code(&answer)),
+            (200, "SUCCESS"),
+            "{answer}"
+        );
         let last = e.s.notifications().await.pop().expect("stored");
         assert_eq!(last.verdict, Verdict::Duplicate);
         let o = e.s.order(&no).await;
@@ -567,7 +633,11 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
         assert_eq!(e.balance(&user).await, Some(700));
 
         let listed = e.refunds(&no).await;
-        assert_eq!(listed["refunds"].as_array().map(Vec::len), Some(1), "{listed}");
+        assert_eq!(
+            listed["refunds"].as_array().map(Vec::len),
+            Some(1),
+            "{listed}"
+        );
         assert_eq!(listed["refunds"][0]["out_refund_no"], refund_no.as_str());
         assert_eq!(listed["requests"][0]["state"], "settled", "{listed}");
 
@@ -575,11 +645,14 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
         let (code, v) = e.refund(&no, json!({ "amount": 700 })).await;
         assert_eq!(code, 201, "{v}");
         let second = v["out_refund_no"].as_str().expect("generated").to_owned();
-        let (code, answer) = e
-            .s
-            .notify(&path, "text/xml", e.w.refund_notification(&second))
-            .await;
-        assert_eq!((code, v2_return_code(&answer)), (200, "SUCCESS"), "{answer}");
+        let (code, answer) =
+            e.s.notify(&path, "text/xml", e.w.refund_notification(&second))
+                .await;
+        assert_eq!(
+            (code, v2_return_code(&answer)),
+            (200, "SUCCESS"),
+            "{answer}"
+        );
         let o = e.s.order(&no).await;
         assert_eq!((o.status, o.refund_fee), (status::REFUNDED, 1000));
         assert_eq!(e.balance(&user).await, Some(0));
@@ -595,10 +668,14 @@ async fn refunds_go_over_mutual_tls_and_settle_once_by_the_refund_notification()
 #[tokio::test]
 async fn a_declined_refund_is_502_with_wechats_code_and_frees_the_amount() {
     let e = env().await;
-    e.paid("md5", MD5, "MD5", "RFDECL0001", 500, "4200DECL01").await;
+    e.paid("md5", MD5, "MD5", "RFDECL0001", 500, "4200DECL01")
+        .await;
     e.w.refuse_next("NOTENOUGH", "基本账户余额不足");
     let (code, v) = e
-        .refund("RFDECL0001", json!({ "amount": 500, "out_refund_no": "RD1" }))
+        .refund(
+            "RFDECL0001",
+            json!({ "amount": 500, "out_refund_no": "RD1" }),
+        )
         .await;
     assert_eq!(code, 502, "{v}");
     assert_eq!(v["code"], "NOTENOUGH");
@@ -607,7 +684,10 @@ async fn a_declined_refund_is_502_with_wechats_code_and_frees_the_amount() {
     assert_eq!(listed["requests"][0]["state"], "failed", "{listed}");
     // Nothing moved; the whole amount can be asked for again.
     let (code, v) = e
-        .refund("RFDECL0001", json!({ "amount": 500, "out_refund_no": "RD2" }))
+        .refund(
+            "RFDECL0001",
+            json!({ "amount": 500, "out_refund_no": "RD2" }),
+        )
         .await;
     assert_eq!(code, 201, "{v}");
     e.no_bad_requests();
@@ -616,7 +696,8 @@ async fn a_declined_refund_is_502_with_wechats_code_and_frees_the_amount() {
 #[tokio::test]
 async fn without_a_client_certificate_a_refund_is_refused_before_anything_is_sent() {
     let e = env().await;
-    e.paid("nocert", NOCERT, "MD5", "RFNOCERT01", 900, "4200NOCERT").await;
+    e.paid("nocert", NOCERT, "MD5", "RFNOCERT01", 900, "4200NOCERT")
+        .await;
     let (code, v) = e.refund("RFNOCERT01", json!({ "amount": 100 })).await;
     assert_eq!(code, 502, "{v}");
     let error = v["error"].as_str().expect("error");
@@ -633,7 +714,15 @@ async fn without_a_client_certificate_a_refund_is_refused_before_anything_is_sen
 #[tokio::test]
 async fn a_client_certificate_wechat_does_not_trust_fails_the_handshake_and_refunds_nothing() {
     let e = env().await;
-    e.paid("wrongcert", WRONGCERT, "MD5", "RFWRONG001", 900, "4200WRONG1").await;
+    e.paid(
+        "wrongcert",
+        WRONGCERT,
+        "MD5",
+        "RFWRONG001",
+        900,
+        "4200WRONG1",
+    )
+    .await;
     let (code, v) = e.refund("RFWRONG001", json!({ "amount": 100 })).await;
     assert_eq!(code, 502, "{v}");
     assert!(
@@ -685,38 +774,40 @@ async fn a_client_certificate_wechat_does_not_trust_fails_the_handshake_and_refu
 async fn close_closes_at_wechat_and_a_paid_order_is_not_closed() {
     let e = env().await;
     let (code, v) = e
-        .create("md5", "CLOSE00001", 300, Some(json!({ "method": "native" })))
+        .create(
+            "md5",
+            "CLOSE00001",
+            300,
+            Some(json!({ "method": "native" })),
+        )
         .await;
     assert_eq!(code, 201, "{v}");
-    let (code, v) = e
-        .s
-        .api("POST", "/api/orders/CLOSE00001/close", None)
-        .await;
+    let (code, v) = e.s.api("POST", "/api/orders/CLOSE00001/close", None).await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["closed_at_provider"], true);
     assert!(e.w.lock().orders["CLOSE00001"].closed);
     assert_eq!(e.s.order("CLOSE00001").await.status, status::CLOSED);
 
     // Paid here: 409, nothing sent.
-    e.paid("md5", MD5, "MD5", "CLOSE00002", 300, "4200CLOSE2").await;
-    let closes = e.count("/pay/closeorder");
-    let (code, v) = e
-        .s
-        .api("POST", "/api/orders/CLOSE00002/close", None)
+    e.paid("md5", MD5, "MD5", "CLOSE00002", 300, "4200CLOSE2")
         .await;
+    let closes = e.count("/pay/closeorder");
+    let (code, v) = e.s.api("POST", "/api/orders/CLOSE00002/close", None).await;
     assert_eq!(code, 409, "{v}");
     assert_eq!(e.count("/pay/closeorder"), closes);
 
     // Paid at WeChat, not yet here: WeChat refuses to close it, the host finds the payment.
     let (code, v) = e
-        .create("hmac", "CLOSE00003", 300, Some(json!({ "method": "native" })))
+        .create(
+            "hmac",
+            "CLOSE00003",
+            300,
+            Some(json!({ "method": "native" })),
+        )
         .await;
     assert_eq!(code, 201, "{v}");
     e.w.pay("CLOSE00003", "4200CLOSE3");
-    let (code, v) = e
-        .s
-        .api("POST", "/api/orders/CLOSE00003/close", None)
-        .await;
+    let (code, v) = e.s.api("POST", "/api/orders/CLOSE00003/close", None).await;
     assert_eq!(code, 409, "{v}");
     let o = e.s.order("CLOSE00003").await;
     assert_eq!(o.status, status::PAID);
@@ -746,10 +837,7 @@ async fn a_client_key_that_is_not_the_certificates_is_a_config_error_naming_it()
         .err()
         .expect("refused")
         .to_string();
-    assert!(
-        e.contains("accounts[0]") && e.contains("client_key"),
-        "{e}"
-    );
+    assert!(e.contains("accounts[0]") && e.contains("client_key"), "{e}");
     // With its own key it builds.
     std::fs::write(dir.path().join("key.pem"), &cert.key_pem).expect("write");
     let config =

@@ -212,7 +212,10 @@ fn client_cert_by(
     );
     CertAndKey {
         cert_pem: pem(&cert),
-        key_pem: key.to_pkcs8_pem(LineEnding::LF).expect("key pem").to_string(),
+        key_pem: key
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("key pem")
+            .to_string(),
     }
 }
 
@@ -441,11 +444,13 @@ impl PayStandIn {
         roots
             .add(CertificateDer::from(pki.ca_der.clone()))
             .expect("CA root");
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .expect("client verifier");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .expect("client verifier");
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
@@ -529,7 +534,10 @@ impl PayStandIn {
     /// The buyer paid `out_trade_no` (placed here) by `transaction_id`.
     pub fn pay(&self, out_trade_no: &str, transaction_id: &str) {
         let mut s = self.lock();
-        let o = s.orders.get_mut(out_trade_no).expect("placed at the stand-in");
+        let o = s
+            .orders
+            .get_mut(out_trade_no)
+            .expect("placed at the stand-in");
         o.transaction_id = Some(transaction_id.into());
     }
 
@@ -604,7 +612,7 @@ impl Request {
 /// Reads and checks a request as WeChat does: XML, a known merchant (appid and mch_id
 /// its own), `nonce_str`, the sign type, the `sign` with its key. `Err` is the answer
 /// (the request is recorded as bad).
-fn verify(shared: &Shared, path: &str, body: &[u8]) -> Result<Request, Response> {
+fn verify(shared: &Shared, path: &str, body: &[u8]) -> Result<Request, Box<Response>> {
     let merchants = shared.lock().expect("state").merchants.clone();
     check_request(&merchants, body).map_err(|(why, msg)| {
         shared
@@ -612,15 +620,13 @@ fn verify(shared: &Shared, path: &str, body: &[u8]) -> Result<Request, Response>
             .expect("state")
             .bad_requests
             .push(format!("{path}: {why}: {}", String::from_utf8_lossy(body)));
-        fail(msg)
+        Box::new(fail(msg))
     })
 }
 
-fn check_request(
-    merchants: &[Merchant],
-    body: &[u8],
-) -> Result<Request, (String, &'static str)> {
-    let text = std::str::from_utf8(body).map_err(|_| ("not UTF-8".to_owned(), "XML_FORMAT_ERROR"))?;
+fn check_request(merchants: &[Merchant], body: &[u8]) -> Result<Request, (String, &'static str)> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ("not UTF-8".to_owned(), "XML_FORMAT_ERROR"))?;
     let fields = parse_xml(text).map_err(|e| (format!("XML: {e}"), "XML_FORMAT_ERROR"))?;
     let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
     let merchant = merchants
@@ -666,7 +672,10 @@ fn answer(shared: &Shared, req: &Request, pairs: Vec<(&str, String)>) -> Respons
     f.insert("return_msg".to_owned(), "OK".to_owned());
     f.insert("appid".to_owned(), req.merchant.appid.to_owned());
     f.insert("mch_id".to_owned(), req.merchant.mch_id.to_owned());
-    f.insert("nonce_str".to_owned(), hex::encode(rand::random::<[u8; 16]>()));
+    f.insert(
+        "nonce_str".to_owned(),
+        hex::encode(rand::random::<[u8; 16]>()),
+    );
     for (k, v) in pairs {
         f.insert(k.to_owned(), v);
     }
@@ -722,7 +731,9 @@ fn check_unifiedorder(req: &Request) -> Result<(), String> {
     let no = get("out_trade_no");
     if no.is_empty()
         || no.len() > 32
-        || !no.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+        || !no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
     {
         return Err("out_trade_no".into());
     }
@@ -773,7 +784,7 @@ async fn unifiedorder(
     const PATH: &str = "/pay/unifiedorder";
     let req = match verify(&shared, PATH, &body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if let Err(why) = check_unifiedorder(&req) {
         shared
@@ -854,14 +865,16 @@ async fn refund(
     };
     let req = match verify(&shared, PATH, &body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
-    if !subject.split(',').any(|p| p.trim() == format!("CN={}", req.merchant.mch_id)) {
-        shared
-            .lock()
-            .expect("state")
-            .bad_requests
-            .push(format!("{PATH}: certificate {subject} is not merchant {}'s", req.merchant.mch_id));
+    if !subject
+        .split(',')
+        .any(|p| p.trim() == format!("CN={}", req.merchant.mch_id))
+    {
+        shared.lock().expect("state").bad_requests.push(format!(
+            "{PATH}: certificate {subject} is not merchant {}'s",
+            req.merchant.mch_id
+        ));
         return fail("证书与商户号不匹配");
     }
     record(&shared, PATH, &peer, &req);
@@ -884,7 +897,8 @@ async fn refund(
     if get("refund_desc").chars().count() > 80 {
         return param_error("refund_desc longer than 80".into());
     }
-    let (Some(total_fee), Some(refund_fee)) = (fen(get("total_fee")), fen(get("refund_fee"))) else {
+    let (Some(total_fee), Some(refund_fee)) = (fen(get("total_fee")), fen(get("refund_fee")))
+    else {
         return param_error("total_fee / refund_fee".into());
     };
     let tx = get("transaction_id").to_owned();
@@ -892,13 +906,22 @@ async fn refund(
     let Some((no, order)) = s
         .orders
         .iter()
-        .find(|(_, o)| o.transaction_id.as_deref() == Some(tx.as_str()) && o.mch_id == req.merchant.mch_id)
+        .find(|(_, o)| {
+            o.transaction_id.as_deref() == Some(tx.as_str()) && o.mch_id == req.merchant.mch_id
+        })
         .map(|(k, o)| (k.clone(), o.clone()))
     else {
         drop(s);
-        return param_error(format!("transaction_id `{tx}` is no paid order of this merchant"));
+        return param_error(format!(
+            "transaction_id `{tx}` is no paid order of this merchant"
+        ));
     };
-    if let Some(r) = s.refunds.iter().find(|r| r.out_refund_no == out_refund_no).cloned() {
+    if let Some(r) = s
+        .refunds
+        .iter()
+        .find(|r| r.out_refund_no == out_refund_no)
+        .cloned()
+    {
         drop(s);
         // The same refund again: WeChat answers as the first time.
         if r.refund_fee != refund_fee || r.transaction_id != tx {
@@ -906,10 +929,18 @@ async fn refund(
         }
         return answer(&shared, &req, refund_pairs(&r));
     }
-    let refunded: i64 = s.refunds.iter().filter(|r| r.transaction_id == tx).map(|r| r.refund_fee).sum();
+    let refunded: i64 = s
+        .refunds
+        .iter()
+        .filter(|r| r.transaction_id == tx)
+        .map(|r| r.refund_fee)
+        .sum();
     if total_fee != order.total_fee {
         drop(s);
-        return param_error(format!("total_fee {total_fee} is not the order's {}", order.total_fee));
+        return param_error(format!(
+            "total_fee {total_fee} is not the order's {}",
+            order.total_fee
+        ));
     }
     if refunded + refund_fee > total_fee {
         drop(s);
@@ -950,7 +981,7 @@ async fn orderquery(
     const PATH: &str = "/pay/orderquery";
     let req = match verify(&shared, PATH, &body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     record(&shared, PATH, &peer, &req);
     let no = req.get("out_trade_no").to_owned();
@@ -993,7 +1024,7 @@ async fn closeorder(
     const PATH: &str = "/pay/closeorder";
     let req = match verify(&shared, PATH, &body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     record(&shared, PATH, &peer, &req);
     let no = req.get("out_trade_no").to_owned();
@@ -1032,10 +1063,8 @@ mod tests {
 
     #[test]
     fn the_xml_reader_joins_split_cdata_and_unescapes_text() {
-        let f = parse_xml(
-            "<xml><a><![CDATA[x]]]]><![CDATA[>y]]></a><b>1 &amp; 2</b><c></c></xml>",
-        )
-        .expect("parses");
+        let f = parse_xml("<xml><a><![CDATA[x]]]]><![CDATA[>y]]></a><b>1 &amp; 2</b><c></c></xml>")
+            .expect("parses");
         assert_eq!(f["a"], "x]]>y");
         assert_eq!(f["b"], "1 & 2");
         assert_eq!(f["c"], "");

@@ -22,7 +22,9 @@ use crate::providers::api::{
     base, nonce, send, ApiError, CloseOutcome, OrderApi, OrderRef, ProviderAnswer,
 };
 use crate::providers::common::parse_fen;
-use crate::providers::pay::{PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted};
+use crate::providers::pay::{
+    PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted,
+};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// WeChat Pay's v2 API host.

@@ -28,7 +28,9 @@ use serde_json::json;
 use super::api::Api;
 use super::sign;
 use crate::providers::api::{nonce, ApiError};
-use crate::providers::pay::{PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted};
+use crate::providers::pay::{
+    PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted,
+};
 use crate::providers::{ProviderKind, Rejection};
 use crate::time::Millis;
 
@@ -338,7 +340,10 @@ impl Api {
 
     /// Starts a refund with `secapi/pay/refund` over mutual TLS: accepted (WeChat's refund
     /// notification settles it later) or declined, from the verified answer.
-    pub(super) async fn start_refund(&self, r: &RefundStart<'_>) -> Result<RefundStarted, ApiError> {
+    pub(super) async fn start_refund(
+        &self,
+        r: &RefundStart<'_>,
+    ) -> Result<RefundStarted, ApiError> {
         let Some(http) = self.client_cert_http() else {
             return Err(ApiError::Order(format!(
                 "wechat-v2 account `{}` has no merchant API client certificate: WeChat takes \
@@ -427,9 +432,18 @@ mod tests {
         ] {
             assert_eq!(check(&pay(m)), Ok(t));
         }
-        assert_eq!(check(&with("jsapi", Some("o1"), None)), Ok(TradeType::Jsapi));
-        assert_eq!(check(&with("JSAPI", Some("o1"), None)), Ok(TradeType::Jsapi));
-        assert_eq!(check(&with("h5", None, Some("1.2.3.4"))), Ok(TradeType::Mweb));
+        assert_eq!(
+            check(&with("jsapi", Some("o1"), None)),
+            Ok(TradeType::Jsapi)
+        );
+        assert_eq!(
+            check(&with("JSAPI", Some("o1"), None)),
+            Ok(TradeType::Jsapi)
+        );
+        assert_eq!(
+            check(&with("h5", None, Some("1.2.3.4"))),
+            Ok(TradeType::Mweb)
+        );
         assert_eq!(check(&with("MWEB", None, Some("::1"))), Ok(TradeType::Mweb));
         let field = |p: PayRequest| check(&p).expect_err("refused").field;
         assert_eq!(field(pay("bank")), "method");

@@ -70,11 +70,9 @@ pub(super) fn account_http(a: &AccountConfig) -> Result<Option<AccountHttp>, Str
             let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| format!("`api_ca_cert` (api_ca_cert_file): {}", chain(&e)))?;
             if roots.is_empty() {
-                return Err(
-                    "`api_ca_cert` (api_ca_cert_file) holds no PEM certificate \
+                return Err("`api_ca_cert` (api_ca_cert_file) holds no PEM certificate \
                      (-----BEGIN CERTIFICATE-----)"
-                        .into(),
-                );
+                    .into());
             }
             roots
         }
@@ -83,11 +81,10 @@ pub(super) fn account_http(a: &AccountConfig) -> Result<Option<AccountHttp>, Str
         return Ok(None);
     }
     let builder = || {
-        roots
-            .iter()
-            .fold(reqwest::Client::builder().timeout(CALL_TIMEOUT), |b, root| {
-                b.add_root_certificate(root.clone())
-            })
+        roots.iter().fold(
+            reqwest::Client::builder().timeout(CALL_TIMEOUT),
+            |b, root| b.add_root_certificate(root.clone()),
+        )
     };
     let plain = if roots.is_empty() {
         None
@@ -125,11 +122,9 @@ fn identity(cert: &str, key: &str) -> Result<reqwest::Identity, String> {
         return Err("`client_cert` (client_cert_file) holds no certificate".into());
     }
     if !(key.contains("-----BEGIN") && key.contains("PRIVATE KEY-----")) {
-        return Err(
-            "`client_key` (client_key_file) is not a PEM private key \
+        return Err("`client_key` (client_key_file) is not a PEM private key \
              (-----BEGIN PRIVATE KEY-----, WeChat's apiclient_key.pem)"
-                .into(),
-        );
+            .into());
     }
     reqwest::Identity::from_pem(format!("{}\n{}\n", cert.trim(), key.trim()).as_bytes())
         .map_err(|e| format!("`client_key` (client_key_file): {}", chain(&e)))
