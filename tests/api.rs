@@ -112,11 +112,39 @@ async fn payments_that_cannot_be_placed_are_refused_before_anything_is_stored() 
                 "out_trade_no": no, "pay": pay })
     };
     let cases = [
-        (order("NOPLACE01", "wechat-v2", json!({ "method": "native" })), 422, "server.public_base_url"),
-        (order("NOPLACE02", "wechat-v2", json!({ "method": "swipe" })), 422, "pay.method"),
-        (order("NOPLACE03", "wechat-v2", json!({ "method": "jsapi" })), 422, "pay.openid"),
-        (order("NOPLACE04", "cloudpay", json!({ "method": "jsapi", "openid": "o" })), 422, "CloudPay"),
-        (order("NOPLACE05", "wechat-v2", json!({ "method": "native", "amount": 1 })), 400, "amount"),
+        (
+            order("NOPLACE01", "wechat-v2", json!({ "method": "native" })),
+            422,
+            "server.public_base_url",
+        ),
+        (
+            order("NOPLACE02", "wechat-v2", json!({ "method": "swipe" })),
+            422,
+            "pay.method",
+        ),
+        (
+            order("NOPLACE03", "wechat-v2", json!({ "method": "jsapi" })),
+            422,
+            "pay.openid",
+        ),
+        (
+            order(
+                "NOPLACE04",
+                "cloudpay",
+                json!({ "method": "jsapi", "openid": "o" }),
+            ),
+            422,
+            "CloudPay",
+        ),
+        (
+            order(
+                "NOPLACE05",
+                "wechat-v2",
+                json!({ "method": "native", "amount": 1 }),
+            ),
+            400,
+            "amount",
+        ),
         (order("NOPLACE06", "wechat-v2", json!("native")), 400, "pay"),
     ];
     for (body, status, needle) in cases {
@@ -130,13 +158,26 @@ async fn payments_that_cannot_be_placed_are_refused_before_anything_is_stored() 
     }
     // An existing order placed again needs a `pay`, the first time.
     s.create_order(json!({ "type": "recharge", "total_fee": 1, "user_id": "u", "provider": "wechat-v2", "out_trade_no": "NEVERPLACED" })).await;
-    let (st, v) = s.api("POST", "/api/orders/NEVERPLACED/pay", Some(json!({}))).await;
+    let (st, v) = s
+        .api("POST", "/api/orders/NEVERPLACED/pay", Some(json!({})))
+        .await;
     assert_eq!(st, 422, "{v}");
-    assert!(v["error"].as_str().unwrap_or("").contains("never placed"), "{v}");
-    let (st, _) = s.api("POST", "/api/orders/NO-SUCH-ORDER/pay", Some(json!({}))).await;
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("never placed"),
+        "{v}"
+    );
+    let (st, _) = s
+        .api("POST", "/api/orders/NO-SUCH-ORDER/pay", Some(json!({})))
+        .await;
     assert_eq!(st, 404);
     // Refunds: unknown order, unpaid order, bad amounts; nothing recorded.
-    let (st, _) = s.api("POST", "/api/orders/NO-SUCH-ORDER/refunds", Some(json!({ "amount": 1 }))).await;
+    let (st, _) = s
+        .api(
+            "POST",
+            "/api/orders/NO-SUCH-ORDER/refunds",
+            Some(json!({ "amount": 1 })),
+        )
+        .await;
     assert_eq!(st, 404);
     for (body, status) in [
         (json!({ "amount": 1 }), 409),
@@ -145,7 +186,13 @@ async fn payments_that_cannot_be_placed_are_refused_before_anything_is_stored() 
         (json!({ "amount": 1, "reason": "x".repeat(81) }), 422),
         (json!({ "amount": "1" }), 400),
     ] {
-        let (st, v) = s.api("POST", "/api/orders/NEVERPLACED/refunds", Some(body.clone())).await;
+        let (st, v) = s
+            .api(
+                "POST",
+                "/api/orders/NEVERPLACED/refunds",
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(st, status, "{body}: {v}");
     }
     let (_, v) = s.api("GET", "/api/orders/NEVERPLACED/refunds", None).await;

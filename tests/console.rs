@@ -1108,11 +1108,20 @@ async fn the_order_page_refunds_and_closes_only_when_confirmed() {
 
     let (st, page) = c.get(&s, "/console/orders/C0000001").await;
     assert_eq!(st, 200, "{page}");
-    assert!(page.contains("Close order") && !page.contains(r#"id="refund""#), "{page}");
+    assert!(
+        page.contains("Close order") && !page.contains(r#"id="refund""#),
+        "{page}"
+    );
     let (st, page) = c.get(&s, "/console/orders/P0000001").await;
     assert_eq!(st, 200, "{page}");
-    assert!(page.contains(r#"id="refund""#) && page.contains(r#"max="100""#), "{page}");
-    assert!(!page.contains("Close order"), "a paid order has no Close: {page}");
+    assert!(
+        page.contains(r#"id="refund""#) && page.contains(r#"max="100""#),
+        "{page}"
+    );
+    assert!(
+        !page.contains("Close order"),
+        "a paid order has no Close: {page}"
+    );
 
     // Not confirmed, or not from this session: nothing is done.
     let close = "/console/orders/C0000001/close";
@@ -1138,18 +1147,29 @@ async fn the_order_page_refunds_and_closes_only_when_confirmed() {
         [("wechat-v2".to_owned(), "C0000001".to_owned())]
     );
     let (_, page) = c.get(&s, &location).await;
-    assert!(page.contains(r#"id="action-result""#) && page.contains("Order closed"), "{page}");
+    assert!(
+        page.contains(r#"id="action-result""#) && page.contains("Order closed"),
+        "{page}"
+    );
     // Closed: no more Close.
     assert!(!page.contains("Close order"), "{page}");
 
     // A refund of more than was paid is refused before anything is recorded or sent.
     let refund = "/console/orders/P0000001/refund";
     let (st, _) = c
-        .post(&s, refund, &[("csrf", &csrf), ("confirm", "yes"), ("amount", "101")])
+        .post(
+            &s,
+            refund,
+            &[("csrf", &csrf), ("confirm", "yes"), ("amount", "101")],
+        )
         .await;
     assert_eq!(st, 422);
     let (st, _) = c
-        .post(&s, refund, &[("csrf", &csrf), ("confirm", "yes"), ("amount", "ten")])
+        .post(
+            &s,
+            refund,
+            &[("csrf", &csrf), ("confirm", "yes"), ("amount", "ten")],
+        )
         .await;
     assert_eq!(st, 422);
     let (st, _) = c

@@ -901,10 +901,16 @@ async fn closing_on_request_closes_at_the_provider_first_and_never_a_paid_order(
     let closes_before = fake.lock().closes.len();
     let (code, _) = s.api("POST", "/api/orders/CLOSE-V3-PAID/close", None).await;
     assert_eq!(code, 409);
-    assert_eq!(fake.lock().closes.len(), closes_before, "no call for a paid order");
+    assert_eq!(
+        fake.lock().closes.len(),
+        closes_before,
+        "no call for a paid order"
+    );
 
     // The provider's close failed: 502 and still open here (a buyer could still pay it).
-    let (code, v) = s.api("POST", "/api/orders/CLOSE-ALI-FAIL/close", None).await;
+    let (code, v) = s
+        .api("POST", "/api/orders/CLOSE-ALI-FAIL/close", None)
+        .await;
     assert_eq!(code, 502, "{v}");
     assert_eq!(s.order("CLOSE-ALI-FAIL").await.status, status::UNPAID);
 

@@ -894,10 +894,19 @@ async fn refund_requests_at_once_never_reserve_more_than_was_paid() {
     // A refused one frees its amount: 10 + 30 fit again.
     store
         .payments()
-        .finish_refund_request("refund-order", &first, refund_state::FAILED, None, Some("NOTENOUGH"))
+        .finish_refund_request(
+            "refund-order",
+            &first,
+            refund_state::FAILED,
+            None,
+            Some("NOTENOUGH"),
+        )
         .await
         .expect("finish");
-    assert!(matches!(reserve("R-after".into(), 40).await, Reservation::New(_)));
+    assert!(matches!(
+        reserve("R-after".into(), 40).await,
+        Reservation::New(_)
+    ));
     assert!(matches!(
         reserve("R-more".into(), 1).await,
         Reservation::TooMuch { remaining: 0 }

@@ -106,8 +106,11 @@ pub async fn create(app: &App, req: CreateOrder) -> Result<Created, OrderError> 
         PayError::Provider { .. } => OrderError::Invalid(e.to_string()),
     };
     // Everything that needs no order is checked before one is stored.
-    let account = ProviderKind::parse(&req.provider)
-        .and_then(|k| app.providers.resolve_account(k, req.account.as_deref()).ok());
+    let account = ProviderKind::parse(&req.provider).and_then(|k| {
+        app.providers
+            .resolve_account(k, req.account.as_deref())
+            .ok()
+    });
     if let Some(account) = &account {
         payments::place::check(app, &req.provider, account, &pay).map_err(to_order_error)?;
     }

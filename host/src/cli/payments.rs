@@ -37,9 +37,13 @@ pub async fn run(config: &Config, json: bool, c: &OrdersCommand) -> anyhow::Resu
             out_refund_no,
             reason,
         } => {
-            let body = json!({ "amount": amount, "out_refund_no": out_refund_no, "reason": reason });
+            let body =
+                json!({ "amount": amount, "out_refund_no": out_refund_no, "reason": reason });
             let path = format!("/api/orders/{}/refunds", segment(out_trade_no));
-            (client.post_json(&path, &strip_nulls(body)).await, refund_text)
+            (
+                client.post_json(&path, &strip_nulls(body)).await,
+                refund_text,
+            )
         }
         OrdersCommand::Close { out_trade_no } => {
             let path = format!("/api/orders/{}/close", segment(out_trade_no));
@@ -152,10 +156,17 @@ mod tests {
     #[test]
     fn answers_read_for_people() {
         let t = pay_text(&json!({ "out_trade_no": "N1", "payment": { "code_url": "weixin://x" } }));
-        assert!(t.contains("order N1") && t.contains("code_url  weixin://x"), "{t}");
-        let t = refund_text(&json!({ "out_refund_no": "R1", "out_trade_no": "N1", "amount": 5, "state": "accepted", "created": true }));
+        assert!(
+            t.contains("order N1") && t.contains("code_url  weixin://x"),
+            "{t}"
+        );
+        let t = refund_text(
+            &json!({ "out_refund_no": "R1", "out_trade_no": "N1", "amount": 5, "state": "accepted", "created": true }),
+        );
         assert!(t.contains("refund R1 of order N1: 5 fen, accepted"), "{t}");
-        let t = close_text(&json!({ "out_trade_no": "N1", "closed_at_provider": true, "already_closed": false }));
+        let t = close_text(
+            &json!({ "out_trade_no": "N1", "closed_at_provider": true, "already_closed": false }),
+        );
         assert_eq!(t, "order N1 closed at the provider and here\n");
     }
 }

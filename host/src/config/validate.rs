@@ -404,8 +404,11 @@ mod tests {
 
     #[test]
     fn the_public_base_url_must_be_a_plain_http_url() {
-        let c = load_str("[server]\npublic_base_url = \"https://pay.example.com\"\n", &[])
-            .expect("loads");
+        let c = load_str(
+            "[server]\npublic_base_url = \"https://pay.example.com\"\n",
+            &[],
+        )
+        .expect("loads");
         assert_eq!(
             c.server.public_base_url.as_deref(),
             Some("https://pay.example.com")

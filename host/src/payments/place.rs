@@ -49,14 +49,10 @@ pub async fn place(
             status::name(order.status)
         )));
     }
-    let expire_at = app
-        .config
-        .orders
-        .provider_lifetime_secs()
-        .map(|s| {
-            let ms = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
-            order.created_at.saturating_add(ms)
-        });
+    let expire_at = app.config.orders.provider_lifetime_secs().map(|s| {
+        let ms = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+        order.created_at.saturating_add(ms)
+    });
     if let Some(at) = expire_at {
         // A minute's margin: the provider refuses an expiry already (nearly) past.
         if at <= now_ms() + 60_000 {
@@ -132,8 +128,9 @@ pub async fn place_again(
                     "pay: order {out_trade_no} was never placed here; give `pay` (method, …)"
                 )));
             };
-            serde_json::from_value(stored.pay)
-                .map_err(|e| PayError::Invalid(format!("pay: the stored request does not read: {e}")))?
+            serde_json::from_value(stored.pay).map_err(|e| {
+                PayError::Invalid(format!("pay: the stored request does not read: {e}"))
+            })?
         }
     };
     place(app, &order, &pay).await

@@ -60,13 +60,16 @@ const MAX_REASON_CHARS: usize = 80;
 /// A refund number: 1–64 letters, digits or `_-|*@` (WeChat's rule; Alipay's is wider).
 fn valid_out_refund_no(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
 }
 
 /// Starts a refund of `out_trade_no`.
-pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<Requested, PayError> {
+pub async fn refund(
+    app: &App,
+    out_trade_no: &str,
+    body: RefundBody,
+) -> Result<Requested, PayError> {
     let invalid = |m: String| Err(PayError::Invalid(m));
     if body.amount <= 0 {
         return invalid(format!(
@@ -93,9 +96,14 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
     let Some(order) = app.store.get_order(out_trade_no).await? else {
         return Err(PayError::NotFound(format!("no order `{out_trade_no}`")));
     };
-    let api = app.apis.get(&order.provider, &order.account).map_err(|why| {
-        PayError::Invalid(format!("cannot start refunds with this order's account: {why}"))
-    })?;
+    let api = app
+        .apis
+        .get(&order.provider, &order.account)
+        .map_err(|why| {
+            PayError::Invalid(format!(
+                "cannot start refunds with this order's account: {why}"
+            ))
+        })?;
     let Some(transaction_id) = order.transaction_id.clone() else {
         return Err(PayError::Conflict(format!(
             "order {out_trade_no} is {}: only a paid order can be refunded",
@@ -171,7 +179,9 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
                     out_trade_no,
                     &out_refund_no,
                     refund_state::ACCEPTED,
-                    Some(&refund_id).filter(|s| !s.is_empty()).map(String::as_str),
+                    Some(&refund_id)
+                        .filter(|s| !s.is_empty())
+                        .map(String::as_str),
                     None,
                 )
                 .await?;
@@ -179,7 +189,16 @@ pub async fn refund(app: &App, out_trade_no: &str, body: RefundBody) -> Result<R
         Ok(RefundStarted::Settled { notice, answer }) => {
             crate::metrics::refund_started(&order.provider, "settled");
             let notice = as_requested(*notice, body.amount);
-            let (id, problem) = settle(app, api.kind(), &order.account, &out_refund_no, body.amount, notice, &answer).await;
+            let (id, problem) = settle(
+                app,
+                api.kind(),
+                &order.account,
+                &out_refund_no,
+                body.amount,
+                notice,
+                &answer,
+            )
+            .await;
             notification_id = id;
             payments
                 .finish_refund_request(

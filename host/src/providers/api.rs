@@ -196,11 +196,7 @@ pub trait OrderApi: Send + Sync {
     }
     /// Places a payment (checked with [`OrderApi::check_pay`]) and returns, from the
     /// verified answer, what the client needs to pay.
-    async fn place(
-        &self,
-        _http: &reqwest::Client,
-        p: &Placement<'_>,
-    ) -> Result<Placed, ApiError> {
+    async fn place(&self, _http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError> {
         Err(ApiError::Order(format!(
             "{} cannot place payments yet ({})",
             self.kind(),

@@ -74,9 +74,9 @@ mod tx;
 pub mod types;
 
 pub use error::{within, DocError, StoreError};
+pub use payments::{PaymentStore, Placement, RefundRequest, Reservation};
 pub use platform_certs::PlatformCertRecord;
 pub use refunds::{NewRefund, RefundRecord};
-pub use payments::{PaymentStore, Placement, RefundRequest, Reservation};
 pub use traits::{
     ConsoleStore, NotificationStore, OrderStore, PlatformCertStore, PluginHistoryStore, Store,
     TaskStore, Tx,

@@ -64,7 +64,10 @@ pub fn router(app: App) -> Router<App> {
             "/console/orders/{out_trade_no}/refund",
             post(payments::refund),
         )
-        .route("/console/orders/{out_trade_no}/close", post(payments::close))
+        .route(
+            "/console/orders/{out_trade_no}/close",
+            post(payments::close),
+        )
         .route("/console/notifications", get(notifications::list))
         .route("/console/notifications/{id}", get(notifications::show))
         .route("/console/attention", get(notifications::attention))

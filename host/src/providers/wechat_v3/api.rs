@@ -10,6 +10,9 @@
 //! notification code ([`verify_signed`]): same keys, same timestamp window. The query
 //! answer is the transaction in clear (notifications encrypt it); its merchant and app
 //! ids must be this account's, checked as a notification's are ([`Mode`]).
+//!
+//! Placing payments and starting refunds (`pay.rs`) sign and verify through the same
+//! [`Api::call`] and [`Api::verified_body`].
 
 use std::collections::BTreeMap;
 
@@ -25,6 +28,9 @@ use crate::providers::api::{
     ProviderAnswer,
 };
 use crate::providers::json::{flatten, str_or_empty};
+use crate::providers::pay::{
+    PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted,
+};
 use crate::providers::{Inbound, Notice, NoticeKind, Payment, ProviderKind, Rejection};
 
 /// WeChat Pay's v3 API host.
@@ -32,11 +38,11 @@ pub const DEFAULT_BASE: &str = "https://api.mch.weixin.qq.com";
 
 /// One v3 account's order API.
 pub struct Api {
-    client: Client,
+    pub(super) client: Client,
     /// The notification side of the account: its WeChat Pay verifying keys.
-    verifier: Account,
+    pub(super) verifier: Account,
     /// Direct, or partner with the sub-merchants whose orders it may call about.
-    mode: Mode,
+    pub(super) mode: Mode,
 }
 
 /// What calls WeChat Pay v3 as the merchant: the merchant API key that signs each
@@ -87,7 +93,7 @@ impl Api {
         &self.client
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         http: &reqwest::Client,
         method: reqwest::Method,
@@ -98,7 +104,7 @@ impl Api {
     }
 
     /// Verifies an answer's signature; returns its JSON body (`null` when empty).
-    fn verified_body(&self, answer: &Inbound<'_>) -> Result<Value, Rejection> {
+    pub(super) fn verified_body(&self, answer: &Inbound<'_>) -> Result<Value, Rejection> {
         verify_signed(std::slice::from_ref(&self.verifier), answer)?;
         if answer.body.is_empty() {
             return Ok(Value::Null);
@@ -109,12 +115,19 @@ impl Api {
 }
 
 impl Client {
+    /// SHA256withRSA with the merchant API key, base64: the request signature, and the
+    /// client payment parameters' (`paySign`, APP `sign`), which WeChat checks with the
+    /// same key's certificate.
+    pub(super) fn sign(&self, message: &[u8]) -> String {
+        rsa_sign(&self.signer, message)
+    }
+
     /// The `Authorization` header for a request.
     fn authorization(&self, method: &str, path_and_query: &str, body: &str) -> String {
         let timestamp = crate::time::now_ms() / 1000;
         let nonce = nonce();
         let message = format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body}\n");
-        let signature = rsa_sign(&self.signer, message.as_bytes());
+        let signature = self.sign(message.as_bytes());
         format!(
             "{SIGNATURE_TYPE} mchid=\"{}\",nonce_str=\"{nonce}\",signature=\"{signature}\",timestamp=\"{timestamp}\",serial_no=\"{}\"",
             self.mch_id, self.serial_no
@@ -151,7 +164,7 @@ impl Api {
     /// partner account the order's, which must be one of the account's (an order made
     /// before the account became a partner, or whose sub-merchant was removed from the
     /// configuration, cannot be asked about).
-    fn sub_mchid<'a>(&self, order: OrderRef<'a>) -> Result<Option<&'a str>, ApiError> {
+    pub(super) fn sub_mchid<'a>(&self, order: OrderRef<'a>) -> Result<Option<&'a str>, ApiError> {
         let Some(subs) = self.mode.sub_merchants() else {
             return Ok(None);
         };
@@ -291,5 +304,33 @@ impl OrderApi for Api {
                 str_or_empty(&verified, "message")
             ))),
         }
+    }
+
+    fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError> {
+        self.check_pay_request(pay)
+    }
+
+    async fn place(&self, http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError> {
+        self.place_order(http, p).await
+    }
+
+    async fn refund(
+        &self,
+        http: &reqwest::Client,
+        r: &RefundStart<'_>,
+    ) -> Result<RefundStarted, ApiError> {
+        self.start_refund(http, r).await
+    }
+
+    fn verify_refund_answer(
+        &self,
+        _answer: &Inbound<'_>,
+        _out_refund_no: &str,
+    ) -> Result<Notice, Rejection> {
+        // WeChat's refund answer only says the refund was taken; its refund notification
+        // (verified and settled by the notification path) is what settles it.
+        Err(Rejection::Unsupported(
+            "a WeChat Pay v3 refund answer settles nothing: its refund notification does".into(),
+        ))
     }
 }

@@ -28,6 +28,7 @@ pub mod certs;
 mod download;
 mod keys;
 pub mod partner;
+mod pay;
 #[cfg(test)]
 mod tests;
 mod x509;

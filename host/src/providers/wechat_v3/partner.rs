@@ -60,6 +60,15 @@ impl Mode {
         }
     }
 
+    /// The configured `sub_appid` of sub-merchant `sub_mchid` (partner mode), if any: the
+    /// app its buyers pay in with a `sub_openid`, and the app of its APP payments.
+    pub fn sub_appid(&self, sub_mchid: &str) -> Option<&str> {
+        match self {
+            Mode::Direct => None,
+            Mode::Partner(p) => p.sub_merchants.get(sub_mchid)?.as_deref(),
+        }
+    }
+
     /// Checks that a decrypted transaction or refund (or a query answer) is this
     /// account's: the merchant id always, the app ids when `is_transaction` or when
     /// present (refunds carry none). Returns the sub-merchant it is for (partner mode),

@@ -30,9 +30,9 @@ use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
 use super::notifications::{id_row, ids_in_order, insert_notifications};
 use super::orders::insert_order;
+use super::payments::PaymentStore;
 use super::rows::order_row;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
-use super::payments::PaymentStore;
 use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};

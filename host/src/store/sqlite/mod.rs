@@ -17,8 +17,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
 use super::payments::PaymentStore;
+use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
 use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
 use super::types::{NewNotification, NewOrder, Order};
 use super::{ready, Store, StoreError, Tx};
