@@ -14,6 +14,7 @@ pub mod bulk;
 pub mod cloudpay;
 pub mod fake_provider;
 pub mod pay_alipay;
+pub mod pay_wechat_v2;
 pub mod pay_wechat_v3;
 pub mod pg_cluster;
 pub mod process;

@@ -154,6 +154,12 @@ pub struct AccountConfig {
     pub client_key: Option<String>,
     /// File holding the client certificate's private key.
     pub client_key_file: Option<PathBuf>,
+    /// WeChat Pay v2: extra CA certificates (PEM) trusted for `api_base`'s HTTPS, beside
+    /// the built-in roots: for a TLS-inspecting egress proxy or a test stand-in. WeChat's
+    /// own host needs none.
+    pub api_ca_cert: Option<String>,
+    /// File holding the extra CA certificates.
+    pub api_ca_cert_file: Option<PathBuf>,
 }
 
 /// One `[[accounts.sub_merchants]]` entry of a WeChat Pay v3 partner account.

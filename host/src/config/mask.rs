@@ -29,6 +29,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "notify_key",
     "merchant_private_key",
     "app_private_key",
+    "client_key",
 ];
 
 /// Replaces the value of every [`SECRET_KEYS`] key by `***` (an empty value stays empty,

@@ -45,7 +45,7 @@ impl Registry {
                     let account = wechat_v2::Account::from_config(a).map_err(err)?;
                     let api = wechat_v2::api::Api::from_config(a, &account);
                     v2.push(account);
-                    Ok(Ok(Box::new(api)))
+                    api.map(|api| Ok(Box::new(api) as Box<dyn OrderApi>))
                 }
                 ProviderKind::WechatV3 => {
                     let (account, mode) = wechat_v3::partner::from_config(a).map_err(err)?;

@@ -17,11 +17,15 @@
 //!
 //! Here: the account, the signature rule and the notification verifier. `xml.rs` reads
 //! and writes the XML; [`api`] calls `orderquery` and `closeorder` with the same account
-//! and holds their answers to the same signature and merchant checks.
+//! and holds their answers to the same signature and merchant checks; `pay.rs` places
+//! payments (`unifiedorder`) and starts refunds (`secapi/pay/refund`, mutual TLS with the
+//! account's client certificate, `tls.rs`) through the same calls.
 
 pub mod api;
+mod pay;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod xml;
 
 use std::collections::BTreeMap;
@@ -32,6 +36,7 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
+pub use pay::DEFAULT_SPBILL_CREATE_IP;
 pub use xml::{parse_xml, signed_xml};
 
 use super::common::{china_time_ms, ct_eq, parse_fen, pick_account, require_unambiguous, required};
@@ -67,6 +72,14 @@ impl SignType {
             "MD5" => Some(SignType::Md5),
             "HMAC-SHA256" => Some(SignType::HmacSha256),
             _ => None,
+        }
+    }
+
+    /// The name WeChat uses (`sign_type`, JSAPI `signType`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignType::Md5 => "MD5",
+            SignType::HmacSha256 => "HMAC-SHA256",
         }
     }
 }

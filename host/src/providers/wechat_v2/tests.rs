@@ -332,3 +332,17 @@ fn failure_answer_keeps_cdata_intact() {
     let body = String::from_utf8(a.body).expect("utf8");
     assert!(parse_xml(body.as_bytes()).is_ok(), "{body}");
 }
+
+#[test]
+fn signed_xml_carries_any_value_intact() {
+    let fields = map(&[
+        ("appid", "wx2421b1c4370ec43b"),
+        ("body", "a]]><evil>x</evil><![CDATA[b & <c>"),
+        ("mch_id", "10000100"),
+    ]);
+    let xml = signed_xml(&fields, "k", SignType::Md5);
+    let back = parse_xml(xml.as_bytes()).expect("parses");
+    assert_eq!(back["body"], fields["body"]);
+    assert_eq!(back.len(), 4, "no field added: {back:?}");
+    assert_eq!(back["sign"], sign(&fields, "k", SignType::Md5));
+}

@@ -133,11 +133,15 @@ fn insert_field(
     Ok(())
 }
 
-/// Builds a signed v2 notification body (for tests and the README walk-through).
+/// Builds a signed v2 body: the API requests, and notifications for tests and the
+/// README walk-through. Each value is CDATA; a `]]>` in one (a buyer-facing description
+/// may hold anything) is split across two sections, which [`parse_xml`] joins back, so
+/// no value can end its element early or add one.
 pub fn signed_xml(fields: &BTreeMap<String, String>, api_key: &str, sign_type: SignType) -> String {
     let signature = sign(fields, api_key, sign_type);
     let mut xml = String::from("<xml>");
     for (k, v) in fields.iter().filter(|(k, _)| *k != "sign") {
+        let v = v.replace("]]>", "]]]]><![CDATA[>");
         xml.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
     }
     xml.push_str(&format!("<sign><![CDATA[{signature}]]></sign>"));
