@@ -188,45 +188,24 @@ pub trait OrderApi: Send + Sync {
     ) -> Result<CloseOutcome, ApiError>;
     /// Checks a `pay` request against what this account can place, before anything is
     /// sent (the method is known, the fields it needs are there).
-    fn check_pay(&self, _pay: &PayRequest) -> Result<(), PayFieldError> {
-        Err(PayFieldError::new(
-            "method",
-            format!("{} cannot place payments yet", self.kind()),
-        ))
-    }
+    fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError>;
     /// Places a payment (checked with [`OrderApi::check_pay`]) and returns, from the
     /// verified answer, what the client needs to pay.
-    async fn place(&self, _http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError> {
-        Err(ApiError::Order(format!(
-            "{} cannot place payments yet ({})",
-            self.kind(),
-            p.order.out_trade_no
-        )))
-    }
+    async fn place(&self, http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError>;
     /// Starts a refund of a paid order; the answer is verified before it is believed.
     async fn refund(
         &self,
-        _http: &reqwest::Client,
+        http: &reqwest::Client,
         r: &RefundStart<'_>,
-    ) -> Result<RefundStarted, ApiError> {
-        Err(ApiError::Order(format!(
-            "{} cannot start refunds yet ({})",
-            self.kind(),
-            r.order.out_trade_no
-        )))
-    }
+    ) -> Result<RefundStarted, ApiError>;
     /// Verifies a stored refund answer that settled a refund ([`RefundStarted::Settled`])
     /// again, for a replay: the refund it reports, for `out_refund_no`.
+    /// Providers whose refund notification settles refunds refuse it.
     fn verify_refund_answer(
         &self,
-        _answer: &Inbound<'_>,
-        _out_refund_no: &str,
-    ) -> Result<Notice, Rejection> {
-        Err(Rejection::Unsupported(format!(
-            "{} refund answers are not settlements; its refund notification settles the refund",
-            self.kind()
-        )))
-    }
+        answer: &Inbound<'_>,
+        out_refund_no: &str,
+    ) -> Result<Notice, Rejection>;
 }
 
 /// Sends a request and reads the answer (capped at [`MAX_ANSWER_BYTES`]), keeping the
