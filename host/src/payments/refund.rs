@@ -104,6 +104,11 @@ pub async fn refund(
                 "cannot start refunds with this order's account: {why}"
             ))
         })?;
+    api.check_refund().map_err(|why| {
+        PayError::Invalid(format!(
+            "cannot start refunds with this order's account: {why}"
+        ))
+    })?;
     let Some(transaction_id) = order.transaction_id.clone() else {
         return Err(PayError::Conflict(format!(
             "order {out_trade_no} is {}: only a paid order can be refunded",

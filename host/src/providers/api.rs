@@ -189,6 +189,12 @@ pub trait OrderApi: Send + Sync {
     /// Checks a `pay` request against what this account can place, before anything is
     /// sent (the method is known, the fields it needs are there).
     fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError>;
+    /// Whether this account has what starting a refund needs (WeChat Pay v2: its client
+    /// certificate), checked before a refund is recorded; why not, naming the keys.
+    /// Every account that can call its provider can, unless it says otherwise.
+    fn check_refund(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Places a payment (checked with [`OrderApi::check_pay`]) and returns, from the
     /// verified answer, what the client needs to pay.
     async fn place(&self, http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError>;
@@ -219,7 +225,10 @@ pub(crate) async fn send(
         request: described.clone(),
         message,
     };
-    let mut resp = request.send().await.map_err(|e| transport(e.to_string()))?;
+    let mut resp = request
+        .send()
+        .await
+        .map_err(|e| transport(error_chain(&e)))?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -228,7 +237,7 @@ pub(crate) async fn send(
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e.to_string()))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(error_chain(&e)))? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(transport(format!(
                 "answer is over {MAX_ANSWER_BYTES} bytes"
@@ -243,6 +252,23 @@ pub(crate) async fn send(
         body,
         received_at: crate::time::now_ms(),
     })
+}
+
+/// An error and its sources on one line: reqwest's own `Display` says only "error
+/// sending request", not whether DNS, the connection, TLS or a timeout failed.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        // hyper and reqwest often repeat their source's text in their own.
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The base URL without a trailing `/`.

@@ -202,6 +202,13 @@ impl OrderApi for Api {
         self.unified_order(http, p).await
     }
 
+    fn check_refund(&self) -> Result<(), String> {
+        match self.client_cert_http() {
+            Some(_) => Ok(()),
+            None => Err(self.no_client_cert()),
+        }
+    }
+
     async fn refund(
         &self,
         _http: &reqwest::Client,

@@ -338,6 +338,16 @@ impl Api {
         v
     }
 
+    /// Why the account cannot start refunds: no client certificate.
+    pub(super) fn no_client_cert(&self) -> String {
+        format!(
+            "wechat-v2 account `{}` has no merchant API client certificate: WeChat takes \
+             refunds (secapi/pay/refund) over mutual TLS only; set `client_cert_file` and \
+             `client_key_file` (apiclient_cert.pem, apiclient_key.pem) on the account",
+            self.account.name
+        )
+    }
+
     /// Starts a refund with `secapi/pay/refund` over mutual TLS: accepted (WeChat's refund
     /// notification settles it later) or declined, from the verified answer.
     pub(super) async fn start_refund(
@@ -345,12 +355,7 @@ impl Api {
         r: &RefundStart<'_>,
     ) -> Result<RefundStarted, ApiError> {
         let Some(http) = self.client_cert_http() else {
-            return Err(ApiError::Order(format!(
-                "wechat-v2 account `{}` has no merchant API client certificate: WeChat takes \
-                 refunds (secapi/pay/refund) over mutual TLS only; set `client_cert_file` and \
-                 `client_key_file` (apiclient_cert.pem, apiclient_key.pem) on the account",
-                self.account.name
-            )));
+            return Err(ApiError::Order(self.no_client_cert()));
         };
         let mut f = BTreeMap::new();
         f.insert("transaction_id".to_owned(), r.transaction_id.to_owned());

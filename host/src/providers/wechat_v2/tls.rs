@@ -28,17 +28,7 @@ fn set(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.trim().is_empty())
 }
 
-/// An error and its sources, one line: reqwest's own `Display` is only "builder error".
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+use crate::providers::api::error_chain as chain;
 
 /// Builds the account's clients when it has a client certificate or extra CAs; `None`
 /// when it has neither (the shared client serves it). `Err` names the key at fault.
