@@ -72,21 +72,6 @@ pub enum OrderError {
     },
 }
 
-/// A fresh order number: time-ordered and unguessable enough to be unique.
-pub(crate) fn generate_out_trade_no() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}{}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        hex::encode(rand::random::<[u8; 9]>())
-    )
-}
-
 /// Validates and inserts a new unpaid order; with `pay`, places its payment too. An
 /// order number that exists is refused, except with `pay` for the same unpaid order
 /// (same type, amount, user, provider, account and sub-merchant): then it is placed
@@ -193,7 +178,7 @@ async fn insert(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
                 "out_trade_no `{n}` must be 6-32 letters, digits or _-|*"
             ))
         }
-        None => generate_out_trade_no(),
+        None => crate::names::generate_out_trade_no(),
     };
     app.store
         .create_order(&NewOrder {
@@ -211,19 +196,4 @@ async fn insert(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
             StoreError::Conflict(m) => OrderError::Conflict(m),
             e => OrderError::Store(e),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_numbers_are_valid_and_distinct() {
-        let a = generate_out_trade_no();
-        let b = generate_out_trade_no();
-        assert!(crate::names::valid_out_trade_no(&a), "{a}");
-        assert_ne!(a, b);
-        assert!(!crate::names::valid_out_trade_no("abc"));
-        assert!(!crate::names::valid_out_trade_no("has space 123"));
-    }
 }

@@ -84,7 +84,7 @@ pub async fn refund(
                 "out_refund_no `{n}` must be 1-64 letters, digits or _-|*@"
             ))
         }
-        None => format!("R{}", crate::orders::generate_out_trade_no()),
+        None => format!("R{}", crate::names::generate_out_trade_no()),
     };
     if let Some(r) = &body.reason {
         if r.chars().count() > MAX_REASON_CHARS || r.chars().any(char::is_control) {
@@ -104,17 +104,17 @@ pub async fn refund(
                 "cannot start refunds with this order's account: {why}"
             ))
         })?;
-    api.check_refund().map_err(|why| {
-        PayError::Invalid(format!(
-            "cannot start refunds with this order's account: {why}"
-        ))
-    })?;
     let Some(transaction_id) = order.transaction_id.clone() else {
         return Err(PayError::Conflict(format!(
             "order {out_trade_no} is {}: only a paid order can be refunded",
             status::name(order.status)
         )));
     };
+    api.check_refund().map_err(|why| {
+        PayError::Invalid(format!(
+            "cannot start refunds with this order's account: {why}"
+        ))
+    })?;
     let new = NewRefundRequest {
         out_trade_no,
         out_refund_no: &out_refund_no,

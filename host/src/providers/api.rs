@@ -26,92 +26,20 @@ use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use sha2::Sha256;
 
+pub use super::call::{
+    is_reconcile_record, record_source, OrderRef, ProviderAnswer, OUT_REFUND_NO_HEADER,
+    RECONCILE_SOURCE, REFUND_AMOUNT_HEADER, REFUND_SOURCE, SOURCE_HEADER,
+};
 use super::pay::{PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted};
 use super::{Inbound, Notice, ProviderKind, Rejection};
 
 // Built with the verifiers, in one pass over the accounts.
-
-/// The header that marks a stored notification as a provider's answer to our query
-/// rather than a notification the provider sent.
-pub const SOURCE_HEADER: &str = "x-paynotify-source";
-
-/// The value of [`SOURCE_HEADER`] on stored query answers.
-pub const RECONCILE_SOURCE: &str = "reconcile";
-
-/// The value of [`SOURCE_HEADER`] on stored refund answers that settled a refund (Alipay).
-pub const REFUND_SOURCE: &str = "refund";
-
-/// The header of a stored refund answer naming the merchant refund number it answers
-/// (Alipay's answer does not repeat it).
-pub const OUT_REFUND_NO_HEADER: &str = "x-paynotify-out-refund-no";
-
-/// The header of a stored refund answer naming the fen its request asked for (what the
-/// answer settles: see `payments::refund::as_requested`).
-pub const REFUND_AMOUNT_HEADER: &str = "x-paynotify-refund-amount";
 
 /// Longest a provider call may take.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Largest answer read from a provider (real ones are a few KiB).
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
-
-/// A provider's answer, as received.
-#[derive(Debug, Clone)]
-pub struct ProviderAnswer {
-    /// `METHOD url` of the request.
-    pub request: String,
-    /// HTTP status.
-    pub status: u16,
-    /// Headers that matter for verification (names lower-case).
-    pub headers: Vec<(String, String)>,
-    /// The raw body.
-    pub body: Vec<u8>,
-    /// When it arrived (unix ms); timestamp windows are checked against it.
-    pub received_at: i64,
-}
-
-impl ProviderAnswer {
-    /// The answer as the verifier sees it, for `account`.
-    pub fn inbound<'a>(&'a self, account: &'a str) -> Inbound<'a> {
-        Inbound {
-            account: Some(account),
-            headers: &self.headers,
-            body: &self.body,
-            received_at: self.received_at,
-        }
-    }
-
-    /// Headers to store with a query answer: the source marker, the request and status,
-    /// then the provider's own headers.
-    pub fn stored_headers(&self) -> Vec<(String, String)> {
-        self.stored_headers_as(RECONCILE_SOURCE)
-    }
-
-    /// Headers to store with an answer from `source` ([`RECONCILE_SOURCE`],
-    /// [`REFUND_SOURCE`]).
-    pub fn stored_headers_as(&self, source: &str) -> Vec<(String, String)> {
-        let mut h = vec![
-            (SOURCE_HEADER.to_owned(), source.to_owned()),
-            ("x-paynotify-request".to_owned(), self.request.clone()),
-            ("x-paynotify-status".to_owned(), self.status.to_string()),
-        ];
-        h.extend(self.headers.iter().cloned());
-        h
-    }
-}
-
-/// Whether stored headers mark a provider's query answer (see [`SOURCE_HEADER`]).
-pub fn is_reconcile_record(headers: &[(String, String)]) -> bool {
-    record_source(headers) == Some(RECONCILE_SOURCE)
-}
-
-/// The [`SOURCE_HEADER`] of a stored record: `None` for a notification the provider sent.
-pub fn record_source(headers: &[(String, String)]) -> Option<&str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == SOURCE_HEADER)
-        .map(|(_, v)| v.as_str())
-}
 
 /// How closing an order at the provider ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,16 +82,6 @@ pub enum ApiError {
     /// account's order without one of its sub-merchants); nothing was sent.
     #[error("cannot call the provider about this order: {0}")]
     Order(String),
-}
-
-/// The order a provider call is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OrderRef<'a> {
-    /// The merchant order number.
-    pub out_trade_no: &'a str,
-    /// Its sub-merchant, for an order of a WeChat Pay v3 partner account (whose calls
-    /// name it); `None` otherwise.
-    pub sub_mchid: Option<&'a str>,
 }
 
 /// One merchant account's order API.
@@ -333,18 +251,5 @@ mod tests {
             parse_private_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
                 .is_err()
         );
-    }
-
-    #[test]
-    fn only_marked_records_are_provider_answers() {
-        let answer = ProviderAnswer {
-            request: "POST https://api.mch.weixin.qq.com/pay/orderquery".into(),
-            status: 200,
-            headers: vec![("content-type".into(), "text/xml".into())],
-            body: Vec::new(),
-            received_at: 0,
-        };
-        assert!(is_reconcile_record(&answer.stored_headers()));
-        assert!(!is_reconcile_record(&answer.headers));
     }
 }

@@ -9,6 +9,8 @@
 //!   states ([`ContentTypes`]);
 //! - [`registry`]: builds, in one pass over `[[accounts]]`, the verifiers ([`Providers`])
 //!   and the order-API clients ([`api::Apis`]);
+//! - [`call`]: what every provider call names and gets back ([`call::OrderRef`],
+//!   [`call::ProviderAnswer`]) and the marks of a stored answer;
 //! - [`api`]: the other direction, calling a provider (order query and close): the
 //!   [`api::OrderApi`] trait, the answer as received, the HTTP helpers; [`pay`], what
 //!   placing a payment and starting a refund send and get back;
@@ -25,6 +27,7 @@ pub use crate::config::ProviderKind;
 
 pub mod alipay;
 pub mod api;
+pub mod call;
 pub mod cloudpay;
 pub mod common;
 mod json;

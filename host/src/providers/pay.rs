@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::api::{OrderRef, ProviderAnswer};
+use super::call::{OrderRef, ProviderAnswer};
 use super::Notice;
 use crate::time::Millis;
 

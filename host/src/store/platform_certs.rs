@@ -8,7 +8,6 @@
 use async_trait::async_trait;
 
 use super::statement::{required, storable, Columns, On, Sql, Statement};
-use super::traits::PlatformCertStore;
 use super::StoreError;
 
 /// One stored platform certificate.
@@ -72,6 +71,19 @@ fn cert_row(r: &dyn Columns) -> Result<PlatformCertRecord, StoreError> {
         fetched_at: required(r.int8("fetched_at")?, "fetched_at")?,
         source: required(r.text("source")?, "source")?,
     })
+}
+
+/// The WeChat Pay v3 platform certificates downloaded from `/v3/certificates`, shared by
+/// every host (every backend's, reached through [`Store::platform_certs`]).
+#[async_trait]
+pub trait PlatformCertStore: Send + Sync {
+    /// Stores each certificate, or moves the `fetched_at` of one already stored.
+    async fn store_platform_certs(&self, certs: &[PlatformCertRecord]) -> Result<(), StoreError>;
+    /// The stored certificates of `mch_id` (of every merchant if `None`).
+    async fn platform_certs(
+        &self,
+        mch_id: Option<&str>,
+    ) -> Result<Vec<PlatformCertRecord>, StoreError>;
 }
 
 #[async_trait]

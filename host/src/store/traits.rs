@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 
 use super::payments::{NewRefundRequest, PaymentStore, Reservation};
-use super::platform_certs::PlatformCertRecord;
+pub use super::platform_certs::PlatformCertStore;
 use super::refunds::{NewRefund, RefundRecord};
 use super::types::{
     ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
@@ -389,17 +389,4 @@ pub trait PluginHistoryStore: Send + Sync {
         let page = before_id.map_or(Keyset::Newest, Keyset::Older);
         self.page_plugin_history(plugin_type, &page, limit).await
     }
-}
-
-/// The WeChat Pay v3 platform certificates downloaded from `/v3/certificates`, shared by
-/// every host (every backend's, reached through [`Store::platform_certs`]).
-#[async_trait]
-pub trait PlatformCertStore: Send + Sync {
-    /// Stores each certificate, or moves the `fetched_at` of one already stored.
-    async fn store_platform_certs(&self, certs: &[PlatformCertRecord]) -> Result<(), StoreError>;
-    /// The stored certificates of `mch_id` (of every merchant if `None`).
-    async fn platform_certs(
-        &self,
-        mch_id: Option<&str>,
-    ) -> Result<Vec<PlatformCertRecord>, StoreError>;
 }

@@ -371,11 +371,11 @@ impl OrderApi for Api {
     }
 
     fn check_pay(&self, pay: &PayRequest) -> Result<(), PayFieldError> {
-        super::pay::check(pay).map(|_| ())
+        self.check_pay_request(pay)
     }
 
     async fn place(&self, http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError> {
-        super::pay::place(self, http, p).await
+        self.place_payment(http, p).await
     }
 
     async fn refund(
@@ -383,7 +383,7 @@ impl OrderApi for Api {
         http: &reqwest::Client,
         r: &RefundStart<'_>,
     ) -> Result<RefundStarted, ApiError> {
-        super::pay::refund(self, http, r).await
+        self.start_refund(http, r).await
     }
 
     fn verify_refund_answer(
@@ -391,7 +391,7 @@ impl OrderApi for Api {
         answer: &Inbound<'_>,
         out_refund_no: &str,
     ) -> Result<Notice, Rejection> {
-        super::pay::verify_refund_answer(self, answer, out_refund_no)
+        self.verify_stored_refund(answer, out_refund_no)
     }
 }
 

@@ -92,7 +92,7 @@ impl Method {
 }
 
 /// Checks `pay` for Alipay: a known method, and only fields Alipay uses, well formed.
-pub(super) fn check(pay: &PayRequest) -> Result<Method, PayFieldError> {
+fn check(pay: &PayRequest) -> Result<Method, PayFieldError> {
     let method = Method::parse(&pay.method).ok_or_else(|| {
         PayFieldError::new(
             "method",
@@ -197,11 +197,7 @@ fn placement_request<'a>(p: &Placement<'_>, method: Method) -> Result<Request<'a
 
 /// Places `p` (see the module documentation); the payment JSON: page/wap `{url}`, app
 /// `{order_string}`, precreate `{qr_code, out_trade_no}`.
-pub(super) async fn place(
-    api: &Api,
-    http: &reqwest::Client,
-    p: &Placement<'_>,
-) -> Result<Placed, ApiError> {
+async fn place(api: &Api, http: &reqwest::Client, p: &Placement<'_>) -> Result<Placed, ApiError> {
     let method = check(p.pay).map_err(|e| ApiError::Order(e.to_string()))?;
     let request = placement_request(p, method)?;
     let payment = match method {
@@ -260,7 +256,7 @@ fn outcome_unknown(r: &Value) -> bool {
 
 /// Starts refund `r` with `alipay.trade.refund`; a verified `code` 10000 is the refund
 /// done ([`RefundStarted::Settled`]).
-pub(super) async fn refund(
+async fn refund(
     api: &Api,
     http: &reqwest::Client,
     r: &RefundStart<'_>,
@@ -314,7 +310,7 @@ pub(super) async fn refund(
 
 /// Verifies a stored `alipay.trade.refund` answer again (a replay): the refund it
 /// reports, for `out_refund_no` (which the answer does not repeat; it is stored beside it).
-pub(super) fn verify_refund_answer(
+fn verify_refund_answer(
     api: &Api,
     answer: &Inbound<'_>,
     out_refund_no: &str,
@@ -362,6 +358,42 @@ fn settled_refund(api: &Api, resp: &Value, out_refund_no: &str) -> Result<Notice
         fields,
         sub_mchid: None,
     })
+}
+
+/// The trait's entry points (`api.rs` calls these as methods, so the two files do not
+/// import each other).
+impl Api {
+    /// [`check`], for `OrderApi::check_pay`.
+    pub(super) fn check_pay_request(&self, pay: &PayRequest) -> Result<(), PayFieldError> {
+        check(pay).map(|_| ())
+    }
+
+    /// [`place`], for `OrderApi::place`.
+    pub(super) async fn place_payment(
+        &self,
+        http: &reqwest::Client,
+        p: &Placement<'_>,
+    ) -> Result<Placed, ApiError> {
+        place(self, http, p).await
+    }
+
+    /// [`refund`], for `OrderApi::refund`.
+    pub(super) async fn start_refund(
+        &self,
+        http: &reqwest::Client,
+        r: &RefundStart<'_>,
+    ) -> Result<RefundStarted, ApiError> {
+        refund(self, http, r).await
+    }
+
+    /// [`verify_refund_answer`], for `OrderApi::verify_refund_answer`.
+    pub(super) fn verify_stored_refund(
+        &self,
+        answer: &Inbound<'_>,
+        out_refund_no: &str,
+    ) -> Result<Notice, Rejection> {
+        verify_refund_answer(self, answer, out_refund_no)
+    }
 }
 
 #[cfg(test)]

@@ -41,11 +41,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use rsa::pkcs1v15::VerifyingKey;
-use sha2::Sha256;
-
 use super::api::Client;
 use super::download::read_download;
+pub(super) use super::x509::Held;
 use super::x509::{normalise_serial, parse_pem, read_certificates};
 use super::Account;
 use crate::config::AccountConfig;
@@ -66,15 +64,6 @@ pub const DEMAND_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the certificates are downloaded from.
 const PATH: &str = "/v3/certificates";
-
-/// A platform certificate's key and when it expires.
-#[derive(Clone)]
-pub(super) struct Held {
-    /// Its RSA key.
-    pub(super) key: VerifyingKey<Sha256>,
-    /// Unix ms after which it is never used.
-    pub(super) expire_ms: i64,
-}
 
 /// Why an account has no key for a serial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,14 @@ use rsa::RsaPublicKey;
 use sha2::Sha256;
 use x509_cert::der::Encode;
 
-use super::certs::Held;
+/// A platform certificate's key and when it expires.
+#[derive(Clone)]
+pub(super) struct Held {
+    /// Its RSA key.
+    pub(super) key: VerifyingKey<Sha256>,
+    /// Unix ms after which it is never used.
+    pub(super) expire_ms: i64,
+}
 
 /// Parses one PEM certificate: its serial number (upper-case hex, as WeChat writes it in
 /// `Wechatpay-Serial`) and its RSA public key.
