@@ -694,6 +694,43 @@ async fn a_declined_refund_is_502_with_wechats_code_and_frees_the_amount() {
 }
 
 #[tokio::test]
+async fn a_system_error_leaves_the_refund_requested_and_its_amount_reserved() {
+    let e = env().await;
+    e.paid("md5", MD5, "MD5", "RFSYSE0001", 500, "4200SYSE01")
+        .await;
+    // "System error: call again with the same out_refund_no": the refund may have been
+    // taken. A refusal would free the amount for a second refund beside the first.
+    e.w.refuse_next("SYSTEMERROR", "系统超时");
+    let (code, v) = e
+        .refund(
+            "RFSYSE0001",
+            json!({ "amount": 500, "out_refund_no": "RS1" }),
+        )
+        .await;
+    assert_eq!((code, &v["code"]), (502, &json!("SYSTEMERROR")), "{v}");
+    let listed = e.refunds("RFSYSE0001").await;
+    assert_eq!(listed["requests"][0]["state"], "requested", "{listed}");
+    let (code, v) = e
+        .refund(
+            "RFSYSE0001",
+            json!({ "amount": 500, "out_refund_no": "RS2" }),
+        )
+        .await;
+    assert_eq!(
+        code, 422,
+        "another number cannot take the reserved amount: {v}"
+    );
+    let (code, v) = e
+        .refund(
+            "RFSYSE0001",
+            json!({ "amount": 500, "out_refund_no": "RS1" }),
+        )
+        .await;
+    assert_eq!((code, &v["state"]), (200, &json!("accepted")), "{v}");
+    e.no_bad_requests();
+}
+
+#[tokio::test]
 async fn without_a_client_certificate_a_refund_is_refused_before_anything_is_sent() {
     let e = env().await;
     e.paid("nocert", NOCERT, "MD5", "RFNOCERT01", 900, "4200NOCERT")

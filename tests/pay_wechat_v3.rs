@@ -686,6 +686,20 @@ async fn refunds_start_at_wechat_and_settle_once_by_the_refund_notification() {
         .map(|r| str_at(r, "state"))
         .collect();
     assert_eq!(states, ["settled", "failed", "requested"], "{v}");
+    // WeChat's system error says "the same call again": the refund may have been taken,
+    // so it is no refusal and the request (and its amount) stays requested.
+    stand_in.accept("RF-V3-3");
+    stand_in.refuse("RF-V3-3", "SYSTEM_ERROR", "系统错误");
+    let (code, v) = s
+        .api(
+            "POST",
+            &refunds,
+            Some(json!({ "amount": 700, "out_refund_no": "RF-V3-3" })),
+        )
+        .await;
+    assert_eq!((code, str_at(&v, "code")), (502, "SYSTEM_ERROR"), "{v}");
+    let (_, v) = s.api("GET", &refunds, None).await;
+    assert_eq!(v["requests"][2]["state"], "requested", "{v}");
     // The same number sent again once WeChat's answer verifies: accepted, then settled.
     stand_in.accept("RF-V3-3");
     let (code, v) = s

@@ -47,7 +47,9 @@ impl PayError {
     pub fn provider_code(&self) -> Option<(&str, &str)> {
         match self {
             PayError::Provider {
-                source: ProviderError::Declined { code, message, .. },
+                source:
+                    ProviderError::Declined { code, message, .. }
+                    | ProviderError::Uncertain { code, message, .. },
                 ..
             } => Some((code, message)),
             _ => None,

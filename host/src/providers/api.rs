@@ -78,6 +78,20 @@ pub enum ApiError {
         /// Its message.
         message: String,
     },
+    /// A verified answer saying the provider could not tell how the call ended (a system
+    /// error, "try again"): it may or may not have taken effect, and the same request
+    /// again (same order or refund number) is how to find out. Never "refused".
+    #[error(
+        "{provider} could not say how it ended: {code}: {message}; send the same request again"
+    )]
+    Uncertain {
+        /// The provider.
+        provider: ProviderKind,
+        /// Its error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// The order cannot be asked about with its account as configured (a partner
     /// account's order without one of its sub-merchants); nothing was sent.
     #[error("cannot call the provider about this order: {0}")]

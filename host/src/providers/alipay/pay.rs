@@ -282,14 +282,14 @@ async fn refund(
         if outcome_unknown(&resp) {
             // Not a refusal: the money may have moved. Leaving the request `requested`
             // (as for no answer) makes sending the same out_refund_no again the way on.
-            return Err(ApiError::Transport {
-                request: format!("POST {} {REFUND}", api.gateway()),
-                message: format!(
-                    "Alipay answered {} {} {}: outcome unknown",
-                    text(&resp, "code"),
-                    text(&resp, "sub_code"),
-                    text(&resp, "sub_msg")
-                ),
+            let code = match text(&resp, "sub_code") {
+                s if s.is_empty() => text(&resp, "code"),
+                s => s,
+            };
+            return Err(ApiError::Uncertain {
+                provider: ProviderKind::Alipay,
+                code,
+                message: text(&resp, "sub_msg"),
             });
         }
         return Err(declined(&resp));

@@ -214,12 +214,27 @@ fn get<'a>(fields: &'a BTreeMap<String, String>, k: &str) -> &'a str {
 
 /// A verified answer with `result_code` `FAIL`: WeChat's refusal, with its code and text.
 fn declined(fields: &BTreeMap<String, String>) -> ApiError {
+    let code = get(fields, "err_code").to_owned();
+    let message = get(fields, "err_code_des").to_owned();
+    // WeChat's "system error, call again with the same parameters": the refund (or
+    // order) may have been taken. Treated as a refusal, a refund's amount would be
+    // freed and a second refund could go through beside the first.
+    if UNCERTAIN.contains(&code.as_str()) {
+        return ApiError::Uncertain {
+            provider: ProviderKind::WechatV2,
+            code,
+            message,
+        };
+    }
     ApiError::Declined {
         provider: ProviderKind::WechatV2,
-        code: get(fields, "err_code").to_owned(),
-        message: get(fields, "err_code_des").to_owned(),
+        code,
+        message,
     }
 }
+
+/// `err_code`s after which WeChat asks for the same call again: the outcome is unknown.
+const UNCERTAIN: [&str; 2] = ["SYSTEMERROR", "BIZERR_NEED_RETRY"];
 
 /// What a verified answer's `result_code` says: `Ok` for `SUCCESS`, WeChat's refusal for
 /// `FAIL`, anything else refused as unreadable.

@@ -110,10 +110,20 @@ fn declined(status: u16, verified: &Value) -> ApiError {
         "" => format!("HTTP_{status}"),
         c => c.to_owned(),
     };
+    let message = str_or_empty(verified, "message").to_owned();
+    // WeChat's system errors (HTTP 5xx, `SYSTEM_ERROR`) say "call again with the same
+    // parameters": the refund may have been taken, so it is not a refusal.
+    if status >= 500 || code == "SYSTEM_ERROR" {
+        return ApiError::Uncertain {
+            provider: ProviderKind::WechatV3,
+            code,
+            message,
+        };
+    }
     ApiError::Declined {
         provider: ProviderKind::WechatV3,
         code,
-        message: str_or_empty(verified, "message").to_owned(),
+        message,
     }
 }
 
