@@ -356,6 +356,11 @@ async fn postgres_stopped_hard_and_restarted_the_host_recovers_by_itself() {
             .await
             .expect("an admin read answers with the database down");
         assert_eq!(st, 503, "{v}");
+        // The refunds of an order too (it was a 500 until issue 24).
+        let (st, v, _) = get_timed(&host, "/api/orders/IMSTOP000/refunds", SLACK * 6)
+            .await
+            .expect("a refunds read answers with the database down");
+        assert_eq!(st, 503, "{v}");
         assert!(
             read_took < Duration::from_secs(2) + SLACK,
             "admin read took {read_took:?}"

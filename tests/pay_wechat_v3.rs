@@ -292,11 +292,24 @@ async fn a_direct_merchant_places_each_method_and_the_client_parameters_verify()
         .api(
             "POST",
             "/api/orders",
-            Some(order("a", None, "PV3-JSAPI", "u1", 1234, pay)),
+            Some(order("a", None, "PV3-JSAPI", "u1", 1234, pay.clone())),
         )
         .await;
     assert_eq!(code, 201, "{again}");
     check_jsapi(&again["payment"], wechat_v3::APPID_A, &held.prepay_id);
+    // The same number for another order (another user, amount or custom) is no retry:
+    // 409, nothing sent.
+    let sent = stand_in.lock().received.len();
+    let mut other = order("a", None, "PV3-JSAPI", "u1", 1234, pay.clone());
+    other["custom"] = json!({ "recharge_balance": 99_999 });
+    for body in [
+        order("a", None, "PV3-JSAPI", "u2", 1234, pay.clone()),
+        other,
+    ] {
+        let (code, v) = s.api("POST", "/api/orders", Some(body)).await;
+        assert_eq!(code, 409, "{v}");
+    }
+    assert_eq!(stand_in.lock().received.len(), sent, "nothing sent");
     // And placed again as it was last placed, by number alone.
     let (code, again) = s.api("POST", "/api/orders/PV3-JSAPI/pay", None).await;
     assert_eq!(code, 200, "{again}");

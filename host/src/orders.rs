@@ -74,7 +74,7 @@ pub enum OrderError {
 
 /// Validates and inserts a new unpaid order; with `pay`, places its payment too. An
 /// order number that exists is refused, except with `pay` for the same unpaid order
-/// (same type, amount, user, provider, account and sub-merchant): then it is placed
+/// (same type, amount, user, provider, account, sub-merchant and custom): then it is placed
 /// again, so a client may retry a placement that failed or whose answer it lost.
 pub async fn create(app: &App, req: CreateOrder) -> Result<Created, OrderError> {
     let Some(pay) = req.pay.clone() else {
@@ -127,7 +127,12 @@ async fn same_unpaid_order(app: &App, req: &CreateOrder) -> Result<Option<Order>
     let Some(o) = app.store.get_order(no).await.map_err(OrderError::Store)? else {
         return Ok(None);
     };
+    let custom = match &req.custom {
+        None | Some(serde_json::Value::Null) => serde_json::json!({}),
+        Some(c) => c.clone(),
+    };
     let same = o.status == status::UNPAID
+        && o.custom == custom
         && o.order_type == req.order_type
         && o.total_fee == req.total_fee
         && o.user_id == req.user_id

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::ApiError;
+use super::{read, ApiError};
 use crate::app::App;
 use crate::payments::refund::{RefundBody, Requested};
 
@@ -35,27 +35,14 @@ pub async fn list(
     State(app): State<App>,
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    // A store failure is a 500 here even when the database is unavailable (503 elsewhere
-    // in `/api`): kept as it was, since this step changes no behaviour.
-    if app
-        .store
-        .get_order(&out_trade_no)
-        .await
-        .map_err(ApiError::internal)?
+    // Bounded like every `/api` read: a database that is down is a 503, not a hang.
+    if read(&app, app.store.get_order(&out_trade_no))
+        .await?
         .is_none()
     {
         return Err(ApiError::NotFound(format!("no order `{out_trade_no}`")));
     }
-    let refunds = app
-        .store
-        .list_refunds(&out_trade_no)
-        .await
-        .map_err(ApiError::internal)?;
-    let requests = app
-        .store
-        .payments()
-        .refund_requests(&out_trade_no)
-        .await
-        .map_err(ApiError::internal)?;
+    let refunds = read(&app, app.store.list_refunds(&out_trade_no)).await?;
+    let requests = read(&app, app.store.payments().refund_requests(&out_trade_no)).await?;
     Ok(Json(json!({ "refunds": refunds, "requests": requests })))
 }
