@@ -27,8 +27,8 @@ use rsa::RsaPrivateKey;
 use sha2::Sha256;
 
 pub use super::call::{
-    is_reconcile_record, record_source, OrderRef, ProviderAnswer, OUT_REFUND_NO_HEADER,
-    RECONCILE_SOURCE, REFUND_AMOUNT_HEADER, REFUND_SOURCE, SOURCE_HEADER,
+    record_source, OrderRef, ProviderAnswer, OUT_REFUND_NO_HEADER, RECONCILE_SOURCE,
+    REFUND_AMOUNT_HEADER, REFUND_SOURCE, SOURCE_HEADER,
 };
 use super::pay::{PayFieldError, PayRequest, Placed, Placement, RefundStart, RefundStarted};
 use super::{Inbound, Notice, ProviderKind, Rejection};

@@ -81,11 +81,6 @@ impl ProviderAnswer {
     }
 }
 
-/// Whether stored headers mark a provider's query answer (see [`SOURCE_HEADER`]).
-pub fn is_reconcile_record(headers: &[(String, String)]) -> bool {
-    record_source(headers) == Some(RECONCILE_SOURCE)
-}
-
 /// The [`SOURCE_HEADER`] of a stored record: `None` for a notification the provider sent.
 pub fn record_source(headers: &[(String, String)]) -> Option<&str> {
     headers
@@ -107,7 +102,10 @@ mod tests {
             body: Vec::new(),
             received_at: 0,
         };
-        assert!(is_reconcile_record(&answer.stored_headers()));
-        assert!(!is_reconcile_record(&answer.headers));
+        assert_eq!(
+            record_source(&answer.stored_headers()),
+            Some(RECONCILE_SOURCE)
+        );
+        assert_eq!(record_source(&answer.headers), None);
     }
 }
