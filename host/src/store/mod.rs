@@ -52,6 +52,7 @@
 //! PostgreSQL runs its transactions through sqlx on connections of its own (see
 //! `postgres::kept`), with row locks where SQLite has its one writer.
 
+pub mod audit;
 mod claims;
 pub mod console;
 mod documents;
