@@ -14,6 +14,7 @@ const SECTIONS: &[&str] = &[
     "orders",
     "reconcile",
     "retention",
+    "audit",
 ];
 
 /// Section keys whose environment value is always taken as text, never parsed as TOML.

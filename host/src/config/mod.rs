@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use account::{parse_notify_key, AccountConfig, ProviderKind, SubMerchantConfig};
 pub use mask::{redact_url, SECRET_KEYS};
 pub use sections::{
-    DatabaseConfig, OrdersConfig, PluginsConfig, ReconcileConfig, RetentionConfig, ServerConfig,
+    AuditConfig, DatabaseConfig, OrdersConfig, PluginsConfig, ReconcileConfig, RetentionConfig, ServerConfig,
     SqliteSynchronous, TasksConfig, SQLITE_PAYMENT_TIMEOUT_MS,
 };
 pub(crate) use validate::split_authority;
@@ -89,6 +89,9 @@ pub struct Config {
     /// How much of the notifications that failed verification is kept, and how long.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Handler write audit.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Merchant accounts, one per provider account.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,

@@ -170,6 +170,9 @@ pub struct PluginsConfig {
     /// handler loads only if its `.wasm` and manifest carry `paynotify-plugin` signatures
     /// (`{file}.sig`, `ssh-keygen -Y sign -n paynotify-plugin`) by a key listed there.
     pub allowed_signers: Option<PathBuf>,
+    /// Share of a type's payments and refunds its staged candidate (`{type}.next.wasm`)
+    /// runs beside the serving build, in a shadow run that never commits (0.0–1.0).
+    pub shadow_sample: f64,
 }
 
 impl Default for PluginsConfig {
@@ -186,6 +189,7 @@ impl Default for PluginsConfig {
             max_instances: 64,
             cache_dir: None,
             allowed_signers: None,
+            shadow_sample: 1.0,
         }
     }
 }
@@ -319,6 +323,27 @@ impl Default for RetentionConfig {
             rejected_days: 30,
             rejected_body_bytes: 8192,
             prune_interval_secs: 3600,
+        }
+    }
+}
+
+/// `[audit]`: every document write and enqueued task of a handler, recorded with the
+/// payment, refund or task run that made it (`handler_writes`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Record handler writes.
+    pub enabled: bool,
+    /// Days a recorded write (and a shadow run's recorded difference) is kept; then the
+    /// background job deletes it.
+    pub keep_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            keep_days: 90,
         }
     }
 }

@@ -153,6 +153,16 @@ impl Config {
             AT_LEAST_ONE,
         )?;
         require(
+            self.audit.keep_days > 0 && self.audit.keep_days <= MAX_RETENTION_DAYS,
+            "audit.keep_days",
+            &format!("must be between 1 and {MAX_RETENTION_DAYS}"),
+        )?;
+        require(
+            (0.0..=1.0).contains(&self.plugins.shadow_sample),
+            "plugins.shadow_sample",
+            "must be between 0.0 and 1.0",
+        )?;
+        require(
             self.database.batch_max > 0 && self.database.settlers != Some(0),
             "database.batch_max",
             "batch_max and settlers must be at least 1",
