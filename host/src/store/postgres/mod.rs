@@ -352,6 +352,10 @@ impl Store for PgStore {
     fn payments(&self) -> &dyn PaymentStore {
         self
     }
+
+    fn shadow(&self) -> &dyn crate::store::shadow::ShadowStore {
+        self
+    }
 }
 
 /// A unique index refused the row.
