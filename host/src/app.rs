@@ -45,6 +45,8 @@ pub struct App {
     pub plugins: Arc<Registry>,
     /// The notification pipeline.
     pub pipeline: Arc<Pipeline>,
+    /// Staged candidates' shadow runs.
+    pub shadows: Arc<Shadows>,
     /// Notify keys by (provider, account), for handlers' `crypto`.
     pub notify_keys: Arc<NotifyKeys>,
     /// Providers' order query and close APIs, by account.
@@ -94,6 +96,7 @@ impl App {
                 Some(((a.provider.clone(), a.name.clone()), key))
             })
             .collect();
+        let shadows = Shadows::start(plugins.clone(), store.clone(), config.plugins.shadow_sample);
         let pipeline = Arc::new(Pipeline::new(
             store.clone(),
             providers.clone(),
@@ -109,11 +112,7 @@ impl App {
             },
             Review {
                 audit: config.audit.enabled,
-                shadows: Shadows::start(
-                    plugins.clone(),
-                    store.clone(),
-                    config.plugins.shadow_sample,
-                ),
+                shadows: shadows.clone(),
             },
         ));
         Ok(App {
@@ -122,6 +121,7 @@ impl App {
             providers,
             plugins,
             pipeline,
+            shadows,
             notify_keys: Arc::new(notify_keys),
             apis,
         })

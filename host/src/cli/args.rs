@@ -177,6 +177,14 @@ pub enum PluginsCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// What shadow runs of the type's staged candidate (`{type}.next.wasm`) found: per
+    /// candidate build, its runs beside the serving build (same, different, failed) and
+    /// its first differences, both versions.
+    Shadow {
+        /// The type (e.g. recharge).
+        #[arg(value_name = "TYPE", value_parser = parse_plugin_type)]
+        plugin_type: String,
+    },
     /// Every load, replacement, unload and refusal of a handler build, newest first, by
     /// every host and across restarts (read from the database): which build served when,
     /// its SHA-256 and who signed it. The last line tells how to get the next page.

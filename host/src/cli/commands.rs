@@ -201,6 +201,9 @@ pub async fn plugins(
             let v = client.get("/api/admin/plugins").await?;
             output(json, &v, render::plugins_table)
         }
+        PluginsCommand::Shadow { plugin_type } => {
+            super::shadow::run(config, json, &plugin_type).await
+        }
         PluginsCommand::Reload => {
             let v = client.post("/api/admin/plugins/reload").await?;
             output(json, &v, render::reload_text)

@@ -16,6 +16,7 @@ mod develop;
 mod new_plugin;
 mod payments;
 mod render;
+mod shadow;
 pub mod tryout;
 
 use std::path::Path;

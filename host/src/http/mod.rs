@@ -23,6 +23,7 @@ pub mod hosts;
 mod notify;
 mod orders;
 mod refunds;
+mod shadow;
 mod sse;
 mod throttle;
 
@@ -98,6 +99,7 @@ pub fn router(app: App) -> Router {
         .route("/admin/plugins", get(admin::plugins))
         .route("/admin/plugins/reload", post(admin::reload_plugins))
         .route("/admin/plugins/history", get(admin::plugin_history))
+        .route("/admin/plugins/{plugin_type}/shadow", get(shadow::show))
         .route("/admin/collections/{collection}/{id}", get(admin::document))
         .route("/admin/tasks", get(admin::tasks))
         .route("/admin/tasks/{id}/retry", post(admin::retry_task))

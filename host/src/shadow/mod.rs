@@ -25,7 +25,7 @@ use crate::plugins::capabilities::{DbAccess, Overlay, Recording};
 use crate::plugins::{bindings, refund_bindings, HandlerFailure, Plugin, Registry};
 use crate::store::Store;
 pub use compare::Compared;
-pub use report::{Report, KEEP_DIFFERENCES};
+pub use report::{report, BuildReport, Report, ShadowReport, KEEP_DIFFERENCES};
 
 /// Calls waiting for the shadow worker at most; more are skipped.
 pub const QUEUE: usize = 256;

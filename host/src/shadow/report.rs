@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use super::{Compared, Served};
 use crate::plugins::Plugin;
-use crate::store::shadow::{NewDifference, ShadowBuild, ShadowCounts};
-use crate::store::Store;
+use serde::Serialize;
+
+use super::Shadows;
+use crate::store::shadow::{
+    DifferenceRecord, NewDifference, ShadowBuild, ShadowCounts, ShadowSummary,
+};
+use crate::store::{Store, StoreError};
 
 /// Differences (and failures) kept per candidate build.
 pub const KEEP_DIFFERENCES: u32 = 20;
@@ -131,4 +136,68 @@ impl Report {
             }
         }
     }
+}
+
+/// What shadow runs of one type found: for ops (API, CLI, console).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowReport {
+    /// The type.
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// The build serving now.
+    pub serving: Option<String>,
+    /// The candidate staged now (`{type}.next.wasm`).
+    pub candidate: Option<String>,
+    /// Share of calls shadowed (`[plugins] shadow_sample`).
+    pub sample: f64,
+    /// Every candidate build that ran, most recent first, with its first differences.
+    pub builds: Vec<BuildReport>,
+}
+
+/// One candidate build's runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// Its counts.
+    #[serde(flatten)]
+    pub summary: ShadowSummary,
+    /// It is the candidate staged now.
+    pub staged: bool,
+    /// Its first differences and failures (at most [`KEEP_DIFFERENCES`]).
+    pub differences: Vec<DifferenceRecord>,
+}
+
+/// The shadow report of `plugin_type`: what the database holds from every host, after
+/// this host's own pending counts are written.
+pub async fn report(
+    shadows: &Shadows,
+    store: &dyn Store,
+    plugin_type: &str,
+) -> Result<ShadowReport, StoreError> {
+    shadows.flush().await;
+    let staged = shadows.plugins.candidate(plugin_type);
+    let mut builds = Vec::new();
+    for summary in store.shadow().shadow_summaries(plugin_type).await? {
+        let differences = store
+            .shadow()
+            .shadow_differences(
+                plugin_type,
+                &summary.build.candidate_sha256,
+                KEEP_DIFFERENCES,
+            )
+            .await?;
+        builds.push(BuildReport {
+            staged: staged
+                .as_ref()
+                .is_some_and(|c| c.sha256 == summary.build.candidate_sha256),
+            summary,
+            differences,
+        });
+    }
+    Ok(ShadowReport {
+        plugin_type: plugin_type.to_owned(),
+        serving: shadows.plugins.get(plugin_type).map(|p| p.build_id()),
+        candidate: staged.map(|c| c.build_id()),
+        sample: shadows.sample,
+        builds,
+    })
 }
