@@ -36,6 +36,7 @@ mod orders;
 mod payments;
 mod plugins;
 mod session;
+mod shadow;
 mod tasks;
 mod widgets;
 
@@ -81,6 +82,7 @@ pub fn router(app: App) -> Router<App> {
             "/console/plugins/{plugin_type}/history",
             get(plugins::history),
         )
+        .route("/console/plugins/{plugin_type}/shadow", get(shadow::show))
         .route("/console/tasks", get(tasks::list))
         .route("/console/tasks/{id}/retry", post(tasks::retry))
         .route("/console/live", get(live::view))
