@@ -11,6 +11,7 @@
 
 use async_trait::async_trait;
 
+use super::audit::AuditStore;
 use super::payments::{NewRefundRequest, PaymentStore, Reservation};
 pub use super::platform_certs::PlatformCertStore;
 use super::refunds::{NewRefund, RefundRecord};
@@ -208,6 +209,8 @@ pub trait Store: OrderStore + NotificationStore + TaskStore + Send + Sync + 'sta
     fn platform_certs(&self) -> &dyn PlatformCertStore;
     /// Payments placed and refunds started at the providers.
     fn payments(&self) -> &dyn PaymentStore;
+    /// The handler write audit: what handlers wrote, by order, and its pruning.
+    fn audit(&self) -> &dyn AuditStore;
 }
 
 /// One open transaction. Dropping it without [`Tx::commit`] rolls it back.
