@@ -511,6 +511,8 @@ async fn measure_js_and_rust_recharge() {
                 account: Some("default".into()),
                 http: runtime.http_client(),
                 poisoned: None,
+                record: None,
+                audit_each: None,
             };
             let order = bindings::Order {
                 out_trade_no: format!("M{i}"),

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use crate::config::parse_notify_key;
 use crate::config::Config;
-use crate::pipeline::{Batching, NotifyKeys, Pipeline};
+use crate::pipeline::{Batching, NotifyKeys, Pipeline, Review};
 use crate::plugins::{Registry, Runtime};
 use crate::providers::registry::{AccountError, Apis, Providers, Registry as Accounts};
+use crate::shadow::Shadows;
 use crate::store::{self, Store};
 
 /// Why the host could not start.
@@ -106,6 +107,14 @@ impl App {
                     _ => 4,
                 }),
             },
+            Review {
+                audit: config.audit.enabled,
+                shadows: Shadows::start(
+                    plugins.clone(),
+                    store.clone(),
+                    config.plugins.shadow_sample,
+                ),
+            },
         ));
         Ok(App {
             config: Arc::new(config),
@@ -145,6 +154,7 @@ impl App {
             self.plugins.clone(),
             (*self.notify_keys).clone(),
             self.config.tasks.clone(),
+            self.config.audit.enabled,
         );
         Some(tokio::spawn(worker.run()))
     }

@@ -47,6 +47,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod replay;
 pub mod retention;
+pub mod shadow;
 pub mod signers;
 pub mod store;
 pub mod stuck;

@@ -71,6 +71,7 @@ const REJECTED_ROWS: &str = "paynotify_notifications_rejected_rows";
 const PRUNED: &str = "paynotify_notifications_pruned_total";
 const NOTIFY_TIMEOUTS: &str = "paynotify_notify_timeouts_total";
 const REDRIVEN: &str = "paynotify_notifications_redriven_total";
+const SHADOW_RUNS: &str = "paynotify_shadow_runs_total";
 
 /// Handler call durations, in seconds: from well under a millisecond (a small handler
 /// on a warm instance) to the largest wall-time limit a manifest may ask for.
@@ -141,6 +142,10 @@ fn describe() {
         HANDLER_DURATION,
         Unit::Seconds,
         "Handler calls (handle-paid, run-task), by plugin type and outcome, including the wait for a free instance."
+    );
+    describe_counter!(
+        SHADOW_RUNS,
+        "Shadow runs of a staged candidate build, by type and result (same, different, failed, skipped)."
     );
     describe_counter!(
         PLUGIN_LOADS,
@@ -357,6 +362,12 @@ pub fn plugin_load_failed(plugin: &str, reason: &'static str) {
 /// Counts a compiled artefact discarded because its MAC did not verify.
 pub fn plugin_cache_rejected() {
     metrics::counter!(PLUGIN_CACHE_REJECTED).increment(1);
+}
+
+/// Counts one shadow run of `plugin`'s candidate: `result` is `same`, `different`,
+/// `failed` or `skipped` (the shadow worker was too far behind).
+pub fn shadow_run(plugin: &str, result: &'static str) {
+    metrics::counter!(SHADOW_RUNS, "plugin" => plugin.to_owned(), "result" => result).increment(1);
 }
 
 /// Counts a settle batch run a second time, with savepoints, after a handler failed.

@@ -24,6 +24,7 @@ use crate::pipeline::NotifyKeys;
 use crate::plugins::bindings;
 use crate::plugins::capabilities::DbAccess;
 use crate::plugins::Registry;
+use crate::store::audit::{CallKind, CallRef};
 use crate::store::{Store, StoreError, TaskEnd, TaskRecord};
 use crate::time::now_ms;
 
@@ -40,21 +41,25 @@ pub struct Worker {
     notify_keys: NotifyKeys,
     config: TasksConfig,
     token: String,
+    /// Record handlers' writes (`[audit] enabled`).
+    audit: bool,
 }
 
 impl Worker {
-    /// A worker with its own claim token.
+    /// A worker with its own claim token, recording handlers' writes if `audit`.
     pub fn new(
         store: Arc<dyn Store>,
         plugins: Arc<Registry>,
         notify_keys: NotifyKeys,
         config: TasksConfig,
+        audit: bool,
     ) -> Worker {
         Worker {
             store,
             plugins,
             notify_keys,
             config,
+            audit,
             token: hex::encode(rand::random::<[u8; 12]>()),
         }
     }
@@ -209,6 +214,14 @@ impl Worker {
             .task(task.id)
             .account(task.provider.clone(), task.account.clone(), notify_key)
             .db(DbAccess::Autocommit(self.store.clone()))
+            .audit_each(self.audit.then(|| CallRef {
+                call: CallKind::Task,
+                out_trade_no: task.out_trade_no.clone(),
+                notification_id: None,
+                out_refund_no: None,
+                task_id: Some(task.id),
+                build: plugin.build_id(),
+            }))
             .build();
         let wit_task = bindings::Task {
             id: task.id,

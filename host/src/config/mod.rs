@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 pub use account::{parse_notify_key, AccountConfig, ProviderKind, SubMerchantConfig};
 pub use mask::{redact_url, SECRET_KEYS};
 pub use sections::{
-    AuditConfig, DatabaseConfig, OrdersConfig, PluginsConfig, ReconcileConfig, RetentionConfig, ServerConfig,
-    SqliteSynchronous, TasksConfig, SQLITE_PAYMENT_TIMEOUT_MS,
+    AuditConfig, DatabaseConfig, OrdersConfig, PluginsConfig, ReconcileConfig, RetentionConfig,
+    ServerConfig, SqliteSynchronous, TasksConfig, SQLITE_PAYMENT_TIMEOUT_MS,
 };
 pub(crate) use validate::split_authority;
 

@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::plugins::Registry;
 use crate::providers::registry::Providers;
 use crate::providers::{Answer, ContentTypeRefusal, Inbound, NoticeKind, Provider, ProviderKind};
+use crate::shadow::Shadows;
 use crate::store::{NewNotification, NotificationRecord, Store, Verdict};
 use refund::Refunder;
 
@@ -78,6 +79,15 @@ pub struct Batching {
     pub max: usize,
     /// Loops settling batches at once (SQLite has one writer: 1; PostgreSQL: several).
     pub settlers: usize,
+}
+
+/// How handler calls in the payment and refund transactions are reviewed.
+#[derive(Clone)]
+pub struct Review {
+    /// Record their writes with their transaction (`[audit] enabled`).
+    pub audit: bool,
+    /// Run staged candidates beside them.
+    pub shadows: Arc<Shadows>,
 }
 
 /// The notification pipeline.
@@ -141,7 +151,8 @@ impl<'a> Outcome<'a> {
 }
 
 impl Pipeline {
-    /// A pipeline over these parts. Starts its commit loops (needs a tokio runtime).
+    /// A pipeline over these parts, its handler calls reviewed by `review`. Starts its
+    /// commit loops (needs a tokio runtime).
     pub fn new(
         store: Arc<dyn Store>,
         providers: Arc<Providers>,
@@ -149,11 +160,12 @@ impl Pipeline {
         notify_keys: NotifyKeys,
         max_body_bytes: usize,
         batching: Batching,
+        review: Review,
     ) -> Pipeline {
         Pipeline {
             raw: raw::spawn(store.clone(), batching.max),
-            refunder: Refunder::new(plugins.clone(), notify_keys.clone()),
-            settle: settle::spawn(store.clone(), plugins, notify_keys, batching),
+            refunder: Refunder::new(plugins.clone(), notify_keys.clone(), review.clone()),
+            settle: settle::spawn(store.clone(), plugins, notify_keys, batching, review),
             store,
             providers,
             max_body_bytes,

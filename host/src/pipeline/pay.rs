@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::NotifyKeys;
+use super::{NotifyKeys, Review};
 use crate::plugins::bindings;
-use crate::plugins::capabilities::{CallContext, DbAccess};
+use crate::plugins::capabilities::{CallBuilder, DbAccess, Recording};
 use crate::plugins::runtime::Prepared;
 use crate::plugins::{HandlerFailure, Plugin, Registry};
 use crate::providers::{Notice, Payment, ProviderKind};
+use crate::shadow::{Call, Pending, Served};
 use crate::store::{status, Order, PaidOrder, StoreError, Tx, Verdict};
 
 /// A verified payment, stored as notification `id`, to settle.
@@ -78,6 +79,8 @@ impl From<Abort> for StoreError {
 pub(super) struct Payer {
     pub plugins: Arc<Registry>,
     pub notify_keys: NotifyKeys,
+    /// The audit and the shadow runs.
+    pub review: Review,
 }
 
 impl Payer {
@@ -193,7 +196,10 @@ impl Payer {
                 return (Some(tx), Err(e.into()));
             }
         }
-        let ctx = order_call_context(&self.plugins, &self.notify_keys, &plugin, order, id, tx);
+        let candidate = self.review.shadows.pick(&plugin.plugin_type);
+        let ctx = order_call_context(&self.plugins, &self.notify_keys, &plugin, order, id, tx)
+            .record(self.review.audit || candidate.is_some())
+            .build();
         let wit_order = wit_order(order, &payment.transaction_id);
         let wit_notification = bindings::Notification {
             id,
@@ -209,6 +215,11 @@ impl Payer {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
+        // The candidate repeats the very call, after the commit.
+        let shadow_call = candidate.as_ref().map(|_| Call::Paid {
+            order: wit_order.clone(),
+            notification: wit_notification.clone(),
+        });
         let started = std::time::Instant::now();
         let runtime = self.plugins.runtime();
         let (ctx, result) = match prepared {
@@ -237,7 +248,11 @@ impl Payer {
             crate::metrics::breaker_tripped(&plugin.plugin_type);
             tracing::error!(plugin = %plugin.plugin_type, "payment calls keep timing out: the type fails fast for a cool-down");
         }
-        let Some(mut tx) = ctx.and_then(|c| c.db.into_tx()) else {
+        let (recording, tx) = match ctx {
+            Some(mut c) => (c.record.take(), c.db.into_tx()),
+            None => (None, None),
+        };
+        let Some(mut tx) = tx else {
             return (
                 None,
                 Err(StoreError::Invalid("transaction lost during the handler call".into()).into()),
@@ -256,7 +271,29 @@ impl Payer {
                     handler_result: outcome.to_string(),
                     handler_version: build,
                 };
-                (Some(tx), Ok(Paid::Yes(Box::new(row))))
+                let shadow = candidate.zip(shadow_call).map(|(candidate, call)| Pending {
+                    candidate,
+                    served: Arc::new(Served {
+                        plugin_type: plugin.plugin_type.clone(),
+                        build: row.handler_version.clone(),
+                        out_trade_no: order.out_trade_no.clone(),
+                        notification_id: id,
+                        out_refund_no: None,
+                        account: account_of(&self.notify_keys, order),
+                        call,
+                        recording: recording.clone().unwrap_or_default(),
+                        outcome,
+                    }),
+                });
+                let recording = recording.filter(|_| self.review.audit);
+                (
+                    Some(tx),
+                    Ok(Paid::Yes {
+                        row: Box::new(row),
+                        recording,
+                        shadow,
+                    }),
+                )
             }
             Err(HandlerFailure::Transient(why)) => {
                 // Not the handler's doing: fail the transaction so it is run again.
@@ -290,6 +327,16 @@ impl Payer {
     }
 }
 
+/// The order's merchant account and its notify key, as a call about it gets them.
+pub(crate) fn account_of(
+    notify_keys: &NotifyKeys,
+    order: &Order,
+) -> (String, String, Option<[u8; 32]>) {
+    let key = (order.provider.clone(), order.account.clone());
+    let notify_key = notify_keys.get(&key).copied();
+    (key.0, key.1, notify_key)
+}
+
 /// The context of a handler call about `order` (for notification `id`), its database
 /// operations going into `tx`: the plugin's grants, log tags, the account's notify key.
 pub(crate) fn order_call_context(
@@ -299,17 +346,14 @@ pub(crate) fn order_call_context(
     order: &Order,
     id: i64,
     tx: Box<dyn Tx>,
-) -> CallContext {
-    let notify_key = notify_keys
-        .get(&(order.provider.clone(), order.account.clone()))
-        .copied();
+) -> CallBuilder {
+    let (provider, account, notify_key) = account_of(notify_keys, order);
     plugins
         .call_context(plugin)
         .order(order.out_trade_no.clone())
         .notification(id)
-        .account(order.provider.clone(), order.account.clone(), notify_key)
+        .account(provider, account, notify_key)
         .db(DbAccess::Tx(tx))
-        .build()
 }
 
 /// The order as a handler sees it, paid by `transaction_id`.
@@ -337,8 +381,15 @@ pub(super) type Ahead = HashMap<usize, Option<PrepareTask>>;
 
 /// What running the handler for a payment came to.
 pub(super) enum Paid {
-    /// It succeeded: the order row to mark paid at the end of the batch.
-    Yes(Box<PaidOrder>),
+    /// It succeeded.
+    Yes {
+        /// The order row to mark paid at the end of the batch.
+        row: Box<PaidOrder>,
+        /// What the handler read and wrote, for the audit (`None`: not audited).
+        recording: Option<Recording>,
+        /// The shadow run to make after the commit.
+        shadow: Option<Pending>,
+    },
     /// It failed (rolled back) or no handler is loaded: the verdict.
     No(Settled),
 }

@@ -30,11 +30,15 @@
 
 use std::sync::Arc;
 
-use super::pay::{order_call_context, wit_order};
+use super::pay::{account_of, order_call_context, wit_order};
 use super::settle::with_retries;
+use super::Review;
 use super::{NotifyKeys, Outcome, Pipeline, Processed};
+use crate::plugins::capabilities::Recording;
 use crate::plugins::{refund_bindings, HandlerFailure, Plugin, Registry};
 use crate::providers::{Notice, ProviderKind, Refund, RefundAmount};
+use crate::shadow::{Call, Pending, Served};
+use crate::store::audit::{CallKind, CallRef, CallWrites};
 use crate::store::{status, NewRefund, Order, Store, StoreError, Tx, Verdict};
 
 /// The handler status recorded on a refund whose type's handler has no `handle-refunded`.
@@ -57,6 +61,8 @@ pub struct ToRefund<'a> {
 pub struct Refunder {
     plugins: Arc<Registry>,
     notify_keys: NotifyKeys,
+    /// The audit and the shadow runs.
+    review: Review,
 }
 
 /// What applying a refund decided.
@@ -66,6 +72,8 @@ pub struct RefundOutcome {
     pub verdict: Verdict,
     /// Why, or what to tell ops.
     pub reason: Option<String>,
+    /// A shadow run to make once the refund committed.
+    shadow: Option<Pending>,
 }
 
 impl RefundOutcome {
@@ -73,6 +81,7 @@ impl RefundOutcome {
         RefundOutcome {
             verdict,
             reason: reason.into(),
+            shadow: None,
         }
     }
 }
@@ -171,11 +180,12 @@ impl Pipeline {
 }
 
 impl Refunder {
-    /// A refunder running the handlers of `plugins`.
-    pub fn new(plugins: Arc<Registry>, notify_keys: NotifyKeys) -> Refunder {
+    /// A refunder running the handlers of `plugins`, reviewed by `review`.
+    pub fn new(plugins: Arc<Registry>, notify_keys: NotifyKeys, review: Review) -> Refunder {
         Refunder {
             plugins,
             notify_keys,
+            review,
         }
     }
 
@@ -222,6 +232,9 @@ impl Refunder {
         )
         .await?;
         tx.commit().await?;
+        if let Some(run) = outcome.shadow.clone() {
+            self.review.shadows.submit(run);
+        }
         Ok(outcome)
     }
 
@@ -296,7 +309,10 @@ impl Refunder {
                 Ok(RefundOutcome::new(Verdict::Failed, failure.to_string())),
             );
         }
-        let (back, result) = self.call_handler(tx, &plugin, r, order, amount).await;
+        let candidate = self.review.shadows.pick(&plugin.plugin_type);
+        let (back, result, recording, call) = self
+            .call_handler(tx, &plugin, r, order, amount, candidate.is_some())
+            .await;
         if plugin.breaker.record(&result) {
             crate::metrics::breaker_tripped(&plugin.plugin_type);
             tracing::error!(plugin = %plugin.plugin_type, "payment calls keep timing out: the type fails fast for a cool-down");
@@ -306,19 +322,53 @@ impl Refunder {
         };
         match result {
             Ok(outcome) => {
-                let r = tx
-                    .set_refund_handler_result(
+                let shadow = candidate.zip(call).map(|(candidate, call)| Pending {
+                    candidate,
+                    served: Arc::new(Served {
+                        plugin_type: plugin.plugin_type.clone(),
+                        build: build.clone(),
+                        out_trade_no: order.out_trade_no.clone(),
+                        notification_id: r.id,
+                        out_refund_no: Some(refund.out_refund_no.clone()),
+                        account: account_of(&self.notify_keys, order),
+                        call,
+                        recording: recording.clone().unwrap_or_default(),
+                        outcome: outcome.clone(),
+                    }),
+                });
+                let writes: Vec<CallWrites> = recording
+                    .filter(|rec| self.review.audit && !rec.writes.is_empty())
+                    .map(|rec| CallWrites {
+                        call: CallRef {
+                            call: CallKind::Refunded,
+                            out_trade_no: Some(order.out_trade_no.clone()),
+                            notification_id: Some(r.id),
+                            out_refund_no: Some(refund.out_refund_no.clone()),
+                            task_id: None,
+                            build: build.clone(),
+                        },
+                        writes: rec.writes,
+                        first_seq: 0,
+                    })
+                    .into_iter()
+                    .collect();
+                let r = async {
+                    tx.record_writes(&writes).await?;
+                    tx.set_refund_handler_result(
                         &order.out_trade_no,
                         &refund.out_refund_no,
                         "succeeded",
                         &outcome,
                         Some(&build),
                     )
-                    .await;
-                (
-                    Some(tx),
-                    r.map(|()| RefundOutcome::new(Verdict::Refunded, None)),
-                )
+                    .await
+                }
+                .await;
+                let done = RefundOutcome {
+                    shadow,
+                    ..RefundOutcome::new(Verdict::Refunded, None)
+                };
+                (Some(tx), r.map(|()| done))
             }
             // Not the handler's doing: fail the transaction so it is run again.
             Err(HandlerFailure::Transient(why)) => (Some(tx), Err(StoreError::Transient(why))),
@@ -340,13 +390,18 @@ impl Refunder {
         r: ToRefund<'_>,
         order: &Order,
         amount: i64,
+        shadowed: bool,
     ) -> (
         Option<Box<dyn Tx>>,
         Result<serde_json::Value, HandlerFailure>,
+        Option<Recording>,
+        Option<Call>,
     ) {
         let (id, notice, refund) = (r.id, r.notice, r.refund);
         let refunded_total = order.refund_fee + amount;
-        let ctx = order_call_context(&self.plugins, &self.notify_keys, plugin, order, id, tx);
+        let ctx = order_call_context(&self.plugins, &self.notify_keys, plugin, order, id, tx)
+            .record(self.review.audit || shadowed)
+            .build();
         let wit_order = wit_order(order, order.transaction_id.as_deref().unwrap_or_default());
         let wit_refund = refund_bindings::Refund {
             notification_id: id,
@@ -362,6 +417,11 @@ impl Refunder {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
+        // The candidate repeats the very call, after the commit.
+        let call = shadowed.then(|| Call::Refunded {
+            order: wit_order.clone(),
+            refund: wit_refund.clone(),
+        });
         let (ctx, result) = self
             .plugins
             .runtime()
@@ -373,7 +433,13 @@ impl Refunder {
                 wit_refund,
             )
             .await;
-        (ctx.and_then(|c| c.db.into_tx()), result)
+        match ctx {
+            Some(mut c) => {
+                let recording = c.record.take();
+                (c.db.into_tx(), result, recording, call)
+            }
+            None => (None, result, None, None),
+        }
     }
 }
 

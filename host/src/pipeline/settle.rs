@@ -13,10 +13,12 @@ use std::sync::Arc;
 
 use super::batch::{Job, Queue, Worker};
 use super::pay::{Abort, Ahead, Isolation, Paid, Payer, Settled, ToSettle};
-use super::{Batching, NotifyKeys, Outcome, Pipeline, Processed};
+use super::{Batching, NotifyKeys, Outcome, Pipeline, Processed, Review};
+use crate::plugins::capabilities::Recording;
 use crate::plugins::{HandlerFailure, Registry};
 use crate::providers::{Notice, NoticeKind, ProviderKind};
-use crate::store::{status, NotificationVerdict, Order, Store, StoreError, Verdict};
+use crate::store::audit::{CallKind, CallRef, CallWrites};
+use crate::store::{status, NotificationVerdict, Order, PaidOrder, Store, StoreError, Verdict};
 
 /// The queue of verified payments waiting to be settled.
 pub(super) type SettleQueue = Queue<ToSettle, Settled>;
@@ -27,12 +29,14 @@ pub(super) fn spawn(
     plugins: Arc<Registry>,
     notify_keys: NotifyKeys,
     batching: Batching,
+    review: Review,
 ) -> SettleQueue {
     let settler = Settler {
         store,
         payer: Payer {
             plugins,
             notify_keys,
+            review,
         },
     };
     Queue::spawn("settle", batching.settlers, batching.max, settler)
@@ -257,6 +261,8 @@ impl Settler {
         let seq: Vec<usize> = seq.into_iter().map(|(_, i)| i).collect();
         let mut results: Vec<Option<Settled>> = (0..items.len()).map(|_| None).collect();
         let mut paid = Vec::new();
+        let mut writes = Vec::new();
+        let mut shadows = Vec::new();
         let mut ahead = Ahead::new();
         for (p, &i) in seq.iter().enumerate() {
             let item = &items[i];
@@ -283,11 +289,19 @@ impl Settler {
                         )
                     })?;
                     match result? {
-                        Paid::Yes(row) => {
+                        Paid::Yes {
+                            row,
+                            recording,
+                            shadow,
+                        } => {
                             // Later notifications in this batch see the order as paid.
                             order.status = status::PAID;
                             order.transaction_id = Some(row.transaction_id.clone());
                             order.paid_notification_id = Some(row.notification_id);
+                            if let Some(r) = recording.filter(|r| !r.writes.is_empty()) {
+                                writes.push(paid_writes(&row, r));
+                            }
+                            shadows.extend(shadow);
                             paid.push(*row);
                             Settled::new(Verdict::Paid, None)
                         }
@@ -314,7 +328,7 @@ impl Settler {
                 account: Some(item.notice.account.as_str()),
             })
             .collect();
-        let marked = tx.settle(&paid, &verdicts).await?;
+        let marked = tx.settle(&paid, &verdicts, &writes).await?;
         drop(verdicts);
         if marked != paid.len() as u64 {
             // The rows are locked (or the database is), so this cannot happen; if it
@@ -326,7 +340,26 @@ impl Settler {
             .into());
         }
         tx.commit().await?;
+        for run in shadows {
+            self.payer.review.shadows.submit(run);
+        }
         Ok(results)
+    }
+}
+
+/// The audit rows of a payment's handler call.
+fn paid_writes(row: &PaidOrder, recording: Recording) -> CallWrites {
+    CallWrites {
+        call: CallRef {
+            call: CallKind::Paid,
+            out_trade_no: Some(row.out_trade_no.clone()),
+            notification_id: Some(row.notification_id),
+            out_refund_no: None,
+            task_id: None,
+            build: row.handler_version.clone(),
+        },
+        writes: recording.writes,
+        first_seq: 0,
     }
 }
 

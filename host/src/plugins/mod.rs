@@ -187,6 +187,12 @@ impl Registry {
         self.loaded.load().get(plugin_type).cloned()
     }
 
+    /// The staged candidate of `plugin_type` (`{type}.next.wasm`), if one is loaded.
+    // Placeholder until candidate loading lands (branch `stage`): none are loaded yet.
+    pub fn candidate(&self, _plugin_type: &str) -> Option<Arc<Plugin>> {
+        None
+    }
+
     /// Loads every `{type}.wasm` in the directory whose files changed (by what the
     /// filesystem says of them), keeps the serving version of any that fails, and
     /// unloads types whose file is gone or whose signer is no longer allowed.

@@ -133,6 +133,53 @@ pub struct CallWrites {
     pub first_seq: i64,
 }
 
+/// What [`Tx::doc_inc_audited`](super::Tx::doc_inc_audited) answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incremented {
+    /// The field's new value.
+    pub value: i64,
+    /// The document before (`None`: the increment created it).
+    pub before: Option<String>,
+    /// The document after.
+    pub after: String,
+}
+
+/// The document an increment overwrote, from the statement's snapshot of it: that
+/// snapshot if adding `delta` to `field` in it gives `after` (nothing else changed it
+/// meanwhile), else `after` with the increment taken back (another transaction changed the
+/// document while this one waited for its lock: what it overwrote is that transaction's
+/// result, which differs from `after` only in `field`). `value` is the field after.
+pub(crate) fn before_increment(
+    snapshot: Option<String>,
+    after: &str,
+    field: &str,
+    delta: i64,
+    value: i64,
+) -> Option<String> {
+    use serde_json::{Map, Value};
+    let parse = |text: &str| match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    };
+    let after_doc = parse(after)?;
+    let expected = |before: Option<&Map<String, Value>>| {
+        let mut m = before.cloned().unwrap_or_default();
+        let old = m.get(field).and_then(Value::as_i64).unwrap_or(0);
+        m.insert(field.to_owned(), Value::from(old.checked_add(delta)?));
+        Some(m)
+    };
+    match snapshot.as_deref().map(parse) {
+        None if expected(None).as_ref() == Some(&after_doc) => return None,
+        Some(Some(before)) if expected(Some(&before)).as_ref() == Some(&after_doc) => {
+            return snapshot
+        }
+        _ => {}
+    }
+    let mut before = after_doc;
+    before.insert(field.to_owned(), Value::from(value.checked_sub(delta)?));
+    Some(Value::Object(before).to_string())
+}
+
 /// A recorded write, as read back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WriteRecord {
@@ -442,5 +489,25 @@ mod tests {
         let whole = changed_fields(Some(&json!([1])), Some(&json!({ "x": 1 })));
         assert_eq!(whole.len(), 1);
         assert_eq!(whole[0].field, "");
+    }
+
+    #[test]
+    fn the_snapshot_is_the_before_unless_another_transaction_changed_the_document() {
+        let snap = Some(r#"{"name":"a","balance":5}"#.to_owned());
+        let after = r#"{"name":"a","balance":8}"#;
+        assert_eq!(before_increment(snap.clone(), after, "balance", 3, 8), snap);
+        // Created by the increment.
+        assert_eq!(
+            before_increment(None, r#"{"balance":3}"#, "balance", 3, 3),
+            None
+        );
+        // Another transaction set the balance to 10 (and a field) while this one waited.
+        let after = r#"{"name":"b","balance":13}"#;
+        let before = before_increment(snap, after, "balance", 3, 13).unwrap();
+        let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+        assert_eq!(before, serde_json::json!({"name": "b", "balance": 10}));
+        // Another transaction created it while this one waited.
+        let before = before_increment(None, r#"{"balance":7}"#, "balance", 3, 7).unwrap();
+        assert_eq!(before, r#"{"balance":4}"#);
     }
 }

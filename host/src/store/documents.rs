@@ -73,6 +73,16 @@ pub(crate) fn delete<'a>(collection: &'a str, id: &'a str) -> Statement<'a> {
         .bind(id)
 }
 
+/// Deletes one document, answering its JSON text (as `data`) if there was one.
+pub(crate) fn delete_returning<'a>(d: &Dialect, collection: &'a str, id: &'a str) -> Statement<'a> {
+    Statement::new(format!(
+        "DELETE FROM documents WHERE collection = $1 AND id = $2 RETURNING {} AS data",
+        d.doc_text
+    ))
+    .bind(collection)
+    .bind(id)
+}
+
 /// Documents of `collection` whose top-level fields equal the filters' JSON values, by
 /// id, at most `limit`, as (`id`, `data`). `None` when a value holds NUL on a backend
 /// that cannot store it: no document can match.

@@ -67,6 +67,7 @@ pub mod ready;
 pub mod refunds;
 mod retention;
 mod rows;
+pub mod shadow;
 pub mod sqlite;
 mod statement;
 mod tasks;

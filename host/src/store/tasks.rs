@@ -199,4 +199,16 @@ impl<S: Sql> TaskStore for S {
         let found = self.fetch(On::Read, &st, |r| r.text("data")).await?;
         Ok(found.into_iter().next().flatten())
     }
+
+    async fn query_documents(
+        &self,
+        collection: &str,
+        filters: &[(String, serde_json::Value)],
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        match documents::query(self.dialect(), collection, filters, limit) {
+            Some(st) => self.fetch(On::Read, &st, documents::id_and_data).await,
+            None => Ok(Vec::new()),
+        }
+    }
 }

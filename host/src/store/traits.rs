@@ -11,10 +11,11 @@
 
 use async_trait::async_trait;
 
-use super::audit::AuditStore;
+use super::audit::{AuditStore, CallWrites, Incremented};
 use super::payments::{NewRefundRequest, PaymentStore, Reservation};
 pub use super::platform_certs::PlatformCertStore;
 use super::refunds::{NewRefund, RefundRecord};
+use super::shadow::ShadowStore;
 use super::types::{
     ConsoleSession, Keyset, MarkPaid, NewNotification, NewOrder, NewTask, NotificationFilter,
     NotificationRecord, NotificationVerdict, Order, OrderCursor, OrderFilter, PaidOrder,
@@ -169,6 +170,13 @@ pub trait TaskStore: Send + Sync {
     async fn retry_task(&self, id: i64) -> Result<bool, StoreError>;
     /// A handler document (admin view), outside any transaction.
     async fn get_document(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// [`Tx::doc_query`] outside any transaction, on a reader (a shadow run's reads).
+    async fn query_documents(
+        &self,
+        collection: &str,
+        filters: &[(String, serde_json::Value)],
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// The database: the shared reads and writes above, plus what each backend does its own
@@ -211,6 +219,8 @@ pub trait Store: OrderStore + NotificationStore + TaskStore + Send + Sync + 'sta
     fn payments(&self) -> &dyn PaymentStore;
     /// The handler write audit: what handlers wrote, by order, and its pruning.
     fn audit(&self) -> &dyn AuditStore;
+    /// Shadow runs' counts and differences.
+    fn shadow(&self) -> &dyn ShadowStore;
 }
 
 /// One open transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -241,17 +251,18 @@ pub trait Tx: Send {
         &mut self,
         rows: &[NotificationVerdict<'_>],
     ) -> Result<(), StoreError>;
-    /// [`Tx::settle_paid`] then [`Tx::finish_notifications`]: the end of a batch. A
-    /// backend where a statement is a round trip to a server does both in one.
+    /// [`Tx::settle_paid`], [`Tx::finish_notifications`], then [`Tx::record_writes`]:
+    /// the end of a batch. A backend where a statement is a round trip to a server does
+    /// them in one.
     async fn settle(
         &mut self,
         paid: &[PaidOrder],
         rows: &[NotificationVerdict<'_>],
-    ) -> Result<u64, StoreError> {
-        let marked = self.settle_paid(paid).await?;
-        self.finish_notifications(rows).await?;
-        Ok(marked)
-    }
+        writes: &[CallWrites],
+    ) -> Result<u64, StoreError>;
+    /// Records handler calls' writes (the write audit) in this transaction: one
+    /// statement per thousand rows.
+    async fn record_writes(&mut self, writes: &[CallWrites]) -> Result<(), StoreError>;
     /// Records the handler's result, and which build produced it, on the order.
     async fn set_handler_result(
         &mut self,
@@ -292,6 +303,28 @@ pub trait Tx: Send {
     ) -> Result<i64, DocError>;
     /// Deletes a document; true if it existed.
     async fn doc_delete(&mut self, collection: &str, id: &str) -> Result<bool, DocError>;
+    /// [`Tx::doc_put`], answering the document it replaced (`None`: it created it), read
+    /// under the row lock so it is exactly what was overwritten.
+    async fn doc_put_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+        data: &str,
+    ) -> Result<Option<String>, DocError>;
+    /// [`Tx::doc_inc`], also answering the document before and after.
+    async fn doc_inc_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<Incremented, DocError>;
+    /// [`Tx::doc_delete`], answering the document it deleted (`None`: there was none).
+    async fn doc_delete_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, DocError>;
     /// Documents whose top-level fields equal the given JSON values, ordered by id.
     async fn doc_query(
         &mut self,

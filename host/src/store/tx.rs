@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 
+use super::audit::{self, CallWrites, Incremented};
 use super::payments::{self, NewRefundRequest, Reservation};
 use super::refunds::{self, NewRefund, RefundRecord};
 use super::rows::order_row;
@@ -32,14 +33,17 @@ pub(crate) trait TxConn: Send {
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
-    /// [`Tx::settle`]: marks the batch's orders paid, then records its verdicts.
+    /// [`Tx::settle`]: marks the batch's orders paid, records its verdicts, then its
+    /// handlers' writes.
     async fn settle(
         &mut self,
         paid: &[PaidOrder],
         rows: &[NotificationVerdict<'_>],
+        writes: &[CallWrites],
     ) -> Result<u64, StoreError> {
         let marked = settle_paid(self, paid).await?;
         finish_notifications(self, rows).await?;
+        record_writes(self, writes).await?;
         Ok(marked)
     }
     /// [`Tx::doc_get_for_update`].
@@ -56,6 +60,68 @@ pub(crate) trait TxConn: Send {
         field: &str,
         delta: i64,
     ) -> Result<i64, DocError>;
+    /// [`Tx::doc_inc_audited`]: by default the document read before and after the
+    /// increment (three statements: cheap where a statement is a function call, SQLite,
+    /// whose one writer also makes the reads exact).
+    async fn doc_inc_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<Incremented, DocError> {
+        let before = select_doc(self, collection, id, "").await?;
+        let value = TxConn::doc_inc(self, collection, id, field, delta).await?;
+        let after = select_doc(self, collection, id, "").await?.ok_or_else(|| {
+            DocError::Invalid(format!("{collection}/{id} vanished after its increment"))
+        })?;
+        Ok(Incremented {
+            value,
+            before,
+            after,
+        })
+    }
+}
+
+/// [`Tx::record_writes`] on any backend.
+pub(crate) async fn record_writes<C: TxConn + ?Sized>(
+    conn: &mut C,
+    writes: &[CallWrites],
+) -> Result<(), StoreError> {
+    for chunk in audit::rows(writes) {
+        let mut st = Statement::build();
+        audit::push_insert(&mut st, &chunk);
+        conn.execute(&st).await?;
+    }
+    Ok(())
+}
+
+/// How often an audited `set` retries when the document is deleted and re-created
+/// between its statements (each retry needs another transaction to do that again).
+const PUT_ATTEMPTS: usize = 3;
+
+/// [`Tx::doc_put_audited`] on any backend: the document is read under its row lock
+/// (SQLite: the writer's lock) and replaced; an absent one is created only if still
+/// absent, so one another transaction created meanwhile is never overwritten unseen.
+async fn put_audited<C: TxConn + ?Sized>(
+    conn: &mut C,
+    collection: &str,
+    id: &str,
+    data: &str,
+) -> Result<Option<String>, DocError> {
+    let lock = conn.dialect().for_update;
+    for _ in 0..PUT_ATTEMPTS {
+        if let Some(before) = select_doc(conn, collection, id, lock).await? {
+            write_doc(conn, collection, id, data, documents::REPLACE).await?;
+            return Ok(Some(before));
+        }
+        if write_doc(conn, collection, id, data, documents::KEEP).await? == 1 {
+            return Ok(None);
+        }
+    }
+    Err(DocError::Invalid(format!(
+        "document {collection}/{id} is being deleted and re-created concurrently; try again"
+    )))
 }
 
 /// [`Tx::settle_paid`] on any backend.
@@ -164,8 +230,13 @@ impl<C: TxConn> Tx for C {
         &mut self,
         paid: &[PaidOrder],
         rows: &[NotificationVerdict<'_>],
+        writes: &[CallWrites],
     ) -> Result<u64, StoreError> {
-        TxConn::settle(self, paid, rows).await
+        TxConn::settle(self, paid, rows, writes).await
+    }
+
+    async fn record_writes(&mut self, writes: &[CallWrites]) -> Result<(), StoreError> {
+        record_writes(self, writes).await
     }
 
     async fn set_handler_result(
@@ -227,6 +298,35 @@ impl<C: TxConn> Tx for C {
 
     async fn doc_delete(&mut self, collection: &str, id: &str) -> Result<bool, DocError> {
         Ok(self.execute(&documents::delete(collection, id)).await? == 1)
+    }
+
+    async fn doc_put_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+        data: &str,
+    ) -> Result<Option<String>, DocError> {
+        put_audited(self, collection, id, data).await
+    }
+
+    async fn doc_inc_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<Incremented, DocError> {
+        TxConn::doc_inc_audited(self, collection, id, field, delta).await
+    }
+
+    async fn doc_delete_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, DocError> {
+        let st = documents::delete_returning(self.dialect(), collection, id);
+        let gone = self.fetch(&st, |r| r.text("data")).await?;
+        Ok(gone.into_iter().next().flatten())
     }
 
     async fn doc_query(

@@ -1,14 +1,17 @@
 //! `db`: JSON documents in the collections the manifest grants, in the call's transaction
-//! (or, for `run-task`, one short transaction per operation).
+//! (or, for `run-task`, one short transaction per operation; or, in a shadow run, a view
+//! that never commits: [`super::overlay`]). Writes are recorded when the call records
+//! ([`super::record`]).
 //!
 //! Configure: `collections` must be valid names. Prepare: [`DbAccess`] via
 //! [`CallBuilder::db`](super::CallBuilder::db). Link: interface `db`.
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{CallContext, Capability, Getter};
+use super::{CallContext, Capability, DbAccess, Getter};
 use crate::plugins::manifest::Manifest;
 use crate::plugins::world::since_v0_1::bindings::paynotify::plugin::db as wit;
+use crate::store::audit::{Write, WriteOp};
 use crate::store::DocError;
 
 /// Largest JSON document (or task payload) a handler may write.
@@ -51,6 +54,32 @@ macro_rules! doc_op {
             Err(e) => Err(DocError::Store(e)),
         };
         result.map_err(|e| $ctx.doc_error(e))
+    }};
+}
+
+/// [`doc_op!`] for a write whose body answers `(value, Option<Write>)`: the write is
+/// recorded for the audit (in the operation's own transaction when it has one) and kept
+/// in the call's recording.
+macro_rules! doc_write {
+    ($ctx:expr, |$tx:ident| $body:expr) => {{
+        let each = $ctx.audit_each_row();
+        let result = match $ctx.op_tx().await {
+            Ok(mut op) => {
+                let r = {
+                    let $tx = op.tx();
+                    $body.await
+                };
+                op.end_write(r, each).await
+            }
+            Err(e) => Err(DocError::Store(e)),
+        };
+        match result {
+            Ok((value, write)) => {
+                $ctx.recorded(write);
+                Ok(value)
+            }
+            Err(e) => Err($ctx.doc_error(e)),
+        }
     }};
 }
 
@@ -138,7 +167,15 @@ impl wit::Host for CallContext {
         id: String,
     ) -> Result<Option<String>, wit::DbError> {
         self.document(&collection, &id)?;
-        doc_op!(self, |tx| tx.doc_get(&collection, &id))
+        if let DbAccess::Shadow(view) = &mut self.db {
+            let r = view.get(&collection, &id).await;
+            return r.map_err(|e| self.doc_error(e));
+        }
+        let found = doc_op!(self, |tx| tx.doc_get(&collection, &id))?;
+        if let Some(r) = &mut self.record {
+            r.saw((collection, id), found.clone());
+        }
+        Ok(found)
     }
 
     async fn insert(
@@ -147,10 +184,29 @@ impl wit::Host for CallContext {
         id: Option<String>,
         data: String,
     ) -> Result<String, wit::DbError> {
-        let id = id.unwrap_or_else(|| hex::encode(rand::random::<[u8; 12]>()));
+        let id = match id {
+            Some(id) => id,
+            None => self.generate_id(),
+        };
         self.document(&collection, &id)?;
         let (_, data) = json_object(&data)?;
-        doc_op!(self, |tx| tx.doc_insert(&collection, &id, &data)).map(|()| id)
+        if let DbAccess::Shadow(view) = &mut self.db {
+            let r = view.insert(&collection, &id, data).await;
+            return r.map(|()| id).map_err(|e| self.doc_error(e));
+        }
+        let record = self.record.is_some();
+        doc_write!(self, |tx| async {
+            tx.doc_insert(&collection, &id, &data).await?;
+            let write = record.then(|| Write {
+                op: WriteOp::Insert,
+                collection: collection.clone(),
+                doc_id: id.clone(),
+                before: None,
+                after: Some(data.clone()),
+            });
+            Ok(((), write))
+        })
+        .map(|()| id)
     }
 
     async fn set(
@@ -162,30 +218,38 @@ impl wit::Host for CallContext {
     ) -> Result<(), wit::DbError> {
         self.document(&collection, &id)?;
         let (fields, text) = json_object(&data)?;
+        if let DbAccess::Shadow(view) = &mut self.db {
+            let r = view.set(&collection, &id, fields, text, merge).await;
+            return r.map_err(|e| self.doc_error(e));
+        }
+        let record = self.record.is_some();
+        let write = |op, before, after: String| {
+            record.then(|| Write {
+                op,
+                collection: collection.clone(),
+                doc_id: id.clone(),
+                before,
+                after: Some(after),
+            })
+        };
         if !merge {
-            return doc_op!(self, |tx| tx.doc_put(&collection, &id, &text));
+            return doc_write!(self, |tx| async {
+                if record {
+                    let before = tx.doc_put_audited(&collection, &id, &text).await?;
+                    Ok(((), write(WriteOp::Set, before, text.clone())))
+                } else {
+                    tx.doc_put(&collection, &id, &text).await?;
+                    Ok(((), None))
+                }
+            });
         }
         // Read-modify-write in one transaction: it holds the write lock (SQLite) or the
         // row lock (PostgreSQL `doc_get_for_update`) until it ends.
-        doc_op!(self, |tx| async {
+        doc_write!(self, |tx| async {
             let current = tx.doc_get_for_update(&collection, &id).await?;
-            let mut merged = match current.as_deref().map(serde_json::from_str) {
-                Some(Ok(serde_json::Value::Object(m))) => m,
-                Some(Err(e)) => {
-                    return Err(DocError::Invalid(format!(
-                        "stored document is corrupt: {e}"
-                    )))
-                }
-                _ => serde_json::Map::new(),
-            };
-            merged.extend(fields);
-            let text = serde_json::Value::Object(merged).to_string();
-            if text.len() > MAX_JSON_BYTES {
-                return Err(DocError::Invalid(format!(
-                    "merged document is over {MAX_JSON_BYTES} bytes"
-                )));
-            }
-            tx.doc_put(&collection, &id, &text).await
+            let merged = merge_into(current.as_deref(), fields)?;
+            tx.doc_put(&collection, &id, &merged).await?;
+            Ok(((), write(WriteOp::Merge, current, merged)))
         })
     }
 
@@ -198,12 +262,51 @@ impl wit::Host for CallContext {
     ) -> Result<i64, wit::DbError> {
         self.document(&collection, &id)?;
         field(&field_name)?;
-        doc_op!(self, |tx| tx.doc_inc(&collection, &id, &field_name, delta))
+        if let DbAccess::Shadow(view) = &mut self.db {
+            let r = view.inc(&collection, &id, &field_name, delta).await;
+            return r.map_err(|e| self.doc_error(e));
+        }
+        let record = self.record.is_some();
+        doc_write!(self, |tx| async {
+            if !record {
+                let value = tx.doc_inc(&collection, &id, &field_name, delta).await?;
+                return Ok((value, None));
+            }
+            let inc = tx
+                .doc_inc_audited(&collection, &id, &field_name, delta)
+                .await?;
+            let write = Write {
+                op: WriteOp::Inc,
+                collection: collection.clone(),
+                doc_id: id.clone(),
+                before: inc.before,
+                after: Some(inc.after),
+            };
+            Ok((inc.value, Some(write)))
+        })
     }
 
     async fn delete(&mut self, collection: String, id: String) -> Result<bool, wit::DbError> {
         self.document(&collection, &id)?;
-        doc_op!(self, |tx| tx.doc_delete(&collection, &id))
+        if let DbAccess::Shadow(view) = &mut self.db {
+            let r = view.delete(&collection, &id).await;
+            return r.map_err(|e| self.doc_error(e));
+        }
+        let record = self.record.is_some();
+        doc_write!(self, |tx| async {
+            if !record {
+                return Ok((tx.doc_delete(&collection, &id).await?, None));
+            }
+            let before = tx.doc_delete_audited(&collection, &id).await?;
+            let write = before.map(|before| Write {
+                op: WriteOp::Delete,
+                collection: collection.clone(),
+                doc_id: id.clone(),
+                before: Some(before),
+                after: None,
+            });
+            Ok((write.is_some(), write))
+        })
     }
 
     async fn query(
@@ -222,10 +325,45 @@ impl wit::Host for CallContext {
             parsed.push((name, value));
         }
         let limit = limit.clamp(1, MAX_QUERY_LIMIT);
-        let rows = doc_op!(self, |tx| tx.doc_query(&collection, &parsed, limit))?;
+        let rows = if let DbAccess::Shadow(view) = &mut self.db {
+            let r = view.query(&collection, &parsed, limit).await;
+            r.map_err(|e| self.doc_error(e))?
+        } else {
+            doc_op!(self, |tx| tx.doc_query(&collection, &parsed, limit))?
+        };
+        if let Some(r) = &mut self.record {
+            for (id, data) in &rows {
+                r.saw((collection.clone(), id.clone()), Some(data.clone()));
+            }
+        }
         Ok(rows
             .into_iter()
             .map(|(id, data)| wit::Document { id, data })
             .collect())
     }
+}
+
+/// `fields` merged into the stored document `current` (absent: an empty one), as JSON
+/// text within the size limit.
+pub(super) fn merge_into(
+    current: Option<&str>,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<String, DocError> {
+    let mut merged = match current.map(serde_json::from_str) {
+        Some(Ok(serde_json::Value::Object(m))) => m,
+        Some(Err(e)) => {
+            return Err(DocError::Invalid(format!(
+                "stored document is corrupt: {e}"
+            )))
+        }
+        _ => serde_json::Map::new(),
+    };
+    merged.extend(fields);
+    let text = serde_json::Value::Object(merged).to_string();
+    if text.len() > MAX_JSON_BYTES {
+        return Err(DocError::Invalid(format!(
+            "merged document is over {MAX_JSON_BYTES} bytes"
+        )));
+    }
+    Ok(text)
 }

@@ -109,6 +109,13 @@ impl CallContext {
 
 impl wit::Host for CallContext {
     async fn send(&mut self, req: wit::Request) -> Result<wit::Response, wit::HttpError> {
+        if matches!(self.db, DbAccess::Shadow(_)) {
+            // A shadow run must change nothing outside it, and a request may.
+            return Err(wit::HttpError::Denied(
+                "http is refused in a shadow run (a candidate build beside the serving one):                  a request could change something outside it"
+                    .into(),
+            ));
+        }
         send(&self.http, &self.http_policy(), req).await
     }
 }

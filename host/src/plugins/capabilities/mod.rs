@@ -20,13 +20,18 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::manifest::Manifest;
 use super::world::since_v0_1::bindings::paynotify::plugin::types;
+use crate::store::audit::{CallRef, CallWrites, Write};
 use crate::store::{Store, StoreError, Tx};
+pub use overlay::Overlay;
+pub use record::Recording;
 
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod http;
 pub mod log;
+pub mod overlay;
+pub mod record;
 pub mod tasks;
 
 /// How the runtime reaches a call's context in its store's data.
@@ -113,6 +118,9 @@ pub enum DbAccess {
     /// after the payment and may wait on HTTP: holding a transaction (on SQLite, the
     /// database write lock) across that would stall every notification.
     Autocommit(Arc<dyn Store>),
+    /// A shadow run's view: reads as the serving build saw the documents, writes kept
+    /// in memory and never applied.
+    Shadow(Box<Overlay>),
     /// No database (the `metadata` call at load).
     None,
 }
@@ -155,6 +163,11 @@ pub struct CallContext {
     pub http: reqwest::Client,
     /// Set when a host-side failure makes the call's result untrustworthy.
     pub poisoned: Option<Poison>,
+    /// What the call read and wrote, when it records (write audit, shadow runs).
+    pub record: Option<Recording>,
+    /// The call whose writes are recorded in each operation's own transaction (a task
+    /// run's audit); a payment's or refund's are written by the pipeline instead.
+    pub audit_each: Option<CallRef>,
 }
 
 impl CallContext {
@@ -169,6 +182,37 @@ impl CallContext {
             account: None,
             http,
             poisoned: None,
+            record: None,
+            audit_each: None,
+        }
+    }
+
+    /// A fresh document id for `db.insert` without one: in a shadow run the serving
+    /// build's id at the same place, so both builds' inserts compare.
+    fn generate_id(&mut self) -> String {
+        let reused = match &mut self.db {
+            DbAccess::Shadow(view) => view.next_generated_id(),
+            _ => None,
+        };
+        let id = reused.unwrap_or_else(|| hex::encode(rand::random::<[u8; 12]>()));
+        if let Some(r) = &mut self.record {
+            r.generated_ids.push(id.clone());
+        }
+        id
+    }
+
+    /// The call and `seq` of the next write, when writes are recorded per operation.
+    fn audit_each_row(&self) -> Option<(CallRef, i64)> {
+        let seq = self.record.as_ref().map_or(0, |r| r.writes.len());
+        self.audit_each
+            .clone()
+            .map(|call| (call, i64::try_from(seq).unwrap_or(i64::MAX)))
+    }
+
+    /// Keeps a write in the call's recording.
+    fn recorded(&mut self, write: Option<Write>) {
+        if let (Some(r), Some(w)) = (&mut self.record, write) {
+            r.push(w);
         }
     }
 
@@ -201,7 +245,8 @@ impl CallContext {
         match &mut self.db {
             DbAccess::Tx(tx) => Ok(OpTx::Shared(tx.as_mut())),
             DbAccess::Autocommit(store) => Ok(OpTx::Own(store.begin().await?)),
-            DbAccess::None => Err(StoreError::Invalid(
+            // A shadow run's operations go to its view before they get here.
+            DbAccess::Shadow(_) | DbAccess::None => Err(StoreError::Invalid(
                 "no database is available to this call".into(),
             )),
         }
@@ -232,6 +277,28 @@ impl OpTx<'_> {
                 Ok(v)
             }
             (_, r) => r,
+        }
+    }
+
+    /// [`OpTx::end`] for a write: in an own transaction, its audit row (`each`: the call
+    /// and the write's `seq`) is recorded in that transaction before it commits.
+    async fn end_write<T>(
+        self,
+        r: Result<(T, Option<Write>), crate::store::DocError>,
+        each: Option<(CallRef, i64)>,
+    ) -> Result<(T, Option<Write>), crate::store::DocError> {
+        match (self, r, each) {
+            (OpTx::Own(mut t), Ok((value, Some(write))), Some((call, seq))) => {
+                let row = CallWrites {
+                    call,
+                    writes: vec![write],
+                    first_seq: seq,
+                };
+                t.record_writes(std::slice::from_ref(&row)).await?;
+                t.commit().await?;
+                Ok((value, row.writes.into_iter().next()))
+            }
+            (op, r, _) => op.end(r).await,
         }
     }
 }
@@ -299,6 +366,21 @@ impl CallBuilder {
     /// inside a payment.
     pub fn db(mut self, db: DbAccess) -> Self {
         self.ctx.db = db;
+        self
+    }
+
+    /// Records what the call reads and writes ([`Recording`]).
+    pub fn record(mut self, on: bool) -> Self {
+        self.ctx.record = on.then(Recording::default);
+        self
+    }
+
+    /// Records each write in its operation's own transaction, as `call`'s (task runs).
+    pub fn audit_each(mut self, call: Option<CallRef>) -> Self {
+        if call.is_some() {
+            self.ctx.record.get_or_insert_with(Recording::default);
+        }
+        self.ctx.audit_each = call;
         self
     }
 

@@ -8,9 +8,10 @@
 use wasmtime::component::{HasSelf, Linker};
 
 use super::db::MAX_JSON_BYTES;
-use super::{CallContext, Capability, Getter};
+use super::{CallContext, Capability, DbAccess, Getter};
 use crate::plugins::world::since_v0_1::bindings::paynotify::plugin::tasks as wit;
-use crate::store::NewTask;
+use crate::store::audit::{Write, WriteOp};
+use crate::store::{DocError, NewTask, StoreError};
 
 /// The `tasks` capability.
 pub(super) struct Tasks;
@@ -46,16 +47,39 @@ impl wit::Host for CallContext {
             account: self.account.clone(),
             run_at: crate::time::now_ms() + i64::from(delay_secs) * 1000,
         };
+        if let DbAccess::Shadow(view) = &mut self.db {
+            return Ok(view.enqueue(&task.name, &task.payload));
+        }
+        let each = self.audit_each_row();
         let result = match self.op_tx().await {
             Ok(mut op) => {
-                let r = op.tx().enqueue_task(&task).await;
-                op.end(r).await
+                let r = op.tx().enqueue_task(&task).await.map(|id| {
+                    let write = Write {
+                        op: WriteOp::Task,
+                        collection: task.name.clone(),
+                        doc_id: id.to_string(),
+                        before: None,
+                        after: Some(task.payload.clone()),
+                    };
+                    (id, Some(write))
+                });
+                op.end_write(r.map_err(DocError::Store), each).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(DocError::Store(e)),
         };
-        result.map_err(|e| {
-            self.poison_store(&e);
-            e.to_string()
-        })
+        match result {
+            Ok((id, write)) => {
+                self.recorded(write);
+                Ok(id)
+            }
+            Err(e) => {
+                let e = match e {
+                    DocError::Store(e) => e,
+                    other => StoreError::Invalid(other.to_string()),
+                };
+                self.poison_store(&e);
+                Err(e.to_string())
+            }
+        }
     }
 }

@@ -357,6 +357,10 @@ impl Store for PgStore {
     fn audit(&self) -> &dyn AuditStore {
         self
     }
+
+    fn shadow(&self) -> &dyn crate::store::shadow::ShadowStore {
+        self
+    }
 }
 
 /// A unique index refused the row.

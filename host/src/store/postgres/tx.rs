@@ -8,6 +8,7 @@ use sqlx::Executor;
 
 use super::kept::Kept;
 use super::{execute, fetch, POSTGRES};
+use crate::store::audit::{self, CallWrites, Incremented};
 use crate::store::statement::{required, savepoint, Dialect, RowMap, Statement};
 use crate::store::tx::{select_doc, write_doc, TxConn};
 use crate::store::types::{NotificationVerdict, PaidOrder};
@@ -66,12 +67,15 @@ impl TxConn for PgTx {
         &mut self,
         paid: &[PaidOrder],
         rows: &[NotificationVerdict<'_>],
+        writes: &[CallWrites],
     ) -> Result<u64, StoreError> {
-        if paid.is_empty() || rows.is_empty() {
+        let audit_rows = audit::rows(writes);
+        if paid.is_empty() || rows.is_empty() || audit_rows.len() > 1 {
             // An empty `VALUES` list is not SQL; each of these skips its statement when
             // its list is empty (a batch with no payment still records its verdicts).
             let marked = crate::store::tx::settle_paid(self, paid).await?;
             crate::store::tx::finish_notifications(self, rows).await?;
+            crate::store::tx::record_writes(self, writes).await?;
             return Ok(marked);
         }
         let mut st = Statement::build();
@@ -79,6 +83,10 @@ impl TxConn for PgTx {
         orders::push_settle_paid(&mut st, paid);
         st.push(" RETURNING 1), done AS (");
         notifications::push_finish_notifications(&mut st, rows);
+        if let Some(audit_rows) = audit_rows.first() {
+            st.push("), written AS (");
+            audit::push_insert(&mut st, audit_rows);
+        }
         st.push(") SELECT count(*) AS n FROM paid");
         let marked = TxConn::fetch(self, &st, |r| required(r.int8("n")?, "n")).await?;
         Ok(u64::try_from(marked.into_iter().next().unwrap_or_default()).unwrap_or_default())
@@ -119,11 +127,7 @@ impl TxConn for PgTx {
         )))
     }
 
-    /// One statement: create the document with the field, or add to the field if it is
-    /// absent or an integer. The `WHERE` of `DO UPDATE` refuses anything else, and a
-    /// sum outside 64 bits, without an error (no row comes back): a failed statement
-    /// would abort the transaction. (`CASE` because SQL does not promise to evaluate
-    /// `AND` left to right, and `::numeric` of a non-number would raise.)
+    /// One statement ([`DOC_INC`]).
     async fn doc_inc(
         &mut self,
         collection: &str,
@@ -131,8 +135,63 @@ impl TxConn for PgTx {
         field: &str,
         delta: i64,
     ) -> Result<i64, DocError> {
-        let st = Statement::new(
-            "INSERT INTO documents AS d (collection, id, data, created_at, updated_at) \
+        let st = Statement::new(DOC_INC)
+            .bind(collection)
+            .bind(id)
+            .bind(field)
+            .bind(delta)
+            .bind(now_ms());
+        let value = TxConn::fetch(self, &st, |r| r.int8("value")).await?;
+        value
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| DocError::NotANumber(field.to_owned()))
+    }
+
+    /// The increment's statement, also answering the document after it and, from the
+    /// statement's snapshot, before it. That snapshot is the document overwritten unless
+    /// another transaction changed it while this one waited for the row lock; then the
+    /// "before" is the document after with the increment taken back (see
+    /// [`audit::before_increment`]).
+    async fn doc_inc_audited(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+    ) -> Result<Incremented, DocError> {
+        let text = format!(
+            "{DOC_INC}, d.data::text AS after, \
+             (SELECT o.data::text FROM documents o WHERE o.collection = $1 AND o.id = $2) AS before"
+        );
+        let st = Statement::new(text)
+            .bind(collection)
+            .bind(id)
+            .bind(field)
+            .bind(delta)
+            .bind(now_ms());
+        let rows = TxConn::fetch(self, &st, |r| {
+            Ok((r.int8("value")?, r.text("after")?, r.text("before")?))
+        })
+        .await?;
+        match rows.into_iter().next() {
+            Some((Some(value), Some(after), snapshot)) => Ok(Incremented {
+                value,
+                before: audit::before_increment(snapshot, &after, field, delta, value),
+                after,
+            }),
+            _ => Err(DocError::NotANumber(field.to_owned())),
+        }
+    }
+}
+
+/// `doc_inc` in one statement: create the document with the field, or add to the field
+/// if it is absent or an integer. The `WHERE` of `DO UPDATE` refuses anything else, and a
+/// sum outside 64 bits, without an error (no row comes back): a failed statement would
+/// abort the transaction. (`CASE` because SQL does not promise to evaluate `AND` left to
+/// right, and `::numeric` of a non-number would raise.)
+const DOC_INC: &str = "INSERT INTO documents AS d (collection, id, data, created_at, updated_at) \
              VALUES ($1, $2, jsonb_build_object($3::text, $4::bigint), $5, $5) \
              ON CONFLICT (collection, id) DO UPDATE SET \
                data = jsonb_set(d.data, ARRAY[$3::text], \
@@ -144,18 +203,4 @@ impl TxConn for PgTx {
                            BETWEEN -9223372036854775808 AND 9223372036854775807 \
                      ELSE d.data -> $3::text IS NULL \
                    END \
-             RETURNING (d.data -> $3::text)::bigint AS value",
-        )
-        .bind(collection)
-        .bind(id)
-        .bind(field)
-        .bind(delta)
-        .bind(now_ms());
-        let value = TxConn::fetch(self, &st, |r| r.int8("value")).await?;
-        value
-            .into_iter()
-            .next()
-            .flatten()
-            .ok_or_else(|| DocError::NotANumber(field.to_owned()))
-    }
-}
+             RETURNING (d.data -> $3::text)::bigint AS value";

@@ -381,6 +381,10 @@ impl Store for SqliteStore {
     fn audit(&self) -> &dyn AuditStore {
         self
     }
+
+    fn shadow(&self) -> &dyn crate::store::shadow::ShadowStore {
+        self
+    }
 }
 
 /// `doc_inc` in one statement: create the document with the field, or add to an integer
