@@ -655,6 +655,21 @@ async fn old_audit_rows_are_pruned_in_chunks_and_recent_ones_kept() {
     );
     assert_eq!(db.number(&count("handler_writes")).await, 1);
 
+    // The job as `serve` starts it (`[audit] keep_days` = 90 here) prunes at once, leaving
+    // the recent write and the recent difference.
+    insert_writes(&mut db, "AUDOLD001", 3, long_ago).await;
+    insert_differences(&mut db, 2, long_ago).await;
+    let started = paynotify::retention::start(&s.app);
+    wait_until(30, "the started job to prune the old rows", || async {
+        let mut db = Db::connect(&s.database_url).await;
+        let left = db.number(&count("handler_writes")).await
+            + db.number(&count("shadow_differences")).await;
+        (left == 2).then_some(())
+    })
+    .await;
+    started.abort();
+    assert_eq!(writes(&s, "AUDP00001").await, recent);
+
     // A cut-off after everything: the rest goes.
     let all = job(90)
         .prune_audit_before(now_ms() + 60_000)

@@ -79,10 +79,13 @@ impl Handler for SideFx {
         struct Payload {
             out_trade_no: String,
         }
-        let payload: Payload = task.payload()?;
         match task.name.as_str() {
-            "post" => post(&payload.out_trade_no, "run-task").map(|_| ()),
+            "post" => {
+                let payload: Payload = task.payload()?;
+                post(&payload.out_trade_no, "run-task").map(|_| ())
+            }
             "write" => {
+                let payload: Payload = task.payload()?;
                 db::collection("sidefx")
                     .doc(&payload.out_trade_no)
                     .merge(&json!({ "stage": "task" }))?;
