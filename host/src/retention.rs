@@ -1,6 +1,7 @@
 //! Retention (`[retention]`): a background job that deletes notifications rejected
-//! without ever verifying once they are `rejected_days` old, and refreshes the gauges ops
-//! alert on before the disk fills (`paynotify_database_bytes`,
+//! without ever verifying once they are `rejected_days` old, and the handler write audit
+//! (and the shadow runs' recorded differences) once `[audit] keep_days` old, and refreshes
+//! the gauges ops alert on before the disk fills (`paynotify_database_bytes`,
 //! `paynotify_notifications_rejected_rows`).
 //!
 //! Anyone can send notifications that fail verification, and every one is stored (so a
@@ -9,15 +10,16 @@
 //! when the verdict is recorded (see `store::retention`); this job bounds their number by
 //! age. Verified notifications, rejected or not, are never deleted.
 //!
-//! Every host process runs it; that is safe: each batch is one `DELETE` of at most
-//! [`PRUNE_BATCH`] rows, so it never holds a long lock (the SQLite writer, PostgreSQL row
+//! Every host process runs it; that is safe: each batch is one `DELETE` (per table) of at
+//! most [`PRUNE_BATCH`] rows, so it never holds a long lock (the SQLite writer, PostgreSQL row
 //! locks), and on PostgreSQL a process skips the rows another one is deleting.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::App;
-use crate::config::RetentionConfig;
+use crate::config::{AuditConfig, RetentionConfig};
+use crate::store::audit::Pruned;
 use crate::store::{Store, StoreError};
 use crate::time::{now_ms, Millis};
 
@@ -32,16 +34,29 @@ const GAUGES_EVERY: Duration = Duration::from_secs(60);
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Deletes old rejected notifications and keeps the retention gauges fresh.
+/// Deletes old rejected notifications and old audit rows, and keeps the retention gauges
+/// fresh.
 pub struct Retention {
     store: Arc<dyn Store>,
     config: RetentionConfig,
+    audit: AuditConfig,
 }
 
 impl Retention {
-    /// A job over `store` with `config`'s age and interval.
+    /// A job over `store` with `config`'s age and interval, keeping audit rows for the
+    /// default `[audit] keep_days` (see [`Retention::with_audit`]).
     pub fn new(store: Arc<dyn Store>, config: RetentionConfig) -> Retention {
-        Retention { store, config }
+        Retention {
+            store,
+            config,
+            audit: AuditConfig::default(),
+        }
+    }
+
+    /// The same job keeping audit rows for `audit.keep_days`.
+    pub fn with_audit(mut self, audit: AuditConfig) -> Retention {
+        self.audit = audit;
+        self
     }
 
     /// Deletes the notifications rejected without verifying that are older than
@@ -78,6 +93,44 @@ impl Retention {
         Ok(total)
     }
 
+    /// Deletes the recorded handler writes and shadow differences older than
+    /// `[audit] keep_days` (whether or not `[audit] enabled`: rows recorded before it was
+    /// turned off age out too); returns how many.
+    pub async fn prune_audit(&self) -> Result<Pruned, StoreError> {
+        let days = i64::try_from(self.audit.keep_days).unwrap_or(i64::MAX);
+        self.prune_audit_before(now_ms().saturating_sub(days.saturating_mul(DAY_MS)))
+            .await
+    }
+
+    /// Deletes the recorded handler writes and shadow differences created before
+    /// `created_before`, [`PRUNE_BATCH`] per table at a time until none is left; returns
+    /// how many.
+    pub async fn prune_audit_before(&self, created_before: Millis) -> Result<Pruned, StoreError> {
+        let mut total = Pruned::default();
+        loop {
+            let chunk = self
+                .store
+                .audit()
+                .prune(created_before, PRUNE_BATCH)
+                .await?;
+            total.writes += chunk.writes;
+            total.differences += chunk.differences;
+            if !chunk.full(PRUNE_BATCH) {
+                break;
+            }
+            tokio::time::sleep(BETWEEN_BATCHES).await;
+        }
+        if total != Pruned::default() {
+            tracing::info!(
+                writes = total.writes,
+                shadow_differences = total.differences,
+                keep_days = self.audit.keep_days,
+                "deleted handler write audit rows past their retention"
+            );
+        }
+        Ok(total)
+    }
+
     /// Counts the database's size and its rejected rows into their gauges. A figure
     /// that cannot be read keeps its last value (and is logged): an alert should not
     /// clear because the database is briefly unreachable.
@@ -92,8 +145,9 @@ impl Retention {
         }
     }
 
-    /// Refreshes the gauges now and every minute, and prunes now and every
-    /// `prune_interval_secs`, until the task is dropped.
+    /// Refreshes the gauges now and every minute, and prunes (rejected notifications, then
+    /// the audit) now and every `prune_interval_secs`, until the task is dropped. A prune
+    /// that fails is logged and tried again at the next interval.
     pub async fn run(self) {
         let mut gauges = tokio::time::interval(GAUGES_EVERY);
         let mut prune =
@@ -108,6 +162,9 @@ impl Retention {
                     if let Err(e) = self.prune().await {
                         tracing::error!(error = %e, "retention cannot reach the database; trying again later");
                     }
+                    if let Err(e) = self.prune_audit().await {
+                        tracing::error!(error = %e, "retention cannot prune the handler write audit; trying again later");
+                    }
                 }
             }
         }
@@ -117,6 +174,7 @@ impl Retention {
 /// Starts the retention job of `app` in the background. Abort the handle (or drop the
 /// runtime) to stop it.
 pub fn start(app: &App) -> tokio::task::JoinHandle<()> {
-    let job = Retention::new(app.store.clone(), app.config.retention.clone());
+    let job = Retention::new(app.store.clone(), app.config.retention.clone())
+        .with_audit(app.config.audit.clone());
     tokio::spawn(job.run())
 }

@@ -104,6 +104,15 @@ impl Db {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Db::Postgres(_))
     }
+
+    /// The one number `sql` (no parameters) selects, e.g. a `COUNT(*)`.
+    pub async fn number(&mut self, sql: &str) -> i64 {
+        match self {
+            Db::Sqlite(c) => sqlx::query_scalar::<_, i64>(sql).fetch_one(c).await,
+            Db::Postgres(c) => sqlx::query_scalar::<_, i64>(sql).fetch_one(c).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
 }
 
 /// The number of the `i`-th order [`seed_orders`] makes: `{prefix}{i:07}`.

@@ -48,6 +48,7 @@ Examples:
   paynotify orders list --status unpaid      the newest unpaid orders
   paynotify orders show R20260001            one order and what its handler returned
   paynotify orders refund R20260001 --amount 500  refund 5 yuan of it at the provider
+  paynotify orders writes R20260001          what its handlers wrote, field by field
   paynotify notifications list --verdict failed --since 2026-09-01T00:00:00Z
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
@@ -58,7 +59,7 @@ Examples:
   paynotify try points.wasm --order order.json   run a handler once, show its writes
 
 Read-only commands read the database named by the configuration; reload, replay,
-reconcile, plugins list and orders pay-params|refund|close ask the running server
+reconcile, plugins list and orders pay-params|refund|close|writes ask the running server
 (server.listen, with server.api_token).";
 
 /// Log output format.
@@ -272,6 +273,20 @@ pub enum OrdersCommand {
     Close {
         /// The merchant order number.
         out_trade_no: String,
+    },
+    /// What the order's handlers wrote (the handler write audit, from the running
+    /// server), oldest first: per call (paid, refunded, task) each document write with
+    /// the fields it changed, and each task enqueued. The last line tells how to get the
+    /// next page.
+    Writes {
+        /// The merchant order number.
+        out_trade_no: String,
+        /// Only writes with an id above this one (the next page after the last id shown).
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
+        /// How many (at most 500).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
     },
 }
 

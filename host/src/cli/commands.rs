@@ -79,9 +79,17 @@ pub fn config_check(path: &Path, named: bool, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `paynotify orders …`: `show` and `list` read the database; `pay-params`, `refund` and
-/// `close` go through the running server.
+/// `paynotify orders …`: `show` and `list` read the database; `pay-params`, `refund`,
+/// `close` and `writes` go through the running server.
 pub async fn orders(config: &Config, json: bool, c: OrdersCommand) -> anyhow::Result<()> {
+    if let OrdersCommand::Writes {
+        out_trade_no,
+        after,
+        limit,
+    } = &c
+    {
+        return super::audit::writes(config, json, out_trade_no, *after, *limit).await;
+    }
     if !matches!(c, OrdersCommand::Show { .. } | OrdersCommand::List { .. }) {
         return super::payments::run(config, json, &c).await;
     }

@@ -5,12 +5,14 @@
 //!
 //! [`args`] holds the clap types, [`run`] picks the command, [`commands`] runs it and
 //! [`render`] prints its answer for people; [`admin`] is the admin API's client;
-//! [`payments`] places, refunds and closes orders through it. `try`
+//! [`payments`] places, refunds and closes orders through it; [`audit`] lists what an
+//! order's handlers wrote. `try`
 //! lives in [`tryout`], `new-plugin` in [`new_plugin`], and what `try` and `plugins
 //! check` share (compiled cache, manifest lookup, the compile notice) in [`develop`].
 
 mod admin;
 mod args;
+mod audit;
 mod commands;
 mod develop;
 mod new_plugin;

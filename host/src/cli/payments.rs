@@ -52,6 +52,7 @@ pub async fn run(config: &Config, json: bool, c: &OrdersCommand) -> anyhow::Resu
         OrdersCommand::Show { .. } | OrdersCommand::List { .. } => {
             anyhow::bail!("`orders show` and `orders list` read the database, not the server")
         }
+        OrdersCommand::Writes { .. } => anyhow::bail!("`orders writes` is cli::audit's"),
     };
     let v = value?;
     if json {
@@ -63,7 +64,7 @@ pub async fn run(config: &Config, json: bool, c: &OrdersCommand) -> anyhow::Resu
 }
 
 /// An order number as a path segment (they are plain, but a `/` must not change the path).
-fn segment(s: &str) -> String {
+pub(super) fn segment(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 

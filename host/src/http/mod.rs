@@ -14,6 +14,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::app::App;
 
 mod admin;
+mod audit;
 mod auth;
 pub mod console;
 mod error;
@@ -101,6 +102,7 @@ pub fn router(app: App) -> Router {
         .route("/admin/plugins/history", get(admin::plugin_history))
         .route("/admin/plugins/{plugin_type}/shadow", get(shadow::show))
         .route("/admin/collections/{collection}/{id}", get(admin::document))
+        .route("/admin/orders/{out_trade_no}/writes", get(audit::writes))
         .route("/admin/tasks", get(admin::tasks))
         .route("/admin/tasks/{id}/retry", post(admin::retry_task))
         .layer(middleware::from_fn_with_state(

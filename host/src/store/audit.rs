@@ -1,11 +1,14 @@
 //! The handler write audit in the database (migration 0014, `handler_writes`): every
 //! document write and every enqueued task of a handler call, written in the call's own
 //! transaction by one multi-row `INSERT` per batch, so the audit holds exactly what
-//! committed.
+//! committed. Read back by order ([`AuditStore::order_writes`]) for the API, the CLI and
+//! the console, and deleted after `[audit] keep_days` ([`AuditStore::prune`]).
 
+use async_trait::async_trait;
 use serde::Serialize;
 
-use super::statement::{storable_opt, Statement};
+use super::statement::{required, storable, storable_opt, Columns, Dialect, On, Sql, Statement};
+use super::StoreError;
 use crate::time::Millis;
 
 /// Which handler call made a write.
@@ -239,9 +242,254 @@ pub(crate) fn rows(calls: &[CallWrites]) -> Vec<Vec<(&CallRef, i64, &Write)>> {
     flat.chunks(ROWS_PER_INSERT).map(<[_]>::to_vec).collect()
 }
 
+// ---- The read side: an order's writes, page by page, and pruning by age. ----
+
+/// Most writes one page of [`AuditStore::order_writes`] returns.
+pub const MAX_PAGE: u32 = 500;
+
+/// Every column of `handler_writes` that [`write_row`] reads.
+const COLUMNS: &str = "id, out_trade_no, call_kind, notification_id, out_refund_no, task_id, \
+     build, seq, op, collection, doc_id, before, after, created_at";
+
+/// A row of [`COLUMNS`] as a [`WriteRecord`].
+fn write_row(r: &dyn Columns) -> Result<WriteRecord, StoreError> {
+    let call = required(r.text("call_kind")?, "call_kind")?;
+    let op = required(r.text("op")?, "op")?;
+    Ok(WriteRecord {
+        id: required(r.int8("id")?, "id")?,
+        call: CallRef {
+            call: CallKind::parse(&call)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown handler call `{call}`")))?,
+            out_trade_no: r.text("out_trade_no")?,
+            notification_id: r.int8("notification_id")?,
+            out_refund_no: r.text("out_refund_no")?,
+            task_id: r.int8("task_id")?,
+            build: required(r.text("build")?, "build")?,
+        },
+        seq: required(r.int8("seq")?, "seq")?,
+        write: Write {
+            op: WriteOp::parse(&op)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown write op `{op}`")))?,
+            collection: required(r.text("collection")?, "collection")?,
+            doc_id: required(r.text("doc_id")?, "doc_id")?,
+            before: r.text("before")?,
+            after: r.text("after")?,
+        },
+        created_at: required(r.int8("created_at")?, "created_at")?,
+    })
+}
+
+/// The writes of `out_trade_no` with an id above `after_id`, oldest first, at most
+/// `limit` (1 to [`MAX_PAGE`]): one range of the `(out_trade_no, id)` index.
+fn select_order_writes(out_trade_no: &str, after_id: Option<i64>, limit: u32) -> Statement<'_> {
+    let mut st = Statement::build();
+    st.push(&format!(
+        "SELECT {COLUMNS} FROM handler_writes WHERE out_trade_no = "
+    ))
+    .push_param(storable(out_trade_no));
+    if let Some(id) = after_id {
+        st.push(" AND id > ").push_param(id);
+    }
+    st.push(" ORDER BY id LIMIT ")
+        .push_param(i64::from(limit.clamp(1, MAX_PAGE)));
+    st
+}
+
+/// Deletes up to `limit` of the oldest rows of `table` created before `created_before`,
+/// picked in a `WITH` query (run once on PostgreSQL; see `store::retention` for why not
+/// `IN (SELECT … LIMIT)`), skipping rows another host is deleting. `order` is the
+/// cheapest way to the oldest rows: an index on `created_at`, or the id, which grows with
+/// time.
+fn prune(
+    d: &Dialect,
+    table: &str,
+    order: &str,
+    created_before: Millis,
+    limit: u32,
+) -> Statement<'static> {
+    Statement::new(format!(
+        "WITH doomed AS (SELECT id FROM {table} WHERE created_at < $1 \
+                         ORDER BY {order} LIMIT $2{}) \
+         DELETE FROM {table} WHERE id IN (SELECT id FROM doomed)",
+        d.skip_locked
+    ))
+    .bind(created_before)
+    .bind(i64::from(limit.max(1)))
+}
+
+/// How many rows one [`AuditStore::prune`] deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// From `handler_writes`.
+    pub writes: u64,
+    /// From `shadow_differences`.
+    pub differences: u64,
+}
+
+impl Pruned {
+    /// Whether either table gave a full chunk of `limit` rows (there may be more).
+    pub fn full(&self, limit: u32) -> bool {
+        self.writes >= u64::from(limit) || self.differences >= u64::from(limit)
+    }
+}
+
+/// The recorded writes (every backend's, reached through
+/// [`Store::audit`](super::Store::audit)).
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// The writes recorded for `out_trade_no` (its payment, refunds and task runs), oldest
+    /// first: those with an id above `after_id` if given, at most `limit` (capped at
+    /// [`MAX_PAGE`]).
+    async fn order_writes(
+        &self,
+        out_trade_no: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<WriteRecord>, StoreError>;
+    /// Deletes up to `limit` of the oldest recorded writes, and up to `limit` of the
+    /// oldest recorded shadow differences, created before `created_before`: two short
+    /// statements, so a first prune of a large table never holds SQLite's writer long.
+    /// Call again while [`Pruned::full`]. Several hosts may run it at once.
+    async fn prune(&self, created_before: Millis, limit: u32) -> Result<Pruned, StoreError>;
+}
+
+#[async_trait]
+impl<S: Sql> AuditStore for S {
+    async fn order_writes(
+        &self,
+        out_trade_no: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<WriteRecord>, StoreError> {
+        let st = select_order_writes(out_trade_no, after_id, limit);
+        self.fetch(On::Read, &st, write_row).await
+    }
+
+    async fn prune(&self, created_before: Millis, limit: u32) -> Result<Pruned, StoreError> {
+        let d = self.dialect();
+        let writes = prune(d, "handler_writes", "created_at", created_before, limit);
+        // `shadow_differences` has no index on `created_at`; its ids grow with time.
+        let differences = prune(d, "shadow_differences", "id", created_before, limit);
+        Ok(Pruned {
+            writes: self.execute(On::Write, &writes).await?,
+            differences: self.execute(On::Write, &differences).await?,
+        })
+    }
+}
+
+// ---- Reading a write: what it changed. ----
+
+/// One top-level field that a document write changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    /// The field's name; empty when the documents are not both JSON objects (then the
+    /// change is the whole document).
+    pub field: String,
+    /// Its value before (`None`: absent).
+    pub before: Option<serde_json::Value>,
+    /// Its value after (`None`: absent).
+    pub after: Option<serde_json::Value>,
+}
+
+/// The top-level fields that differ between a document `before` and `after` a write
+/// (`None`: the document did not exist), by field name. A document that is not a JSON
+/// object on either side is one change of the whole document (field `""`).
+pub fn changed_fields(
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
+) -> Vec<FieldChange> {
+    use serde_json::{Map, Value};
+    fn fields<'v>(
+        v: Option<&'v Value>,
+        empty: &'v Map<String, Value>,
+    ) -> Option<&'v Map<String, Value>> {
+        match v {
+            None => Some(empty),
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => None,
+        }
+    }
+    let empty = Map::new();
+    let (Some(b), Some(a)) = (fields(before, &empty), fields(after, &empty)) else {
+        return if before == after {
+            Vec::new()
+        } else {
+            vec![FieldChange {
+                field: String::new(),
+                before: before.cloned(),
+                after: after.cloned(),
+            }]
+        };
+    };
+    let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    names
+        .into_iter()
+        .filter(|k| b.get(*k) != a.get(*k))
+        .map(|k| FieldChange {
+            field: k.clone(),
+            before: b.get(k).cloned(),
+            after: a.get(k).cloned(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn a_page_of_an_order_is_one_index_range_and_capped() {
+        let st = select_order_writes("R1", Some(7), 9999);
+        assert_eq!(
+            st.text,
+            format!(
+                "SELECT {COLUMNS} FROM handler_writes WHERE out_trade_no = $1 \
+                 AND id > $2 ORDER BY id LIMIT $3"
+            )
+        );
+        assert!(matches!(
+            st.params[2],
+            super::super::statement::Param::Int8(Some(500))
+        ));
+        let first = select_order_writes("R1", None, 0);
+        assert!(!first.text.contains("id >"), "{}", first.text);
+        assert!(matches!(
+            first.params[1],
+            super::super::statement::Param::Int8(Some(1))
+        ));
+    }
+
+    #[test]
+    fn changed_fields_are_the_top_level_fields_that_differ() {
+        let before = json!({ "balance": 100, "name": "a", "gone": true });
+        let after = json!({ "balance": 250, "name": "a", "new": [1] });
+        let changes = changed_fields(Some(&before), Some(&after));
+        let shown: Vec<_> = changes
+            .iter()
+            .map(|c| (c.field.as_str(), c.before.clone(), c.after.clone()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("balance", Some(json!(100)), Some(json!(250))),
+                ("gone", Some(json!(true)), None),
+                ("new", None, Some(json!([1]))),
+            ]
+        );
+        // Created, deleted, unchanged.
+        assert_eq!(changed_fields(None, Some(&json!({ "x": 1 }))).len(), 1);
+        assert_eq!(
+            changed_fields(Some(&json!({ "x": 1 })), None)[0].after,
+            None
+        );
+        assert!(changed_fields(Some(&after), Some(&after)).is_empty());
+        // Not objects: the whole document.
+        let whole = changed_fields(Some(&json!([1])), Some(&json!({ "x": 1 })));
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].field, "");
+    }
 
     #[test]
     fn the_snapshot_is_the_before_unless_another_transaction_changed_the_document() {

@@ -11,7 +11,7 @@
 
 use async_trait::async_trait;
 
-use super::audit::{CallWrites, Incremented};
+use super::audit::{AuditStore, CallWrites, Incremented};
 use super::payments::{NewRefundRequest, PaymentStore, Reservation};
 pub use super::platform_certs::PlatformCertStore;
 use super::refunds::{NewRefund, RefundRecord};
@@ -217,6 +217,8 @@ pub trait Store: OrderStore + NotificationStore + TaskStore + Send + Sync + 'sta
     fn platform_certs(&self) -> &dyn PlatformCertStore;
     /// Payments placed and refunds started at the providers.
     fn payments(&self) -> &dyn PaymentStore;
+    /// The handler write audit: what handlers wrote, by order, and its pruning.
+    fn audit(&self) -> &dyn AuditStore;
     /// Shadow runs' counts and differences.
     fn shadow(&self) -> &dyn ShadowStore;
 }

@@ -3,16 +3,20 @@
 //! the refusal as a rolled-back payment or refund (and the backend receiving nothing):
 //!
 //! ```json
-//! {"paid": "http" | "task" | "crypto" | "none", "refunded": "http" | "none"}
+//! {"paid": "http" | "task" | "crypto" | "task-write" | "none", "refunded": "http" | "none",
+//!  "note": "any text"}
 //! ```
 //!
 //! * `http`: POSTs `{"out_trade_no", "from": "handle-paid" | "handle-refunded"}` to the
 //!   manifest's `config.backend_url` from the handler itself; the outcome is `{"status"}`.
 //! * `task`: enqueues task `post`, whose `run_task` makes the same POST (`"from": "run-task"`).
 //! * `crypto`: signs `out_trade_no` with the account's notify key; the outcome is `{"sig"}`.
+//! * `task-write`: sets `sidefx/{out_trade_no}` to `{"note", "stage": "paid"}` and enqueues
+//!   task `write`, whose `run_task` merges `{"stage": "task"}` into it: database writes in
+//!   a task run, for the write audit's tests (grant `collections = ["sidefx"]`).
 
 use paynotify_plugin_sdk::{
-    config, crypto, export_handler, http, tasks, Error, Handler, Notification, Order, Outcome,
+    config, crypto, db, export_handler, http, tasks, Error, Handler, Notification, Order, Outcome,
     Refund, RefundHandler, Task,
 };
 use serde::Deserialize;
@@ -24,6 +28,7 @@ use serde_json::json;
 struct Custom {
     paid: String,
     refunded: String,
+    note: String,
 }
 
 /// POSTs the order number to the backend; any status but 2xx is an error.
@@ -53,6 +58,14 @@ impl Handler for SideFx {
                 Ok(json!({ "task_id": id }).into())
             }
             "crypto" => Ok(json!({ "sig": crypto::sign(order.out_trade_no.as_bytes())? }).into()),
+            "task-write" => {
+                db::collection("sidefx")
+                    .doc(&order.out_trade_no)
+                    .set(&json!({ "note": custom.note, "stage": "paid" }))?;
+                let id =
+                    tasks::enqueue("write", &json!({ "out_trade_no": order.out_trade_no }), 0)?;
+                Ok(json!({ "task_id": id }).into())
+            }
             "" | "none" => Ok(Outcome::none()),
             other => Err(Error::new(
                 "invalid-custom",
@@ -66,14 +79,20 @@ impl Handler for SideFx {
         struct Payload {
             out_trade_no: String,
         }
-        if task.name != "post" {
-            return Err(Error::new(
-                "unknown-task",
-                format!("unknown task {}", task.name),
-            ));
+        match task.name.as_str() {
+            "post" => {
+                let payload: Payload = task.payload()?;
+                post(&payload.out_trade_no, "run-task").map(|_| ())
+            }
+            "write" => {
+                let payload: Payload = task.payload()?;
+                db::collection("sidefx")
+                    .doc(&payload.out_trade_no)
+                    .merge(&json!({ "stage": "task" }))?;
+                Ok(())
+            }
+            other => Err(Error::new("unknown-task", format!("unknown task {other}"))),
         }
-        let payload: Payload = task.payload()?;
-        post(&payload.out_trade_no, "run-task").map(|_| ())
     }
 }
 

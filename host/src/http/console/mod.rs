@@ -15,8 +15,9 @@
 //! redirect to it where the result is in the database, so reloading the page does not
 //! repeat the action).
 //!
-//! One file per concern, each with its pages and its buttons: [`orders`],
-//! [`notifications`] (with the attention page), [`plugins`], [`tasks`]; the parts they
+//! One file per concern, each with its pages and its buttons: [`orders`] (with its
+//! handler writes, [`writes`]), [`notifications`] (with the attention page), [`plugins`],
+//! [`tasks`]; the parts they
 //! share in [`widgets`], the frame in [`layout`].
 
 use axum::extract::Request;
@@ -39,6 +40,7 @@ mod session;
 mod shadow;
 mod tasks;
 mod widgets;
+mod writes;
 
 pub use layout::{bare_page, page, Nav, PageError, PageQuery};
 pub use session::{Session, COOKIE};

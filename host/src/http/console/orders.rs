@@ -1,5 +1,6 @@
 //! The console's orders: the list (`/console/orders`) and one order with its
-//! notifications, tasks and refunds; its Refund and Close forms are `payments.rs`.
+//! notifications, tasks, refunds and handler writes (`writes.rs`); its Refund and Close
+//! forms are `payments.rs`.
 
 use axum::extract::{Path, State};
 use axum::response::Html;
@@ -24,6 +25,9 @@ const PATH: &str = "/console/orders";
 
 /// Most notifications, and most tasks, shown on an order's page.
 const HISTORY: u32 = 100;
+
+/// Most handler writes shown on an order's page (the API and the CLI page through all).
+const WRITES: u32 = 200;
 
 /// Query of `/console/orders`.
 #[derive(Debug, Deserialize, Default)]
@@ -196,6 +200,14 @@ pub async fn show(
         )
         .await?;
     let requests = app.store.payments().refund_requests(&no).await?;
+    // One more than shown, to know whether there are more.
+    let mut writes = app
+        .store
+        .audit()
+        .order_writes(&no, None, WRITES + 1)
+        .await?;
+    let more = writes.len() > WRITES as usize;
+    writes.truncate(WRITES as usize);
     let notice = match (&q.refund, &q.closed) {
         (Some(r), _) => requests.iter().find(|x| &x.out_refund_no == r).map(|x| {
             html! { p.notice role="status" id="action-result" {
@@ -211,6 +223,7 @@ pub async fn show(
     let body = html! {
         @if let Some(n) = notice { (n) }
         (order_body(&order, &history, &tasks, &session))
+        (super::writes::section(&writes, more))
         (super::payments::actions(&order, &requests, &session))
     };
     Ok(page(&format!("Order {no}"), Nav::Orders, &session, body))

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres};
 
+use super::audit::AuditStore;
 use super::notifications::{id_row, ids_in_order, insert_notifications};
 use super::orders::insert_order;
 use super::payments::PaymentStore;
@@ -350,6 +351,10 @@ impl Store for PgStore {
     }
 
     fn payments(&self) -> &dyn PaymentStore {
+        self
+    }
+
+    fn audit(&self) -> &dyn AuditStore {
         self
     }
 

@@ -17,6 +17,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
+use super::audit::AuditStore;
 use super::payments::PaymentStore;
 use super::statement::{map_rows, sqlx_query, Dialect, On, RowMap, Sql, Statement};
 use super::traits::{ConsoleStore, PlatformCertStore, PluginHistoryStore};
@@ -374,6 +375,10 @@ impl Store for SqliteStore {
     }
 
     fn payments(&self) -> &dyn PaymentStore {
+        self
+    }
+
+    fn audit(&self) -> &dyn AuditStore {
         self
     }
 
