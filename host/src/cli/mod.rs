@@ -5,7 +5,8 @@
 //!
 //! [`args`] holds the clap types, [`run`] picks the command, [`commands`] runs it and
 //! [`render`] prints its answer for people; [`admin`] is the admin API's client;
-//! [`payments`] places, refunds and closes orders through it. `try`
+//! [`payments`] places, refunds and closes orders through it, [`stage`] promotes and rolls
+//! back handlers through it. `try`
 //! lives in [`tryout`], `new-plugin` in [`new_plugin`], and what `try` and `plugins
 //! check` share (compiled cache, manifest lookup, the compile notice) in [`develop`].
 
@@ -16,6 +17,7 @@ mod develop;
 mod new_plugin;
 mod payments;
 mod render;
+mod stage;
 pub mod tryout;
 
 use std::path::Path;

@@ -24,6 +24,7 @@ mod notify;
 mod orders;
 mod refunds;
 mod sse;
+mod stage;
 mod throttle;
 
 pub use error::ApiError;
@@ -98,6 +99,11 @@ pub fn router(app: App) -> Router {
         .route("/admin/plugins", get(admin::plugins))
         .route("/admin/plugins/reload", post(admin::reload_plugins))
         .route("/admin/plugins/history", get(admin::plugin_history))
+        .route("/admin/plugins/{plugin_type}/promote", post(stage::promote))
+        .route(
+            "/admin/plugins/{plugin_type}/rollback",
+            post(stage::rollback),
+        )
         .route("/admin/collections/{collection}/{id}", get(admin::document))
         .route("/admin/tasks", get(admin::tasks))
         .route("/admin/tasks/{id}/retry", post(admin::retry_task))
