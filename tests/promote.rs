@@ -265,6 +265,33 @@ async fn a_staged_candidate_is_shown_never_serves_and_a_broken_one_harms_nothing
         "{v}"
     );
 
+    // A candidate whose calls keep timing out (its breaker open) is not promoted: it
+    // would fail the payments. (Shadow runs record its calls; the timeouts are recorded
+    // here directly.)
+    std::fs::remove_file(dir.join("recharge.next.wasm")).expect("rm");
+    stage_candidate(&dir, "recharge", "recharge-double");
+    candidate_loaded(&s, "recharge").await;
+    let candidate = s.app.plugins.candidate("recharge").expect("candidate");
+    let timeout = Err::<(), _>(paynotify::plugins::HandlerFailure::Timeout(
+        std::time::Duration::from_millis(200),
+    ));
+    while !candidate.breaker.record(&timeout) {}
+    let before = folder_files(&dir);
+    let (st, v) = stage_call(&s, "recharge", "promote").await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is failing fast after")),
+        "{v}"
+    );
+    assert_eq!(folder_files(&dir), before, "nothing moved");
+    assert_eq!(
+        plugin_status(&s, "recharge").await["sha256"],
+        json!(old_sha)
+    );
+    std::fs::remove_file(dir.join("recharge.next.toml")).expect("rm");
+
     // Nothing staged at all.
     std::fs::remove_file(dir.join("recharge.next.wasm")).expect("rm");
     status_when(&s, "recharge", "the candidate to go", |st| {

@@ -57,7 +57,7 @@ impl Registry {
     /// Makes the candidate of `plugin_type` serve: `{type}.wasm` & co. become
     /// `{type}.prev.*`, `{type}.next.*` become `{type}.*`, and the candidate's compiled
     /// build serves from now on. [`StageError::Conflict`] when there is no loaded candidate
-    /// or its files changed since it loaded.
+    /// or its files changed since it loaded, or while its breaker fails it fast.
     pub async fn promote(&self, plugin_type: &str) -> Result<Swap, StageError> {
         check_type(plugin_type)?;
         let _one_at_a_time = self.scanning.lock().await;
@@ -68,6 +68,16 @@ impl Registry {
             .get(plugin_type)
             .ok_or_else(|| StageError::Conflict(self.why_no_candidate(plugin_type, &next)))?;
         self.still_allowed(&candidate, "promote")?;
+        let breaker = candidate.breaker.status();
+        if let Some(until) = breaker.failing_fast_until {
+            // Its calls (shadow runs) kept timing out: serving, it would fail payments.
+            return Err(StageError::Conflict(format!(
+                "{} is failing fast after {} timeouts in a row (until {}): promoted, its payments would fail; fix it and stage it again",
+                candidate.build_id(),
+                breaker.timeouts_in_a_row,
+                crate::time::iso_time(until)
+            )));
+        }
         if candidate.stamp() != FileStamp::of(&next)
             && FileStamp::of_build(&next, &candidate.fingerprint).is_none()
         {
