@@ -20,6 +20,7 @@ pub mod pg_cluster;
 pub mod process;
 pub mod signing;
 pub mod small_disk;
+pub mod staging;
 pub mod wechat_certs;
 pub mod wechat_v2;
 pub mod wechat_v3;

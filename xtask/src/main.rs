@@ -30,6 +30,7 @@ const TEST_ONLY: &[&str] = &[
     "nosy",
     "sidefx",
     "wrong-world",
+    "recharge-double",
 ];
 
 fn main() -> Result<()> {

@@ -53,14 +53,16 @@ Examples:
   paynotify tasks list --status dead         side effects that ran out of retries
   paynotify plugins list                     the handlers the running server has loaded
   paynotify plugins history goods            which builds of goods served when, who signed them
+  paynotify plugins promote recharge         make the staged recharge.next.wasm serve (old one kept as .prev)
+  paynotify plugins rollback recharge        put recharge.prev.wasm back (again: undo the rollback)
   paynotify reconcile --older-than 600       ask providers about orders unpaid for 10 minutes
   paynotify notifications replay --failed    re-drive failed handlers once the plugin is fixed
   paynotify new-plugin points --lang js      a new JavaScript handler project in ./points
   paynotify try points.wasm --order order.json   run a handler once, show its writes
 
 Read-only commands read the database named by the configuration; reload, replay,
-reconcile, plugins list and orders pay-params|refund|close|writes ask the running server
-(server.listen, with server.api_token).";
+reconcile, plugins list|promote|rollback and orders pay-params|refund|close|writes ask
+the running server (server.listen, with server.api_token).";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -167,6 +169,22 @@ pub enum PluginsCommand {
     List,
     /// Make the running server rescan its plugins directory now.
     Reload,
+    /// Make the type's staged candidate (`TYPE.next.wasm`, loaded and unchanged since)
+    /// serve on the running server: `TYPE.wasm` & co. become `TYPE.prev.*`, the `.next`
+    /// files become `TYPE.*`. Calls in flight finish on the old build.
+    Promote {
+        /// The type (e.g. recharge).
+        #[arg(value_name = "TYPE", value_parser = parse_plugin_type)]
+        plugin_type: String,
+    },
+    /// Put the type's previous build (`TYPE.prev.wasm`, loaded and checked first) back on
+    /// the running server: `TYPE.*` and `TYPE.prev.*` change places, so a second rollback
+    /// undoes the first. A staged candidate is left alone.
+    Rollback {
+        /// The type (e.g. recharge).
+        #[arg(value_name = "TYPE", value_parser = parse_plugin_type)]
+        plugin_type: String,
+    },
     /// Validate a handler file (world version, exports, signatures, manifest) as the
     /// server would load it, without loading it; print its grants and limits.
     Check {
@@ -190,8 +208,8 @@ pub enum PluginsCommand {
     /// every host and across restarts (read from the database): which build served when,
     /// its SHA-256 and who signed it. The last line tells how to get the next page.
     History {
-        /// Only this type (e.g. goods).
-        #[arg(value_name = "TYPE", value_parser = parse_plugin_type)]
+        /// Only this type (e.g. goods; goods.next for its staged candidate).
+        #[arg(value_name = "TYPE", value_parser = parse_history_type)]
         plugin_type: Option<String>,
         /// Only events with an id below this one (the next page after the last id shown).
         #[arg(long)]
@@ -369,7 +387,17 @@ fn parse_verdict(text: &str) -> Result<Verdict, String> {
     })
 }
 
-/// `TYPE` of `plugins history`: a plugin type is a file stem of letters, digits, - and _.
+/// `TYPE` of `plugins history`: a type, or `TYPE.next` for its candidate's events.
+fn parse_history_type(text: &str) -> Result<String, String> {
+    if paynotify::plugins::is_history_label(text) {
+        Ok(text.to_owned())
+    } else {
+        parse_plugin_type(text)
+    }
+}
+
+/// `TYPE` of `plugins promote|rollback`: a plugin type is a file stem of letters, digits,
+/// - and _.
 fn parse_plugin_type(text: &str) -> Result<String, String> {
     if paynotify::names::is_simple_name(text) {
         Ok(text.to_owned())
@@ -431,8 +459,17 @@ mod tests {
             vec!["paynotify", "notifications", "list", "--since", "soon"],
             vec!["paynotify", "notifications", "list", "--verdict", "nope"],
             vec!["paynotify", "plugins", "history", "../goods"],
+            vec!["paynotify", "plugins", "promote", "goods.next"],
+            vec!["paynotify", "plugins", "rollback"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            vec!["paynotify", "plugins", "history", "goods.next"],
+            vec!["paynotify", "plugins", "promote", "goods"],
+            vec!["paynotify", "plugins", "rollback", "goods"],
+        ] {
+            assert!(Cli::try_parse_from(&good).is_ok(), "{good:?} refused");
         }
     }
 }

@@ -11,7 +11,7 @@ use super::admin::{query_string, AdminClient};
 use super::args::{
     NotificationsCommand, OrdersCommand, PluginsCommand, ProvidersCommand, TasksCommand,
 };
-use super::{develop, new_plugin, render, tryout};
+use super::{develop, new_plugin, render, stage, tryout};
 
 /// Prints `value` as one line of JSON with `--json`, else as `text` renders it.
 fn output<T: serde::Serialize + ?Sized>(
@@ -215,6 +215,12 @@ pub async fn plugins(
         PluginsCommand::Reload => {
             let v = client.post("/api/admin/plugins/reload").await?;
             output(json, &v, render::reload_text)
+        }
+        PluginsCommand::Promote { plugin_type } => {
+            stage::run(&client, json, stage::Action::Promote, &plugin_type).await
+        }
+        PluginsCommand::Rollback { plugin_type } => {
+            stage::run(&client, json, stage::Action::Rollback, &plugin_type).await
         }
         PluginsCommand::History {
             plugin_type,

@@ -6,7 +6,7 @@
 //! [`args`] holds the clap types, [`run`] picks the command, [`commands`] runs it and
 //! [`render`] prints its answer for people; [`admin`] is the admin API's client;
 //! [`payments`] places, refunds and closes orders through it; [`audit`] lists what an
-//! order's handlers wrote. `try`
+//! order's handlers wrote; [`stage`] promotes and rolls back handlers through it. `try`
 //! lives in [`tryout`], `new-plugin` in [`new_plugin`], and what `try` and `plugins
 //! check` share (compiled cache, manifest lookup, the compile notice) in [`develop`].
 
@@ -19,6 +19,7 @@ mod new_plugin;
 mod payments;
 mod render;
 mod shadow;
+mod stage;
 pub mod tryout;
 
 use std::path::Path;

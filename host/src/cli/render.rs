@@ -346,6 +346,8 @@ pub fn plugins_table(list: &Value) -> String {
         "LOADED (UTC)",
         "FAILING FAST UNTIL (UTC)",
         "LAST LOAD ERROR",
+        "CANDIDATE (.next)",
+        "PREV",
     ]);
     for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
         t.row(vec![
@@ -382,9 +384,43 @@ pub fn plugins_table(list: &Value) -> String {
                 None => "-".into(),
             },
             or_dash(text(p, "last_error").as_deref()),
+            candidate_cell(&p["candidate"]),
+            if p["has_previous"] == true {
+                "yes"
+            } else {
+                "-"
+            }
+            .into(),
         ]);
     }
     t.render()
+}
+
+/// The candidate of a `plugins list` row: its version and hash, that a new file is
+/// loading, or why it failed; `-` when nothing is staged.
+fn candidate_cell(c: &Value) -> String {
+    if c.is_null() {
+        return "-".into();
+    }
+    let mut cell = match (c["version"].as_str(), c["sha256"].as_str()) {
+        (Some(v), Some(h)) => format!("{v} {}", h.chars().take(12).collect::<String>()),
+        _ => String::new(),
+    };
+    if c["loading_since"].is_i64() {
+        cell.push_str(if cell.is_empty() {
+            "loading"
+        } else {
+            " (new file loading)"
+        });
+    }
+    if let Some(e) = c["last_error"].as_str() {
+        if !cell.is_empty() {
+            cell.push_str("; ");
+        }
+        cell.push_str("FAILED: ");
+        cell.push_str(e);
+    }
+    cell
 }
 
 /// `paynotify plugins history`.

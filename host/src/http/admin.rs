@@ -128,9 +128,9 @@ pub async fn plugin_history(
 ) -> Result<Json<Vec<PluginEventRecord>>, ApiError> {
     let Query(q) = query?;
     if let Some(t) = q.plugin_type.as_deref() {
-        if !crate::names::is_simple_name(t) {
+        if !crate::plugins::is_history_label(t) {
             return Err(ApiError::BadRequest(format!(
-                "type `{t}`: a plugin type is letters, digits, - and _"
+                "type `{t}`: a plugin type is letters, digits, - and _ (`TYPE.next` for its candidate)"
             )));
         }
     }

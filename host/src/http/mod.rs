@@ -26,6 +26,7 @@ mod orders;
 mod refunds;
 mod shadow;
 mod sse;
+mod stage;
 mod throttle;
 
 pub use error::ApiError;
@@ -101,6 +102,11 @@ pub fn router(app: App) -> Router {
         .route("/admin/plugins/reload", post(admin::reload_plugins))
         .route("/admin/plugins/history", get(admin::plugin_history))
         .route("/admin/plugins/{plugin_type}/shadow", get(shadow::show))
+        .route("/admin/plugins/{plugin_type}/promote", post(stage::promote))
+        .route(
+            "/admin/plugins/{plugin_type}/rollback",
+            post(stage::rollback),
+        )
         .route("/admin/collections/{collection}/{id}", get(admin::document))
         .route("/admin/orders/{out_trade_no}/writes", get(audit::writes))
         .route("/admin/tasks", get(admin::tasks))

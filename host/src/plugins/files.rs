@@ -2,6 +2,9 @@
 //! and their detached signatures `{type}.wasm.sig` / `{type}.toml.sig`; what they are
 //! on disk (to notice a change cheaply) and what they hold (read once, then checked,
 //! hashed, compiled and parsed from those same bytes).
+//!
+//! A type has up to three such sets ([`Stage`]): the serving one, a staged candidate
+//! `{type}.next.*`, and the previous build `{type}.prev.*` kept for a rollback.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +13,44 @@ use sha2::{Digest, Sha256};
 
 use super::world::LoadError;
 use crate::signers::{AllowedSigners, SignatureError, Signer};
+
+/// Which of a type's file sets: what serves, what is staged, what served before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// `{type}.wasm`: loaded by every scan, serves the type's orders.
+    Serving,
+    /// `{type}.next.wasm`: loaded by every scan as the type's candidate; serves nothing
+    /// until promoted.
+    Next,
+    /// `{type}.prev.wasm`: never loaded by a scan, only kept for a rollback.
+    Prev,
+}
+
+impl Stage {
+    /// What the stage adds to the type in file names: `""`, `".next"`, `".prev"`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Stage::Serving => "",
+            Stage::Next => ".next",
+            Stage::Prev => ".prev",
+        }
+    }
+
+    /// The type as this stage's files name it (`recharge`, `recharge.next`, …): the
+    /// label of its history events, metrics and scan report entries.
+    pub fn label(self, plugin_type: &str) -> String {
+        format!("{plugin_type}{}", self.suffix())
+    }
+
+    /// The type a label or file stem names: `recharge` for `recharge`, `recharge.next`
+    /// and `recharge.prev`.
+    pub fn type_of(label: &str) -> &str {
+        [Stage::Next, Stage::Prev]
+            .iter()
+            .find_map(|s| label.strip_suffix(s.suffix()))
+            .unwrap_or(label)
+    }
+}
 
 /// The four paths of one handler.
 #[derive(Debug, Clone)]
@@ -37,7 +78,13 @@ impl Paths {
         }
     }
 
-    fn all(&self) -> [&Path; 4] {
+    /// The files of `plugin_type`'s `stage` in `dir` (`{dir}/{type}{suffix}.wasm`, …).
+    pub fn in_dir(dir: &Path, plugin_type: &str, stage: Stage) -> Paths {
+        Paths::of(&dir.join(format!("{}.wasm", stage.label(plugin_type))))
+    }
+
+    /// The four paths, `.wasm` first; the other three are optional.
+    pub fn all(&self) -> [&Path; 4] {
         [
             &self.wasm,
             &self.manifest,
@@ -68,6 +115,20 @@ impl FileStamp {
     /// The stamp of `paths` now (a missing file is part of the stamp too).
     pub fn of(paths: &Paths) -> FileStamp {
         FileStamp(paths.all().iter().map(|p| stat(p)).collect())
+    }
+
+    /// A stamp no files on disk have: the next scan reads them whatever they are.
+    pub fn unknown() -> FileStamp {
+        FileStamp(Vec::new())
+    }
+
+    /// The stamp of `paths` now, if they hold the build whose fingerprint is
+    /// `fingerprint` (read and hashed to make sure; the stamp is taken first, so a change
+    /// after the read still shows as a new stamp).
+    pub fn of_build(paths: &Paths, fingerprint: &str) -> Option<FileStamp> {
+        let stamp = FileStamp::of(paths);
+        let read = Files::read(paths).ok()?;
+        (read.fingerprint() == fingerprint).then_some(stamp)
     }
 }
 
@@ -235,11 +296,33 @@ pub(super) fn name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// `{type}.wasm` files in `dir`, by type. Hidden and editor temporary files are skipped.
-pub(super) fn plugin_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+/// The `.wasm` files of a plugins folder, by type and stage.
+#[derive(Debug, Default)]
+pub(super) struct Folder {
+    /// `{type}.wasm`, by type.
+    pub serving: BTreeMap<String, PathBuf>,
+    /// `{type}.next.wasm`, by type.
+    pub next: BTreeMap<String, PathBuf>,
+}
+
+impl Folder {
+    /// The files of `stage` ([`Stage::Prev`] files are never listed: they never load).
+    pub fn of(&self, stage: Stage) -> &BTreeMap<String, PathBuf> {
+        static NONE: BTreeMap<String, PathBuf> = BTreeMap::new();
+        match stage {
+            Stage::Serving => &self.serving,
+            Stage::Next => &self.next,
+            Stage::Prev => &NONE,
+        }
+    }
+}
+
+/// The `{type}.wasm` and `{type}.next.wasm` files in `dir`. Hidden and editor temporary
+/// files, `{type}.prev.wasm` and any other dotted name are skipped.
+pub(super) fn plugin_files(dir: &Path) -> Result<Folder, String> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut files = BTreeMap::new();
+    let mut folder = Folder::default();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("wasm") || !path.is_file() {
@@ -248,12 +331,20 @@ pub(super) fn plugin_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, Stri
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if stem.starts_with('.') || !crate::names::is_simple_name(stem) {
+        let (plugin_type, stage) = match stem.strip_suffix(Stage::Next.suffix()) {
+            Some(t) => (t, Stage::Next),
+            None => (stem, Stage::Serving),
+        };
+        if plugin_type.starts_with('.') || !crate::names::is_simple_name(plugin_type) {
             continue;
         }
-        files.insert(stem.to_owned(), path);
+        let map = match stage {
+            Stage::Next => &mut folder.next,
+            _ => &mut folder.serving,
+        };
+        map.insert(plugin_type.to_owned(), path);
     }
-    Ok(files)
+    Ok(folder)
 }
 
 #[cfg(test)]
@@ -324,6 +415,41 @@ mod tests {
             (files.wasm.as_slice(), files.manifest.is_none()),
             (&b"\0asm"[..], true)
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_folder_lists_serving_builds_and_candidates_never_previous_builds() {
+        let dir = std::env::temp_dir().join(format!(
+            "paynotify-folder-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "goods.wasm",
+            "goods.next.wasm",
+            "goods.prev.wasm",
+            "vip.next.wasm",
+            "a.b.wasm",
+            ".next.wasm",
+            ".goods.wasm.part",
+            "goods.next.toml",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let folder = plugin_files(&dir).expect("listed");
+        let keys = |m: &BTreeMap<String, PathBuf>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(folder.of(Stage::Serving)), ["goods"]);
+        assert_eq!(keys(folder.of(Stage::Next)), ["goods", "vip"]);
+        assert!(folder.of(Stage::Prev).is_empty());
+        assert_eq!(folder.next["goods"], dir.join("goods.next.wasm"));
+        let next = Paths::in_dir(&dir, "goods", Stage::Next);
+        assert_eq!(next.manifest, dir.join("goods.next.toml"));
+        assert_eq!(next.manifest_sig, dir.join("goods.next.toml.sig"));
+        assert_eq!(Stage::Prev.label("goods"), "goods.prev");
+        assert_eq!(Stage::type_of("goods.next"), "goods");
+        assert_eq!(Stage::type_of("goods"), "goods");
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -4,18 +4,25 @@
 //! `{dir}/{type}.wasm` is the handler for orders of `type`; `{dir}/{type}.toml`, when
 //! present, its grants and limits. The registry's map is swapped atomically, so a call
 //! that started on one version finishes on it while new calls get the next.
+//!
+//! `{dir}/{type}.next.wasm` (with `{type}.next.toml` and the signatures) is the type's
+//! candidate: loaded and checked by every scan exactly like a serving build, kept in a map
+//! of its own ([`Registry::candidate`]), serving nothing until promoted ([`stage`]: the
+//! promote moves the serving files to `{type}.prev.*` and the candidate's to `{type}.*`;
+//! a rollback swaps `{type}.*` and `{type}.prev.*`). `{type}.prev.wasm` is never loaded
+//! by a scan. The candidate's history events, metrics and scan report entries name it
+//! `{type}.next`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::PluginsConfig;
 use crate::store::PluginEventKind;
 use crate::time::{now_ms, Millis};
-use files::{FileStamp, Files};
+use files::{FileStamp, Files, Stage};
+use slot::Slot;
 
 mod backstop;
 pub mod breaker;
@@ -24,7 +31,11 @@ pub mod capabilities;
 mod files;
 mod history;
 pub mod manifest;
+mod moves;
 pub mod runtime;
+mod scan;
+mod slot;
+pub mod stage;
 mod status;
 pub mod watch;
 pub mod world;
@@ -35,7 +46,8 @@ pub use capabilities::{CallBuilder, CallContext};
 pub(crate) use history::host_label;
 pub use manifest::{Limits, Manifest};
 pub use runtime::{Compiled, Runtime};
-pub use status::PluginStatus;
+pub use stage::{StageError, Swap};
+pub use status::{CandidateStatus, PluginStatus};
 pub use world::since_v0_1::{bindings, refund_bindings};
 pub use world::{HandlerFailure, LoadError, Metadata};
 
@@ -51,9 +63,10 @@ pub struct Plugin {
     pub signer: Option<Signer>,
     /// SHA-256 over the `.wasm`, the manifest and both signatures: a change of any reloads.
     fingerprint: String,
-    /// What the filesystem said about those files when loaded: while it says the same,
-    /// a rescan does not even read them (a forced one does).
-    stamp: FileStamp,
+    /// What the filesystem said about those files when loaded (or when a promote or
+    /// rollback moved them): while it says the same, a rescan does not even read them (a
+    /// forced one does).
+    stamp: Mutex<FileStamp>,
     /// Size of the `.wasm` file in bytes.
     pub size: usize,
     /// Grants.
@@ -85,9 +98,19 @@ impl Plugin {
         }
         id
     }
+
+    /// What the filesystem said about the build's files when it last looked.
+    fn stamp(&self) -> FileStamp {
+        self.stamp.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records where the build's files are now (they were renamed by a promote or rollback).
+    fn restamp(&self, stamp: FileStamp) {
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+    }
 }
 
-/// What one scan of the directory did.
+/// What one scan of the directory did. Candidates are listed as `{type}.next`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ScanReport {
     /// Types loaded or replaced.
@@ -100,37 +123,26 @@ pub struct ScanReport {
     pub removed: Vec<String>,
 }
 
-/// How long a compiled artefact no serving build uses is kept: a rollback to a build of
-/// the last month loads without compiling.
+/// How long a compiled artefact no serving build or candidate uses is kept: a rollback to
+/// a build of the last month loads without compiling.
 const CACHE_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
-/// The loaded handlers, by type.
+/// The loaded handlers, by type, and the staged candidates.
 pub struct Registry {
     runtime: Arc<Runtime>,
     config: PluginsConfig,
     /// Where compiled artefacts are kept (`None`: compile every load).
     cache: Option<Cache>,
-    loaded: ArcSwap<BTreeMap<String, Arc<Plugin>>>,
-    /// Last load failure per type (not retried until the files change).
-    errors: Mutex<BTreeMap<String, Failure>>,
-    /// Types being compiled now, since when: a large component (a JavaScript one) takes
-    /// seconds, and ops and API clients should see it coming rather than a missing type.
-    loading: Mutex<BTreeMap<String, Millis>>,
+    /// The builds serving (`{type}.wasm`).
+    serving: Slot,
+    /// The staged candidates (`{type}.next.wasm`).
+    candidates: Slot,
+    /// Held by a scan, a promote and a rollback: none sees the folder half-changed by
+    /// another.
     scanning: tokio::sync::Mutex<()>,
     /// Where loads, replacements, unloads and refusals are recorded; `None` records
     /// nothing (`plugins check`).
     history: Option<history::History>,
-}
-
-/// A type's last load failure.
-#[derive(Debug, Clone)]
-struct Failure {
-    message: String,
-    at: Millis,
-    /// The files' stamp when they failed: an unforced scan skips them while it holds.
-    stamp: FileStamp,
-    /// Their fingerprint, when they could be read: a forced scan skips them while it holds.
-    fingerprint: Option<String>,
 }
 
 /// The signers a scan checks against: `None` without `allowed_signers`.
@@ -143,9 +155,8 @@ impl Registry {
             runtime,
             config,
             cache: None,
-            loaded: ArcSwap::from_pointee(BTreeMap::new()),
-            errors: Mutex::new(BTreeMap::new()),
-            loading: Mutex::new(BTreeMap::new()),
+            serving: Slot::new(Stage::Serving),
+            candidates: Slot::new(Stage::Next),
             scanning: tokio::sync::Mutex::new(()),
             history: None,
         }
@@ -184,127 +195,14 @@ impl Registry {
 
     /// The handler for `plugin_type`, if one is loaded.
     pub fn get(&self, plugin_type: &str) -> Option<Arc<Plugin>> {
-        self.loaded.load().get(plugin_type).cloned()
+        self.serving.get(plugin_type)
     }
 
-    /// The staged candidate of `plugin_type` (`{type}.next.wasm`), if one is loaded.
-    // Placeholder until candidate loading lands (branch `stage`): none are loaded yet.
-    pub fn candidate(&self, _plugin_type: &str) -> Option<Arc<Plugin>> {
-        None
-    }
-
-    /// Loads every `{type}.wasm` in the directory whose files changed (by what the
-    /// filesystem says of them), keeps the serving version of any that fails, and
-    /// unloads types whose file is gone or whose signer is no longer allowed.
-    pub async fn scan(&self) -> ScanReport {
-        self.scan_with(false).await
-    }
-
-    /// [`Registry::scan`], but reading and hashing every file, so a replacement that
-    /// the filesystem's stamps cannot show is still found (`plugins reload`).
-    pub async fn rescan(&self) -> ScanReport {
-        self.scan_with(true).await
-    }
-
-    async fn scan_with(&self, force: bool) -> ScanReport {
-        let _one_at_a_time = self.scanning.lock().await;
-        let mut report = ScanReport::default();
-        let files = match files::plugin_files(&self.config.dir) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(dir = %self.config.dir.display(), error = %e, "cannot read plugins directory");
-                report.failed.push(("*".into(), e));
-                return report;
-            }
-        };
-        let signers = self.signers();
-        let now = now_ms();
-        let current = self.loaded.load_full();
-        let mut next: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
-        for (plugin_type, wasm_path) in &files {
-            let mut previous = current.get(plugin_type);
-            if let (Some(p), Some(Ok(allowed))) = (previous, &signers) {
-                if p.signer
-                    .as_ref()
-                    .is_some_and(|s| !allowed.still_allows(s, now))
-                {
-                    // Loading it again below fails on the signature and says why.
-                    tracing::warn!(plugin = %plugin_type, signer = %signer_text(p.signer.as_ref()), "the serving build's signer is no longer allowed: unloading it");
-                    previous = None;
-                }
-            }
-            let paths = files::Paths::of(wasm_path);
-            let stamp = FileStamp::of(&paths);
-            let outcome = self
-                .reload(plugin_type, &paths, &stamp, previous, &signers, force)
-                .await;
-            match outcome {
-                Reload::Loaded(plugin) => {
-                    tracing::info!(
-                        plugin = %plugin_type,
-                        version = %plugin.metadata.version,
-                        sha256 = %plugin.sha256,
-                        signer = %signer_text(plugin.signer.as_ref()),
-                        "plugin loaded"
-                    );
-                    let kind = match previous {
-                        Some(_) => PluginEventKind::Replaced,
-                        None => PluginEventKind::Loaded,
-                    };
-                    self.record(kind, plugin_type, Some(&plugin), None, None)
-                        .await;
-                    self.clear_error(plugin_type);
-                    crate::metrics::plugin_loaded(plugin_type);
-                    report.loaded.push(plugin_type.clone());
-                    next.insert(plugin_type.clone(), Arc::from(plugin));
-                }
-                Reload::Unchanged => {
-                    report.unchanged.push(plugin_type.clone());
-                    if let Some(p) = previous {
-                        next.insert(plugin_type.clone(), p.clone());
-                    }
-                }
-                Reload::Failed(e, read) => {
-                    let msg = format!("{}: {e}", wasm_path.display());
-                    tracing::error!(plugin = %plugin_type, error = %msg, "plugin failed to load; previous version (if any) keeps serving");
-                    let (fingerprint, sha256) = read.unzip();
-                    self.record(
-                        PluginEventKind::Refused,
-                        plugin_type,
-                        None,
-                        sha256.as_deref(),
-                        Some(&msg),
-                    )
-                    .await;
-                    self.set_error(plugin_type, msg.clone(), stamp, fingerprint);
-                    crate::metrics::plugin_load_failed(plugin_type, e.kind());
-                    report.failed.push((plugin_type.clone(), msg));
-                    if let Some(p) = previous {
-                        next.insert(plugin_type.clone(), p.clone());
-                    }
-                }
-            }
-        }
-        for (t, gone) in current.iter() {
-            if !files.contains_key(t) {
-                tracing::warn!(plugin = %t, "plugin file removed; type unloaded");
-                self.record(PluginEventKind::Unloaded, t, Some(gone), None, None)
-                    .await;
-                report.removed.push(t.clone());
-            }
-        }
-        // A load error describes a file; once the file is gone, so is the problem
-        // (otherwise /readyz would keep failing for a broken file that was deleted).
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|t, _| files.contains_key(t));
-        if let Some(cache) = &self.cache {
-            let serving: Vec<&str> = next.values().map(|p| p.sha256.as_str()).collect();
-            cache.sweep(&serving, CACHE_UNUSED_FOR);
-        }
-        self.loaded.store(Arc::new(next));
-        report
+    /// The candidate staged for `plugin_type` (`{type}.next.wasm`), if one is loaded: one
+    /// atomic load, like [`Registry::get`]. Its `plugin_type` is the type it would serve
+    /// (`recharge`, not `recharge.next`).
+    pub fn candidate(&self, plugin_type: &str) -> Option<Arc<Plugin>> {
+        self.candidates.get(plugin_type)
     }
 
     /// The signers file read now, so that ops can add or revoke a key without a restart.
@@ -317,58 +215,12 @@ impl Registry {
         Some(read)
     }
 
-    /// Decides what to do with one type's files: skip them if they did not change (or
-    /// failed before as they are), else read, check and load them.
-    async fn reload(
-        &self,
-        plugin_type: &str,
-        paths: &files::Paths,
-        stamp: &FileStamp,
-        previous: Option<&Arc<Plugin>>,
-        signers: &Signers,
-        force: bool,
-    ) -> Reload {
-        let failed = self.failure(plugin_type);
-        if !force {
-            if previous.is_some_and(|p| &p.stamp == stamp) {
-                return Reload::Unchanged;
-            }
-            if failed.as_ref().is_some_and(|f| &f.stamp == stamp) {
-                return Reload::Unchanged;
-            }
-        }
-        let read = match Files::read(paths) {
-            Ok(r) => r,
-            Err(e) => return Reload::Failed(e, None),
-        };
-        let fingerprint = read.fingerprint();
-        let sha256 = read.wasm_sha256();
-        if previous.is_some_and(|p| p.fingerprint == fingerprint) {
-            // The files are back to the build serving: whatever failed in between is gone.
-            self.clear_error(plugin_type);
-            return Reload::Unchanged;
-        }
-        if failed.is_some_and(|f| f.fingerprint.as_ref() == Some(&fingerprint)) {
-            return Reload::Unchanged;
-        }
-        let allowed = match signers {
-            None => None,
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                return Reload::Failed(LoadError::Signers(e.clone()), Some((fingerprint, sha256)))
-            }
-        };
-        match self.load(plugin_type, read, stamp.clone(), allowed).await {
-            Ok(plugin) => Reload::Loaded(Box::new(plugin)),
-            Err(e) => Reload::Failed(e, Some((fingerprint, sha256))),
-        }
-    }
-
     /// Checks and loads one handler's files. With `signers`, nothing is compiled or
     /// parsed before both signatures verify.
     async fn load(
         &self,
         plugin_type: &str,
+        slot: &Slot,
         files: Files,
         stamp: FileStamp,
         signers: Option<&AllowedSigners>,
@@ -392,7 +244,7 @@ impl Registry {
         let sha256 = files.wasm_sha256();
         let fingerprint = files.fingerprint();
         let size = files.wasm.len();
-        let _loading = self.mark_loading(plugin_type, size, &sha256);
+        let _loading = self.mark_loading(slot, plugin_type, size, &sha256);
         let compiled = self
             .runtime
             .compile(
@@ -420,7 +272,7 @@ impl Registry {
             sha256,
             signer,
             fingerprint,
-            stamp,
+            stamp: Mutex::new(stamp),
             size,
             manifest,
             limits,
@@ -435,13 +287,14 @@ impl Registry {
     }
 
     /// Validates a file the way a scan would, without loading it (`paynotify plugins
-    /// check`): signatures against the configured `allowed_signers` included.
+    /// check`): signatures against the configured `allowed_signers` included. A staged
+    /// `{type}.next.wasm` (or a kept `{type}.prev.wasm`) is checked as a build of `type`.
     pub async fn check_file(&self, wasm_path: &Path) -> Result<Plugin, LoadError> {
-        let plugin_type = wasm_path
+        let stem = wasm_path
             .file_stem()
             .and_then(|s| s.to_str())
-            .unwrap_or("plugin")
-            .to_owned();
+            .unwrap_or("plugin");
+        let plugin_type = Stage::type_of(stem).to_owned();
         let paths = files::Paths::of(wasm_path);
         let stamp = FileStamp::of(&paths);
         let read = Files::read(&paths)?;
@@ -450,25 +303,20 @@ impl Registry {
             Some(Ok(s)) => Some(s),
             Some(Err(e)) => return Err(LoadError::Signers(e)),
         };
-        self.load(&plugin_type, read, stamp, signers.as_ref()).await
+        self.load(&plugin_type, &self.serving, read, stamp, signers.as_ref())
+            .await
     }
 
     /// Why there is no handler for `plugin_type`, for an API client that asked for one:
     /// it is being compiled, its file failed to load, or there is no file.
     pub fn why_missing(&self, plugin_type: &str) -> String {
-        let since = self
-            .loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(plugin_type)
-            .copied();
-        if let Some(since) = since {
+        if let Some(since) = self.serving.loading_since(plugin_type) {
             let secs = (now_ms() - since).max(0) / 1000;
             return format!(
                 "the handler of type `{plugin_type}` is loading (compiling for {secs} s; a large component takes a while): try again shortly"
             );
         }
-        if let Some(f) = self.failure(plugin_type) {
+        if let Some(f) = self.serving.failure(plugin_type) {
             return format!("type `{plugin_type}` has no loaded handler: {}", f.message);
         }
         format!(
@@ -477,25 +325,30 @@ impl Registry {
         )
     }
 
-    /// Shows `plugin_type` as loading until the guard is dropped, and says so in the log
-    /// at once (a compile can take seconds; a cached artefact loads in milliseconds).
-    fn mark_loading(&self, plugin_type: &str, size: usize, sha256: &str) -> LoadingGuard<'_> {
+    /// Shows `plugin_type` as loading in `slot` until the guard is dropped, and says so in
+    /// the log at once (a compile can take seconds; a cached artefact loads in milliseconds).
+    fn mark_loading<'a>(
+        &self,
+        slot: &'a Slot,
+        plugin_type: &str,
+        size: usize,
+        sha256: &str,
+    ) -> LoadingGuard<'a> {
         let cached = self
             .cache
             .as_ref()
             .is_some_and(|c| self.runtime.is_cached(c, sha256));
+        let label = slot.stage.label(plugin_type);
         if cached {
-            tracing::debug!(plugin = %plugin_type, "loading plugin from the compiled cache");
+            tracing::debug!(plugin = %label, "loading plugin from the compiled cache");
         } else {
-            tracing::info!(plugin = %plugin_type, bytes = size, "compiling plugin (the first load of a file; a large component takes seconds)");
+            tracing::info!(plugin = %label, bytes = size, "compiling plugin (the first load of a file; a large component takes seconds)");
         }
-        self.loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(plugin_type.to_owned(), now_ms());
+        slot.start_loading(plugin_type);
         LoadingGuard {
-            registry: self,
+            slot,
             plugin_type: plugin_type.to_owned(),
+            label,
             started: std::time::Instant::now(),
         }
     }
@@ -514,64 +367,31 @@ impl Registry {
                 .await;
         }
     }
-
-    fn set_error(
-        &self,
-        plugin_type: &str,
-        message: String,
-        stamp: FileStamp,
-        fingerprint: Option<String>,
-    ) {
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.insert(
-            plugin_type.to_owned(),
-            Failure {
-                message,
-                at: now_ms(),
-                stamp,
-                fingerprint,
-            },
-        );
-    }
-
-    fn failure(&self, plugin_type: &str) -> Option<Failure> {
-        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.get(plugin_type).cloned()
-    }
-
-    fn clear_error(&self, plugin_type: &str) {
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.remove(plugin_type);
-    }
 }
 
 /// Clears a type's loading mark however its load ends.
 struct LoadingGuard<'a> {
-    registry: &'a Registry,
+    slot: &'a Slot,
     plugin_type: String,
+    /// The type as the log names it (`recharge.next` for a candidate).
+    label: String,
     started: std::time::Instant,
 }
 
 impl Drop for LoadingGuard<'_> {
     fn drop(&mut self) {
-        self.registry
-            .loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.plugin_type);
+        self.slot.done_loading(&self.plugin_type);
         let took = self.started.elapsed();
         if took > std::time::Duration::from_secs(1) {
-            tracing::info!(plugin = %self.plugin_type, ms = took.as_millis() as u64, "plugin compiled");
+            tracing::info!(plugin = %self.label, ms = took.as_millis() as u64, "plugin compiled");
         }
     }
 }
 
-/// What a scan does with one type's files.
-enum Reload {
-    Loaded(Box<Plugin>),
-    Unchanged,
-    /// With the files' fingerprint and the `.wasm`'s SHA-256, when they could be read.
-    Failed(LoadError, Option<(String, String)>),
+/// Whether `label` names a type in the plugin history: `{type}`, `{type}.next` (its
+/// staged candidate) or `{type}.prev` (its previous build, refused by a rollback).
+pub fn is_history_label(label: &str) -> bool {
+    crate::names::is_simple_name(Stage::type_of(label))
 }
 
 /// A signer for the log: `principal SHA256:…`, or `-` for an unsigned build.

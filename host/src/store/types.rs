@@ -485,15 +485,22 @@ pub enum PluginEventKind {
     Unloaded,
     /// A file was refused (the serving build, if any, keeps serving).
     Refused,
+    /// The staged candidate (`{type}.next.wasm`) was promoted and serves.
+    Promoted,
+    /// The previous build (`{type}.prev.wasm`) was put back and serves.
+    #[serde(rename = "rolled_back")]
+    RolledBack,
 }
 
 impl PluginEventKind {
     /// Every kind, in the order help texts show them.
-    pub const ALL: [PluginEventKind; 4] = [
+    pub const ALL: [PluginEventKind; 6] = [
         PluginEventKind::Loaded,
         PluginEventKind::Replaced,
         PluginEventKind::Unloaded,
         PluginEventKind::Refused,
+        PluginEventKind::Promoted,
+        PluginEventKind::RolledBack,
     ];
 
     /// The stored text.
@@ -503,6 +510,8 @@ impl PluginEventKind {
             PluginEventKind::Replaced => "replaced",
             PluginEventKind::Unloaded => "unloaded",
             PluginEventKind::Refused => "refused",
+            PluginEventKind::Promoted => "promoted",
+            PluginEventKind::RolledBack => "rolled_back",
         }
     }
 

@@ -11,6 +11,7 @@
 //! and POSTs must also come from this origin (the [`session::CheckedPost`] extractor);
 //! GETs change nothing. Actions call what the admin API calls:
 //! [`crate::pipeline::Pipeline::replay`], [`crate::plugins::Registry::scan`],
+//! [`crate::plugins::Registry::promote`] and `rollback`,
 //! [`crate::store::Store::retry_task`], then answer with a page showing the result (a
 //! redirect to it where the result is in the database, so reloading the page does not
 //! repeat the action).
@@ -80,6 +81,14 @@ pub fn router(app: App) -> Router<App> {
         )
         .route("/console/plugins", get(plugins::show))
         .route("/console/plugins/reload", post(plugins::reload))
+        .route(
+            "/console/plugins/{plugin_type}/promote",
+            post(plugins::promote),
+        )
+        .route(
+            "/console/plugins/{plugin_type}/rollback",
+            post(plugins::rollback),
+        )
         .route(
             "/console/plugins/{plugin_type}/history",
             get(plugins::history),

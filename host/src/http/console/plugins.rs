@@ -1,7 +1,9 @@
-//! The console's plugins page, its reload button, and the history of each type.
+//! The console's plugins page, its reload button, each type's Promote and Roll back
+//! buttons (confirmed, CSRF-checked forms), and the history of each type.
 
 use axum::extract::{Path, State};
-use axum::response::Html;
+use axum::http::StatusCode;
+use axum::response::{Html, Redirect};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -11,12 +13,106 @@ use super::widgets::{csrf_field, id_keyset, page_size, paged, urlencode, Paged};
 use super::{page, Nav, PageError, PageQuery, Session};
 use crate::app::App;
 use crate::plugins::manifest::HTTP_IN_PAYMENT_WARNING;
-use crate::plugins::ScanReport;
+use crate::plugins::{CandidateStatus, PluginStatus, ScanReport, StageError};
 use crate::store::{PluginEventKind, PluginEventRecord};
 
+/// The form value of the confirmation box of Promote and Roll back.
+const CONFIRMED: &str = "yes";
+
+/// Query of `/console/plugins`: after a promote or rollback, which and of what type.
+#[derive(Debug, Deserialize, Default)]
+pub struct ShowQuery {
+    /// `promoted` or `rolled_back`.
+    done: Option<String>,
+    /// The type it was done to.
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+}
+
 /// `GET /console/plugins`.
-pub async fn show(State(app): State<App>, session: Session) -> Html<String> {
-    plugins_page(&app, &session, None)
+pub async fn show(
+    State(app): State<App>,
+    session: Session,
+    PageQuery(q): PageQuery<ShowQuery>,
+) -> Html<String> {
+    let notice = done_notice(&app, &q);
+    plugins_page(&app, &session, None, notice)
+}
+
+/// `POST /console/plugins/{type}/promote`: makes the type's staged candidate serve (as
+/// `POST /api/admin/plugins/{type}/promote` does), then shows the plugins page.
+pub async fn promote(
+    State(app): State<App>,
+    Path(plugin_type): Path<String>,
+    CheckedPost(_, fields): CheckedPost,
+) -> Result<Redirect, PageError> {
+    confirmed(&fields)?;
+    let swap = app.plugins.promote(&plugin_type).await.map_err(failed)?;
+    tracing::info!(plugin = %plugin_type, serving = %swap.serving, "candidate promoted from the console");
+    Ok(Redirect::to(&done_path("promoted", &plugin_type)))
+}
+
+/// `POST /console/plugins/{type}/rollback`: puts the type's previous build back (as
+/// `POST /api/admin/plugins/{type}/rollback` does), then shows the plugins page.
+pub async fn rollback(
+    State(app): State<App>,
+    Path(plugin_type): Path<String>,
+    CheckedPost(_, fields): CheckedPost,
+) -> Result<Redirect, PageError> {
+    confirmed(&fields)?;
+    let swap = app.plugins.rollback(&plugin_type).await.map_err(failed)?;
+    tracing::info!(plugin = %plugin_type, serving = %swap.serving, "rolled back from the console");
+    Ok(Redirect::to(&done_path("rolled_back", &plugin_type)))
+}
+
+/// Where a promote or rollback sends the browser: the plugins page saying what was done
+/// (a redirect, so reloading the page does not do it again).
+fn done_path(done: &str, plugin_type: &str) -> String {
+    format!(
+        "/console/plugins?done={done}&type={}",
+        urlencode(plugin_type)
+    )
+}
+
+/// The notice of a promote or rollback just done: what serves the type now.
+fn done_notice(app: &App, q: &ShowQuery) -> Option<String> {
+    let t = q
+        .plugin_type
+        .as_deref()
+        .filter(|t| crate::names::is_simple_name(t))?;
+    let what = match q.done.as_deref()? {
+        "promoted" => "promoted",
+        "rolled_back" => "rolled back",
+        _ => return None,
+    };
+    let serving = app
+        .plugins
+        .get(t)
+        .map_or_else(|| "nothing".to_owned(), |p| p.build_id());
+    Some(format!("{t} {what}: {serving} serves it now."))
+}
+
+/// The form must have its confirmation box ticked (checked here, not only by the browser).
+fn confirmed(fields: &std::collections::BTreeMap<String, String>) -> Result<(), PageError> {
+    if fields.get("confirm").map(String::as_str) == Some(CONFIRMED) {
+        Ok(())
+    } else {
+        Err(PageError::Status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Not confirmed: tick the box to confirm. Nothing was done.".into(),
+        ))
+    }
+}
+
+/// What a refused promote or rollback shows: its status and reason.
+fn failed(e: StageError) -> PageError {
+    match e {
+        StageError::BadType(m) => PageError::bad_request(format!("Nothing was done: {m}")),
+        StageError::Conflict(m) => {
+            PageError::Status(StatusCode::CONFLICT, format!("Nothing was done: {m}"))
+        }
+        StageError::Files(m) => PageError::Status(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
 }
 
 /// `POST /console/plugins/reload`: rescans the plugins directory now (as
@@ -24,13 +120,22 @@ pub async fn show(State(app): State<App>, session: Session) -> Html<String> {
 pub async fn reload(State(app): State<App>, CheckedPost(session, _): CheckedPost) -> Html<String> {
     let report = app.plugins.rescan().await;
     tracing::info!(loaded = ?report.loaded, failed = report.failed.len(), "plugins rescanned from the console");
-    plugins_page(&app, &session, Some(&report))
+    plugins_page(&app, &session, Some(&report), None)
 }
 
-/// The plugins page, with the report of a rescan just made if any.
-fn plugins_page(app: &App, session: &Session, report: Option<&ScanReport>) -> Html<String> {
+/// The plugins page, with the report of a rescan just made, or the notice of a promote or
+/// rollback, if any.
+fn plugins_page(
+    app: &App,
+    session: &Session,
+    report: Option<&ScanReport>,
+    notice: Option<String>,
+) -> Html<String> {
     let list = app.plugins.status();
     let body = html! {
+        @if let Some(n) = notice {
+            div.notice role="status" id="stage-result" { (n) }
+        }
         @if let Some(r) = report {
             div.notice role="status" id="reload-result" {
                 "Plugins directory rescanned: "
@@ -51,7 +156,7 @@ fn plugins_page(app: &App, session: &Session, report: Option<&ScanReport>) -> Ht
                 thead { tr {
                     th { "Type" } th { "Serving" } th { "Name" } th { "Version" } th { "SHA-256" }
                     th { "Signer" } th.num { "Size" } th { "Loaded" } th { "Payment calls" } th { "Grants" }
-                    th { "Last load error" } th { "" }
+                    th { "Last load error" } th { "Candidate (.next)" } th { "Previous (.prev)" } th { "" }
                 } }
                 tbody {
                     @for p in &list {
@@ -83,6 +188,8 @@ fn plugins_page(app: &App, session: &Session, report: Option<&ScanReport>) -> Ht
                                 @if p.crypto { br; "crypto: notify key" }
                             }
                             td.error { @if let Some(e) = &p.last_error { (e) " " (time_opt(p.last_error_at)) } @else { span.muted { "—" } } }
+                            td.candidate { (candidate_cell(p, session)) }
+                            td.previous { (previous_cell(p, session)) }
                             td { a.history href=(history_path(&p.plugin_type)) { "History" } }
                         }
                     }
@@ -91,6 +198,64 @@ fn plugins_page(app: &App, session: &Session, report: Option<&ScanReport>) -> Ht
         }
     };
     page("Plugins", Nav::Plugins, session, body)
+}
+
+/// A type's staged candidate: its build, that a new file is loading, or why it failed;
+/// with the Promote form when one is loaded.
+fn candidate_cell(p: &PluginStatus, session: &Session) -> Markup {
+    let Some(c) = &p.candidate else {
+        return html! { span.muted { "—" } };
+    };
+    let CandidateStatus {
+        loaded,
+        loading_since,
+        version,
+        sha256,
+        last_error,
+        ..
+    } = c;
+    html! {
+        @if *loaded {
+            span.badge.ok { "staged" } " " (text_opt(version.as_deref())) " " (short_hash(sha256.as_deref()))
+            br; "loaded " (time_opt(c.loaded_at))
+        }
+        @if let Some(since) = loading_since { br; span.badge.warn.loading { "loading" } " since " (time(*since)) }
+        @if let Some(e) = last_error { br; span.badge.bad { "failed" } " " (e) " " (time_opt(c.last_error_at)) }
+        @if *loaded {
+            details.promote id={"promote-" (p.plugin_type)} {
+                summary { "Promote…" }
+                form method="post" action=(stage_path(&p.plugin_type, "promote")) {
+                    (csrf_field(session))
+                    label { input type="checkbox" name="confirm" value=(CONFIRMED) required; " I confirm: this build pays " (p.plugin_type) " orders from now on (the serving one is kept as " (p.plugin_type) ".prev.wasm)" }
+                    " " button type="submit" class="danger" { "Promote" }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a type keeps a previous build, with the Roll back form when it does.
+fn previous_cell(p: &PluginStatus, session: &Session) -> Markup {
+    html! {
+        @if p.has_previous {
+            "kept"
+            details.rollback id={"rollback-" (p.plugin_type)} {
+                summary { "Roll back…" }
+                form method="post" action=(stage_path(&p.plugin_type, "rollback")) {
+                    (csrf_field(session))
+                    label { input type="checkbox" name="confirm" value=(CONFIRMED) required; " I confirm: " (p.plugin_type) ".prev.wasm pays " (p.plugin_type) " orders from now on (the serving build becomes the previous one)" }
+                    " " button type="submit" class="danger" { "Roll back" }
+                }
+            }
+        } @else {
+            span.muted { "—" }
+        }
+    }
+}
+
+/// `/console/plugins/{type}/{action}`.
+fn stage_path(plugin_type: &str, action: &str) -> String {
+    format!("/console/plugins/{}/{action}", urlencode(plugin_type))
 }
 
 /// The first 16 hex digits of a SHA-256, the whole in `title`; a dash when there is none.
@@ -119,9 +284,9 @@ pub async fn history(
     Path(plugin_type): Path<String>,
     PageQuery(q): PageQuery<HistoryQuery>,
 ) -> Result<Html<String>, PageError> {
-    if !crate::names::is_simple_name(&plugin_type) {
+    if !crate::plugins::is_history_label(&plugin_type) {
         return Err(PageError::bad_request(
-            "A plugin type is letters, digits, - and _.",
+            "A plugin type is letters, digits, - and _ (TYPE.next for its staged candidate).",
         ));
     }
     let keyset = id_keyset(q.older, q.newer);
@@ -175,7 +340,10 @@ fn history_body(plugin_type: &str, p: &Paged<PluginEventRecord>, limit: Option<u
 /// An event as a badge: refusals stand out, unloads warn.
 fn event_badge(kind: PluginEventKind) -> Markup {
     let tone = match kind {
-        PluginEventKind::Loaded | PluginEventKind::Replaced => "ok",
+        PluginEventKind::Loaded
+        | PluginEventKind::Replaced
+        | PluginEventKind::Promoted
+        | PluginEventKind::RolledBack => "ok",
         PluginEventKind::Unloaded => "warn",
         PluginEventKind::Refused => "bad",
     };
