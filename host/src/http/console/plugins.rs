@@ -190,7 +190,11 @@ fn plugins_page(
                             td.error { @if let Some(e) = &p.last_error { (e) " " (time_opt(p.last_error_at)) } @else { span.muted { "—" } } }
                             td.candidate { (candidate_cell(p, session)) }
                             td.previous { (previous_cell(p, session)) }
-                            td { a.history href=(history_path(&p.plugin_type)) { "History" } }
+                            td {
+                                a.history href=(history_path(&p.plugin_type)) { "History" }
+                                " · "
+                                a.shadow href=(stage_path(&p.plugin_type, "shadow")) { "Shadow runs" }
+                            }
                         }
                     }
                 }
