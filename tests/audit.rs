@@ -328,6 +328,58 @@ async fn a_failing_or_trapping_handler_records_nothing() {
     assert_eq!(writes(&s, "AUDR00001").await.len(), 1);
 }
 
+/// Payments sharing a batch whose first run is rolled back (a handler failed without
+/// savepoints) and run again with a savepoint each: the audit holds one row per committed
+/// payment, from the run that committed, and none of the failed one's.
+#[tokio::test]
+async fn a_batch_run_again_records_only_what_committed() {
+    let s = TestServer::start(Options::with_plugins(&["recharge"]).plugin_as(
+        "flaky",
+        "fail-always",
+        None,
+    ))
+    .await;
+    let mut sends = Vec::new();
+    for i in 0..60 {
+        let no = format!("B{i:09}");
+        let (kind, user) = if i % 4 == 0 { ("flaky", "bad") } else { ("recharge", "good") };
+        s.create_order(json!({
+            "type": kind, "total_fee": 10, "user_id": user, "provider": "wechat-v2",
+            "out_trade_no": no, "custom": { "recharge_balance": 10 }
+        }))
+        .await;
+        sends.push(wechat_v2::paid_xml(&no, 10, &format!("TB{i}")));
+    }
+    let answers = futures::future::join_all(sends.into_iter().map(|x| s.notify_v2(x))).await;
+    let reruns = paynotify_tests::metric(
+        &s.metrics_text().await,
+        "paynotify_settle_batch_reruns_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    assert!(reruns >= 1.0, "the batches were never run again: nothing tested");
+    let mut befores = Vec::new();
+    for (i, (_, body)) in answers.iter().enumerate() {
+        let no = format!("B{i:09}");
+        let w = writes(&s, &no).await;
+        if i % 4 == 0 {
+            assert_eq!(v2_return_code(body), "FAIL", "{no}");
+            assert!(w.is_empty(), "{no}: a failed payment recorded {w:?}");
+            continue;
+        }
+        assert_eq!(v2_return_code(body), "SUCCESS", "{no}");
+        assert_eq!(w.len(), 1, "{no}: {w:?}");
+        assert_eq!(what(&w[0]), ("paid", "inc", "users", "good"));
+        let before = w[0]["before"]["balance"].as_i64().unwrap_or(0);
+        assert_eq!(w[0]["after"]["balance"], json!(before + 10), "{no}");
+        befores.push(before);
+    }
+    // The committed increments chain: 0, 10, … 440, each once.
+    befores.sort_unstable();
+    assert_eq!(befores, (0..45).map(|k| k * 10).collect::<Vec<i64>>());
+    assert_eq!(s.document("users", "good").await, Some(json!({ "balance": 450 })));
+}
+
 #[tokio::test]
 async fn with_the_audit_off_nothing_is_recorded() {
     let mut options = Options::with_plugins(&["recharge", "goods"]);
