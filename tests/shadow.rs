@@ -341,3 +341,39 @@ async fn the_console_shows_a_failed_run_with_what_the_handler_wrote_escaped() {
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn two_hosts_on_one_database_add_up_their_shadow_runs() {
+    let a = TestServer::start(Options::with_plugins(&["recharge"])).await;
+    let b = TestServer::start(
+        Options::with_plugins(&["recharge"]).database_url(Some(a.database_url.clone())),
+    )
+    .await;
+    let candidate = stage(&a, "recharge-double", None).await;
+    assert_eq!(stage(&b, "recharge-double", None).await, candidate);
+    pay(&a, "SH0000001", "u1", 10).await;
+    pay(&b, "SH0000002", "u1", 20).await;
+    pay(&a, "SH0000003", "u2", 30).await;
+    // Each host writes its own counts; either host's report shows the sum.
+    let from_b = wait_until(20, "both hosts' runs in b's report", || async {
+        let (_, r) = b
+            .api("GET", "/api/admin/plugins/recharge/shadow", None)
+            .await;
+        let build = r["builds"].as_array()?.first()?.clone();
+        (build["runs"] == 3).then_some(build)
+    })
+    .await;
+    assert_eq!(
+        (&from_b["different"], &from_b["same"]),
+        (&json!(3), &json!(0)),
+        "{from_b}"
+    );
+    let orders: Vec<&str> = from_b["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .filter_map(|d| d["out_trade_no"].as_str())
+        .collect();
+    assert_eq!(orders.len(), 3, "{from_b}");
+    assert_eq!(balance(&a, "u1").await, json!(30));
+}
