@@ -16,7 +16,7 @@ use paynotify_tests::bulk::Db;
 use paynotify_tests::process::{ok_stdout, paynotify_cli};
 use paynotify_tests::{
     fresh_postgres_url, postgres_only_test_deferred, v2_return_code, wait_until, wechat_v2,
-    Options, TestServer, TOKEN,
+    Options, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -328,6 +328,68 @@ async fn a_failing_or_trapping_handler_records_nothing() {
     assert_eq!(writes(&s, "AUDR00001").await.len(), 1);
 }
 
+/// Payments sharing a batch whose first run is rolled back (a handler failed without
+/// savepoints) and run again with a savepoint each: the audit holds one row per committed
+/// payment, from the run that committed, and none of the failed one's.
+#[tokio::test]
+async fn a_batch_run_again_records_only_what_committed() {
+    let s = TestServer::start(Options::with_plugins(&["recharge"]).plugin_as(
+        "flaky",
+        "fail-always",
+        None,
+    ))
+    .await;
+    let mut sends = Vec::new();
+    for i in 0..60 {
+        let no = format!("B{i:09}");
+        let (kind, user) = if i % 4 == 0 {
+            ("flaky", "bad")
+        } else {
+            ("recharge", "good")
+        };
+        s.create_order(json!({
+            "type": kind, "total_fee": 10, "user_id": user, "provider": "wechat-v2",
+            "out_trade_no": no, "custom": { "recharge_balance": 10 }
+        }))
+        .await;
+        sends.push(wechat_v2::paid_xml(&no, 10, &format!("TB{i}")));
+    }
+    let answers = futures::future::join_all(sends.into_iter().map(|x| s.notify_v2(x))).await;
+    let reruns = paynotify_tests::metric(
+        &s.metrics_text().await,
+        "paynotify_settle_batch_reruns_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        reruns >= 1.0,
+        "the batches were never run again: nothing tested"
+    );
+    let mut befores = Vec::new();
+    for (i, (_, body)) in answers.iter().enumerate() {
+        let no = format!("B{i:09}");
+        let w = writes(&s, &no).await;
+        if i % 4 == 0 {
+            assert_eq!(v2_return_code(body), "FAIL", "{no}");
+            assert!(w.is_empty(), "{no}: a failed payment recorded {w:?}");
+            continue;
+        }
+        assert_eq!(v2_return_code(body), "SUCCESS", "{no}");
+        assert_eq!(w.len(), 1, "{no}: {w:?}");
+        assert_eq!(what(&w[0]), ("paid", "inc", "users", "good"));
+        let before = w[0]["before"]["balance"].as_i64().unwrap_or(0);
+        assert_eq!(w[0]["after"]["balance"], json!(before + 10), "{no}");
+        befores.push(before);
+    }
+    // The committed increments chain: 0, 10, … 440, each once.
+    befores.sort_unstable();
+    assert_eq!(befores, (0..45).map(|k| k * 10).collect::<Vec<i64>>());
+    assert_eq!(
+        s.document("users", "good").await,
+        Some(json!({ "balance": 450 }))
+    );
+}
+
 #[tokio::test]
 async fn with_the_audit_off_nothing_is_recorded() {
     let mut options = Options::with_plugins(&["recharge", "goods"]);
@@ -351,33 +413,6 @@ async fn with_the_audit_off_nothing_is_recorded() {
     for no in ["AUDOFF001", "AUDOFF002"] {
         assert_eq!(writes(&s, no).await, Vec::<Value>::new(), "{no}");
     }
-}
-
-/// A signed-in console session over plain HTTP (with the token when the server has one).
-async fn console_cookie(s: &TestServer) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let token = if s.app.config.api_token().is_some() {
-        TOKEN
-    } else {
-        ""
-    };
-    let r = http
-        .post(s.url("/console/login"))
-        .header("origin", format!("http://{}", s.addr))
-        .form(&[("token", token), ("next", "/console/orders")])
-        .send()
-        .await
-        .expect("sign in");
-    assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
-    let set = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .expect("a cookie");
-    set.split(';').next().expect("cookie pair").to_owned()
 }
 
 /// The console's page of order `no`.
@@ -428,7 +463,7 @@ async fn the_console_shows_what_changed_and_escapes_what_handlers_wrote() {
         (writes(&s, "AUDX00002").await.len() == 3).then_some(())
     })
     .await;
-    let cookie = console_cookie(&s).await;
+    let cookie = s.console_cookie().await;
 
     let page = order_page(&s, &cookie, "AUDX00001").await;
     assert!(!page.contains(SCRIPT), "unescaped handler text on the page");

@@ -228,3 +228,152 @@ async fn the_report_refuses_a_type_that_cannot_be_a_plugin_name() {
         .await;
     assert_eq!(status, 400, "{v}");
 }
+
+/// Stages `bytes` (with `manifest`) as the candidate of `plugin_type`, waits until loaded.
+async fn stage_as(s: &TestServer, plugin_type: &str, bytes: &[u8], manifest: &str) -> String {
+    let dir = s.plugins_dir();
+    std::fs::write(dir.join(format!("{plugin_type}.next.toml")), manifest).expect("toml");
+    std::fs::write(dir.join(".next.part"), bytes).expect("write");
+    std::fs::rename(
+        dir.join(".next.part"),
+        dir.join(format!("{plugin_type}.next.wasm")),
+    )
+    .expect("rename");
+    s.reload_plugins().await;
+    let path = format!("/api/admin/plugins/{plugin_type}/shadow");
+    wait_until(20, "the candidate to load", || async {
+        let (_, r) = s.api("GET", &path, None).await;
+        r["candidate"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// A paid `goods` order whose `goods_id` is `goods_id`.
+async fn pay_goods(s: &TestServer, no: &str, goods_id: &str) {
+    s.create_order(json!({
+        "type": "goods", "total_fee": 100, "user_id": "u-g", "provider": "wechat-v2",
+        "out_trade_no": no, "custom": { "goods_id": goods_id, "quantity": 1 },
+    }))
+    .await;
+    let (_, body) = s
+        .notify_v2(wechat_v2::paid_xml(no, 100, &format!("T{no}")))
+        .await;
+    assert_eq!(v2_return_code(&body), "SUCCESS", "{body}");
+}
+
+const GOODS_TOML: &str = "collections = [\"goods\", \"goods_orders\"]\ntimeout_ms = 300\n";
+
+#[tokio::test]
+async fn an_identical_candidate_that_enqueues_tasks_and_sets_documents_is_the_same() {
+    let s = TestServer::start(Options::with_plugins(&["goods"])).await;
+    // goods decrements stock, sets the order document and enqueues a task whose id is in
+    // its outcome: the same only if the candidate sees the same state and gets the same
+    // task id.
+    let candidate = stage_as(&s, "goods", &rebuilt_plugin("goods", "same"), GOODS_TOML).await;
+    for i in 0..3 {
+        pay_goods(&s, &format!("SG{i:07}"), "sku-1").await;
+    }
+    let path = "/api/admin/plugins/goods/shadow";
+    let b = wait_until(20, "3 shadow runs", || async {
+        let (_, r) = s.api("GET", path, None).await;
+        r["builds"]
+            .as_array()?
+            .iter()
+            .find(|b| b["candidate_build"] == candidate.as_str() && b["runs"] == 3)
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        (&b["same"], &b["different"], &b["failed"]),
+        (&json!(3), &json!(0), &json!(0)),
+        "{b}"
+    );
+    // Only the serving build's tasks exist: one per order.
+    assert_eq!(
+        s.app.store.list_tasks(None, 10).await.expect("tasks").len(),
+        3
+    );
+    assert_eq!(
+        s.document("goods", "sku-1").await,
+        Some(json!({"stock": -3}))
+    );
+}
+
+#[tokio::test]
+async fn the_console_shows_a_failed_run_with_what_the_handler_wrote_escaped() {
+    let s = TestServer::start(Options::with_plugins(&["goods"])).await;
+    let trap = stage_as(
+        &s,
+        "goods",
+        &std::fs::read(paynotify_tests::plugin_wasm("trap")).expect("trap"),
+        GOODS_TOML,
+    )
+    .await;
+    pay_goods(&s, "SC0000001", "<script>alert(1)</script>").await;
+    let path = "/api/admin/plugins/goods/shadow";
+    wait_until(20, "the failed run", || async {
+        let (_, r) = s.api("GET", path, None).await;
+        (r["builds"][0]["failed"] == 1).then_some(())
+    })
+    .await;
+    let cookie = s.console_cookie().await;
+    let (status, page) = s
+        .console_page(&cookie, "/console/plugins/goods/shadow")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&trap), "the candidate build is named");
+    assert!(page.contains("SC0000001"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<script>alert(1)</script>"),
+        "unescaped: {page}"
+    );
+    let (_, list) = s.console_page(&cookie, "/console/plugins").await;
+    assert!(
+        list.contains("/console/plugins/goods/shadow"),
+        "linked from the plugins page"
+    );
+    let (status, _) = s
+        .console_page(&cookie, "/console/plugins/go.ods/shadow")
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn two_hosts_on_one_database_add_up_their_shadow_runs() {
+    let a = TestServer::start(Options::with_plugins(&["recharge"])).await;
+    let b = TestServer::start(
+        Options::with_plugins(&["recharge"]).database_url(Some(a.database_url.clone())),
+    )
+    .await;
+    let candidate = stage(&a, "recharge-double", None).await;
+    assert_eq!(stage(&b, "recharge-double", None).await, candidate);
+    pay(&a, "SH0000001", "u1", 10).await;
+    pay(&b, "SH0000002", "u1", 20).await;
+    pay(&a, "SH0000003", "u2", 30).await;
+    // Each host writes its own counts; either host's report shows the sum.
+    let from_b = wait_until(20, "both hosts' runs in b's report", || async {
+        let (_, r) = b
+            .api("GET", "/api/admin/plugins/recharge/shadow", None)
+            .await;
+        let build = r["builds"].as_array()?.first()?.clone();
+        (build["runs"] == 3).then_some(build)
+    })
+    .await;
+    assert_eq!(
+        (&from_b["different"], &from_b["same"]),
+        (&json!(3), &json!(0)),
+        "{from_b}"
+    );
+    let orders: Vec<&str> = from_b["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .filter_map(|d| d["out_trade_no"].as_str())
+        .collect();
+    assert_eq!(orders.len(), 3, "{from_b}");
+    assert_eq!(balance(&a, "u1").await, json!(30));
+}

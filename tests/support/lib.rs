@@ -434,6 +434,46 @@ impl TestServer {
         self.notify("/notify/wechat-v2", "text/xml", xml).await
     }
 
+    /// Signs in to the console (with the API token when one is configured) and answers
+    /// the session cookie as `name=value`.
+    pub async fn console_cookie(&self) -> String {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let token = if self.app.config.api_token().is_some() {
+            TOKEN
+        } else {
+            ""
+        };
+        let r = http
+            .post(self.url("/console/login"))
+            .header("origin", format!("http://{}", self.addr))
+            .form(&[("token", token), ("next", "/console/orders")])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .expect("a cookie");
+        set.split(';').next().expect("cookie pair").to_owned()
+    }
+
+    /// A console page, signed in with `cookie`: its status and text.
+    pub async fn console_page(&self, cookie: &str, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("get");
+        (r.status().as_u16(), r.text().await.expect("page"))
+    }
+
     /// Asks the server to rescan its plugins directory.
     pub async fn reload_plugins(&self) -> Value {
         let (status, v) = self.api("POST", "/api/admin/plugins/reload", None).await;
