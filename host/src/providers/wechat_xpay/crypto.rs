@@ -167,7 +167,7 @@ impl AesKey {
         plain.extend_from_slice(appid.as_bytes());
         let pad = PAD_BLOCK - plain.len() % PAD_BLOCK;
         // `pad` is 1..=32, so it fits a byte.
-        plain.extend(std::iter::repeat(pad as u8).take(pad));
+        plain.extend(std::iter::repeat_n(pad as u8, pad));
         let n = plain.len();
         let ct = Aes256CbcEnc::new(&self.0.into(), self.0[..16].into())
             .encrypt_padded_mut::<NoPadding>(&mut plain, n)

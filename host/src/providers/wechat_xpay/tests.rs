@@ -360,3 +360,49 @@ fn accounts_load_and_name_the_wrong_key() {
     bad_token.token = Some("has space".into());
     assert!(Account::from_config(&bad_token).is_err());
 }
+
+#[test]
+fn malformed_pushes_are_rejected_not_panicked_on() {
+    let p = provider(false);
+    for body in [
+        "",
+        "not json",
+        "[]",
+        "{\"Event\":\"a\",\"Event\":\"b\"}",
+        "{\"x\":1}x",
+    ] {
+        assert!(
+            verify(&p, &plain_query(NOW_S, "n"), body).is_err(),
+            "accepted {body:?}"
+        );
+    }
+    assert!(verify(&p, "%zz&&=", "{}").is_err());
+    // Properly signed safe-mode pushes whose Encrypt is anything at all.
+    let p = provider(true);
+    let ts = NOW_S.to_string();
+    let send = |encrypt: &str| {
+        let body = serde_json::json!({ "ToUserName": ORIGINAL_ID, "Encrypt": encrypt }).to_string();
+        let q = format!(
+            "timestamp={ts}&nonce=n&encrypt_type=aes&msg_signature={}",
+            signature(&[TOKEN, &ts, "n", encrypt])
+        );
+        verify(&p, &q, &body)
+    };
+    use base64::Engine as _;
+    for len in [0usize, 1, 15, 16, 32, 48, 64, 96, 500] {
+        for _ in 0..20 {
+            let bytes: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+            let e = base64::engine::general_purpose::STANDARD.encode(bytes);
+            assert!(send(&e).is_err(), "random {len} bytes accepted");
+        }
+    }
+    // Decrypts (right key, right appid) to something that is not an event.
+    for message in ["not json", "[1]", "\"s\"", ""] {
+        let e = key().encrypt([1; 16], message.as_bytes(), APPID);
+        assert!(
+            matches!(send(&e), Err(Rejection::Malformed(_))),
+            "{message:?}"
+        );
+    }
+    assert!(matches!(send(""), Err(Rejection::Malformed(_))));
+}
