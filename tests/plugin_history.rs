@@ -15,7 +15,7 @@ use paynotify::time::now_ms;
 use paynotify_tests::process::{connect_store, ok_stdout, paynotify_cli, HostProcess};
 use paynotify_tests::{
     deploy_wasm, fresh_database_url, plugin_wasm, rebuilt_plugin, sha256_hex, test_backend,
-    Options, TestServer, TOKEN,
+    Options, TestServer,
 };
 use serde_json::Value;
 
@@ -337,24 +337,6 @@ async fn the_store_pages_the_history_by_type_both_ways() {
 // ---------------------------------------------------------------------------------------
 // The console, and `plugins check`
 
-/// Signs in to the console of `s` (which has the token [`TOKEN`]); the session cookie.
-async fn sign_in(s: &TestServer, http: &reqwest::Client) -> String {
-    let r = http
-        .post(s.url("/console/login"))
-        .header("origin", format!("http://{}", s.addr))
-        .form(&[("token", TOKEN), ("next", "/console/plugins")])
-        .send()
-        .await
-        .expect("sign in");
-    assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
-    let set = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .expect("a cookie");
-    set.split(';').next().expect("cookie pair").to_owned()
-}
-
 #[tokio::test]
 async fn the_console_shows_each_types_history_and_check_records_nothing() {
     let s = TestServer::start(Options::with_plugins(&["goods"]).with_token()).await;
@@ -362,7 +344,7 @@ async fn the_console_shows_each_types_history_and_check_records_nothing() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let cookie = sign_in(&s, &http).await;
+    let cookie = s.console_cookie().await;
     let get = |path: &str| {
         http.get(s.url(path))
             .header("cookie", cookie.as_str())

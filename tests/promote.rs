@@ -24,7 +24,7 @@ use paynotify_tests::process::{ok_stdout, paynotify_cli};
 use paynotify_tests::signing::{key, sign, Key};
 use paynotify_tests::staging::{built_files, folder_files, stage_candidate};
 use paynotify_tests::{
-    plugin_manifest, plugin_wasm, v2_return_code, wait_until, wechat_v2, Options, TestServer, TOKEN,
+    plugin_manifest, plugin_wasm, v2_return_code, wait_until, wechat_v2, Options, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -908,24 +908,6 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// Signs in to the console; the session cookie pair.
-async fn console_session(s: &TestServer, http: &reqwest::Client) -> String {
-    let r = http
-        .post(s.url("/console/login"))
-        .header("origin", format!("http://{}", s.addr))
-        .form(&[("token", TOKEN), ("next", "/console/plugins")])
-        .send()
-        .await
-        .expect("sign in");
-    assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
-    let set = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .expect("a cookie");
-    set.split(';').next().expect("cookie pair").to_owned()
-}
-
 /// The console's plugins page (or `path`): status and body.
 async fn console_get(
     s: &TestServer,
@@ -957,7 +939,7 @@ async fn the_console_buttons_promote_and_roll_back_and_refuse_forged_posts() {
     stage_candidate(&dir, "recharge", "recharge-double");
     s.reload_plugins().await;
     let http = client();
-    let cookie = console_session(&s, &http).await;
+    let cookie = s.console_cookie().await;
     let origin = format!("http://{}", s.addr);
 
     let (st, page) = console_get(&s, &http, &cookie, "/console/plugins").await;

@@ -159,7 +159,7 @@ async fn insert(app: &App, req: CreateOrder) -> Result<Order, OrderError> {
     }
     let Some(kind) = ProviderKind::parse(&req.provider) else {
         return invalid(format!(
-            "unknown provider `{}` (expected wechat-v2, wechat-v3, alipay or cloudpay)",
+            "unknown provider `{}` (expected wechat-v2, wechat-v3, alipay, cloudpay or wechat-xpay)",
             req.provider
         ));
     };

@@ -25,6 +25,7 @@ pub mod wechat_certs;
 pub mod wechat_v2;
 pub mod wechat_v3;
 pub mod wechat_v3_partner;
+pub mod wechat_xpay;
 
 /// The API token the test servers use.
 pub const TOKEN: &str = "test-token";

@@ -313,7 +313,7 @@ pub enum OrdersCommand {
 pub enum NotificationsCommand {
     /// Notifications received, newest first.
     List {
-        /// Only this provider (wechat-v2, wechat-v3, alipay, cloudpay).
+        /// Only this provider (wechat-v2, wechat-v3, alipay, cloudpay, wechat-xpay).
         #[arg(long)]
         provider: Option<String>,
         /// Only this order number.

@@ -15,15 +15,19 @@ pub enum ProviderKind {
     Alipay,
     /// WeChat CloudPay, relayed by a cloud function with a shared secret.
     Cloudpay,
+    /// WeChat mini-program virtual payment, by the mini program's message push (SHA-1
+    /// signature, AES-256-CBC in safe mode).
+    WechatXpay,
 }
 
 impl ProviderKind {
     /// Every provider.
-    pub const ALL: [ProviderKind; 4] = [
+    pub const ALL: [ProviderKind; 5] = [
         ProviderKind::WechatV2,
         ProviderKind::WechatV3,
         ProviderKind::Alipay,
         ProviderKind::Cloudpay,
+        ProviderKind::WechatXpay,
     ];
 
     /// The name used in URLs, config and the database.
@@ -33,6 +37,7 @@ impl ProviderKind {
             ProviderKind::WechatV3 => "wechat-v3",
             ProviderKind::Alipay => "alipay",
             ProviderKind::Cloudpay => "cloudpay",
+            ProviderKind::WechatXpay => "wechat-xpay",
         }
     }
 
@@ -62,7 +67,7 @@ pub fn parse_notify_key(s: &str) -> Option<[u8; 32]> {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
-    /// `wechat-v2`, `wechat-v3`, `alipay` or `cloudpay`.
+    /// `wechat-v2`, `wechat-v3`, `alipay`, `cloudpay` or `wechat-xpay`.
     pub provider: String,
     /// Account name, used in `/notify/{provider}/{name}` and by orders; default `default`.
     #[serde(default = "default_account_name")]
@@ -128,6 +133,21 @@ pub struct AccountConfig {
     pub secret: Option<String>,
     /// File holding the CloudPay secret.
     pub secret_file: Option<PathBuf>,
+    /// WeChat mini-program virtual payment: the message-push Token (消息推送 Token).
+    pub token: Option<String>,
+    /// File holding the message-push Token.
+    pub token_file: Option<PathBuf>,
+    /// WeChat mini-program virtual payment: the message-push EncodingAESKey (43
+    /// characters); with it the account takes safe mode only, without it plaintext only.
+    pub encoding_aes_key: Option<String>,
+    /// File holding the EncodingAESKey.
+    pub encoding_aes_key_file: Option<PathBuf>,
+    /// WeChat mini-program virtual payment: the mini program's original id (原始ID,
+    /// `gh_…`); when set, an event's `ToUserName` must be it.
+    pub original_id: Option<String>,
+    /// WeChat mini-program virtual payment: `production` (the default, `Env` 0) or
+    /// `sandbox` (`Env` 1), the payments the account takes.
+    pub env: Option<String>,
     /// AES key handed to handlers' `crypto` capability (32 bytes, or 64 hex chars).
     pub notify_key: Option<String>,
     /// File holding the notify key.

@@ -119,7 +119,7 @@ impl Config {
             self.server.api_token = Some(read("server.api_token_file".into(), f)?);
         }
         for (i, a) in self.accounts.iter_mut().enumerate() {
-            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 13] = [
+            let pairs: [(&str, &Option<PathBuf>, &mut Option<String>); 15] = [
                 ("api_key_file", &a.api_key_file, &mut a.api_key),
                 ("api_v3_key_file", &a.api_v3_key_file, &mut a.api_v3_key),
                 (
@@ -149,6 +149,12 @@ impl Config {
                 ("client_cert_file", &a.client_cert_file, &mut a.client_cert),
                 ("client_key_file", &a.client_key_file, &mut a.client_key),
                 ("api_ca_cert_file", &a.api_ca_cert_file, &mut a.api_ca_cert),
+                ("token_file", &a.token_file, &mut a.token),
+                (
+                    "encoding_aes_key_file",
+                    &a.encoding_aes_key_file,
+                    &mut a.encoding_aes_key,
+                ),
             ];
             for (key, file, value) in pairs {
                 if let Some(f) = file {

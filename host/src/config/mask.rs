@@ -30,6 +30,8 @@ pub const SECRET_KEYS: &[&str] = &[
     "merchant_private_key",
     "app_private_key",
     "client_key",
+    "token",
+    "encoding_aes_key",
 ];
 
 /// Replaces the value of every [`SECRET_KEYS`] key by `***` (an empty value stays empty,
@@ -112,7 +114,9 @@ mod tests {
             "[server]\napi_token = \"tok-1\"\n[database]\nurl = \"postgres://u:pw-2@db/x\"\n\
              [[accounts]]\nprovider = \"wechat-v2\"\nappid = \"wx1\"\napi_key = \"key-3\"\n\
              notify_key = \"0123456789abcdef0123456789abcdef\"\n\
-             [[accounts]]\nprovider = \"cloudpay\"\nsub_mch_id = \"9\"\nsecret = \"sec-4\"\n",
+             [[accounts]]\nprovider = \"cloudpay\"\nsub_mch_id = \"9\"\nsecret = \"sec-4\"\n\
+             [[accounts]]\nprovider = \"wechat-xpay\"\nappid = \"wx2\"\ntoken = \"tok6\"\n\
+             encoding_aes_key = \"aeskey-7\"\n",
             &[("PAYNOTIFY_ACCOUNTS_0_API_V3_KEY", "v3-5")],
         )
         .expect("config");
@@ -124,6 +128,8 @@ mod tests {
             "0123456789abcdef",
             "sec-4",
             "v3-5",
+            "tok6",
+            "aeskey-7",
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }

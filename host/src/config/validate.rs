@@ -178,7 +178,7 @@ impl Config {
                 return Err(err(
                     format!("accounts[{i}].provider"),
                     format!(
-                        "unknown provider `{}` (expected one of: wechat-v2, wechat-v3, alipay, cloudpay)",
+                        "unknown provider `{}` (expected one of: wechat-v2, wechat-v3, alipay, cloudpay, wechat-xpay)",
                         a.provider
                     ),
                 ));

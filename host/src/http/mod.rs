@@ -120,10 +120,13 @@ pub fn router(app: App) -> Router {
         app.config.server.max_rejections_per_minute,
     ));
     let notify = Router::new()
-        .route("/notify/{provider}", post(notify::receive))
+        .route(
+            "/notify/{provider}",
+            post(notify::receive).get(notify::check_url),
+        )
         .route(
             "/notify/{provider}/{account}",
-            post(notify::receive_for_account),
+            post(notify::receive_for_account).get(notify::check_url_for_account),
         )
         .layer(axum::Extension(limiter));
     Router::new()

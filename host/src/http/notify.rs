@@ -1,4 +1,8 @@
-//! `POST /notify/{provider}[/{account}]`: provider callbacks.
+//! `POST /notify/{provider}[/{account}]`: provider callbacks; `GET` on the same URL is a
+//! provider's URL check (WeChat message push), answered by the provider, nothing stored.
+//!
+//! The query string of a callback is stored with its headers as the pseudo-header
+//! [`crate::providers::QUERY_HEADER`] (WeChat's message push signs with it).
 //!
 //! Before anything is stored: a provider or account name not configured here is answered
 //! 404 and forgotten (strangers cannot fill the table by inventing names), and a client
@@ -44,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -71,10 +75,16 @@ pub async fn receive(
     Extension(limiter): Extension<Arc<RejectionLimiter>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(provider): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(app, &limiter, peer, provider, None, headers, body).await
+    let request = Request {
+        provider,
+        account: None,
+        query,
+    };
+    handle(app, &limiter, peer, request, headers, body).await
 }
 
 /// `/notify/{provider}/{account}`.
@@ -83,10 +93,56 @@ pub async fn receive_for_account(
     Extension(limiter): Extension<Arc<RejectionLimiter>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((provider, account)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(app, &limiter, peer, provider, Some(account), headers, body).await
+    let request = Request {
+        provider,
+        account: Some(account),
+        query,
+    };
+    handle(app, &limiter, peer, request, headers, body).await
+}
+
+/// `GET /notify/{provider}`: the provider's URL check.
+pub async fn check_url(
+    State(app): State<App>,
+    Path(provider): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    url_check(&app, &provider, None, query.as_deref())
+}
+
+/// `GET /notify/{provider}/{account}`: the provider's URL check.
+pub async fn check_url_for_account(
+    State(app): State<App>,
+    Path((provider, account)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    url_check(&app, &provider, Some(&account), query.as_deref())
+}
+
+/// A URL check goes to the provider (WeChat message push: echo `echostr` when signed);
+/// a provider without one answers 405. Nothing is stored.
+fn url_check(app: &App, provider: &str, account: Option<&str>, query: Option<&str>) -> Response {
+    let Some(configured) = ProviderKind::parse(provider).and_then(|k| app.providers.get(k)) else {
+        return unrouted("provider");
+    };
+    if account.is_some_and(|a| !configured.accounts().contains(&a)) {
+        return unrouted("account");
+    }
+    match configured.url_check(account, query.unwrap_or("")) {
+        Some(a) => answer(a),
+        None => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
+}
+
+/// What the URL of a callback names.
+struct Request {
+    provider: String,
+    account: Option<String>,
+    query: Option<String>,
 }
 
 /// The answer to a provider or account name not configured here: nothing is read or
@@ -100,11 +156,15 @@ async fn handle(
     app: App,
     limiter: &RejectionLimiter,
     peer: SocketAddr,
-    provider: String,
-    account: Option<String>,
+    request: Request,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Request {
+        provider,
+        account,
+        query,
+    } = request;
     let Some((kind, configured)) =
         ProviderKind::parse(&provider).and_then(|k| app.providers.get(k).map(|p| (k, p)))
     else {
@@ -129,7 +189,7 @@ async fn handle(
         .iter()
         .map(|v| v.as_bytes().to_vec())
         .collect();
-    let headers = headers
+    let mut headers: Vec<(String, String)> = headers
         .iter()
         .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()))
         .map(|(k, v)| {
@@ -139,6 +199,9 @@ async fn handle(
             )
         })
         .collect();
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        headers.push((crate::providers::QUERY_HEADER.to_owned(), q));
+    }
     let received = Received {
         provider,
         account,

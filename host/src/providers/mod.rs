@@ -16,7 +16,7 @@
 //!   placing a payment and starting a refund send and get back;
 //! - one module per provider, each holding both halves (notification verify, and its
 //!   `api` client) over one account type, so parsing and signing are written once:
-//!   [`wechat_v2`], [`wechat_v3`], [`alipay`], [`cloudpay`] (no API);
+//!   [`wechat_v2`], [`wechat_v3`], [`alipay`], [`cloudpay`] and [`wechat_xpay`] (no API);
 //! - `common` and `json`: the checks and JSON readers several providers share.
 
 use std::collections::BTreeMap;
@@ -35,6 +35,7 @@ pub mod pay;
 pub mod registry;
 pub mod wechat_v2;
 pub mod wechat_v3;
+pub mod wechat_xpay;
 
 // `ct_eq` is also the host's constant-time compare for admin tokens (`http::auth`).
 
@@ -52,7 +53,17 @@ pub struct Inbound<'a> {
     pub received_at: i64,
 }
 
+/// The pseudo-header carrying a notification's query string (without `?`), stored with
+/// its headers so a replay sees it too; no HTTP header name can hold a `:`, so no client
+/// header can pose as it. WeChat's message push signs with its query string.
+pub const QUERY_HEADER: &str = ":query";
+
 impl Inbound<'_> {
+    /// The query string of the request, if it had one.
+    pub fn query(&self) -> Option<&str> {
+        self.header(QUERY_HEADER)
+    }
+
     /// The first header with this (lower-case) name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -193,6 +204,12 @@ pub trait Provider: Send + Sync {
     fn fetch_missing_keys<'a>(&'a self, _inbound: &'a Inbound<'_>) -> KeyFetch<'a> {
         Box::pin(std::future::ready(()))
     }
+    /// The answer to a `GET` on the notification URL (WeChat message push's URL check),
+    /// given the raw query string; `None` when the provider has no such check. Nothing
+    /// is stored.
+    fn url_check(&self, _account: Option<&str>, _raw_query: &str) -> Option<Answer> {
+        None
+    }
     /// Parses and verifies a notification on its raw bytes.
     fn verify(&self, inbound: &Inbound<'_>) -> Result<Notice, Rejection>;
     /// The answer that tells the provider to stop retrying.
@@ -293,6 +310,7 @@ mod tests {
             ProviderKind::WechatV3 => wechat_v3::CONTENT_TYPES,
             ProviderKind::Alipay => alipay::CONTENT_TYPES,
             ProviderKind::Cloudpay => cloudpay::CONTENT_TYPES,
+            ProviderKind::WechatXpay => wechat_xpay::CONTENT_TYPES,
         }
     }
 
@@ -310,6 +328,8 @@ mod tests {
             ),
             (WechatV3, &[b"application/json"]),
             (Cloudpay, &[b" application/json ;charset=utf-8"]),
+            (WechatXpay, &[b"application/json"]),
+            (WechatXpay, &[]),
         ];
         for (kind, values) in ok {
             assert!(
@@ -328,6 +348,7 @@ mod tests {
             (WechatV3, &[]),
             (WechatV3, &[b"text/json"]),
             (Cloudpay, &[b"application/x-www-form-urlencoded"]),
+            (WechatXpay, &[b"text/xml"]),
         ];
         for (kind, values) in refused {
             assert!(

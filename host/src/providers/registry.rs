@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::api::{OrderApi, CALL_TIMEOUT};
-use super::{alipay, cloudpay, wechat_v2, wechat_v3, Provider, ProviderKind};
+use super::{alipay, cloudpay, wechat_v2, wechat_v3, wechat_xpay, Provider, ProviderKind};
 use crate::config::AccountConfig;
 
 /// Everything built from the accounts: the verifiers and the API clients.
@@ -26,6 +26,7 @@ impl Registry {
         let mut v3 = Vec::new();
         let mut alipay_accounts = Vec::new();
         let mut cloudpay_accounts = Vec::new();
+        let mut xpay_accounts = Vec::new();
         let mut by_account: BTreeMap<(ProviderKind, String), Box<dyn OrderApi>> = BTreeMap::new();
         let mut missing = BTreeMap::new();
         let mut api_error = None;
@@ -74,6 +75,12 @@ impl Registry {
                     cloudpay_accounts.push(cloudpay::Account::from_config(a).map_err(err)?);
                     Ok(Err("CloudPay has no order query or close API".into()))
                 }
+                ProviderKind::WechatXpay => {
+                    xpay_accounts.push(wechat_xpay::Account::from_config(a).map_err(err)?);
+                    Ok(Err(
+                        "wechat-xpay has no order query or close API here".into()
+                    ))
+                }
             };
             match api {
                 Ok(Ok(api)) => {
@@ -121,6 +128,12 @@ impl Registry {
             by_kind.insert(
                 ProviderKind::Cloudpay,
                 Box::new(cloudpay::Cloudpay::new(cloudpay_accounts)),
+            );
+        }
+        if !xpay_accounts.is_empty() {
+            by_kind.insert(
+                ProviderKind::WechatXpay,
+                Box::new(wechat_xpay::WechatXpay::new(xpay_accounts)),
             );
         }
         let http = reqwest::Client::builder()
