@@ -1507,10 +1507,7 @@ fn print_table(settings: &Settings, rows: &[Row]) {
     println!("|---|---|---|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|");
     let mb = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.0}"));
     for r in ordered(rows) {
-        let load = match r.load {
-            Load::Saturation => format!("saturation ({} conn)", settings.connections),
-            Load::Rate => format!("{} rps", thousands(settings.rate)),
-        };
+        let load = load_label(settings, r.load);
         println!(
             "| {} | {} | {} | {load} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} / {} | {} | {} | {} |",
             r.backend.name(),
@@ -1530,6 +1527,14 @@ fn print_table(settings: &Settings, rows: &[Row]) {
         );
     }
     print_notes(settings, rows);
+}
+
+/// What the table calls `load`.
+fn load_label(settings: &Settings, load: Load) -> String {
+    match load {
+        Load::Saturation => format!("saturation ({} conn)", settings.connections),
+        Load::Rate => format!("{} rps", thousands(settings.rate)),
+    }
 }
 
 /// `rows` in table order: backend, provider, variant, load.
@@ -1593,10 +1598,7 @@ fn print_notes(settings: &Settings, rows: &[Row]) {
             "{} {}, shadow, {}",
             r.backend.name(),
             r.provider.label(),
-            match r.load {
-                Load::Saturation => "saturation".to_owned(),
-                Load::Rate => format!("{} rps", thousands(settings.rate)),
-            }
+            load_label(settings, r.load)
         );
         let target = match (r.load, find(r, Variant::AuditOn, r.load)) {
             (Load::Rate, Some(on)) => format!(
@@ -1638,11 +1640,11 @@ fn print_notes(settings: &Settings, rows: &[Row]) {
     }
     for r in ordered(rows).into_iter().filter(|r| !r.problems.is_empty()) {
         notes.push(format!(
-            "NOT THE VARIANT IT SHOULD BE: {} {} {} {:?}: {}",
+            "NOT THE VARIANT IT SHOULD BE: {} {} {}, {}: {}",
             r.backend.name(),
             r.provider.label(),
             r.variant.label(),
-            r.load,
+            load_label(settings, r.load),
             r.problems.join("; ")
         ));
     }
