@@ -6,8 +6,10 @@
 //!    [`crate::providers`]);
 //! 3. find its order, 4. check amount and account;
 //! 5. in ONE transaction: mark the order paid only if unpaid, run the type's handler with
-//!    its writes and tasks in the same transaction, record the result; commit
-//!    (`settle.rs`, the handler call in `pay.rs`); a refund takes `refund.rs` instead;
+//!    its writes and tasks in the same transaction, record the result and (the write
+//!    audit) every write the handler made; commit (`settle.rs`, the handler call in
+//!    `pay.rs`); a refund takes `refund.rs` instead. After the commit, a candidate build
+//!    staged for the type repeats the call on the shadow worker ([`crate::shadow`]);
 //! 6. answer the provider in its own convention (`Pipeline::answer`).
 //!
 //! Steps 1 and 5 are group commits (`batch.rs`): notifications arriving together share
