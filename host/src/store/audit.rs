@@ -227,19 +227,34 @@ pub(crate) fn push_insert<'a>(st: &mut Statement<'a>, rows: &[(&'a CallRef, i64,
     });
 }
 
+/// Most document bytes (before + after) in one `INSERT`: a handler may write documents of
+/// up to 256 KiB, and a statement of a thousand of them would be half a gigabyte.
+pub(crate) const BYTES_PER_INSERT: usize = 8 * 1024 * 1024;
+
 /// The rows of `calls`, flattened with their `seq`, in chunks of at most
-/// [`ROWS_PER_INSERT`].
+/// [`ROWS_PER_INSERT`] rows and about [`BYTES_PER_INSERT`] bytes (a chunk always takes
+/// at least one row).
 pub(crate) fn rows(calls: &[CallWrites]) -> Vec<Vec<(&CallRef, i64, &Write)>> {
-    let flat: Vec<(&CallRef, i64, &Write)> = calls
-        .iter()
-        .flat_map(|c| {
-            c.writes
-                .iter()
-                .enumerate()
-                .map(move |(i, w)| (&c.call, c.first_seq + i as i64, w))
-        })
-        .collect();
-    flat.chunks(ROWS_PER_INSERT).map(<[_]>::to_vec).collect()
+    let mut chunks: Vec<Vec<(&CallRef, i64, &Write)>> = Vec::new();
+    let mut bytes = 0;
+    for c in calls {
+        for (i, w) in c.writes.iter().enumerate() {
+            let size =
+                w.before.as_ref().map_or(0, String::len) + w.after.as_ref().map_or(0, String::len);
+            let full = chunks.last().is_none_or(|last| {
+                last.len() >= ROWS_PER_INSERT || bytes + size > BYTES_PER_INSERT
+            });
+            if full {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(last) = chunks.last_mut() {
+                last.push((&c.call, c.first_seq + i as i64, w));
+            }
+        }
+    }
+    chunks
 }
 
 // ---- The read side: an order's writes, page by page, and pruning by age. ----
@@ -438,6 +453,43 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn audit_rows_are_chunked_by_count_and_by_size() {
+        let doc = |n: usize| Some("x".repeat(n));
+        let call = |writes: Vec<Write>| CallWrites {
+            call: CallRef {
+                call: CallKind::Paid,
+                out_trade_no: Some("o".into()),
+                notification_id: Some(1),
+                out_refund_no: None,
+                task_id: None,
+                build: "b".into(),
+            },
+            writes,
+            first_seq: 0,
+        };
+        let write = |size: usize| Write {
+            op: WriteOp::Set,
+            collection: "c".into(),
+            doc_id: "d".into(),
+            before: None,
+            after: doc(size),
+        };
+        let many = [call((0..2500).map(|_| write(10)).collect())];
+        let sizes: Vec<usize> = rows(&many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+        let big = [call((0..40).map(|_| write(256 * 1024)).collect())];
+        let chunks = rows(&big);
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 40);
+        assert!(
+            chunks.iter().all(|c| c.len() <= 32),
+            "{:?}",
+            chunks.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert_eq!(chunks[1][0].1, 32, "seq follows the writes across chunks");
+        assert!(rows(&[]).is_empty());
+    }
 
     #[test]
     fn a_page_of_an_order_is_one_index_range_and_capped() {
